@@ -167,7 +167,7 @@ impl SenderKey {
         let header = SframeHeader::new(self.kid, self.next_ctr);
         let hlen = header.encoded_len();
         let pt_len = payload.len();
-        let start = payload.start.checked_sub(hlen).unwrap_or(0);
+        let start = payload.start.saturating_sub(hlen);
         let end = start + hlen + pt_len + tag_len;
         if payload.end > buf.len() || end > buf.len() {
             return Err(SframeError::BufferTooSmall {
