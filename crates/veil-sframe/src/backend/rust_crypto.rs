@@ -1,14 +1,15 @@
 //! The RustCrypto backend: `aes-gcm` for GCM suites, `aes` + `ctr` + `hmac` for the AES-CTR +
 //! HMAC suites of RFC 9605 §4.5.1. Pure Rust, so it builds for `wasm32-unknown-unknown`.
+//! Every keyed state here (AES key schedules, GHASH key, HMAC pads) is zeroized on drop through
+//! the crates' `zeroize` features.
 
 use aes::Aes128;
 use aes::cipher::{InnerIvInit, KeyInit, StreamCipher};
-use aes_gcm::aead::AeadInPlace;
+use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes128Gcm, Aes256Gcm, Nonce, Tag};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
 
 use super::{AUTH_FAILED, Aad, AeadBackend, AeadKey, check_key_len};
 use crate::error::{Result, SframeError};
@@ -57,7 +58,7 @@ macro_rules! gcm_impl {
                 let t = aad
                     .with_contiguous(|a| {
                         self.0
-                            .encrypt_in_place_detached(Nonce::from_slice(nonce), a, buf)
+                            .encrypt_inout_detached(&Nonce::from(*nonce), a, buf.into())
                     })?
                     .map_err(|_| SframeError::Backend("AES-GCM seal"))?;
                 tag.copy_from_slice(&t);
@@ -71,15 +72,13 @@ macro_rules! gcm_impl {
                 buf: &mut [u8],
                 tag: &[u8],
             ) -> Result<()> {
-                if tag.len() != 16 {
-                    return Err(AUTH_FAILED);
-                }
+                let tag: [u8; 16] = tag.try_into().map_err(|_| AUTH_FAILED)?;
                 aad.with_contiguous(|a| {
-                    self.0.decrypt_in_place_detached(
-                        Nonce::from_slice(nonce),
+                    self.0.decrypt_inout_detached(
+                        &Nonce::from(*nonce),
                         a,
-                        buf,
-                        Tag::from_slice(tag),
+                        buf.into(),
+                        &Tag::from(tag),
                     )
                 })?
                 .map_err(|_| AUTH_FAILED)
@@ -94,7 +93,8 @@ gcm_impl!(Gcm256, CipherSuite::AesGcm256Sha512);
 pub(crate) struct CtrHmac {
     suite: CipherSuite,
     enc: Aes128,
-    auth_key: Zeroizing<[u8; 32]>,
+    /// HMAC keyed once with `auth_key`; cloned per frame (clones zeroize on drop too).
+    mac: Hmac<Sha256>,
 }
 
 type Aes128Ctr = ctr::Ctr32BE<Aes128>;
@@ -104,27 +104,22 @@ impl CtrHmac {
         check_key_len(suite, key)?;
         let enc =
             Aes128::new_from_slice(&key[..16]).map_err(|_| SframeError::Backend("AES key"))?;
-        let mut auth_key = Zeroizing::new([0u8; 32]);
-        auth_key.copy_from_slice(&key[16..48]);
-        Ok(Self {
-            suite,
-            enc,
-            auth_key,
-        })
+        let mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&key[16..48])
+            .map_err(|_| SframeError::Backend("HMAC key"))?;
+        Ok(Self { suite, enc, mac })
     }
 
     /// `initial_counter = nonce || 0x00000000`; AES-CTR over `buf`.
     fn apply_ctr(&self, nonce: &[u8; NONCE_LEN], buf: &mut [u8]) {
         let mut iv = [0u8; 16];
         iv[..NONCE_LEN].copy_from_slice(nonce);
-        let mut c = Aes128Ctr::from_core(ctr::CtrCore::inner_iv_init(self.enc.clone(), &iv.into()));
-        c.apply_keystream(buf);
+        let core = ctr::CtrCore::inner_iv_init(self.enc.clone(), &iv.into());
+        Aes128Ctr::from_core(core).apply_keystream(buf);
     }
 
     /// `HMAC(auth_key, len(aad) || len(ct) || Nt || nonce || aad || ct)`, full 32 bytes.
     fn full_tag(&self, nonce: &[u8; NONCE_LEN], aad: Aad<'_>, ct: &[u8]) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.auth_key[..])
-            .expect("HMAC takes keys of any length");
+        let mut mac = self.mac.clone();
         mac.update(&(aad.len() as u64).to_be_bytes());
         mac.update(&(ct.len() as u64).to_be_bytes());
         mac.update(&(self.suite.tag_len() as u64).to_be_bytes());
