@@ -194,10 +194,17 @@ mod tests {
 
     #[test]
     fn rejects_truncated_and_small_buffers() {
-        assert!(matches!(SframeHeader::parse(&[]), Err(WireError::Truncated { .. })));
+        assert!(matches!(
+            SframeHeader::parse(&[]),
+            Err(WireError::Truncated { .. })
+        ));
         assert!(matches!(
             SframeHeader::parse(&[0x99, 0x01, 0x23, 0x45]),
-            Err(WireError::Truncated { needed: 5, got: 4, .. })
+            Err(WireError::Truncated {
+                needed: 5,
+                got: 4,
+                ..
+            })
         ));
         let mut small = [0u8; 2];
         assert!(SframeHeader::new(300, 0).write(&mut small).is_err());
