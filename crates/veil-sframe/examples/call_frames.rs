@@ -1,27 +1,73 @@
 //! Veil's main job until the servers exist: a three-member call's frames, end to end.
 //!
 //! ```text
-//! cargo run --release -p veil-sframe --example call_frames [-- FILE.ivf]
+//! cargo run --release -p veil-sframe --example call_frames [-- [FILE.ivf] [--ietf] [--loss PCT]]
 //! ```
 //!
-//! Each member holds the epoch's MLS exporter secret and derives RFC 9605 §5.2 keys. Every frame
-//! is encrypted by its sender and decrypted by the two other members, who check it byte for byte.
-//! The frames come from a VP8 IVF file, or from a built-in synthetic source that needs no file.
-//! Halfway through, the group moves to a new epoch. Receivers keep the old epoch's keys for a
-//! grace period, so frames that were already in flight still decrypt. After the grace period the
-//! old keys are retired and frames under them are refused. The example prints one row per member
-//! and fails (non-zero exit) on any mismatch.
+//! Member 0 publishes video and members 1 and 2 publish audio. The video comes from a VP8 IVF
+//! file, or from a built-in synthetic 30 fps source that needs no file. Each frame is
+//! SFrame-encrypted with its sender's RFC 9605 §5.2 key, then packetized. The default is the
+//! browser-compatible packetization (VP8 payload descriptor, Opus one frame per packet);
+//! `--ietf` selects the IETF SFrame payload format instead. The packets then cross a simulated
+//! network, separately for each receiver: they are reordered within a window, duplicated, and
+//! lost at `--loss` percent (default 1). Each receiver reassembles and decrypts every frame and
+//! compares it with what was sent.
+//!
+//! Halfway through, the group moves to a new epoch. The old keys stay for a grace period, then
+//! are retired, and a late copy of an old-epoch frame is refused. The example prints one row per
+//! (sender, receiver) pair. It exits non-zero if any frame that arrived whole fails to decrypt or
+//! differs from what was sent.
 
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use veil_sframe::{
     CipherSuite, KeyStore, MlsKidLayout, SenderKey, SframeError, default_backend, mls_sender_key,
 };
+use veil_wire::packetize::{
+    Output, PacketFormat, Packetizer, Reassembler, ReassemblerConfig, RtpIn, Vp8Descriptor,
+};
 
-const MEMBERS: u32 = 3;
+const MEMBERS: usize = 3;
 const SUITE: CipherSuite = CipherSuite::AesGcm128Sha256;
+const MAX_PAYLOAD: usize = 1200;
+
+struct Options {
+    ivf: Option<String>,
+    ietf: bool,
+    loss: f64,
+}
+
+fn options() -> Result<Options, String> {
+    let mut o = Options {
+        ivf: None,
+        ietf: false,
+        loss: 0.01,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--ietf" => o.ietf = true,
+            "--loss" => {
+                let v = args
+                    .next()
+                    .ok_or("--loss needs a percentage, e.g. --loss 2")?;
+                let pct: f64 = v.parse().map_err(|_| format!("--loss {v}: not a number"))?;
+                if !(0.0..=50.0).contains(&pct) {
+                    return Err(format!("--loss {pct}: use 0 to 50 percent"));
+                }
+                o.loss = pct / 100.0;
+            }
+            "-h" | "--help" => {
+                return Err("usage: call_frames [FILE.ivf] [--ietf] [--loss PCT]".into());
+            }
+            path => o.ivf = Some(path.to_string()),
+        }
+    }
+    Ok(o)
+}
 
 /// Frames of a VP8 IVF file (32-byte file header, 12-byte frame headers).
 fn read_ivf(path: &str) -> Result<Vec<Vec<u8>>, String> {
@@ -29,9 +75,8 @@ fn read_ivf(path: &str) -> Result<Vec<Vec<u8>>, String> {
     if data.len() < 32 || &data[..4] != b"DKIF" {
         return Err(format!("{path} is not an IVF file (no DKIF signature)"));
     }
-    let header_len = usize::from(u16::from_le_bytes([data[6], data[7]]));
     let mut frames = Vec::new();
-    let mut at = header_len;
+    let mut at = usize::from(u16::from_le_bytes([data[6], data[7]]));
     while at + 12 <= data.len() {
         let size = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
         at += 12;
@@ -45,167 +90,308 @@ fn read_ivf(path: &str) -> Result<Vec<Vec<u8>>, String> {
     Ok(frames)
 }
 
-/// Ten seconds of a 30 fps video stream: a key frame (15–25 KB) every 60 frames, delta
-/// frames of 0.8–4 KB in between, plus a 60–160 byte audio frame every 20 ms.
-fn synthetic(rng: &mut StdRng) -> Vec<Vec<u8>> {
-    let mut frames = Vec::new();
-    for i in 0..300 {
-        let len = if i % 60 == 0 {
-            rng.random_range(15_000..25_000)
-        } else {
-            rng.random_range(800..4_000)
-        };
-        let mut f = vec![0u8; len];
-        rng.fill_bytes(&mut f);
-        frames.push(f);
-        for _ in 0..2 {
-            let mut a = vec![0u8; rng.random_range(60..160)];
-            rng.fill_bytes(&mut a);
-            frames.push(a);
-        }
-    }
-    frames
-}
-
-#[derive(Default)]
-struct Row {
-    sent: usize,
-    bytes: usize,
-    received: usize,
-    decrypted: usize,
-    refused_after_retire: usize,
-}
-
-struct Member {
-    index: u32,
-    sender: SenderKey,
-    store: KeyStore,
-}
-
-fn epoch_keys(secret: &[u8], layout: MlsKidLayout, epoch: u64) -> Vec<Member> {
-    (0..MEMBERS)
-        .map(|index| {
-            let (kid, material) = mls_sender_key(SUITE, secret, layout, 0, index, epoch).unwrap();
-            let sender = SenderKey::new(SUITE, kid, &material, default_backend()).unwrap();
-            let mut store = KeyStore::new();
-            store
-                .insert_mls_epoch(SUITE, secret, layout, 0, epoch, 0..MEMBERS)
-                .unwrap();
-            Member {
-                index,
-                sender,
-                store,
-            }
+/// Ten seconds of 30 fps video: a 15–25 KB key frame every 60 frames, 0.8–4 KB deltas.
+fn synthetic_video(rng: &mut StdRng) -> Vec<Vec<u8>> {
+    (0..300)
+        .map(|i| {
+            let len = if i % 60 == 0 {
+                rng.random_range(15_000..25_000)
+            } else {
+                rng.random_range(800..4_000)
+            };
+            let mut f = vec![0u8; len];
+            rng.fill_bytes(&mut f);
+            f
         })
         .collect()
 }
 
+/// One RTP packet on the simulated wire.
+#[derive(Clone)]
+struct Packet {
+    seq: u16,
+    ts: u32,
+    marker: bool,
+    payload: Vec<u8>,
+}
+
+/// What one receiver saw of one sender.
+#[derive(Default, Clone, Copy)]
+struct PairStats {
+    frames: usize,
+    decrypted: usize,
+    incomplete: usize,
+    failures: usize,
+}
+
+struct Member {
+    sender: SenderKey,
+    store: KeyStore,
+    format: PacketFormat,
+    seq: u16,
+    ts: u32,
+}
+
+fn install_epoch(members: &mut [Member], secret: &[u8], layout: MlsKidLayout, epoch: u64) {
+    for (i, m) in members.iter_mut().enumerate() {
+        let (kid, material) = mls_sender_key(SUITE, secret, layout, 0, i as u32, epoch).unwrap();
+        // Senders switch only after the commit is merged; receivers keep the old keys a while.
+        m.sender = SenderKey::new(SUITE, kid, &material, default_backend()).unwrap();
+        m.store
+            .insert_mls_epoch(SUITE, secret, layout, 0, epoch, 0..MEMBERS as u32)
+            .unwrap();
+    }
+}
+
 fn main() {
+    let opts = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
     let mut rng = StdRng::from_os_rng();
-    let (source, frames) = match std::env::args().nth(1) {
-        Some(path) => match read_ivf(&path) {
-            Ok(f) => (path, f),
+    let (source, video) = match &opts.ivf {
+        Some(path) => match read_ivf(path) {
+            Ok(f) => (path.clone(), f),
             Err(e) => {
                 eprintln!("error: {e}");
                 std::process::exit(2);
             }
         },
         None => (
-            "synthetic 30 fps video + 50 fps audio".to_string(),
-            synthetic(&mut rng),
+            "synthetic 30 fps video".to_string(),
+            synthetic_video(&mut rng),
         ),
     };
-    let layout = MlsKidLayout::for_group(4, u64::from(MEMBERS)).unwrap();
+    let layout = MlsKidLayout::for_group(4, MEMBERS as u64).unwrap();
     // Stand-ins for MLS-Exporter("SFrame 1.0 Base Key", "", 16) of epochs 1 and 2.
     let mut secrets = [[0u8; 16]; 2];
     rng.fill_bytes(&mut secrets[0]);
     rng.fill_bytes(&mut secrets[1]);
 
-    let mut members = epoch_keys(&secrets[0], layout, 1);
-    let mut rows: Vec<Row> = (0..MEMBERS).map(|_| Row::default()).collect();
-    let mut in_flight_old: Vec<(u32, Vec<u8>)> = Vec::new();
-    let mut failures = 0usize;
+    let (video_fmt, audio_fmt) = if opts.ietf {
+        (PacketFormat::Sframe, PacketFormat::Sframe)
+    } else {
+        (PacketFormat::Vp8, PacketFormat::Opus)
+    };
+    let mut members: Vec<Member> = (0..MEMBERS)
+        .map(|i| Member {
+            sender: SenderKey::from_base_key(SUITE, 0, b"placeholder").unwrap(),
+            store: KeyStore::new(),
+            format: if i == 0 { video_fmt } else { audio_fmt },
+            seq: rng.random(),
+            ts: rng.random(),
+        })
+        .collect();
+    install_epoch(&mut members, &secrets[0], layout, 1);
+
+    // Per (sender, receiver): a reassembler and counters. Wire: per receiver, per sender.
+    let mut reassemblers: Vec<Vec<Reassembler>> = (0..MEMBERS)
+        .map(|_| {
+            members
+                .iter()
+                .map(|m| Reassembler::with_config(m.format, ReassemblerConfig::default()))
+                .collect()
+        })
+        .collect();
+    let mut stats = [[PairStats::default(); MEMBERS]; MEMBERS];
+    let mut sent_frames: Vec<std::collections::HashMap<u32, Vec<u8>>> =
+        vec![Default::default(); MEMBERS];
+    let (mut packets_sent, mut bytes_sent) = (0usize, 0usize);
+    let mut late_old_epoch: Option<(usize, Vec<u8>)> = None;
     let grace = Duration::from_millis(500);
     let started = Instant::now();
-    let half = frames.len() / 2;
+    let steps = video.len();
 
-    for (n, frame) in frames.iter().enumerate() {
-        let from = (n as u32) % MEMBERS;
-        if n == half {
-            // Epoch change: every member installs epoch 2 and switches its sender after the
-            // commit is merged; epoch 1 stays decryptable for `grace`.
-            let next = epoch_keys(&secrets[1], layout, 2);
-            for (m, new) in members.iter_mut().zip(next) {
-                let old_kids: Vec<u64> = m.store.kids().collect();
-                for kid in old_kids {
+    for (step, frame) in video.iter().enumerate() {
+        if step == steps / 2 {
+            for m in &mut members {
+                for kid in m.store.kids().collect::<Vec<_>>() {
                     m.store.set_expiry(kid, started.elapsed() + grace);
                 }
-                m.store
-                    .insert_mls_epoch(SUITE, &secrets[1], layout, 0, 2, 0..MEMBERS)
-                    .unwrap();
-                m.sender = new.sender;
             }
+            install_epoch(&mut members, &secrets[1], layout, 2);
         }
-        let sender = &mut members[from as usize];
-        let mut wire = vec![0u8; frame.len() + sender.sender.max_overhead()];
-        let len = sender.sender.encrypt(b"", frame, &mut wire).unwrap();
-        wire.truncate(len);
-        rows[from as usize].sent += 1;
-        rows[from as usize].bytes += len;
-        if n + 1 == half {
-            // One frame per sender is still in flight when the epoch changes.
-            in_flight_old.push((from, wire.clone()));
-        }
-        for m in members.iter_mut().filter(|m| m.index != from) {
-            rows[m.index as usize].received += 1;
-            let mut buf = wire.clone();
-            match m.store.decrypt_in_place(b"", &mut buf) {
-                Ok(d) if d.plaintext == &frame[..] => rows[m.index as usize].decrypted += 1,
-                Ok(_) => failures += 1,
-                Err(e) => {
-                    eprintln!("member {} could not decrypt frame {n}: {e}", m.index);
-                    failures += 1;
+        // Member 0: one video frame; members 1 and 2: an audio frame each (20 ms at 30 fps, roughly).
+        for from in 0..MEMBERS {
+            let plain = if from == 0 {
+                frame.clone()
+            } else {
+                let mut a = vec![0u8; rng.random_range(60..160)];
+                rng.fill_bytes(&mut a);
+                a
+            };
+            let m = &mut members[from];
+            let mut enc = vec![0u8; plain.len() + m.sender.max_overhead()];
+            let n = m.sender.encrypt(b"", &plain, &mut enc).unwrap();
+            enc.truncate(n);
+            if step + 1 == steps / 2 && from == 1 {
+                late_old_epoch = Some((from, enc.clone()));
+            }
+            m.ts = m.ts.wrapping_add(if from == 0 { 3000 } else { 960 });
+            sent_frames[from].insert(m.ts, plain);
+            let vp8 = Vp8Descriptor {
+                picture_id: Some((step % 0x8000) as u16),
+                ..Default::default()
+            };
+            let p = Packetizer::new(m.format, MAX_PAYLOAD).unwrap();
+            let mut wire = Vec::new();
+            let mut buf = [0u8; MAX_PAYLOAD];
+            for frag in p.packetize(&enc, Some(&vp8)).unwrap() {
+                let len = frag.write_to(&mut buf).unwrap();
+                wire.push(Packet {
+                    seq: m.seq,
+                    ts: m.ts,
+                    marker: frag.marker,
+                    payload: buf[..len].to_vec(),
+                });
+                m.seq = m.seq.wrapping_add(1);
+                packets_sent += 1;
+                bytes_sent += len;
+            }
+            // The network, separately towards each receiver: loss, duplicates, local reordering.
+            for to in (0..MEMBERS).filter(|&to| to != from) {
+                let mut arriving: Vec<Packet> = Vec::new();
+                for pkt in &wire {
+                    if rng.random_bool(opts.loss) {
+                        continue;
+                    }
+                    arriving.push(pkt.clone());
+                    if rng.random_bool(0.01) {
+                        arriving.push(pkt.clone());
+                    }
                 }
+                arriving.shuffle(&mut rng);
+                let r = &mut reassemblers[to][from];
+                for pkt in &arriving {
+                    let _ = r.push(RtpIn {
+                        seq: pkt.seq,
+                        timestamp: pkt.ts,
+                        marker: pkt.marker,
+                        payload: &pkt.payload,
+                        start: None,
+                        end: None,
+                    });
+                }
+                drain(
+                    r,
+                    &mut members[to].store,
+                    &sent_frames[from],
+                    &mut stats[to][from],
+                );
             }
+        }
+    }
+    for to in 0..MEMBERS {
+        for from in 0..MEMBERS {
+            reassemblers[to][from].flush();
+            drain(
+                &mut reassemblers[to][from],
+                &mut members[to].store,
+                &sent_frames[from],
+                &mut stats[to][from],
+            );
         }
     }
     let elapsed = started.elapsed();
 
-    // After the grace period the old epoch is gone: a late copy of an epoch-1 frame is refused.
-    for m in &mut members {
-        m.store
-            .expire(started.elapsed() + grace + Duration::from_millis(1));
-        for (from, wire) in &in_flight_old {
-            if *from == m.index {
-                continue;
-            }
-            let mut buf = wire.clone();
-            if let Err(SframeError::KeyRetired { .. }) = m.store.decrypt_in_place(b"", &mut buf) {
-                rows[m.index as usize].refused_after_retire += 1;
-            } else {
-                failures += 1;
+    // After the grace period epoch 1 is retired: a late copy of an epoch-1 frame is refused.
+    let mut refused = 0;
+    if let Some((from, frame)) = &late_old_epoch {
+        for (to, m) in members.iter_mut().enumerate().filter(|(to, _)| to != from) {
+            m.store
+                .expire(started.elapsed() + grace + Duration::from_millis(1));
+            let mut buf = frame.clone();
+            match m.store.decrypt_in_place(b"", &mut buf) {
+                Err(SframeError::KeyRetired { .. }) => refused += 1,
+                other => {
+                    eprintln!("member {to}: a retired epoch-1 frame was not refused: {other:?}");
+                    stats[to][*from].failures += 1;
+                }
             }
         }
     }
 
-    println!("source: {source} ({} frames), suite {SUITE}", frames.len());
-    println!("epochs: 1 → 2 at frame {half}; old epoch kept for {grace:?}, then retired\n");
     println!(
-        "{:<8} {:>8} {:>12} {:>10} {:>10} {:>22}",
-        "member", "sent", "bytes sent", "received", "decrypted", "late epoch-1 refused"
+        "source: {source}; packetization: {}",
+        if opts.ietf {
+            "IETF SFrame payload format"
+        } else {
+            "browser-compatible (VP8 descriptor / Opus)"
+        }
     );
-    for (i, r) in rows.iter().enumerate() {
-        println!(
-            "{:<8} {:>8} {:>12} {:>10} {:>10} {:>22}",
-            i, r.sent, r.bytes, r.received, r.decrypted, r.refused_after_retire
-        );
-    }
-    let total: usize = rows.iter().map(|r| r.decrypted).sum();
     println!(
-        "\n{total} frame decryptions in {:.1} ms; decrypt failures: {failures}",
+        "suite {SUITE}; network: {:.1}% loss, 1% duplicates, reordering",
+        opts.loss * 100.0
+    );
+    println!(
+        "{packets_sent} packets ({:.1} MB) sent; epoch 1 → 2 at step {}\n",
+        bytes_sent as f64 / 1e6,
+        steps / 2
+    );
+    println!(
+        "{:<10} {:<9} {:>7} {:>10} {:>11} {:>17}",
+        "sender", "receiver", "frames", "decrypted", "incomplete", "decrypt failures"
+    );
+    let mut failures = 0;
+    for from in 0..MEMBERS {
+        for (to, row) in stats.iter().enumerate().filter(|&(to, _)| to != from) {
+            let s = row[from];
+            failures += s.failures;
+            let kind = if from == 0 { "(video)" } else { "(audio)" };
+            println!(
+                "{:<10} {:<9} {:>7} {:>10} {:>11} {:>17}",
+                format!("{from} {kind}"),
+                to,
+                s.frames,
+                s.decrypted,
+                s.incomplete,
+                s.failures
+            );
+        }
+    }
+    println!(
+        "\nlate epoch-1 frame refused after the grace period by {refused} of {} receivers",
+        MEMBERS - 1
+    );
+    println!(
+        "{:.1} ms for the whole call; decrypt failures of complete frames: {failures}",
         elapsed.as_secs_f64() * 1e3
     );
-    if failures > 0 {
+    if failures > 0 || refused != MEMBERS - 1 {
         std::process::exit(1);
+    }
+}
+
+/// Decrypt every frame the reassembler completed and compare it with what was sent.
+fn drain(
+    r: &mut Reassembler,
+    store: &mut KeyStore,
+    sent: &std::collections::HashMap<u32, Vec<u8>>,
+    s: &mut PairStats,
+) {
+    while let Some(out) = r.poll() {
+        match out {
+            Output::Complete(mut f) => {
+                s.frames += 1;
+                match store.decrypt_in_place(b"", &mut f.data) {
+                    Ok(d)
+                        if sent
+                            .get(&f.timestamp)
+                            .is_some_and(|p| p[..] == d.plaintext[..]) =>
+                    {
+                        s.decrypted += 1
+                    }
+                    Ok(_) => s.failures += 1,
+                    Err(e) => {
+                        eprintln!("frame at ts {} did not decrypt: {e}", f.timestamp);
+                        s.failures += 1;
+                    }
+                }
+            }
+            Output::Incomplete(_) => s.incomplete += 1,
+        }
     }
 }
