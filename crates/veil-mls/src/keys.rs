@@ -1,0 +1,418 @@
+//! The epoch → SFrame key schedule of one call member (sans-I/O; `now` is the caller's
+//! monotonic time). Checks MLS-KEY-01..06 of `specs/key-schedule.md`.
+//!
+//! On every epoch the member gives [`EpochKeys::install_epoch`] the epoch's exporter secret
+//! (`MLS-Exporter("SFrame 1.0 Base Key", "", Nk)`) and the leaf indices of the members. It:
+//!
+//! 1. derives every member's sender key (RFC 9605 §5.2) and installs it for receiving;
+//! 2. switches the local sender to the new epoch (call it only after the commit is merged);
+//! 3. keeps the previous epochs' keys for at most `max_retained_epochs` epochs **and** at most
+//!    `retention` time, so frames in flight still decrypt; then retires them (zeroized);
+//! 4. decrypts the frames it was holding for this epoch.
+//!
+//! A frame whose KID names an epoch that is not known yet, but is at most half the epoch space
+//! ahead, is **held** instead of dropped. Holding is bounded by count, bytes and age, and an
+//! evicted frame is counted.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use veil_sframe::{
+    CipherSuite, KeyStore, MlsKidLayout, SenderKey, SframeError, default_backend, mls_sender_key,
+};
+use veil_wire::SframeHeader;
+
+use crate::error::MlsError;
+
+/// How a member turns epochs into SFrame keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyConfig {
+    /// SFrame cipher suite (default `AES_128_GCM_SHA256_128`).
+    pub suite: CipherSuite,
+    /// `E`: low epoch bits in the KID (default 8: 256 epochs before a KID repeats).
+    pub epoch_bits: u32,
+    /// `S`: sender-index bits in the KID (default 12: up to 4096 leaves).
+    pub index_bits: u32,
+    /// The KID context this member sends under (default 0: shortest KIDs).
+    pub context: u64,
+    /// Previous epochs whose keys are kept (default 3).
+    pub max_retained_epochs: usize,
+    /// How long a previous epoch's keys are kept after the next epoch is installed (default 2 s).
+    pub retention: Duration,
+    /// Frames held for an epoch not yet known (default 256).
+    pub max_held_frames: usize,
+    /// Bytes held for an epoch not yet known (default 4 MiB).
+    pub max_held_bytes: usize,
+    /// How long a frame is held before it is dropped (default 2 s).
+    pub max_hold: Duration,
+}
+
+impl Default for KeyConfig {
+    fn default() -> Self {
+        Self {
+            suite: CipherSuite::AesGcm128Sha256,
+            epoch_bits: 8,
+            index_bits: 12,
+            context: 0,
+            max_retained_epochs: 3,
+            retention: Duration::from_secs(2),
+            max_held_frames: 256,
+            max_held_bytes: 4 << 20,
+            max_hold: Duration::from_secs(2),
+        }
+    }
+}
+
+impl KeyConfig {
+    /// The KID layout of this configuration.
+    ///
+    /// # Errors
+    /// [`MlsError::Config`] if `E + S` leaves no context bit or `E` is 0.
+    pub fn layout(&self) -> Result<MlsKidLayout, MlsError> {
+        MlsKidLayout::new(self.epoch_bits, self.index_bits)
+            .map_err(|e| MlsError::Config(e.to_string()))
+    }
+}
+
+/// What [`EpochKeys::decrypt_in_place`] did with a frame.
+#[derive(Debug)]
+pub enum Received<'a> {
+    /// The frame decrypted; `plaintext` lies in the caller's buffer.
+    Plaintext {
+        /// The sender's leaf index.
+        sender: u32,
+        /// The low epoch bits of the frame's KID.
+        epoch_bits: u64,
+        /// The plaintext.
+        plaintext: &'a mut [u8],
+    },
+    /// The frame names an epoch not known yet; it is held and comes back from `install_epoch`.
+    Held,
+}
+
+/// A held frame that decrypted once its epoch was installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// The sender's leaf index.
+    pub sender: u32,
+    /// The metadata it was held with.
+    pub metadata: Vec<u8>,
+    /// The plaintext.
+    pub plaintext: Vec<u8>,
+}
+
+/// Counters of an [`EpochKeys`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyStats {
+    /// Epochs installed.
+    pub epochs_installed: u64,
+    /// Epoch key sets retired (by count or by time).
+    pub epochs_retired: u64,
+    /// Frames held for an unknown epoch.
+    pub held: u64,
+    /// Held frames released (decrypted) when their epoch arrived.
+    pub released: u64,
+    /// Held frames dropped (bounds, age, or failed to decrypt once released).
+    pub held_dropped: u64,
+    /// Largest number of frames held at once.
+    pub max_held: usize,
+}
+
+struct Retained {
+    epoch: u64,
+    kids: Vec<u64>,
+    deadline: Duration,
+}
+
+struct HeldFrame {
+    frame: Vec<u8>,
+    metadata: Vec<u8>,
+    epoch_bits: u64,
+    since: Duration,
+}
+
+/// The SFrame keys of one member across epochs.
+pub struct EpochKeys {
+    cfg: KeyConfig,
+    layout: MlsKidLayout,
+    store: KeyStore,
+    sender: Option<SenderKey>,
+    current: Option<(u64, Vec<u64>)>,
+    retained: VecDeque<Retained>,
+    held: VecDeque<HeldFrame>,
+    held_bytes: usize,
+    stats: KeyStats,
+}
+
+impl core::fmt::Debug for EpochKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("EpochKeys")
+            .field("epoch", &self.current.as_ref().map(|c| c.0))
+            .field(
+                "retained",
+                &self.retained.iter().map(|r| r.epoch).collect::<Vec<_>>(),
+            )
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EpochKeys {
+    /// An empty schedule.
+    ///
+    /// # Errors
+    /// [`MlsError::Config`] for an impossible KID layout.
+    pub fn new(cfg: KeyConfig) -> Result<Self, MlsError> {
+        Ok(Self {
+            layout: cfg.layout()?,
+            cfg,
+            store: KeyStore::with_backend(default_backend()),
+            sender: None,
+            current: None,
+            retained: VecDeque::new(),
+            held: VecDeque::new(),
+            held_bytes: 0,
+            stats: KeyStats::default(),
+        })
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &KeyConfig {
+        &self.cfg
+    }
+
+    /// The KID layout.
+    #[must_use]
+    pub fn layout(&self) -> MlsKidLayout {
+        self.layout
+    }
+
+    /// The current epoch, once one is installed.
+    #[must_use]
+    pub fn epoch(&self) -> Option<u64> {
+        self.current.as_ref().map(|c| c.0)
+    }
+
+    /// Epochs whose keys are still installed, newest first (current, then retained).
+    #[must_use]
+    pub fn installed_epochs(&self) -> Vec<u64> {
+        self.current
+            .iter()
+            .map(|c| c.0)
+            .chain(self.retained.iter().rev().map(|r| r.epoch))
+            .collect()
+    }
+
+    /// Frames held right now.
+    #[must_use]
+    pub fn held_frames(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> KeyStats {
+        self.stats
+    }
+
+    /// The local sender's KID, if this member sends.
+    #[must_use]
+    pub fn sender_kid(&self) -> Option<u64> {
+        self.sender.as_ref().map(SenderKey::kid)
+    }
+
+    /// Install `epoch` (MLS-KEY-01..03): `exporter_secret` is the epoch's
+    /// `MLS-Exporter("SFrame 1.0 Base Key", "", Nk)`, `members` the leaf indices in the group,
+    /// `own` this member's leaf index (None for a receive-only observer). Returns the held frames
+    /// of this epoch, decrypted.
+    ///
+    /// # Errors
+    /// [`MlsError::Sframe`] if a leaf index does not fit the KID layout, or the secret has the
+    /// wrong length; nothing changes then.
+    pub fn install_epoch(
+        &mut self,
+        epoch: u64,
+        exporter_secret: &[u8],
+        members: &[u32],
+        own: Option<u32>,
+        now: Duration,
+    ) -> Result<Vec<Released>, MlsError> {
+        let (suite, ctx) = (self.cfg.suite, self.cfg.context);
+        // Derive first so a bad input changes nothing.
+        let sender = match own {
+            Some(i) => {
+                let (kid, m) = mls_sender_key(suite, exporter_secret, self.layout, ctx, i, epoch)?;
+                Some(SenderKey::new(suite, kid, &m, default_backend())?)
+            }
+            None => None,
+        };
+        let mut fresh = KeyStore::new();
+        fresh.insert_mls_epoch(
+            suite,
+            exporter_secret,
+            self.layout,
+            ctx,
+            epoch,
+            members.iter().copied(),
+        )?;
+        drop(fresh);
+        // The previous epoch becomes retained, with a deadline (MLS-KEY-02).
+        if let Some((old, kids)) = self.current.take() {
+            for &kid in &kids {
+                self.store.set_expiry(kid, now + self.cfg.retention);
+            }
+            self.retained.push_back(Retained {
+                epoch: old,
+                kids,
+                deadline: now + self.cfg.retention,
+            });
+        }
+        let kids = self.store.insert_mls_epoch(
+            suite,
+            exporter_secret,
+            self.layout,
+            ctx,
+            epoch,
+            members.iter().copied(),
+        )?;
+        // A retained epoch with the same low bits lost its KIDs to the new epoch (RFC 9605 §5.2).
+        for r in &mut self.retained {
+            r.kids.retain(|k| !kids.contains(k));
+        }
+        self.current = Some((epoch, kids));
+        self.sender = sender; // switch only now, after the commit was merged (MLS-KEY-04)
+        self.stats.epochs_installed += 1;
+        while self.retained.len() > self.cfg.max_retained_epochs {
+            self.retire_oldest();
+        }
+        self.expire(now);
+        Ok(self.release_held(epoch))
+    }
+
+    fn retire_oldest(&mut self) {
+        if let Some(r) = self.retained.pop_front() {
+            for kid in r.kids {
+                self.store.retire(kid);
+            }
+            self.stats.epochs_retired += 1;
+        }
+    }
+
+    /// Retire retained epochs past their deadline and drop frames held too long (MLS-KEY-02,
+    /// MLS-KEY-05). Call it periodically; every other method calls it too.
+    pub fn expire(&mut self, now: Duration) {
+        while self.retained.front().is_some_and(|r| r.deadline <= now) {
+            self.retire_oldest();
+        }
+        self.store.expire(now);
+        while self
+            .held
+            .front()
+            .is_some_and(|h| now.saturating_sub(h.since) > self.cfg.max_hold)
+        {
+            self.drop_oldest_held();
+        }
+    }
+
+    fn drop_oldest_held(&mut self) {
+        if let Some(h) = self.held.pop_front() {
+            self.held_bytes -= h.frame.len() + h.metadata.len();
+            self.stats.held_dropped += 1;
+        }
+    }
+
+    fn release_held(&mut self, epoch: u64) -> Vec<Released> {
+        let low = epoch & ((1u64 << self.cfg.epoch_bits) - 1);
+        let (ready, keep): (VecDeque<_>, VecDeque<_>) =
+            self.held.drain(..).partition(|h| h.epoch_bits == low);
+        self.held = keep;
+        let mut out = Vec::new();
+        for mut h in ready {
+            self.held_bytes -= h.frame.len() + h.metadata.len();
+            match self.store.decrypt_in_place(&h.metadata, &mut h.frame) {
+                Ok(d) => {
+                    let sender = self.layout.split(d.header.kid).1 as u32;
+                    out.push(Released {
+                        sender,
+                        metadata: h.metadata,
+                        plaintext: d.plaintext.to_vec(),
+                    });
+                    self.stats.released += 1;
+                }
+                Err(_) => self.stats.held_dropped += 1,
+            }
+        }
+        out
+    }
+
+    /// Encrypt `plaintext` as this member in the current epoch into `out`; returns the length.
+    ///
+    /// # Errors
+    /// [`MlsError::NotSending`] before an epoch with an own leaf was installed; SFrame errors.
+    pub fn encrypt(
+        &mut self,
+        metadata: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, MlsError> {
+        let s = self.sender.as_mut().ok_or(MlsError::NotSending)?;
+        Ok(s.encrypt(metadata, plaintext, out)?)
+    }
+
+    /// Upper bound of the bytes [`encrypt`](Self::encrypt) adds.
+    #[must_use]
+    pub fn max_overhead(&self) -> usize {
+        veil_sframe::MAX_HEADER_LEN + self.cfg.suite.tag_len()
+    }
+
+    /// Whether the low epoch bits `bits` are ahead of the current epoch by at most half the
+    /// epoch space (so not a stale epoch that wrapped).
+    fn is_ahead(&self, bits: u64) -> bool {
+        let Some((cur, _)) = &self.current else {
+            return true;
+        };
+        let space = 1u64 << self.cfg.epoch_bits;
+        let d = (bits + space - (cur & (space - 1))) % space;
+        d > 0 && d <= space / 2
+    }
+
+    /// Decrypt a frame in place, or hold it if it names a newer epoch (MLS-KEY-05).
+    ///
+    /// # Errors
+    /// Any [`SframeError`] for a frame that can be neither decrypted nor held (unknown sender in
+    /// a known epoch, a retired epoch, a forgery, a replay).
+    pub fn decrypt_in_place<'a>(
+        &mut self,
+        metadata: &[u8],
+        buf: &'a mut [u8],
+        now: Duration,
+    ) -> Result<Received<'a>, MlsError> {
+        self.expire(now);
+        let kid = SframeHeader::parse(buf).map_err(SframeError::from)?.0.kid;
+        let (ctx, idx, bits) = self.layout.split(kid);
+        if !self.store.contains(kid) && ctx == self.cfg.context && self.is_ahead(bits) {
+            if self.held.len() >= self.cfg.max_held_frames
+                || self.held_bytes + buf.len() + metadata.len() > self.cfg.max_held_bytes
+            {
+                self.drop_oldest_held();
+            }
+            self.held_bytes += buf.len() + metadata.len();
+            self.held.push_back(HeldFrame {
+                frame: buf.to_vec(),
+                metadata: metadata.to_vec(),
+                epoch_bits: bits,
+                since: now,
+            });
+            self.stats.held += 1;
+            self.stats.max_held = self.stats.max_held.max(self.held.len());
+            return Ok(Received::Held);
+        }
+        let d = self.store.decrypt_in_place(metadata, buf)?;
+        Ok(Received::Plaintext {
+            sender: idx as u32,
+            epoch_bits: bits,
+            plaintext: d.plaintext,
+        })
+    }
+}

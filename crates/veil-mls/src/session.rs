@@ -1,0 +1,473 @@
+//! A call member's MLS session over openmls (checks MLS-SES-01..06). Messages go in and out as
+//! bytes (TLS-serialised `MlsMessage`s); the key-distribution service and the client SDK move
+//! them. No I/O here: time enters as `now`.
+
+use std::time::Duration;
+
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+
+use crate::error::MlsError;
+use crate::keys::{EpochKeys, KeyConfig, Received, Released};
+
+/// The MLS cipher suite of Veil groups.
+pub const MLS_CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// The RFC 9605 §5.2 exporter label.
+pub const SFRAME_EXPORTER_LABEL: &str = veil_sframe::MLS_EXPORTER_LABEL;
+
+fn internal(e: impl core::fmt::Debug) -> MlsError {
+    MlsError::Internal(format!("{e:?}"))
+}
+
+fn rejected(e: impl core::fmt::Debug) -> MlsError {
+    MlsError::Rejected(format!("{e:?}"))
+}
+
+fn serialize(m: &MlsMessageOut) -> Result<Vec<u8>, MlsError> {
+    m.tls_serialize_detached().map_err(internal)
+}
+
+fn parse(bytes: &[u8]) -> Result<MlsMessageIn, MlsError> {
+    MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| MlsError::Malformed(e.to_string()))
+}
+
+/// The handshake messages a commit produces, as bytes for the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOut {
+    /// The commit (a PublicMessage, so the service can validate it).
+    pub commit: Vec<u8>,
+    /// The Welcome for added members, if any.
+    pub welcome: Option<Vec<u8>>,
+    /// The new epoch's GroupInfo (with the ratchet tree) for external joiners.
+    pub group_info: Option<Vec<u8>>,
+}
+
+/// What processing a handshake message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Processed {
+    /// A commit moved the group to `epoch`; `released` are frames that were held for it.
+    EpochChanged {
+        /// The new epoch.
+        epoch: u64,
+        /// Frames held for this epoch, now decrypted.
+        released: Vec<Released>,
+    },
+    /// This member's own pending commit came back from the service: it won and is merged.
+    OwnCommitMerged {
+        /// The new epoch.
+        epoch: u64,
+        /// Frames held for this epoch, now decrypted.
+        released: Vec<Released>,
+    },
+    /// A proposal was stored; a member will commit it.
+    ProposalStored,
+    /// This member was removed. Its keys of the current epoch stay for the retention grace;
+    /// it receives no later epoch.
+    Removed,
+}
+
+/// One member of a call: identity, MLS group state and SFrame keys.
+pub struct CallSession {
+    provider: OpenMlsRustCrypto,
+    signer: SignatureKeyPair,
+    credential: CredentialWithKey,
+    identity: Vec<u8>,
+    group: Option<MlsGroup>,
+    keys: EpochKeys,
+}
+
+impl core::fmt::Debug for CallSession {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CallSession")
+            .field("identity", &String::from_utf8_lossy(&self.identity))
+            .field("epoch", &self.epoch())
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallSession {
+    /// A member with a fresh signature key bound to `identity` (MLS-SES-01).
+    ///
+    /// # Errors
+    /// [`MlsError::Config`] for an impossible key configuration; internal errors.
+    pub fn new(identity: &[u8], keys: KeyConfig) -> Result<Self, MlsError> {
+        let provider = OpenMlsRustCrypto::default();
+        let signer =
+            SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm()).map_err(internal)?;
+        signer.store(provider.storage()).map_err(internal)?;
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(identity.to_vec()).into(),
+            signature_key: signer.public().into(),
+        };
+        Ok(Self {
+            provider,
+            signer,
+            credential,
+            identity: identity.to_vec(),
+            group: None,
+            keys: EpochKeys::new(keys)?,
+        })
+    }
+
+    /// This member's identity.
+    #[must_use]
+    pub fn identity(&self) -> &[u8] {
+        &self.identity
+    }
+
+    /// A KeyPackage for others to add this member with: single use, or last resort (kept after
+    /// use, for when the service runs out of single-use ones).
+    ///
+    /// # Errors
+    /// Internal errors only.
+    pub fn key_package(&self, last_resort: bool) -> Result<Vec<u8>, MlsError> {
+        let mut b = KeyPackage::builder();
+        if last_resort {
+            b = b.mark_as_last_resort().leaf_node_capabilities(
+                Capabilities::builder()
+                    .extensions(vec![ExtensionType::LastResort])
+                    .build(),
+            );
+        }
+        let bundle = b
+            .build(
+                MLS_CIPHERSUITE,
+                &self.provider,
+                &self.signer,
+                self.credential.clone(),
+            )
+            .map_err(internal)?;
+        serialize(&MlsMessageOut::from(bundle.key_package().clone()))
+    }
+
+    fn join_config() -> MlsGroupJoinConfig {
+        // PublicMessage handshakes, or the service's PublicGroup can validate nothing
+        // (notes Fact 1); the tree travels in Welcomes and GroupInfos.
+        MlsGroupJoinConfig::builder()
+            .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(true)
+            .build()
+    }
+
+    /// Create the room's group at epoch 0 with this member alone (MLS-SES-02).
+    ///
+    /// # Errors
+    /// Internal errors (e.g. a group with this id already exists in this session).
+    pub fn create_group(&mut self, room: &[u8], now: Duration) -> Result<Vec<Released>, MlsError> {
+        let cfg = MlsGroupCreateConfig::builder()
+            .ciphersuite(MLS_CIPHERSUITE)
+            .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(true)
+            .build();
+        let group = MlsGroup::new_with_group_id(
+            &self.provider,
+            &self.signer,
+            &cfg,
+            GroupId::from_slice(room),
+            self.credential.clone(),
+        )
+        .map_err(internal)?;
+        self.group = Some(group);
+        self.install_current(now)
+    }
+
+    fn group(&self) -> Result<&MlsGroup, MlsError> {
+        self.group
+            .as_ref()
+            .filter(|g| g.is_active())
+            .ok_or(MlsError::NotInGroup)
+    }
+
+    /// The group, ready for a new commit: active, and no commit of ours pending. A free
+    /// function over the field so the provider and signer can be borrowed alongside.
+    fn ready(group: &mut Option<MlsGroup>) -> Result<&mut MlsGroup, MlsError> {
+        let g = group
+            .as_mut()
+            .filter(|g| g.is_active())
+            .ok_or(MlsError::NotInGroup)?;
+        if g.pending_commit().is_some() {
+            return Err(MlsError::CommitPending);
+        }
+        Ok(g)
+    }
+
+    /// Export the epoch's SFrame base key and install every member's keys (MLS-KEY-01).
+    fn install_current(&mut self, now: Duration) -> Result<Vec<Released>, MlsError> {
+        let g = self.group.as_ref().ok_or(MlsError::NotInGroup)?;
+        let secret = zeroize::Zeroizing::new(
+            g.export_secret(
+                self.provider.crypto(),
+                SFRAME_EXPORTER_LABEL,
+                b"",
+                self.keys.config().suite.key_len(),
+            )
+            .map_err(internal)?,
+        );
+        let members: Vec<u32> = g.members().map(|m| m.index.u32()).collect();
+        let own = g.own_leaf_index().u32();
+        let epoch = g.epoch().as_u64();
+        self.keys
+            .install_epoch(epoch, &secret, &members, Some(own), now)
+    }
+
+    fn commit_out(
+        commit: MlsMessageOut,
+        welcome: Option<MlsMessageOut>,
+        gi: Option<MlsMessageOut>,
+    ) -> Result<CommitOut, MlsError> {
+        Ok(CommitOut {
+            commit: serialize(&commit)?,
+            welcome: welcome.as_ref().map(serialize).transpose()?,
+            group_info: gi.as_ref().map(serialize).transpose()?,
+        })
+    }
+
+    /// Commit adding the members whose KeyPackages are given (MLS-SES-02). The commit stays
+    /// pending until [`confirm_commit`](Self::confirm_commit) (the service accepted it) or
+    /// [`discard_commit`](Self::discard_commit) (another commit won the epoch).
+    ///
+    /// # Errors
+    /// [`MlsError::Malformed`]/[`MlsError::Rejected`] for a bad KeyPackage;
+    /// [`MlsError::CommitPending`]; [`MlsError::NotInGroup`].
+    pub fn add_members(&mut self, key_packages: &[Vec<u8>]) -> Result<CommitOut, MlsError> {
+        let kps = key_packages
+            .iter()
+            .map(|b| match parse(b)?.extract() {
+                MlsMessageBodyIn::KeyPackage(kp) => kp
+                    .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+                    .map_err(rejected),
+                _ => Err(MlsError::Malformed("expected a KeyPackage".into())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let g = Self::ready(&mut self.group)?;
+        let (commit, welcome, gi) = g
+            .add_members(&self.provider, &self.signer, &kps)
+            .map_err(rejected)?;
+        Self::commit_out(commit, Some(welcome), gi.map(Into::into))
+    }
+
+    /// Commit removing the members with these identities (MLS-SES-02).
+    ///
+    /// # Errors
+    /// [`MlsError::NoSuchMember`]; as [`add_members`](Self::add_members).
+    pub fn remove_members(&mut self, identities: &[&[u8]]) -> Result<CommitOut, MlsError> {
+        let idx = identities
+            .iter()
+            .map(|id| {
+                self.leaf_of(id)
+                    .ok_or_else(|| MlsError::NoSuchMember(String::from_utf8_lossy(id).into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let g = Self::ready(&mut self.group)?;
+        let (commit, welcome, gi) = g
+            .remove_members(&self.provider, &self.signer, &idx)
+            .map_err(rejected)?;
+        Self::commit_out(commit, welcome, gi.map(Into::into))
+    }
+
+    /// Commit a fresh leaf secret (post-compromise security, MLS-SES-03).
+    ///
+    /// # Errors
+    /// As [`add_members`](Self::add_members).
+    pub fn self_update(&mut self) -> Result<CommitOut, MlsError> {
+        let g = Self::ready(&mut self.group)?;
+        let bundle = g
+            .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
+            .map_err(rejected)?;
+        let (c, w, gi) = bundle.into_messages();
+        Self::commit_out(c, w, gi)
+    }
+
+    /// The service accepted this member's pending commit: merge it and switch to the new epoch's
+    /// keys (MLS-KEY-04: the sender switches only now).
+    ///
+    /// # Errors
+    /// [`MlsError::NotInGroup`] if nothing is pending.
+    pub fn confirm_commit(&mut self, now: Duration) -> Result<Vec<Released>, MlsError> {
+        let g = self.group.as_mut().ok_or(MlsError::NotInGroup)?;
+        if g.pending_commit().is_none() {
+            return Err(MlsError::Internal("no pending commit to confirm".into()));
+        }
+        g.merge_pending_commit(&self.provider).map_err(internal)?;
+        self.install_current(now)
+    }
+
+    /// Another commit won the epoch: drop this member's pending commit (MLS-SES-04). Process the
+    /// winner next, then re-propose.
+    ///
+    /// # Errors
+    /// Internal storage errors.
+    pub fn discard_commit(&mut self) -> Result<(), MlsError> {
+        if let Some(g) = self.group.as_mut() {
+            g.clear_pending_commit(self.provider.storage())
+                .map_err(internal)?;
+        }
+        Ok(())
+    }
+
+    /// Join from a Welcome (MLS-SES-02).
+    ///
+    /// # Errors
+    /// [`MlsError::Malformed`] or [`MlsError::Rejected`].
+    pub fn join_welcome(
+        &mut self,
+        welcome: &[u8],
+        now: Duration,
+    ) -> Result<Vec<Released>, MlsError> {
+        let MlsMessageBodyIn::Welcome(w) = parse(welcome)?.extract() else {
+            return Err(MlsError::Malformed("expected a Welcome".into()));
+        };
+        let group = StagedWelcome::new_from_welcome(&self.provider, &Self::join_config(), w, None)
+            .map_err(rejected)?
+            .into_group(&self.provider)
+            .map_err(rejected)?;
+        self.group = Some(group);
+        self.install_current(now)
+    }
+
+    /// Process one handshake message from the service, in order (MLS-SES-04/05).
+    ///
+    /// # Errors
+    /// [`MlsError::WrongEpoch`] for a message of another epoch (a commit that lost the race, or
+    /// one this member is missing); [`MlsError::Malformed`]; [`MlsError::Rejected`].
+    pub fn process(&mut self, message: &[u8], now: Duration) -> Result<Processed, MlsError> {
+        let pm = parse(message)?
+            .try_into_protocol_message()
+            .map_err(|e| MlsError::Malformed(format!("{e:?}")))?;
+        let g = self
+            .group
+            .as_mut()
+            .filter(|g| g.is_active())
+            .ok_or(MlsError::NotInGroup)?;
+        let (message_epoch, group_epoch) = (pm.epoch().as_u64(), g.epoch().as_u64());
+        if message_epoch != group_epoch {
+            return Err(MlsError::WrongEpoch {
+                message_epoch,
+                group_epoch,
+            });
+        }
+        let processed = g.process_message(&self.provider, pm).map_err(rejected)?;
+        match processed.into_content() {
+            ProcessedMessageContent::ProposalMessage(q)
+            | ProcessedMessageContent::ExternalJoinProposalMessage(q) => {
+                g.store_pending_proposal(self.provider.storage(), *q)
+                    .map_err(internal)?;
+                Ok(Processed::ProposalStored)
+            }
+            ProcessedMessageContent::StagedCommitMessage(sc) => {
+                let removed = sc.self_removed();
+                // Another commit won: a pending commit of ours is obsolete (MLS-SES-04).
+                if g.pending_commit().is_some() {
+                    g.clear_pending_commit(self.provider.storage())
+                        .map_err(internal)?;
+                }
+                g.merge_staged_commit(&self.provider, *sc)
+                    .map_err(rejected)?;
+                if removed {
+                    return Ok(Processed::Removed);
+                }
+                let released = self.install_current(now)?;
+                Ok(Processed::EpochChanged {
+                    epoch: group_epoch + 1,
+                    released,
+                })
+            }
+            ProcessedMessageContent::OwnPendingCommit => {
+                let released = self.confirm_commit(now)?;
+                Ok(Processed::OwnCommitMerged {
+                    epoch: group_epoch + 1,
+                    released,
+                })
+            }
+            ProcessedMessageContent::ApplicationMessage(_)
+            | ProcessedMessageContent::OwnPrivateMessage => Err(MlsError::Rejected(
+                "Veil sends media with SFrame, never as MLS application messages".into(),
+            )),
+        }
+    }
+
+    /// The group's epoch, if this member is in one.
+    #[must_use]
+    pub fn epoch(&self) -> Option<u64> {
+        self.group().ok().map(|g| g.epoch().as_u64())
+    }
+
+    /// The epoch authenticator (for "safety numbers" in a UI; equal at every member, MLS-SES-06).
+    #[must_use]
+    pub fn epoch_authenticator(&self) -> Option<Vec<u8>> {
+        self.group()
+            .ok()
+            .map(|g| g.epoch_authenticator().as_slice().to_vec())
+    }
+
+    /// This member's leaf index (its SFrame sender index).
+    #[must_use]
+    pub fn own_index(&self) -> Option<u32> {
+        self.group().ok().map(|g| g.own_leaf_index().u32())
+    }
+
+    /// Every member's leaf index and identity.
+    #[must_use]
+    pub fn members(&self) -> Vec<(u32, Vec<u8>)> {
+        self.group()
+            .map(|g| {
+                g.members()
+                    .map(|m| {
+                        let id = BasicCredential::try_from(m.credential)
+                            .map(|c| c.identity().to_vec())
+                            .unwrap_or_default();
+                        (m.index.u32(), id)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn leaf_of(&self, identity: &[u8]) -> Option<LeafNodeIndex> {
+        self.members()
+            .into_iter()
+            .find(|(_, id)| id == identity)
+            .map(|(i, _)| LeafNodeIndex::new(i))
+    }
+
+    /// The SFrame key schedule.
+    #[must_use]
+    pub fn keys(&self) -> &EpochKeys {
+        &self.keys
+    }
+
+    /// Encrypt a frame as this member in the current epoch.
+    ///
+    /// # Errors
+    /// [`MlsError::NotSending`]; SFrame errors.
+    pub fn encrypt_frame(
+        &mut self,
+        metadata: &[u8],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, MlsError> {
+        self.keys.encrypt(metadata, plaintext, out)
+    }
+
+    /// Decrypt a frame in place, or hold it for an epoch not known yet.
+    ///
+    /// # Errors
+    /// SFrame errors for frames that can be neither decrypted nor held.
+    pub fn decrypt_frame<'a>(
+        &mut self,
+        metadata: &[u8],
+        buf: &'a mut [u8],
+        now: Duration,
+    ) -> Result<Received<'a>, MlsError> {
+        self.keys.decrypt_in_place(metadata, buf, now)
+    }
+
+    /// Retire expired keys and held frames (call periodically).
+    pub fn tick(&mut self, now: Duration) {
+        self.keys.expire(now);
+    }
+}
