@@ -10,7 +10,7 @@
 //!    `retention` time, so frames in flight still decrypt; then retires them (zeroized);
 //! 4. decrypts the frames it was holding for this epoch.
 //!
-//! A frame whose KID names an epoch that is not known yet, but is at most half the epoch space
+//! A frame whose KID names an epoch that is not known yet, but is less than half the epoch space
 //! ahead, is **held** instead of dropped. Holding is bounded by count, bytes and age, and an
 //! evicted frame is counted.
 
@@ -366,15 +366,15 @@ impl EpochKeys {
         veil_sframe::MAX_HEADER_LEN + self.cfg.suite.tag_len()
     }
 
-    /// Whether the low epoch bits `bits` are ahead of the current epoch by at most half the
-    /// epoch space (so not a stale epoch that wrapped).
+    /// Whether the low epoch bits `bits` are ahead of the current epoch by less than half the
+    /// epoch space (so not a stale epoch that wrapped; exactly half is ambiguous and refused).
     fn is_ahead(&self, bits: u64) -> bool {
         let Some((cur, _)) = &self.current else {
             return true;
         };
         let space = 1u64 << self.cfg.epoch_bits;
         let d = (bits + space - (cur & (space - 1))) % space;
-        d > 0 && d <= space / 2
+        d > 0 && d < space / 2
     }
 
     /// Decrypt a frame in place, or hold it if it names a newer epoch (MLS-KEY-05).
@@ -414,5 +414,135 @@ impl EpochKeys {
             epoch_bits: bits,
             plaintext: d.plaintext,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET_A: [u8; 16] = [1; 16];
+    const SECRET_B: [u8; 16] = [2; 16];
+
+    fn sender(secret: &[u8], epoch: u64, index: u32, cfg: &KeyConfig) -> SenderKey {
+        let layout = cfg.layout().unwrap();
+        let (kid, m) = mls_sender_key(cfg.suite, secret, layout, 0, index, epoch).unwrap();
+        SenderKey::new(cfg.suite, kid, &m, default_backend()).unwrap()
+    }
+
+    fn seal(s: &mut SenderKey, pt: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; pt.len() + 40];
+        let n = s.encrypt(b"", pt, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    fn sealed(secret: &[u8], epoch: u64, index: u32, pt: &[u8], cfg: &KeyConfig) -> Vec<u8> {
+        seal(&mut sender(secret, epoch, index, cfg), pt)
+    }
+
+    #[test]
+    fn frames_of_the_next_epoch_are_held_then_released() {
+        let cfg = KeyConfig {
+            epoch_bits: 2,
+            ..KeyConfig::default()
+        };
+        let mut k = EpochKeys::new(cfg).unwrap();
+        k.install_epoch(3, &SECRET_A, &[0, 1], Some(0), Duration::ZERO)
+            .unwrap();
+        // Epoch 4 wraps to low bits 0: still "ahead" of 3 (mod 4).
+        let mut f = sealed(&SECRET_B, 4, 1, b"early", &cfg);
+        assert!(matches!(
+            k.decrypt_in_place(b"", &mut f, Duration::ZERO).unwrap(),
+            Received::Held
+        ));
+        let released = k
+            .install_epoch(4, &SECRET_B, &[0, 1], Some(0), Duration::ZERO)
+            .unwrap();
+        assert_eq!(
+            released,
+            vec![Released {
+                sender: 1,
+                metadata: vec![],
+                plaintext: b"early".to_vec()
+            }]
+        );
+        assert_eq!((k.stats().held, k.stats().released), (1, 1));
+    }
+
+    #[test]
+    fn stale_epochs_are_refused_not_held() {
+        let cfg = KeyConfig {
+            epoch_bits: 2,
+            ..KeyConfig::default()
+        };
+        let mut k = EpochKeys::new(cfg).unwrap();
+        k.install_epoch(5, &SECRET_A, &[0, 1], Some(0), Duration::ZERO)
+            .unwrap();
+        // Low bits 3 = epoch 3 (two behind 5 mod 4): not ahead by at most half the space.
+        let mut f = sealed(&SECRET_B, 3, 1, b"old", &cfg);
+        assert!(k.decrypt_in_place(b"", &mut f, Duration::ZERO).is_err());
+        assert_eq!(k.held_frames(), 0);
+    }
+
+    #[test]
+    fn holding_is_bounded_and_evictions_are_counted() {
+        let cfg = KeyConfig {
+            max_held_frames: 4,
+            max_hold: Duration::from_secs(1),
+            ..KeyConfig::default()
+        };
+        let mut k = EpochKeys::new(cfg).unwrap();
+        k.install_epoch(1, &SECRET_A, &[0, 1], Some(0), Duration::ZERO)
+            .unwrap();
+        let mut tx = sender(&SECRET_B, 2, 1, &cfg);
+        for i in 0..10u8 {
+            let mut f = seal(&mut tx, &[i]);
+            k.decrypt_in_place(b"", &mut f, Duration::ZERO).unwrap();
+            assert!(k.held_frames() <= 4);
+        }
+        assert_eq!(k.stats().held_dropped, 6);
+        // The four newest are released with their epoch ...
+        let r = k
+            .install_epoch(2, &SECRET_B, &[0, 1], Some(0), Duration::ZERO)
+            .unwrap();
+        assert_eq!(
+            r.iter().map(|r| r.plaintext[0]).collect::<Vec<_>>(),
+            vec![6, 7, 8, 9]
+        );
+        // ... and a frame held longer than max_hold is dropped.
+        let mut f = sealed(&SECRET_A, 3, 1, b"late", &cfg);
+        k.decrypt_in_place(b"", &mut f, Duration::from_secs(5))
+            .unwrap();
+        k.expire(Duration::from_secs(7));
+        assert_eq!(k.held_frames(), 0);
+    }
+
+    #[test]
+    fn a_bad_install_changes_nothing() {
+        let mut k = EpochKeys::new(KeyConfig {
+            index_bits: 2,
+            ..KeyConfig::default()
+        })
+        .unwrap();
+        k.install_epoch(1, &SECRET_A, &[0, 1], Some(0), Duration::ZERO)
+            .unwrap();
+        assert!(
+            k.install_epoch(2, &SECRET_B, &[0, 9], Some(0), Duration::ZERO)
+                .is_err()
+        );
+        assert!(
+            k.install_epoch(2, &[0u8; 15], &[0, 1], Some(0), Duration::ZERO)
+                .is_err()
+        );
+        assert_eq!(k.installed_epochs(), vec![1]);
+        assert!(
+            EpochKeys::new(KeyConfig {
+                epoch_bits: 40,
+                index_bits: 40,
+                ..KeyConfig::default()
+            })
+            .is_err()
+        );
     }
 }
