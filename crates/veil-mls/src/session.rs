@@ -158,11 +158,40 @@ impl CallSession {
     /// # Errors
     /// Internal errors (e.g. a group with this id already exists in this session).
     pub fn create_group(&mut self, room: &[u8], now: Duration) -> Result<Vec<Released>, MlsError> {
-        let cfg = MlsGroupCreateConfig::builder()
+        self.create_group_with_external_senders(room, &[], now)
+    }
+
+    /// Create the room's group with `external_senders` (signature public key, identity) in its
+    /// context: the key service, which may then propose removing members who left (MLS-SES-07).
+    /// It never becomes a member.
+    ///
+    /// # Errors
+    /// [`MlsError::Config`] for an invalid extension; internal errors.
+    pub fn create_group_with_external_senders(
+        &mut self,
+        room: &[u8],
+        external_senders: &[(Vec<u8>, Vec<u8>)],
+        now: Duration,
+    ) -> Result<Vec<Released>, MlsError> {
+        let mut b = MlsGroupCreateConfig::builder()
             .ciphersuite(MLS_CIPHERSUITE)
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-            .use_ratchet_tree_extension(true)
-            .build();
+            .use_ratchet_tree_extension(true);
+        if !external_senders.is_empty() {
+            let senders = external_senders
+                .iter()
+                .map(|(key, id)| {
+                    ExternalSender::new(
+                        SignaturePublicKey::from(key.clone()),
+                        BasicCredential::new(id.clone()).into(),
+                    )
+                })
+                .collect();
+            let ext = Extensions::from_vec(vec![Extension::ExternalSenders(senders)])
+                .map_err(|e| MlsError::Config(format!("external senders: {e:?}")))?;
+            b = b.with_group_context_extensions(ext);
+        }
+        let cfg = b.build();
         let group = MlsGroup::new_with_group_id(
             &self.provider,
             &self.signer,
@@ -307,6 +336,79 @@ impl CallSession {
                 .map_err(internal)?;
         }
         Ok(())
+    }
+
+    /// A signed GroupInfo with the ratchet tree, for the service to hand to external joiners.
+    ///
+    /// # Errors
+    /// [`MlsError::NotInGroup`]; internal errors.
+    pub fn group_info(&self) -> Result<Vec<u8>, MlsError> {
+        let g = self.group()?;
+        let gi = g
+            .export_group_info(self.provider.crypto(), &self.signer, true)
+            .map_err(internal)?;
+        serialize(&gi)
+    }
+
+    /// Join from a published GroupInfo by external commit, without waiting for a member
+    /// (MLS-SES-08). The new group is merged at once (openmls finalises external commits), so
+    /// if the service refuses the commit (another commit won the epoch), call
+    /// [`leave_locally`](Self::leave_locally) and join again from the newer GroupInfo.
+    ///
+    /// # Errors
+    /// [`MlsError::Malformed`] or [`MlsError::Rejected`].
+    pub fn join_external(
+        &mut self,
+        group_info: &[u8],
+        now: Duration,
+    ) -> Result<CommitOut, MlsError> {
+        let MlsMessageBodyIn::GroupInfo(vgi) = parse(group_info)?.extract() else {
+            return Err(MlsError::Malformed("expected a GroupInfo".into()));
+        };
+        let (group, bundle) = MlsGroup::external_commit_builder()
+            .with_config(Self::join_config())
+            .build_group(&self.provider, vgi, self.credential.clone())
+            .map_err(rejected)?
+            .load_psks(self.provider.storage())
+            .map_err(internal)?
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &self.signer,
+                |_| true,
+            )
+            .map_err(rejected)?
+            .finalize(&self.provider)
+            .map_err(rejected)?;
+        self.group = Some(group);
+        self.install_current(now)?;
+        let (c, w, gi) = bundle.into_messages();
+        Self::commit_out(c, w, gi)
+    }
+
+    /// Forget the local group state (after an external commit the service refused, or when the
+    /// call ends). Keys already installed stay until they expire.
+    pub fn leave_locally(&mut self) {
+        self.group = None;
+    }
+
+    /// Commit every stored proposal, e.g. the service's Remove of a participant who left
+    /// (MLS-SES-07).
+    ///
+    /// # Errors
+    /// As [`add_members`](Self::add_members).
+    pub fn commit_pending_proposals(&mut self) -> Result<CommitOut, MlsError> {
+        let g = Self::ready(&mut self.group)?;
+        let (commit, welcome, gi) = g
+            .commit_to_pending_proposals(&self.provider, &self.signer)
+            .map_err(rejected)?;
+        Self::commit_out(commit, welcome, gi.map(Into::into))
+    }
+
+    /// The group id (the room), if in a group.
+    #[must_use]
+    pub fn group_id(&self) -> Option<Vec<u8>> {
+        self.group().ok().map(|g| g.group_id().as_slice().to_vec())
     }
 
     /// Join from a Welcome (MLS-SES-02).
