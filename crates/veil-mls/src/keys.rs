@@ -247,16 +247,19 @@ impl EpochKeys {
             }
             None => None,
         };
-        let mut fresh = KeyStore::new();
-        fresh.insert_mls_epoch(
-            suite,
-            exporter_secret,
-            self.layout,
-            ctx,
-            epoch,
-            members.iter().copied(),
-        )?;
-        drop(fresh);
+        // Validate every leaf index against the layout before touching any state (MLS-KEY-03).
+        // Deriving the keys twice (once to validate) would double the cost of a rekey.
+        for &m in members {
+            self.layout.kid(ctx, m, epoch)?;
+        }
+        if exporter_secret.len() != suite.key_len() {
+            return Err(SframeError::InvalidKeyLength {
+                what: "MLS exporter secret",
+                expected: suite.key_len(),
+                got: exporter_secret.len(),
+            }
+            .into());
+        }
         // The previous epoch becomes retained, with a deadline (MLS-KEY-02).
         if let Some((old, kids)) = self.current.take() {
             for &kid in &kids {

@@ -86,6 +86,42 @@ pub fn derive_key_material(suite: CipherSuite, kid: u64, base_key: &[u8]) -> Res
     }
 }
 
+/// `sframe_secret = HKDF-Extract("", base_key)` computed once, for deriving the keys of many
+/// KIDs that share one base key (every sender of an MLS epoch, RFC 9605 §5.2). Gives exactly
+/// what [`derive_key_material`] gives, for a fraction of the cost per KID.
+pub struct EpochKdf {
+    suite: CipherSuite,
+    hk: EpochHkdf,
+}
+
+enum EpochHkdf {
+    Sha256(Hkdf<Sha256>),
+    Sha512(Hkdf<Sha512>),
+}
+
+impl EpochKdf {
+    /// Extract `sframe_secret` from `base_key`.
+    #[must_use]
+    pub fn new(suite: CipherSuite, base_key: &[u8]) -> Self {
+        let hk = match suite.hash() {
+            KdfHash::Sha256 => EpochHkdf::Sha256(Hkdf::<Sha256>::new(None, base_key)),
+            KdfHash::Sha512 => EpochHkdf::Sha512(Hkdf::<Sha512>::new(None, base_key)),
+        };
+        Self { suite, hk }
+    }
+
+    /// `sframe_key` and `sframe_salt` of `kid`.
+    ///
+    /// # Errors
+    /// Only [`SframeError::Backend`], which correct inputs never cause.
+    pub fn material(&self, kid: u64) -> Result<KeyMaterial> {
+        match &self.hk {
+            EpochHkdf::Sha256(hk) => expand_with(|i, o| hk.expand(i, o), kid, self.suite),
+            EpochHkdf::Sha512(hk) => expand_with(|i, o| hk.expand(i, o), kid, self.suite),
+        }
+    }
+}
+
 /// How a 64-bit KID is split for MLS (RFC 9605 §5.2): `E` low bits of the epoch, `S` bits of
 /// sender index above them, the rest a sender-chosen context (SF-MLS-01).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -243,6 +279,19 @@ mod tests {
         assert_eq!(MlsKidLayout::for_group(8, 3).unwrap().index_bits(), 2);
         assert_eq!(MlsKidLayout::for_group(8, 4).unwrap().index_bits(), 2);
         assert_eq!(MlsKidLayout::for_group(8, 1000).unwrap().index_bits(), 10);
+    }
+
+    #[test]
+    fn epoch_kdf_equals_per_kid_derivation() {
+        for suite in CipherSuite::ALL {
+            let kdf = EpochKdf::new(suite, b"an epoch base key");
+            for kid in [0, 1, 0x123, u64::MAX] {
+                assert_eq!(
+                    kdf.material(kid).unwrap(),
+                    derive_key_material(suite, kid, b"an epoch base key").unwrap()
+                );
+            }
+        }
     }
 
     #[test]

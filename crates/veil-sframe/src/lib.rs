@@ -16,7 +16,7 @@ pub mod suite;
 pub use backend::Ring;
 pub use backend::{AeadBackend, AeadKey, MAX_METADATA_LEN, RustCrypto, default_backend};
 pub use error::{Result, SframeError};
-pub use kdf::{MLS_EXPORTER_LABEL, MlsKidLayout, derive_key_material, mls_sender_key};
+pub use kdf::{EpochKdf, MLS_EXPORTER_LABEL, MlsKidLayout, derive_key_material, mls_sender_key};
 pub use replay::{DEFAULT_REPLAY_WINDOW, ReplayToken, ReplayWindow};
 pub use secret::{KeyMaterial, Secret};
 pub use sender::SenderKey;

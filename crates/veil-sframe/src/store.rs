@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use crate::backend::{Aad, AeadBackend, AeadKey, default_backend};
 use crate::error::{Result, SframeError};
-use crate::kdf::{MlsKidLayout, derive_key_material, mls_sender_key};
+use crate::kdf::{EpochKdf, MlsKidLayout, derive_key_material};
 use crate::nonce::form_nonce;
 use crate::replay::{DEFAULT_REPLAY_WINDOW, ReplayWindow};
 use crate::secret::KeyMaterial;
@@ -130,9 +130,21 @@ impl KeyStore {
         epoch: u64,
         members: impl IntoIterator<Item = u32>,
     ) -> Result<Vec<u64>> {
+        if exporter_secret.len() != suite.key_len() {
+            return Err(SframeError::InvalidKeyLength {
+                what: "MLS exporter secret",
+                expected: suite.key_len(),
+                got: exporter_secret.len(),
+            });
+        }
+        // One HKDF-Extract for the epoch; one expand pair per sender.
+        let kdf = EpochKdf::new(suite, exporter_secret);
         let derived = members
             .into_iter()
-            .map(|m| mls_sender_key(suite, exporter_secret, layout, context, m, epoch))
+            .map(|m| {
+                let kid = layout.kid(context, m, epoch)?;
+                Ok((kid, kdf.material(kid)?))
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut kids = Vec::with_capacity(derived.len());
         for (kid, material) in &derived {
