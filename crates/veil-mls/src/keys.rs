@@ -349,6 +349,12 @@ impl EpochKeys {
         out
     }
 
+    /// Stop sending: drop the sender key (zeroized). Called when this member is removed, so
+    /// it cannot keep sending under the epoch it was removed from (MLS-SEC-03).
+    pub fn stop_sending(&mut self) {
+        self.sender = None;
+    }
+
     /// Encrypt `plaintext` as this member in the current epoch into `out`; returns the length.
     ///
     /// # Errors

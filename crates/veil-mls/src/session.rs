@@ -470,6 +470,7 @@ impl CallSession {
                 g.merge_staged_commit(&self.provider, *sc)
                     .map_err(rejected)?;
                 if removed {
+                    self.keys.stop_sending();
                     return Ok(Processed::Removed);
                 }
                 let released = self.install_current(now)?;

@@ -118,6 +118,11 @@ fn the_service_proposes_a_removal_and_a_member_commits_it() {
         Processed::Removed
     );
     let mut dave = room.members.remove(3);
+    // Dave can no longer send, not even under the epoch he was removed from (MLS-SEC-03).
+    assert!(matches!(
+        dave.encrypt_frame(b"", b"x", &mut [0u8; 64]),
+        Err(MlsError::NotSending)
+    ));
     room.epoch += 1;
     assert_eq!(room.members[0].members().len(), 3);
     // Dave cannot read the new epoch.
