@@ -5,7 +5,13 @@
 pub mod error;
 pub mod keys;
 pub mod session;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use error::MlsError;
 pub use keys::{EpochKeys, KeyConfig, KeyStats, Received, Released};
-pub use session::{CallSession, CommitOut, MLS_CIPHERSUITE, Processed, SFRAME_EXPORTER_LABEL};
+pub use session::{
+    CallSession, CommitOut, MLS_CIPHERSUITE, Processed, Provider, SFRAME_EXPORTER_LABEL,
+};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteProvider;

@@ -10,6 +10,10 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 
 use crate::error::MlsError;
+
+/// The openmls provider bound: crypto, randomness and a storage backend.
+pub trait Provider: openmls::storage::OpenMlsProvider {}
+impl<T: openmls::storage::OpenMlsProvider> Provider for T {}
 use crate::keys::{EpochKeys, KeyConfig, Received, Released};
 
 /// The MLS cipher suite of Veil groups.
@@ -69,9 +73,11 @@ pub enum Processed {
     Removed,
 }
 
-/// One member of a call: identity, MLS group state and SFrame keys.
-pub struct CallSession {
-    provider: OpenMlsRustCrypto,
+/// One member of a call: identity, MLS group state and SFrame keys. `P` is the openmls provider:
+/// in memory by default, or [`SqliteProvider`](crate::SqliteProvider) (feature `sqlite`) for a
+/// member that must survive a restart.
+pub struct CallSession<P = OpenMlsRustCrypto> {
+    provider: P,
     signer: SignatureKeyPair,
     credential: CredentialWithKey,
     identity: Vec<u8>,
@@ -79,7 +85,7 @@ pub struct CallSession {
     keys: EpochKeys,
 }
 
-impl core::fmt::Debug for CallSession {
+impl<P: Provider> core::fmt::Debug for CallSession<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("CallSession")
             .field("identity", &String::from_utf8_lossy(&self.identity))
@@ -89,13 +95,22 @@ impl core::fmt::Debug for CallSession {
     }
 }
 
-impl CallSession {
-    /// A member with a fresh signature key bound to `identity` (MLS-SES-01).
+impl CallSession<OpenMlsRustCrypto> {
+    /// A member with a fresh signature key bound to `identity`, state in memory (MLS-SES-01).
     ///
     /// # Errors
     /// [`MlsError::Config`] for an impossible key configuration; internal errors.
     pub fn new(identity: &[u8], keys: KeyConfig) -> Result<Self, MlsError> {
-        let provider = OpenMlsRustCrypto::default();
+        Self::with_provider(OpenMlsRustCrypto::default(), identity, keys)
+    }
+}
+
+impl<P: Provider> CallSession<P> {
+    /// A member with a fresh signature key bound to `identity`, state in `provider`'s storage.
+    ///
+    /// # Errors
+    /// [`MlsError::Config`] for an impossible key configuration; internal errors.
+    pub fn with_provider(provider: P, identity: &[u8], keys: KeyConfig) -> Result<Self, MlsError> {
         let signer =
             SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm()).map_err(internal)?;
         signer.store(provider.storage()).map_err(internal)?;
@@ -113,10 +128,58 @@ impl CallSession {
         })
     }
 
+    /// Resume a member from `provider`'s storage after a restart (MLS-SES-09): its signature key
+    /// (by public key) and its group `room`. The current epoch's receive keys are reinstalled, so
+    /// frames of the current epoch decrypt again. **No sender key is installed**: the counter
+    /// position of the old process is unknown, and reusing a counter under the same key would
+    /// reuse an AES-GCM nonce. Sending resumes after this member's next commit is merged (call
+    /// [`self_update`](Self::self_update)).
+    ///
+    /// # Errors
+    /// [`MlsError::NotInGroup`] if the storage has no such signature key or group.
+    pub fn restore(
+        provider: P,
+        identity: &[u8],
+        signature_public_key: &[u8],
+        room: &[u8],
+        keys: KeyConfig,
+        now: Duration,
+    ) -> Result<Self, MlsError> {
+        let signer = SignatureKeyPair::read(
+            provider.storage(),
+            signature_public_key,
+            MLS_CIPHERSUITE.signature_algorithm(),
+        )
+        .ok_or(MlsError::NotInGroup)?;
+        let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(room))
+            .map_err(internal)?
+            .ok_or(MlsError::NotInGroup)?;
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(identity.to_vec()).into(),
+            signature_key: signer.public().into(),
+        };
+        let mut s = Self {
+            provider,
+            signer,
+            credential,
+            identity: identity.to_vec(),
+            group: Some(group),
+            keys: EpochKeys::new(keys)?,
+        };
+        s.install_keys(now, false)?;
+        Ok(s)
+    }
+
     /// This member's identity.
     #[must_use]
     pub fn identity(&self) -> &[u8] {
         &self.identity
+    }
+
+    /// This member's signature public key (what [`restore`](Self::restore) looks up).
+    #[must_use]
+    pub fn signature_public_key(&self) -> Vec<u8> {
+        self.signer.public().to_vec()
     }
 
     /// A KeyPackage for others to add this member with: single use, or last resort (kept after
@@ -226,6 +289,10 @@ impl CallSession {
 
     /// Export the epoch's SFrame base key and install every member's keys (MLS-KEY-01).
     fn install_current(&mut self, now: Duration) -> Result<Vec<Released>, MlsError> {
+        self.install_keys(now, true)
+    }
+
+    fn install_keys(&mut self, now: Duration, sending: bool) -> Result<Vec<Released>, MlsError> {
         let g = self.group.as_ref().ok_or(MlsError::NotInGroup)?;
         let secret = zeroize::Zeroizing::new(
             g.export_secret(
@@ -237,10 +304,9 @@ impl CallSession {
             .map_err(internal)?,
         );
         let members: Vec<u32> = g.members().map(|m| m.index.u32()).collect();
-        let own = g.own_leaf_index().u32();
+        let own = sending.then(|| g.own_leaf_index().u32());
         let epoch = g.epoch().as_u64();
-        self.keys
-            .install_epoch(epoch, &secret, &members, Some(own), now)
+        self.keys.install_epoch(epoch, &secret, &members, own, now)
     }
 
     fn commit_out(

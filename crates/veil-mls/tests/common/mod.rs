@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use veil_mls::{CallSession, CommitOut, KeyConfig, Processed, Received};
+use veil_mls::{CallSession, CommitOut, KeyConfig, Processed, Provider, Received};
 
 pub const NOW: Duration = Duration::ZERO;
 
@@ -95,7 +95,30 @@ impl Room {
     }
 }
 
-pub fn encrypt(s: &mut CallSession, pt: &[u8]) -> Vec<u8> {
+/// A frame from `outsider` decrypts at every room member, and every member's frame at
+/// `outsider` (a member of another session type, e.g. SQLite-backed). Returns decryptions.
+pub fn cross_check<P: Provider>(
+    room: &mut Room,
+    outsider: &mut CallSession<P>,
+    tag: &str,
+) -> usize {
+    let mut n = 0;
+    let pt = format!("{tag} from outsider").into_bytes();
+    let f = encrypt(outsider, &pt);
+    for m in &mut room.members {
+        assert_eq!(decrypt(m, &f), Some(pt.clone()), "{tag}: outsider → member");
+        n += 1;
+    }
+    for m in &mut room.members {
+        let pt = format!("{tag} to outsider").into_bytes();
+        let f = encrypt(m, &pt);
+        assert_eq!(decrypt(outsider, &f), Some(pt), "{tag}: member → outsider");
+        n += 1;
+    }
+    n
+}
+
+pub fn encrypt<P: Provider>(s: &mut CallSession<P>, pt: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; pt.len() + 40];
     let n = s.encrypt_frame(b"", pt, &mut out).unwrap();
     out.truncate(n);
@@ -103,11 +126,15 @@ pub fn encrypt(s: &mut CallSession, pt: &[u8]) -> Vec<u8> {
 }
 
 /// `Some(plaintext)` if the frame decrypted now; `None` if it was held or refused.
-pub fn decrypt(s: &mut CallSession, frame: &[u8]) -> Option<Vec<u8>> {
+pub fn decrypt<P: Provider>(s: &mut CallSession<P>, frame: &[u8]) -> Option<Vec<u8>> {
     decrypt_at(s, frame, NOW)
 }
 
-pub fn decrypt_at(s: &mut CallSession, frame: &[u8], now: Duration) -> Option<Vec<u8>> {
+pub fn decrypt_at<P: Provider>(
+    s: &mut CallSession<P>,
+    frame: &[u8],
+    now: Duration,
+) -> Option<Vec<u8>> {
     let mut buf = frame.to_vec();
     match s.decrypt_frame(b"", &mut buf, now) {
         Ok(Received::Plaintext { plaintext, .. }) => Some(plaintext.to_vec()),
