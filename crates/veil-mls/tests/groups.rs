@@ -66,3 +66,31 @@ fn fifty_members_all_decrypt_each_other() {
     assert_same_epoch(&room);
     assert_eq!(room.all_to_all("fifty"), 50 * 49);
 }
+
+/// A last-resort KeyPackage survives use: the service can hand it out when single-use ones run
+/// out, and the member joins two rooms with it (MLS-SES-01). A single-use one works once.
+#[test]
+fn last_resort_key_packages_are_reusable_and_single_use_ones_are_not() {
+    use veil_mls::{CallSession, KeyConfig};
+    let join = |kp: &[u8], creator: &str, member: &mut CallSession| {
+        let mut room = Room::with_id(creator, format!("room of {creator}").as_bytes());
+        let out = room.members[0].add_members(&[kp.to_vec()]).unwrap();
+        room.members[0].confirm_commit(common::NOW).unwrap();
+        member.join_welcome(out.welcome.as_deref().unwrap(), common::NOW)
+    };
+    let mut bob = CallSession::new(b"bob", KeyConfig::default()).unwrap();
+    let last_resort = bob.key_package(true).unwrap();
+    join(&last_resort, "alice", &mut bob).unwrap();
+    join(&last_resort, "carol", &mut bob).unwrap();
+    assert_eq!(
+        bob.members()[0].1,
+        b"carol".to_vec(),
+        "bob is in carol's room now"
+    );
+
+    let mut eve = CallSession::new(b"eve", KeyConfig::default()).unwrap();
+    let single = eve.key_package(false).unwrap();
+    join(&single, "dave", &mut eve).unwrap();
+    // The same single-use KeyPackage again: the Welcome finds no key package to open it with.
+    assert!(join(&single, "frank", &mut eve).is_err());
+}

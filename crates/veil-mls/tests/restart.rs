@@ -178,3 +178,70 @@ fn restoring_an_unknown_member_or_group_is_a_typed_error() {
     ));
     assert!(CallSession::restore(open(), b"bob", &key, b"room", KeyConfig::default(), NOW).is_ok());
 }
+
+/// Post-compromise security (MLS-SEC-04): an attacker who stole a copy of Bob's whole state
+/// (his SQLite file) before Bob's self-update cannot follow the group past it. It cannot process
+/// the update commit, and it decrypts no frame of the new epoch.
+#[test]
+fn a_stolen_state_copy_cannot_follow_a_self_update() {
+    let file = StateFile::new("pcs");
+    let stolen = StateFile::new("pcs-stolen");
+    let mut room = Room::new("alice");
+    let mut bob = CallSession::with_provider(
+        SqliteProvider::open(&file.0).unwrap(),
+        b"bob",
+        KeyConfig::default(),
+    )
+    .unwrap();
+    let out = room.members[0]
+        .add_members(&[bob.key_package(false).unwrap()])
+        .unwrap();
+    room.accept(0, &out, NOW);
+    bob.join_welcome(out.welcome.as_deref().unwrap(), NOW)
+        .unwrap();
+    let key = bob.signature_public_key();
+
+    // The attacker copies Bob's state (database and write-ahead log) as it is now.
+    for ext in ["", "-wal"] {
+        let from = format!("{}{ext}", file.0.display());
+        if std::path::Path::new(&from).exists() {
+            std::fs::copy(&from, format!("{}{ext}", stolen.0.display())).unwrap();
+        }
+    }
+    let mut thief = CallSession::restore(
+        SqliteProvider::open(&stolen.0).unwrap(),
+        b"bob",
+        &key,
+        b"room",
+        KeyConfig::default(),
+        NOW,
+    )
+    .unwrap();
+    // The copy is complete: it reads the current epoch.
+    let now_frame = encrypt(&mut room.members[0], b"current epoch");
+    assert_eq!(
+        decrypt(&mut thief, &now_frame),
+        Some(b"current epoch".to_vec())
+    );
+
+    // Bob heals: a self-update with fresh leaf and path secrets.
+    let update = bob.self_update().unwrap();
+    bob.confirm_commit(NOW).unwrap();
+    room.members[0].process(&update.commit, NOW).unwrap();
+    room.epoch += 1;
+
+    // The thief sees the commit (handshakes are visible to the service) but cannot process it.
+    assert!(matches!(
+        thief.process(&update.commit, NOW),
+        Err(MlsError::Rejected(_))
+    ));
+    // No frame of the new epoch decrypts from the stolen state, now or later.
+    for i in 0..20 {
+        let pt = format!("healed {i}").into_bytes();
+        let f = encrypt(&mut room.members[0], &pt);
+        assert_eq!(decrypt(&mut bob, &f), Some(pt));
+        assert_eq!(decrypt(&mut thief, &f), None);
+    }
+    thief.tick(Duration::from_secs(10));
+    assert_eq!(thief.keys().stats().released, 0);
+}

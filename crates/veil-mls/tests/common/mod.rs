@@ -17,8 +17,13 @@ pub struct Room {
 impl Room {
     /// A room created by `creator`.
     pub fn new(creator: &str) -> Self {
+        Self::with_id(creator, b"room")
+    }
+
+    /// A room with group id `id` created by `creator`.
+    pub fn with_id(creator: &str, id: &[u8]) -> Self {
         let mut s = CallSession::new(creator.as_bytes(), KeyConfig::default()).unwrap();
-        s.create_group(b"room", NOW).unwrap();
+        s.create_group(id, NOW).unwrap();
         Self {
             members: vec![s],
             epoch: 0,
