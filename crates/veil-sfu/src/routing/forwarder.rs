@@ -1,0 +1,214 @@
+//! Per-subscriber layer selection and rewriting (SFU-FWD-01..06).
+
+use std::time::Duration;
+
+use veil_wire::dd::DependencyDescriptor;
+
+/// Why a packet was not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Its layer is neither forwarded nor the target.
+    NotSelected,
+    /// It is on the target layer, which may start only at a key frame's first packet.
+    WaitingForKeyFrame,
+    /// A switch was wanted, but the packet has no dependency descriptor, so key frames cannot
+    /// be recognised: the SFU keeps forwarding the current layer.
+    NoDependencyDescriptor,
+}
+
+/// The forwarder's verdict on one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send it to the subscriber with these rewritten header fields.
+    Forward {
+        /// The subscriber-side SSRC of this track.
+        ssrc: u32,
+        /// Rewritten sequence number (continuous across switches).
+        seq: u16,
+        /// Rewritten timestamp (continuous across switches).
+        timestamp: u32,
+        /// Whether this packet starts a new layer.
+        switched: bool,
+    },
+    /// Do not send it.
+    Drop(DropReason),
+}
+
+/// Counters of a [`LayerForwarder`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwarderStats {
+    /// Packets forwarded.
+    pub forwarded: u64,
+    /// Layer switches (including the first start).
+    pub switches: u64,
+    /// Packets dropped, by reason.
+    pub dropped_not_selected: u64,
+    /// Target-layer packets dropped while waiting for a key frame.
+    pub waiting_for_key_frame: u64,
+    /// Switches refused because the stream has no dependency descriptor.
+    pub switch_refused_no_dd: u64,
+    /// Streams started without a dependency descriptor (at an arbitrary packet).
+    pub started_without_dd: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Last {
+    seq: u16,
+    ts: u32,
+    at: Duration,
+}
+
+/// Forwards one of a track's simulcast layers to one subscriber as a single continuous stream.
+#[derive(Debug, Clone)]
+pub struct LayerForwarder {
+    out_ssrc: u32,
+    clock_rate: u32,
+    target: Option<u8>,
+    current: Option<u8>,
+    seq_offset: u16,
+    ts_offset: u32,
+    last: Option<Last>,
+    last_frame_number: Option<u16>,
+    stats: ForwarderStats,
+}
+
+impl LayerForwarder {
+    /// A forwarder writing `out_ssrc` with an RTP clock of `clock_rate` Hz.
+    #[must_use]
+    pub fn new(out_ssrc: u32, clock_rate: u32) -> Self {
+        Self {
+            out_ssrc,
+            clock_rate,
+            target: None,
+            current: None,
+            seq_offset: 0,
+            ts_offset: 0,
+            last: None,
+            last_frame_number: None,
+            stats: ForwarderStats::default(),
+        }
+    }
+
+    /// Ask for `layer` (None: forward nothing new; the current layer continues until a switch).
+    pub fn set_target(&mut self, layer: Option<u8>) {
+        self.target = layer;
+    }
+
+    /// The layer being forwarded.
+    #[must_use]
+    pub fn current(&self) -> Option<u8> {
+        self.current
+    }
+
+    /// The requested layer.
+    #[must_use]
+    pub fn target(&self) -> Option<u8> {
+        self.target
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> ForwarderStats {
+        self.stats
+    }
+
+    fn forward(
+        &mut self,
+        seq: u16,
+        ts: u32,
+        dd: Option<&DependencyDescriptor>,
+        now: Duration,
+        switched: bool,
+    ) -> Decision {
+        let out_seq = seq.wrapping_add(self.seq_offset);
+        let out_ts = ts.wrapping_add(self.ts_offset);
+        self.last = Some(Last {
+            seq: out_seq,
+            ts: out_ts,
+            at: now,
+        });
+        if let Some(d) = dd.filter(|d| d.start_of_frame) {
+            self.last_frame_number = Some(d.frame_number);
+        }
+        self.stats.forwarded += 1;
+        Decision::Forward {
+            ssrc: self.out_ssrc,
+            seq: out_seq,
+            timestamp: out_ts,
+            switched,
+        }
+    }
+
+    /// Start forwarding `layer` at this packet: continue the output's sequence numbers, and move
+    /// its timestamps on by the wall-clock time since the last forwarded packet (SFU-FWD-03).
+    fn switch(
+        &mut self,
+        layer: u8,
+        seq: u16,
+        ts: u32,
+        dd: Option<&DependencyDescriptor>,
+        now: Duration,
+    ) -> Decision {
+        match self.last {
+            Some(l) => {
+                let elapsed = now.saturating_sub(l.at);
+                let ticks =
+                    (elapsed.as_nanos() * u128::from(self.clock_rate) / 1_000_000_000).max(1);
+                let next_ts = l.ts.wrapping_add(ticks as u32);
+                self.seq_offset = l.seq.wrapping_add(1).wrapping_sub(seq);
+                self.ts_offset = next_ts.wrapping_sub(ts);
+            }
+            None => {
+                self.seq_offset = 0;
+                self.ts_offset = 0;
+            }
+        }
+        self.current = Some(layer);
+        self.stats.switches += 1;
+        self.forward(seq, ts, dd, now, true)
+    }
+
+    /// Decide for one packet of `layer` (SFU-FWD-01..06). `dd` is its dependency descriptor, if
+    /// the stream has DD; `now` is the caller's monotonic time.
+    pub fn on_packet(
+        &mut self,
+        layer: u8,
+        seq: u16,
+        ts: u32,
+        dd: Option<&DependencyDescriptor>,
+        now: Duration,
+    ) -> Decision {
+        if self.current == Some(layer) {
+            return self.forward(seq, ts, dd, now, false);
+        }
+        if self.target != Some(layer) {
+            self.stats.dropped_not_selected += 1;
+            return Decision::Drop(DropReason::NotSelected);
+        }
+        match dd {
+            // Switch only at a key frame's first packet, and only if its frame number continues
+            // the output (Chromium numbers frames with one counter across layers) (SFU-FWD-02).
+            Some(d) if d.is_key_frame_start() && self.continues_frame_numbers(d.frame_number) => {
+                self.switch(layer, seq, ts, dd, now)
+            }
+            Some(_) => {
+                self.stats.waiting_for_key_frame += 1;
+                Decision::Drop(DropReason::WaitingForKeyFrame)
+            }
+            None if self.current.is_none() => {
+                // Nothing forwarded yet and no DD: start here; the subscriber asks for a key frame.
+                self.stats.started_without_dd += 1;
+                self.switch(layer, seq, ts, dd, now)
+            }
+            None => {
+                self.stats.switch_refused_no_dd += 1;
+                Decision::Drop(DropReason::NoDependencyDescriptor)
+            }
+        }
+    }
+
+    fn continues_frame_numbers(&self, n: u16) -> bool {
+        self.last_frame_number
+            .is_none_or(|last| (n.wrapping_sub(last) as i16) > 0)
+    }
+}

@@ -1,0 +1,17 @@
+//! The sans-I/O routing core: which packet goes to which subscriber, rewritten how.
+//!
+//! - [`StreamRegistry`] learns a publisher's streams from the packets themselves: mid/rid appear
+//!   only on a stream's first packets, so the SSRC → rid mapping is latched then. Each stream's
+//!   dependency-descriptor structure is latched too (SFU-STR-01..03).
+//! - [`LayerForwarder`] decides, per subscriber and track, which simulcast layer is forwarded.
+//!   It switches only at the first packet of a key frame whose DD frame number continues the
+//!   output, and it rewrites SSRC, sequence numbers and timestamps into one continuous
+//!   stream (SFU-FWD-01..06).
+//!
+//! Nothing here reads a payload byte: packets are described by [`PacketMeta`].
+
+mod forwarder;
+mod streams;
+
+pub use forwarder::{Decision, DropReason, ForwarderStats, LayerForwarder};
+pub use streams::{ExtIds, Ingested, PacketMeta, StreamRegistry};
