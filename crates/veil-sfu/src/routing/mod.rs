@@ -8,10 +8,15 @@
 //!   output, and it rewrites SSRC, sequence numbers and timestamps into one continuous
 //!   stream (SFU-FWD-01..06).
 //!
+//! - [`KeyFrameRequests`] throttles the SFU's own key-frame requests per publisher stream
+//!   (SFU-KF-01..02).
+//!
 //! Nothing here reads a payload byte: packets are described by [`PacketMeta`].
 
 mod forwarder;
+mod keyframes;
 mod streams;
 
 pub use forwarder::{Decision, DropReason, ForwarderStats, LayerForwarder};
+pub use keyframes::{KeyFrameRequests, KeyFrameStats};
 pub use streams::{ExtIds, Ingested, PacketMeta, StreamRegistry};
