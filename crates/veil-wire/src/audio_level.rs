@@ -9,7 +9,12 @@
 //!
 //! A level of 0 is the loudest (0 dBov), 127 is silence (−127 dBov or less). Chromium sends it on
 //! every Opus packet, in the clear even under end-to-end encryption, which is what lets a blind
-//! SFU pick active speakers (check RTP-AL-01).
+//! SFU pick active speakers.
+//!
+//! Checks (see `specs/rtp.md`):
+//! - **RTP-AL-01** the element data is exactly one byte, in either extension form (Chromium
+//!   sends it as a one-byte element of length 1; in the two-byte form it is also 1 byte).
+//!   Any other length is refused. Every byte value round-trips.
 
 use crate::error::{Result, WireError};
 
@@ -83,6 +88,26 @@ mod tests {
         );
         assert!(AudioLevel::parse(&[0x7F]).unwrap().is_silent());
         assert!(!AudioLevel::parse(&[0x08]).unwrap().is_silent());
+    }
+
+    /// RTP-AL-01 in both extension forms: 1 byte is read, 0 or 2 bytes are refused.
+    #[test]
+    fn one_byte_in_either_extension_form() {
+        use crate::ext::{ExtensionForm, Extensions};
+        let level = |form, body: &[u8]| {
+            let data = Extensions::new(form, body).find(1).unwrap().unwrap();
+            AudioLevel::parse(data)
+        };
+        let want = AudioLevel {
+            voice: true,
+            level: 30,
+        };
+        let two = ExtensionForm::TwoByte { appbits: 0 };
+        assert_eq!(level(ExtensionForm::OneByte, &[0x10, 0x9E, 0, 0]), Ok(want));
+        assert_eq!(level(two, &[1, 1, 0x9E, 0]), Ok(want));
+        assert!(level(two, &[1, 0, 0, 0]).is_err());
+        assert!(level(two, &[1, 2, 0x9E, 0]).is_err());
+        assert!(level(ExtensionForm::OneByte, &[0x11, 0x9E, 0]).is_err());
     }
 
     #[test]
