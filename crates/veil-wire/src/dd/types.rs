@@ -10,8 +10,10 @@ pub const MAX_DECODE_TARGETS: usize = 32;
 pub const MAX_CHAINS: usize = 32;
 /// Most frame diffs Veil accepts per frame (the spec sets no bound; libwebrtc uses a handful).
 pub const MAX_FDIFFS: usize = 16;
-/// Most spatial layers (render resolutions) Veil accepts; AV1 allows up to 4.
+/// Most spatial layers a structure may describe (AV1's 2-bit `spatial_id`; libwebrtc's bound).
 pub const MAX_SPATIAL_LAYERS: usize = 4;
+/// Most temporal layers a structure may describe (AV1's 3-bit `temporal_id`; libwebrtc's bound).
+pub const MAX_TEMPORAL_LAYERS: usize = 8;
 
 /// Decode-target indication (AV1 RTP spec, table A.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -172,6 +174,25 @@ impl TemplateStructure {
             .unwrap_or(0)
     }
 
+    /// The spatial and temporal layer of decode target `dt`: the highest spatial and temporal
+    /// id among the templates that are part of it (DTI not `NotPresent`). This is the spec's
+    /// `decode_target_layers()`; an SFU picks the decode target to forward by it.
+    /// `None` if `dt` is not a decode target of this structure.
+    #[must_use]
+    pub fn decode_target_layer(&self, dt: usize) -> Option<(u8, u8)> {
+        if dt >= usize::from(self.decode_target_count) {
+            return None;
+        }
+        let mut layer = (0, 0);
+        for t in &self.templates {
+            if t.dtis.get(dt).is_some_and(|d| *d != Dti::NotPresent) {
+                layer.0 = layer.0.max(t.spatial_id);
+                layer.1 = layer.1.max(t.temporal_id);
+            }
+        }
+        Some(layer)
+    }
+
     /// Render resolution of `spatial_id`, if resolutions are present.
     #[must_use]
     pub fn resolution(&self, spatial_id: u8) -> Option<Resolution> {
@@ -204,6 +225,14 @@ impl TemplateStructure {
         }
         if usize::from(self.chain_count) > dt {
             return bad("chain_count must not exceed decode_target_count");
+        }
+        if usize::from(self.max_spatial_id()) >= MAX_SPATIAL_LAYERS
+            || self
+                .templates
+                .iter()
+                .any(|t| usize::from(t.temporal_id) >= MAX_TEMPORAL_LAYERS)
+        {
+            return bad("at most 4 spatial and 8 temporal layers (RTP-DD-02)");
         }
         let first = &self.templates[0];
         if first.spatial_id != 0 || first.temporal_id != 0 {
