@@ -13,4 +13,16 @@ pub enum SfuError {
     /// A packet whose SSRC no publisher announced (peer input).
     #[error("unknown SSRC {0:#010x}")]
     UnknownSsrc(u32),
+    /// A participant sent an SSRC that another participant owns (peer input: reject, count).
+    #[error(
+        "SSRC {ssrc:#010x} belongs to participant {owner}; participant {sender} may not send it"
+    )]
+    SpoofedSsrc {
+        /// The SSRC.
+        ssrc: u32,
+        /// Its owner.
+        owner: u64,
+        /// Who sent it.
+        sender: u64,
+    },
 }

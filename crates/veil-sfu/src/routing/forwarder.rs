@@ -49,6 +49,8 @@ pub struct ForwarderStats {
     pub switch_refused_no_dd: u64,
     /// Streams started without a dependency descriptor (at an arbitrary packet).
     pub started_without_dd: u64,
+    /// Packets dropped on purpose with [`LayerForwarder::skip`] (e.g. silent audio).
+    pub skipped: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -207,8 +209,48 @@ impl LayerForwarder {
         }
     }
 
+    /// Drop a packet of the forwarded stream on purpose (silent audio under DTX, SFU-FWD-05)
+    /// without leaving a gap: later packets are renumbered so the subscriber sees contiguous
+    /// sequence numbers and sends no NACK for the dropped one. Call it in arrival order, for
+    /// packets after the last forwarded one.
+    pub fn skip(&mut self) {
+        self.seq_offset = self.seq_offset.wrapping_sub(1);
+        self.stats.skipped += 1;
+    }
+
     fn continues_frame_numbers(&self, n: u16) -> bool {
         self.last_frame_number
             .is_none_or(|last| (n.wrapping_sub(last) as i16) > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipping_silent_packets_keeps_sequence_numbers_contiguous() {
+        let mut f = LayerForwarder::new(9, 48_000);
+        f.set_target(Some(0));
+        let mut out = Vec::new();
+        // 100 audio packets starting near the wrap; every third is silence and is skipped.
+        for i in 0..100u16 {
+            let seq = 65_500u16.wrapping_add(i);
+            if i % 3 == 1 {
+                f.skip();
+                continue;
+            }
+            let now = Duration::from_millis(20 * u64::from(i));
+            match f.on_packet(0, seq, 960 * u32::from(i), None, now) {
+                Decision::Forward { seq, .. } => out.push(seq),
+                Decision::Drop(r) => panic!("dropped {r:?}"),
+            }
+        }
+        assert_eq!(out.len(), 67);
+        assert!(
+            out.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+            "{out:?}"
+        );
+        assert_eq!(f.stats().skipped, 33);
     }
 }

@@ -11,12 +11,19 @@
 //! - [`KeyFrameRequests`] throttles the SFU's own key-frame requests per publisher stream
 //!   (SFU-KF-01..02).
 //!
+//! - [`ActiveSpeaker`] picks the active speaker from audio levels (SFU-SPK-01..02), and
+//!   [`SsrcOwners`] rejects SSRCs spoofed from another participant (SFU-SEC-01).
+//!
 //! Nothing here reads a payload byte: packets are described by [`PacketMeta`].
 
 mod forwarder;
 mod keyframes;
+mod speaker;
+mod ssrc;
 mod streams;
 
 pub use forwarder::{Decision, DropReason, ForwarderStats, LayerForwarder};
 pub use keyframes::{KeyFrameRequests, KeyFrameStats};
+pub use speaker::ActiveSpeaker;
+pub use ssrc::SsrcOwners;
 pub use streams::{ExtIds, Ingested, PacketMeta, StreamRegistry};
