@@ -270,3 +270,54 @@ fn rid_is_latched_from_the_first_packets_only() {
     assert_eq!(with_rid + latched_only, total);
     assert_eq!(last_rid.len(), 3);
 }
+
+/// SFU-EXT-01/02: every captured block, rewritten to a subscriber's different extmap, carries the
+/// same data under the subscriber's ids; elements the subscriber did not negotiate are dropped.
+#[test]
+fn extension_ids_are_rewritten_per_subscriber_and_data_is_untouched() {
+    use veil_sfu::routing::ExtMap;
+    use veil_wire::ext::Extensions;
+    let v = load("sim_vp8_l1t3_sframe_dd.json");
+    let ids = ext_ids(&v, true);
+    let (dd, level, mid) = (ids.dd.unwrap(), ids.audio_level.unwrap(), ids.mid.unwrap());
+    // The subscriber negotiated DD as 3, audio level as 1, mid as 200 (two-byte only); nothing else.
+    let map = ExtMap::new(&[(dd, 3), (level, 1), (mid, 200)]);
+    let mut checked = 0;
+    for p in v["packets"].as_array().unwrap() {
+        let profile = u16::from_str_radix(
+            p["ext_profile"].as_str().unwrap().trim_start_matches("0x"),
+            16,
+        )
+        .unwrap();
+        let body = hex::decode(p["ext_block_hex"].as_str().unwrap()).unwrap();
+        let mut out = [0u8; 512];
+        let (new_profile, len) = map.rewrite(profile, &body, &mut out).unwrap();
+        let got: HashMap<u8, Vec<u8>> = if len == 0 {
+            HashMap::new()
+        } else {
+            Extensions::with_profile(new_profile, &out[..len])
+                .unwrap()
+                .map(|e| e.map(|e| (e.id, e.data.to_vec())))
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let src = |id: u8| {
+            p["ext"]
+                .get(id.to_string())
+                .map(|h| hex::decode(h.as_str().unwrap()).unwrap())
+        };
+        let mut want = HashMap::new();
+        for (from, to) in [(dd, 3u8), (level, 1), (mid, 200)] {
+            if let Some(d) = src(from) {
+                want.insert(to, d);
+            }
+        }
+        assert_eq!(got, want, "seq {}", p["seq"]);
+        // mid needs id 200, which only the two-byte form can carry.
+        if want.contains_key(&200) {
+            assert_eq!(new_profile & 0xFFF0, 0x1000);
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 2354);
+}

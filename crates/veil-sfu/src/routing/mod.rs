@@ -14,14 +14,19 @@
 //! - [`ActiveSpeaker`] picks the active speaker from audio levels (SFU-SPK-01..02), and
 //!   [`SsrcOwners`] rejects SSRCs spoofed from another participant (SFU-SEC-01).
 //!
+//! - [`ExtMap`] rewrites header-extension ids from the publisher's leg to each subscriber's
+//!   (SFU-EXT-01..02).
+//!
 //! Nothing here reads a payload byte: packets are described by [`PacketMeta`].
 
+mod extmap;
 mod forwarder;
 mod keyframes;
 mod speaker;
 mod ssrc;
 mod streams;
 
+pub use extmap::ExtMap;
 pub use forwarder::{Decision, DropReason, ForwarderStats, LayerForwarder};
 pub use keyframes::{KeyFrameRequests, KeyFrameStats};
 pub use speaker::ActiveSpeaker;
