@@ -32,15 +32,10 @@ impl Drop for StateFile {
     }
 }
 
-#[test]
-fn a_member_restarts_from_sqlite_and_continues_in_the_current_epoch() {
-    let file = StateFile::new("restart");
-    let mut room = Room::new("alice");
-    room.add(0, &["carol"]);
-
-    // Bob keeps his state in SQLite.
+/// Bob joins `room` (added by its first member), keeping his state in the SQLite file `path`.
+fn join_on_sqlite(room: &mut Room, path: &std::path::Path) -> CallSession<SqliteProvider> {
     let mut bob = CallSession::with_provider(
-        SqliteProvider::open(&file.0).unwrap(),
+        SqliteProvider::open(path).unwrap(),
         b"bob",
         KeyConfig::default(),
     )
@@ -51,6 +46,17 @@ fn a_member_restarts_from_sqlite_and_continues_in_the_current_epoch() {
     room.accept(0, &out, NOW);
     bob.join_welcome(out.welcome.as_deref().unwrap(), NOW)
         .unwrap();
+    bob
+}
+
+#[test]
+fn a_member_restarts_from_sqlite_and_continues_in_the_current_epoch() {
+    let file = StateFile::new("restart");
+    let mut room = Room::new("alice");
+    room.add(0, &["carol"]);
+
+    // Bob keeps his state in SQLite.
+    let mut bob = join_on_sqlite(&mut room, &file.0);
     let bob_key = bob.signature_public_key();
     let epoch = room.epoch;
     let frame = encrypt(&mut room.members[0], b"before the crash");
@@ -187,18 +193,7 @@ fn a_stolen_state_copy_cannot_follow_a_self_update() {
     let file = StateFile::new("pcs");
     let stolen = StateFile::new("pcs-stolen");
     let mut room = Room::new("alice");
-    let mut bob = CallSession::with_provider(
-        SqliteProvider::open(&file.0).unwrap(),
-        b"bob",
-        KeyConfig::default(),
-    )
-    .unwrap();
-    let out = room.members[0]
-        .add_members(&[bob.key_package(false).unwrap()])
-        .unwrap();
-    room.accept(0, &out, NOW);
-    bob.join_welcome(out.welcome.as_deref().unwrap(), NOW)
-        .unwrap();
+    let mut bob = join_on_sqlite(&mut room, &file.0);
     let key = bob.signature_public_key();
 
     // The attacker copies Bob's state (database and write-ahead log) as it is now.
