@@ -1,0 +1,41 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod claims;
+mod error;
+mod jwt;
+mod key;
+mod keyfile;
+mod verify;
+
+use std::time::Duration;
+
+pub use claims::{Claims, GrantKind, Grants};
+pub use error::{AuthError, ErrorKind, Result};
+pub use key::TokenKey;
+pub use verify::{VerifiedClaims, Verifier};
+
+/// Longest token [`Verifier::verify`] looks at, in bytes (AUTH-01). Tokens minted by this
+/// crate stay far below it (about 1.5 KiB with 255-byte names); the headroom is for claims an
+/// application backend adds.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// Shortest accepted HS256 secret, in bytes: the HMAC-SHA256 output size (RFC 7518 §3.2).
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Longest key id, in bytes.
+pub const MAX_KEY_ID_LEN: usize = 64;
+
+/// Longest `sub`, `room` or `jti`, in bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Clock leeway a [`Verifier`] allows unless told otherwise.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
+/// File name of the embedded default key inside a data directory, for
+/// [`TokenKey::load_or_create`].
+pub const DEFAULT_KEY_FILE: &str = "token.key";
+
+/// Key id [`TokenKey::load_or_create`] is given for the embedded default key.
+pub const DEFAULT_KEY_ID: &str = "embedded";
