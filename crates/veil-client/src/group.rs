@@ -1,0 +1,618 @@
+//! Membership of a call's MLS group, kept in step with the key service by a background task.
+//!
+//! A [`Group`] owns a [`CallSession`] and the room's event stream. The task processes commits
+//! and proposals in order, commits the service's Remove proposals (the lowest-ranked present
+//! member at once, the others after a rank-proportional delay if it did not), reconnects and
+//! resumes from its epoch when the stream breaks, and rebases its own commits when another
+//! commit won the epoch (specs/key-service.md §7).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt as _;
+use tonic::Code;
+use veil_mls::{CallSession, CommitOut, KeyConfig, MlsError, Processed};
+use veil_proto::keys::v1 as pb;
+use veil_proto::keys::v1::room_event::Event as Ev;
+
+use crate::error::ClientError;
+use crate::keys::KeyClient;
+
+/// How to reach the room.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Key-service URL, e.g. `http://127.0.0.1:7443`.
+    pub url: String,
+    /// Access token for `room` and `identity`.
+    pub token: String,
+    /// Room name.
+    pub room: String,
+    /// This participant's identity (must equal the token's).
+    pub identity: String,
+    /// SFrame key configuration.
+    pub keys: KeyConfig,
+    /// Delay per rank before a member commits the service's pending proposals.
+    pub proposal_commit_delay: Duration,
+    /// How long to keep retrying an unreachable service before giving up.
+    pub retry_for: Duration,
+}
+
+impl GroupConfig {
+    /// A configuration with default keys and timers.
+    #[must_use]
+    pub fn new(url: &str, token: &str, room: &str, identity: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            token: token.to_owned(),
+            room: room.to_owned(),
+            identity: identity.to_owned(),
+            keys: KeyConfig::default(),
+            proposal_commit_delay: Duration::from_millis(300),
+            retry_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a group member looks like from outside.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// The current epoch, once joined.
+    pub epoch: Option<u64>,
+    /// The epoch authenticator (equal at every member of an epoch).
+    pub epoch_authenticator: Option<Vec<u8>>,
+    /// Members' identities, by leaf index.
+    pub members: Vec<String>,
+    /// This member was removed; the task has stopped.
+    pub removed: bool,
+    /// Commits this member could not process although the service accepted them (each one
+    /// triggers a rejoin by external commit).
+    pub resyncs: u32,
+}
+
+enum Cmd {
+    Add(Vec<String>, oneshot::Sender<Result<u64, ClientError>>),
+    Remove(Vec<String>, oneshot::Sender<Result<u64, ClientError>>),
+    SelfUpdate(oneshot::Sender<Result<u64, ClientError>>),
+    Leave(oneshot::Sender<Result<(), ClientError>>),
+}
+
+/// A handle on a group member running in a background task.
+#[derive(Debug)]
+pub struct Group {
+    cmd: mpsc::Sender<Cmd>,
+    status: watch::Receiver<GroupStatus>,
+    task: JoinHandle<Result<(), ClientError>>,
+}
+
+impl Group {
+    /// Create the room: a new group listing the service as external sender, registered with
+    /// the service from its epoch-0 GroupInfo.
+    ///
+    /// # Errors
+    /// Service or MLS errors.
+    pub async fn create(cfg: GroupConfig) -> Result<Self, ClientError> {
+        let mut a = Actor::connect(cfg).await?;
+        let info = a.client.service_info().await?;
+        a.session.create_group_with_external_senders(
+            a.cfg.room.as_bytes(),
+            &[(info.external_sender_key, info.external_sender_identity)],
+            a.now(),
+        )?;
+        let gi = a.session.group_info()?;
+        a.client.create_room(gi).await?;
+        a.joined = true;
+        Ok(a.spawn())
+    }
+
+    /// Join by external commit from the newest GroupInfo, rebasing until a commit wins.
+    ///
+    /// # Errors
+    /// Service or MLS errors.
+    pub async fn join_external(cfg: GroupConfig) -> Result<Self, ClientError> {
+        let mut a = Actor::connect(cfg).await?;
+        a.join_external().await?;
+        Ok(a.spawn())
+    }
+
+    /// Publish a KeyPackage and wait (in the background) for a member to add this identity;
+    /// [`wait`](Self::wait) for `epoch.is_some()`.
+    ///
+    /// # Errors
+    /// Service or MLS errors.
+    pub async fn await_welcome(cfg: GroupConfig) -> Result<Self, ClientError> {
+        let mut a = Actor::connect(cfg).await?;
+        let kp = a.session.key_package(false)?;
+        a.client.publish_key_packages(vec![kp]).await?;
+        a.stream = Some(a.client.subscribe(None).await?);
+        Ok(a.spawn())
+    }
+
+    /// Add `identities` (they must have published KeyPackages); returns the new epoch.
+    ///
+    /// # Errors
+    /// Service or MLS errors.
+    pub async fn add(&self, identities: &[&str]) -> Result<u64, ClientError> {
+        let ids = identities.iter().map(|s| (*s).to_owned()).collect();
+        self.call(|tx| Cmd::Add(ids, tx)).await
+    }
+
+    /// Remove `identities`; returns the new epoch.
+    ///
+    /// # Errors
+    /// Service or MLS errors.
+    pub async fn remove(&self, identities: &[&str]) -> Result<u64, ClientError> {
+        let ids = identities.iter().map(|s| (*s).to_owned()).collect();
+        self.call(|tx| Cmd::Remove(ids, tx)).await
+    }
+
+    /// Commit a fresh leaf key (post-compromise security); returns the new epoch.
+    ///
+    /// # Errors
+    /// Service or MLS errors.
+    pub async fn self_update(&self) -> Result<u64, ClientError> {
+        self.call(Cmd::SelfUpdate).await
+    }
+
+    /// Leave: the service proposes this member's removal and the task stops.
+    ///
+    /// # Errors
+    /// Service errors.
+    pub async fn leave(self) -> Result<(), ClientError> {
+        let r = self.call(Cmd::Leave).await;
+        let _ = self.task.await;
+        r
+    }
+
+    /// Stop without telling anyone, as a crashed client would.
+    pub fn vanish(self) {
+        self.task.abort();
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Cmd,
+    ) -> Result<T, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(make(tx))
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        rx.await.map_err(|_| ClientError::Stopped)?
+    }
+
+    /// The current status.
+    #[must_use]
+    pub fn status(&self) -> GroupStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Wait until `pred` holds for the status, at most `timeout`.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`]; [`ClientError::Stopped`] if the task ended first.
+    pub async fn wait(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&GroupStatus) -> bool,
+    ) -> Result<GroupStatus, ClientError> {
+        let mut rx = self.status.clone();
+        let r = tokio::time::timeout(timeout, async {
+            rx.wait_for(|s| pred(s)).await.map(|s| s.clone()).ok()
+        })
+        .await;
+        match r {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => {
+                let s = self.status.borrow().clone();
+                if pred(&s) {
+                    Ok(s)
+                } else {
+                    Err(ClientError::Stopped)
+                }
+            }
+            Err(_) => Err(ClientError::Timeout(format!(
+                "status after {timeout:?}: {:?}",
+                *self.status.borrow()
+            ))),
+        }
+    }
+}
+
+struct Actor {
+    cfg: GroupConfig,
+    client: KeyClient,
+    session: CallSession,
+    stream: Option<tonic::Streaming<pb::RoomEvent>>,
+    start: Instant,
+    joined: bool,
+    status: watch::Sender<GroupStatus>,
+    /// Identities the service proposed to remove in the current epoch.
+    removals: BTreeSet<String>,
+    proposals_seen: u64,
+    commit_deadline: Option<tokio::time::Instant>,
+    resyncs: u32,
+}
+
+fn retryable(e: &ClientError) -> bool {
+    matches!(e, ClientError::Unavailable(_))
+}
+
+fn rebase(e: &ClientError) -> bool {
+    matches!(e, ClientError::Stale { .. })
+        || matches!(
+            e,
+            ClientError::Refused {
+                code: Code::FailedPrecondition,
+                ..
+            }
+        )
+}
+
+impl Actor {
+    async fn connect(cfg: GroupConfig) -> Result<Self, ClientError> {
+        let client = KeyClient::connect(&cfg.url, &cfg.token, &cfg.room).await?;
+        let session = CallSession::new(cfg.identity.as_bytes(), cfg.keys)?;
+        Ok(Self {
+            cfg,
+            client,
+            session,
+            stream: None,
+            start: Instant::now(),
+            joined: false,
+            status: watch::channel(GroupStatus::default()).0,
+            removals: BTreeSet::new(),
+            proposals_seen: 0,
+            commit_deadline: None,
+            resyncs: 0,
+        })
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn spawn(self) -> Group {
+        self.publish_status(false);
+        let (tx, rx) = mpsc::channel(16);
+        let status = self.status.subscribe();
+        let task = tokio::spawn(self.run(rx));
+        Group {
+            cmd: tx,
+            status,
+            task,
+        }
+    }
+
+    fn publish_status(&self, removed: bool) {
+        let s = GroupStatus {
+            epoch: self.joined.then(|| self.session.epoch()).flatten(),
+            epoch_authenticator: self
+                .joined
+                .then(|| self.session.epoch_authenticator())
+                .flatten(),
+            members: self
+                .session
+                .members()
+                .into_iter()
+                .map(|(_, id)| String::from_utf8_lossy(&id).into_owned())
+                .collect(),
+            removed,
+            resyncs: self.resyncs,
+        };
+        self.status.send_replace(s);
+    }
+
+    async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) -> Result<(), ClientError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let deadline = self.commit_deadline;
+            tokio::select! {
+                cmd = cmds.recv() => {
+                    let Some(cmd) = cmd else { return Ok(()) };
+                    if self.command(cmd).await {
+                        return Ok(());
+                    }
+                }
+                ev = self.next_event() => {
+                    match self.handle(ev?).await {
+                        Err(ClientError::Removed) => {
+                            self.publish_status(true);
+                            return Ok(());
+                        }
+                        r => r?,
+                    }
+                }
+                () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
+                    self.commit_deadline = None;
+                    if self.removals.iter().any(|id| self.is_member(id)) {
+                        match self.commit_with(|s| s.commit_pending_proposals()).await {
+                            Ok(_) => {}
+                            Err(ClientError::Removed) => { self.publish_status(true); return Ok(()) }
+                            Err(e) => tracing::debug!(error = %e, "committing pending proposals failed"),
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = self.now();
+                    self.session.tick(now);
+                }
+            }
+        }
+    }
+
+    /// Run one command; `true` when the member stops.
+    async fn command(&mut self, cmd: Cmd) -> bool {
+        match cmd {
+            Cmd::Add(ids, tx) => {
+                let r = self.add(&ids).await;
+                let _ = tx.send(r);
+            }
+            Cmd::Remove(ids, tx) => {
+                let refs: Vec<Vec<u8>> = ids.iter().map(|s| s.as_bytes().to_vec()).collect();
+                let r = self
+                    .commit_with(|s| {
+                        let v: Vec<&[u8]> = refs.iter().map(Vec::as_slice).collect();
+                        s.remove_members(&v)
+                    })
+                    .await;
+                let _ = tx.send(r);
+            }
+            Cmd::SelfUpdate(tx) => {
+                let r = self.commit_with(CallSession::self_update).await;
+                let _ = tx.send(r);
+            }
+            Cmd::Leave(tx) => {
+                let r = self.client.leave().await;
+                self.session.leave_locally();
+                let _ = tx.send(r);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn is_member(&self, identity: &str) -> bool {
+        self.session
+            .members()
+            .iter()
+            .any(|(_, id)| id == identity.as_bytes())
+    }
+
+    async fn add(&mut self, ids: &[String]) -> Result<u64, ClientError> {
+        let mut kps = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id = id.clone();
+            kps.push(
+                self.retry(move |c| {
+                    let id = id.clone();
+                    Box::pin(async move { c.claim_key_package(&id).await })
+                })
+                .await?,
+            );
+        }
+        self.commit_with(|s| s.add_members(&kps)).await
+    }
+
+    /// Retry an RPC while the service is unreachable.
+    async fn retry<T>(
+        &mut self,
+        mut f: impl for<'a> FnMut(
+            &'a mut KeyClient,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = Result<T, ClientError>> + Send + 'a>,
+        >,
+    ) -> Result<T, ClientError> {
+        let give_up = Instant::now() + self.cfg.retry_for;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match f(&mut self.client).await {
+                Err(e) if retryable(&e) && Instant::now() < give_up => {
+                    tracing::debug!(error = %e, "service unavailable, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn send(&mut self, out: &CommitOut) -> Result<pb::SendCommitResponse, ClientError> {
+        let (c, w, g) = (
+            out.commit.clone(),
+            out.welcome.clone().unwrap_or_default(),
+            out.group_info.clone().unwrap_or_default(),
+        );
+        // The same bytes on every retry: if an earlier attempt was accepted but its reply lost,
+        // the service answers `duplicate` (KDS-ORD-03).
+        self.retry(move |cl| {
+            let (c, w, g) = (c.clone(), w.clone(), g.clone());
+            Box::pin(async move { cl.send_commit(c, w, g).await })
+        })
+        .await
+    }
+
+    /// Build a commit with `make`, send it, and rebase on a lost race until it wins.
+    async fn commit_with(
+        &mut self,
+        make: impl Fn(&mut CallSession) -> Result<CommitOut, MlsError>,
+    ) -> Result<u64, ClientError> {
+        for _ in 0..64 {
+            let out = make(&mut self.session)?;
+            let epoch = self.session.epoch().unwrap_or(0);
+            match self.send(&out).await {
+                Ok(resp) => {
+                    let now = self.now();
+                    self.session.confirm_commit(now)?;
+                    self.after_epoch_change();
+                    return Ok(resp.epoch);
+                }
+                Err(e) if rebase(&e) => {
+                    self.session.discard_commit()?;
+                    let seen = self.proposals_seen;
+                    let target = match &e {
+                        ClientError::Stale {
+                            room_epoch: Some(r),
+                            ..
+                        } => *r,
+                        _ => epoch + 1,
+                    };
+                    // Catch up: the winning commit, or the proposals the service insists on.
+                    self.pump_until(|a| {
+                        a.session.epoch().unwrap_or(0) >= target || a.proposals_seen > seen
+                    })
+                    .await?;
+                }
+                Err(e) => {
+                    self.session.discard_commit()?;
+                    return Err(e);
+                }
+            }
+        }
+        Err(ClientError::Timeout("commit lost 64 races in a row".into()))
+    }
+
+    async fn pump_until(&mut self, done: impl Fn(&Self) -> bool) -> Result<(), ClientError> {
+        let give_up = tokio::time::Instant::now() + self.cfg.retry_for;
+        while !done(self) {
+            let ev = tokio::time::timeout_at(give_up, self.next_event())
+                .await
+                .map_err(|_| ClientError::Timeout("waiting for the room's commits".into()))??;
+            self.handle(ev).await?;
+        }
+        Ok(())
+    }
+
+    async fn join_external(&mut self) -> Result<(), ClientError> {
+        for _ in 0..64 {
+            let (_, gi) = self.retry(|c| Box::pin(c.group_info())).await?;
+            let now = self.now();
+            let out = self.session.join_external(&gi, now)?;
+            match self.send(&out).await {
+                Ok(_) => {
+                    self.joined = true;
+                    self.stream = None;
+                    self.after_epoch_change();
+                    return Ok(());
+                }
+                Err(e) if rebase(&e) => {
+                    self.session.leave_locally();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    self.session.leave_locally();
+                    return Err(e);
+                }
+            }
+        }
+        Err(ClientError::Timeout(
+            "external join lost 64 races in a row".into(),
+        ))
+    }
+
+    fn after_epoch_change(&mut self) {
+        self.removals.clear();
+        self.commit_deadline = None;
+        self.publish_status(false);
+    }
+
+    /// The next event, reconnecting (and resuming from this member's epoch) as needed.
+    async fn next_event(&mut self) -> Result<pb::RoomEvent, ClientError> {
+        let give_up = Instant::now() + self.cfg.retry_for;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.stream.is_none() {
+                let from = if self.joined {
+                    self.session.epoch()
+                } else {
+                    None
+                };
+                match self.client.subscribe(from).await {
+                    Ok(s) => self.stream = Some(s),
+                    Err(e) if retryable(&e) && Instant::now() < give_up => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                continue;
+            };
+            match stream.next().await {
+                Some(Ok(ev)) => return Ok(ev),
+                Some(Err(s)) => {
+                    tracing::debug!(status = %s, "room stream broke; resubscribing");
+                    self.stream = None;
+                }
+                None => self.stream = None,
+            }
+        }
+    }
+
+    async fn handle(&mut self, ev: pb::RoomEvent) -> Result<(), ClientError> {
+        let now = self.now();
+        match ev.event {
+            Some(Ev::Commit(c)) if self.joined => {
+                let mine = self.session.epoch().unwrap_or(0);
+                if c.epoch < mine {
+                    return Ok(()); // already merged (our own, or a replay)
+                }
+                if c.epoch > mine {
+                    // A gap: resubscribe from our epoch.
+                    self.stream = None;
+                    return Ok(());
+                }
+                match self.session.process(&c.message, now) {
+                    Ok(Processed::Removed) => return Err(ClientError::Removed),
+                    Ok(_) => self.after_epoch_change(),
+                    Err(MlsError::Rejected(why)) => {
+                        // The service accepted a commit we cannot process (it cannot check
+                        // confirmation and membership tags): rejoin by external commit.
+                        tracing::warn!(why, "cannot process an accepted commit; rejoining");
+                        self.resyncs += 1;
+                        self.session.leave_locally();
+                        self.joined = false;
+                        self.join_external().await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(Ev::Proposal(p)) if self.joined => {
+                if Some(p.epoch) != self.session.epoch() {
+                    return Ok(());
+                }
+                self.session.process(&p.message, now)?;
+                self.proposals_seen += 1;
+                self.removals.insert(p.removes);
+                self.schedule_proposal_commit();
+            }
+            Some(Ev::Welcome(w)) if !self.joined => {
+                self.session.join_welcome(&w.message, now)?;
+                self.joined = true;
+                self.after_epoch_change();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The lowest-ranked member not being removed commits at once, the next after one delay…
+    fn schedule_proposal_commit(&mut self) {
+        let me = self.cfg.identity.as_bytes();
+        let mut candidates: Vec<(u32, Vec<u8>)> = self
+            .session
+            .members()
+            .into_iter()
+            .filter(|(_, id)| !self.removals.contains(&*String::from_utf8_lossy(id)))
+            .collect();
+        candidates.sort();
+        let Some(rank) = candidates.iter().position(|(_, id)| id == me) else {
+            return; // we are the one leaving
+        };
+        let delay = self.cfg.proposal_commit_delay * u32::try_from(rank).unwrap_or(u32::MAX);
+        self.commit_deadline = Some(tokio::time::Instant::now() + delay);
+    }
+}

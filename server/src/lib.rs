@@ -1,0 +1,193 @@
+//! `veil-server`: Veil's key-distribution service, the MLS Delivery Service and Authentication
+//! Service of a call (specs/key-service.md).
+//!
+//! - It stores KeyPackages, orders commits (exactly one per epoch), fans commits, proposals
+//!   and Welcomes out over server streams, keeps the newest GroupInfo for external joins, and
+//!   proposes the removal of members who left or vanished (MLS external sender).
+//! - It validates every commit against the room's public state with openmls `PublicGroup`, so
+//!   a buggy or hostile client cannot fork a room. It is never a member: its only private key
+//!   is its external-sender signature key.
+//! - State lives in SQLite (WAL, one file under the data directory) behind [`store::Store`].
+//!
+//! Decisions are in [`room`] (synchronous); [`service`] is the tonic shell. Run it with
+//! [`run`], or as the `veil-server` binary:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), veil_server::ServerError> {
+//! let cfg = veil_server::ServerConfig::embedded("./veil-data".into());
+//! veil_server::run(cfg, |addrs| println!("key service on {}", addrs.grpc), std::future::pending())
+//!     .await
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod metrics;
+pub mod room;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use error::KdsError;
+pub use service::{Config, KeyService};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use veil_auth::{TokenKey, Verifier};
+use veil_proto::keys::v1::key_service_server::KeyServiceServer;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The key service could not load its state.
+    #[error(transparent)]
+    Kds(#[from] KdsError),
+    /// A socket or file failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The token key could not be loaded or created.
+    #[error("token key: {0}")]
+    TokenKey(String),
+    /// The gRPC transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Everything [`run`] needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Metrics and health over HTTP (`/metrics`, `/healthz`); `None` turns it off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Directory for `veil.db` and the embedded token key.
+    pub data_dir: PathBuf,
+    /// Token keys to accept; empty means the embedded key in `data_dir/token.key`.
+    pub token_keys: Vec<TokenKey>,
+    /// Key-service limits and timers.
+    pub kds: Config,
+}
+
+impl ServerConfig {
+    /// Embedded defaults: gRPC on 127.0.0.1:7443, metrics on 127.0.0.1:9464, state and token
+    /// key under `data_dir`.
+    #[must_use]
+    pub fn embedded(data_dir: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            data_dir,
+            token_keys: Vec::new(),
+            kds: Config::default(),
+        }
+    }
+}
+
+/// Where the server listens, once bound.
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    /// gRPC.
+    pub grpc: SocketAddr,
+    /// Metrics/health HTTP, if enabled.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// The file under the data directory that holds the embedded token key.
+pub const TOKEN_KEY_FILE: &str = "token.key";
+/// The id of the embedded token key.
+pub const EMBEDDED_KEY_ID: &str = "embedded";
+
+/// Load the embedded token key of `data_dir`, creating it (and the directory) on first use.
+///
+/// # Errors
+/// [`ServerError::Io`], [`ServerError::TokenKey`].
+pub fn embedded_token_key(data_dir: &std::path::Path) -> Result<TokenKey, ServerError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| ServerError::Io {
+        what: format!("create data directory {}", data_dir.display()),
+        source,
+    })?;
+    TokenKey::load_or_create(data_dir.join(TOKEN_KEY_FILE), EMBEDDED_KEY_ID)
+        .map_err(|e| ServerError::TokenKey(e.to_string()))
+}
+
+/// Run the key service until `shutdown` resolves; `ready` is called once the sockets are bound.
+///
+/// # Errors
+/// [`ServerError`] when start-up fails or the transport stops with an error.
+pub async fn run(
+    cfg: ServerConfig,
+    ready: impl FnOnce(BoundAddrs),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let keys = if cfg.token_keys.is_empty() {
+        vec![embedded_token_key(&cfg.data_dir)?]
+    } else {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::Io {
+            what: format!("create data directory {}", cfg.data_dir.display()),
+            source,
+        })?;
+        cfg.token_keys.clone()
+    };
+    let verifier = Verifier::new(keys).map_err(|e| ServerError::TokenKey(e.to_string()))?;
+    let db = cfg.data_dir.join("veil.db");
+    let store = Arc::new(store::SqliteStore::open(&db)?);
+    let metrics = Arc::new(metrics::Metrics::default());
+    let svc = KeyService::new(store, verifier, cfg.kds.clone(), metrics.clone())?;
+    svc.start_departure_timers();
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Io {
+            what: format!("bind {}", cfg.listen),
+            source,
+        })?;
+    let grpc = listener.local_addr().map_err(|source| ServerError::Io {
+        what: "local address".into(),
+        source,
+    })?;
+    let metrics_addr = match cfg.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Io {
+                    what: format!("bind metrics {addr}"),
+                    source,
+                })?;
+            let bound = l.local_addr().ok();
+            tokio::spawn(metrics::serve_http(l, metrics.clone()));
+            bound
+        }
+        None => None,
+    };
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<KeyServiceServer<KeyService>>().await;
+    // Three message fields of max_message_bytes plus framing; beyond it tonic refuses the
+    // request with OUT_OF_RANGE before it is decoded (KDS-LIM-01).
+    let limit = cfg.kds.max_message_bytes * 3 + 64 * 1024;
+    let api = KeyServiceServer::new(svc)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    tracing::info!(%grpc, metrics = ?metrics_addr, db = %db.display(), "key service listening");
+    ready(BoundAddrs {
+        grpc,
+        metrics: metrics_addr,
+    });
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .add_service(health_svc)
+        .add_service(api)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! `veil-server`: run Veil's key-distribution service, or mint development access tokens.
+//!
+//! ```text
+//! veil-server serve --data-dir ./veil-data            # embedded SQLite + token key
+//! veil-server token --data-dir ./veil-data --room standup --identity alice
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use veil_auth::{Claims, Grants, TokenKey};
+use veil_server::{ServerConfig, ServerError};
+
+#[derive(Debug, Parser)]
+#[command(name = "veil-server", version, about = "Veil key-distribution service")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve the key-distribution service over gRPC.
+    Serve(ServeArgs),
+    /// Mint an access token (development; application backends mint their own, see
+    /// specs/auth.md).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Directory for the SQLite database and the embedded token key.
+    #[arg(long, env = "VEIL_DATA_DIR", default_value = "./veil-data")]
+    data_dir: PathBuf,
+    /// gRPC listen address (port 0 picks a free port; the bound address is printed).
+    #[arg(long, env = "VEIL_LISTEN", default_value = "127.0.0.1:7443")]
+    listen: SocketAddr,
+    /// Metrics and health HTTP listen address (`/metrics`, `/healthz`).
+    #[arg(long, env = "VEIL_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: SocketAddr,
+    /// Turn the metrics endpoint off.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Token keys `id:secret` (secret in base64url or hex, at least 32 bytes), comma-separated;
+    /// default: the embedded key in the data directory.
+    #[arg(long, env = "VEIL_TOKEN_KEYS", value_delimiter = ',')]
+    token_key: Vec<String>,
+    /// Seconds a member may be without a Subscribe stream before the service proposes its
+    /// removal.
+    #[arg(long, env = "VEIL_DEPARTURE_GRACE_MS", default_value_t = 10_000)]
+    departure_grace_ms: u64,
+    /// Largest MLS message accepted in any request field, in bytes.
+    #[arg(long, env = "VEIL_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    max_message_bytes: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// Data directory whose embedded token key signs the token.
+    #[arg(long, env = "VEIL_DATA_DIR", default_value = "./veil-data")]
+    data_dir: PathBuf,
+    /// Sign with this key `id:secret` instead of the embedded one.
+    #[arg(long, env = "VEIL_TOKEN_KEY")]
+    key: Option<String>,
+    /// Room the token admits to.
+    #[arg(long)]
+    room: String,
+    /// Participant identity (the MLS credential must carry the same).
+    #[arg(long)]
+    identity: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    ttl: u64,
+    /// Grants, comma-separated: join, create, publish, subscribe.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "join,create,publish,subscribe"
+    )]
+    grants: Vec<String>,
+}
+
+fn mint(args: &TokenArgs) -> Result<String, String> {
+    let key = match &args.key {
+        Some(k) => TokenKey::parse(k).map_err(|e| e.to_string())?,
+        None => veil_server::embedded_token_key(&args.data_dir).map_err(|e| e.to_string())?,
+    };
+    let mut grants = Grants::default();
+    for g in &args.grants {
+        match g.as_str() {
+            "join" => grants.join = true,
+            "create" => grants.create = true,
+            "publish" => grants.publish = true,
+            "subscribe" => grants.subscribe = true,
+            other => {
+                return Err(format!(
+                    "unknown grant {other:?}: use join, create, publish, subscribe"
+                ));
+            }
+        }
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let claims = Claims::new(
+        &args.identity,
+        &args.room,
+        grants,
+        now,
+        Duration::from_secs(args.ttl),
+    );
+    key.mint(&claims).map_err(|e| e.to_string())
+}
+
+async fn serve(args: ServeArgs) -> Result<(), ServerError> {
+    let mut cfg = ServerConfig::embedded(args.data_dir);
+    cfg.listen = args.listen;
+    cfg.metrics_listen = (!args.no_metrics).then_some(args.metrics_listen);
+    cfg.token_keys = args
+        .token_key
+        .iter()
+        .map(|k| TokenKey::parse(k).map_err(|e| ServerError::TokenKey(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    cfg.kds.departure_grace = Duration::from_millis(args.departure_grace_ms);
+    cfg.kds.max_message_bytes = args.max_message_bytes;
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    veil_server::run(
+        cfg,
+        |a| {
+            // One machine-readable line: tests and scripts read the bound ports from it.
+            println!(
+                "veil-server listening grpc={} metrics={}",
+                a.grpc,
+                a.metrics
+                    .map_or_else(|| "off".to_owned(), |m| m.to_string())
+            );
+        },
+        shutdown,
+    )
+    .await
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Serve(a) => serve(a).await.map_err(|e| e.to_string()),
+        Cmd::Token(a) => mint(&a).map(|t| println!("{t}")),
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("veil-server: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Prometheus metrics of the key service, and a small HTTP endpoint serving them with a health
+//! check (`GET /metrics`, `GET /healthz`).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+/// Label set for rejections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Rejection {
+    /// The RPC.
+    pub rpc: &'static str,
+    /// [`KdsError::reason`](crate::KdsError::reason).
+    pub reason: &'static str,
+}
+
+/// The key service's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Rooms tracked.
+    pub rooms: Gauge,
+    /// Members over all rooms.
+    pub members: Gauge,
+    /// Open Subscribe streams.
+    pub streams: Gauge<i64, AtomicI64>,
+    /// Accepted commits.
+    pub commits: Counter,
+    /// Commits acknowledged again (identical retries).
+    pub duplicate_commits: Counter,
+    /// Remove proposals the service sent.
+    pub proposals: Counter,
+    /// Welcomes delivered to the log.
+    pub welcomes: Counter,
+    /// KeyPackages stored.
+    pub key_packages_published: Counter,
+    /// KeyPackages handed out.
+    pub key_packages_claimed: Counter,
+    /// Rejected requests by RPC and reason (`rpc="SendCommit"` are the rejected commits).
+    pub rejected: Family<Rejection, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("veil_keys");
+        let m = Self {
+            rooms: Gauge::default(),
+            members: Gauge::default(),
+            streams: Gauge::default(),
+            commits: Counter::default(),
+            duplicate_commits: Counter::default(),
+            proposals: Counter::default(),
+            welcomes: Counter::default(),
+            key_packages_published: Counter::default(),
+            key_packages_claimed: Counter::default(),
+            rejected: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("rooms", "Rooms tracked", m.rooms.clone());
+        registry.register("members", "Members over all rooms", m.members.clone());
+        registry.register("streams", "Open Subscribe streams", m.streams.clone());
+        registry.register("commits", "Accepted commits", m.commits.clone());
+        registry.register(
+            "duplicate_commits",
+            "Identical commit retries acknowledged again",
+            m.duplicate_commits.clone(),
+        );
+        registry.register(
+            "proposals",
+            "Remove proposals sent as external sender",
+            m.proposals.clone(),
+        );
+        registry.register(
+            "welcomes",
+            "Welcomes stored for delivery",
+            m.welcomes.clone(),
+        );
+        registry.register(
+            "key_packages_published",
+            "KeyPackages stored",
+            m.key_packages_published.clone(),
+        );
+        registry.register(
+            "key_packages_claimed",
+            "KeyPackages handed out",
+            m.key_packages_claimed.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Rejected requests by RPC and reason",
+            m.rejected.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serve `GET /metrics` and `GET /healthz` on `listener` until the task is dropped.
+pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let (status, ctype, body) = match path {
+                "/metrics" => (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    metrics.encode(),
+                ),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
+                _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+/// Count a rejection.
+pub fn reject(metrics: &Metrics, rpc: &'static str, reason: &'static str) {
+    metrics
+        .rejected
+        .get_or_create(&Rejection { rpc, reason })
+        .inc();
+}

@@ -1,0 +1,523 @@
+//! Durable state of the key service (specs/key-service.md §5): rooms, their handshake logs and
+//! KeyPackages. [`Store`] is synchronous and small so a PostgreSQL implementation can follow
+//! ([`SqliteStore`] is the embedded default); every method that changes state is one
+//! transaction, so a failure leaves nothing half-written (KDS-DUR-01).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::error::KdsError;
+
+/// What an event in a room's log is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A commit, sent in `epoch` (the room moves to `epoch + 1`).
+    Commit = 1,
+    /// The service's Remove proposal, bound to `epoch`.
+    Proposal = 2,
+    /// A Welcome into `epoch`, for `recipient` only.
+    Welcome = 3,
+}
+
+impl EventKind {
+    fn from_i64(v: i64) -> Result<Self, KdsError> {
+        match v {
+            1 => Ok(Self::Commit),
+            2 => Ok(Self::Proposal),
+            3 => Ok(Self::Welcome),
+            _ => Err(KdsError::Storage(format!("unknown event kind {v}"))),
+        }
+    }
+}
+
+/// One entry of a room's handshake log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Position in the room's log (strictly increasing, from 1).
+    pub seq: u64,
+    /// What it is.
+    pub kind: EventKind,
+    /// The epoch it belongs to (see [`EventKind`]).
+    pub epoch: u64,
+    /// Committer, or the member a proposal removes.
+    pub actor: String,
+    /// For a Welcome: the identity it is for.
+    pub recipient: Option<String>,
+    /// The MLS message.
+    pub message: Vec<u8>,
+    /// SHA-256 of a commit's bytes (duplicate detection).
+    pub hash: Option<Vec<u8>>,
+}
+
+/// A room's current state as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    /// Room name (= MLS group id).
+    pub room: String,
+    /// Current epoch.
+    pub epoch: u64,
+    /// Next log position.
+    pub next_seq: u64,
+    /// Newest GroupInfo (with ratchet tree).
+    pub group_info: Vec<u8>,
+    /// The serialised public group state (openmls `PublicGroup` storage; no secrets).
+    pub public_state: Vec<u8>,
+}
+
+/// A stored KeyPackage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPackageRecord {
+    /// The KeyPackage's hash reference (RFC 9420 §5.2).
+    pub hash_ref: Vec<u8>,
+    /// Whether it is a last-resort KeyPackage (kept after use).
+    pub last_resort: bool,
+    /// The `MLSMessage` bytes.
+    pub message: Vec<u8>,
+}
+
+/// The storage the key service needs. Every mutating method is atomic.
+pub trait Store: Send + Sync + 'static {
+    /// All rooms, for start-up.
+    fn rooms(&self) -> Result<Vec<RoomRecord>, KdsError>;
+    /// One room, e.g. to reload it after a failed write.
+    fn room(&self, room: &str) -> Result<Option<RoomRecord>, KdsError> {
+        Ok(self.rooms()?.into_iter().find(|r| r.room == room))
+    }
+    /// Create a room; [`KdsError::RoomExists`] if it exists.
+    fn create_room(&self, room: &RoomRecord) -> Result<(), KdsError>;
+    /// Append `events` to `state.room`'s log and replace its state, in one transaction; consume
+    /// the single-use KeyPackages `consumed` (hash refs). A second commit for one epoch violates
+    /// a uniqueness constraint and returns [`KdsError::EpochTaken`] (KDS-ORD-02).
+    fn append(
+        &self,
+        state: &RoomRecord,
+        events: &[Event],
+        consumed: &[Vec<u8>],
+    ) -> Result<(), KdsError>;
+    /// Commits and proposals of `room` sent in `from_epoch` or later, with `seq <= up_to`, in order.
+    fn log_from_epoch(
+        &self,
+        room: &str,
+        from_epoch: u64,
+        up_to: u64,
+    ) -> Result<Vec<Event>, KdsError>;
+    /// The newest Welcome for `identity` in `room` with `seq <= up_to`.
+    fn latest_welcome(
+        &self,
+        room: &str,
+        identity: &str,
+        up_to: u64,
+    ) -> Result<Option<Event>, KdsError>;
+    /// The commit accepted in `epoch`, if any.
+    fn commit_at(&self, room: &str, epoch: u64) -> Result<Option<Event>, KdsError>;
+    /// Store KeyPackages of `identity` for `room`; returns how many it now has available.
+    /// [`KdsError::TooManyKeyPackages`] beyond `cap`.
+    fn add_key_packages(
+        &self,
+        room: &str,
+        identity: &str,
+        kps: &[KeyPackageRecord],
+        cap: u32,
+    ) -> Result<u32, KdsError>;
+    /// Hand out one KeyPackage of `identity` (oldest single-use first, else the last-resort one)
+    /// and record that it was handed out in `room`.
+    fn claim_key_package(&self, room: &str, identity: &str) -> Result<Option<Vec<u8>>, KdsError>;
+    /// The identity whose KeyPackage `hash_ref` was handed out in `room`, if it was.
+    fn claimed_key_package(&self, room: &str, hash_ref: &[u8]) -> Result<Option<String>, KdsError>;
+    /// A service-wide value (e.g. the external-sender key pair).
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, KdsError>;
+    /// Set a service-wide value if it is not set; returns the value now stored.
+    fn meta_init(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, KdsError>;
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS rooms (
+    room TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    next_seq INTEGER NOT NULL,
+    group_info BLOB NOT NULL,
+    public_state BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    room TEXT NOT NULL REFERENCES rooms(room),
+    seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    recipient TEXT,
+    message BLOB NOT NULL,
+    hash BLOB,
+    PRIMARY KEY (room, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_commit_per_epoch ON events (room, epoch) WHERE kind = 1;
+CREATE INDEX IF NOT EXISTS welcomes ON events (room, recipient) WHERE kind = 3;
+CREATE TABLE IF NOT EXISTS key_packages (
+    room TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    hash_ref BLOB NOT NULL,
+    last_resort INTEGER NOT NULL,
+    message BLOB NOT NULL,
+    claimed INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (room, hash_ref)
+);
+CREATE INDEX IF NOT EXISTS kp_by_identity ON key_packages (room, identity, claimed);
+";
+
+/// The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a write the
+/// service acknowledged is on disk before the reply leaves (KDS-DUR-01).
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn db(e: rusqlite::Error) -> KdsError {
+    KdsError::Storage(e.to_string())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+fn to_i64(v: u64) -> Result<i64, KdsError> {
+    i64::try_from(v).map_err(|_| KdsError::Storage(format!("{v} does not fit SQLite INTEGER")))
+}
+
+fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, i64, Event)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        Event {
+            seq: 0,
+            kind: EventKind::Commit,
+            epoch: 0,
+            actor: r.get(3)?,
+            recipient: r.get(4)?,
+            message: r.get(5)?,
+            hash: r.get(6)?,
+        },
+    ))
+}
+
+fn finish_event((seq, kind, epoch, mut e): (i64, i64, i64, Event)) -> Result<Event, KdsError> {
+    e.seq = u64::try_from(seq).map_err(|_| KdsError::Storage("negative seq".into()))?;
+    e.epoch = u64::try_from(epoch).map_err(|_| KdsError::Storage("negative epoch".into()))?;
+    e.kind = EventKind::from_i64(kind)?;
+    Ok(e)
+}
+
+const EVENT_COLS: &str = "seq, kind, epoch, actor, recipient, message, hash";
+
+impl SqliteStore {
+    /// Open (or create) the database at `path`.
+    ///
+    /// # Errors
+    /// [`KdsError::Storage`] if the file cannot be opened or migrated.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, KdsError> {
+        let conn = Connection::open(path).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back on drop), so a poisoned lock is safe to reuse.
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Store for SqliteStore {
+    fn rooms(&self) -> Result<Vec<RoomRecord>, KdsError> {
+        let c = self.conn();
+        let mut st = c
+            .prepare("SELECT room, epoch, next_seq, group_info, public_state FROM rooms")
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })
+            .map_err(db)?;
+        rows.map(|r| {
+            let (room, epoch, next_seq, group_info, public_state) = r.map_err(db)?;
+            Ok(RoomRecord {
+                room,
+                epoch: u64::try_from(epoch).map_err(|_| KdsError::Storage("epoch".into()))?,
+                next_seq: u64::try_from(next_seq).map_err(|_| KdsError::Storage("seq".into()))?,
+                group_info,
+                public_state,
+            })
+        })
+        .collect()
+    }
+
+    fn create_room(&self, room: &RoomRecord) -> Result<(), KdsError> {
+        let c = self.conn();
+        c.execute(
+            "INSERT INTO rooms (room, epoch, next_seq, group_info, public_state) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                room.room,
+                to_i64(room.epoch)?,
+                to_i64(room.next_seq)?,
+                room.group_info,
+                room.public_state
+            ],
+        )
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                KdsError::RoomExists(room.room.clone())
+            } else {
+                db(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    fn append(
+        &self,
+        state: &RoomRecord,
+        events: &[Event],
+        consumed: &[Vec<u8>],
+    ) -> Result<(), KdsError> {
+        let mut c = self.conn();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        for e in events {
+            tx.execute(
+                "INSERT INTO events (room, seq, kind, epoch, actor, recipient, message, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    state.room,
+                    to_i64(e.seq)?,
+                    e.kind as i64,
+                    to_i64(e.epoch)?,
+                    e.actor,
+                    e.recipient,
+                    e.message,
+                    e.hash
+                ],
+            )
+            .map_err(|err| {
+                if is_unique_violation(&err) {
+                    KdsError::EpochTaken { epoch: e.epoch }
+                } else {
+                    db(err)
+                }
+            })?;
+        }
+        let n = tx
+            .execute(
+                "UPDATE rooms SET epoch = ?2, next_seq = ?3, group_info = ?4, public_state = ?5 WHERE room = ?1",
+                params![
+                    state.room,
+                    to_i64(state.epoch)?,
+                    to_i64(state.next_seq)?,
+                    state.group_info,
+                    state.public_state
+                ],
+            )
+            .map_err(db)?;
+        if n != 1 {
+            return Err(KdsError::NoSuchRoom(state.room.clone()));
+        }
+        for h in consumed {
+            tx.execute(
+                "DELETE FROM key_packages WHERE room = ?1 AND hash_ref = ?2 AND last_resort = 0",
+                params![state.room, h],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn log_from_epoch(
+        &self,
+        room: &str,
+        from_epoch: u64,
+        up_to: u64,
+    ) -> Result<Vec<Event>, KdsError> {
+        let c = self.conn();
+        let mut st = c
+            .prepare(&format!(
+                "SELECT {EVENT_COLS} FROM events WHERE room = ?1 AND kind IN (1, 2) AND epoch >= ?2 AND seq <= ?3 ORDER BY seq"
+            ))
+            .map_err(db)?;
+        let rows = st
+            .query_map(
+                params![room, to_i64(from_epoch)?, to_i64(up_to)?],
+                event_from_row,
+            )
+            .map_err(db)?;
+        rows.map(|r| finish_event(r.map_err(db)?)).collect()
+    }
+
+    fn latest_welcome(
+        &self,
+        room: &str,
+        identity: &str,
+        up_to: u64,
+    ) -> Result<Option<Event>, KdsError> {
+        let c = self.conn();
+        c.query_row(
+            &format!(
+                "SELECT {EVENT_COLS} FROM events WHERE room = ?1 AND kind = 3 AND recipient = ?2 AND seq <= ?3 ORDER BY seq DESC LIMIT 1"
+            ),
+            params![room, identity, to_i64(up_to)?],
+            event_from_row,
+        )
+        .optional()
+        .map_err(db)?
+        .map(finish_event)
+        .transpose()
+    }
+
+    fn commit_at(&self, room: &str, epoch: u64) -> Result<Option<Event>, KdsError> {
+        let c = self.conn();
+        c.query_row(
+            &format!("SELECT {EVENT_COLS} FROM events WHERE room = ?1 AND kind = 1 AND epoch = ?2"),
+            params![room, to_i64(epoch)?],
+            event_from_row,
+        )
+        .optional()
+        .map_err(db)?
+        .map(finish_event)
+        .transpose()
+    }
+
+    fn add_key_packages(
+        &self,
+        room: &str,
+        identity: &str,
+        kps: &[KeyPackageRecord],
+        cap: u32,
+    ) -> Result<u32, KdsError> {
+        let mut c = self.conn();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        for kp in kps {
+            if kp.last_resort {
+                // One last-resort KeyPackage per identity and room: a new one replaces the old.
+                tx.execute(
+                    "DELETE FROM key_packages WHERE room = ?1 AND identity = ?2 AND last_resort = 1 AND claimed = 0",
+                    params![room, identity],
+                )
+                .map_err(db)?;
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO key_packages (room, identity, hash_ref, last_resort, message, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![room, identity, kp.hash_ref, kp.last_resort, kp.message, to_i64(now)?],
+            )
+            .map_err(db)?;
+        }
+        let available: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM key_packages WHERE room = ?1 AND identity = ?2 AND claimed = 0",
+                params![room, identity],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        let available = u32::try_from(available).unwrap_or(u32::MAX);
+        if available > cap {
+            // Dropping `tx` rolls the whole upload back.
+            return Err(KdsError::TooManyKeyPackages { cap });
+        }
+        tx.commit().map_err(db)?;
+        Ok(available)
+    }
+
+    fn claim_key_package(&self, room: &str, identity: &str) -> Result<Option<Vec<u8>>, KdsError> {
+        let mut c = self.conn();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let found: Option<(Vec<u8>, bool, Vec<u8>)> = tx
+            .query_row(
+                "SELECT hash_ref, last_resort, message FROM key_packages WHERE room = ?1 AND identity = ?2 AND claimed = 0 ORDER BY last_resort ASC, created ASC, rowid ASC LIMIT 1",
+                params![room, identity],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(db)?;
+        let Some((hash_ref, last_resort, message)) = found else {
+            return Ok(None);
+        };
+        if last_resort {
+            // Kept available; remember that it was handed out in this room.
+            tx.execute(
+                "INSERT OR IGNORE INTO key_packages (room, identity, hash_ref, last_resort, message, claimed, created) VALUES (?1, ?2, ?3 || x'00', 1, x'', 1, 0)",
+                params![room, identity, hash_ref],
+            )
+            .map_err(db)?;
+        } else {
+            tx.execute(
+                "UPDATE key_packages SET claimed = 1 WHERE room = ?1 AND hash_ref = ?2",
+                params![room, hash_ref],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(Some(message))
+    }
+
+    fn claimed_key_package(&self, room: &str, hash_ref: &[u8]) -> Result<Option<String>, KdsError> {
+        let c = self.conn();
+        // A last-resort KeyPackage stays unclaimed; its hand-out is recorded under hash_ref||00.
+        let mut marker = hash_ref.to_vec();
+        marker.push(0);
+        c.query_row(
+            "SELECT identity FROM key_packages WHERE room = ?1 AND claimed = 1 AND (hash_ref = ?2 OR hash_ref = ?3)",
+            params![room, hash_ref, marker],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, KdsError> {
+        let c = self.conn();
+        c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(db)
+    }
+
+    fn meta_init(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, KdsError> {
+        let c = self.conn();
+        c.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )
+        .map_err(db)?;
+        c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .map_err(db)
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the key-distribution service: the real `veil-server` binary on
+//! loopback with a fresh SQLite file, driven by veil-client members.
+
+#![allow(unreachable_pub)]
+
+mod common;
+mod membership;
