@@ -69,6 +69,9 @@ pub struct GroupStatus {
     /// Commits this member could not process although the service accepted them (each one
     /// triggers a rejoin by external commit).
     pub resyncs: u32,
+    /// The epochs in which the service acknowledged a commit of this member (the epoch the
+    /// commit was made in), oldest first.
+    pub acknowledged: Vec<u64>,
 }
 
 enum Cmd {
@@ -233,6 +236,7 @@ struct Actor {
     proposals_seen: u64,
     commit_deadline: Option<tokio::time::Instant>,
     resyncs: u32,
+    acknowledged: Vec<u64>,
 }
 
 fn retryable(e: &ClientError) -> bool {
@@ -266,6 +270,7 @@ impl Actor {
             proposals_seen: 0,
             commit_deadline: None,
             resyncs: 0,
+            acknowledged: Vec::new(),
         })
     }
 
@@ -300,6 +305,7 @@ impl Actor {
                 .collect(),
             removed,
             resyncs: self.resyncs,
+            acknowledged: self.acknowledged.clone(),
         };
         self.status.send_replace(s);
     }
@@ -445,6 +451,7 @@ impl Actor {
                 Ok(resp) => {
                     let now = self.now();
                     self.session.confirm_commit(now)?;
+                    self.acknowledged.push(epoch);
                     self.after_epoch_change();
                     return Ok(resp.epoch);
                 }
@@ -493,6 +500,8 @@ impl Actor {
                 Ok(_) => {
                     self.joined = true;
                     self.stream = None;
+                    self.acknowledged
+                        .push(self.session.epoch().unwrap_or(1).saturating_sub(1));
                     self.after_epoch_change();
                     return Ok(());
                 }

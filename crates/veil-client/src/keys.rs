@@ -43,10 +43,10 @@ pub struct KeyClient {
 }
 
 impl KeyClient {
-    /// Connect to `url` (e.g. `http://127.0.0.1:7443`) for `room` with `token`.
+    /// A client of the service at `url` (e.g. `http://127.0.0.1:7443`) for `room` with `token`.
+    /// The connection is made on first use.
     ///
     /// # Errors
-    /// [`ClientError::Unavailable`] if the service cannot be reached;
     /// [`ClientError::Config`] for a bad URL or token.
     pub async fn connect(url: &str, token: &str, room: &str) -> Result<Self, ClientError> {
         let endpoint = Endpoint::from_shared(url.to_owned())
@@ -54,10 +54,9 @@ impl KeyClient {
             .connect_timeout(std::time::Duration::from_secs(5))
             .http2_keep_alive_interval(std::time::Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| ClientError::Unavailable(format!("connect {url}: {e}")))?;
+        // Lazy: an unreachable service shows up as UNAVAILABLE on the first call, which callers
+        // retry, and the channel reconnects by itself after the service restarts.
+        let channel = endpoint.connect_lazy();
         let auth = format!("Bearer {token}")
             .parse()
             .map_err(|_| ClientError::Config("the token is not ASCII".into()))?;

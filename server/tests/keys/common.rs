@@ -22,19 +22,19 @@ pub struct Server {
 impl Server {
     /// Start on a free port with `dir` as data directory.
     pub fn start(dir: &Path, grace_ms: u64) -> Self {
+        Self::start_on(dir, grace_ms, 0)
+    }
+
+    /// Start on `port` (0 = any free port).
+    pub fn start_on(dir: &Path, grace_ms: u64, port: u16) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("server.log"))
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_veil-server"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["serve", "--metrics-listen", "127.0.0.1:0", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(dir)
             .arg("--departure-grace-ms")
@@ -69,10 +69,23 @@ impl Server {
         let _ = self.child.wait();
     }
 
-    /// Start again on the same data directory (a new port).
+    /// The gRPC port.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// SIGKILL, then start again on the same data directory and port.
     pub fn restart(&mut self) {
         self.kill();
-        *self = Self::start(&self.dir.clone(), self.grace_ms);
+        let (dir, port) = (self.dir.clone(), self.port());
+        // The old socket may linger for a moment; retry the bind briefly.
+        for _ in 0..50 {
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        *self = Self::start_on(&dir, self.grace_ms, port);
     }
 
     /// A token for `identity` in `room` with every grant.

@@ -4,4 +4,7 @@
 #![allow(unreachable_pub)]
 
 mod common;
+mod durability;
+mod hostile;
 mod membership;
+mod race;
