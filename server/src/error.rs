@@ -68,6 +68,11 @@ pub enum KdsError {
         "the room has pending removals of {0:?} (departed participants): commit the pending proposals first"
     )]
     RemovalsPending(Vec<String>),
+    /// The commit would give an identity a second leaf: it is still a member (KDS-VAL-05).
+    #[error(
+        "{0:?} is still a member of the group (its removal may be pending): rejoin after the Remove commit, or rejoin with the same signature key to replace the old leaf"
+    )]
+    StillMember(String),
     /// The room does not list the service as external sender, or a commit drops it (KDS-ROOM-02).
     #[error("{0}")]
     ExternalSenderMissing(String),
@@ -113,7 +118,9 @@ impl KdsError {
             | Self::WrongGroup { .. }
             | Self::Invalid(_) => Code::InvalidArgument,
             Self::StaleEpoch { .. } | Self::EpochTaken { .. } => Code::Aborted,
-            Self::RemovalsPending(_) | Self::ExternalSenderMissing(_) => Code::FailedPrecondition,
+            Self::RemovalsPending(_) | Self::StillMember(_) | Self::ExternalSenderMissing(_) => {
+                Code::FailedPrecondition
+            }
             Self::NoSuchRoom(_) | Self::NoKeyPackage(_) => Code::NotFound,
             Self::RoomExists(_) => Code::AlreadyExists,
             Self::TooManyKeyPackages { .. } => Code::ResourceExhausted,
@@ -134,6 +141,7 @@ impl KdsError {
             Self::Invalid(_) => "invalid",
             Self::StaleEpoch { .. } | Self::EpochTaken { .. } => "stale_epoch",
             Self::RemovalsPending(_) => "removals_pending",
+            Self::StillMember(_) => "still_member",
             Self::ExternalSenderMissing(_) => "external_sender_missing",
             Self::NoSuchRoom(_) => "no_such_room",
             Self::RoomExists(_) => "room_exists",

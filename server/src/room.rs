@@ -538,9 +538,7 @@ impl RoomState {
         for m in pg.members() {
             let id = identity_of(&m.credential)?;
             if !seen.insert(id.clone()) {
-                return Err(KdsError::Invalid(format!(
-                    "after this commit {id:?} would hold two leaves; an external rejoin must replace its old leaf"
-                )));
+                return Err(KdsError::StillMember(id));
             }
         }
         // KDS-ROOM-02: the service stays external sender.

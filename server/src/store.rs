@@ -472,10 +472,13 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         if last_resort {
-            // Kept available; remember that it was handed out in this room.
+            // Kept available; remember that it was handed out in this room under a marker key
+            // (hash_ref || 0x00, built here: SQL's || would turn the blob into text).
+            let mut marker = hash_ref;
+            marker.push(0);
             tx.execute(
-                "INSERT OR IGNORE INTO key_packages (room, identity, hash_ref, last_resort, message, claimed, created) VALUES (?1, ?2, ?3 || x'00', 1, x'', 1, 0)",
-                params![room, identity, hash_ref],
+                "INSERT OR IGNORE INTO key_packages (room, identity, hash_ref, last_resort, message, claimed, created) VALUES (?1, ?2, ?3, 1, x'', 1, 0)",
+                params![room, identity, marker],
             )
             .map_err(db)?;
         } else {
@@ -519,5 +522,105 @@ impl Store for SqliteStore {
         .map_err(db)?;
         c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .map_err(db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kp(tag: u8, last_resort: bool) -> KeyPackageRecord {
+        KeyPackageRecord {
+            hash_ref: vec![tag; 16],
+            last_resort,
+            message: vec![tag; 4],
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path().join("t.db")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn key_packages_single_use_first_last_resort_kept() {
+        let (_d, s) = store();
+        let n = s
+            .add_key_packages("r", "bob", &[kp(1, false), kp(9, true), kp(2, false)], 64)
+            .unwrap();
+        assert_eq!(n, 3);
+        let claims: Vec<_> = (0..4)
+            .map(|_| s.claim_key_package("r", "bob").unwrap().unwrap()[0])
+            .collect();
+        assert_eq!(claims, [1, 2, 9, 9]);
+        // Every hand-out is recorded for this room only.
+        for tag in [1, 2, 9] {
+            assert_eq!(
+                s.claimed_key_package("r", &[tag; 16]).unwrap().as_deref(),
+                Some("bob")
+            );
+            assert_eq!(s.claimed_key_package("other", &[tag; 16]).unwrap(), None);
+        }
+        assert_eq!(s.claim_key_package("r", "carol").unwrap(), None);
+    }
+
+    #[test]
+    fn key_package_cap_rolls_the_whole_upload_back() {
+        let (_d, s) = store();
+        s.add_key_packages("r", "bob", &[kp(1, false), kp(2, false)], 3)
+            .unwrap();
+        let e = s
+            .add_key_packages("r", "bob", &[kp(3, false), kp(4, false)], 3)
+            .unwrap_err();
+        assert!(matches!(e, KdsError::TooManyKeyPackages { cap: 3 }));
+        let first = s.claim_key_package("r", "bob").unwrap().unwrap();
+        let second = s.claim_key_package("r", "bob").unwrap().unwrap();
+        assert_eq!((first[0], second[0]), (1, 2));
+        assert_eq!(s.claim_key_package("r", "bob").unwrap(), None);
+    }
+
+    #[test]
+    fn one_commit_per_epoch_even_past_the_room_lock() {
+        let (_d, s) = store();
+        let room = RoomRecord {
+            room: "r".into(),
+            epoch: 0,
+            next_seq: 1,
+            group_info: vec![1],
+            public_state: vec![2],
+        };
+        s.create_room(&room).unwrap();
+        assert!(matches!(s.create_room(&room), Err(KdsError::RoomExists(_))));
+        let commit = |seq| Event {
+            seq,
+            kind: EventKind::Commit,
+            epoch: 0,
+            actor: "a".into(),
+            recipient: None,
+            message: vec![seq as u8],
+            hash: None,
+        };
+        let next = RoomRecord {
+            epoch: 1,
+            next_seq: 2,
+            ..room.clone()
+        };
+        s.append(&next, &[commit(1)], &[]).unwrap();
+        // A second commit for epoch 0 (as a second replica would try) is refused, and the
+        // room row is untouched.
+        let bad = RoomRecord {
+            epoch: 1,
+            next_seq: 3,
+            group_info: vec![9],
+            ..room
+        };
+        assert!(matches!(
+            s.append(&bad, &[commit(2)], &[]),
+            Err(KdsError::EpochTaken { epoch: 0 })
+        ));
+        let rooms = s.rooms().unwrap();
+        assert_eq!(rooms, vec![next]);
+        assert_eq!(s.log_from_epoch("r", 0, 10).unwrap().len(), 1);
     }
 }

@@ -492,7 +492,9 @@ impl Actor {
     }
 
     async fn join_external(&mut self) -> Result<(), ClientError> {
-        for _ in 0..64 {
+        let give_up = Instant::now() + self.cfg.retry_for;
+        let mut backoff = Duration::from_millis(10);
+        loop {
             let (_, gi) = self.retry(|c| Box::pin(c.group_info())).await?;
             let now = self.now();
             let out = self.session.join_external(&gi, now)?;
@@ -505,9 +507,14 @@ impl Actor {
                     self.after_epoch_change();
                     return Ok(());
                 }
-                Err(e) if rebase(&e) => {
+                // Lost the epoch, or our old leaf is still being removed: try again from the
+                // newer GroupInfo.
+                Err(e) if rebase(&e) && Instant::now() < give_up => {
                     self.session.leave_locally();
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(backoff).await;
+                    if matches!(e, ClientError::Refused { .. }) {
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
                 }
                 Err(e) => {
                     self.session.leave_locally();
@@ -515,9 +522,6 @@ impl Actor {
                 }
             }
         }
-        Err(ClientError::Timeout(
-            "external join lost 64 races in a row".into(),
-        ))
     }
 
     fn after_epoch_change(&mut self) {
