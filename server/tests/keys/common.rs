@@ -124,11 +124,15 @@ impl Server {
 
     /// Prometheus text from the metrics endpoint.
     pub async fn scrape(&self) -> String {
+        self.get("/metrics").await
+    }
+
+    /// `GET path` on the metrics/health listener: the whole response.
+    pub async fn get(&self, path: &str) -> String {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut s = tokio::net::TcpStream::connect(&self.metrics).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out

@@ -105,6 +105,7 @@ async fn hostile_requests_get_their_status_and_change_nothing() {
     let claimed_kp = alice.c.claim_key_package("erin").await.unwrap();
     let unclaimed_kp = erin.key_package(false).unwrap();
 
+    let (_, gi_now) = alice.c.group_info().await.unwrap();
     let valid = alice.s.self_update().unwrap();
     let (commit, gi) = (valid.commit.clone(), valid.group_info.clone().unwrap());
     let before = db_digest(dir.path());
@@ -235,6 +236,24 @@ async fn hostile_requests_get_their_status_and_change_nothing() {
     let dup = r.as_ref().map(|x| x.duplicate).unwrap_or(false);
     t.check("bob's accepted commit retried by bob", None, &before, r);
     assert!(dup, "a retry is acknowledged as a duplicate");
+
+    let mut dave = CallSession::new(b"dave", KeyConfig::default()).unwrap();
+    let ext = dave
+        .join_external(&gi_now, std::time::Duration::ZERO)
+        .unwrap();
+    let r = send(
+        client(&server, &server.token(room, "erin"), room).await,
+        ext.commit.clone(),
+        vec![],
+        ext.group_info.clone().unwrap(),
+    )
+    .await;
+    t.check(
+        "external join by dave with erin's token",
+        Some(Code::PermissionDenied),
+        &before,
+        r,
+    );
 
     // --- tokens -------------------------------------------------------------------------------
     let expired = server.token_with(room, "alice", Grants::all(), 7200, 3600);

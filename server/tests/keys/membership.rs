@@ -68,6 +68,7 @@ async fn ten_members_join_and_leave_and_converge() {
     assert!(took < Duration::from_secs(15), "removal took {took:?}");
 
     let m = server.scrape().await;
+    assert!(server.get("/healthz").await.ends_with("ok\n"));
     assert!(m.contains("veil_keys_rooms 1"), "{m}");
     assert!(m.contains("veil_keys_members 7"), "{m}");
     assert!(m.contains("veil_keys_proposals_total"), "{m}");
