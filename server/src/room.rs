@@ -113,6 +113,76 @@ fn public_group_from(
     Ok((pg, storage))
 }
 
+/// KDS-GI-02: `group_info` describes exactly `pg` (group context and ratchet tree, byte for
+/// byte), carries `external_pub`, and is signed by the leaf it names. `pg`'s tree was validated
+/// commit by commit, so this equals rebuilding a `PublicGroup` from the GroupInfo (KDS-GI-01)
+/// without verifying every leaf's signature again.
+fn check_group_info(
+    crypto: &RustCrypto,
+    room: &str,
+    pg: &PublicGroup,
+    group_info: &[u8],
+) -> Result<(), KdsError> {
+    let malformed = |why: &str| KdsError::Malformed {
+        what: "group_info",
+        why: why.to_owned(),
+    };
+    if group_info.is_empty() {
+        return Err(malformed(
+            "every commit must come with the new epoch's GroupInfo",
+        ));
+    }
+    let MlsMessageBodyIn::GroupInfo(vgi) = parse("group_info", group_info)?.extract() else {
+        return Err(malformed("not a GroupInfo message"));
+    };
+    check_group(room, vgi.group_id())?;
+    if vgi.group_context() != pg.group_context() {
+        return Err(KdsError::Invalid(
+            "the GroupInfo's group context is not the one the commit creates".into(),
+        ));
+    }
+    let tree = vgi
+        .extensions()
+        .ratchet_tree()
+        .ok_or_else(|| malformed("no ratchet_tree extension"))?
+        .ratchet_tree()
+        .tls_serialize_detached()
+        .map_err(internal)?;
+    let ours = pg
+        .export_ratchet_tree()
+        .tls_serialize_detached()
+        .map_err(internal)?;
+    if tree != ours {
+        return Err(KdsError::Invalid(
+            "the GroupInfo's ratchet tree is not the one the commit creates".into(),
+        ));
+    }
+    if vgi.extensions().external_pub().is_none() {
+        return Err(malformed(
+            "no external_pub extension: external joiners could not use it",
+        ));
+    }
+    // GroupInfoTBS ends with the signer's leaf index (RFC 9420 §12.4.3).
+    let tbs = vgi.unsigned_payload().map_err(internal)?;
+    let signer = tbs
+        .len()
+        .checked_sub(4)
+        .and_then(|at| tbs.get(at..))
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| malformed("truncated"))?;
+    let leaf = pg
+        .leaf(LeafNodeIndex::new(signer))
+        .ok_or_else(|| KdsError::Invalid(format!("the GroupInfo's signer {signer} is not a member")))?;
+    let key = OpenMlsSignaturePublicKey::from_signature_key(
+        leaf.signature_key().clone(),
+        CIPHERSUITE.signature_algorithm(),
+    );
+    vgi.verify(crypto, &key)
+        .map_err(|_| KdsError::Invalid("the GroupInfo's signature does not verify".into()))?;
+    Ok(())
+}
+
 fn check_group(room: &str, group: &GroupId) -> Result<(), KdsError> {
     if group.as_slice() == room.as_bytes() {
         Ok(())
@@ -544,18 +614,7 @@ impl RoomState {
         // KDS-ROOM-02: the service stays external sender.
         let sender_index = Self::find_sender_index(&pg, key)?;
         // KDS-GI-02: the GroupInfo verifies and describes the new epoch.
-        if group_info.is_empty() {
-            return Err(KdsError::Malformed {
-                what: "group_info",
-                why: "every commit must come with the new epoch's GroupInfo".into(),
-            });
-        }
-        let (gi_pg, _) = public_group_from(&self.crypto, &self.name, group_info)?;
-        if gi_pg.group_context() != pg.group_context() {
-            return Err(KdsError::Invalid(
-                "the GroupInfo's group context is not the one the commit creates".into(),
-            ));
-        }
+        check_group_info(&self.crypto, &self.name, &pg, group_info)?;
 
         let new_epoch = pg.group_context().epoch().as_u64();
         let mut next = Self {
