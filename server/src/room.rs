@@ -171,9 +171,9 @@ fn check_group_info(
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map(u32::from_be_bytes)
         .ok_or_else(|| malformed("truncated"))?;
-    let leaf = pg
-        .leaf(LeafNodeIndex::new(signer))
-        .ok_or_else(|| KdsError::Invalid(format!("the GroupInfo's signer {signer} is not a member")))?;
+    let leaf = pg.leaf(LeafNodeIndex::new(signer)).ok_or_else(|| {
+        KdsError::Invalid(format!("the GroupInfo's signer {signer} is not a member"))
+    })?;
     let key = OpenMlsSignaturePublicKey::from_signature_key(
         leaf.signature_key().clone(),
         CIPHERSUITE.signature_algorithm(),

@@ -170,7 +170,12 @@ async fn hostile_requests_get_their_status_and_change_nothing() {
         r,
     );
     let r = send(a.clone(), commit.clone(), vec![], flip(&gi, gi.len() - 1)).await;
-    t.check("GroupInfo with a flipped signature byte", Some(Code::InvalidArgument), &before, r);
+    t.check(
+        "GroupInfo with a flipped signature byte",
+        Some(Code::InvalidArgument),
+        &before,
+        r,
+    );
     let r = send(a.clone(), commit.clone(), vec![], vec![]).await;
     t.check("no GroupInfo", Some(Code::InvalidArgument), &before, r);
     let r = send(a.clone(), commit.clone(), commit.clone(), gi.clone()).await;
