@@ -5,6 +5,8 @@
 //! - [`group::Group`]: a member running in the background: creates or joins the room (Welcome
 //!   or external commit), processes commits and proposals in order, commits the service's
 //!   Remove proposals, rebases lost commit races, resumes after reconnects.
+//! - [`media`]: the frame path without I/O: SFrame-encrypt and packetize frames into RTP
+//!   packets (with the dependency descriptor and audio level), reassemble and decrypt them.
 //!
 //! ```no_run
 //! # async fn demo(token: &str) -> Result<(), veil_client::ClientError> {
@@ -21,5 +23,6 @@
 pub mod error;
 pub mod group;
 pub mod keys;
+pub mod media;
 
 pub use error::ClientError;
