@@ -8,3 +8,4 @@ mod durability;
 mod hostile;
 mod membership;
 mod race;
+mod resync;
