@@ -1,0 +1,244 @@
+//! `veil`: run a local Veil server, mint tokens, join a call.
+//!
+//! ```text
+//! veil server                                   # key service with embedded SQLite; prints a token
+//! veil join --room demo --token <token>         # join the room's MLS group, show a live status
+//! veil token --room demo --identity bob         # another participant's token
+//! ```
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use clap::{Parser, Subcommand};
+use veil_auth::{Claims, Grants};
+use veil_client::ClientError;
+use veil_client::group::{Group, GroupConfig, GroupStatus};
+use veil_client::keys::KeyClient;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "veil",
+    version,
+    about = "Veil: end-to-end encrypted group calls"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the Veil server locally (key service; embedded SQLite and token key).
+    Server(ServerArgs),
+    /// Mint an access token with the local server's key.
+    Token(TokenArgs),
+    /// Join a room: create it or join its MLS group, then show a live status line.
+    Join(JoinArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Directory for the database and the token key.
+    #[arg(long, env = "VEIL_DATA_DIR", default_value = "./veil-data")]
+    data_dir: PathBuf,
+    /// gRPC listen address.
+    #[arg(long, env = "VEIL_LISTEN", default_value = "127.0.0.1:7443")]
+    listen: std::net::SocketAddr,
+    /// Room to print a join token for.
+    #[arg(long, default_value = "demo")]
+    room: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// Data directory of the local server (its token key signs).
+    #[arg(long, env = "VEIL_DATA_DIR", default_value = "./veil-data")]
+    data_dir: PathBuf,
+    /// Room.
+    #[arg(long)]
+    room: String,
+    /// Participant identity.
+    #[arg(long)]
+    identity: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    ttl: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct JoinArgs {
+    /// Key-service URL.
+    #[arg(long, env = "VEIL_URL", default_value = "http://127.0.0.1:7443")]
+    url: String,
+    /// Room (must match the token's).
+    #[arg(long)]
+    room: String,
+    /// Access token (`veil token` or your application backend).
+    #[arg(long, env = "VEIL_TOKEN")]
+    token: String,
+    /// Leave after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    seconds: Option<u64>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn mint(
+    data_dir: &std::path::Path,
+    room: &str,
+    identity: &str,
+    ttl: u64,
+) -> Result<String, String> {
+    let key = veil_server::embedded_token_key(data_dir).map_err(|e| e.to_string())?;
+    let claims = Claims::new(
+        identity,
+        room,
+        Grants::all(),
+        now_secs(),
+        Duration::from_secs(ttl),
+    );
+    key.mint(&claims).map_err(|e| e.to_string())
+}
+
+/// The identity and room a token names. The client cannot verify the signature (the server
+/// does); it only reads who it is going to be.
+fn token_subject(token: &str) -> Result<(String, String), String> {
+    let claims = token
+        .split('.')
+        .nth(1)
+        .ok_or("the token is not a JWT (header.claims.signature)")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .map_err(|e| format!("token claims: {e}"))?;
+    #[derive(serde::Deserialize)]
+    struct Sub {
+        sub: String,
+        room: String,
+    }
+    let s: Sub = serde_json::from_slice(&bytes).map_err(|e| format!("token claims: {e}"))?;
+    Ok((s.sub, s.room))
+}
+
+async fn server(args: ServerArgs) -> Result<(), String> {
+    let mut cfg = veil_server::ServerConfig::embedded(args.data_dir.clone());
+    cfg.listen = args.listen;
+    cfg.metrics_listen = Some(std::net::SocketAddr::new(args.listen.ip(), 0));
+    let token = mint(&args.data_dir, &args.room, "alice", 86_400)?;
+    let room = args.room.clone();
+    let data_dir = args.data_dir.display().to_string();
+    veil_server::run(
+        cfg,
+        move |a| {
+            println!(
+                "Veil key service on http://{} (state in {data_dir})",
+                a.grpc
+            );
+            if let Some(m) = a.metrics {
+                println!("metrics: http://{m}/metrics");
+            }
+            println!("\nJoin room {room:?} as alice:\n");
+            println!(
+                "  veil join --url http://{} --room {room} --token {token}\n",
+                a.grpc
+            );
+            println!(
+                "Another participant: veil token --data-dir {data_dir} --room {room} --identity bob"
+            );
+        },
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+fn status_line(room: &str, s: &GroupStatus) -> String {
+    format!(
+        "room {room} | epoch {} | {} members: {} | resyncs {}",
+        s.epoch.map_or_else(|| "-".to_owned(), |e| e.to_string()),
+        s.members.len(),
+        s.members.join(", "),
+        s.resyncs
+    )
+}
+
+async fn join(args: JoinArgs) -> Result<(), String> {
+    let (identity, token_room) = token_subject(&args.token)?;
+    if token_room != args.room {
+        return Err(format!(
+            "the token is for room {token_room:?}, not {:?}",
+            args.room
+        ));
+    }
+    let cfg = GroupConfig::new(&args.url, &args.token, &args.room, &identity);
+    let mut probe = KeyClient::connect(&args.url, &args.token, &args.room)
+        .await
+        .map_err(|e| e.to_string())?;
+    let group = match probe.group_info().await {
+        Ok(_) => Group::join_external(cfg).await,
+        Err(ClientError::Refused {
+            code: tonic::Code::NotFound,
+            ..
+        }) => match Group::create(cfg.clone()).await {
+            // Someone else created it in the meantime.
+            Err(ClientError::Refused {
+                code: tonic::Code::AlreadyExists,
+                ..
+            }) => Group::join_external(cfg).await,
+            r => r,
+        },
+        Err(e) => Err(e),
+    }
+    .map_err(|e| e.to_string())?;
+    println!("joined room {:?} as {identity:?}", args.room);
+    let deadline = args
+        .seconds
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let s = group.status();
+                println!("{}", status_line(&args.room, &s));
+                if s.removed {
+                    return Err("removed from the room".into());
+                }
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    break;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    group.leave().await.map_err(|e| e.to_string())?;
+    println!("left room {:?}", args.room);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let res = match Cli::parse().cmd {
+        Cmd::Server(a) => server(a).await,
+        Cmd::Token(a) => mint(&a.data_dir, &a.room, &a.identity, a.ttl).map(|t| println!("{t}")),
+        Cmd::Join(a) => join(a).await,
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("veil: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
