@@ -323,7 +323,11 @@ impl KeyService {
         let h = h.clone();
         let (room, identity) = (room.to_owned(), identity.to_owned());
         let grace = self.inner.cfg.departure_grace;
-        tokio::spawn(async move {
+        // A guard dropped while the runtime shuts down has nothing left to schedule on.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
             tokio::time::sleep(grace).await;
             let still_gone = lock(&h.presence)
                 .get(&identity)
