@@ -29,6 +29,9 @@ pub enum ClientError {
     /// The local MLS session failed.
     #[error(transparent)]
     Mls(#[from] MlsError),
+    /// The WebRTC transport failed.
+    #[error("WebRTC: {0}")]
+    Transport(String),
     /// A bad URL or token.
     #[error("configuration: {0}")]
     Config(String),

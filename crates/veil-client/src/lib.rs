@@ -24,5 +24,6 @@ pub mod error;
 pub mod group;
 pub mod keys;
 pub mod media;
+pub mod transport;
 
 pub use error::ClientError;
