@@ -7,13 +7,14 @@
 //! commit won the epoch (specs/key-service.md §7).
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
-use veil_mls::{CallSession, CommitOut, KeyConfig, MlsError, Processed};
+use veil_mls::{CallSession, CommitOut, KeyConfig, MlsError, Processed, Released};
 use veil_proto::keys::v1 as pb;
 use veil_proto::keys::v1::room_event::Event as Ev;
 
@@ -74,6 +75,42 @@ pub struct GroupStatus {
     pub acknowledged: Vec<u64>,
 }
 
+/// A member's MLS session, shared by the membership task (commits) and the media path (SFrame
+/// encryption and decryption), with the one clock both must use for key retention.
+#[derive(Clone)]
+pub struct SharedSession {
+    inner: Arc<Mutex<CallSession>>,
+    start: Instant,
+}
+
+impl core::fmt::Debug for SharedSession {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SharedSession").finish_non_exhaustive()
+    }
+}
+
+impl SharedSession {
+    fn new(session: CallSession) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(session)),
+            start: Instant::now(),
+        }
+    }
+
+    /// Lock the session (briefly: a frame's encryption or decryption, or one MLS operation).
+    pub fn lock(&self) -> MutexGuard<'_, CallSession> {
+        // Every MLS operation leaves the session consistent before returning, so a panic
+        // elsewhere while the lock was held does not make it unusable.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Time since the session started: the `now` of every call into it.
+    #[must_use]
+    pub fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
 enum Cmd {
     Add(Vec<String>, oneshot::Sender<Result<u64, ClientError>>),
     Remove(Vec<String>, oneshot::Sender<Result<u64, ClientError>>),
@@ -87,6 +124,8 @@ pub struct Group {
     cmd: mpsc::Sender<Cmd>,
     status: watch::Receiver<GroupStatus>,
     task: JoinHandle<Result<(), ClientError>>,
+    session: SharedSession,
+    released: Option<mpsc::UnboundedReceiver<Released>>,
 }
 
 impl Group {
@@ -98,12 +137,12 @@ impl Group {
     pub async fn create(cfg: GroupConfig) -> Result<Self, ClientError> {
         let mut a = Actor::connect(cfg).await?;
         let info = a.client.service_info().await?;
-        a.session.create_group_with_external_senders(
+        a.s().create_group_with_external_senders(
             a.cfg.room.as_bytes(),
             &[(info.external_sender_key, info.external_sender_identity)],
             a.now(),
         )?;
-        let gi = a.session.group_info()?;
+        let gi = a.s().group_info()?;
         a.client.create_room(gi).await?;
         a.joined = true;
         Ok(a.spawn())
@@ -126,7 +165,7 @@ impl Group {
     /// Service or MLS errors.
     pub async fn await_welcome(cfg: GroupConfig) -> Result<Self, ClientError> {
         let mut a = Actor::connect(cfg).await?;
-        let kp = a.session.key_package(false)?;
+        let kp = a.s().key_package(false)?;
         a.client.publish_key_packages(vec![kp]).await?;
         a.stream = Some(a.client.subscribe(None).await?);
         Ok(a.spawn())
@@ -185,6 +224,18 @@ impl Group {
         rx.await.map_err(|_| ClientError::Stopped)?
     }
 
+    /// The member's session, for the media path (SFrame encryption and decryption).
+    #[must_use]
+    pub fn session(&self) -> SharedSession {
+        self.session.clone()
+    }
+
+    /// Frames that were held for an epoch not known yet and decrypted once its commit arrived
+    /// (their `tag` is what the media path gave when it got `Held`). Available once.
+    pub fn take_released(&mut self) -> Option<mpsc::UnboundedReceiver<Released>> {
+        self.released.take()
+    }
+
     /// The current status.
     #[must_use]
     pub fn status(&self) -> GroupStatus {
@@ -226,9 +277,10 @@ impl Group {
 struct Actor {
     cfg: GroupConfig,
     client: KeyClient,
-    session: CallSession,
+    session: SharedSession,
+    released: mpsc::UnboundedSender<Released>,
+    released_rx: Option<mpsc::UnboundedReceiver<Released>>,
     stream: Option<tonic::Streaming<pb::RoomEvent>>,
-    start: Instant,
     joined: bool,
     status: watch::Sender<GroupStatus>,
     /// Identities the service proposed to remove in the current epoch.
@@ -257,13 +309,15 @@ fn rebase(e: &ClientError) -> bool {
 impl Actor {
     async fn connect(cfg: GroupConfig) -> Result<Self, ClientError> {
         let client = KeyClient::connect(&cfg.url, &cfg.token, &cfg.room).await?;
-        let session = CallSession::new(cfg.identity.as_bytes(), cfg.keys)?;
+        let session = SharedSession::new(CallSession::new(cfg.identity.as_bytes(), cfg.keys)?);
+        let (released, released_rx) = mpsc::unbounded_channel();
         Ok(Self {
             cfg,
             client,
             session,
+            released,
+            released_rx: Some(released_rx),
             stream: None,
-            start: Instant::now(),
             joined: false,
             status: watch::channel(GroupStatus::default()).0,
             removals: BTreeSet::new(),
@@ -275,30 +329,46 @@ impl Actor {
     }
 
     fn now(&self) -> Duration {
-        self.start.elapsed()
+        self.session.now()
     }
 
-    fn spawn(self) -> Group {
+    fn s(&self) -> MutexGuard<'_, CallSession> {
+        self.session.lock()
+    }
+
+    /// Hand frames that were held for an epoch and have now decrypted to the media path.
+    fn deliver(&self, released: Vec<Released>) {
+        for r in released {
+            // Nobody listening is fine: the application took no receiver.
+            let _ = self.released.send(r);
+        }
+    }
+
+    fn spawn(mut self) -> Group {
         self.publish_status(false);
         let (tx, rx) = mpsc::channel(16);
         let status = self.status.subscribe();
+        let session = self.session.clone();
+        let released = self.released_rx.take();
         let task = tokio::spawn(self.run(rx));
         Group {
             cmd: tx,
             status,
             task,
+            session,
+            released,
         }
     }
 
     fn publish_status(&self, removed: bool) {
         let s = GroupStatus {
-            epoch: self.joined.then(|| self.session.epoch()).flatten(),
+            epoch: self.joined.then(|| self.s().epoch()).flatten(),
             epoch_authenticator: self
                 .joined
-                .then(|| self.session.epoch_authenticator())
+                .then(|| self.s().epoch_authenticator())
                 .flatten(),
             members: self
-                .session
+                .s()
                 .members()
                 .into_iter()
                 .map(|(_, id)| String::from_utf8_lossy(&id).into_owned())
@@ -342,7 +412,7 @@ impl Actor {
                 }
                 _ = tick.tick() => {
                     let now = self.now();
-                    self.session.tick(now);
+                    self.s().tick(now);
                 }
             }
         }
@@ -371,7 +441,7 @@ impl Actor {
             }
             Cmd::Leave(tx) => {
                 let r = self.client.leave().await;
-                self.session.leave_locally();
+                self.s().leave_locally();
                 let _ = tx.send(r);
                 return true;
             }
@@ -380,7 +450,7 @@ impl Actor {
     }
 
     fn is_member(&self, identity: &str) -> bool {
-        self.session
+        self.s()
             .members()
             .iter()
             .any(|(_, id)| id == identity.as_bytes())
@@ -445,18 +515,19 @@ impl Actor {
         make: impl Fn(&mut CallSession) -> Result<CommitOut, MlsError>,
     ) -> Result<u64, ClientError> {
         for _ in 0..64 {
-            let out = make(&mut self.session)?;
-            let epoch = self.session.epoch().unwrap_or(0);
+            let out = make(&mut self.s())?;
+            let epoch = self.s().epoch().unwrap_or(0);
             match self.send(&out).await {
                 Ok(resp) => {
                     let now = self.now();
-                    self.session.confirm_commit(now)?;
+                    let released = self.s().confirm_commit(now)?;
+                    self.deliver(released);
                     self.acknowledged.push(epoch);
                     self.after_epoch_change();
                     return Ok(resp.epoch);
                 }
                 Err(e) if rebase(&e) => {
-                    self.session.discard_commit()?;
+                    self.s().discard_commit()?;
                     let seen = self.proposals_seen;
                     let target = match &e {
                         ClientError::Stale {
@@ -467,12 +538,12 @@ impl Actor {
                     };
                     // Catch up: the winning commit, or the proposals the service insists on.
                     self.pump_until(|a| {
-                        a.session.epoch().unwrap_or(0) >= target || a.proposals_seen > seen
+                        a.s().epoch().unwrap_or(0) >= target || a.proposals_seen > seen
                     })
                     .await?;
                 }
                 Err(e) => {
-                    self.session.discard_commit()?;
+                    self.s().discard_commit()?;
                     return Err(e);
                 }
             }
@@ -497,27 +568,27 @@ impl Actor {
         loop {
             let (_, gi) = self.retry(|c| Box::pin(c.group_info())).await?;
             let now = self.now();
-            let out = self.session.join_external(&gi, now)?;
+            let out = self.s().join_external(&gi, now)?;
             match self.send(&out).await {
                 Ok(_) => {
                     self.joined = true;
                     self.stream = None;
-                    self.acknowledged
-                        .push(self.session.epoch().unwrap_or(1).saturating_sub(1));
+                    let sent_in = self.s().epoch().unwrap_or(1).saturating_sub(1);
+                    self.acknowledged.push(sent_in);
                     self.after_epoch_change();
                     return Ok(());
                 }
                 // Lost the epoch, or our old leaf is still being removed: try again from the
                 // newer GroupInfo.
                 Err(e) if rebase(&e) && Instant::now() < give_up => {
-                    self.session.leave_locally();
+                    self.s().leave_locally();
                     tokio::time::sleep(backoff).await;
                     if matches!(e, ClientError::Refused { .. }) {
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                     }
                 }
                 Err(e) => {
-                    self.session.leave_locally();
+                    self.s().leave_locally();
                     return Err(e);
                 }
             }
@@ -536,11 +607,7 @@ impl Actor {
         let mut backoff = Duration::from_millis(50);
         loop {
             if self.stream.is_none() {
-                let from = if self.joined {
-                    self.session.epoch()
-                } else {
-                    None
-                };
+                let from = if self.joined { self.s().epoch() } else { None };
                 match self.client.subscribe(from).await {
                     Ok(s) => self.stream = Some(s),
                     Err(e) if retryable(&e) && Instant::now() < give_up => {
@@ -569,7 +636,7 @@ impl Actor {
         let now = self.now();
         match ev.event {
             Some(Ev::Commit(c)) if self.joined => {
-                let mine = self.session.epoch().unwrap_or(0);
+                let mine = self.s().epoch().unwrap_or(0);
                 if c.epoch < mine {
                     return Ok(()); // already merged (our own, or a replay)
                 }
@@ -578,15 +645,23 @@ impl Actor {
                     self.stream = None;
                     return Ok(());
                 }
-                match self.session.process(&c.message, now) {
+                let processed = self.s().process(&c.message, now);
+                match processed {
                     Ok(Processed::Removed) => return Err(ClientError::Removed),
-                    Ok(_) => self.after_epoch_change(),
+                    Ok(
+                        Processed::EpochChanged { released, .. }
+                        | Processed::OwnCommitMerged { released, .. },
+                    ) => {
+                        self.deliver(released);
+                        self.after_epoch_change();
+                    }
+                    Ok(Processed::ProposalStored) => {}
                     Err(MlsError::Rejected(why)) => {
                         // The service accepted a commit we cannot process (it cannot check
                         // confirmation and membership tags): rejoin by external commit.
                         tracing::warn!(why, "cannot process an accepted commit; rejoining");
                         self.resyncs += 1;
-                        self.session.leave_locally();
+                        self.s().leave_locally();
                         self.joined = false;
                         self.join_external().await?;
                     }
@@ -594,16 +669,17 @@ impl Actor {
                 }
             }
             Some(Ev::Proposal(p)) if self.joined => {
-                if Some(p.epoch) != self.session.epoch() {
+                if Some(p.epoch) != self.s().epoch() {
                     return Ok(());
                 }
-                self.session.process(&p.message, now)?;
+                self.s().process(&p.message, now)?;
                 self.proposals_seen += 1;
                 self.removals.insert(p.removes);
                 self.schedule_proposal_commit();
             }
             Some(Ev::Welcome(w)) if !self.joined => {
-                self.session.join_welcome(&w.message, now)?;
+                let released = self.s().join_welcome(&w.message, now)?;
+                self.deliver(released);
                 self.joined = true;
                 self.after_epoch_change();
             }
@@ -616,7 +692,7 @@ impl Actor {
     fn schedule_proposal_commit(&mut self) {
         let me = self.cfg.identity.as_bytes();
         let mut candidates: Vec<(u32, Vec<u8>)> = self
-            .session
+            .s()
             .members()
             .into_iter()
             .filter(|(_, id)| !self.removals.contains(&*String::from_utf8_lossy(id)))

@@ -224,6 +224,19 @@ impl TrackSender {
     }
 }
 
+/// The tag a [`TrackReceiver`] gives a held frame: the track's tag and the frame's RTP
+/// timestamp, which [`split_held_tag`] recovers from a released frame.
+#[must_use]
+pub fn held_tag(track: u32, timestamp: u32) -> u64 {
+    (u64::from(track) << 32) | u64::from(timestamp)
+}
+
+/// `(track, timestamp)` of a released frame's tag.
+#[must_use]
+pub fn split_held_tag(tag: u64) -> (u32, u32) {
+    ((tag >> 32) as u32, tag as u32)
+}
+
 /// Why a received frame did not come out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameLoss {
@@ -254,6 +267,7 @@ pub enum ReceivedFrame {
 /// Reassembles and decrypts one incoming track.
 pub struct TrackReceiver {
     reassembler: Reassembler,
+    track_tag: u32,
 }
 
 impl core::fmt::Debug for TrackReceiver {
@@ -275,7 +289,16 @@ impl TrackReceiver {
         };
         Self {
             reassembler: Reassembler::with_config(format, ReassemblerConfig::default()),
+            track_tag: 0,
         }
+    }
+
+    /// Tag this track's held frames with `track` (see [`held_tag`]), so a frame released later
+    /// by the session can be put back on its track.
+    #[must_use]
+    pub fn with_track_tag(mut self, track: u32) -> Self {
+        self.track_tag = track;
+        self
     }
 
     /// Take one RTP packet (sequence number, timestamp, marker, payload). A malformed payload
@@ -300,7 +323,12 @@ impl TrackReceiver {
         let mut out = Vec::new();
         while let Some(o) = self.reassembler.poll() {
             out.push(match o {
-                Output::Complete(mut f) => match session.decrypt_frame(b"", &mut f.data, now) {
+                Output::Complete(mut f) => match session.decrypt_frame_tagged(
+                    b"",
+                    &mut f.data,
+                    now,
+                    held_tag(self.track_tag, f.timestamp),
+                ) {
                     Ok(Received::Plaintext {
                         sender, plaintext, ..
                     }) => ReceivedFrame::Frame {

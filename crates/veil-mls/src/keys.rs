@@ -97,6 +97,9 @@ pub struct Released {
     pub sender: u32,
     /// The metadata it was held with.
     pub metadata: Vec<u8>,
+    /// The caller's tag given with the frame ([`EpochKeys::decrypt_in_place_tagged`]), e.g.
+    /// which track and RTP timestamp it belongs to; 0 when none was given.
+    pub tag: u64,
     /// The plaintext.
     pub plaintext: Vec<u8>,
 }
@@ -127,6 +130,7 @@ struct Retained {
 struct HeldFrame {
     frame: Vec<u8>,
     metadata: Vec<u8>,
+    tag: u64,
     epoch_bits: u64,
     since: Duration,
 }
@@ -339,6 +343,7 @@ impl EpochKeys {
                     out.push(Released {
                         sender,
                         metadata: h.metadata,
+                        tag: h.tag,
                         plaintext: d.plaintext.to_vec(),
                     });
                     self.stats.released += 1;
@@ -397,6 +402,22 @@ impl EpochKeys {
         buf: &'a mut [u8],
         now: Duration,
     ) -> Result<Received<'a>, MlsError> {
+        self.decrypt_in_place_tagged(metadata, buf, now, 0)
+    }
+
+    /// [`decrypt_in_place`](Self::decrypt_in_place), with a `tag` that comes back in
+    /// [`Released`] if the frame is held, so the caller can tell which track a released frame
+    /// belongs to.
+    ///
+    /// # Errors
+    /// As [`decrypt_in_place`](Self::decrypt_in_place).
+    pub fn decrypt_in_place_tagged<'a>(
+        &mut self,
+        metadata: &[u8],
+        buf: &'a mut [u8],
+        now: Duration,
+        tag: u64,
+    ) -> Result<Received<'a>, MlsError> {
         self.expire(now);
         let kid = SframeHeader::parse(buf).map_err(SframeError::from)?.0.kid;
         let (ctx, idx, bits) = self.layout.split(kid);
@@ -410,6 +431,7 @@ impl EpochKeys {
             self.held.push_back(HeldFrame {
                 frame: buf.to_vec(),
                 metadata: metadata.to_vec(),
+                tag,
                 epoch_bits: bits,
                 since: now,
             });
@@ -462,7 +484,8 @@ mod tests {
         // Epoch 4 wraps to low bits 0: still "ahead" of 3 (mod 4).
         let mut f = sealed(&SECRET_B, 4, 1, b"early", &cfg);
         assert!(matches!(
-            k.decrypt_in_place(b"", &mut f, Duration::ZERO).unwrap(),
+            k.decrypt_in_place_tagged(b"", &mut f, Duration::ZERO, 77)
+                .unwrap(),
             Received::Held
         ));
         let released = k
@@ -473,6 +496,7 @@ mod tests {
             vec![Released {
                 sender: 1,
                 metadata: vec![],
+                tag: 77,
                 plaintext: b"early".to_vec()
             }]
         );

@@ -635,6 +635,21 @@ impl<P: Provider> CallSession<P> {
         self.keys.decrypt_in_place(metadata, buf, now)
     }
 
+    /// [`decrypt_frame`](Self::decrypt_frame) with a tag that comes back in [`Released`] if the
+    /// frame is held.
+    ///
+    /// # Errors
+    /// As [`decrypt_frame`](Self::decrypt_frame).
+    pub fn decrypt_frame_tagged<'a>(
+        &mut self,
+        metadata: &[u8],
+        buf: &'a mut [u8],
+        now: Duration,
+        tag: u64,
+    ) -> Result<Received<'a>, MlsError> {
+        self.keys.decrypt_in_place_tagged(metadata, buf, now, tag)
+    }
+
     /// Retire expired keys and held frames (call periodically).
     pub fn tick(&mut self, now: Duration) {
         self.keys.expire(now);
