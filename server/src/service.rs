@@ -644,6 +644,7 @@ impl KeyServiceApi for KeyService {
             let claims = self.authorize(&req, &req.get_ref().room)?;
             let r = req.into_inner();
             let h = self.room(&r.room)?;
+            let room = r.room.clone();
             let inner = self.inner.clone();
             let (h2, identity) = (h.clone(), claims.identity.clone());
             // Under the room lock nothing is appended: the replay ends exactly where the live
@@ -663,8 +664,9 @@ impl KeyServiceApi for KeyService {
                     None if st.is_member(&identity) => {
                         match inner.store.latest_welcome(&r.room, &identity, up_to)? {
                             Some(w) => {
-                                let mut v = vec![w.clone()];
-                                v.extend(inner.store.log_from_epoch(&r.room, w.epoch, up_to)?);
+                                let from = w.epoch;
+                                let mut v = vec![w];
+                                v.extend(inner.store.log_from_epoch(&r.room, from, up_to)?);
                                 v
                             }
                             None => Vec::new(),
@@ -675,19 +677,13 @@ impl KeyServiceApi for KeyService {
                 Ok((rx, replay, up_to, st.epoch()))
             })
             .await?;
-            let guard = PresenceGuard::new(self, &h.state_name(), &h, &claims.identity);
+            let guard = PresenceGuard::new(self, &room, &h, &claims.identity);
             let (tx, out) = mpsc::channel(self.inner.cfg.stream_buffer.max(16));
             let identity = claims.identity;
             tokio::spawn(forward(guard, rx, tx, replay, up_to, epoch, identity));
             Ok(Box::pin(ReceiverStream::new(out)) as EventStream)
         };
         run.await.map(Response::new).map_err(|e| self.fail(RPC, e))
-    }
-}
-
-impl RoomHandle {
-    fn state_name(&self) -> String {
-        lock(&self.state).name().to_owned()
     }
 }
 
