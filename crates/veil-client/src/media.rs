@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use veil_mls::{CallSession, Provider, Received};
+use veil_mls::{CallSession, MlsError, Provider, Received};
 use veil_wire::audio_level::AudioLevel;
 use veil_wire::dd::{
     ChainDiffs, DependencyDescriptor, Dti, Dtis, Fdiffs, FrameDependencies, Resolution,
@@ -117,6 +117,52 @@ pub struct TrackSender {
     structure: Arc<TemplateStructure>,
     frames: FrameCounter,
     buf: Vec<u8>,
+    stats: SendStats,
+}
+
+/// What a [`TrackSender`] sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendStats {
+    /// Frames encrypted and packetized.
+    pub frames: u64,
+    /// RTP packets produced.
+    pub packets: u64,
+    /// Payload bytes produced (ciphertext plus descriptors).
+    pub bytes: u64,
+    /// Frames refused (no sender key yet, or a frame too large).
+    pub refused: u64,
+}
+
+/// What a [`TrackReceiver`] received, like WebRTC's inbound-rtp stats plus SFrame outcomes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiveStats {
+    /// RTP packets pushed.
+    pub packets: u64,
+    /// Frames reassembled.
+    pub frames: u64,
+    /// Frames decrypted at once.
+    pub decrypted: u64,
+    /// Frames held for an epoch not known yet (they come back through the session).
+    pub held: u64,
+    /// Frames that lost packets.
+    pub incomplete: u64,
+    /// Decryption failures by reason (`unknown_key`, `retired_key`, `auth_failed`, `replay`,
+    /// `malformed`, `other`).
+    pub decrypt_failures: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// A short label for why a frame did not decrypt.
+#[must_use]
+pub fn failure_reason(e: &MlsError) -> &'static str {
+    use veil_sframe::SframeError as S;
+    match e {
+        MlsError::Sframe(S::UnknownKid { .. }) => "unknown_key",
+        MlsError::Sframe(S::KeyRetired { .. }) => "retired_key",
+        MlsError::Sframe(S::AuthenticationFailed { .. }) => "auth_failed",
+        MlsError::Sframe(S::Replayed { .. } | S::TooOld { .. }) => "replay",
+        MlsError::Sframe(S::MalformedHeader(_) | S::FrameTooShort { .. }) => "malformed",
+        _ => "other",
+    }
 }
 
 impl TrackSender {
@@ -147,6 +193,7 @@ impl TrackSender {
             structure: single_layer_structure(640, 360),
             frames,
             buf: Vec::new(),
+            stats: SendStats::default(),
         })
     }
 
@@ -220,7 +267,16 @@ impl TrackSender {
             });
             self.seq = self.seq.wrapping_add(1);
         }
+        self.stats.frames += 1;
+        self.stats.packets += out.len() as u64;
+        self.stats.bytes += out.iter().map(|p| p.payload.len() as u64).sum::<u64>();
         Ok(out)
+    }
+
+    /// What this sender sent so far.
+    #[must_use]
+    pub fn stats(&self) -> SendStats {
+        self.stats
     }
 }
 
@@ -268,6 +324,7 @@ pub enum ReceivedFrame {
 pub struct TrackReceiver {
     reassembler: Reassembler,
     track_tag: u32,
+    stats: ReceiveStats,
 }
 
 impl core::fmt::Debug for TrackReceiver {
@@ -290,7 +347,14 @@ impl TrackReceiver {
         Self {
             reassembler: Reassembler::with_config(format, ReassemblerConfig::default()),
             track_tag: 0,
+            stats: ReceiveStats::default(),
         }
+    }
+
+    /// What this receiver got so far.
+    #[must_use]
+    pub fn stats(&self) -> &ReceiveStats {
+        &self.stats
     }
 
     /// Tag this track's held frames with `track` (see [`held_tag`]), so a frame released later
@@ -304,6 +368,7 @@ impl TrackReceiver {
     /// Take one RTP packet (sequence number, timestamp, marker, payload). A malformed payload
     /// is counted by the reassembler and otherwise ignored.
     pub fn push(&mut self, seq: u16, timestamp: u32, marker: bool, payload: &[u8]) {
+        self.stats.packets += 1;
         let _ = self.reassembler.push(RtpIn {
             seq,
             timestamp,
@@ -322,24 +387,36 @@ impl TrackReceiver {
     ) -> Vec<ReceivedFrame> {
         let mut out = Vec::new();
         while let Some(o) = self.reassembler.poll() {
+            let st = &mut self.stats;
             out.push(match o {
-                Output::Complete(mut f) => match session.decrypt_frame_tagged(
-                    b"",
-                    &mut f.data,
-                    now,
-                    held_tag(self.track_tag, f.timestamp),
-                ) {
-                    Ok(Received::Plaintext {
-                        sender, plaintext, ..
-                    }) => ReceivedFrame::Frame {
-                        sender,
-                        timestamp: f.timestamp,
-                        data: plaintext.to_vec(),
-                    },
-                    Ok(Received::Held) => ReceivedFrame::Held,
-                    Err(e) => ReceivedFrame::Lost(FrameLoss::Undecryptable(e.to_string())),
-                },
-                Output::Incomplete(_) => ReceivedFrame::Lost(FrameLoss::Incomplete),
+                Output::Complete(mut f) => {
+                    st.frames += 1;
+                    let tag = held_tag(self.track_tag, f.timestamp);
+                    match session.decrypt_frame_tagged(b"", &mut f.data, now, tag) {
+                        Ok(Received::Plaintext {
+                            sender, plaintext, ..
+                        }) => {
+                            st.decrypted += 1;
+                            ReceivedFrame::Frame {
+                                sender,
+                                timestamp: f.timestamp,
+                                data: plaintext.to_vec(),
+                            }
+                        }
+                        Ok(Received::Held) => {
+                            st.held += 1;
+                            ReceivedFrame::Held
+                        }
+                        Err(e) => {
+                            *st.decrypt_failures.entry(failure_reason(&e)).or_default() += 1;
+                            ReceivedFrame::Lost(FrameLoss::Undecryptable(e.to_string()))
+                        }
+                    }
+                }
+                Output::Incomplete(_) => {
+                    st.incomplete += 1;
+                    ReceivedFrame::Lost(FrameLoss::Incomplete)
+                }
             });
         }
         out
@@ -432,6 +509,10 @@ mod tests {
                     "{p:?} frame {i}"
                 );
             }
+            assert_eq!((tx.stats().frames, rx.stats().frames), (12, 12));
+            assert_eq!(rx.stats().decrypted, 12);
+            assert_eq!(rx.stats().packets, tx.stats().packets);
+            assert!(rx.stats().decrypt_failures.is_empty());
         }
     }
 
