@@ -12,9 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use veil_auth::{Claims, Grants};
-use veil_client::ClientError;
 use veil_client::group::{Group, GroupConfig, GroupStatus};
-use veil_client::keys::KeyClient;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -177,25 +175,9 @@ async fn join(args: JoinArgs) -> Result<(), String> {
         ));
     }
     let cfg = GroupConfig::new(&args.url, &args.token, &args.room, &identity);
-    let mut probe = KeyClient::connect(&args.url, &args.token, &args.room)
+    let group = Group::join_or_create(cfg)
         .await
         .map_err(|e| e.to_string())?;
-    let group = match probe.group_info().await {
-        Ok(_) => Group::join_external(cfg).await,
-        Err(ClientError::Refused {
-            code: tonic::Code::NotFound,
-            ..
-        }) => match Group::create(cfg.clone()).await {
-            // Someone else created it in the meantime.
-            Err(ClientError::Refused {
-                code: tonic::Code::AlreadyExists,
-                ..
-            }) => Group::join_external(cfg).await,
-            r => r,
-        },
-        Err(e) => Err(e),
-    }
-    .map_err(|e| e.to_string())?;
     println!("joined room {:?} as {identity:?}", args.room);
     let deadline = args
         .seconds

@@ -158,6 +158,24 @@ impl Group {
         Ok(a.spawn())
     }
 
+    /// Join the room by external commit, or create it if it does not exist yet (losing a race
+    /// to create it falls back to joining).
+    ///
+    /// # Errors
+    /// Service or MLS errors.
+    pub async fn join_or_create(cfg: GroupConfig) -> Result<Self, ClientError> {
+        let mut probe = KeyClient::connect(&cfg.url, &cfg.token, &cfg.room).await?;
+        let missing = |e: &ClientError, code: Code| matches!(e, ClientError::Refused { code: c, .. } if *c == code);
+        match probe.group_info().await {
+            Ok(_) => Self::join_external(cfg).await,
+            Err(e) if missing(&e, Code::NotFound) => match Self::create(cfg.clone()).await {
+                Err(e) if missing(&e, Code::AlreadyExists) => Self::join_external(cfg).await,
+                r => r,
+            },
+            Err(e) => Err(e),
+        }
+    }
+
     /// Publish a KeyPackage and wait (in the background) for a member to add this identity;
     /// [`wait`](Self::wait) for `epoch.is_some()`.
     ///
