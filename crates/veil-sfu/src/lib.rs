@@ -4,5 +4,9 @@
 
 pub mod error;
 pub mod routing;
+pub mod shell;
 
 pub use error::SfuError;
+pub use shell::{
+    IceCandidate, LeaveReason, RoomEvent, Session, Sfu, SfuConfig, SignalEvent, TrackInfo,
+};

@@ -33,6 +33,14 @@ impl ExtMap {
         Self { map }
     }
 
+    /// The subscriber's id for the publisher's `id`, if the subscriber negotiated that URI
+    /// (SFU-EXT-01). The shell maps already-parsed elements with it and picks the form with
+    /// [`veil_wire::ext::form_for`] (SFU-EXT-02), so element data is never copied or changed.
+    #[must_use]
+    pub fn map_id(&self, id: u8) -> Option<u8> {
+        self.map[usize::from(id)]
+    }
+
     /// Rewrite one packet's extension block into `out`; returns the new profile and length
     /// (0 and 0 if nothing is left to send).
     ///

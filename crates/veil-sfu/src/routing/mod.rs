@@ -17,11 +17,15 @@
 //! - [`ExtMap`] rewrites header-extension ids from the publisher's leg to each subscriber's
 //!   (SFU-EXT-01..02).
 //!
+//! - [`Room`] ties them together for one room: participants, published tracks, subscriptions,
+//!   and the verdict on every packet (SFU-ROOM-01..05).
+//!
 //! Nothing here reads a payload byte: packets are described by [`PacketMeta`].
 
 mod extmap;
 mod forwarder;
 mod keyframes;
+mod room;
 mod speaker;
 mod ssrc;
 mod streams;
@@ -29,6 +33,9 @@ mod streams;
 pub use extmap::ExtMap;
 pub use forwarder::{Decision, DropReason, ForwarderStats, LayerForwarder};
 pub use keyframes::{KeyFrameRequests, KeyFrameStats};
+pub use room::{
+    Forward, MAX_LAYERS, MediaKind, ParticipantId, Publish, Room, Routed, Subscribe, TrackId,
+};
 pub use speaker::ActiveSpeaker;
 pub use ssrc::SsrcOwners;
 pub use streams::{ExtIds, Ingested, PacketMeta, StreamRegistry};

@@ -1,0 +1,636 @@
+//! One room's routing state: who publishes which track, who subscribes to it, and what happens
+//! to each packet (SFU-ROOM-01..05).
+//!
+//! Sans-I/O like the rest of `routing`: the shell feeds packets (header fields and the raw
+//! extension block, never the payload) and the caller's monotonic time in, and acts on what comes
+//! back: packets to send with rewritten header fields, key-frame requests to send to publishers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::SfuError;
+use crate::routing::{
+    ActiveSpeaker, Decision, DropReason, ExtIds, ExtMap, KeyFrameRequests, KeyFrameStats,
+    LayerForwarder, PacketMeta, SsrcOwners, StreamRegistry,
+};
+
+/// A participant, numbered by the shell.
+pub type ParticipantId = u64;
+
+/// A published track, numbered by the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrackId(pub u64);
+
+/// Audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    /// Audio (Opus): no key frames, no layers.
+    Audio,
+    /// Video (VP8 under SFrame): key frames and simulcast layers, as the DD marks them.
+    Video,
+}
+
+/// Most simulcast layers a track may have (browsers send up to 3).
+pub const MAX_LAYERS: usize = 4;
+
+/// Publishing a track.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The codec's RTP clock rate (48 kHz Opus, 90 kHz video).
+    pub clock_rate: u32,
+    /// The simulcast rids in the publisher's SDP order (empty: one unnamed layer). Layer `i`
+    /// of the track is `rids[i]`; rids first seen on packets are appended, up to [`MAX_LAYERS`].
+    pub rids: Vec<Vec<u8>>,
+}
+
+/// One subscriber leg of a track, as negotiated with the subscriber.
+#[derive(Debug, Clone)]
+pub struct Subscribe {
+    /// The SSRC the subscriber receives this track on (one per subscriber and track).
+    pub out_ssrc: u32,
+    /// The payload type negotiated for the track's codec on the subscriber's leg.
+    pub payload_type: u8,
+    /// Header-extension ids from the publisher's leg to the subscriber's.
+    pub ext: ExtMap,
+    /// The layer wanted, by rid (None: the track's first layer).
+    pub rid: Option<Vec<u8>>,
+}
+
+/// One packet to send to one subscriber: the publisher's packet with these header fields, and
+/// its extension elements mapped through `ext`. The payload goes out as it came (SFU-BLIND-03).
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// Who receives it.
+    pub subscriber: ParticipantId,
+    /// The subscriber-side SSRC.
+    pub ssrc: u32,
+    /// Rewritten sequence number.
+    pub seq: u16,
+    /// Rewritten timestamp.
+    pub timestamp: u32,
+    /// The subscriber leg's payload type.
+    pub payload_type: u8,
+    /// Publisher → subscriber extension ids.
+    pub ext: Arc<ExtMap>,
+    /// Whether this packet starts a new layer for the subscriber.
+    pub switched: bool,
+}
+
+/// What to do with one published packet.
+#[derive(Debug, Clone, Default)]
+pub struct Routed {
+    /// The packet's layer within its track.
+    pub layer: u8,
+    /// Whether it is an RTX (repair) packet: those are not forwarded (retransmission is per hop).
+    pub repair: bool,
+    /// Copies to send.
+    pub forwards: Vec<Forward>,
+    /// Subscribers that did not get it, and why.
+    pub dropped: Vec<DropReason>,
+    /// Publisher SSRCs to send a key-frame request (PLI) for, now (already throttled).
+    pub key_frame_requests: Vec<u32>,
+    /// The new active speaker, when this packet changed it.
+    pub active_speaker: Option<ParticipantId>,
+}
+
+#[derive(Debug)]
+struct Participant {
+    streams: StreamRegistry,
+    tracks: Vec<TrackId>,
+    subscriptions: Vec<TrackId>,
+}
+
+#[derive(Debug)]
+struct Track {
+    publisher: ParticipantId,
+    kind: MediaKind,
+    clock_rate: u32,
+    rids: Vec<Vec<u8>>,
+    /// SSRC of each layer, once a packet showed it.
+    layer_ssrc: [Option<u32>; MAX_LAYERS],
+    /// A key frame is wanted on this layer but its SSRC is not known yet.
+    key_frame_pending: [bool; MAX_LAYERS],
+    subscribers: Vec<ParticipantId>,
+}
+
+#[derive(Debug)]
+struct Subscription {
+    forwarder: LayerForwarder,
+    payload_type: u8,
+    ext: Arc<ExtMap>,
+}
+
+/// The routing state of one room (SFU-ROOM-01..05).
+#[derive(Debug)]
+pub struct Room {
+    participants: HashMap<ParticipantId, Participant>,
+    tracks: HashMap<TrackId, Track>,
+    subs: HashMap<(ParticipantId, TrackId), Subscription>,
+    owners: SsrcOwners,
+    key_frames: KeyFrameRequests,
+    speaker: ActiveSpeaker,
+    next_track: u64,
+}
+
+impl Room {
+    /// An empty room whose key-frame requests to a publisher stream are at least
+    /// `key_frame_interval` apart (SFU-KF-01).
+    #[must_use]
+    pub fn new(key_frame_interval: Duration) -> Self {
+        Self {
+            participants: HashMap::new(),
+            tracks: HashMap::new(),
+            subs: HashMap::new(),
+            owners: SsrcOwners::default(),
+            key_frames: KeyFrameRequests::new(key_frame_interval),
+            speaker: ActiveSpeaker::new(
+                Duration::from_millis(500),
+                5.0,
+                Duration::from_millis(300),
+            ),
+            next_track: 1,
+        }
+    }
+
+    /// Admit a participant whose leg negotiated these extension ids.
+    pub fn add_participant(&mut self, id: ParticipantId, ids: ExtIds) {
+        self.participants.insert(
+            id,
+            Participant {
+                streams: StreamRegistry::new(ids),
+                tracks: Vec::new(),
+                subscriptions: Vec::new(),
+            },
+        );
+    }
+
+    /// Participants in the room.
+    #[must_use]
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    /// A participant starts publishing a track.
+    ///
+    /// # Errors
+    /// [`SfuError::UnknownParticipant`].
+    pub fn publish(&mut self, publisher: ParticipantId, p: Publish) -> Result<TrackId, SfuError> {
+        let part = self
+            .participants
+            .get_mut(&publisher)
+            .ok_or(SfuError::UnknownParticipant(publisher))?;
+        let id = TrackId(self.next_track);
+        self.next_track += 1;
+        part.tracks.push(id);
+        let mut rids = p.rids;
+        rids.truncate(MAX_LAYERS);
+        self.tracks.insert(
+            id,
+            Track {
+                publisher,
+                kind: p.kind,
+                clock_rate: p.clock_rate,
+                rids,
+                layer_ssrc: [None; MAX_LAYERS],
+                key_frame_pending: [false; MAX_LAYERS],
+                subscribers: Vec::new(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// The track's publisher and kind.
+    #[must_use]
+    pub fn track(&self, track: TrackId) -> Option<(ParticipantId, MediaKind)> {
+        self.tracks.get(&track).map(|t| (t.publisher, t.kind))
+    }
+
+    /// A track ended: forget it and its subscriptions. Returns who was subscribed.
+    pub fn unpublish(&mut self, track: TrackId) -> Vec<ParticipantId> {
+        let Some(t) = self.tracks.remove(&track) else {
+            return Vec::new();
+        };
+        for ssrc in t.layer_ssrc.iter().flatten() {
+            self.key_frames.remove(*ssrc);
+        }
+        if let Some(p) = self.participants.get_mut(&t.publisher) {
+            p.tracks.retain(|x| *x != track);
+        }
+        for s in &t.subscribers {
+            self.subs.remove(&(*s, track));
+            if let Some(p) = self.participants.get_mut(s) {
+                p.subscriptions.retain(|x| *x != track);
+            }
+        }
+        t.subscribers
+    }
+
+    /// A participant left (or was removed): forget it, its tracks, its subscriptions and its
+    /// SSRCs. Returns its tracks with the subscribers each had.
+    pub fn remove_participant(&mut self, id: ParticipantId) -> Vec<(TrackId, Vec<ParticipantId>)> {
+        let Some(p) = self.participants.get(&id) else {
+            return Vec::new();
+        };
+        let (tracks, subscriptions) = (p.tracks.clone(), p.subscriptions.clone());
+        for t in subscriptions {
+            self.unsubscribe(id, t);
+        }
+        let removed = tracks.into_iter().map(|t| (t, self.unpublish(t))).collect();
+        self.participants.remove(&id);
+        self.owners.release(id);
+        self.speaker.remove(id);
+        removed
+    }
+
+    /// Start forwarding `track` to `subscriber` (SFU-ROOM-02). Returns publisher SSRCs to send
+    /// a key-frame request for now: a new subscriber needs a key frame (SFU-KF-03).
+    ///
+    /// # Errors
+    /// [`SfuError::UnknownParticipant`], [`SfuError::UnknownTrack`].
+    pub fn subscribe(
+        &mut self,
+        subscriber: ParticipantId,
+        track: TrackId,
+        s: Subscribe,
+        now: Duration,
+    ) -> Result<Vec<u32>, SfuError> {
+        if !self.participants.contains_key(&subscriber) {
+            return Err(SfuError::UnknownParticipant(subscriber));
+        }
+        let t = self
+            .tracks
+            .get_mut(&track)
+            .ok_or(SfuError::UnknownTrack(track.0))?;
+        let mut forwarder = LayerForwarder::new(s.out_ssrc, t.clock_rate);
+        let layer = layer_of_rid(t, s.rid.as_deref());
+        forwarder.set_target(Some(layer));
+        self.subs.insert(
+            (subscriber, track),
+            Subscription {
+                forwarder,
+                payload_type: s.payload_type,
+                ext: Arc::new(s.ext),
+            },
+        );
+        if !t.subscribers.contains(&subscriber) {
+            t.subscribers.push(subscriber);
+        }
+        if let Some(p) = self.participants.get_mut(&subscriber)
+            && !p.subscriptions.contains(&track)
+        {
+            p.subscriptions.push(track);
+        }
+        Ok(self.want_key_frame(track, layer, now).into_iter().collect())
+    }
+
+    /// Stop forwarding `track` to `subscriber`. Returns whether it was subscribed.
+    pub fn unsubscribe(&mut self, subscriber: ParticipantId, track: TrackId) -> bool {
+        if let Some(t) = self.tracks.get_mut(&track) {
+            t.subscribers.retain(|s| *s != subscriber);
+        }
+        if let Some(p) = self.participants.get_mut(&subscriber) {
+            p.subscriptions.retain(|t| *t != track);
+        }
+        self.subs.remove(&(subscriber, track)).is_some()
+    }
+
+    /// The subscriber wants the layer named `rid` (None: the first layer). The switch happens at
+    /// that layer's next key frame (SFU-FWD-02); returns publisher SSRCs to ask for one now
+    /// (SFU-KF-03).
+    ///
+    /// # Errors
+    /// [`SfuError::NotSubscribed`].
+    pub fn set_layer(
+        &mut self,
+        subscriber: ParticipantId,
+        track: TrackId,
+        rid: Option<&[u8]>,
+        now: Duration,
+    ) -> Result<Vec<u32>, SfuError> {
+        let t = self
+            .tracks
+            .get_mut(&track)
+            .ok_or(SfuError::UnknownTrack(track.0))?;
+        let layer = layer_of_rid(t, rid);
+        let sub = self
+            .subs
+            .get_mut(&(subscriber, track))
+            .ok_or(SfuError::NotSubscribed(track.0))?;
+        sub.forwarder.set_target(Some(layer));
+        if sub.forwarder.current() == Some(layer) {
+            return Ok(Vec::new());
+        }
+        Ok(self.want_key_frame(track, layer, now).into_iter().collect())
+    }
+
+    /// The layer forwarded to `subscriber` and the layer it asked for.
+    #[must_use]
+    pub fn layers(&self, subscriber: ParticipantId, track: TrackId) -> Option<(Option<u8>, u8)> {
+        let s = self.subs.get(&(subscriber, track))?;
+        Some((s.forwarder.current(), s.forwarder.target()?))
+    }
+
+    /// A subscriber sent PLI or FIR for `track`. The request ends here (SFU-KF-03); returns the
+    /// publisher SSRC to send the SFU's own request for, if the throttle lets one go now
+    /// (SFU-KF-01).
+    pub fn subscriber_key_frame_request(
+        &mut self,
+        subscriber: ParticipantId,
+        track: TrackId,
+        now: Duration,
+    ) -> Option<u32> {
+        let s = self.subs.get(&(subscriber, track))?;
+        let layer = s.forwarder.current().or(s.forwarder.target())?;
+        self.want_key_frame(track, layer, now)
+    }
+
+    fn want_key_frame(&mut self, track: TrackId, layer: u8, now: Duration) -> Option<u32> {
+        let t = self.tracks.get_mut(&track)?;
+        if t.kind == MediaKind::Audio {
+            return None;
+        }
+        let l = usize::from(layer).min(MAX_LAYERS - 1);
+        match t.layer_ssrc[l] {
+            Some(ssrc) => self.key_frames.request(ssrc, now).then_some(ssrc),
+            None => {
+                t.key_frame_pending[l] = true;
+                None
+            }
+        }
+    }
+
+    /// Route one packet that `publisher` sent on `track` (SFU-ROOM-01, SFU-SEC-01).
+    ///
+    /// # Errors
+    /// [`SfuError::SpoofedSsrc`] (drop and count), [`SfuError::Metadata`],
+    /// [`SfuError::UnknownTrack`], [`SfuError::TooManyLayers`], [`SfuError::UnknownLayer`]: all
+    /// peer input; the packet is dropped.
+    pub fn on_rtp(
+        &mut self,
+        publisher: ParticipantId,
+        track: TrackId,
+        meta: &PacketMeta<'_>,
+        now: Duration,
+    ) -> Result<Routed, SfuError> {
+        let t = self
+            .tracks
+            .get_mut(&track)
+            .filter(|t| t.publisher == publisher)
+            .ok_or(SfuError::UnknownTrack(track.0))?;
+        self.owners.check(publisher, meta.ssrc)?;
+        let part = self
+            .participants
+            .get_mut(&publisher)
+            .ok_or(SfuError::UnknownParticipant(publisher))?;
+        let ing = part.streams.ingest(meta)?;
+        let mut out = Routed::default();
+        if ing.repair {
+            out.repair = true;
+            return Ok(out);
+        }
+        let layer = match ing.rid.as_deref() {
+            Some(rid) => match t.rids.iter().position(|r| r == rid) {
+                Some(i) => i,
+                None if t.rids.len() < MAX_LAYERS => {
+                    t.rids.push(rid.to_vec());
+                    t.rids.len() - 1
+                }
+                None => return Err(SfuError::TooManyLayers(meta.ssrc)),
+            },
+            // A simulcast track's stream that never showed its rid cannot be placed.
+            None if t.rids.len() > 1 => return Err(SfuError::UnknownLayer(meta.ssrc)),
+            None => 0,
+        };
+        out.layer = layer as u8;
+        t.layer_ssrc[layer] = Some(meta.ssrc);
+        if ing.dd.as_ref().is_some_and(|d| d.is_key_frame_start()) {
+            self.key_frames.key_frame_seen(meta.ssrc);
+        }
+        if std::mem::take(&mut t.key_frame_pending[layer])
+            && self.key_frames.request(meta.ssrc, now)
+        {
+            out.key_frame_requests.push(meta.ssrc);
+        }
+        if let Some(level) = ing.audio_level {
+            self.speaker.on_audio(publisher, level, now);
+            out.active_speaker = self.speaker.update(now);
+        }
+        for s in &t.subscribers {
+            let Some(sub) = self.subs.get_mut(&(*s, track)) else {
+                continue;
+            };
+            match sub
+                .forwarder
+                .on_packet(out.layer, meta.seq, meta.timestamp, ing.dd.as_ref(), now)
+            {
+                Decision::Forward {
+                    ssrc,
+                    seq,
+                    timestamp,
+                    switched,
+                } => out.forwards.push(Forward {
+                    subscriber: *s,
+                    ssrc,
+                    seq,
+                    timestamp,
+                    payload_type: sub.payload_type,
+                    ext: sub.ext.clone(),
+                    switched,
+                }),
+                Decision::Drop(reason) => {
+                    // A subscriber waits for a key frame on this layer: keep asking, throttled
+                    // (SFU-KF-01, SFU-KF-03).
+                    if reason == DropReason::WaitingForKeyFrame
+                        && !out.key_frame_requests.contains(&meta.ssrc)
+                        && self.key_frames.request(meta.ssrc, now)
+                    {
+                        out.key_frame_requests.push(meta.ssrc);
+                    }
+                    out.dropped.push(reason);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The key-frame request counters.
+    #[must_use]
+    pub fn key_frame_stats(&self) -> KeyFrameStats {
+        self.key_frames.stats()
+    }
+
+    /// Spoofed packets rejected so far.
+    #[must_use]
+    pub fn spoofs(&self) -> u64 {
+        self.owners.spoofs()
+    }
+
+    /// The active speaker.
+    #[must_use]
+    pub fn active_speaker(&self) -> Option<ParticipantId> {
+        self.speaker.current()
+    }
+}
+
+fn layer_of_rid(t: &mut Track, rid: Option<&[u8]>) -> u8 {
+    let Some(rid) = rid else { return 0 };
+    let i = match t.rids.iter().position(|r| r == rid) {
+        Some(i) => i,
+        None if t.rids.len() < MAX_LAYERS => {
+            t.rids.push(rid.to_vec());
+            t.rids.len() - 1
+        }
+        None => 0,
+    };
+    i as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn meta(ssrc: u32, seq: u16) -> PacketMeta<'static> {
+        PacketMeta {
+            ssrc,
+            seq,
+            timestamp: u32::from(seq) * 3000,
+            marker: true,
+            ext_profile: None,
+            ext_body: &[],
+        }
+    }
+
+    fn sub(out_ssrc: u32) -> Subscribe {
+        Subscribe {
+            out_ssrc,
+            payload_type: 120,
+            ext: ExtMap::default(),
+            rid: None,
+        }
+    }
+
+    fn room_with_video() -> (Room, TrackId) {
+        let mut r = Room::new(500 * MS);
+        for p in 1..=3 {
+            r.add_participant(p, ExtIds::default());
+        }
+        let t = r
+            .publish(
+                1,
+                Publish {
+                    kind: MediaKind::Video,
+                    clock_rate: 90_000,
+                    rids: vec![],
+                },
+            )
+            .unwrap();
+        (r, t)
+    }
+
+    #[test]
+    fn every_subscriber_gets_its_own_ssrc_and_payload_type() {
+        let (mut r, t) = room_with_video();
+        r.subscribe(2, t, sub(0x22), Duration::ZERO).unwrap();
+        r.subscribe(
+            3,
+            t,
+            Subscribe {
+                payload_type: 96,
+                ..sub(0x33)
+            },
+            Duration::ZERO,
+        )
+        .unwrap();
+        let out = r.on_rtp(1, t, &meta(0x11, 7), Duration::ZERO).unwrap();
+        let mut got: Vec<_> = out
+            .forwards
+            .iter()
+            .map(|f| (f.subscriber, f.ssrc, f.payload_type, f.seq))
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [(2, 0x22, 120, 7), (3, 0x33, 96, 7)]);
+    }
+
+    #[test]
+    fn a_spoofed_ssrc_is_rejected_and_the_owner_keeps_it() {
+        let (mut r, t) = room_with_video();
+        let t3 = r
+            .publish(
+                3,
+                Publish {
+                    kind: MediaKind::Video,
+                    clock_rate: 90_000,
+                    rids: vec![],
+                },
+            )
+            .unwrap();
+        r.subscribe(2, t, sub(0x22), Duration::ZERO).unwrap();
+        r.on_rtp(1, t, &meta(0x11, 1), Duration::ZERO).unwrap();
+        assert!(matches!(
+            r.on_rtp(3, t3, &meta(0x11, 2), Duration::ZERO),
+            Err(SfuError::SpoofedSsrc {
+                ssrc: 0x11,
+                owner: 1,
+                sender: 3
+            })
+        ));
+        // Nor may participant 3 send on participant 1's track.
+        assert!(matches!(
+            r.on_rtp(3, t, &meta(0x99, 2), Duration::ZERO),
+            Err(SfuError::UnknownTrack(_))
+        ));
+        assert_eq!(r.spoofs(), 1);
+        assert_eq!(
+            r.on_rtp(1, t, &meta(0x11, 3), Duration::ZERO)
+                .unwrap()
+                .forwards
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn subscriber_plis_are_throttled_and_a_new_subscriber_asks_once_the_ssrc_is_known() {
+        let (mut r, t) = room_with_video();
+        // Nothing is known of the publisher's SSRC yet: the request waits for its first packet.
+        assert!(
+            r.subscribe(2, t, sub(0x22), Duration::ZERO)
+                .unwrap()
+                .is_empty()
+        );
+        let out = r.on_rtp(1, t, &meta(0x11, 1), 10 * MS).unwrap();
+        assert_eq!(out.key_frame_requests, [0x11]);
+        let mut sent = 0;
+        for ms in (20..1020).step_by(10) {
+            sent += usize::from(r.subscriber_key_frame_request(2, t, ms * MS).is_some());
+        }
+        assert_eq!(sent, 2, "at 510 and 1010 ms");
+        assert_eq!(r.key_frame_stats().sent, 3);
+    }
+
+    #[test]
+    fn leaving_frees_tracks_subscriptions_and_ssrcs() {
+        let (mut r, t) = room_with_video();
+        r.subscribe(2, t, sub(0x22), Duration::ZERO).unwrap();
+        r.on_rtp(1, t, &meta(0x11, 1), Duration::ZERO).unwrap();
+        assert_eq!(r.remove_participant(1), [(t, vec![2])]);
+        assert_eq!(r.layers(2, t), None);
+        let t3 = r
+            .publish(
+                3,
+                Publish {
+                    kind: MediaKind::Video,
+                    clock_rate: 90_000,
+                    rids: vec![],
+                },
+            )
+            .unwrap();
+        assert!(r.on_rtp(3, t3, &meta(0x11, 1), Duration::ZERO).is_ok());
+        assert_eq!(r.participant_count(), 2);
+    }
+}

@@ -1,0 +1,215 @@
+//! Prometheus metrics of the SFU (prefix `veil_sfu`). The server binary serves
+//! [`Metrics::encode`]; tests read the same counters.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why a packet was dropped (SFU-SEC-*, SFU-FWD-*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropKind {
+    /// An SSRC another participant owns (SFU-SEC-01).
+    SpoofedSsrc,
+    /// Unreadable header extensions or DD.
+    Metadata,
+    /// A packet on a track the sender does not publish.
+    UnknownTrack,
+    /// A simulcast layer beyond the limit, or without a rid.
+    Layer,
+    /// An RTX packet left wrapped (retransmission is per hop).
+    Repair,
+    /// No payload (padding only): per hop, not forwarded.
+    Padding,
+    /// Not the layer the subscriber gets.
+    NotSelected,
+    /// Waiting for a key frame to start or switch.
+    WaitingForKeyFrame,
+    /// A switch refused because the stream has no DD.
+    NoDependencyDescriptor,
+    /// The subscriber's send queue was full (a slow subscriber; SFU-LIVE-03).
+    QueueFull,
+    /// webrtc-rs refused to send it.
+    WriteFailed,
+}
+
+impl DropKind {
+    /// The `reason` label.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::SpoofedSsrc => "spoofed_ssrc",
+            Self::Metadata => "metadata",
+            Self::UnknownTrack => "unknown_track",
+            Self::Layer => "layer",
+            Self::Repair => "repair",
+            Self::Padding => "padding",
+            Self::NotSelected => "not_selected",
+            Self::WaitingForKeyFrame => "waiting_for_key_frame",
+            Self::NoDependencyDescriptor => "no_dependency_descriptor",
+            Self::QueueFull => "queue_full",
+            Self::WriteFailed => "write_failed",
+        }
+    }
+}
+
+/// `reason` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// The reason.
+    pub reason: &'static str,
+}
+
+/// `kind` label (audio, video).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    /// `audio` or `video`.
+    pub kind: &'static str,
+}
+
+/// Labels of a per-subscriber layer gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriberTrack {
+    /// Room.
+    pub room: String,
+    /// Subscriber identity.
+    pub subscriber: String,
+    /// Track name.
+    pub track: String,
+}
+
+/// The SFU's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Rooms with at least one participant.
+    pub rooms: Gauge,
+    /// Participants over all rooms.
+    pub participants: Gauge,
+    /// Published tracks over all rooms.
+    pub tracks: Gauge,
+    /// Active subscriptions over all rooms.
+    pub subscriptions: Gauge,
+    /// RTP packets received from publishers.
+    pub received_packets: Family<Kind, Counter>,
+    /// RTP packets forwarded to subscribers (one per copy).
+    pub forwarded_packets: Family<Kind, Counter>,
+    /// Payload bytes forwarded to subscribers (one per copy).
+    pub forwarded_bytes: Family<Kind, Counter>,
+    /// Packets (or copies) dropped, by reason.
+    pub dropped: Family<Reason, Counter>,
+    /// PLI/FIR received from subscribers (all end at the SFU).
+    pub subscriber_key_frame_requests: Counter,
+    /// PLIs the SFU sent to publishers (throttled).
+    pub publisher_key_frame_requests: Counter,
+    /// The layer each subscriber receives per track (-1: none yet).
+    pub subscriber_layer: Family<SubscriberTrack, Gauge>,
+    /// Participants who left, by reason.
+    pub left: Family<Reason, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("veil_sfu");
+        let m = Self {
+            registry: Registry::default(),
+            rooms: Gauge::default(),
+            participants: Gauge::default(),
+            tracks: Gauge::default(),
+            subscriptions: Gauge::default(),
+            received_packets: Family::default(),
+            forwarded_packets: Family::default(),
+            forwarded_bytes: Family::default(),
+            dropped: Family::default(),
+            subscriber_key_frame_requests: Counter::default(),
+            publisher_key_frame_requests: Counter::default(),
+            subscriber_layer: Family::default(),
+            left: Family::default(),
+        };
+        registry.register("rooms", "Rooms with participants", m.rooms.clone());
+        registry.register("participants", "Participants", m.participants.clone());
+        registry.register("tracks", "Published tracks", m.tracks.clone());
+        registry.register(
+            "subscriptions",
+            "Active subscriptions",
+            m.subscriptions.clone(),
+        );
+        registry.register(
+            "received_packets",
+            "RTP packets received from publishers",
+            m.received_packets.clone(),
+        );
+        registry.register(
+            "forwarded_packets",
+            "RTP packets forwarded (one per subscriber copy)",
+            m.forwarded_packets.clone(),
+        );
+        registry.register(
+            "forwarded_bytes",
+            "RTP payload bytes forwarded (one per subscriber copy)",
+            m.forwarded_bytes.clone(),
+        );
+        registry.register(
+            "dropped_packets",
+            "Packets dropped, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "subscriber_key_frame_requests",
+            "PLI/FIR received from subscribers",
+            m.subscriber_key_frame_requests.clone(),
+        );
+        registry.register(
+            "publisher_key_frame_requests",
+            "PLI sent to publishers",
+            m.publisher_key_frame_requests.clone(),
+        );
+        registry.register(
+            "subscriber_layer",
+            "Simulcast layer forwarded to each subscriber (-1: none yet)",
+            m.subscriber_layer.clone(),
+        );
+        registry.register(
+            "participants_left",
+            "Participants who left, by reason",
+            m.left.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Count a drop.
+    pub fn drop(&self, kind: DropKind) {
+        self.dropped
+            .get_or_create(&Reason {
+                reason: kind.label(),
+            })
+            .inc();
+    }
+
+    /// Drops so far for `kind`.
+    #[must_use]
+    pub fn drops(&self, kind: DropKind) -> u64 {
+        self.dropped
+            .get_or_create(&Reason {
+                reason: kind.label(),
+            })
+            .get()
+    }
+
+    /// Copies forwarded so far of `kind` (`"audio"` or `"video"`).
+    #[must_use]
+    pub fn forwarded(&self, kind: &'static str) -> u64 {
+        self.forwarded_packets.get_or_create(&Kind { kind }).get()
+    }
+
+    /// The registry in the Prometheus text format.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,503 @@
+//! Real webrtc-rs peers on loopback talking to a real `Sfu` (no ICE servers, no mocks).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use tokio::sync::{Mutex, mpsc, watch};
+use veil_sfu::routing::MediaKind;
+use veil_sfu::shell::peer::{self, OPUS_PT, VP8_PT};
+use veil_sfu::shell::sdp::{AUDIO_LEVEL_URI, DD_URI};
+use veil_sfu::{Sfu, SignalEvent};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+/// Generous bound for anything that should take well under a second on an idle machine.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Wait for `cond` to hold, checking every 20 ms, at most [`WAIT`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One received RTP packet.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub track: String,
+    pub packet: rtp::Packet,
+}
+
+struct Handler {
+    gathered: watch::Sender<bool>,
+    state: watch::Sender<RTCPeerConnectionState>,
+    tracks: mpsc::UnboundedSender<Received>,
+    remotes: Arc<Mutex<HashMap<String, Arc<dyn TrackRemote>>>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
+        if s == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, s: RTCPeerConnectionState) {
+        let _ = self.state.send(s);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let name = track.track_id().await;
+        self.remotes
+            .lock()
+            .await
+            .insert(name.clone(), track.clone());
+        let tx = self.tracks.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = track.poll().await {
+                match ev {
+                    TrackRemoteEvent::OnRtpPacket(packet) => {
+                        let r = Received {
+                            track: name.clone(),
+                            packet,
+                        };
+                        if tx.send(r).is_err() {
+                            return;
+                        }
+                    }
+                    TrackRemoteEvent::OnEnded => return,
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+/// Extension URIs a test publisher registers before Veil's, so that its extension ids differ
+/// from the SFU's own and the per-leg id rewriting is exercised for real.
+const PAD_URIS: [&str; 3] = [
+    "urn:x-veil-test:pad-1",
+    "urn:x-veil-test:pad-2",
+    "urn:x-veil-test:pad-3",
+];
+
+/// Veil's media engine, optionally with padding extensions first.
+fn media_engine(shift_ids: bool) -> MediaEngine {
+    let mut me = MediaEngine::default();
+    for (kind, pt, rk) in [
+        (MediaKind::Audio, OPUS_PT, RtpCodecKind::Audio),
+        (MediaKind::Video, VP8_PT, RtpCodecKind::Video),
+    ] {
+        me.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: peer::codec(kind),
+                payload_type: pt,
+            },
+            rk,
+        )
+        .unwrap();
+    }
+    let mut uris: Vec<(&str, RtpCodecKind)> = Vec::new();
+    if shift_ids {
+        for u in PAD_URIS {
+            uris.push((u, RtpCodecKind::Audio));
+            uris.push((u, RtpCodecKind::Video));
+        }
+    }
+    uris.push((AUDIO_LEVEL_URI, RtpCodecKind::Audio));
+    uris.push((DD_URI, RtpCodecKind::Video));
+    for (uri, kind) in uris {
+        me.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            kind,
+            None,
+        )
+        .unwrap();
+    }
+    me
+}
+
+/// A test participant: a webrtc-rs peer connection plus its signalling with the SFU.
+pub struct Peer {
+    pub identity: String,
+    pub room: String,
+    pub pc: Arc<dyn PeerConnection>,
+    gathered: watch::Receiver<bool>,
+    pub state: watch::Receiver<RTCPeerConnectionState>,
+    pub received: mpsc::UnboundedReceiver<Received>,
+    pub remotes: Arc<Mutex<HashMap<String, Arc<dyn TrackRemote>>>>,
+    /// Signalling events other than offers (those are answered in the background).
+    pub events: mpsc::UnboundedReceiver<SignalEvent>,
+    /// Events received but not yet asked for.
+    pub backlog: Vec<SignalEvent>,
+}
+
+/// One outgoing test track.
+pub struct LocalTrack {
+    pub track: Arc<TrackLocalStaticRTP>,
+    pub sender: Arc<dyn RtpSender>,
+    pub ssrc: u32,
+    pub kind: MediaKind,
+}
+
+impl LocalTrack {
+    /// The id negotiated for `uri` on this sender's leg.
+    pub async fn ext_id(&self, uri: &str) -> Option<u8> {
+        let p = self.sender.get_parameters().await.unwrap();
+        p.rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|h| h.uri == uri)
+            .map(|h| h.id as u8)
+    }
+
+    /// Send one packet with `payload` and extension elements `exts` (id, data).
+    pub async fn send(
+        &self,
+        seq: u16,
+        timestamp: u32,
+        marker: bool,
+        exts: &[(u8, Bytes)],
+        payload: Bytes,
+    ) {
+        let mut header = rtp::header::Header {
+            version: 2,
+            marker,
+            payload_type: match self.kind {
+                MediaKind::Audio => OPUS_PT,
+                MediaKind::Video => VP8_PT,
+            },
+            sequence_number: seq,
+            timestamp,
+            ssrc: self.ssrc,
+            ..Default::default()
+        };
+        // Longest first: a DD key frame (> 16 bytes) selects the two-byte form for all.
+        let mut exts = exts.to_vec();
+        exts.sort_by_key(|(_, d)| std::cmp::Reverse(d.len()));
+        for (id, data) in exts {
+            header.set_extension(id, data).unwrap();
+        }
+        self.track
+            .write_rtp(rtp::Packet { header, payload })
+            .await
+            .unwrap();
+    }
+
+    /// PLIs (media SSRC = this track's SSRC) that reached this sender, with arrival times.
+    pub fn count_plis(&self) -> Arc<std::sync::Mutex<Vec<std::time::Instant>>> {
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (track, ssrc, o) = (self.track.clone(), self.ssrc, out.clone());
+        tokio::spawn(async move {
+            while let Some(ev) = track.poll().await {
+                if let TrackLocalEvent::OnRtcpPacket(pkts) = ev {
+                    for p in pkts {
+                        if p.as_any()
+                            .downcast_ref::<PictureLossIndication>()
+                            .is_some_and(|pli| pli.media_ssrc == ssrc)
+                        {
+                            o.lock().unwrap().push(std::time::Instant::now());
+                        }
+                    }
+                }
+            }
+        });
+        out
+    }
+}
+
+impl Peer {
+    /// A peer; a publisher (`shift_ids`) registers extra extensions first.
+    pub async fn new(room: &str, identity: &str, shift_ids: bool) -> Peer {
+        let (gathered_tx, gathered) = watch::channel(false);
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let (tracks_tx, received) = mpsc::unbounded_channel();
+        let remotes = Arc::new(Mutex::new(HashMap::new()));
+        let handler = Arc::new(Handler {
+            gathered: gathered_tx,
+            state: state_tx,
+            tracks: tracks_tx,
+            remotes: remotes.clone(),
+        });
+        let mut me = media_engine(shift_ids);
+        let registry = peer::interceptors(&mut me).unwrap();
+        let pc: Arc<dyn PeerConnection> = Arc::new(
+            PeerConnectionBuilder::new()
+                .with_media_engine(me)
+                .with_interceptor_registry(registry)
+                .with_handler(handler)
+                .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+                .build()
+                .await
+                .unwrap(),
+        );
+        let (_tx, events) = mpsc::unbounded_channel();
+        Peer {
+            identity: identity.to_owned(),
+            room: room.to_owned(),
+            pc,
+            gathered,
+            state,
+            received,
+            remotes,
+            events,
+            backlog: Vec::new(),
+        }
+    }
+
+    /// Add a send-only track.
+    pub async fn add_track(&self, kind: MediaKind, ssrc: u32, id: &str) -> LocalTrack {
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            format!("{}-stream", self.identity),
+            id.to_owned(),
+            id.to_owned(),
+            match kind {
+                MediaKind::Audio => RtpCodecKind::Audio,
+                MediaKind::Video => RtpCodecKind::Video,
+            },
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: peer::codec(kind),
+                ..Default::default()
+            }],
+        )));
+        let t = self
+            .pc
+            .add_transceiver_from_track(
+                track.clone(),
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap();
+        let sender = t.sender().await.unwrap().unwrap();
+        LocalTrack {
+            track,
+            sender,
+            ssrc,
+            kind,
+        }
+    }
+
+    /// The offer to join with (a subscriber without tracks offers a data channel, so that
+    /// there is a transport to bundle the SFU's tracks on).
+    pub async fn offer(&mut self) -> String {
+        if self.pc.get_transceivers().await.is_empty() {
+            self.pc.create_data_channel("veil", None).await.unwrap();
+        }
+        let offer = self.pc.create_offer(None).await.unwrap();
+        self.pc.set_local_description(offer).await.unwrap();
+        tokio::time::timeout(WAIT, self.gathered.wait_for(|g| *g))
+            .await
+            .expect("gathering")
+            .unwrap();
+        self.pc.local_description().await.unwrap().sdp
+    }
+
+    /// Apply the SFU's answer and answer its later offers in the background.
+    pub async fn accept(&mut self, sfu: &Sfu, session: veil_sfu::Session) {
+        self.pc
+            .set_remote_description(RTCSessionDescription::answer(session.answer).unwrap())
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events = rx;
+        let (pc, sfu, room, identity) = (
+            self.pc.clone(),
+            sfu.clone(),
+            self.room.clone(),
+            self.identity.clone(),
+        );
+        let mut events = session.events;
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    SignalEvent::Offer { sdp } => {
+                        pc.set_remote_description(RTCSessionDescription::offer(sdp).unwrap())
+                            .await
+                            .unwrap();
+                        let answer = pc.create_answer(None).await.unwrap();
+                        pc.set_local_description(answer).await.unwrap();
+                        let sdp = pc.local_description().await.unwrap().sdp;
+                        if let Err(e) = sfu.answer(&room, &identity, &sdp).await {
+                            panic!("answer refused: {e}");
+                        }
+                    }
+                    other => {
+                        let _ = tx.send(other);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Join `sfu` and wait until connected.
+    pub async fn join(&mut self, sfu: &Sfu) {
+        let offer = self.offer().await;
+        let session = sfu.join(&self.room, &self.identity, &offer).await.unwrap();
+        self.accept(sfu, session).await;
+        self.connected().await;
+    }
+
+    pub async fn connected(&mut self) {
+        tokio::time::timeout(
+            WAIT,
+            self.state
+                .wait_for(|s| *s == RTCPeerConnectionState::Connected),
+        )
+        .await
+        .expect("connection")
+        .unwrap();
+    }
+
+    /// The first event, seen or to come, that `f` accepts; others are kept for later calls.
+    pub async fn next_event<T>(
+        &mut self,
+        what: &str,
+        mut f: impl FnMut(&SignalEvent) -> Option<T>,
+    ) -> T {
+        if let Some((i, t)) = self
+            .backlog
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| f(e).map(|t| (i, t)))
+        {
+            self.backlog.remove(i);
+            return t;
+        }
+        let (events, backlog) = (&mut self.events, &mut self.backlog);
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let ev = events.recv().await.expect("event stream ended");
+                match f(&ev) {
+                    Some(t) => return t,
+                    None => backlog.push(ev),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{}: no event {what}", self.identity))
+    }
+
+    /// The SFU name of the track `publisher` published as `publisher_track_id`.
+    pub async fn track_named(&mut self, publisher: &str, publisher_track_id: &str) -> String {
+        self.next_event("TrackPublished", |e| match e {
+            SignalEvent::TrackPublished(t)
+                if t.publisher == publisher && t.publisher_track_id == publisher_track_id =>
+            {
+                Some(t.track.clone())
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    /// Subscribe to `track` and wait until it is live; returns the SSRC it arrives on.
+    pub async fn subscribe(&mut self, sfu: &Sfu, track: &str) -> u32 {
+        sfu.subscribe(&self.room, &self.identity, track)
+            .await
+            .unwrap();
+        let want = track.to_owned();
+        self.next_event("Subscribed", |e| match e {
+            SignalEvent::Subscribed { track, ssrc } if *track == want => Some(*ssrc),
+            _ => None,
+        })
+        .await
+    }
+}
+
+/// Deterministic "ciphertext": bytes from a seeded generator, standing in for SFrame output.
+pub fn payload(seed: u64, len: usize) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// A one-layer DD structure (as Veil clients send for a non-simulcast stream).
+pub fn dd_structure() -> Arc<veil_wire::dd::TemplateStructure> {
+    use veil_wire::dd::{
+        ChainDiffs, Dti, Dtis, Fdiffs, FrameDependencies, Resolution, TemplateStructure,
+    };
+    let t = |fdiffs: &[u16]| FrameDependencies {
+        spatial_id: 0,
+        temporal_id: 0,
+        dtis: Dtis::from_slice(&[Dti::Switch]).unwrap(),
+        fdiffs: Fdiffs::from_slice(fdiffs).unwrap(),
+        chain_diffs: ChainDiffs::default(),
+    };
+    Arc::new(TemplateStructure {
+        template_id_offset: 0,
+        decode_target_count: 1,
+        chain_count: 0,
+        templates: vec![t(&[]), t(&[1])],
+        decode_target_protected_by: vec![],
+        resolutions: Some(vec![Resolution {
+            width: 640,
+            height: 360,
+        }]),
+    })
+}
+
+/// The DD of a one-packet frame: a key frame (with the structure) or a delta frame.
+pub fn dd(frame_number: u16, key: bool) -> Bytes {
+    let s = dd_structure();
+    let d = veil_wire::dd::DependencyDescriptor::new(true, true, u8::from(!key), frame_number, &s)
+        .unwrap();
+    let d = if key { d.with_structure(s.clone()) } else { d };
+    let mut buf = [0u8; 128];
+    let n = d.write(&s, &mut buf).unwrap();
+    Bytes::copy_from_slice(&buf[..n])
+}
+
+/// The extension ids the SFU's offer gave this peer's receive legs.
+pub async fn remote_ext_ids(pc: &Arc<dyn PeerConnection>) -> veil_sfu::routing::ExtIds {
+    let desc = pc.remote_description().await.unwrap();
+    veil_sfu::shell::sdp::SdpInfo::parse(&desc)
+        .unwrap()
+        .ext_ids()
+}

@@ -1,0 +1,11 @@
+//! Loopback integration tests of the SFU shell: real webrtc-rs peers (publishers and
+//! subscribers) and a real `Sfu` on 127.0.0.1, no ICE servers, no mocks. One behaviour per
+//! file; the checks they prove are listed in specs/sfu.md.
+
+#![allow(unreachable_pub)] // test helpers: `pub` for the submodules of this one binary
+
+mod common;
+mod key_frames;
+mod payload;
+mod spoof;
+mod vanish;
