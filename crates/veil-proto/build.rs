@@ -3,7 +3,10 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = [root.join("veil/keys/v1/keys.proto")];
+    let files = [
+        root.join("veil/keys/v1/keys.proto"),
+        root.join("veil/sfu/v1/sfu.proto"),
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -1,6 +1,7 @@
 //! Veil's gRPC API, generated from the `.proto` files in the repository's `proto/` folder.
 //!
 //! - [`keys::v1`]: the key-distribution service (MLS Delivery and Authentication Service).
+//! - [`sfu::v1`]: signalling with the blind SFU.
 //!
 //! The code is generated at build time by `protox` and `tonic-prost-build`; no system `protoc`
 //! is needed. Messages are plain prost structs:
@@ -20,5 +21,14 @@ pub mod keys {
     pub mod v1 {
         #![allow(missing_docs, unreachable_pub, clippy::all)]
         tonic::include_proto!("veil.keys.v1");
+    }
+}
+
+/// Blind SFU signalling (`veil.sfu.v1`).
+pub mod sfu {
+    /// Version 1 of the SFU signalling API.
+    pub mod v1 {
+        #![allow(missing_docs, unreachable_pub, clippy::all)]
+        tonic::include_proto!("veil.sfu.v1");
     }
 }

@@ -3,10 +3,12 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod grpc;
 pub mod routing;
 pub mod shell;
 
 pub use error::SfuError;
 pub use shell::{
-    IceCandidate, LeaveReason, RoomEvent, Session, Sfu, SfuConfig, SignalEvent, TrackInfo,
+    IceCandidate, LeaveReason, Permissions, RoomEvent, Session, Sfu, SfuConfig, SignalEvent,
+    TrackInfo,
 };

@@ -63,6 +63,15 @@ pub(super) async fn read_published(
     track: Arc<dyn TrackRemote>,
 ) {
     let Some(tid) = register(&shared, &room, publisher, &track).await else {
+        // Not published (no `publish` grant, or the core refused it): drain and count, so
+        // webrtc-rs's queue for the track does not fill.
+        while let Some(ev) = track.poll().await {
+            match ev {
+                TrackRemoteEvent::OnRtpPacket(_) => shared.metrics.drop(DropKind::NotPermitted),
+                TrackRemoteEvent::OnEnded => break,
+                _ => {}
+            }
+        }
         return;
     };
     let kind = room
@@ -102,6 +111,10 @@ async fn register(
     let (tid, info, others) = {
         let mut st = room.lock();
         let p = st.participants.get(&publisher)?.clone();
+        if !p.permissions.publish {
+            debug!(identity = %p.identity, "track refused: no publish grant");
+            return None;
+        }
         let rids: Vec<String> = p
             .remote_sdp()
             .section_of_track(&publisher_track_id)

@@ -32,6 +32,8 @@ pub enum DropKind {
     QueueFull,
     /// webrtc-rs refused to send it.
     WriteFailed,
+    /// Its sender may not publish (no `publish` grant).
+    NotPermitted,
 }
 
 impl DropKind {
@@ -50,6 +52,7 @@ impl DropKind {
             Self::NoDependencyDescriptor => "no_dependency_descriptor",
             Self::QueueFull => "queue_full",
             Self::WriteFailed => "write_failed",
+            Self::NotPermitted => "not_permitted",
         }
     }
 }

@@ -187,6 +187,25 @@ pub enum SignalEvent {
     },
 }
 
+/// What a participant may do (from its access token's grants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permissions {
+    /// Send media: without it, the participant's tracks are not published and their packets
+    /// are dropped (`not_permitted`).
+    pub publish: bool,
+    /// Receive media: without it, [`Sfu::subscribe`] fails with
+    /// [`SfuError::PermissionDenied`].
+    pub subscribe: bool,
+}
+
+impl Permissions {
+    /// Publish and subscribe.
+    pub const ALL: Self = Self {
+        publish: true,
+        subscribe: true,
+    };
+}
+
 /// What [`Sfu::join`] returns.
 #[derive(Debug)]
 pub struct Session {
@@ -382,6 +401,21 @@ impl Sfu {
     /// [`SfuError::AlreadyJoined`], [`SfuError::Limit`], [`SfuError::Sdp`],
     /// [`SfuError::WebRtc`], [`SfuError::Timeout`].
     pub async fn join(&self, room: &str, identity: &str, offer: &str) -> Result<Session, SfuError> {
+        self.join_with(room, identity, offer, Permissions::ALL)
+            .await
+    }
+
+    /// [`Sfu::join`] with what the participant may do.
+    ///
+    /// # Errors
+    /// As [`Sfu::join`].
+    pub async fn join_with(
+        &self,
+        room: &str,
+        identity: &str,
+        offer: &str,
+        permissions: Permissions,
+    ) -> Result<Session, SfuError> {
         let desc = RTCSessionDescription::offer(offer.to_owned())
             .map_err(|e| SfuError::Sdp(e.to_string()))?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -418,7 +452,7 @@ impl Sfu {
             drop(st);
             r
         };
-        match participant::connect(&self.shared, &r, id, identity, desc).await {
+        match participant::connect(&self.shared, &r, id, identity, desc, permissions).await {
             Ok(session) => {
                 self.shared.metrics.participants.inc();
                 let _ = self.shared.events.send(RoomEvent::ParticipantJoined {
@@ -491,6 +525,11 @@ impl Sfu {
     /// track), [`SfuError::WebRtc`].
     pub async fn subscribe(&self, room: &str, identity: &str, track: &str) -> Result<(), SfuError> {
         let (r, p) = self.lookup(room, identity)?;
+        if !p.permissions.subscribe {
+            return Err(SfuError::PermissionDenied(
+                "the token lacks the `subscribe` grant".into(),
+            ));
+        }
         let tid = parse_track(track)?;
         let (codec, kind, publisher) = {
             let st = r.lock();

@@ -25,8 +25,8 @@ use webrtc::rtp_transceiver::RtpSender;
 
 use super::sdp::{FORWARDED_URIS, SdpInfo};
 use super::{
-    LeaveReason, RoomShell, Session, Shared, SignalEvent, media, peer, remove_participant,
-    track_name,
+    LeaveReason, Permissions, RoomShell, Session, Shared, SignalEvent, media, peer,
+    remove_participant, track_name,
 };
 use crate::error::SfuError;
 use crate::routing::{ExtMap, MediaKind, ParticipantId, Subscribe, TrackId};
@@ -60,6 +60,7 @@ pub(super) struct Participant {
     subs: Mutex<HashMap<TrackId, Sub>>,
     /// The participant's last SDP (its track ids, rids and extension ids).
     pub(super) remote: Mutex<SdpInfo>,
+    pub(super) permissions: Permissions,
     closed: AtomicBool,
 }
 
@@ -467,6 +468,7 @@ pub(super) async fn connect(
     id: ParticipantId,
     identity: &str,
     offer: RTCSessionDescription,
+    permissions: Permissions,
 ) -> Result<Session, SfuError> {
     let info = SdpInfo::parse(&offer)?;
     let (gathered_tx, mut gathered) = watch::channel(false);
@@ -529,6 +531,7 @@ pub(super) async fn connect(
         negotiation: tokio::sync::Mutex::new(Negotiation::default()),
         subs: Mutex::new(HashMap::new()),
         remote: Mutex::new(info),
+        permissions,
         closed: AtomicBool::new(false),
     });
     {

@@ -1,0 +1,327 @@
+//! The gRPC service `veil.sfu.v1.Sfu`: one bidirectional `Signal` stream per participant
+//! session, behind the same access tokens as the key service (SFU-AUTH-01..03).
+//!
+//! ```no_run
+//! # async fn serve(sfu: veil_sfu::Sfu, verifier: veil_auth::Verifier) -> Result<(), Box<dyn std::error::Error>> {
+//! use veil_sfu::grpc::SfuService;
+//! tonic::transport::Server::builder()
+//!     .add_service(SfuService::new(sfu, verifier).into_server())
+//!     .serve("127.0.0.1:7401".parse()?)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::debug;
+use veil_auth::{GrantKind, Verifier};
+use veil_proto::sfu::v1 as pb;
+use veil_proto::sfu::v1::sfu_server::{Sfu as SfuRpc, SfuServer};
+
+use crate::error::SfuError;
+use crate::routing::MediaKind;
+use crate::shell::{IceCandidate, LeaveReason, Permissions, Sfu, SignalEvent};
+
+/// The gRPC face of an [`Sfu`].
+#[derive(Clone)]
+pub struct SfuService {
+    sfu: Sfu,
+    verifier: Arc<Verifier>,
+}
+
+impl core::fmt::Debug for SfuService {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SfuService").finish_non_exhaustive()
+    }
+}
+
+impl SfuService {
+    /// Serve `sfu`, admitting tokens that `verifier` accepts.
+    #[must_use]
+    pub fn new(sfu: Sfu, verifier: Verifier) -> Self {
+        Self {
+            sfu,
+            verifier: Arc::new(verifier),
+        }
+    }
+
+    /// The tonic service, to add to a `tonic::transport::Server` router.
+    #[must_use]
+    pub fn into_server(self) -> SfuServer<Self> {
+        SfuServer::new(self)
+    }
+}
+
+/// The gRPC status of an error (specs/sfu.md, "Errors").
+#[must_use]
+pub fn code(e: &SfuError) -> Code {
+    match e {
+        SfuError::Metadata(_)
+        | SfuError::UnknownSsrc(_)
+        | SfuError::SpoofedSsrc { .. }
+        | SfuError::TooManyLayers(_)
+        | SfuError::UnknownLayer(_)
+        | SfuError::Sdp(_)
+        | SfuError::Protocol(_) => Code::InvalidArgument,
+        SfuError::Unauthenticated(_) => Code::Unauthenticated,
+        SfuError::PermissionDenied(_) => Code::PermissionDenied,
+        SfuError::UnknownParticipant(_)
+        | SfuError::UnknownTrack(_)
+        | SfuError::NoSuchTrack(_)
+        | SfuError::NotJoined { .. } => Code::NotFound,
+        SfuError::NotSubscribed(_) | SfuError::Negotiation(_) => Code::FailedPrecondition,
+        SfuError::AlreadyJoined { .. } => Code::AlreadyExists,
+        SfuError::Limit(_) => Code::ResourceExhausted,
+        SfuError::Timeout(_) => Code::DeadlineExceeded,
+        SfuError::Closed => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
+fn status(e: &SfuError) -> Status {
+    Status::new(code(e), e.to_string())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The token of the call (SFU-AUTH-01).
+fn token<T>(req: &Request<T>) -> Result<String, SfuError> {
+    let header = req
+        .metadata()
+        .get("authorization")
+        .ok_or_else(|| {
+            SfuError::Unauthenticated(
+                "no access token: send `authorization: Bearer <token>`".into(),
+            )
+        })?
+        .to_str()
+        .map_err(|_| SfuError::Unauthenticated("authorization is not ASCII".into()))?;
+    header
+        .strip_prefix("Bearer ")
+        .map(str::to_owned)
+        .ok_or_else(|| SfuError::Unauthenticated("authorization must be `Bearer <token>`".into()))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SignalEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SfuRpc for SfuService {
+    type SignalStream = EventStream;
+
+    async fn signal(
+        &self,
+        req: Request<Streaming<pb::SignalRequest>>,
+    ) -> Result<Response<EventStream>, Status> {
+        let token = token(&req).map_err(|e| status(&e))?;
+        // SFU-AUTH-01: the token must verify before anything else happens.
+        let claims = self
+            .verifier
+            .verify(&token, now_secs())
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(session(self.sfu.clone(), claims, req.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+type Tx = mpsc::Sender<Result<pb::SignalEvent, Status>>;
+
+fn ev(event: pb::signal_event::Event) -> Result<pb::SignalEvent, Status> {
+    Ok(pb::SignalEvent { event: Some(event) })
+}
+
+/// One participant session: `Join` first, then requests and events until either side ends it.
+async fn session(
+    sfu: Sfu,
+    claims: veil_auth::VerifiedClaims,
+    mut inbound: Streaming<pb::SignalRequest>,
+    tx: Tx,
+) {
+    use pb::signal_request::Request as R;
+    let first = match inbound.message().await {
+        Ok(Some(m)) => m,
+        _ => return,
+    };
+    let Some(R::Join(join)) = first.request else {
+        let _ = tx
+            .send(Err(Status::invalid_argument(
+                "the first request must be `join`",
+            )))
+            .await;
+        return;
+    };
+    // SFU-AUTH-02: the token's room, and at least one media grant; the identity is the
+    // token's, never the request's.
+    let permissions = Permissions {
+        publish: claims.require(&join.room, GrantKind::Publish).is_ok(),
+        subscribe: claims.require(&join.room, GrantKind::Subscribe).is_ok(),
+    };
+    if !permissions.publish && !permissions.subscribe {
+        let why = claims
+            .require(&join.room, GrantKind::Subscribe)
+            .err()
+            .map_or_else(String::new, |e| e.to_string());
+        let _ = tx.send(Err(Status::permission_denied(why))).await;
+        return;
+    }
+    let (room, identity) = (join.room, claims.identity.clone());
+    let mut s = match sfu
+        .join_with(&room, &identity, &join.offer_sdp, permissions)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Err(status(&e))).await;
+            return;
+        }
+    };
+    let joined = pb::Joined {
+        answer_sdp: std::mem::take(&mut s.answer),
+        identity: identity.clone(),
+    };
+    if tx
+        .send(ev(pb::signal_event::Event::Joined(joined)))
+        .await
+        .is_err()
+    {
+        let _ = sfu.leave(&room, &identity).await;
+        return;
+    }
+    loop {
+        tokio::select! {
+            e = s.events.recv() => match e {
+                Some(SignalEvent::Closed { .. }) | None => {
+                    let reason = match e { Some(SignalEvent::Closed { reason }) => reason, _ => LeaveReason::Closed };
+                    if reason != LeaveReason::Left {
+                        let _ = tx.send(Err(Status::aborted(format!("removed: {}", reason.label())))).await;
+                    }
+                    return;
+                }
+                Some(e) => {
+                    if tx.send(Ok(to_proto(e))).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            m = inbound.message() => match m {
+                Ok(Some(m)) => {
+                    let id = m.id;
+                    match handle(&sfu, &room, &identity, m).await {
+                        Ok(Some(reply)) => {
+                            if tx.send(ev(reply)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            let failed = pb::RequestFailed { id, code: code(&e) as i32, message: e.to_string() };
+                            if tx.send(ev(pb::signal_event::Event::RequestFailed(failed))).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                // SFU-AUTH-03: the session ends with its stream.
+                Ok(None) | Err(_) => break,
+            },
+        }
+    }
+    debug!(room, identity, "signalling stream closed");
+    let _ = sfu.leave(&room, &identity).await;
+}
+
+async fn handle(
+    sfu: &Sfu,
+    room: &str,
+    identity: &str,
+    m: pb::SignalRequest,
+) -> Result<Option<pb::signal_event::Event>, SfuError> {
+    use pb::signal_event::Event as E;
+    use pb::signal_request::Request as R;
+    match m.request {
+        None => Err(SfuError::Protocol("empty request".into())),
+        Some(R::Join(_)) => Err(SfuError::Protocol("already joined".into())),
+        Some(R::Offer(d)) => {
+            let sdp = sfu.offer(room, identity, &d.sdp).await?;
+            Ok(Some(E::Answer(pb::SessionDescription { sdp })))
+        }
+        Some(R::Answer(d)) => sfu.answer(room, identity, &d.sdp).await.map(|()| None),
+        Some(R::Candidate(c)) => {
+            let c = IceCandidate {
+                candidate: c.candidate,
+                sdp_mid: c.sdp_mid,
+                sdp_mline_index: c.sdp_mline_index.and_then(|i| u16::try_from(i).ok()),
+            };
+            sfu.add_ice_candidate(room, identity, c)
+                .await
+                .map(|()| None)
+        }
+        Some(R::Subscribe(s)) => sfu.subscribe(room, identity, &s.track).await.map(|()| None),
+        Some(R::Unsubscribe(s)) => sfu
+            .unsubscribe(room, identity, &s.track)
+            .await
+            .map(|()| None),
+        Some(R::SetLayer(l)) => {
+            let rid = (!l.rid.is_empty()).then_some(l.rid.as_str());
+            sfu.set_layer_preference(room, identity, &l.track, rid)
+                .await
+                .map(|()| None)
+        }
+        Some(R::Leave(_)) => sfu.leave(room, identity).await.map(|()| None),
+    }
+}
+
+fn reason(r: LeaveReason) -> pb::LeaveReason {
+    match r {
+        LeaveReason::Left => pb::LeaveReason::Left,
+        LeaveReason::Timeout => pb::LeaveReason::Timeout,
+        LeaveReason::NeverConnected => pb::LeaveReason::NeverConnected,
+        LeaveReason::Closed => pb::LeaveReason::Closed,
+    }
+}
+
+fn to_proto(e: SignalEvent) -> pb::SignalEvent {
+    use pb::signal_event::Event as E;
+    let event = match e {
+        SignalEvent::Offer { sdp } => E::Offer(pb::SessionDescription { sdp }),
+        SignalEvent::TrackPublished(t) => E::TrackPublished(pb::TrackPublished {
+            track: t.track,
+            publisher: t.publisher,
+            kind: match t.kind {
+                MediaKind::Audio => pb::MediaKind::Audio,
+                MediaKind::Video => pb::MediaKind::Video,
+            } as i32,
+            publisher_track_id: t.publisher_track_id,
+            rids: t.rids,
+        }),
+        SignalEvent::TrackUnpublished { track } => {
+            E::TrackUnpublished(pb::TrackUnpublished { track })
+        }
+        SignalEvent::Subscribed { track, ssrc } => E::Subscribed(pb::Subscribed { track, ssrc }),
+        SignalEvent::ParticipantJoined { identity } => {
+            E::ParticipantJoined(pb::ParticipantJoined { identity })
+        }
+        SignalEvent::ParticipantLeft {
+            identity,
+            reason: r,
+        } => E::ParticipantLeft(pb::ParticipantLeft {
+            identity,
+            reason: reason(r) as i32,
+        }),
+        SignalEvent::Closed { reason: r } => E::ParticipantLeft(pb::ParticipantLeft {
+            identity: String::new(),
+            reason: reason(r) as i32,
+        }),
+    };
+    pb::SignalEvent { event: Some(event) }
+}

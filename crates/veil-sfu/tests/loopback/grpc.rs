@@ -1,0 +1,305 @@
+//! SFU-AUTH-01..03 and the `veil.sfu.v1` signalling stream, end to end: webrtc-rs peers join,
+//! publish, subscribe and leave through the gRPC service, with Veil access tokens.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Code, Request, Streaming};
+use veil_auth::{Claims, Grants, TokenKey, Verifier};
+use veil_proto::sfu::v1 as pb;
+use veil_proto::sfu::v1::sfu_client::SfuClient;
+use veil_sfu::grpc::SfuService;
+use veil_sfu::routing::MediaKind;
+use veil_sfu::{Sfu, SfuConfig};
+use webrtc::peer_connection::RTCSessionDescription;
+
+use crate::common::*;
+
+use pb::signal_event::Event as E;
+use pb::signal_request::Request as R;
+
+async fn serve(sfu: Sfu, key: &TokenKey) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = SfuService::new(sfu, Verifier::new([key.clone()]).unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc.into_server())
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+fn token(key: &TokenKey, identity: &str, room: &str, publish: bool, subscribe: bool) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let grants = Grants {
+        join: true,
+        create: false,
+        publish,
+        subscribe,
+    };
+    key.mint(&Claims::new(
+        identity,
+        room,
+        grants,
+        now,
+        Duration::from_secs(600),
+    ))
+    .unwrap()
+}
+
+/// A signalling stream: requests in, events out.
+struct Signal {
+    tx: mpsc::Sender<pb::SignalRequest>,
+    rx: Streaming<pb::SignalEvent>,
+    backlog: Vec<E>,
+    next_id: u32,
+}
+
+impl Signal {
+    async fn open(addr: SocketAddr, token: Option<&str>) -> Result<Signal, tonic::Status> {
+        let mut client = SfuClient::connect(format!("http://{addr}")).await.unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let mut req = Request::new(ReceiverStream::new(rx));
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let rx = client.signal(req).await?.into_inner();
+        Ok(Signal {
+            tx,
+            rx,
+            backlog: Vec::new(),
+            next_id: 1,
+        })
+    }
+
+    async fn send(&mut self, r: R) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.tx
+            .send(pb::SignalRequest {
+                id,
+                request: Some(r),
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    /// The next event `f` accepts (others are kept), or the status the stream ended with.
+    async fn next<T>(&mut self, mut f: impl FnMut(&E) -> Option<T>) -> Result<T, tonic::Status> {
+        if let Some((i, t)) = self
+            .backlog
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| f(e).map(|t| (i, t)))
+        {
+            self.backlog.remove(i);
+            return Ok(t);
+        }
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.rx.message().await? {
+                    Some(pb::SignalEvent { event: Some(e) }) => match f(&e) {
+                        Some(t) => return Ok(t),
+                        None => self.backlog.push(e),
+                    },
+                    Some(_) => {}
+                    None => return Err(tonic::Status::cancelled("stream ended")),
+                }
+            }
+        })
+        .await
+        .expect("signalling event")
+    }
+
+    /// Join with `peer`'s offer and connect it.
+    async fn join(&mut self, peer: &mut Peer) -> Result<(), tonic::Status> {
+        let offer_sdp = peer.offer().await;
+        self.send(R::Join(pb::Join {
+            room: peer.room.clone(),
+            offer_sdp,
+        }))
+        .await;
+        let answer = self
+            .next(|e| match e {
+                E::Joined(j) => Some(j.answer_sdp.clone()),
+                _ => None,
+            })
+            .await?;
+        peer.pc
+            .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+            .await
+            .unwrap();
+        peer.connected().await;
+        Ok(())
+    }
+
+    /// Answer the SFU's next offer with `peer`.
+    async fn answer_offer(&mut self, peer: &Peer) {
+        let offer = self
+            .next(|e| match e {
+                E::Offer(d) => Some(d.sdp.clone()),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        peer.pc
+            .set_remote_description(RTCSessionDescription::offer(offer).unwrap())
+            .await
+            .unwrap();
+        let answer = peer.pc.create_answer(None).await.unwrap();
+        peer.pc.set_local_description(answer).await.unwrap();
+        let sdp = peer.pc.local_description().await.unwrap().sdp;
+        self.send(R::Answer(pb::SessionDescription { sdp })).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_session_publishes_subscribes_and_leaves() {
+    init_tracing();
+    let key = TokenKey::generate("test").unwrap();
+    let sfu = Sfu::new(SfuConfig::default());
+    let addr = serve(sfu.clone(), &key).await;
+    let room = "grpc";
+
+    // Alice may publish only.
+    let mut alice = Peer::new(room, "alice", true).await;
+    let mic = alice.add_track(MediaKind::Audio, 0xA1, "mic").await;
+    let mut a_sig = Signal::open(addr, Some(&token(&key, "alice", room, true, false)))
+        .await
+        .unwrap();
+    a_sig.join(&mut alice).await.unwrap();
+    let talk = tokio::spawn(async move {
+        for i in 0u16.. {
+            let body = Bytes::from(vec![0x5A; 40 + usize::from(i % 50)]);
+            mic.send(i, 960 * u32::from(i), false, &[], body).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+
+    // Bob may subscribe only.
+    let mut bob = Peer::new(room, "bob", false).await;
+    let mut b_sig = Signal::open(addr, Some(&token(&key, "bob", room, false, true)))
+        .await
+        .unwrap();
+    b_sig.join(&mut bob).await.unwrap();
+    let track = b_sig
+        .next(|e| match e {
+            E::TrackPublished(t) if t.publisher == "alice" => Some(t.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (track.kind, track.publisher_track_id.as_str()),
+        (pb::MediaKind::Audio as i32, "mic")
+    );
+    b_sig
+        .send(R::Subscribe(pb::Subscribe {
+            track: track.track.clone(),
+        }))
+        .await;
+    b_sig.answer_offer(&bob).await;
+    let ssrc = b_sig
+        .next(|e| match e {
+            E::Subscribed(s) if s.track == track.track => Some(s.ssrc),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(WAIT, bob.received.recv())
+        .await
+        .expect("media")
+        .unwrap();
+    assert_eq!(r.packet.header.ssrc, ssrc);
+    assert!(r.packet.payload.iter().all(|b| *b == 0x5A));
+
+    // Alice may not subscribe (SFU-AUTH-02): the request fails, the session goes on.
+    let id = a_sig
+        .send(R::Subscribe(pb::Subscribe {
+            track: track.track.clone(),
+        }))
+        .await;
+    let failed = a_sig
+        .next(|e| match e {
+            E::RequestFailed(f) => Some(f.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (failed.id, failed.code),
+        (id, Code::PermissionDenied as i32)
+    );
+
+    // Bob closes his stream: that is his leave (SFU-AUTH-03).
+    drop(b_sig);
+    let (who, why) = a_sig
+        .next(|e| match e {
+            E::ParticipantLeft(l) => Some((l.identity.clone(), l.reason)),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!((who.as_str(), why), ("bob", pb::LeaveReason::Left as i32));
+    eventually("bob to be gone", || sfu.participants(room) == ["alice"]).await;
+    talk.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_refuses_missing_wrong_and_powerless_tokens() {
+    init_tracing();
+    let key = TokenKey::generate("test").unwrap();
+    let other = TokenKey::generate("other").unwrap();
+    let sfu = Sfu::new(SfuConfig::default());
+    let addr = serve(sfu.clone(), &key).await;
+    let room = "auth";
+    let join = |sdp: String| {
+        R::Join(pb::Join {
+            room: room.to_owned(),
+            offer_sdp: sdp,
+        })
+    };
+    let mut peer = Peer::new(room, "eve", false).await;
+    let offer = peer.offer().await;
+
+    // No token, and a token signed by an unknown key: UNAUTHENTICATED before anything else.
+    for t in [None, Some(token(&other, "eve", room, true, true))] {
+        let err = match Signal::open(addr, t.as_deref()).await {
+            Err(s) => s,
+            Ok(mut s) => {
+                s.send(join(offer.clone())).await;
+                s.next(|_| Some(())).await.unwrap_err()
+            }
+        };
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    }
+    // Another room's token, and a token without media grants: PERMISSION_DENIED.
+    for t in [
+        token(&key, "eve", "elsewhere", true, true),
+        token(&key, "eve", room, false, false),
+    ] {
+        let mut s = Signal::open(addr, Some(&t)).await.unwrap();
+        s.send(join(offer.clone())).await;
+        let err = s.next(|_| Some(())).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    }
+    // A first request that is not `join`.
+    let mut s = Signal::open(addr, Some(&token(&key, "eve", room, true, true)))
+        .await
+        .unwrap();
+    s.send(R::Leave(pb::Leave {})).await;
+    assert_eq!(
+        s.next(|_| Some(())).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert!(sfu.participants(room).is_empty());
+}
