@@ -31,11 +31,13 @@ fn two_participants_join_and_one_leaves() {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(dir.path())
+            .env("RUST_LOG", "debug")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
             .spawn()
             .unwrap(),
     );
+    let log = || std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
     // The server prints the exact join command for alice.
     let mut join_alice = None;
     for line in BufReader::new(server.0.stdout.take().unwrap()).lines() {
@@ -69,7 +71,12 @@ fn two_participants_join_and_one_leaves() {
         .output()
         .unwrap();
     let bob_out = String::from_utf8(bob.stdout).unwrap();
-    assert!(bob.status.success(), "{bob_out}");
+    let bob_err = String::from_utf8(bob.stderr).unwrap();
+    assert!(
+        bob.status.success(),
+        "{bob_out}\n{bob_err}\nserver log:\n{}",
+        log()
+    );
     assert!(
         bob_out.contains("joined room \"cli\" as \"bob\""),
         "{bob_out}"

@@ -136,14 +136,18 @@ impl Group {
     /// Service or MLS errors.
     pub async fn create(cfg: GroupConfig) -> Result<Self, ClientError> {
         let mut a = Actor::connect(cfg).await?;
-        let info = a.client.service_info().await?;
+        let info = a.retry(|c| Box::pin(c.service_info())).await?;
         a.s().create_group_with_external_senders(
             a.cfg.room.as_bytes(),
             &[(info.external_sender_key, info.external_sender_identity)],
             a.now(),
         )?;
         let gi = a.s().group_info()?;
-        a.client.create_room(gi).await?;
+        a.retry(move |c| {
+            let gi = gi.clone();
+            Box::pin(async move { c.create_room(gi).await })
+        })
+        .await?;
         a.joined = true;
         Ok(a.spawn())
     }
@@ -184,8 +188,14 @@ impl Group {
     pub async fn await_welcome(cfg: GroupConfig) -> Result<Self, ClientError> {
         let mut a = Actor::connect(cfg).await?;
         let kp = a.s().key_package(false)?;
-        a.client.publish_key_packages(vec![kp]).await?;
-        a.stream = Some(a.client.subscribe(None).await?);
+        a.retry(move |c| {
+            let kp = kp.clone();
+            Box::pin(async move { c.publish_key_packages(vec![kp]).await })
+        })
+        .await?;
+        // The task subscribes (and resubscribes) itself; the Welcome is replayed to a member
+        // who subscribes after it was sent (KDS-FAN-03).
+
         Ok(a.spawn())
     }
 

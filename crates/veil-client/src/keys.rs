@@ -25,7 +25,15 @@ pub(crate) fn from_status(s: Status) -> ClientError {
             message: s.message().to_owned(),
         },
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
-            ClientError::Unavailable(s.message().to_owned())
+            // "transport error" alone says little: name the cause chain.
+            let mut why = s.message().to_owned();
+            let mut src = std::error::Error::source(&s);
+            while let Some(e) = src {
+                why.push_str(": ");
+                why.push_str(&e.to_string());
+                src = e.source();
+            }
+            ClientError::Unavailable(why)
         }
         code => ClientError::Refused {
             code,
