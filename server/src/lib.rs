@@ -76,6 +76,10 @@ pub struct ServerConfig {
     pub token_keys: Vec<TokenKey>,
     /// Key-service limits and timers.
     pub kds: Config,
+    /// Serve the key service (`veil.keys.v1`).
+    pub keys: bool,
+    /// Serve the blind SFU (`veil.sfu.v1`) with this configuration.
+    pub sfu: Option<veil_sfu::SfuConfig>,
 }
 
 impl ServerConfig {
@@ -89,6 +93,8 @@ impl ServerConfig {
             data_dir,
             token_keys: Vec::new(),
             kds: Config::default(),
+            keys: true,
+            sfu: Some(veil_sfu::SfuConfig::default()),
         }
     }
 }
@@ -140,10 +146,40 @@ pub async fn run(
     };
     let verifier = Verifier::new(keys).map_err(|e| ServerError::TokenKey(e.to_string()))?;
     let db = cfg.data_dir.join("veil.db");
-    let store = Arc::new(store::SqliteStore::open(&db)?);
     let metrics = Arc::new(metrics::Metrics::default());
-    let svc = KeyService::new(store, verifier, cfg.kds.clone(), metrics.clone())?;
-    svc.start_departure_timers();
+    let svc = if cfg.keys {
+        let store = Arc::new(store::SqliteStore::open(&db)?);
+        let svc = KeyService::new(store, verifier.clone(), cfg.kds.clone(), metrics.clone())?;
+        svc.start_departure_timers();
+        Some(svc)
+    } else {
+        None
+    };
+    let sfu = cfg.sfu.clone().map(veil_sfu::Sfu::new);
+    // One process, both roles: a participant the SFU timed out is one the key service should
+    // remove from the group (KDS-REM-01), without waiting for its key-service stream to drop.
+    if let (Some(svc), Some(sfu)) = (&svc, &sfu) {
+        let mut events = sfu.room_events();
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            use veil_sfu::{LeaveReason, RoomEvent};
+            loop {
+                match events.recv().await {
+                    Ok(RoomEvent::ParticipantLeft {
+                        room,
+                        identity,
+                        reason: LeaveReason::Timeout | LeaveReason::NeverConnected,
+                    }) => {
+                        if let Err(e) = svc.depart(&room, &identity).await {
+                            tracing::warn!(room, identity, error = %e, "departure not recorded");
+                        }
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
 
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -171,14 +207,29 @@ pub async fn run(
     };
 
     let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<KeyServiceServer<KeyService>>().await;
     // Three message fields of max_message_bytes plus framing; beyond it tonic refuses the
     // request with OUT_OF_RANGE before it is decoded (KDS-LIM-01).
     let limit = cfg.kds.max_message_bytes * 3 + 64 * 1024;
-    let api = KeyServiceServer::new(svc)
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
-    tracing::info!(%grpc, metrics = ?metrics_addr, db = %db.display(), "key service listening");
+    let keys_api = match svc {
+        Some(svc) => {
+            health.set_serving::<KeyServiceServer<KeyService>>().await;
+            Some(
+                KeyServiceServer::new(svc)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit),
+            )
+        }
+        None => None,
+    };
+    let sfu_api = sfu.map(|s| veil_sfu::grpc::SfuService::new(s, verifier).into_server());
+    tracing::info!(
+        %grpc,
+        metrics = ?metrics_addr,
+        keys = keys_api.is_some(),
+        sfu = sfu_api.is_some(),
+        db = %db.display(),
+        "veil-server listening"
+    );
     ready(BoundAddrs {
         grpc,
         metrics: metrics_addr,
@@ -195,7 +246,8 @@ pub async fn run(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(health_svc)
-        .add_service(api)
+        .add_optional_service(keys_api)
+        .add_optional_service(sfu_api)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -14,7 +14,11 @@ use veil_auth::{Claims, Grants, TokenKey};
 use veil_server::{ServerConfig, ServerError};
 
 #[derive(Debug, Parser)]
-#[command(name = "veil-server", version, about = "Veil key-distribution service")]
+#[command(
+    name = "veil-server",
+    version,
+    about = "Veil server: key-distribution service and blind SFU"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -54,6 +58,30 @@ struct ServeArgs {
     /// Largest MLS message accepted in any request field, in bytes.
     #[arg(long, env = "VEIL_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
     max_message_bytes: usize,
+    /// Roles to serve: `keys` (key-distribution service), `sfu` (blind SFU), or both.
+    #[arg(
+        long,
+        env = "VEIL_ROLES",
+        value_delimiter = ',',
+        default_value = "keys,sfu"
+    )]
+    role: Vec<Role>,
+    /// UDP addresses the SFU's WebRTC legs bind (port 0: any); their host candidates.
+    #[arg(
+        long,
+        env = "VEIL_SFU_UDP",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:0"
+    )]
+    sfu_udp: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    /// The key-distribution service.
+    Keys,
+    /// The blind SFU.
+    Sfu,
 }
 
 #[derive(Debug, clap::Args)]
@@ -126,6 +154,11 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         .collect::<Result<_, _>>()?;
     cfg.kds.departure_grace = Duration::from_millis(args.departure_grace_ms);
     cfg.kds.max_message_bytes = args.max_message_bytes;
+    cfg.keys = args.role.contains(&Role::Keys);
+    cfg.sfu = args.role.contains(&Role::Sfu).then(|| veil_sfu::SfuConfig {
+        udp_addrs: args.sfu_udp.clone(),
+        ..veil_sfu::SfuConfig::default()
+    });
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -185,6 +185,20 @@ impl KeyService {
         }
     }
 
+    /// A participant left the media session for good (e.g. the SFU timed it out): propose its
+    /// removal now, as for `Leave` (KDS-REM-01). Unknown rooms and non-members are ignored.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn depart(&self, room: &str, identity: &str) -> Result<(), KdsError> {
+        let Ok(h) = self.room(room) else {
+            return Ok(());
+        };
+        let inner = self.inner.clone();
+        let identity = identity.to_owned();
+        blocking(move || Self::depart_now(&inner, &h, &identity)).await
+    }
+
     /// The service's external-sender public key.
     #[must_use]
     pub fn external_sender_key(&self) -> Vec<u8> {
