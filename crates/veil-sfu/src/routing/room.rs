@@ -111,6 +111,8 @@ struct Track {
     rids: Vec<Vec<u8>>,
     /// SSRC of each layer, once a packet showed it.
     layer_ssrc: [Option<u32>; MAX_LAYERS],
+    /// Layer of each SSRC (from a latched rid, or from the shell's own rid latch).
+    ssrc_layer: HashMap<u32, u8>,
     /// A key frame is wanted on this layer but its SSRC is not known yet.
     key_frame_pending: [bool; MAX_LAYERS],
     subscribers: Vec<ParticipantId>,
@@ -195,11 +197,29 @@ impl Room {
                 clock_rate: p.clock_rate,
                 rids,
                 layer_ssrc: [None; MAX_LAYERS],
+                ssrc_layer: HashMap::new(),
                 key_frame_pending: [false; MAX_LAYERS],
                 subscribers: Vec::new(),
             },
         );
         Ok(id)
+    }
+
+    /// The shell's stack latched `rid` for `ssrc` of `track` (webrtc-rs reports it when a
+    /// stream opens): packets of `ssrc` without a rid of their own belong to that layer
+    /// (SFU-STR-04).
+    ///
+    /// # Errors
+    /// [`SfuError::UnknownTrack`], [`SfuError::TooManyLayers`].
+    pub fn bind_layer(&mut self, track: TrackId, ssrc: u32, rid: &[u8]) -> Result<u8, SfuError> {
+        let t = self
+            .tracks
+            .get_mut(&track)
+            .ok_or(SfuError::UnknownTrack(track.0))?;
+        let layer = layer_index(t, rid).ok_or(SfuError::TooManyLayers(ssrc))?;
+        t.ssrc_layer.insert(ssrc, layer as u8);
+        t.layer_ssrc[layer] = Some(ssrc);
+        Ok(layer as u8)
     }
 
     /// The track's publisher and kind.
@@ -391,21 +411,16 @@ impl Room {
             out.repair = true;
             return Ok(out);
         }
-        let layer = match ing.rid.as_deref() {
-            Some(rid) => match t.rids.iter().position(|r| r == rid) {
-                Some(i) => i,
-                None if t.rids.len() < MAX_LAYERS => {
-                    t.rids.push(rid.to_vec());
-                    t.rids.len() - 1
-                }
-                None => return Err(SfuError::TooManyLayers(meta.ssrc)),
-            },
+        let layer = match (ing.rid.as_deref(), t.ssrc_layer.get(&meta.ssrc)) {
+            (Some(rid), _) => layer_index(t, rid).ok_or(SfuError::TooManyLayers(meta.ssrc))?,
+            (None, Some(l)) => usize::from(*l),
             // A simulcast track's stream that never showed its rid cannot be placed.
-            None if t.rids.len() > 1 => return Err(SfuError::UnknownLayer(meta.ssrc)),
-            None => 0,
+            (None, None) if t.rids.len() > 1 => return Err(SfuError::UnknownLayer(meta.ssrc)),
+            (None, None) => 0,
         };
         out.layer = layer as u8;
         t.layer_ssrc[layer] = Some(meta.ssrc);
+        t.ssrc_layer.insert(meta.ssrc, layer as u8);
         if ing.dd.as_ref().is_some_and(|d| d.is_key_frame_start()) {
             self.key_frames.key_frame_seen(meta.ssrc);
         }
@@ -475,17 +490,20 @@ impl Room {
     }
 }
 
-fn layer_of_rid(t: &mut Track, rid: Option<&[u8]>) -> u8 {
-    let Some(rid) = rid else { return 0 };
-    let i = match t.rids.iter().position(|r| r == rid) {
-        Some(i) => i,
+/// The layer index of `rid` in `t`, adding it if there is room.
+fn layer_index(t: &mut Track, rid: &[u8]) -> Option<usize> {
+    match t.rids.iter().position(|r| r == rid) {
+        Some(i) => Some(i),
         None if t.rids.len() < MAX_LAYERS => {
             t.rids.push(rid.to_vec());
-            t.rids.len() - 1
+            Some(t.rids.len() - 1)
         }
-        None => 0,
-    };
-    i as u8
+        None => None,
+    }
+}
+
+fn layer_of_rid(t: &mut Track, rid: Option<&[u8]>) -> u8 {
+    rid.and_then(|r| layer_index(t, r)).unwrap_or(0) as u8
 }
 
 #[cfg(test)]
@@ -611,6 +629,44 @@ mod tests {
         }
         assert_eq!(sent, 2, "at 510 and 1010 ms");
         assert_eq!(r.key_frame_stats().sent, 3);
+    }
+
+    #[test]
+    fn simulcast_layers_come_from_rids_and_a_switch_asks_for_a_key_frame() {
+        let mut r = Room::new(500 * MS);
+        r.add_participant(1, ExtIds::default());
+        r.add_participant(2, ExtIds::default());
+        let rids = |v: &[&str]| v.iter().map(|r| r.as_bytes().to_vec()).collect();
+        let t = r
+            .publish(
+                1,
+                Publish {
+                    kind: MediaKind::Video,
+                    clock_rate: 90_000,
+                    rids: rids(&["q", "h", "f"]),
+                },
+            )
+            .unwrap();
+        // No rid known for this SSRC yet: it cannot be placed.
+        assert!(matches!(
+            r.on_rtp(1, t, &meta(0xF, 1), Duration::ZERO),
+            Err(SfuError::UnknownLayer(0xF))
+        ));
+        assert_eq!(r.bind_layer(t, 0xF, b"f").unwrap(), 2);
+        assert_eq!(r.bind_layer(t, 0x9, b"q").unwrap(), 0);
+        r.subscribe(2, t, sub(0x22), Duration::ZERO).unwrap();
+        // The first layer (q) is forwarded; f is not.
+        let q = r.on_rtp(1, t, &meta(0x9, 2), Duration::ZERO).unwrap();
+        assert_eq!((q.layer, q.forwards.len()), (0, 1));
+        let f = r.on_rtp(1, t, &meta(0xF, 2), Duration::ZERO).unwrap();
+        assert_eq!((f.layer, f.forwards.len()), (2, 0));
+        assert_eq!(f.dropped, [DropReason::NotSelected]);
+        // The subscriber wants f: the SFU asks f's publisher stream for a key frame, and
+        // switches at it (without DD it cannot see one, so it keeps q and says why).
+        assert_eq!(r.set_layer(2, t, Some(b"f"), 10 * MS).unwrap(), [0xF]);
+        let f = r.on_rtp(1, t, &meta(0xF, 3), 20 * MS).unwrap();
+        assert_eq!(f.dropped, [DropReason::NoDependencyDescriptor]);
+        assert_eq!(r.layers(2, t), Some((Some(0), 2)));
     }
 
     #[test]

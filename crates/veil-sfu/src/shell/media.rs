@@ -87,6 +87,15 @@ pub(super) async fn read_published(
                     send_plis(&shared, &track, &plis).await;
                 }
             }
+            // webrtc-rs latched this stream's rid (from its first packets or the SDP): tell
+            // the core, for packets that do not carry the rid themselves (SFU-STR-04).
+            TrackRemoteEvent::OnOpen(init) => {
+                if let Some(rid) = init.rid.as_deref()
+                    && let Err(e) = room.lock().core.bind_layer(tid, init.ssrc, rid.as_bytes())
+                {
+                    debug!(error = %e, "layer not bound");
+                }
+            }
             TrackRemoteEvent::OnEnded => break,
             _ => {}
         }

@@ -8,5 +8,6 @@ mod common;
 mod grpc;
 mod key_frames;
 mod payload;
+mod simulcast;
 mod spoof;
 mod vanish;
