@@ -20,7 +20,7 @@ use webrtc::peer_connection::{
 
 use crate::error::SfuError;
 use crate::routing::MediaKind;
-use crate::shell::sdp::{AUDIO_LEVEL_URI, DD_URI};
+use crate::shell::sdp::{AUDIO_LEVEL_URI, DD_URI, MID_URI};
 
 /// Payload type of Opus in the SFU's offers.
 pub const OPUS_PT: u8 = 111;
@@ -69,8 +69,8 @@ fn rtp_kind(kind: MediaKind) -> RtpCodecKind {
     }
 }
 
-/// Opus and VP8, plus audio level (audio) and the dependency descriptor (video). The default
-/// interceptors add mid, rid, repaired rid and transport-cc (SFU-NEG-01). webrtc-rs puts
+/// Opus and VP8, plus audio level and mid (audio) and the dependency descriptor (video). The
+/// default interceptors add mid, rid and repaired rid (video) and transport-cc (SFU-NEG-01). webrtc-rs puts
 /// `a=extmap-allow-mixed` in every offer and echoes it in answers, so the two-byte form that
 /// DD key frames need is allowed on every leg.
 ///
@@ -88,8 +88,11 @@ pub fn media_engine() -> Result<MediaEngine, SfuError> {
         )
         .map_err(SfuError::webrtc("register codec"))?;
     }
+    // The default interceptors register mid for video only; audio gets it here, so that every
+    // m-section can be demultiplexed by mid.
     for (uri, kind) in [
         (AUDIO_LEVEL_URI, MediaKind::Audio),
+        (MID_URI, MediaKind::Audio),
         (DD_URI, MediaKind::Video),
     ] {
         me.register_header_extension(

@@ -108,7 +108,9 @@ async fn a_subscriber_switches_layers_at_key_frames_as_one_stream() {
                         ..Default::default()
                     };
                     let frame = n.wrapping_mul(3).wrapping_add(l as u16);
-                    header.set_extension(dd_id, dd(frame, n.is_multiple_of(10))).unwrap();
+                    header
+                        .set_extension(dd_id, dd(frame, n.is_multiple_of(10)))
+                        .unwrap();
                     if announce.load(Ordering::Relaxed) {
                         header
                             .set_extension(mid_id, Bytes::from(mid.clone()))
