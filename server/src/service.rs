@@ -487,7 +487,7 @@ impl KeyServiceApi for KeyService {
             let kp = blocking(move || {
                 inner
                     .store
-                    .claim_key_package(&r.room, &r.identity)?
+                    .claim_key_package(&r.room, &r.identity, &claims.identity)?
                     .ok_or(KdsError::NoKeyPackage(r.identity))
             })
             .await?;

@@ -121,9 +121,16 @@ pub trait Store: Send + Sync + 'static {
         kps: &[KeyPackageRecord],
         cap: u32,
     ) -> Result<u32, KdsError>;
-    /// Hand out one KeyPackage of `identity` (oldest single-use first, else the last-resort one)
-    /// and record that it was handed out in `room`.
-    fn claim_key_package(&self, room: &str, identity: &str) -> Result<Option<Vec<u8>>, KdsError>;
+    /// Hand out one KeyPackage of `identity` to `claimer` (oldest single-use first, else the
+    /// last-resort one) and record that it was handed out in `room`. Idempotent per claimer: a
+    /// claimer asking again (a retry after a lost reply) gets the single-use KeyPackage it was
+    /// already given, as long as no commit consumed it (KDS-KP-03).
+    fn claim_key_package(
+        &self,
+        room: &str,
+        identity: &str,
+        claimer: &str,
+    ) -> Result<Option<Vec<u8>>, KdsError>;
     /// The identity whose KeyPackage `hash_ref` was handed out in `room`, if it was.
     fn claimed_key_package(&self, room: &str, hash_ref: &[u8]) -> Result<Option<String>, KdsError>;
     /// A service-wide value (e.g. the external-sender key pair).
@@ -161,6 +168,7 @@ CREATE TABLE IF NOT EXISTS key_packages (
     last_resort INTEGER NOT NULL,
     message BLOB NOT NULL,
     claimed INTEGER NOT NULL DEFAULT 0,
+    claimed_by TEXT,
     created INTEGER NOT NULL,
     PRIMARY KEY (room, hash_ref)
 );
@@ -455,11 +463,27 @@ impl Store for SqliteStore {
         Ok(available)
     }
 
-    fn claim_key_package(&self, room: &str, identity: &str) -> Result<Option<Vec<u8>>, KdsError> {
+    fn claim_key_package(
+        &self,
+        room: &str,
+        identity: &str,
+        claimer: &str,
+    ) -> Result<Option<Vec<u8>>, KdsError> {
         let mut c = self.conn();
         let tx = c
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
+        let again: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT message FROM key_packages WHERE room = ?1 AND identity = ?2 AND claimed = 1 AND claimed_by = ?3 AND last_resort = 0 ORDER BY created ASC, rowid ASC LIMIT 1",
+                params![room, identity, claimer],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        if let Some(message) = again {
+            return Ok(Some(message));
+        }
         let found: Option<(Vec<u8>, bool, Vec<u8>)> = tx
             .query_row(
                 "SELECT hash_ref, last_resort, message FROM key_packages WHERE room = ?1 AND identity = ?2 AND claimed = 0 ORDER BY last_resort ASC, created ASC, rowid ASC LIMIT 1",
@@ -477,14 +501,14 @@ impl Store for SqliteStore {
             let mut marker = hash_ref;
             marker.push(0);
             tx.execute(
-                "INSERT OR IGNORE INTO key_packages (room, identity, hash_ref, last_resort, message, claimed, created) VALUES (?1, ?2, ?3, 1, x'', 1, 0)",
-                params![room, identity, marker],
+                "INSERT OR IGNORE INTO key_packages (room, identity, hash_ref, last_resort, message, claimed, claimed_by, created) VALUES (?1, ?2, ?3, 1, x'', 1, ?4, 0)",
+                params![room, identity, marker, claimer],
             )
             .map_err(db)?;
         } else {
             tx.execute(
-                "UPDATE key_packages SET claimed = 1 WHERE room = ?1 AND hash_ref = ?2",
-                params![room, hash_ref],
+                "UPDATE key_packages SET claimed = 1, claimed_by = ?3 WHERE room = ?1 AND hash_ref = ?2",
+                params![room, hash_ref, claimer],
             )
             .map_err(db)?;
         }
@@ -550,10 +574,14 @@ mod tests {
             .add_key_packages("r", "bob", &[kp(1, false), kp(9, true), kp(2, false)], 64)
             .unwrap();
         assert_eq!(n, 3);
-        let claims: Vec<_> = (0..4)
-            .map(|_| s.claim_key_package("r", "bob").unwrap().unwrap()[0])
+        let claims: Vec<_> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|claimer| s.claim_key_package("r", "bob", claimer).unwrap().unwrap()[0])
             .collect();
         assert_eq!(claims, [1, 2, 9, 9]);
+        // A claimer asking again (its reply was lost) gets the same single-use KeyPackage.
+        assert_eq!(s.claim_key_package("r", "bob", "a").unwrap().unwrap()[0], 1);
+        assert_eq!(s.claim_key_package("r", "bob", "b").unwrap().unwrap()[0], 2);
         // Every hand-out is recorded for this room only.
         for tag in [1, 2, 9] {
             assert_eq!(
@@ -562,7 +590,7 @@ mod tests {
             );
             assert_eq!(s.claimed_key_package("other", &[tag; 16]).unwrap(), None);
         }
-        assert_eq!(s.claim_key_package("r", "carol").unwrap(), None);
+        assert_eq!(s.claim_key_package("r", "carol", "a").unwrap(), None);
     }
 
     #[test]
@@ -574,10 +602,10 @@ mod tests {
             .add_key_packages("r", "bob", &[kp(3, false), kp(4, false)], 3)
             .unwrap_err();
         assert!(matches!(e, KdsError::TooManyKeyPackages { cap: 3 }));
-        let first = s.claim_key_package("r", "bob").unwrap().unwrap();
-        let second = s.claim_key_package("r", "bob").unwrap().unwrap();
+        let first = s.claim_key_package("r", "bob", "x").unwrap().unwrap();
+        let second = s.claim_key_package("r", "bob", "y").unwrap().unwrap();
         assert_eq!((first[0], second[0]), (1, 2));
-        assert_eq!(s.claim_key_package("r", "bob").unwrap(), None);
+        assert_eq!(s.claim_key_package("r", "bob", "z").unwrap(), None);
     }
 
     #[test]
