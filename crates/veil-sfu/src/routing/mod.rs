@@ -18,7 +18,7 @@
 //!   (SFU-EXT-01..02).
 //!
 //! - [`Room`] ties them together for one room: participants, published tracks, subscriptions,
-//!   and the verdict on every packet (SFU-ROOM-01..05).
+//!   and the verdict on every packet (SFU-ROOM-01..02).
 //!
 //! Nothing here reads a payload byte: packets are described by [`PacketMeta`].
 

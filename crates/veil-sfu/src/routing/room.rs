@@ -1,5 +1,5 @@
 //! One room's routing state: who publishes which track, who subscribes to it, and what happens
-//! to each packet (SFU-ROOM-01..05).
+//! to each packet (SFU-ROOM-01..02).
 //!
 //! Sans-I/O like the rest of `routing`: the shell feeds packets (header fields and the raw
 //! extension block, never the payload) and the caller's monotonic time in, and acts on what comes
@@ -125,7 +125,7 @@ struct Subscription {
     ext: Arc<ExtMap>,
 }
 
-/// The routing state of one room (SFU-ROOM-01..05).
+/// The routing state of one room (SFU-ROOM-01..02).
 #[derive(Debug)]
 pub struct Room {
     participants: HashMap<ParticipantId, Participant>,

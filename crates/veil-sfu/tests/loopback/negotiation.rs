@@ -96,3 +96,82 @@ async fn the_answer_to_a_chromium_offer_keeps_what_a_blind_sfu_needs() {
     );
     sfu.leave("neg", "chrome").await.unwrap();
 }
+
+/// SFU-NEG-02: the SFU offers after a subscribe and is the impolite peer: while its offer
+/// waits, a participant's offer is refused; an answer with no offer waiting is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sfu_renegotiates_as_the_impolite_peer() {
+    use veil_sfu::routing::MediaKind;
+    use veil_sfu::{SfuError, SignalEvent};
+    init_tracing();
+    let sfu = Sfu::new(SfuConfig::default());
+    let room = "glare";
+    let mut alice = Peer::new(room, "alice", true).await;
+    let mic = alice.add_track(MediaKind::Audio, 0xA1, "mic").await;
+    alice.join(&sfu).await;
+    for i in 0..1000u16 {
+        if !sfu.tracks(room).is_empty() {
+            break;
+        }
+        mic.send(i, 0, false, &[], payload(1, 50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let track = sfu.tracks(room)[0].track.clone();
+
+    // Bob's signalling by hand.
+    let mut bob = Peer::new(room, "bob", false).await;
+    let offer = bob.offer().await;
+    let mut session = sfu.join(room, "bob", &offer).await.unwrap();
+    bob.pc
+        .set_remote_description(RTCSessionDescription::answer(session.answer.clone()).unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(
+        sfu.answer(room, "bob", &offer).await,
+        Err(SfuError::Negotiation(_))
+    ));
+    sfu.subscribe(room, "bob", &track).await.unwrap();
+    let sfu_offer = loop {
+        match tokio::time::timeout(WAIT, session.events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            SignalEvent::Offer { sdp } => break sdp,
+            _ => continue,
+        }
+    };
+    // Glare: bob offers too; the SFU keeps its own offer.
+    let glare = bob.pc.create_offer(None).await.unwrap();
+    assert!(matches!(
+        sfu.offer(room, "bob", &glare.sdp).await,
+        Err(SfuError::Negotiation(_))
+    ));
+    bob.pc
+        .set_remote_description(RTCSessionDescription::offer(sfu_offer).unwrap())
+        .await
+        .unwrap();
+    let answer = bob.pc.create_answer(None).await.unwrap();
+    bob.pc.set_local_description(answer).await.unwrap();
+    let sdp = bob.pc.local_description().await.unwrap().sdp;
+    sfu.answer(room, "bob", &sdp).await.unwrap();
+    let ssrc = loop {
+        match tokio::time::timeout(WAIT, session.events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            SignalEvent::Subscribed { ssrc, .. } => break ssrc,
+            _ => continue,
+        }
+    };
+    // Now stable: bob may offer (nothing new), and gets an answer.
+    let again = bob.pc.create_offer(None).await.unwrap();
+    bob.pc.set_local_description(again.clone()).await.unwrap();
+    let answer = sfu.offer(room, "bob", &again.sdp).await.unwrap();
+    bob.pc
+        .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+        .await
+        .unwrap();
+    assert_ne!(ssrc, 0);
+}
