@@ -132,21 +132,29 @@ async fn server(args: ServerArgs) -> Result<(), String> {
     veil_server::run(
         cfg,
         move |a| {
-            println!(
-                "Veil key service on http://{} (state in {data_dir})",
+            // A closed stdout (a script that read the join line and went away) must not take
+            // the server down: write errors are ignored.
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "Veil server on http://{} (state in {data_dir})",
                 a.grpc
             );
             if let Some(m) = a.metrics {
-                println!("metrics: http://{m}/metrics");
+                let _ = writeln!(out, "metrics: http://{m}/metrics");
             }
-            println!("\nJoin room {room:?} as alice:\n");
-            println!(
+            let _ = writeln!(out, "\nJoin room {room:?} as alice:\n");
+            let _ = writeln!(
+                out,
                 "  veil join --url http://{} --room {room} --token {token}\n",
                 a.grpc
             );
-            println!(
+            let _ = writeln!(
+                out,
                 "Another participant: veil token --data-dir {data_dir} --room {room} --identity bob"
             );
+            let _ = out.flush();
         },
         async {
             let _ = tokio::signal::ctrl_c().await;

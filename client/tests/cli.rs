@@ -39,14 +39,18 @@ fn two_participants_join_and_one_leaves() {
     );
     let log = || std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
     // The server prints the exact join command for alice.
+    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
     let mut join_alice = None;
-    for line in BufReader::new(server.0.stdout.take().unwrap()).lines() {
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if line.trim_start().starts_with("veil join ") {
             join_alice = Some(line.trim().to_owned());
             break;
         }
     }
+    // Close the server's stdout now, as a script that took the join line would: the server
+    // must keep serving (it once died of the broken pipe writing its next line).
+    drop(lines);
     let join_alice = join_alice.expect("veil server prints a join command");
     let args: Vec<&str> = join_alice.split_whitespace().skip(1).collect();
     let alice = veil()

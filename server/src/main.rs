@@ -165,13 +165,18 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     veil_server::run(
         cfg,
         |a| {
-            // One machine-readable line: tests and scripts read the bound ports from it.
-            println!(
+            // One machine-readable line: tests and scripts read the bound ports from it. A
+            // closed stdout must not take the server down, so write errors are ignored.
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
                 "veil-server listening grpc={} metrics={}",
                 a.grpc,
                 a.metrics
                     .map_or_else(|| "off".to_owned(), |m| m.to_string())
             );
+            let _ = out.flush();
         },
         shutdown,
     )
