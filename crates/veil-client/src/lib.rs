@@ -24,6 +24,8 @@ pub mod error;
 pub mod group;
 pub mod keys;
 pub mod media;
+pub mod room;
+pub mod sfu;
 pub mod transport;
 
 pub use error::ClientError;

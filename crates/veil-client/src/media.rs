@@ -31,7 +31,7 @@ use crate::error::ClientError;
 pub const MAX_PAYLOAD: usize = 1100;
 
 /// What a track carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MediaKind {
     /// Opus audio (48 kHz RTP clock).
     Audio,

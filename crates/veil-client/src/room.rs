@@ -1,0 +1,309 @@
+//! [`Room`]: the SDK's one object for a call. It joins the room's MLS group through the key
+//! service, opens the media session with the blind SFU, encrypts every published frame with the
+//! member's current SFrame key before packetization, and decrypts every received frame: frames
+//! in, [`RemoteFrame`]s out.
+
+use std::collections::HashMap;
+use std::sync::Mutex as StdMutex;
+
+use tokio::sync::mpsc;
+
+use crate::error::ClientError;
+use crate::group::{Group, GroupConfig, GroupStatus, SharedSession};
+use crate::media::{
+    FrameCounter, MediaKind, Packetization, ReceiveStats, ReceivedFrame, SendStats, TrackReceiver,
+    TrackSender, split_held_tag,
+};
+use crate::sfu::{RemoteMedia, SfuSession};
+use crate::transport::LocalTrack;
+
+/// How to join.
+#[derive(Debug, Clone)]
+pub struct RoomConfig {
+    /// Membership settings (key-service URL, token, room, identity).
+    pub group: GroupConfig,
+    /// The SFU's URL (the same server by default).
+    pub sfu_url: String,
+    /// Frame packetization (browser-compatible by default).
+    pub packetization: Packetization,
+    /// Local UDP addresses for the WebRTC connection.
+    pub udp_addrs: Vec<String>,
+}
+
+impl RoomConfig {
+    /// Key service and SFU on one server at `url`.
+    #[must_use]
+    pub fn new(url: &str, token: &str, room: &str, identity: &str) -> Self {
+        Self {
+            group: GroupConfig::new(url, token, room, identity),
+            sfu_url: url.to_owned(),
+            packetization: Packetization::Browser,
+            udp_addrs: vec!["127.0.0.1:0".to_owned()],
+        }
+    }
+}
+
+/// A decrypted frame from another participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFrame {
+    /// Who published it (their identity).
+    pub participant: String,
+    /// The SFU's track name.
+    pub track: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// RTP timestamp.
+    pub timestamp: u32,
+    /// The encoded frame, as the publisher's encoder produced it.
+    pub frame: Vec<u8>,
+}
+
+/// Per-participant statistics, like WebRTC's getStats plus SFrame outcomes.
+#[derive(Debug, Clone, Default)]
+pub struct RoomStats {
+    /// The MLS status (epoch, members).
+    pub group: GroupStatus,
+    /// Audio sent.
+    pub audio_sent: SendStats,
+    /// Video sent.
+    pub video_sent: SendStats,
+    /// Per received track.
+    pub received: HashMap<String, ReceiveStats>,
+}
+
+/// One participant in a call.
+pub struct Room {
+    group: Group,
+    sfu: Option<SfuSession>,
+    session: SharedSession,
+    audio: (LocalTrack, StdMutex<TrackSender>),
+    video: (LocalTrack, StdMutex<TrackSender>),
+    frames: mpsc::Receiver<RemoteFrame>,
+    received: std::sync::Arc<StdMutex<HashMap<String, ReceiveStats>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl core::fmt::Debug for Room {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Room")
+            .field("status", &self.group.status())
+            .finish_non_exhaustive()
+    }
+}
+
+fn ssrc_for(identity: &str, kind: MediaKind) -> u32 {
+    // Any value the participant does not use twice; the SFU rewrites SSRCs per subscriber.
+    let h = identity.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    h ^ u32::from(kind == MediaKind::Video)
+}
+
+impl Room {
+    /// Join the call: the MLS group (creating the room if it does not exist), then the SFU.
+    ///
+    /// # Errors
+    /// Key-service, SFU, WebRTC or MLS errors.
+    pub async fn join(cfg: RoomConfig) -> Result<Self, ClientError> {
+        let mut group = Group::join_or_create(cfg.group.clone()).await?;
+        let session = group.session();
+        let id = cfg.group.identity.clone();
+        let audio = LocalTrack::new(
+            MediaKind::Audio,
+            &id,
+            "audio",
+            ssrc_for(&id, MediaKind::Audio),
+        );
+        let video = LocalTrack::new(
+            MediaKind::Video,
+            &id,
+            "video",
+            ssrc_for(&id, MediaKind::Video),
+        );
+        let (sfu, mut media) = SfuSession::connect(
+            &cfg.sfu_url,
+            &cfg.group.token,
+            &cfg.group.room,
+            &[audio.clone(), video.clone()],
+            cfg.udp_addrs.clone(),
+        )
+        .await?;
+        let counter = FrameCounter::default();
+        let p = cfg.packetization;
+        let audio_tx = TrackSender::new(
+            MediaKind::Audio,
+            p,
+            sfu.ext_ids(0).await?,
+            1,
+            counter.clone(),
+        )?;
+        let video_tx = TrackSender::new(MediaKind::Video, p, sfu.ext_ids(1).await?, 1, counter)?;
+
+        let (frames_tx, frames) = mpsc::channel(4096);
+        let mut released = group
+            .take_released()
+            .ok_or_else(|| ClientError::Config("released frames already taken".into()))?;
+        let received = std::sync::Arc::new(StdMutex::new(HashMap::new()));
+        let stats = received.clone();
+        let s = session.clone();
+        let task = tokio::spawn(async move {
+            // Track names by tag, for frames released when their commit arrives.
+            let mut receivers: HashMap<String, (u32, TrackReceiver, String, MediaKind)> =
+                HashMap::new();
+            let mut by_tag: HashMap<u32, String> = HashMap::new();
+            loop {
+                tokio::select! {
+                    m = media.recv() => {
+                        let Some(RemoteMedia { track, publisher, kind, packet }) = m else { return };
+                        let next_tag = u32::try_from(receivers.len()).unwrap_or(u32::MAX);
+                        let (_, rx, who, kind) = receivers.entry(track.clone()).or_insert_with(|| {
+                            by_tag.insert(next_tag, track.clone());
+                            (next_tag, TrackReceiver::new(kind, p).with_track_tag(next_tag), publisher, kind)
+                        });
+                        rx.push(packet.seq, packet.timestamp, packet.marker, &packet.payload);
+                        let out = {
+                            let mut g = s.lock();
+                            rx.drain(&mut g, s.now())
+                        };
+                        stats
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(track.clone(), rx.stats().clone());
+                        for f in out {
+                            if let ReceivedFrame::Frame { timestamp, data, .. } = f {
+                                let rf = RemoteFrame {
+                                    participant: who.clone(),
+                                    track: track.clone(),
+                                    kind: *kind,
+                                    timestamp,
+                                    frame: data,
+                                };
+                                if frames_tx.send(rf).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    r = released.recv() => {
+                        let Some(r) = r else { return };
+                        let (tag, timestamp) = split_held_tag(r.tag);
+                        let Some(track) = by_tag.get(&tag) else { continue };
+                        let Some((_, _, who, kind)) = receivers.get(track) else { continue };
+                        let rf = RemoteFrame {
+                            participant: who.clone(),
+                            track: track.clone(),
+                            kind: *kind,
+                            timestamp,
+                            frame: r.plaintext,
+                        };
+                        if frames_tx.send(rf).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            group,
+            sfu: Some(sfu),
+            session,
+            audio: (audio, StdMutex::new(audio_tx)),
+            video: (video, StdMutex::new(video_tx)),
+            frames,
+            received,
+            task,
+        })
+    }
+
+    /// Publish one encoded audio frame (Opus), with its audio level (`voice`, 0..=127 -dBov).
+    ///
+    /// # Errors
+    /// [`ClientError::Mls`] (`NotSending` before this member's first epoch, or after removal);
+    /// [`ClientError::Transport`].
+    pub async fn publish_audio(
+        &self,
+        frame: &[u8],
+        timestamp: u32,
+        level: (bool, u8),
+    ) -> Result<(), ClientError> {
+        let pkts = {
+            let mut tx = self
+                .audio
+                .1
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tx.send(
+                &mut self.session.lock(),
+                frame,
+                timestamp,
+                false,
+                Some(level),
+            )?
+        };
+        self.audio.0.send(&pkts).await
+    }
+
+    /// Publish one encoded video frame (VP8).
+    ///
+    /// # Errors
+    /// As [`publish_audio`](Self::publish_audio).
+    pub async fn publish_video(
+        &self,
+        frame: &[u8],
+        timestamp: u32,
+        key_frame: bool,
+    ) -> Result<(), ClientError> {
+        let pkts = {
+            let mut tx = self
+                .video
+                .1
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tx.send(&mut self.session.lock(), frame, timestamp, key_frame, None)?
+        };
+        self.video.0.send(&pkts).await
+    }
+
+    /// The next decrypted frame from another participant.
+    pub async fn next_frame(&mut self) -> Option<RemoteFrame> {
+        self.frames.recv().await
+    }
+
+    /// The membership handle (epoch, members, add/remove/self-update).
+    #[must_use]
+    pub fn group(&self) -> &Group {
+        &self.group
+    }
+
+    /// Statistics.
+    #[must_use]
+    pub fn stats(&self) -> RoomStats {
+        let lock = |m: &StdMutex<TrackSender>| {
+            m.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .stats()
+        };
+        RoomStats {
+            group: self.group.status(),
+            audio_sent: lock(&self.audio.1),
+            video_sent: lock(&self.video.1),
+            received: self
+                .received
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    /// Leave: the SFU session ends and the key service proposes this member's removal.
+    ///
+    /// # Errors
+    /// Key-service errors.
+    pub async fn leave(mut self) -> Result<(), ClientError> {
+        if let Some(s) = self.sfu.take() {
+            s.leave().await;
+        }
+        self.task.abort();
+        self.group.leave().await
+    }
+}
