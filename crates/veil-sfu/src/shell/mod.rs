@@ -705,10 +705,11 @@ async fn remove_participant(
         }
     }
     info!(room, identity = %p.identity, id, reason = reason.label(), "participant left");
+    // Clean up first, announce last: whoever hears the event sees the SFU without it.
+    remove_room_if_empty(shared, room);
     let _ = shared.events.send(RoomEvent::ParticipantLeft {
         room: room.to_owned(),
         identity: p.identity.clone(),
         reason,
     });
-    remove_room_if_empty(shared, room);
 }

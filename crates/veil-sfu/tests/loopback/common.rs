@@ -150,6 +150,9 @@ fn media_engine(shift_ids: bool) -> MediaEngine {
     me
 }
 
+/// Rewrites an SDP from the SFU.
+pub type SdpFilter = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
 /// A test participant: a webrtc-rs peer connection plus its signalling with the SFU.
 pub struct Peer {
     pub identity: String,
@@ -163,6 +166,8 @@ pub struct Peer {
     pub events: mpsc::UnboundedReceiver<SignalEvent>,
     /// Events received but not yet asked for.
     pub backlog: Vec<SignalEvent>,
+    /// Applied to every SDP from the SFU before use (e.g. to route through a relay).
+    pub sdp_filter: Option<SdpFilter>,
 }
 
 /// One outgoing test track.
@@ -275,6 +280,7 @@ impl Peer {
             remotes,
             events,
             backlog: Vec::new(),
+            sdp_filter: None,
         }
     }
 
@@ -334,8 +340,12 @@ impl Peer {
 
     /// Apply the SFU's answer and answer its later offers in the background.
     pub async fn accept(&mut self, sfu: &Sfu, session: veil_sfu::Session) {
+        let sdp_filter = self.sdp_filter.clone();
+        let answer = sdp_filter
+            .as_ref()
+            .map_or(session.answer.clone(), |f| f(&session.answer));
         self.pc
-            .set_remote_description(RTCSessionDescription::answer(session.answer).unwrap())
+            .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
             .await
             .unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -351,6 +361,7 @@ impl Peer {
             while let Some(ev) = events.recv().await {
                 match ev {
                     SignalEvent::Offer { sdp } => {
+                        let sdp = sdp_filter.as_ref().map_or(sdp.clone(), |f| f(&sdp));
                         pc.set_remote_description(RTCSessionDescription::offer(sdp).unwrap())
                             .await
                             .unwrap();

@@ -7,6 +7,7 @@
 mod common;
 mod grpc;
 mod key_frames;
+mod nack;
 mod negotiation;
 mod payload;
 mod simulcast;

@@ -130,3 +130,41 @@ async fn a_vanished_peer_is_timed_out_and_the_room_is_told() {
     assert!(sfu.tracks(room).is_empty());
     assert_eq!(sfu.metrics().participants.get(), 1);
 }
+
+/// SFU-LIVE-02: a participant that joins but never connects (it never applies the answer) is
+/// removed after `connect_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_that_never_connects_is_removed() {
+    init_tracing();
+    let sfu = Sfu::new(SfuConfig {
+        connect_timeout: Duration::from_secs(1),
+        ..SfuConfig::default()
+    });
+    let mut events = sfu.room_events();
+    let mut ghost = Peer::new("never", "ghost", false).await;
+    let offer = ghost.offer().await;
+    let mut session = sfu.join("never", "ghost", &offer).await.unwrap();
+    let left = tokio::time::timeout(WAIT, async {
+        loop {
+            if let RoomEvent::ParticipantLeft {
+                identity, reason, ..
+            } = events.recv().await.unwrap()
+            {
+                return (identity, reason);
+            }
+        }
+    })
+    .await
+    .expect("ghost removed");
+    assert_eq!(left, ("ghost".to_owned(), LeaveReason::NeverConnected));
+    let closed = loop {
+        match session.events.recv().await {
+            Some(SignalEvent::Closed { reason }) => break reason,
+            Some(_) => continue,
+            None => panic!("no Closed event"),
+        }
+    };
+    assert_eq!(closed, LeaveReason::NeverConnected);
+    assert!(sfu.participants("never").is_empty());
+    assert_eq!(sfu.metrics().rooms.get(), 0);
+}
