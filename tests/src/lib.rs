@@ -4,8 +4,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::collections::BTreeMap;
+
 use veil_auth::{Claims, Grants, TokenKey};
-use veil_client::room::RoomConfig;
+use veil_client::media::MediaKind;
+use veil_client::room::{Room, RoomConfig};
 
 /// A running server.
 #[derive(Debug)]
@@ -76,5 +79,96 @@ impl Server {
         let mut c = RoomConfig::new(&self.url, &self.token(room, identity), room, identity);
         c.group.proposal_commit_delay = Duration::from_millis(50);
         c
+    }
+}
+
+/// A deterministic audio frame of participant `who`, number `i`.
+#[must_use]
+pub fn audio_frame(who: usize, i: u32) -> Vec<u8> {
+    (0..60 + i % 40)
+        .map(|j| (who as u32 * 77 + i * 3 + j) as u8)
+        .collect()
+}
+
+/// A deterministic video frame of participant `who`, number `i`.
+#[must_use]
+pub fn video_frame(who: usize, i: u32) -> Vec<u8> {
+    (0..300 + (i * 211) % 3000)
+        .map(|j| ((who as u32 * 13) ^ i ^ j) as u8)
+        .collect()
+}
+
+/// Frames received, by (publisher, kind), then RTP timestamp.
+pub type Got = BTreeMap<(String, MediaKind), BTreeMap<u32, Vec<u8>>>;
+
+/// Receive frames into a [`Got`] until `until` holds.
+///
+/// # Panics
+/// After 30 s without `until` holding.
+pub async fn collect(room: &mut Room, until: impl Fn(&Got) -> bool) -> Got {
+    let mut got: Got = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !until(&got) {
+        let f = tokio::time::timeout_at(deadline, room.next_frame())
+            .await
+            .unwrap_or_else(|_| panic!("frames missing: {:?}", summary(&got)))
+            .expect("room open");
+        got.entry((f.participant, f.kind))
+            .or_default()
+            .insert(f.timestamp, f.frame);
+    }
+    got
+}
+
+/// Receive whatever arrives within `quiet` of silence.
+pub async fn drain(room: &mut Room, quiet: Duration) -> Got {
+    let mut got: Got = BTreeMap::new();
+    while let Ok(Some(f)) = tokio::time::timeout(quiet, room.next_frame()).await {
+        got.entry((f.participant, f.kind))
+            .or_default()
+            .insert(f.timestamp, f.frame);
+    }
+    got
+}
+
+/// `(publisher, kind, frames)` of a [`Got`].
+#[must_use]
+pub fn summary(got: &Got) -> Vec<(String, MediaKind, usize)> {
+    got.iter()
+        .map(|((p, k), v)| (p.clone(), *k, v.len()))
+        .collect()
+}
+
+/// Everyone publishes audio until every room decrypts every other participant's tracks
+/// (subscriptions are negotiated when a track is published), using timestamps below 1,000,000;
+/// then the warm-up frames are drained.
+///
+/// # Panics
+/// If subscriptions do not settle within 500 rounds.
+pub async fn warm_up(rooms: &mut [Room], tracks_each: usize) {
+    let mut round = 0u32;
+    loop {
+        round += 1;
+        for (w, r) in rooms.iter().enumerate() {
+            r.publish_audio(&audio_frame(w, round), round * 960, (true, 30))
+                .await
+                .unwrap();
+            r.publish_video(&video_frame(w, round), round * 3000, true)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let want = tracks_each * (rooms.len() - 1);
+        let ready = rooms.iter().all(|r| {
+            let s = r.stats();
+            s.received.len() >= want && s.received.values().all(|t| t.decrypted > 0)
+        });
+        if ready {
+            break;
+        }
+        assert!(round < 500, "subscriptions never settled");
+    }
+    for r in rooms.iter_mut() {
+        drain(r, Duration::from_millis(100)).await;
     }
 }

@@ -3,49 +3,14 @@
 //! before packetization) is received byte-identical after decryption by both others, in both
 //! packetizations.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use veil_client::media::{MediaKind, Packetization};
-use veil_client::room::{RemoteFrame, Room};
-use veil_e2e::Server;
+use veil_client::room::Room;
+use veil_e2e::{Got, Server, audio_frame, collect, video_frame, warm_up};
 
 const NAMES: [&str; 3] = ["alice", "bob", "carol"];
-
-fn audio_frame(who: usize, i: u32) -> Vec<u8> {
-    (0..60 + i % 40)
-        .map(|j| (who as u32 * 77 + i * 3 + j) as u8)
-        .collect()
-}
-
-fn video_frame(who: usize, i: u32) -> Vec<u8> {
-    (0..300 + (i * 211) % 3000)
-        .map(|j| ((who as u32 * 13) ^ i ^ j) as u8)
-        .collect()
-}
-
-type Got = BTreeMap<(String, MediaKind), BTreeMap<u32, Vec<u8>>>;
-
-async fn collect(room: &mut Room, until: impl Fn(&Got) -> bool) -> Got {
-    let mut got: Got = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !until(&got) {
-        let f: RemoteFrame = tokio::time::timeout_at(deadline, room.next_frame())
-            .await
-            .unwrap_or_else(|_| panic!("frames missing: {:?}", summary(&got)))
-            .expect("room open");
-        got.entry((f.participant, f.kind))
-            .or_default()
-            .insert(f.timestamp, f.frame);
-    }
-    got
-}
-
-fn summary(got: &Got) -> Vec<(String, MediaKind, usize)> {
-    got.iter()
-        .map(|((p, k), v)| (p.clone(), *k, v.len()))
-        .collect()
-}
 
 async fn call(packetization: Packetization) {
     let server = Server::start().await;
@@ -63,36 +28,7 @@ async fn call(packetization: Packetization) {
             .unwrap();
     }
 
-    // Warm-up: everyone sends until everyone hears everyone (subscriptions negotiated), with
-    // timestamps below the counted phase's.
-    let mut warm = 0u32;
-    loop {
-        warm += 1;
-        for (w, r) in rooms.iter().enumerate() {
-            r.publish_audio(&audio_frame(w, warm), warm * 960, (true, 30))
-                .await
-                .unwrap();
-            r.publish_video(&video_frame(w, warm), warm * 3000, true)
-                .await
-                .unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let ready = rooms.iter().all(|r| {
-            let s = r.stats();
-            s.received.len() == 4 && s.received.values().all(|t| t.decrypted > 0)
-        });
-        if ready {
-            break;
-        }
-        assert!(warm < 500, "subscriptions never settled");
-    }
-    // Drain what the warm-up delivered.
-    for r in &mut rooms {
-        while tokio::time::timeout(Duration::from_millis(100), r.next_frame())
-            .await
-            .is_ok()
-        {}
-    }
+    warm_up(&mut rooms, 2).await;
 
     // Counted phase: 50 audio and 25 video frames each, the first video frame a key frame.
     let base = 1_000_000u32;

@@ -151,6 +151,9 @@ impl Room {
             let mut receivers: HashMap<String, (u32, TrackReceiver, String, MediaKind)> =
                 HashMap::new();
             let mut by_tag: HashMap<u32, String> = HashMap::new();
+            // Closed when the membership task ends (e.g. this member was removed); media keeps
+            // flowing (and failing to decrypt) regardless.
+            let mut released_open = true;
             loop {
                 tokio::select! {
                     m = media.recv() => {
@@ -184,8 +187,11 @@ impl Room {
                             }
                         }
                     }
-                    r = released.recv() => {
-                        let Some(r) = r else { return };
+                    r = released.recv(), if released_open => {
+                        let Some(r) = r else {
+                            released_open = false;
+                            continue;
+                        };
                         let (tag, timestamp) = split_held_tag(r.tag);
                         let Some(track) = by_tag.get(&tag) else { continue };
                         let Some((_, _, who, kind)) = receivers.get(track) else { continue };

@@ -146,6 +146,8 @@ pub struct EpochKeys {
     held: VecDeque<HeldFrame>,
     held_bytes: usize,
     stats: KeyStats,
+    /// Removed from the group: no later epoch will come, so nothing is held (MLS-SEC-05).
+    removed: bool,
 }
 
 impl core::fmt::Debug for EpochKeys {
@@ -176,6 +178,7 @@ impl EpochKeys {
             retained: VecDeque::new(),
             held: VecDeque::new(),
             held_bytes: 0,
+            removed: false,
             stats: KeyStats::default(),
         })
     }
@@ -243,6 +246,7 @@ impl EpochKeys {
         now: Duration,
     ) -> Result<Vec<Released>, MlsError> {
         let (suite, ctx) = (self.cfg.suite, self.cfg.context);
+        self.removed = false;
         // Derive first so a bad input changes nothing.
         let sender = match own {
             Some(i) => {
@@ -360,6 +364,17 @@ impl EpochKeys {
         self.sender = None;
     }
 
+    /// This member was removed: stop sending, drop every held frame, and hold no more. Frames
+    /// of later epochs then fail with an unknown key instead of waiting for a commit that will
+    /// never reach this member (MLS-SEC-05). Installing an epoch (a rejoin) undoes it.
+    pub fn removed(&mut self) {
+        self.stop_sending();
+        while !self.held.is_empty() {
+            self.drop_oldest_held();
+        }
+        self.removed = true;
+    }
+
     /// Encrypt `plaintext` as this member in the current epoch into `out`; returns the length.
     ///
     /// # Errors
@@ -421,7 +436,11 @@ impl EpochKeys {
         self.expire(now);
         let kid = SframeHeader::parse(buf).map_err(SframeError::from)?.0.kid;
         let (ctx, idx, bits) = self.layout.split(kid);
-        if !self.store.contains(kid) && ctx == self.cfg.context && self.is_ahead(bits) {
+        if !self.removed
+            && !self.store.contains(kid)
+            && ctx == self.cfg.context
+            && self.is_ahead(bits)
+        {
             if self.held.len() >= self.cfg.max_held_frames
                 || self.held_bytes + buf.len() + metadata.len() > self.cfg.max_held_bytes
             {
@@ -501,6 +520,27 @@ mod tests {
             }]
         );
         assert_eq!((k.stats().held, k.stats().released), (1, 1));
+    }
+
+    #[test]
+    fn a_removed_member_holds_nothing_and_drops_what_it_held() {
+        let cfg = KeyConfig::default();
+        let mut k = EpochKeys::new(cfg).unwrap();
+        k.install_epoch(3, &SECRET_A, &[0, 1], Some(0), Duration::ZERO)
+            .unwrap();
+        let mut early = sealed(&SECRET_B, 4, 1, b"early", &cfg);
+        assert!(matches!(
+            k.decrypt_in_place(b"", &mut early, Duration::ZERO).unwrap(),
+            Received::Held
+        ));
+        k.removed();
+        assert_eq!((k.held_frames(), k.stats().held_dropped), (0, 1));
+        let mut later = sealed(&SECRET_B, 4, 1, b"later", &cfg);
+        assert!(matches!(
+            k.decrypt_in_place(b"", &mut later, Duration::ZERO),
+            Err(MlsError::Sframe(SframeError::UnknownKid { .. }))
+        ));
+        assert!(k.sender_kid().is_none(), "a removed member does not send");
     }
 
     #[test]

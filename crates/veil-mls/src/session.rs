@@ -536,7 +536,7 @@ impl<P: Provider> CallSession<P> {
                 g.merge_staged_commit(&self.provider, *sc)
                     .map_err(rejected)?;
                 if removed {
-                    self.keys.stop_sending();
+                    self.keys.removed();
                     return Ok(Processed::Removed);
                 }
                 let released = self.install_current(now)?;
