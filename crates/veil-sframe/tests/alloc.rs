@@ -6,18 +6,32 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use veil_sframe::{CipherSuite, KeyStore, SenderKey, derive_key_material};
 
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static COUNTING: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    // Only the measuring thread counts: the test harness's own threads may allocate at any
+    // time (a loaded CI once caught 4 such allocations in the window).
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn counting() -> bool {
+    COUNTING.try_with(Cell::get).unwrap_or(false)
+}
+
+fn set_counting(on: bool) {
+    COUNTING.with(|c| c.set(on));
+}
 
 // SAFETY: forwards every call to `System` unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as the caller's.
@@ -28,7 +42,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as the caller's.
@@ -52,7 +66,7 @@ fn per_frame_work_never_allocates() {
             let meta = [1u8; 12];
 
             ALLOCS.store(0, Ordering::SeqCst);
-            COUNTING.store(true, Ordering::SeqCst);
+            set_counting(true);
             for i in 0..200usize {
                 let len = (i * 97) % 10_000;
                 buf[17..17 + len].fill(i as u8);
@@ -61,7 +75,7 @@ fn per_frame_work_never_allocates() {
                 assert_eq!(d.plaintext.len(), len);
                 frames += 1;
             }
-            COUNTING.store(false, Ordering::SeqCst);
+            set_counting(false);
             let n = ALLOCS.load(Ordering::SeqCst);
             assert_eq!(
                 n,
@@ -72,11 +86,11 @@ fn per_frame_work_never_allocates() {
         }
     }
     // The counter works: building a key store allocates.
-    COUNTING.store(true, Ordering::SeqCst);
+    set_counting(true);
     let mut s = KeyStore::new();
     s.insert_base_key(CipherSuite::AesGcm128Sha256, 1, b"k")
         .unwrap();
-    COUNTING.store(false, Ordering::SeqCst);
+    set_counting(false);
     assert!(
         ALLOCS.load(Ordering::SeqCst) > 0,
         "the counting allocator saw nothing"
