@@ -18,6 +18,7 @@
 //!   or it never connects: the participant is removed and a [`RoomEvent::ParticipantLeft`] is
 //!   broadcast (SFU-LIVE-01..02).
 
+mod api;
 mod media;
 pub mod metrics;
 mod participant;
@@ -34,197 +35,12 @@ use tracing::{debug, info};
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCSessionDescription};
 
 use crate::error::SfuError;
-use crate::routing::{MediaKind, ParticipantId, Room, TrackId};
+use crate::routing::{ParticipantId, Room, TrackId};
+pub use api::{
+    IceCandidate, LeaveReason, Permissions, RoomEvent, Session, SfuConfig, SignalEvent, TrackInfo,
+};
 pub use metrics::{DropKind, Metrics};
 use participant::Participant;
-
-/// Configuration of an [`Sfu`]. Every timeout is configuration (a test or a relay may need
-/// other values), not a constant.
-#[derive(Debug, Clone)]
-pub struct SfuConfig {
-    /// Local UDP addresses each participant's connection binds (port 0: any). Its host
-    /// candidates are these addresses.
-    pub udp_addrs: Vec<String>,
-    /// At most one key-frame request per publisher stream per this interval (SFU-KF-01).
-    pub key_frame_interval: Duration,
-    /// No packet at all (media, RTCP or ICE consent checks) for this long: the leg is
-    /// disconnected (SFU-LIVE-01).
-    pub silence_timeout: Duration,
-    /// Disconnected for this long: the participant is removed (SFU-LIVE-01).
-    pub departure_grace: Duration,
-    /// How often ICE consent checks go out on an idle leg (must be well below
-    /// `silence_timeout`).
-    pub keepalive_interval: Duration,
-    /// A participant whose connection is not up this long after joining is removed
-    /// (SFU-LIVE-02).
-    pub connect_timeout: Duration,
-    /// How long the SFU waits for its own candidates before answering.
-    pub gather_timeout: Duration,
-    /// Packets queued per subscription before drops (SFU-LIVE-03).
-    pub subscriber_queue: usize,
-    /// Participants per room.
-    pub max_participants: usize,
-}
-
-impl Default for SfuConfig {
-    fn default() -> Self {
-        Self {
-            udp_addrs: vec!["127.0.0.1:0".to_owned()],
-            key_frame_interval: Duration::from_millis(300),
-            silence_timeout: Duration::from_secs(5),
-            departure_grace: Duration::from_secs(5),
-            keepalive_interval: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(15),
-            gather_timeout: Duration::from_secs(5),
-            subscriber_queue: 512,
-            max_participants: 64,
-        }
-    }
-}
-
-/// Why a participant left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LeaveReason {
-    /// It said so ([`Sfu::leave`]).
-    Left,
-    /// Its transport went silent and did not come back (ICE disconnected, then failed).
-    Timeout,
-    /// Its connection never came up.
-    NeverConnected,
-    /// Its connection was closed (DTLS close, or the connection failed outright).
-    Closed,
-}
-
-impl LeaveReason {
-    /// The metric label.
-    #[must_use]
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Left => "left",
-            Self::Timeout => "timeout",
-            Self::NeverConnected => "never_connected",
-            Self::Closed => "closed",
-        }
-    }
-}
-
-/// Room-level events, for the key service (e.g. to propose the MLS removal of a participant
-/// who left or vanished).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoomEvent {
-    /// A participant joined.
-    ParticipantJoined {
-        /// Room.
-        room: String,
-        /// Identity (from the access token).
-        identity: String,
-    },
-    /// A participant left or was removed.
-    ParticipantLeft {
-        /// Room.
-        room: String,
-        /// Identity.
-        identity: String,
-        /// Why.
-        reason: LeaveReason,
-    },
-}
-
-/// A published track, as subscribers see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrackInfo {
-    /// The SFU's name for it (`t<n>`): the argument of [`Sfu::subscribe`], and the msid track
-    /// id of the subscriber's m-section.
-    pub track: String,
-    /// The publisher's identity.
-    pub publisher: String,
-    /// Audio or video.
-    pub kind: MediaKind,
-    /// The publisher's own msid track id.
-    pub publisher_track_id: String,
-    /// Simulcast rids (empty: one layer).
-    pub rids: Vec<String>,
-}
-
-/// Events for one participant, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SignalEvent {
-    /// The SFU renegotiates (after subscribe or unsubscribe): answer with [`Sfu::answer`].
-    Offer {
-        /// SDP.
-        sdp: String,
-    },
-    /// A track can be subscribed to.
-    TrackPublished(TrackInfo),
-    /// A track ended (its subscription, if any, is gone).
-    TrackUnpublished {
-        /// The track.
-        track: String,
-    },
-    /// A subscription is live: packets of `track` arrive on `ssrc`.
-    Subscribed {
-        /// The track.
-        track: String,
-        /// The SSRC on this participant's leg.
-        ssrc: u32,
-    },
-    /// Another participant joined.
-    ParticipantJoined {
-        /// Identity.
-        identity: String,
-    },
-    /// Another participant left.
-    ParticipantLeft {
-        /// Identity.
-        identity: String,
-        /// Why.
-        reason: LeaveReason,
-    },
-    /// This participant was removed; no more events follow.
-    Closed {
-        /// Why.
-        reason: LeaveReason,
-    },
-}
-
-/// What a participant may do (from its access token's grants).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Permissions {
-    /// Send media: without it, the participant's tracks are not published and their packets
-    /// are dropped (`not_permitted`).
-    pub publish: bool,
-    /// Receive media: without it, [`Sfu::subscribe`] fails with
-    /// [`SfuError::PermissionDenied`].
-    pub subscribe: bool,
-}
-
-impl Permissions {
-    /// Publish and subscribe.
-    pub const ALL: Self = Self {
-        publish: true,
-        subscribe: true,
-    };
-}
-
-/// What [`Sfu::join`] returns.
-#[derive(Debug)]
-pub struct Session {
-    /// The SFU's answer, with its candidates.
-    pub answer: String,
-    /// This participant's events.
-    pub events: mpsc::UnboundedReceiver<SignalEvent>,
-}
-
-/// An ICE candidate from a participant (trickle ICE).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IceCandidate {
-    /// The `candidate:` attribute.
-    pub candidate: String,
-    /// Its m-section's mid.
-    pub sdp_mid: Option<String>,
-    /// Its m-section's index.
-    pub sdp_mline_index: Option<u16>,
-}
 
 /// A published track in the shell.
 struct Published {
@@ -682,7 +498,7 @@ async fn remove_participant(
             reason: reason.label(),
         })
         .inc();
-    p.close(shared, room, reason).await;
+    p.close(shared, reason).await;
     for o in &others {
         let mut renegotiate = false;
         for (tid, subscribers) in &ended {

@@ -386,7 +386,7 @@ impl Participant {
     }
 
     /// Close the connection and end the event stream.
-    pub(super) async fn close(&self, shared: &Shared, room: &str, reason: LeaveReason) {
+    pub(super) async fn close(&self, shared: &Shared, reason: LeaveReason) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -397,7 +397,6 @@ impl Participant {
             }
             s.tasks.iter().for_each(JoinHandle::abort);
         }
-        let _ = room;
         self.send(SignalEvent::Closed { reason });
         if let Err(e) = self.pc.close().await {
             debug!(identity = %self.identity, error = %e, "close");
