@@ -6,6 +6,8 @@
 //! veil token --room demo --identity bob         # another participant's token
 //! ```
 
+mod demo;
+
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +35,18 @@ enum Cmd {
     Token(TokenArgs),
     /// Join a room: create it or join its MLS group, then show a live status line.
     Join(JoinArgs),
+    /// A whole encrypted call on this machine: server, SFU and participants on loopback.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Participants at the start (one more joins a third of the way in).
+    #[arg(long, default_value_t = 3)]
+    participants: usize,
+    /// Length of the call in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -223,6 +237,7 @@ async fn main() -> std::process::ExitCode {
         Cmd::Server(a) => server(a).await,
         Cmd::Token(a) => mint(&a.data_dir, &a.room, &a.identity, a.ttl).map(|t| println!("{t}")),
         Cmd::Join(a) => join(a).await,
+        Cmd::Demo(a) => demo::run(a.participants.max(2), a.seconds.max(3)).await,
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
