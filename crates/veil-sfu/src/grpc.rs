@@ -318,6 +318,7 @@ fn to_proto(e: SignalEvent) -> pb::SignalEvent {
             identity,
             reason: reason(r) as i32,
         }),
+        SignalEvent::ActiveSpeaker { identity } => E::ActiveSpeaker(pb::ActiveSpeaker { identity }),
         SignalEvent::Closed { reason: r } => E::ParticipantLeft(pb::ParticipantLeft {
             identity: String::new(),
             reason: reason(r) as i32,

@@ -152,6 +152,11 @@ pub enum SignalEvent {
         /// Why.
         reason: LeaveReason,
     },
+    /// The room's active speaker changed (SFU-SPK-03); a joiner hears the current one.
+    ActiveSpeaker {
+        /// Identity.
+        identity: String,
+    },
     /// This participant was removed; no more events follow.
     Closed {
         /// Why.

@@ -293,8 +293,17 @@ fn route(
                 .set(i64::from(routed.layer));
         }
     }
-    if let Some(speaker) = routed.active_speaker {
-        debug!(room = %room.name, speaker, "active speaker");
+    if let Some(identity) = routed
+        .active_speaker
+        .and_then(|id| st.participants.get(&id))
+        .map(|p| p.identity.clone())
+    {
+        debug!(room = %room.name, %identity, "active speaker");
+        for p in st.participants.values() {
+            p.send(SignalEvent::ActiveSpeaker {
+                identity: identity.clone(),
+            });
+        }
     }
     drop(st);
     routed.key_frame_requests

@@ -539,6 +539,15 @@ pub(super) async fn connect(
         for t in st.tracks.values() {
             p.send(SignalEvent::TrackPublished(t.info.clone()));
         }
+        if let Some(s) = st
+            .core
+            .active_speaker()
+            .and_then(|id| st.participants.get(&id))
+        {
+            p.send(SignalEvent::ActiveSpeaker {
+                identity: s.identity.clone(),
+            });
+        }
         for o in st.participants.values() {
             o.send(SignalEvent::ParticipantJoined {
                 identity: identity.to_owned(),

@@ -7,6 +7,7 @@
 mod common;
 mod grpc;
 mod key_frames;
+mod malformed;
 mod nack;
 mod negotiation;
 mod payload;

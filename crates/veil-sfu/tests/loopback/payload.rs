@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::sdp::{AUDIO_LEVEL_URI, DD_URI};
-use veil_sfu::{Sfu, SfuConfig};
+use veil_sfu::{Sfu, SfuConfig, SignalEvent};
 use veil_wire::audio_level::AudioLevel;
 
 use crate::common::*;
@@ -66,6 +66,12 @@ async fn payloads_and_extensions_reach_every_subscriber_unchanged() {
         p.join(&sfu).await;
         let a = p.track_named("alice", "mic").await;
         let v = p.track_named("alice", "cam").await;
+        // Alice's audio levels made her the active speaker; a joiner hears it (SFU-SPK-03).
+        p.next_event("ActiveSpeaker", |e| {
+            matches!(e, SignalEvent::ActiveSpeaker { identity } if identity == "alice")
+                .then_some(())
+        })
+        .await;
         let a_ssrc = p.subscribe(&sfu, &a).await;
         let v_ssrc = p.subscribe(&sfu, &v).await;
         subs.push((p, a, v, a_ssrc, v_ssrc));
