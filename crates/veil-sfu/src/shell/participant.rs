@@ -373,7 +373,11 @@ impl Participant {
             if let Some(s) = self.subs().get_mut(&tid) {
                 s.tasks = tasks;
             } else {
+                // Unsubscribed (or the track ended) while this was being set up: undo.
                 tasks.iter().for_each(JoinHandle::abort);
+                let mut st = room.lock();
+                st.core.unsubscribe(self.id, tid);
+                st.outputs.remove(&(self.id, tid));
                 continue;
             }
             shared.metrics.subscriptions.inc();

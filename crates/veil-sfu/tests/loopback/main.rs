@@ -7,6 +7,7 @@
 mod common;
 mod grpc;
 mod key_frames;
+mod lifecycle;
 mod malformed;
 mod nack;
 mod negotiation;
