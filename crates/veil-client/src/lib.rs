@@ -1,20 +1,26 @@
-//! Veil's client SDK. This slice joins a call's MLS group through the key-distribution service
-//! and keeps it in step; media (SFrame over WebRTC) follows.
+//! Veil's client SDK: one [`room::Room`] per call. It joins the room's MLS group through the
+//! key-distribution service, opens a WebRTC session with the blind SFU, encrypts every published
+//! frame with SFrame before RTP packetization, and decrypts every frame it receives.
 //!
-//! - [`keys::KeyClient`]: one method per key-service RPC, with the access token attached.
-//! - [`group::Group`]: a member running in the background: creates or joins the room (Welcome
-//!   or external commit), processes commits and proposals in order, commits the service's
-//!   Remove proposals, rebases lost commit races, resumes after reconnects.
+//! - [`room::Room`]: join, `publish_audio`/`publish_video`, `next_frame`, stats, leave.
+//! - [`group::Group`]: the MLS member running in the background: creates or joins the room
+//!   (Welcome or external commit), processes commits and proposals in order, commits the
+//!   service's Remove proposals, rebases lost commit races, resumes after reconnects.
 //! - [`media`]: the frame path without I/O: SFrame-encrypt and packetize frames into RTP
 //!   packets (with the dependency descriptor and audio level), reassemble and decrypt them.
+//! - [`sfu`], [`transport`], [`keys`]: the SFU signalling client, the webrtc-rs edge, the
+//!   key-service client.
 //!
 //! ```no_run
 //! # async fn demo(token: &str) -> Result<(), veil_client::ClientError> {
-//! use veil_client::group::{Group, GroupConfig};
+//! use veil_client::room::{Room, RoomConfig};
 //!
-//! let alice = Group::create(GroupConfig::new("http://127.0.0.1:7443", token, "standup", "alice")).await?;
-//! let status = alice.status();
-//! println!("epoch {:?}, members {:?}", status.epoch, status.members);
+//! let mut room = Room::join(RoomConfig::new("http://127.0.0.1:7443", token, "standup", "alice")).await?;
+//! room.publish_audio(&[0xfc, 0x01, 0x02], 960, (true, 40)).await?;
+//! if let Some(f) = room.next_frame().await {
+//!     println!("{} sent {} bytes", f.participant, f.frame.len());
+//! }
+//! room.leave().await?;
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
