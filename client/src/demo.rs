@@ -35,26 +35,13 @@ fn frame(who: usize, i: u32, len: u32) -> Vec<u8> {
 pub(crate) async fn run(participants: usize, seconds: u64) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let key = TokenKey::generate("demo").map_err(|e| e.to_string())?;
-    let mut cfg = veil_server::ServerConfig::embedded(dir.path().to_owned());
-    cfg.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
-    cfg.metrics_listen = None;
-    cfg.token_keys = vec![key.clone()];
+    let mut cfg = veil_server::ServerConfig::loopback(dir.path().to_owned(), key.clone());
     cfg.kds.departure_grace = Duration::from_secs(2);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        if let Err(e) = veil_server::run(
-            cfg,
-            |a| {
-                let _ = tx.send(a.grpc);
-            },
-            std::future::pending(),
-        )
+    let addr = veil_server::spawn(cfg)
         .await
-        {
-            eprintln!("veil demo: server: {e}");
-        }
-    });
-    let url = format!("http://{}", rx.await.map_err(|_| "server did not start")?);
+        .map_err(|e| e.to_string())?
+        .grpc;
+    let url = format!("http://{addr}");
     let room_cfg = |name: &str| -> Result<RoomConfig, String> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

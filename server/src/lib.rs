@@ -99,6 +99,52 @@ impl ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// For tests, benches and demos in one process: both roles on a free loopback port, no
+    /// metrics listener, tokens signed with `key`, state under `data_dir`.
+    #[must_use]
+    pub fn loopback(data_dir: PathBuf, key: TokenKey) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: None,
+            token_keys: vec![key],
+            ..Self::embedded(data_dir)
+        }
+    }
+}
+
+/// Run the server in the background of the current tokio runtime until the runtime ends;
+/// returns once it listens.
+///
+/// # Errors
+/// [`ServerError`] if it does not start.
+pub async fn spawn(cfg: ServerConfig) -> Result<BoundAddrs, ServerError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (err_tx, err_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let r = run(
+            cfg,
+            |a| {
+                let _ = tx.send(a);
+            },
+            std::future::pending(),
+        )
+        .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "veil-server stopped");
+            let _ = err_tx.send(e);
+        }
+    });
+    tokio::select! {
+        Ok(a) = rx => Ok(a),
+        Ok(e) = err_rx => Err(e),
+        else => Err(ServerError::Io {
+            what: "start the server".into(),
+            source: std::io::Error::other("the server task ended before listening"),
+        }),
+    }
+}
+
 /// Where the server listens, once bound.
 #[derive(Debug, Clone, Copy)]
 pub struct BoundAddrs {

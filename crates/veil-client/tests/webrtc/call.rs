@@ -30,24 +30,9 @@ impl Service {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = TokenKey::generate("test").unwrap();
-        let mut cfg = veil_server::ServerConfig::embedded(dir.path().to_owned());
-        cfg.listen = "127.0.0.1:0".parse().unwrap();
-        cfg.metrics_listen = None;
-        cfg.token_keys = vec![key.clone()];
+        let mut cfg = veil_server::ServerConfig::loopback(dir.path().to_owned(), key.clone());
         cfg.kds.departure_grace = Duration::from_secs(2);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            veil_server::run(
-                cfg,
-                |a| {
-                    let _ = tx.send(a.grpc);
-                },
-                std::future::pending(),
-            )
-            .await
-            .unwrap();
-        });
-        let addr = rx.await.unwrap();
+        let addr = veil_server::spawn(cfg).await.unwrap().grpc;
         Self {
             url: format!("http://{addr}"),
             key,
