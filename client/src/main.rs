@@ -229,7 +229,10 @@ async fn join(args: JoinArgs) -> Result<(), String> {
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // webrtc-rs logs connection set-up chatter at warn; keep it out of the way.
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
