@@ -460,17 +460,6 @@ impl RoomState {
             .map(|m| m.index)
     }
 
-    /// Members the service is waiting to see removed.
-    #[must_use]
-    pub fn departed(&self) -> &BTreeSet<String> {
-        &self.departed
-    }
-
-    /// Forget a departure (the member came back before anyone removed it).
-    pub fn cancel_departure(&mut self, identity: &str) {
-        self.departed.remove(identity);
-    }
-
     fn clone_state(&self) -> Result<(PublicGroup, MemoryStorage), KdsError> {
         let storage = restore_storage(&snapshot(&self.storage)?)?;
         let pg = PublicGroup::load(&storage, self.pg.group_id())

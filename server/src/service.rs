@@ -199,12 +199,6 @@ impl KeyService {
         blocking(move || Self::depart_now(&inner, &h, &identity)).await
     }
 
-    /// The service's external-sender public key.
-    #[must_use]
-    pub fn external_sender_key(&self) -> Vec<u8> {
-        self.inner.key.public().to_vec()
-    }
-
     /// Authenticate the call and check that its token is for `room` with the `join` grant
     /// (KDS-AUTH-01..03).
     fn authorize<T>(&self, req: &Request<T>, room: &str) -> Result<Claims, KdsError> {
