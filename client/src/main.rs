@@ -1,12 +1,17 @@
 //! `veil`: run a local Veil server, mint tokens, join a call.
 //!
 //! ```text
-//! veil server                                   # key service with embedded SQLite; prints a token
-//! veil join --room demo --token <token>         # join the room's MLS group, show a live status
+//! veil server                                   # key service + SFU, embedded SQLite; prints a token
+//! veil join --room demo --token <token>         # join, publish synthetic media, show a status line
+//! veil join ... --video in.ivf --audio in.ogg   # publish VP8 and Opus files (looped)
+//! veil join ... --save DIR                      # save others' media: DIR/<participant>.ivf/.ogg
 //! veil token --room demo --identity bob         # another participant's token
 //! ```
+#![forbid(unsafe_code)]
 
 mod demo;
+mod join;
+mod save;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,7 +19,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use veil_auth::{Claims, Grants};
-use veil_client::group::{Group, GroupConfig, GroupStatus};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,11 +33,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run the Veil server locally (key service; embedded SQLite and token key).
+    /// Run the Veil server locally: key service and blind SFU, embedded SQLite and token key.
     Server(ServerArgs),
     /// Mint an access token with the local server's key.
     Token(TokenArgs),
-    /// Join a room: create it or join its MLS group, then show a live status line.
+    /// Join a room with media: publish files or a synthetic source, optionally save what the
+    /// others publish, and show a live status line.
     Join(JoinArgs),
     /// A whole encrypted call on this machine: server, SFU and participants on loopback.
     Demo(DemoArgs),
@@ -80,7 +85,7 @@ struct TokenArgs {
 
 #[derive(Debug, clap::Args)]
 struct JoinArgs {
-    /// Key-service URL.
+    /// Server URL (key service and SFU).
     #[arg(long, env = "VEIL_URL", default_value = "http://127.0.0.1:7443")]
     url: String,
     /// Room (must match the token's).
@@ -92,6 +97,26 @@ struct JoinArgs {
     /// Leave after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Publish VP8 video from an IVF file (looped at its end).
+    #[arg(long, value_name = "FILE.ivf")]
+    video: Option<PathBuf>,
+    /// Publish Opus audio from an Ogg Opus file (looped at its end).
+    #[arg(long, value_name = "FILE.ogg")]
+    audio: Option<PathBuf>,
+    /// Publish synthetic audio (50 packets/s) and video (30 frames/s); the default without
+    /// --video or --audio.
+    #[arg(long, conflicts_with_all = ["video", "audio", "receive_only"])]
+    synthetic: bool,
+    /// Synthetic video: a key frame every this many frames.
+    #[arg(long, default_value_t = 60, value_name = "FRAMES")]
+    key_interval: u64,
+    /// Publish nothing; only receive.
+    #[arg(long, conflicts_with_all = ["video", "audio"])]
+    receive_only: bool,
+    /// Save each other participant's decrypted media to DIR/PARTICIPANT.ivf (VP8) and
+    /// DIR/PARTICIPANT.ogg (Opus).
+    #[arg(long, value_name = "DIR")]
+    save: Option<PathBuf>,
 }
 
 fn now_secs() -> u64 {
@@ -152,17 +177,24 @@ async fn server(args: ServerArgs) -> Result<(), String> {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(
                 out,
-                "Veil server on http://{} (state in {data_dir})",
+                "Veil server (key service + blind SFU) on http://{} (state in {data_dir})",
                 a.grpc
             );
             if let Some(m) = a.metrics {
                 let _ = writeln!(out, "metrics: http://{m}/metrics");
             }
-            let _ = writeln!(out, "\nJoin room {room:?} as alice:\n");
+            let _ = writeln!(
+                out,
+                "\nJoin room {room:?} as alice, publishing synthetic audio and video:\n"
+            );
             let _ = writeln!(
                 out,
                 "  veil join --url http://{} --room {room} --token {token}\n",
                 a.grpc
+            );
+            let _ = writeln!(
+                out,
+                "Add --video FILE.ivf / --audio FILE.ogg to publish files, --save DIR to save the others' media."
             );
             let _ = writeln!(
                 out,
@@ -178,16 +210,6 @@ async fn server(args: ServerArgs) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-fn status_line(room: &str, s: &GroupStatus) -> String {
-    format!(
-        "room {room} | epoch {} | {} members: {} | resyncs {}",
-        s.epoch.map_or_else(|| "-".to_owned(), |e| e.to_string()),
-        s.members.len(),
-        s.members.join(", "),
-        s.resyncs
-    )
-}
-
 async fn join(args: JoinArgs) -> Result<(), String> {
     let (identity, token_room) = token_subject(&args.token)?;
     if token_room != args.room {
@@ -196,33 +218,28 @@ async fn join(args: JoinArgs) -> Result<(), String> {
             args.room
         ));
     }
-    let cfg = GroupConfig::new(&args.url, &args.token, &args.room, &identity);
-    let group = Group::join_or_create(cfg)
-        .await
-        .map_err(|e| e.to_string())?;
-    println!("joined room {:?} as {identity:?}", args.room);
-    let deadline = args
-        .seconds
-        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let s = group.status();
-                println!("{}", status_line(&args.room, &s));
-                if s.removed {
-                    return Err("removed from the room".into());
-                }
-                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    break;
-                }
-            }
-            _ = tokio::signal::ctrl_c() => break,
+    let publish = if args.receive_only {
+        join::Publish::Nothing
+    } else if args.video.is_some() || args.audio.is_some() {
+        join::Publish::Files {
+            video: args.video,
+            audio: args.audio,
         }
-    }
-    group.leave().await.map_err(|e| e.to_string())?;
-    println!("left room {:?}", args.room);
-    Ok(())
+    } else {
+        join::Publish::Synthetic {
+            key_interval: args.key_interval,
+        }
+    };
+    join::run(join::Join {
+        url: args.url,
+        room: args.room,
+        token: args.token,
+        identity,
+        seconds: args.seconds,
+        publish,
+        save: args.save,
+    })
+    .await
 }
 
 #[tokio::main]

@@ -1,0 +1,268 @@
+//! `veil join`: a participant with media. It joins the room, then publishes frames from
+//! files or the synthetic source, paced in real time. Optionally it saves what the others
+//! publish, and once a second it prints a status line.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use veil_cli::media_files::{
+    FrameSource, IvfSource, OggOpusSource, Schedule, SyntheticAudio, SyntheticVideo, Track,
+};
+use veil_client::media::MediaKind;
+use veil_client::room::{Room, RoomConfig, RoomStats};
+
+use crate::save::Recorder;
+
+/// Audio level sent with every published packet (RFC 6464: voice, 40 dB below overload).
+/// The files carry no level and the synthetic source has no samples to measure.
+const AUDIO_LEVEL: (bool, u8) = (true, 40);
+
+/// What to publish.
+#[derive(Debug, Clone)]
+pub(crate) enum Publish {
+    /// Files (either or both).
+    Files {
+        video: Option<PathBuf>,
+        audio: Option<PathBuf>,
+    },
+    /// The synthetic source, a key frame every this many video frames.
+    Synthetic { key_interval: u64 },
+    /// Nothing.
+    Nothing,
+}
+
+/// Everything `veil join` needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Join {
+    pub(crate) url: String,
+    pub(crate) room: String,
+    pub(crate) token: String,
+    pub(crate) identity: String,
+    pub(crate) seconds: Option<u64>,
+    pub(crate) publish: Publish,
+    pub(crate) save: Option<PathBuf>,
+}
+
+fn open(
+    path: &Path,
+) -> impl FnMut() -> std::io::Result<std::io::BufReader<std::fs::File>> + Send + use<> {
+    let path = path.to_owned();
+    move || std::fs::File::open(&path).map(std::io::BufReader::new)
+}
+
+/// Frame sources, and the name each one's errors are reported under.
+type Sources = (Vec<Box<dyn FrameSource>>, Vec<String>);
+
+fn sources(p: &Publish, seed: u64) -> Result<Sources, String> {
+    let mut out: Vec<Box<dyn FrameSource>> = Vec::new();
+    let mut names = Vec::new();
+    match p {
+        Publish::Files { video, audio } => {
+            if let Some(v) = video {
+                let s = IvfSource::new(open(v)).map_err(|e| format!("{}: {e}", v.display()))?;
+                out.push(Box::new(s));
+                names.push(v.display().to_string());
+            }
+            if let Some(a) = audio {
+                let s = OggOpusSource::new(open(a)).map_err(|e| format!("{}: {e}", a.display()))?;
+                out.push(Box::new(s));
+                names.push(a.display().to_string());
+            }
+        }
+        Publish::Synthetic { key_interval } => {
+            out.push(Box::new(SyntheticAudio::new(seed)));
+            out.push(Box::new(SyntheticVideo::new(*key_interval, seed)));
+            names.extend(["synthetic audio".to_owned(), "synthetic video".to_owned()]);
+        }
+        Publish::Nothing => {}
+    }
+    Ok((out, names))
+}
+
+/// Counters the status line shows beyond the SDK's.
+#[derive(Debug, Default)]
+struct Counts {
+    frames_in: u64,
+    publish_errors: u64,
+}
+
+fn status_line(room: &str, s: &RoomStats, c: &Counts) -> String {
+    let failures: u64 = s
+        .received
+        .values()
+        .map(|t| t.decrypt_failures.values().sum::<u64>())
+        .sum();
+    let incomplete: u64 = s.received.values().map(|t| t.incomplete).sum();
+    let mut line = format!(
+        "room {room} | epoch {} | {} participant{}: {} | out {} audio, {} video | in {} | incomplete {incomplete} | decrypt failures {failures}",
+        s.group
+            .epoch
+            .map_or_else(|| "-".to_owned(), |e| e.to_string()),
+        s.group.members.len(),
+        if s.group.members.len() == 1 { "" } else { "s" },
+        s.group.members.join(", "),
+        s.audio_sent.frames,
+        s.video_sent.frames,
+        c.frames_in,
+    );
+    if c.publish_errors > 0 {
+        line.push_str(&format!(" | publish errors {}", c.publish_errors));
+    }
+    line
+}
+
+/// Prints the status line: rewritten in place on a terminal, one line per update otherwise.
+struct Status {
+    tty: bool,
+}
+
+impl Status {
+    fn show(&self, line: &str) {
+        let mut out = std::io::stdout().lock();
+        // A closed stdout must not stop the participant.
+        let _ = if self.tty {
+            write!(out, "\r{line}\x1b[K")
+        } else {
+            writeln!(out, "{line}")
+        };
+        let _ = out.flush();
+    }
+
+    fn end(&self) {
+        if self.tty {
+            println!();
+        }
+    }
+}
+
+pub(crate) async fn run(args: Join) -> Result<(), String> {
+    // Different participants publish different synthetic bytes.
+    let seed = args
+        .identity
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let (list, names) = sources(&args.publish, seed)?;
+    let name = |i: usize| names.get(i).cloned().unwrap_or_default();
+    // Reads the first frame of every file: a bad file fails before joining.
+    let mut schedule =
+        Schedule::new(list).map_err(|e| format!("{}: {}", name(e.source_index), e.error))?;
+    let mut recorder = args.save.as_deref().map(Recorder::new).transpose()?;
+
+    let cfg = RoomConfig::new(&args.url, &args.token, &args.room, &args.identity);
+    let mut room = Room::join(cfg).await.map_err(|e| e.to_string())?;
+    println!("joined room {:?} as {:?}", args.room, args.identity);
+    if !names.is_empty() {
+        println!("publishing {}", names.join(" and "));
+    }
+    if let Some(dir) = &args.save {
+        println!("saving others' media to {}", dir.display());
+    }
+
+    let status = Status {
+        tty: std::io::stdout().is_terminal(),
+    };
+    let mut counts = Counts::default();
+    let start = Instant::now();
+    let deadline = args.seconds.map(|s| start + Duration::from_secs(s));
+    // Far enough never to fire; `select!` needs a future even for a disabled branch.
+    let never = start + Duration::from_secs(100 * 365 * 86_400);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let result = loop {
+        let due = schedule.due().map(|d| start + d);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            () = tokio::time::sleep_until(deadline.unwrap_or(never)), if deadline.is_some() => {
+                break Ok(());
+            }
+            _ = tick.tick() => {
+                let s = room.stats();
+                status.show(&status_line(&args.room, &s, &counts));
+                if s.group.removed {
+                    break Err("removed from the room".to_owned());
+                }
+                if let Some(r) = &mut recorder
+                    && let Err(e) = r.flush()
+                {
+                    break Err(e);
+                }
+            }
+            () = tokio::time::sleep_until(due.unwrap_or(never)), if due.is_some() => {
+                // Everything due by now (several frames after a stall), in media-time order.
+                let elapsed = start.elapsed();
+                let mut failed = None;
+                while schedule.due().is_some_and(|d| d <= elapsed) {
+                    match schedule.pop() {
+                        Ok(Some(f)) => {
+                            // RTP timestamps wrap at 2³² (RFC 3550 §5.1).
+                            let ts = f.timestamp as u32;
+                            let r = match f.track {
+                                Track::Audio => room.publish_audio(&f.data, ts, AUDIO_LEVEL).await,
+                                Track::Video => {
+                                    room.publish_video(&f.data, ts, f.key_frame).await
+                                }
+                            };
+                            if let Err(e) = r {
+                                counts.publish_errors += 1;
+                                tracing::debug!(error = %e, "frame not published");
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(format!("{}: {}", name(e.source_index), e.error));
+                            break;
+                        }
+                    }
+                }
+                if let Some(e) = failed {
+                    break Err(e);
+                }
+            }
+            f = room.next_frame() => {
+                let Some(f) = f else {
+                    break Err("the media session ended".to_owned());
+                };
+                counts.frames_in += 1;
+                if let Some(r) = &mut recorder {
+                    let track = match f.kind {
+                        MediaKind::Audio => Track::Audio,
+                        MediaKind::Video => Track::Video,
+                    };
+                    if let Err(e) = r.write(&f.participant, track, f.timestamp, &f.frame) {
+                        break Err(e);
+                    }
+                }
+            }
+        }
+    };
+    // A last status line with the final counts.
+    status.show(&status_line(&args.room, &room.stats(), &counts));
+    status.end();
+    let left = room.leave().await.map_err(|e| e.to_string());
+    if let Some(r) = recorder {
+        for s in r.finish()? {
+            let mut parts = Vec::new();
+            if let Some((p, n)) = &s.video {
+                parts.push(format!("{} ({n} video frames)", p.display()));
+            }
+            if let Some((p, n)) = &s.audio {
+                parts.push(format!("{} ({n} audio packets)", p.display()));
+            }
+            if s.skipped > 0 {
+                parts.push(format!(
+                    "{} video frames before the first key frame not saved",
+                    s.skipped
+                ));
+            }
+            println!("saved {}: {}", s.participant, parts.join(", "));
+        }
+    }
+    result?;
+    left?;
+    println!("left room {:?}", args.room);
+    Ok(())
+}
