@@ -19,6 +19,10 @@ use crate::save::Recorder;
 /// The files carry no level and the synthetic source has no samples to measure.
 const AUDIO_LEVEL: (bool, u8) = (true, 40);
 
+/// How far publishing may fall behind media time before it skips ahead (the frames are still
+/// all sent, in order, but no longer in a catch-up burst).
+const MAX_LATE: Duration = Duration::from_millis(500);
+
 /// What to publish.
 #[derive(Debug, Clone)]
 pub(crate) enum Publish {
@@ -167,13 +171,16 @@ pub(crate) async fn run(args: Join) -> Result<(), String> {
     };
     let mut counts = Counts::default();
     let start = Instant::now();
+    // Media time zero; moved forward after a stall so that publishing resumes in real time
+    // instead of sending everything it missed in one burst.
+    let mut media_zero = start;
     let deadline = args.seconds.map(|s| start + Duration::from_secs(s));
     // Far enough never to fire; `select!` needs a future even for a disabled branch.
     let never = start + Duration::from_secs(100 * 365 * 86_400);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let result = loop {
-        let due = schedule.due().map(|d| start + d);
+        let due = schedule.due().map(|d| media_zero + d);
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break Ok(()),
             () = tokio::time::sleep_until(deadline.unwrap_or(never)), if deadline.is_some() => {
@@ -193,7 +200,13 @@ pub(crate) async fn run(args: Join) -> Result<(), String> {
             }
             () = tokio::time::sleep_until(due.unwrap_or(never)), if due.is_some() => {
                 // Everything due by now (several frames after a stall), in media-time order.
-                let elapsed = start.elapsed();
+                let mut elapsed = media_zero.elapsed();
+                if let Some(late) = schedule.due().and_then(|d| elapsed.checked_sub(d))
+                    && late > MAX_LATE
+                {
+                    media_zero += late;
+                    elapsed -= late;
+                }
                 let mut failed = None;
                 while schedule.due().is_some_and(|d| d <= elapsed) {
                     match schedule.pop() {

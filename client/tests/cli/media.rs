@@ -212,3 +212,40 @@ fn published_files_arrive_byte_identical_in_saved_files() {
     );
     assert!(!out.contains("publish errors"), "{out}");
 }
+
+/// A bad file is refused with a message naming it and what is wrong, before joining (no
+/// server runs here), and the process exits non-zero instead of panicking.
+#[test]
+fn bad_files_are_refused_before_joining() {
+    let dir = tempfile::tempdir().unwrap();
+    // Only the claims are read before joining; the server would check the signature.
+    let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIiwicm9vbSI6InIifQ.c2ln";
+    let mut ivf = Vec::new();
+    let mut w = IvfWriter::new(&mut ivf, &IvfHeader::vp8(2, 2)).unwrap();
+    w.write_frame(0, &[0x10; 100]).unwrap();
+    let truncated = dir.path().join("truncated.ivf");
+    std::fs::write(&truncated, &ivf[..ivf.len() - 10]).unwrap();
+    let not_ogg = dir.path().join("not.ogg");
+    std::fs::write(&not_ogg, &ivf).unwrap();
+    let cases = [
+        ("--video", &truncated, "it ends inside the IVF frame"),
+        ("--audio", &not_ogg, "not an Ogg file"),
+        ("--video", &dir.path().join("missing.ivf"), "No such file"),
+    ];
+    for (flag, path, why) in cases {
+        let out = veil()
+            .args(["join", "--room", "r", "--url", "http://127.0.0.1:9"])
+            .args(["--token", token, flag])
+            .arg(path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains(why),
+            "{flag} {}: {err}",
+            path.display()
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
