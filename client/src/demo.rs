@@ -28,6 +28,60 @@ fn frame(who: usize, i: u32, len: u32) -> Vec<u8> {
         .collect()
 }
 
+/// What the SFU's tap saw.
+#[derive(Debug, Default, Clone)]
+struct TapReport {
+    packets: u64,
+    bytes: u64,
+    /// Packets whose payload contains a run of the demo's plaintext.
+    plaintext: u64,
+    /// Packets the inspector fell behind on.
+    lagged: u64,
+}
+
+/// Whether `data` holds plaintext of [`frame`]: every 16-byte window of a demo frame counts
+/// up by one (mod 256), a run that AES-GCM output shows with probability 2^-120 per offset.
+fn has_plaintext(data: &[u8]) -> bool {
+    const RUN: usize = 16;
+    let mut run = 1;
+    for w in data.windows(2) {
+        if w[1] == w[0].wrapping_add(1) {
+            run += 1;
+            if run >= RUN {
+                return true;
+            }
+        } else {
+            run = 1;
+        }
+    }
+    false
+}
+
+async fn inspect(
+    mut tap: tokio::sync::broadcast::Receiver<veil_sfu::TappedPacket>,
+    report: std::sync::Arc<std::sync::Mutex<TapReport>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let p = match tap.recv().await {
+            Ok(p) => p,
+            Err(RecvError::Lagged(n)) => {
+                if let Ok(mut r) = report.lock() {
+                    r.lagged += n;
+                }
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let plain = has_plaintext(&p.payload);
+        if let Ok(mut r) = report.lock() {
+            r.packets += 1;
+            r.bytes += p.payload.len() as u64;
+            r.plaintext += u64::from(plain);
+        }
+    }
+}
+
 /// Run the demo.
 ///
 /// # Errors
@@ -37,6 +91,13 @@ pub(crate) async fn run(participants: usize, seconds: u64) -> Result<(), String>
     let key = TokenKey::generate("demo").map_err(|e| e.to_string())?;
     let mut cfg = veil_server::ServerConfig::loopback(dir.path().to_owned(), key.clone());
     cfg.kds.departure_grace = Duration::from_secs(2);
+    // What the SFU sees (SFU-TAP-01): every packet, searched for the participants' plaintext.
+    let tap = veil_sfu::Tap::new(1 << 14);
+    if let Some(sfu) = cfg.sfu.as_mut() {
+        sfu.tap = Some(tap.clone());
+    }
+    let report = std::sync::Arc::new(std::sync::Mutex::new(TapReport::default()));
+    let inspector = tokio::spawn(inspect(tap.subscribe(), report.clone()));
     let addr = veil_server::spawn(cfg)
         .await
         .map_err(|e| e.to_string())?
@@ -159,11 +220,35 @@ pub(crate) async fn run(participants: usize, seconds: u64) -> Result<(), String>
     }
     let failures: u64 = rows.iter().map(|r| r.failures).sum();
     println!("\ndecrypt failures among participants in the call: {failures}");
+    inspector.abort();
+    let tap = report.lock().map(|r| r.clone()).unwrap_or_default();
+    // The control: the same search over the frames as the participants sent them.
+    let controls = (1..=200u32).map(|i| frame(i as usize % 7, i, 80 + i));
+    let control_hits = controls.filter(|f| has_plaintext(f)).count();
+    println!(
+        "SFU tap (what the SFU could record): {} packets, {} payload bytes, keys held: 0; \
+         packets containing plaintext: {} (the same search finds plaintext in {control_hits} \
+         of 200 frames as sent){}",
+        tap.packets,
+        tap.bytes,
+        tap.plaintext,
+        if tap.lagged > 0 {
+            format!("; {} packets passed uninspected", tap.lagged)
+        } else {
+            String::new()
+        }
+    );
     for r in rooms.into_iter().flatten() {
         let _ = r.leave().await;
     }
     if failures > 0 {
         return Err(format!("{failures} frames failed to decrypt"));
+    }
+    if tap.plaintext > 0 || tap.packets == 0 {
+        return Err(format!(
+            "the SFU saw {} packets, {} with plaintext",
+            tap.packets, tap.plaintext
+        ));
     }
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! The `veil` command end to end on loopback, with real processes and sockets: `veil server`,
-//! `veil token` and `veil join`. One binary; one behaviour per module under `cli/`.
+//! `veil token`, `veil join` and `veil demo`. One binary; one behaviour per module under `cli/`.
 
 #[path = "cli/common.rs"]
 mod common;
+#[path = "cli/demo.rs"]
+mod demo;
 #[path = "cli/media.rs"]
 mod media;
 #[path = "cli/membership.rs"]

@@ -15,6 +15,9 @@ use veil_client::room::{Room, RoomConfig};
 pub struct Server {
     /// `http://127.0.0.1:port`.
     pub url: String,
+    /// Every packet the SFU receives, as it receives it (SFU-TAP-01): what a curious SFU
+    /// operator could record.
+    pub tap: veil_sfu::Tap,
     key: TokenKey,
     _dir: tempfile::TempDir,
 }
@@ -29,9 +32,12 @@ impl Server {
         let key = TokenKey::generate("e2e").unwrap();
         let mut cfg = veil_server::ServerConfig::loopback(dir.path().to_owned(), key.clone());
         cfg.kds.departure_grace = Duration::from_secs(2);
+        let tap = veil_sfu::Tap::new(1 << 16);
+        cfg.sfu.as_mut().expect("loopback runs the SFU").tap = Some(tap.clone());
         let addr = veil_server::spawn(cfg).await.unwrap().grpc;
         Self {
             url: format!("http://{addr}"),
+            tap,
             key,
             _dir: dir,
         }

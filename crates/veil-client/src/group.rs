@@ -270,6 +270,14 @@ impl Group {
         self.status.borrow().clone()
     }
 
+    /// Every status change from now on (epoch changes with their authenticator, membership,
+    /// removal): for applications that show them, or wait on them while the [`Group`] itself
+    /// is owned elsewhere.
+    #[must_use]
+    pub fn watch_status(&self) -> watch::Receiver<GroupStatus> {
+        self.status.clone()
+    }
+
     /// Wait until `pred` holds for the status, at most `timeout`.
     ///
     /// # Errors

@@ -9,6 +9,6 @@ pub mod shell;
 
 pub use error::SfuError;
 pub use shell::{
-    IceCandidate, LeaveReason, Permissions, RoomEvent, Session, Sfu, SfuConfig, SignalEvent,
-    TrackInfo,
+    IceCandidate, LeaveReason, Permissions, RoomEvent, Session, Sfu, SfuConfig, SignalEvent, Tap,
+    TappedPacket, TrackInfo,
 };

@@ -36,6 +36,8 @@ pub struct SfuConfig {
     pub subscriber_queue: usize,
     /// Participants per room.
     pub max_participants: usize,
+    /// Hand every received packet to this tap (SFU-TAP-01); `None` (the default) in production.
+    pub tap: Option<super::Tap>,
 }
 
 impl Default for SfuConfig {
@@ -50,6 +52,7 @@ impl Default for SfuConfig {
             gather_timeout: Duration::from_secs(5),
             subscriber_queue: 512,
             max_participants: 64,
+            tap: None,
         }
     }
 }

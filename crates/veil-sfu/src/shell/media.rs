@@ -210,6 +210,7 @@ fn route(
     p: &rtp::Packet,
 ) -> Vec<u32> {
     let m = &shared.metrics;
+    let kind_enum = kind;
     let kind = kind_label(kind);
     m.received_packets.get_or_create(&Kind { kind }).inc();
     if p.payload.is_empty() {
@@ -248,6 +249,23 @@ fn route(
     };
     let now = shared.now();
     let mut st = room.lock();
+    if let Some(tap) = shared.config.tap.as_ref().filter(|t| t.listening()) {
+        tap.record(super::TappedPacket {
+            room: room.name.clone(),
+            publisher: st
+                .participants
+                .get(&publisher)
+                .map(|p| p.identity.clone())
+                .unwrap_or_default(),
+            track: track_name(tid),
+            kind: kind_enum,
+            ssrc: p.header.ssrc,
+            seq: p.header.sequence_number,
+            timestamp: p.header.timestamp,
+            marker: p.header.marker,
+            payload: p.payload.clone(),
+        });
+    }
     let routed = match st.core.on_rtp(publisher, tid, &meta, now) {
         Ok(r) => r,
         Err(e) => {

@@ -24,6 +24,7 @@ pub mod metrics;
 mod participant;
 pub mod peer;
 pub mod sdp;
+mod tap;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,7 @@ pub use api::{
 };
 pub use metrics::{DropKind, Metrics};
 use participant::Participant;
+pub use tap::{Tap, TappedPacket};
 
 /// A published track in the shell.
 struct Published {

@@ -1,0 +1,68 @@
+//! The operator's view of the media, for demonstrations and tests (SFU-TAP-01, specs/sfu.md):
+//! every packet a publisher sent, as the SFU received it, before any routing decision. The SFU
+//! holds no key, so this is exactly what a curious or compromised SFU operator could record;
+//! the end-to-end tests and `veil demo` use it to show that it is ciphertext.
+//!
+//! Off unless [`SfuConfig::tap`](super::SfuConfig::tap) is set. The SFU never reads the payload
+//! it taps: it hands the same shared bytes to the tap's subscribers.
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+use crate::routing::MediaKind;
+
+/// One tapped packet.
+#[derive(Debug, Clone)]
+pub struct TappedPacket {
+    /// Room.
+    pub room: String,
+    /// The publisher's identity.
+    pub publisher: String,
+    /// The SFU's track name.
+    pub track: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// The publisher's SSRC.
+    pub ssrc: u32,
+    /// The publisher's sequence number.
+    pub seq: u16,
+    /// The publisher's RTP timestamp.
+    pub timestamp: u32,
+    /// The RTP marker bit.
+    pub marker: bool,
+    /// The payload, as received.
+    pub payload: Bytes,
+}
+
+/// A tap on every packet the SFU receives. Cheap to clone; clones are the same tap.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    tx: broadcast::Sender<TappedPacket>,
+}
+
+impl Tap {
+    /// A tap whose subscribers may fall `capacity` packets behind before they lose some.
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            tx: broadcast::channel(capacity.max(1)).0,
+        }
+    }
+
+    /// Packets from now on. A subscriber that falls behind gets
+    /// [`broadcast::error::RecvError::Lagged`] with the count it lost.
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<TappedPacket> {
+        self.tx.subscribe()
+    }
+
+    /// Whether anyone listens (the SFU skips building records otherwise).
+    pub(super) fn listening(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
+    pub(super) fn record(&self, packet: TappedPacket) {
+        // No receiver: nothing to do.
+        let _ = self.tx.send(packet);
+    }
+}
