@@ -217,6 +217,26 @@ impl TrackSender {
         key_frame: bool,
         audio_level: Option<(bool, u8)>,
     ) -> Result<Vec<RtpOut>, ClientError> {
+        let out = self.encrypt_and_packetize(session, frame, timestamp, key_frame, audio_level);
+        match &out {
+            Ok(pkts) => {
+                self.stats.frames += 1;
+                self.stats.packets += pkts.len() as u64;
+                self.stats.bytes += pkts.iter().map(|p| p.payload.len() as u64).sum::<u64>();
+            }
+            Err(_) => self.stats.refused += 1,
+        }
+        out
+    }
+
+    fn encrypt_and_packetize<P: Provider>(
+        &mut self,
+        session: &mut CallSession<P>,
+        frame: &[u8],
+        timestamp: u32,
+        key_frame: bool,
+        audio_level: Option<(bool, u8)>,
+    ) -> Result<Vec<RtpOut>, ClientError> {
         self.buf
             .resize(frame.len() + session.keys().max_overhead(), 0);
         let n = session.encrypt_frame(b"", frame, &mut self.buf)?;
@@ -267,9 +287,6 @@ impl TrackSender {
             });
             self.seq = self.seq.wrapping_add(1);
         }
-        self.stats.frames += 1;
-        self.stats.packets += out.len() as u64;
-        self.stats.bytes += out.iter().map(|p| p.payload.len() as u64).sum::<u64>();
         Ok(out)
     }
 
@@ -553,6 +570,43 @@ mod tests {
                 data: f
             }]
         );
+    }
+
+    #[test]
+    fn frames_without_a_sender_key_are_refused_and_counted() {
+        // Not in a group yet: no sender key.
+        let mut lonely = CallSession::new(b"carol", KeyConfig::default()).unwrap();
+        let (mut alice, _) = pair();
+        let mut tx = TrackSender::new(
+            MediaKind::Audio,
+            Packetization::Browser,
+            EXT,
+            0,
+            FrameCounter::default(),
+        )
+        .unwrap();
+        assert!(
+            tx.send(&mut lonely, &frame(80, 1), 960, false, None)
+                .is_err()
+        );
+        assert!(
+            tx.send(&mut lonely, &frame(80, 2), 1920, false, None)
+                .is_err()
+        );
+        let pkts = tx
+            .send(&mut alice, &frame(80, 3), 2880, false, None)
+            .unwrap();
+        assert_eq!(
+            tx.stats(),
+            SendStats {
+                frames: 1,
+                packets: 1,
+                bytes: pkts[0].payload.len() as u64,
+                refused: 2,
+            }
+        );
+        // A refused frame used no sequence number.
+        assert_eq!(pkts[0].seq, 0);
     }
 
     #[test]
