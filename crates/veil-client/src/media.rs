@@ -57,6 +57,10 @@ pub struct ExtIds {
     pub audio_level: Option<u8>,
     /// The AV1 dependency descriptor.
     pub dependency_descriptor: Option<u8>,
+    /// `urn:ietf:params:rtp-hdrext:sdes:mid` (simulcast layers announce their stream with it).
+    pub mid: Option<u8>,
+    /// `urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id` (the simulcast layer's rid).
+    pub rid: Option<u8>,
 }
 
 /// DD frame numbers shared by the simulcast layers of one video source (one counter across
@@ -118,7 +122,14 @@ pub struct TrackSender {
     frames: FrameCounter,
     buf: Vec<u8>,
     stats: SendStats,
+    /// Simulcast: the (mid, rid) this layer announces, and how many more packets carry them.
+    announce: Option<(Vec<u8>, Vec<u8>)>,
+    announce_left: u32,
 }
+
+/// Packets that carry mid and rid after a simulcast layer starts (and every key frame's):
+/// the receiver latches the layer's SSRC from them, as browsers do (SFU-STR-01).
+const ANNOUNCE_PACKETS: u32 = 32;
 
 /// What a [`TrackSender`] sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -194,7 +205,18 @@ impl TrackSender {
             frames,
             buf: Vec::new(),
             stats: SendStats::default(),
+            announce: None,
+            announce_left: 0,
         })
+    }
+
+    /// A simulcast layer: the first packets and every key frame carry the transceiver's `mid`
+    /// and this layer's `rid` (when those extensions were negotiated).
+    #[must_use]
+    pub fn with_layer(mut self, mid: &str, rid: &str) -> Self {
+        self.announce = Some((mid.as_bytes().to_vec(), rid.as_bytes().to_vec()));
+        self.announce_left = ANNOUNCE_PACKETS;
+        self
     }
 
     /// Use `structure` for the DD (e.g. this layer's resolution).
@@ -257,6 +279,17 @@ impl TrackSender {
         for (i, frag) in fragments.enumerate() {
             let len = frag.write_to(&mut body).map_err(wire)?;
             let mut extensions = Vec::new();
+            if let Some((mid, rid)) = &self.announce
+                && (self.announce_left > 0 || key_frame)
+            {
+                self.announce_left = self.announce_left.saturating_sub(1);
+                if let Some(id) = self.ext.mid {
+                    extensions.push((id, mid.clone()));
+                }
+                if let Some(id) = self.ext.rid {
+                    extensions.push((id, rid.clone()));
+                }
+            }
             if let (Some(id), Some((voice, level))) = (self.ext.audio_level, audio_level) {
                 let al = AudioLevel { voice, level };
                 extensions.push((id, vec![al.to_byte().map_err(wire)?]));
@@ -468,6 +501,8 @@ mod tests {
     const EXT: ExtIds = ExtIds {
         audio_level: Some(1),
         dependency_descriptor: Some(11),
+        mid: Some(2),
+        rid: Some(3),
     };
 
     fn frame(len: usize, seed: u8) -> Vec<u8> {
@@ -625,6 +660,10 @@ mod tests {
                 )
                 .unwrap()
                 .with_structure(single_layer_structure(w, h))
+                .with_layer(
+                    "1",
+                    ["q", "h", "f"][usize::from(w > 320) + usize::from(w > 640)],
+                )
             })
             .collect();
         let mut latches: Vec<DdLatch> = (0..3).map(|_| DdLatch::default()).collect();
@@ -634,7 +673,7 @@ mod tests {
                 let pkts = tx
                     .send(&mut alice, &frame(500, 1), i * 3000, i == 0, None)
                     .unwrap();
-                let dd = latches[l].parse(&pkts[0].extensions[0].1).unwrap();
+                let dd = latches[l].parse(&ext(&pkts[0], 11).unwrap()).unwrap();
                 numbers.push(dd.frame_number);
                 if i == 0 {
                     let res = dd.resolution().unwrap();
@@ -644,5 +683,44 @@ mod tests {
         }
         // One counter across the three layers: strictly increasing, no duplicates.
         assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    }
+
+    fn ext(p: &RtpOut, id: u8) -> Option<Vec<u8>> {
+        p.extensions
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, d)| d.clone())
+    }
+
+    #[test]
+    fn a_simulcast_layer_announces_mid_and_rid_on_its_first_packets_and_key_frames() {
+        let (mut alice, _) = pair();
+        let mut tx = TrackSender::new(
+            MediaKind::Video,
+            Packetization::Browser,
+            EXT,
+            0,
+            FrameCounter::default(),
+        )
+        .unwrap()
+        .with_layer("v0", "h");
+        let mut announced = Vec::new();
+        for i in 0..60u32 {
+            // Small frames: one packet each. A key frame at 0 and 50.
+            let key = i.is_multiple_of(50);
+            let pkts = tx
+                .send(&mut alice, &frame(200, 1), i * 3000, key, None)
+                .unwrap();
+            assert_eq!(pkts.len(), 1);
+            let (mid, rid) = (ext(&pkts[0], 2), ext(&pkts[0], 3));
+            assert_eq!(mid.is_some(), rid.is_some());
+            if let (Some(mid), Some(rid)) = (mid, rid) {
+                assert_eq!((&mid[..], &rid[..]), (&b"v0"[..], &b"h"[..]));
+                announced.push(i);
+            }
+        }
+        let mut want: Vec<u32> = (0..ANNOUNCE_PACKETS).collect();
+        want.push(50);
+        assert_eq!(announced, want);
     }
 }

@@ -28,6 +28,36 @@ pub struct RoomConfig {
     pub packetization: Packetization,
     /// Local UDP addresses for the WebRTC connection.
     pub udp_addrs: Vec<String>,
+    /// Publish video as these simulcast layers, lowest first (empty: one 640×360 stream).
+    /// Each layer is encrypted on its own; the DD frame numbers run on one counter across
+    /// layers, as Chromium's do (specs/sfu.md).
+    pub simulcast: Vec<VideoLayer>,
+}
+
+/// One simulcast layer of the published video.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoLayer {
+    /// The rid (`q`, `h`, `f` by convention).
+    pub rid: String,
+    /// Width in pixels (announced in the DD template structure).
+    pub width: u16,
+    /// Height in pixels.
+    pub height: u16,
+}
+
+impl VideoLayer {
+    /// The three layers browsers send: quarter, half and full size of `width`×`height`.
+    #[must_use]
+    pub fn browser_defaults(width: u16, height: u16) -> Vec<Self> {
+        [("q", 4), ("h", 2), ("f", 1)]
+            .into_iter()
+            .map(|(rid, div)| Self {
+                rid: rid.to_owned(),
+                width: width / div,
+                height: height / div,
+            })
+            .collect()
+    }
 }
 
 impl RoomConfig {
@@ -39,6 +69,7 @@ impl RoomConfig {
             sfu_url: url.to_owned(),
             packetization: Packetization::Browser,
             udp_addrs: vec!["127.0.0.1:0".to_owned()],
+            simulcast: Vec::new(),
         }
     }
 }
@@ -65,8 +96,10 @@ pub struct RoomStats {
     pub group: GroupStatus,
     /// Audio sent.
     pub audio_sent: SendStats,
-    /// Video sent.
+    /// Video sent (all layers).
     pub video_sent: SendStats,
+    /// Video sent per simulcast layer (one entry without simulcast).
+    pub video_layers_sent: Vec<SendStats>,
     /// Per received track.
     pub received: HashMap<String, ReceiveStats>,
 }
@@ -77,7 +110,8 @@ pub struct Room {
     sfu: Option<SfuSession>,
     session: SharedSession,
     audio: (LocalTrack, StdMutex<TrackSender>),
-    video: (LocalTrack, StdMutex<TrackSender>),
+    /// One sender per simulcast layer (one without simulcast).
+    video: (LocalTrack, Vec<StdMutex<TrackSender>>),
     frames: mpsc::Receiver<RemoteFrame>,
     received: std::sync::Arc<StdMutex<HashMap<String, ReceiveStats>>>,
     task: tokio::task::JoinHandle<()>,
@@ -114,12 +148,18 @@ impl Room {
             "audio",
             ssrc_for(&id, MediaKind::Audio),
         );
-        let video = LocalTrack::new(
-            MediaKind::Video,
-            &id,
-            "video",
-            ssrc_for(&id, MediaKind::Video),
-        );
+        let video_ssrc = ssrc_for(&id, MediaKind::Video);
+        let video = if cfg.simulcast.is_empty() {
+            LocalTrack::new(MediaKind::Video, &id, "video", video_ssrc)
+        } else {
+            let layers: Vec<(&str, u32)> = cfg
+                .simulcast
+                .iter()
+                .zip(0u32..)
+                .map(|(l, i)| (l.rid.as_str(), video_ssrc.wrapping_add(2 * i)))
+                .collect();
+            LocalTrack::simulcast(&id, "video", &layers)
+        };
         let (sfu, mut media) = SfuSession::connect(
             &cfg.sfu_url,
             &cfg.group.token,
@@ -137,7 +177,31 @@ impl Room {
             1,
             counter.clone(),
         )?;
-        let video_tx = TrackSender::new(MediaKind::Video, p, sfu.ext_ids(1).await?, 1, counter)?;
+        let video_ext = sfu.ext_ids(1).await?;
+        let video_tx = if cfg.simulcast.is_empty() {
+            vec![StdMutex::new(TrackSender::new(
+                MediaKind::Video,
+                p,
+                video_ext,
+                1,
+                counter,
+            )?)]
+        } else {
+            let mid = sfu.mid(1).await?;
+            cfg.simulcast
+                .iter()
+                .map(|l| {
+                    Ok(StdMutex::new(
+                        TrackSender::new(MediaKind::Video, p, video_ext, 1, counter.clone())?
+                            .with_structure(crate::media::single_layer_structure(
+                                u32::from(l.width),
+                                u32::from(l.height),
+                            ))
+                            .with_layer(&mid, &l.rid),
+                    ))
+                })
+                .collect::<Result<Vec<_>, ClientError>>()?
+        };
 
         let (frames_tx, frames) = mpsc::channel(4096);
         let mut released = group
@@ -214,7 +278,7 @@ impl Room {
             sfu: Some(sfu),
             session,
             audio: (audio, StdMutex::new(audio_tx)),
-            video: (video, StdMutex::new(video_tx)),
+            video: (video, video_tx),
             frames,
             received,
             task,
@@ -259,15 +323,70 @@ impl Room {
         timestamp: u32,
         key_frame: bool,
     ) -> Result<(), ClientError> {
+        if self.video.1.len() != 1 {
+            return Err(ClientError::Config(format!(
+                "this room publishes {} simulcast layers: use publish_video_layers",
+                self.video.1.len()
+            )));
+        }
+        self.publish_video_layer(0, frame, timestamp, key_frame)
+            .await
+    }
+
+    /// Publish one encoded frame per simulcast layer (lowest first, as configured in
+    /// [`RoomConfig::simulcast`]), all of one capture instant `timestamp`. Each layer's frame
+    /// is encrypted on its own.
+    ///
+    /// # Errors
+    /// As [`publish_audio`](Self::publish_audio); [`ClientError::Config`] when the number of
+    /// frames is not the number of layers.
+    pub async fn publish_video_layers(
+        &self,
+        frames: &[&[u8]],
+        timestamp: u32,
+        key_frame: bool,
+    ) -> Result<(), ClientError> {
+        if frames.len() != self.video.1.len() {
+            return Err(ClientError::Config(format!(
+                "{} frames for {} simulcast layers",
+                frames.len(),
+                self.video.1.len()
+            )));
+        }
+        for (layer, frame) in frames.iter().enumerate() {
+            self.publish_video_layer(layer, frame, timestamp, key_frame)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn publish_video_layer(
+        &self,
+        layer: usize,
+        frame: &[u8],
+        timestamp: u32,
+        key_frame: bool,
+    ) -> Result<(), ClientError> {
         let pkts = {
-            let mut tx = self
-                .video
-                .1
+            let mut tx = self.video.1[layer]
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             tx.send(&mut self.session.lock(), frame, timestamp, key_frame, None)?
         };
-        self.video.0.send(&pkts).await
+        self.video.0.send_layer(layer, &pkts).await
+    }
+
+    /// Ask the SFU for simulcast layer `rid` of another participant's `track` (a
+    /// [`RemoteFrame::track`]); the switch happens at that layer's next key frame. An empty
+    /// `rid`: the track's first layer.
+    ///
+    /// # Errors
+    /// [`ClientError::Stopped`] after leaving.
+    pub async fn set_video_layer(&self, track: &str, rid: &str) -> Result<(), ClientError> {
+        match &self.sfu {
+            Some(s) => s.set_layer(track, rid).await,
+            None => Err(ClientError::Stopped),
+        }
     }
 
     /// The next decrypted frame from another participant.
@@ -289,10 +408,20 @@ impl Room {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .stats()
         };
+        let video_layers_sent: Vec<SendStats> = self.video.1.iter().map(lock).collect();
+        let video_sent = video_layers_sent
+            .iter()
+            .fold(SendStats::default(), |a, l| SendStats {
+                frames: a.frames + l.frames,
+                packets: a.packets + l.packets,
+                bytes: a.bytes + l.bytes,
+                refused: a.refused + l.refused,
+            });
         RoomStats {
             group: self.group.status(),
             audio_sent: lock(&self.audio.1),
-            video_sent: lock(&self.video.1),
+            video_sent,
+            video_layers_sent,
             received: self
                 .received
                 .lock()

@@ -266,6 +266,46 @@ impl SfuSession {
         negotiated_ext_ids(s).await
     }
 
+    /// The mid of the `i`-th published track's transceiver (once negotiated).
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] for a bad index or a track without a mid yet.
+    pub async fn mid(&self, i: usize) -> Result<String, ClientError> {
+        let sender = self
+            .senders
+            .get(i)
+            .ok_or_else(|| ClientError::Config(format!("no published track {i}")))?;
+        for t in self.pc.get_transceivers().await {
+            if let Ok(Some(s)) = t.sender().await
+                && Arc::ptr_eq(&s, sender)
+                && let Ok(Some(mid)) = t.mid().await
+            {
+                return Ok(mid);
+            }
+        }
+        Err(ClientError::Config(format!(
+            "published track {i} has no mid"
+        )))
+    }
+
+    /// Ask the SFU for simulcast layer `rid` of `track` (a [`RemoteMedia::track`]); it switches
+    /// at that layer's next key frame. An empty `rid`: the track's first layer.
+    ///
+    /// # Errors
+    /// [`ClientError::Stopped`] when the session has ended.
+    pub async fn set_layer(&self, track: &str, rid: &str) -> Result<(), ClientError> {
+        self.requests
+            .send(pb::SignalRequest {
+                id: 0,
+                request: Some(R::SetLayer(pb::SetLayer {
+                    track: track.to_owned(),
+                    rid: rid.to_owned(),
+                })),
+            })
+            .await
+            .map_err(|_| ClientError::Stopped)
+    }
+
     /// Leave the SFU and close the connection.
     pub async fn leave(self) {
         let _ = self

@@ -33,6 +33,10 @@ pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 /// The AV1 dependency descriptor.
 pub const DD_URI: &str =
     "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
+/// The transceiver's mid (RFC 9143), sent by simulcast layers on their first packets.
+pub const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+/// The simulcast layer's rid (RFC 8852).
+pub const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 /// Payload type of Opus.
 pub const OPUS_PT: u8 = 111;
 /// Payload type of VP8.
@@ -133,19 +137,20 @@ pub async fn peer_connection(
     Ok(Arc::new(pc))
 }
 
-/// One outgoing track: a webrtc-rs RTP track with a fixed SSRC.
+/// One outgoing track: a webrtc-rs RTP track with a fixed SSRC per encoding (one, or one per
+/// simulcast layer).
 #[derive(Clone)]
 pub struct LocalTrack {
     track: Arc<TrackLocalStaticRTP>,
     kind: MediaKind,
-    ssrc: u32,
+    ssrcs: Vec<u32>,
 }
 
 impl core::fmt::Debug for LocalTrack {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("LocalTrack")
             .field("kind", &self.kind)
-            .field("ssrc", &self.ssrc)
+            .field("ssrcs", &self.ssrcs)
             .finish_non_exhaustive()
     }
 }
@@ -171,8 +176,43 @@ impl LocalTrack {
         Self {
             track: Arc::new(track),
             kind,
-            ssrc,
+            ssrcs: vec![ssrc],
         }
+    }
+
+    /// A video track sent as simulcast layers, `(rid, ssrc)` each, lowest first (`q`, `h`,
+    /// `f`, as browsers name them).
+    #[must_use]
+    pub fn simulcast(stream: &str, id: &str, layers: &[(&str, u32)]) -> Self {
+        let track = TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            stream.to_owned(),
+            id.to_owned(),
+            id.to_owned(),
+            rtp_kind(MediaKind::Video),
+            layers
+                .iter()
+                .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        rid: (*rid).to_owned(),
+                        ssrc: Some(*ssrc),
+                        ..Default::default()
+                    },
+                    codec: codec(MediaKind::Video),
+                    ..Default::default()
+                })
+                .collect(),
+        ));
+        Self {
+            track: Arc::new(track),
+            kind: MediaKind::Video,
+            ssrcs: layers.iter().map(|(_, s)| *s).collect(),
+        }
+    }
+
+    /// Encodings (simulcast layers) of this track.
+    #[must_use]
+    pub fn layers(&self) -> usize {
+        self.ssrcs.len()
     }
 
     /// The track to add to a peer connection.
@@ -186,13 +226,27 @@ impl LocalTrack {
     /// # Errors
     /// [`ClientError::Transport`] if the connection is gone or a packet cannot be written.
     pub async fn send(&self, packets: &[RtpOut]) -> Result<(), ClientError> {
+        self.send_layer(0, packets).await
+    }
+
+    /// Send packets on simulcast layer `layer` (its SSRC).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); [`ClientError::Config`] for a layer the track does not have.
+    pub async fn send_layer(&self, layer: usize, packets: &[RtpOut]) -> Result<(), ClientError> {
+        let ssrc = *self.ssrcs.get(layer).ok_or_else(|| {
+            ClientError::Config(format!(
+                "layer {layer} of a track with {} layers",
+                self.ssrcs.len()
+            ))
+        })?;
         let pt = match self.kind {
             MediaKind::Audio => OPUS_PT,
             MediaKind::Video => VP8_PT,
         };
         for p in packets {
             self.track
-                .write_rtp(to_rtp(p, self.ssrc, pt)?)
+                .write_rtp(to_rtp(p, ssrc, pt)?)
                 .await
                 .map_err(rtc_err("write RTP"))?;
         }
@@ -249,6 +303,8 @@ pub async fn negotiated_ext_ids(sender: &Arc<dyn RtpSender>) -> Result<ExtIds, C
     Ok(ExtIds {
         audio_level: id(AUDIO_LEVEL_URI),
         dependency_descriptor: id(DD_URI),
+        mid: id(MID_URI),
+        rid: id(RID_URI),
     })
 }
 
