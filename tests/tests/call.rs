@@ -80,6 +80,34 @@ async fn call(packetization: Packetization) {
             );
         }
     }
+    // Network statistics, like getStats: every received track counted, nothing lost on
+    // loopback (NACK repairs what the kernel drops), jitter measured, an RTT to the SFU.
+    for (me, r) in rooms.iter().enumerate() {
+        let stats = r.stats();
+        assert_eq!(stats.received.len(), 4, "{}: {stats:?}", NAMES[me]);
+        for (track, t) in &stats.received {
+            assert!(t.packets > 50, "{track}: {t:?}");
+            assert!(t.packets_lost <= 0, "{track}: {t:?}");
+            assert!(
+                t.jitter > Duration::ZERO && t.jitter < Duration::from_secs(1),
+                "{track}: {t:?}"
+            );
+        }
+        let net = r.network_stats().await;
+        let rtt = net.round_trip_time.expect("an RTT to the SFU");
+        assert!(rtt < Duration::from_secs(1), "{rtt:?}");
+        assert_eq!(net.outbound.len(), 2, "{net:?}");
+        assert!(net.outbound.iter().all(|o| o.packets_sent > 50), "{net:?}");
+        let mut tracks: Vec<_> = net.inbound.iter().filter_map(|i| i.track.clone()).collect();
+        tracks.sort();
+        let mut want: Vec<_> = stats.received.keys().cloned().collect();
+        want.sort();
+        assert_eq!(tracks, want, "{net:?}");
+        for i in &net.inbound {
+            let t = &stats.received[i.track.as_ref().unwrap()];
+            assert!(i.packets_received >= t.packets, "{i:?} {t:?}");
+        }
+    }
     let epochs: BTreeSet<_> = rooms.iter().map(|r| r.group().status().epoch).collect();
     assert_eq!(epochs.len(), 1, "one epoch for all: {epochs:?}");
     for r in rooms {

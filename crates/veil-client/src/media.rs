@@ -160,6 +160,81 @@ pub struct ReceiveStats {
     /// Decryption failures by reason (`unknown_key`, `retired_key`, `auth_failed`, `replay`,
     /// `malformed`, `other`).
     pub decrypt_failures: std::collections::BTreeMap<&'static str, u64>,
+    /// Packets lost: expected (from the extended highest sequence number) minus received,
+    /// RFC 3550 §6.4.1 / A.3 (negative when duplicates arrived).
+    pub packets_lost: i64,
+    /// Interarrival jitter, RFC 3550 §6.4.1 / A.8 (packets pushed with an arrival time only).
+    pub jitter: Duration,
+}
+
+/// RFC 3550 reception statistics of one stream: loss from sequence numbers (A.3) and
+/// interarrival jitter (A.8). Sans-I/O: the caller gives arrival times.
+#[derive(Debug, Clone, Default)]
+pub struct Reception {
+    /// `(base, extended highest)` sequence numbers once a packet arrived.
+    seq: Option<(u32, u32)>,
+    received: u64,
+    clock_rate: u32,
+    /// Previous `arrival − timestamp`, in timestamp units.
+    transit: Option<f64>,
+    /// Jitter in timestamp units.
+    jitter: f64,
+}
+
+impl Reception {
+    /// A stream whose RTP clock runs at `clock_rate` Hz.
+    #[must_use]
+    pub fn new(clock_rate: u32) -> Self {
+        Self {
+            clock_rate,
+            ..Self::default()
+        }
+    }
+
+    /// One packet: its sequence number and RTP timestamp, and when it arrived (on any clock
+    /// that only moves forward), if known.
+    pub fn on_packet(&mut self, seq: u16, timestamp: u32, arrival: Option<Duration>) {
+        self.received += 1;
+        self.seq = Some(match self.seq {
+            None => (u32::from(seq), u32::from(seq)),
+            Some((base, max)) => {
+                let delta = seq.wrapping_sub(max as u16);
+                if delta != 0 && delta < 0x8000 {
+                    (base, max.wrapping_add(u32::from(delta)))
+                } else {
+                    (base, max)
+                }
+            }
+        });
+        if let Some(at) = arrival {
+            let transit = at.as_secs_f64() * f64::from(self.clock_rate) - f64::from(timestamp);
+            if let Some(prev) = self.transit {
+                let d = (transit - prev).abs();
+                // Only the same frame's packets share a timestamp; a later frame can wrap it.
+                if d < f64::from(self.clock_rate) * 60.0 {
+                    self.jitter += (d - self.jitter) / 16.0;
+                }
+            }
+            self.transit = Some(transit);
+        }
+    }
+
+    /// Packets lost so far (expected − received).
+    #[must_use]
+    pub fn lost(&self) -> i64 {
+        self.seq.map_or(0, |(base, max)| {
+            i64::from(max.wrapping_sub(base)) + 1 - self.received as i64
+        })
+    }
+
+    /// Interarrival jitter.
+    #[must_use]
+    pub fn jitter(&self) -> Duration {
+        if self.clock_rate == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(self.jitter / f64::from(self.clock_rate))
+    }
 }
 
 /// A short label for why a frame did not decrypt.
@@ -375,6 +450,7 @@ pub struct TrackReceiver {
     reassembler: Reassembler,
     track_tag: u32,
     stats: ReceiveStats,
+    reception: Reception,
 }
 
 impl core::fmt::Debug for TrackReceiver {
@@ -394,10 +470,15 @@ impl TrackReceiver {
             (MediaKind::Audio, Packetization::Browser) => PacketFormat::Opus,
             (MediaKind::Video, Packetization::Browser) => PacketFormat::Vp8,
         };
+        let clock_rate = match kind {
+            MediaKind::Audio => 48_000,
+            MediaKind::Video => 90_000,
+        };
         Self {
             reassembler: Reassembler::with_config(format, ReassemblerConfig::default()),
             track_tag: 0,
             stats: ReceiveStats::default(),
+            reception: Reception::new(clock_rate),
         }
     }
 
@@ -418,6 +499,21 @@ impl TrackReceiver {
     /// Take one RTP packet (sequence number, timestamp, marker, payload). A malformed payload
     /// is counted by the reassembler and otherwise ignored.
     pub fn push(&mut self, seq: u16, timestamp: u32, marker: bool, payload: &[u8]) {
+        self.push_at(seq, timestamp, marker, payload, None);
+    }
+
+    /// [`push`](Self::push), with the packet's arrival time for the jitter (RFC 3550 A.8).
+    pub fn push_at(
+        &mut self,
+        seq: u16,
+        timestamp: u32,
+        marker: bool,
+        payload: &[u8],
+        arrival: Option<Duration>,
+    ) {
+        self.reception.on_packet(seq, timestamp, arrival);
+        self.stats.packets_lost = self.reception.lost();
+        self.stats.jitter = self.reception.jitter();
         self.stats.packets += 1;
         let _ = self.reassembler.push(RtpIn {
             seq,
@@ -605,6 +701,50 @@ mod tests {
                 data: f
             }]
         );
+    }
+
+    #[test]
+    fn reception_counts_loss_across_a_sequence_wrap_and_duplicates() {
+        let mut r = Reception::new(48_000);
+        // 65530..=65535, 0..=9 with 65533 and 4 missing: 16 expected, 14 received.
+        for seq in (65530u16..=65535)
+            .chain(0..10)
+            .filter(|s| ![65533, 4].contains(s))
+        {
+            r.on_packet(seq, 0, None);
+        }
+        assert_eq!(r.lost(), 2);
+        // A late packet fills a gap; an old one (before the wrap) does not move the maximum.
+        r.on_packet(4, 0, None);
+        assert_eq!(r.lost(), 1);
+        // A duplicate makes the count negative-going, as RFC 3550 says it may.
+        r.on_packet(9, 0, None);
+        assert_eq!(r.lost(), 0);
+    }
+
+    #[test]
+    fn reception_jitter_follows_rfc_3550() {
+        let ms = |m: u64| Some(Duration::from_millis(m));
+        // Perfect pacing (20 ms frames at 48 kHz, arriving 20 ms apart, any fixed delay).
+        let mut r = Reception::new(48_000);
+        for i in 0..100u32 {
+            r.on_packet(i as u16, 1000 + i * 960, ms(500 + 20 * u64::from(i)));
+        }
+        assert_eq!(r.jitter(), Duration::ZERO);
+        // Arrivals alternate 5 ms early and late: every |D| is 10 ms and J converges to it.
+        let mut r = Reception::new(48_000);
+        for i in 0..400u32 {
+            let at = 500 + 20 * u64::from(i) + if i % 2 == 0 { 0 } else { 10 };
+            r.on_packet(i as u16, i * 960, ms(at));
+        }
+        let j = r.jitter().as_secs_f64() * 1000.0;
+        assert!((j - 10.0).abs() < 0.01, "{j} ms");
+        // A frame 33.3 ms of media later arriving 193 ms later: |D| = 159.67 ms, J = |D|/16.
+        let mut r = Reception::new(90_000);
+        r.on_packet(0, 0, ms(0));
+        r.on_packet(1, 3000, ms(33 + 160));
+        let j = r.jitter().as_secs_f64() * 1000.0;
+        assert!((j - (160.0 - 1.0 / 3.0) / 16.0).abs() < 0.001, "{j} ms");
     }
 
     #[test]

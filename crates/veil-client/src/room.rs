@@ -114,6 +114,8 @@ pub struct Room {
     video: (LocalTrack, Vec<StdMutex<TrackSender>>),
     frames: mpsc::Receiver<RemoteFrame>,
     received: std::sync::Arc<StdMutex<HashMap<String, ReceiveStats>>>,
+    /// The SFU's SSRC of each received track, for the network statistics.
+    ssrc_tracks: std::sync::Arc<StdMutex<HashMap<u32, String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -209,6 +211,8 @@ impl Room {
             .ok_or_else(|| ClientError::Config("released frames already taken".into()))?;
         let received = std::sync::Arc::new(StdMutex::new(HashMap::new()));
         let stats = received.clone();
+        let ssrc_tracks = std::sync::Arc::new(StdMutex::new(HashMap::new()));
+        let ssrcs = ssrc_tracks.clone();
         let s = session.clone();
         let task = tokio::spawn(async move {
             // Track names by tag, for frames released when their commit arrives.
@@ -227,7 +231,18 @@ impl Room {
                             by_tag.insert(next_tag, track.clone());
                             (next_tag, TrackReceiver::new(kind, p).with_track_tag(next_tag), publisher, kind)
                         });
-                        rx.push(packet.seq, packet.timestamp, packet.marker, &packet.payload);
+                        rx.push_at(
+                            packet.seq,
+                            packet.timestamp,
+                            packet.marker,
+                            &packet.payload,
+                            Some(s.now()),
+                        );
+                        ssrcs
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .entry(packet.ssrc)
+                            .or_insert_with(|| track.clone());
                         let out = {
                             let mut g = s.lock();
                             rx.drain(&mut g, s.now())
@@ -281,6 +296,7 @@ impl Room {
             video: (video, video_tx),
             frames,
             received,
+            ssrc_tracks,
             task,
         })
     }
@@ -428,6 +444,24 @@ impl Room {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone(),
         }
+    }
+
+    /// Network statistics of the WebRTC connection (getStats): per received track packets
+    /// lost, jitter and NACKs; per sent stream packets, retransmissions and the round-trip time
+    /// from the SFU's receiver reports; the ICE round-trip time.
+    pub async fn network_stats(&self) -> crate::transport::NetworkStats {
+        let Some(sfu) = &self.sfu else {
+            return crate::transport::NetworkStats::default();
+        };
+        let mut s = sfu.network_stats().await;
+        let names = self
+            .ssrc_tracks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for i in &mut s.inbound {
+            i.track = names.get(&i.ssrc).cloned();
+        }
+        s
     }
 
     /// Leave: the SFU session ends and the key service proposes this member's removal.

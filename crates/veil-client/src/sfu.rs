@@ -266,6 +266,11 @@ impl SfuSession {
         negotiated_ext_ids(s).await
     }
 
+    /// The connection's statistics (getStats).
+    pub async fn network_stats(&self) -> crate::transport::NetworkStats {
+        crate::transport::network_stats(&self.pc).await
+    }
+
     /// The mid of the `i`-th published track's transceiver (once negotiated).
     ///
     /// # Errors

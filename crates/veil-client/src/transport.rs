@@ -5,6 +5,7 @@
 //! track's RTP into [`RemotePacket`]s. Every decision about packet contents is in `media`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use rtc::media_stream::MediaStreamTrack;
@@ -351,4 +352,103 @@ pub async fn read_track(track: Arc<dyn TrackRemote>, tx: mpsc::Sender<RemotePack
             _ => {}
         }
     }
+}
+
+/// One received RTP stream, from webrtc-rs's getStats (`inbound-rtp`). Loss and jitter are in
+/// [`ReceiveStats`](crate::media::ReceiveStats), computed per RFC 3550 as packets arrive:
+/// webrtc-rs 0.21.1 fills its own only when it sends a receiver report, and its jitter there is
+/// in RTP timestamp units, not seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboundNetStats {
+    /// The SSRC (the SFU's, for this subscription).
+    pub ssrc: u32,
+    /// The SFU's track name, once a packet of the stream went through the frame path.
+    pub track: Option<String>,
+    /// RTP packets received.
+    pub packets_received: u64,
+    /// NACKs sent for this stream.
+    pub nack_count: u32,
+}
+
+/// One sent RTP stream (`outbound-rtp`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutboundNetStats {
+    /// The SSRC.
+    pub ssrc: u32,
+    /// The simulcast rid (empty without simulcast).
+    pub rid: String,
+    /// RTP packets sent.
+    pub packets_sent: u64,
+    /// Payload bytes sent.
+    pub bytes_sent: u64,
+    /// Packets sent again after a NACK.
+    pub retransmitted_packets: u64,
+    /// Fraction lost in the SFU's last receiver report, once one arrived.
+    pub fraction_lost: Option<f64>,
+}
+
+/// The connection's network statistics, like WebRTC's getStats.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetworkStats {
+    /// Round-trip time to the SFU: the selected ICE candidate pair's, from its STUN consent
+    /// checks (webrtc-rs 0.21.1 does not derive one from receiver reports).
+    pub round_trip_time: Option<Duration>,
+    /// Streams received.
+    pub inbound: Vec<InboundNetStats>,
+    /// Streams sent.
+    pub outbound: Vec<OutboundNetStats>,
+}
+
+fn seconds(s: f64) -> Option<Duration> {
+    (s.is_finite() && s > 0.0).then(|| Duration::from_secs_f64(s))
+}
+
+/// Read `pc`'s statistics.
+pub async fn network_stats(pc: &Arc<dyn PeerConnection>) -> NetworkStats {
+    use webrtc::peer_connection::{RTCStatsReportEntry as S, StatsSelector};
+    let report = pc
+        .get_stats(std::time::Instant::now(), StatsSelector::None)
+        .await;
+    let mut out = NetworkStats::default();
+    let mut remote: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
+    for e in report.iter() {
+        match e {
+            S::IceCandidatePair(p) if p.nominated => {
+                out.round_trip_time = seconds(p.current_round_trip_time).or(out.round_trip_time);
+            }
+            S::InboundRtp(s) => {
+                let r = &s.received_rtp_stream_stats;
+                out.inbound.push(InboundNetStats {
+                    ssrc: r.rtp_stream_stats.ssrc,
+                    track: None,
+                    packets_received: r.packets_received,
+                    nack_count: s.nack_count,
+                });
+            }
+            S::OutboundRtp(s) => {
+                let t = &s.sent_rtp_stream_stats;
+                out.outbound.push(OutboundNetStats {
+                    ssrc: t.rtp_stream_stats.ssrc,
+                    rid: s.rid.clone(),
+                    packets_sent: t.packets_sent,
+                    bytes_sent: t.bytes_sent,
+                    retransmitted_packets: s.retransmitted_packets_sent,
+                    fraction_lost: None,
+                });
+            }
+            S::RemoteInboundRtp(s) if s.round_trip_time_measurements > 0 => {
+                remote.insert(
+                    s.received_rtp_stream_stats.rtp_stream_stats.ssrc,
+                    s.fraction_lost,
+                );
+            }
+            _ => {}
+        }
+    }
+    for o in &mut out.outbound {
+        o.fraction_lost = remote.get(&o.ssrc).copied();
+    }
+    out.inbound.sort_by_key(|s| s.ssrc);
+    out.outbound.sort_by_key(|s| s.ssrc);
+    out
 }
