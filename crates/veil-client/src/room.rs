@@ -89,6 +89,38 @@ pub struct RemoteFrame {
     pub frame: Vec<u8>,
 }
 
+/// Something that happened in the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    /// A participant joined the call (its media connection to the SFU is up).
+    ParticipantJoined {
+        /// Its identity.
+        identity: String,
+    },
+    /// A participant left the call (said so, or its connection went silent).
+    ParticipantLeft {
+        /// Its identity.
+        identity: String,
+    },
+    /// The loudest participant changed.
+    ActiveSpeaker {
+        /// Its identity.
+        identity: String,
+    },
+    /// The group moved to a new epoch: frames are encrypted under its keys from now on.
+    EpochChanged {
+        /// The epoch.
+        epoch: u64,
+        /// The epoch authenticator: equal at every member of the epoch. Applications can show
+        /// a short hash of it to compare out of band (a split view would differ).
+        authenticator: Vec<u8>,
+        /// The members' identities, by leaf index.
+        members: Vec<String>,
+    },
+    /// This participant was removed from the group: it can no longer send or decrypt.
+    Removed,
+}
+
 /// Per-participant statistics, like WebRTC's getStats plus SFrame outcomes.
 #[derive(Debug, Clone, Default)]
 pub struct RoomStats {
@@ -113,6 +145,8 @@ pub struct Room {
     /// One sender per simulcast layer (one without simulcast).
     video: (LocalTrack, Vec<StdMutex<TrackSender>>),
     frames: mpsc::Receiver<RemoteFrame>,
+    events: tokio::sync::broadcast::Sender<RoomEvent>,
+    events_task: tokio::task::JoinHandle<()>,
     received: std::sync::Arc<StdMutex<HashMap<String, ReceiveStats>>>,
     /// The SFU's SSRC of each received track, for the network statistics.
     ssrc_tracks: std::sync::Arc<StdMutex<HashMap<u32, String>>>,
@@ -205,6 +239,12 @@ impl Room {
                 .collect::<Result<Vec<_>, ClientError>>()?
         };
 
+        let (events, _) = tokio::sync::broadcast::channel(256);
+        let events_task = tokio::spawn(forward_events(
+            sfu.events(),
+            group.watch_status(),
+            events.clone(),
+        ));
         let (frames_tx, frames) = mpsc::channel(4096);
         let mut released = group
             .take_released()
@@ -295,6 +335,8 @@ impl Room {
             audio: (audio, StdMutex::new(audio_tx)),
             video: (video, video_tx),
             frames,
+            events,
+            events_task,
             received,
             ssrc_tracks,
             task,
@@ -410,6 +452,14 @@ impl Room {
         self.frames.recv().await
     }
 
+    /// Room events from now on: participants joining and leaving, the active speaker, epoch
+    /// changes with their authenticator, removal. A receiver that falls 256 events behind
+    /// loses the oldest (`Lagged`).
+    #[must_use]
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<RoomEvent> {
+        self.events.subscribe()
+    }
+
     /// The membership handle (epoch, members, add/remove/self-update).
     #[must_use]
     pub fn group(&self) -> &Group {
@@ -473,6 +523,56 @@ impl Room {
             s.leave().await;
         }
         self.task.abort();
+        self.events_task.abort();
         self.group.leave().await
+    }
+}
+
+/// The SFU's room events and the group's epoch changes, as [`RoomEvent`]s.
+async fn forward_events(
+    mut sfu: tokio::sync::broadcast::Receiver<crate::sfu::SfuEvent>,
+    mut status: tokio::sync::watch::Receiver<GroupStatus>,
+    out: tokio::sync::broadcast::Sender<RoomEvent>,
+) {
+    use crate::sfu::SfuEvent;
+    use tokio::sync::broadcast::error::RecvError;
+    let mut epoch = status.borrow_and_update().epoch;
+    let mut sfu_open = true;
+    loop {
+        tokio::select! {
+            e = sfu.recv(), if sfu_open => {
+                let ev = match e {
+                    Ok(SfuEvent::ParticipantJoined { identity }) => RoomEvent::ParticipantJoined { identity },
+                    Ok(SfuEvent::ParticipantLeft { identity }) => RoomEvent::ParticipantLeft { identity },
+                    Ok(SfuEvent::ActiveSpeaker { identity }) => RoomEvent::ActiveSpeaker { identity },
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => {
+                        sfu_open = false;
+                        continue;
+                    }
+                };
+                let _ = out.send(ev);
+            }
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let s = status.borrow_and_update().clone();
+                if s.removed {
+                    let _ = out.send(RoomEvent::Removed);
+                    return;
+                }
+                if s.epoch != epoch
+                    && let (Some(e), Some(auth)) = (s.epoch, s.epoch_authenticator.clone())
+                {
+                    epoch = s.epoch;
+                    let _ = out.send(RoomEvent::EpochChanged {
+                        epoch: e,
+                        authenticator: auth,
+                        members: s.members,
+                    });
+                }
+            }
+        }
     }
 }

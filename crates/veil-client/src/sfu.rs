@@ -101,12 +101,33 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// What the SFU says about the room (from its signalling stream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SfuEvent {
+    /// A participant joined the SFU room.
+    ParticipantJoined {
+        /// Its identity.
+        identity: String,
+    },
+    /// A participant left the SFU room (said so, went silent, or never connected).
+    ParticipantLeft {
+        /// Its identity.
+        identity: String,
+    },
+    /// The loudest participant changed (RFC 6464 audio levels, read by the SFU).
+    ActiveSpeaker {
+        /// Its identity.
+        identity: String,
+    },
+}
+
 /// A connected media session.
 pub struct SfuSession {
     pc: Arc<dyn PeerConnection>,
     requests: mpsc::Sender<pb::SignalRequest>,
     senders: Vec<Arc<dyn RtpSender>>,
     identity: String,
+    events: tokio::sync::broadcast::Sender<SfuEvent>,
     task: tokio::task::JoinHandle<Result<(), ClientError>>,
 }
 
@@ -228,6 +249,7 @@ impl SfuSession {
         wait_true(&mut connected, "connection to the SFU").await?;
 
         let identity = joined.identity.clone();
+        let (room_events, _) = tokio::sync::broadcast::channel(256);
         let task = tokio::spawn(signalling(
             pc.clone(),
             requests.clone(),
@@ -235,6 +257,7 @@ impl SfuSession {
             early,
             known,
             identity.clone(),
+            room_events.clone(),
         ));
         Ok((
             Self {
@@ -242,6 +265,7 @@ impl SfuSession {
                 requests,
                 senders,
                 identity,
+                events: room_events,
                 task,
             },
             media_rx,
@@ -264,6 +288,12 @@ impl SfuSession {
             .get(i)
             .ok_or_else(|| ClientError::Config(format!("no published track {i}")))?;
         negotiated_ext_ids(s).await
+    }
+
+    /// Room events from now on.
+    #[must_use]
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<SfuEvent> {
+        self.events.subscribe()
     }
 
     /// The connection's statistics (getStats).
@@ -333,6 +363,7 @@ async fn signalling(
     early: Vec<E>,
     known: Tracks,
     me: String,
+    room_events: tokio::sync::broadcast::Sender<SfuEvent>,
 ) -> Result<(), ClientError> {
     let mut next_id = 2u32;
     let mut pending: std::collections::VecDeque<E> = early.into();
@@ -391,6 +422,22 @@ async fn signalling(
                 if requests.send(r).await.is_err() {
                     return Ok(());
                 }
+            }
+            // Nobody listening is fine.
+            E::ParticipantJoined(p) => {
+                let _ = room_events.send(SfuEvent::ParticipantJoined {
+                    identity: p.identity,
+                });
+            }
+            E::ParticipantLeft(p) => {
+                let _ = room_events.send(SfuEvent::ParticipantLeft {
+                    identity: p.identity,
+                });
+            }
+            E::ActiveSpeaker(p) => {
+                let _ = room_events.send(SfuEvent::ActiveSpeaker {
+                    identity: p.identity,
+                });
             }
             E::RequestFailed(f) => {
                 tracing::warn!(
