@@ -246,7 +246,17 @@ pub async fn run(
                     source,
                 })?;
             let bound = l.local_addr().ok();
-            tokio::spawn(metrics::serve_http(l, metrics.clone()));
+            // One exposition for the roles this process runs (the SFU's metrics are
+            // `veil_sfu_*`, the key service's `veil_keys_*`).
+            let (keys, sfu_handle) = (metrics.clone(), sfu.clone());
+            let exposition: metrics::Exposition = Arc::new(move || {
+                let mut parts = vec![keys.encode()];
+                if let Some(s) = &sfu_handle {
+                    parts.push(s.metrics().encode());
+                }
+                metrics::join_expositions(&parts)
+            });
+            tokio::spawn(metrics::serve_http(l, exposition));
             bound
         }
         None => None,

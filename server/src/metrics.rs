@@ -112,8 +112,23 @@ impl Metrics {
     }
 }
 
+/// Join OpenMetrics expositions into one: each ends with `# EOF`, which may appear only once,
+/// at the end.
+#[must_use]
+pub fn join_expositions(parts: &[String]) -> String {
+    let mut out = String::new();
+    for p in parts {
+        out.push_str(p.strip_suffix("# EOF\n").unwrap_or(p));
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// What `/metrics` serves: the text exposition of every role in this process.
+pub type Exposition = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Serve `GET /metrics` and `GET /healthz` on `listener` until the task is dropped.
-pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve_http(listener: TcpListener, metrics: Exposition) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
@@ -134,7 +149,7 @@ pub async fn serve_http(listener: TcpListener, metrics: Arc<Metrics>) {
                 "/metrics" => (
                     "200 OK",
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    metrics.encode(),
+                    metrics(),
                 ),
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
                 _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
@@ -156,4 +171,23 @@ pub fn reject(metrics: &Metrics, rpc: &'static str, reason: &'static str) {
         .rejected
         .get_or_create(&Rejection { rpc, reason })
         .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_roles_make_one_exposition_with_one_eof() {
+        let keys = Metrics::default();
+        keys.commits.inc();
+        let sfu =
+            "# HELP veil_sfu_rooms Rooms.\n# TYPE veil_sfu_rooms gauge\nveil_sfu_rooms 2\n# EOF\n";
+        let text = join_expositions(&[keys.encode(), sfu.to_owned()]);
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.ends_with("veil_sfu_rooms 2\n# EOF\n"), "{text}");
+        assert!(text.contains("veil_keys_commits_total 1\n"), "{text}");
+        // One part, or one without an EOF of its own, still ends with exactly one.
+        assert_eq!(join_expositions(&["a 1\n".to_owned()]), "a 1\n# EOF\n");
+    }
 }

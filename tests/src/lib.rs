@@ -15,6 +15,8 @@ use veil_client::room::{Room, RoomConfig};
 pub struct Server {
     /// `http://127.0.0.1:port`.
     pub url: String,
+    /// Where `/metrics` and `/healthz` are served.
+    pub metrics: std::net::SocketAddr,
     /// Every packet the SFU receives, as it receives it (SFU-TAP-01): what a curious SFU
     /// operator could record.
     pub tap: veil_sfu::Tap,
@@ -34,9 +36,12 @@ impl Server {
         cfg.kds.departure_grace = Duration::from_secs(2);
         let tap = veil_sfu::Tap::new(1 << 16);
         cfg.sfu.as_mut().expect("loopback runs the SFU").tap = Some(tap.clone());
-        let addr = veil_server::spawn(cfg).await.unwrap().grpc;
+        cfg.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let bound = veil_server::spawn(cfg).await.unwrap();
+        let addr = bound.grpc;
         Self {
             url: format!("http://{addr}"),
+            metrics: bound.metrics.expect("a metrics listener"),
             tap,
             key,
             _dir: dir,
@@ -71,6 +76,32 @@ impl Server {
         c.group.proposal_commit_delay = Duration::from_millis(50);
         c
     }
+}
+
+impl Server {
+    /// `GET /metrics`: the body.
+    ///
+    /// # Panics
+    /// If the endpoint does not answer 200.
+    pub async fn metrics_text(&self) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: veil\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
+    }
+}
+
+/// The value of the series `name` (with its labels, exactly as exposed) in `text`.
+#[must_use]
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// A deterministic audio frame of participant `who`, number `i`.

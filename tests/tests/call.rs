@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use veil_client::media::{MediaKind, Packetization};
 use veil_client::room::Room;
-use veil_e2e::{Got, Server, audio_frame, collect, video_frame, warm_up};
+use veil_e2e::{Got, Server, audio_frame, collect, metric, video_frame, warm_up};
 
 const NAMES: [&str; 3] = ["alice", "bob", "carol"];
 
@@ -108,6 +108,23 @@ async fn call(packetization: Packetization) {
             assert!(i.packets_received >= t.packets, "{i:?} {t:?}");
         }
     }
+    // One /metrics for both roles: the SFU forwarded each audio packet to two subscribers and
+    // dropped nothing for spoofing; the key service accepted the joins' commits.
+    let text = server.metrics_text().await;
+    assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    assert!(text.ends_with("# EOF\n"));
+    let received = metric(&text, "veil_sfu_received_packets_total{kind=\"audio\"}").unwrap();
+    let forwarded = metric(&text, "veil_sfu_forwarded_packets_total{kind=\"audio\"}").unwrap();
+    assert!(received >= 3.0 * 50.0, "{text}");
+    assert!(
+        forwarded >= 2.0 * 3.0 * 50.0 && forwarded <= 2.0 * received,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "veil_sfu_participants"), Some(3.0), "{text}");
+    assert!(
+        metric(&text, "veil_keys_commits_total").unwrap() >= 2.0,
+        "{text}"
+    );
     let epochs: BTreeSet<_> = rooms.iter().map(|r| r.group().status().epoch).collect();
     assert_eq!(epochs.len(), 1, "one epoch for all: {epochs:?}");
     for r in rooms {
