@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use veil_client::keys::KeyClient;
-use veil_client::media::MediaKind;
+use veil_client::media::{MediaKind, Packetization};
 use veil_client::room::Room;
 use veil_e2e::{Server, audio_frame, collect, drain, warm_up};
 
@@ -25,12 +25,26 @@ async fn talk(rooms: &[Room], from: u32, n: u32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stayers_lose_nothing_and_a_cheating_leaver_decrypts_nothing_new() {
+async fn stayers_lose_nothing_and_a_cheating_leaver_decrypts_nothing_new_browser_packetization() {
+    membership(Packetization::Browser).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stayers_lose_nothing_and_a_cheating_leaver_decrypts_nothing_new_ietf_packetization() {
+    membership(Packetization::Ietf).await;
+}
+
+async fn membership(packetization: Packetization) {
     let server = Server::start().await;
     let room = "members";
+    let cfg = |name: &str| {
+        let mut c = server.room(room, name);
+        c.packetization = packetization;
+        c
+    };
     let mut rooms = Vec::new();
     for name in ["alice", "bob", "carol"] {
-        rooms.push(Room::join(server.room(room, name)).await.unwrap());
+        rooms.push(Room::join(cfg(name)).await.unwrap());
     }
     for r in &rooms {
         r.group()
@@ -41,7 +55,7 @@ async fn stayers_lose_nothing_and_a_cheating_leaver_decrypts_nothing_new() {
     warm_up(&mut rooms, 2).await;
 
     // Phase 1: dave joins while alice and bob talk.
-    let dave_cfg = server.room(room, "dave");
+    let dave_cfg = cfg("dave");
     let dave = tokio::spawn(async move { Room::join(dave_cfg).await.unwrap() });
     talk(&rooms, 0, 40).await;
     let dave = dave.await.unwrap();
