@@ -14,6 +14,11 @@ pub enum DropReason {
     /// A switch was wanted, but the packet has no dependency descriptor, so key frames cannot
     /// be recognised: the SFU keeps forwarding the current layer.
     NoDependencyDescriptor,
+    /// Silent audio, dropped on purpose (DTX, SFU-DTX-01); later packets are renumbered.
+    Silence,
+    /// A packet older than one dropped as silence arrived late: later packets were renumbered
+    /// across the dropped one, so this one's number would collide (SFU-FWD-05).
+    LateAfterSkip,
 }
 
 /// The forwarder's verdict on one packet.
@@ -51,6 +56,8 @@ pub struct ForwarderStats {
     pub started_without_dd: u64,
     /// Packets dropped on purpose with [`LayerForwarder::skip`] (e.g. silent audio).
     pub skipped: u64,
+    /// Packets dropped because they arrived after a later packet was skipped.
+    pub late_after_skip: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +78,10 @@ pub struct LayerForwarder {
     ts_offset: u32,
     last: Option<Last>,
     last_frame_number: Option<u16>,
+    /// Newest input sequence number handled on the current layer (forwarded or skipped).
+    newest_in: Option<u16>,
+    /// Input sequence number of the newest skipped packet: older packets are not forwarded.
+    skip_floor: Option<u16>,
     stats: ForwarderStats,
 }
 
@@ -87,6 +98,8 @@ impl LayerForwarder {
             ts_offset: 0,
             last: None,
             last_frame_number: None,
+            newest_in: None,
+            skip_floor: None,
             stats: ForwarderStats::default(),
         }
     }
@@ -132,6 +145,16 @@ impl LayerForwarder {
         if let Some(d) = dd.filter(|d| d.start_of_frame) {
             self.last_frame_number = Some(d.frame_number);
         }
+        if self.newest_in.is_none_or(|n| is_newer(seq, n)) {
+            self.newest_in = Some(seq);
+            // A floor half a sequence cycle behind would read as ahead: forget it long before.
+            if self
+                .skip_floor
+                .is_some_and(|f| seq.wrapping_sub(f) >= 0x4000)
+            {
+                self.skip_floor = None;
+            }
+        }
         self.stats.forwarded += 1;
         Decision::Forward {
             ssrc: self.out_ssrc,
@@ -166,6 +189,8 @@ impl LayerForwarder {
             }
         }
         self.current = Some(layer);
+        self.newest_in = None;
+        self.skip_floor = None;
         self.stats.switches += 1;
         self.forward(seq, ts, dd, now, true)
     }
@@ -181,6 +206,10 @@ impl LayerForwarder {
         now: Duration,
     ) -> Decision {
         if self.current == Some(layer) {
+            if self.skip_floor.is_some_and(|f| !is_newer(seq, f)) {
+                self.stats.late_after_skip += 1;
+                return Decision::Drop(DropReason::LateAfterSkip);
+            }
             return self.forward(seq, ts, dd, now, false);
         }
         if self.target != Some(layer) {
@@ -209,19 +238,31 @@ impl LayerForwarder {
         }
     }
 
-    /// Drop a packet of the forwarded stream on purpose (silent audio under DTX, SFU-FWD-05)
+    /// Drop packet `seq` of `layer` on purpose (silent audio under DTX, SFU-FWD-05, SFU-DTX-01)
     /// without leaving a gap: later packets are renumbered so the subscriber sees contiguous
-    /// sequence numbers and sends no NACK for the dropped one. Call it in arrival order, for
-    /// packets after the last forwarded one.
-    pub fn skip(&mut self) {
-        self.seq_offset = self.seq_offset.wrapping_sub(1);
+    /// sequence numbers and sends no NACK for the dropped one. A skipped packet that is not newer
+    /// than the newest one handled (reordered) renumbers nothing. Packets older than a skipped
+    /// one that arrive later are dropped ([`DropReason::LateAfterSkip`]): their numbers would
+    /// collide.
+    pub fn skip(&mut self, layer: u8, seq: u16) -> Decision {
         self.stats.skipped += 1;
+        if self.current == Some(layer) && self.newest_in.is_none_or(|n| is_newer(seq, n)) {
+            self.seq_offset = self.seq_offset.wrapping_sub(1);
+            self.newest_in = Some(seq);
+            self.skip_floor = Some(seq);
+        }
+        Decision::Drop(DropReason::Silence)
     }
 
     fn continues_frame_numbers(&self, n: u16) -> bool {
         self.last_frame_number
             .is_none_or(|last| (n.wrapping_sub(last) as i16) > 0)
     }
+}
+
+/// Whether sequence number `a` is newer than `b` (RFC 3550 wrap-around).
+fn is_newer(a: u16, b: u16) -> bool {
+    (a.wrapping_sub(b) as i16) > 0
 }
 
 #[cfg(test)]
@@ -236,11 +277,11 @@ mod tests {
         // 100 audio packets starting near the wrap; every third is silence and is skipped.
         for i in 0..100u16 {
             let seq = 65_500u16.wrapping_add(i);
+            let now = Duration::from_millis(20 * u64::from(i));
             if i % 3 == 1 {
-                f.skip();
+                assert_eq!(f.skip(0, seq), Decision::Drop(DropReason::Silence));
                 continue;
             }
-            let now = Duration::from_millis(20 * u64::from(i));
             match f.on_packet(0, seq, 960 * u32::from(i), None, now) {
                 Decision::Forward { seq, .. } => out.push(seq),
                 Decision::Drop(r) => panic!("dropped {r:?}"),
@@ -252,5 +293,45 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(f.stats().skipped, 33);
+    }
+
+    #[test]
+    fn packets_reordered_around_a_skip_never_reuse_a_sequence_number() {
+        let mut f = LayerForwarder::new(9, 48_000);
+        f.set_target(Some(0));
+        // Arrival order; `true` = silent (skipped).
+        let arrivals = [
+            (0, false),
+            (1, false),
+            (3, true),
+            (2, false), // late, older than the skipped 3: its number would collide
+            (4, false),
+            (5, true),
+            (6, true),
+            (5, true), // a duplicate of a skipped packet renumbers nothing
+            (7, false),
+        ];
+        let mut out = Vec::new();
+        let mut late = 0;
+        for (i, (seq, silent)) in arrivals.into_iter().enumerate() {
+            let now = Duration::from_millis(20 * i as u64);
+            let d = if silent {
+                f.skip(0, seq)
+            } else {
+                f.on_packet(0, seq, 960 * u32::from(seq), None, now)
+            };
+            match d {
+                Decision::Forward { seq, .. } => out.push(seq),
+                Decision::Drop(DropReason::LateAfterSkip) => late += 1,
+                Decision::Drop(DropReason::Silence) => assert!(silent),
+                Decision::Drop(r) => panic!("dropped {r:?}"),
+            }
+        }
+        // 2 is lost as late; its slot stays a gap (as if lost on the wire), nothing repeats.
+        assert_eq!(out, [0, 1, 3, 4]);
+        assert_eq!(
+            (late, f.stats().late_after_skip, f.stats().skipped),
+            (1, 1, 4)
+        );
     }
 }

@@ -11,6 +11,9 @@
 //! - [`KeyFrameRequests`] throttles the SFU's own key-frame requests per publisher stream
 //!   (SFU-KF-01..02).
 //!
+//! - [`SilenceGate`] drops silent audio after a hangover, from the same audio level
+//!   (SFU-DTX-01..03); the forwarder renumbers across the dropped packets.
+//!
 //! - [`ActiveSpeaker`] picks the active speaker from audio levels (SFU-SPK-01..02), and
 //!   [`SsrcOwners`] rejects SSRCs spoofed from another participant (SFU-SEC-01).
 //!
@@ -22,6 +25,7 @@
 //!
 //! Nothing here reads a payload byte: packets are described by [`PacketMeta`].
 
+mod dtx;
 mod extmap;
 mod forwarder;
 mod keyframes;
@@ -30,6 +34,7 @@ mod speaker;
 mod ssrc;
 mod streams;
 
+pub use dtx::{Dtx, SilenceGate};
 pub use extmap::ExtMap;
 pub use forwarder::{Decision, DropReason, ForwarderStats, LayerForwarder};
 pub use keyframes::{KeyFrameRequests, KeyFrameStats};

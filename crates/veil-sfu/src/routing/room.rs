@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use crate::error::SfuError;
 use crate::routing::{
-    ActiveSpeaker, Decision, DropReason, ExtIds, ExtMap, KeyFrameRequests, KeyFrameStats,
-    LayerForwarder, PacketMeta, SsrcOwners, StreamRegistry,
+    ActiveSpeaker, Decision, DropReason, Dtx, ExtIds, ExtMap, KeyFrameRequests, KeyFrameStats,
+    LayerForwarder, PacketMeta, SilenceGate, SsrcOwners, StreamRegistry,
 };
 
 /// A participant, numbered by the shell.
@@ -134,6 +134,8 @@ pub struct Room {
     owners: SsrcOwners,
     key_frames: KeyFrameRequests,
     speaker: ActiveSpeaker,
+    /// Silent audio is dropped when set (SFU-DTX-01).
+    dtx: Option<SilenceGate>,
     next_track: u64,
 }
 
@@ -153,8 +155,15 @@ impl Room {
                 5.0,
                 Duration::from_millis(300),
             ),
+            dtx: Some(SilenceGate::new(Dtx::default())),
             next_track: 1,
         }
+    }
+
+    /// Drop silent audio with these thresholds (SFU-DTX-01), or forward all of it (`None`).
+    /// On by default, with [`Dtx::default`].
+    pub fn set_dtx(&mut self, dtx: Option<Dtx>) {
+        self.dtx = dtx.map(SilenceGate::new);
     }
 
     /// Admit a participant whose leg negotiated these extension ids.
@@ -235,6 +244,9 @@ impl Room {
         };
         for ssrc in t.layer_ssrc.iter().flatten() {
             self.key_frames.remove(*ssrc);
+            if let Some(g) = self.dtx.as_mut() {
+                g.remove(*ssrc);
+            }
         }
         if let Some(p) = self.participants.get_mut(&t.publisher) {
             p.tracks.retain(|x| *x != track);
@@ -433,14 +445,22 @@ impl Room {
             self.speaker.on_audio(publisher, level, now);
             out.active_speaker = self.speaker.update(now);
         }
+        // Silent audio past the hangover is skipped, not forwarded (SFU-DTX-01).
+        let silent = t.kind == MediaKind::Audio
+            && self.dtx.as_mut().is_some_and(|g| {
+                g.drop_packet(meta.ssrc, ing.audio_level, meta.timestamp, t.clock_rate)
+            });
         for s in &t.subscribers {
             let Some(sub) = self.subs.get_mut(&(*s, track)) else {
                 continue;
             };
-            match sub
-                .forwarder
-                .on_packet(out.layer, meta.seq, meta.timestamp, ing.dd.as_ref(), now)
-            {
+            let decision = if silent {
+                sub.forwarder.skip(out.layer, meta.seq)
+            } else {
+                sub.forwarder
+                    .on_packet(out.layer, meta.seq, meta.timestamp, ing.dd.as_ref(), now)
+            };
+            match decision {
                 Decision::Forward {
                     ssrc,
                     seq,
@@ -688,5 +708,91 @@ mod tests {
             .unwrap();
         assert!(r.on_rtp(3, t3, &meta(0x11, 1), Duration::ZERO).is_ok());
         assert_eq!(r.participant_count(), 2);
+    }
+
+    /// SFU-DTX-01..02 in the core: one audio publisher, two subscribers.
+    #[test]
+    fn silent_audio_is_skipped_for_every_subscriber_and_keeps_their_numbers_contiguous() {
+        let ids = ExtIds {
+            audio_level: Some(1),
+            ..ExtIds::default()
+        };
+        let mut r = Room::new(Duration::from_millis(300));
+        for p in 1..=3 {
+            r.add_participant(p, ids);
+        }
+        let t = r
+            .publish(
+                1,
+                Publish {
+                    kind: MediaKind::Audio,
+                    clock_rate: 48_000,
+                    rids: vec![],
+                },
+            )
+            .unwrap();
+        for (s, ssrc) in [(2, 0x22), (3, 0x33)] {
+            let sub = Subscribe {
+                out_ssrc: ssrc,
+                payload_type: 111,
+                ext: ExtMap::default(),
+                rid: None,
+            };
+            r.subscribe(s, t, sub, Duration::ZERO).unwrap();
+        }
+        // 20 talk, 50 silent, 20 talk packets of 20 ms, sequence numbers wrapping on the way.
+        let (mut out, mut silence_drops, mut speaker) = (Vec::new(), 0, None);
+        for i in 0..90u16 {
+            let talk = !(20..70).contains(&i);
+            let byte = if talk { 0x80 | 25 } else { 127 };
+            let body = [0x10, byte, 0, 0]; // one-byte form: id 1, one byte of data, padding
+            let meta = PacketMeta {
+                timestamp: 960 * u32::from(i),
+                ext_profile: Some(0xBEDE),
+                ext_body: &body,
+                ..meta(0xA, 65_500u16.wrapping_add(i))
+            };
+            let now = Duration::from_millis(20 * u64::from(i));
+            let routed = r.on_rtp(1, t, &meta, now).unwrap();
+            speaker = routed.active_speaker.or(speaker);
+            silence_drops += routed
+                .dropped
+                .iter()
+                .filter(|d| **d == DropReason::Silence)
+                .count();
+            assert_eq!(routed.forwards.len() + routed.dropped.len(), 2);
+            for f in routed.forwards.iter().filter(|f| f.subscriber == 2) {
+                out.push((i, f.seq, f.timestamp));
+            }
+        }
+        // Silence began at packet 20; 10 packets (200 ms) still go, 40 are dropped for each of
+        // the two subscribers; talk resumes at packet 70 at once.
+        let sent: Vec<u16> = out.iter().map(|o| o.0).collect();
+        let want: Vec<u16> = (0..30).chain(70..90).collect();
+        assert_eq!(sent, want);
+        assert_eq!(silence_drops, 80);
+        assert!(
+            out.windows(2).all(|w| w[1].1 == w[0].1.wrapping_add(1)),
+            "{out:?}"
+        );
+        assert!(
+            out.windows(2).all(|w| w[1].2 > w[0].2),
+            "timestamps go forward"
+        );
+        // The timestamp keeps the silence's length: 41 packets of 960 ticks between 29 and 70.
+        assert_eq!(out[30].2 - out[29].2, 41 * 960);
+        assert_eq!(speaker, Some(1));
+
+        // Off: every packet is forwarded.
+        r.set_dtx(None);
+        let body = [0x10, 127, 0, 0];
+        let meta = PacketMeta {
+            timestamp: 960 * 90,
+            ext_profile: Some(0xBEDE),
+            ext_body: &body,
+            ..meta(0xA, 65_500u16.wrapping_add(90))
+        };
+        let routed = r.on_rtp(1, t, &meta, Duration::from_secs(2)).unwrap();
+        assert_eq!(routed.forwards.len(), 2);
     }
 }

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use super::Sfu;
 #[cfg(doc)]
 use crate::error::SfuError;
-use crate::routing::MediaKind;
+use crate::routing::{Dtx, MediaKind};
 
 /// Configuration of an [`Sfu`]. Every timeout is configuration (a test or a relay may need
 /// other values), not a constant.
@@ -38,6 +38,10 @@ pub struct SfuConfig {
     pub max_participants: usize,
     /// Hand every received packet to this tap (SFU-TAP-01); `None` (the default) in production.
     pub tap: Option<super::Tap>,
+    /// Drop silent audio after a hangover, from its audio level (SFU-DTX-01..03); `None`
+    /// forwards every audio packet. On by default: digital silence (level 127, no voice) after
+    /// 200 ms.
+    pub dtx: Option<Dtx>,
 }
 
 impl Default for SfuConfig {
@@ -53,6 +57,7 @@ impl Default for SfuConfig {
             subscriber_queue: 512,
             max_participants: 64,
             tap: None,
+            dtx: Some(Dtx::default()),
         }
     }
 }

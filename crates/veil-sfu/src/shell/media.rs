@@ -282,6 +282,8 @@ fn route(
             DropReason::NotSelected => DropKind::NotSelected,
             DropReason::WaitingForKeyFrame => DropKind::WaitingForKeyFrame,
             DropReason::NoDependencyDescriptor => DropKind::NoDependencyDescriptor,
+            DropReason::Silence => DropKind::Silence,
+            DropReason::LateAfterSkip => DropKind::LateAfterSkip,
         });
     }
     for f in &routed.forwards {

@@ -34,6 +34,11 @@ pub enum DropKind {
     WriteFailed,
     /// Its sender may not publish (no `publish` grant).
     NotPermitted,
+    /// Silent audio after the hangover (DTX at the SFU, SFU-DTX-01), one per subscriber copy.
+    Silence,
+    /// Arrived after a later packet was dropped as silence; its number would collide
+    /// (SFU-FWD-05).
+    LateAfterSkip,
 }
 
 impl DropKind {
@@ -53,6 +58,8 @@ impl DropKind {
             Self::QueueFull => "queue_full",
             Self::WriteFailed => "write_failed",
             Self::NotPermitted => "not_permitted",
+            Self::Silence => "silence",
+            Self::LateAfterSkip => "late_after_skip",
         }
     }
 }

@@ -245,7 +245,11 @@ impl Sfu {
                     Arc::new(RoomShell {
                         name: room.to_owned(),
                         state: Mutex::new(RoomState {
-                            core: Room::new(self.shared.config.key_frame_interval),
+                            core: {
+                                let mut core = Room::new(self.shared.config.key_frame_interval);
+                                core.set_dtx(self.shared.config.dtx);
+                                core
+                            },
                             participants: HashMap::new(),
                             by_identity: HashMap::new(),
                             tracks: HashMap::new(),

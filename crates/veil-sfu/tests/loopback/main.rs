@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)] // test helpers: `pub` for the submodules of this one binary
 
 mod common;
+mod dtx;
 mod grpc;
 mod key_frames;
 mod lifecycle;
