@@ -1,18 +1,22 @@
 //! Real webrtc-rs peers on loopback talking to a real `Sfu` (no ICE servers, no mocks).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rtc::interceptor::{Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
 use tokio::sync::{Mutex, mpsc, watch};
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::peer::{self, OPUS_PT, VP8_PT};
@@ -247,6 +251,17 @@ impl LocalTrack {
 impl Peer {
     /// A peer; a publisher (`shift_ids`) registers extra extensions first.
     pub async fn new(room: &str, identity: &str, shift_ids: bool) -> Peer {
+        Self::build(room, identity, shift_ids, None).await
+    }
+
+    /// A peer whose sender and receiver reports, in and out, are logged as they cross the wire.
+    pub async fn with_rtcp_log(room: &str, identity: &str, shift_ids: bool) -> (Peer, RtcpLog) {
+        let log = RtcpLog::default();
+        let peer = Self::build(room, identity, shift_ids, Some(log.clone())).await;
+        (peer, log)
+    }
+
+    async fn build(room: &str, identity: &str, shift_ids: bool, log: Option<RtcpLog>) -> Peer {
         let (gathered_tx, gathered) = watch::channel(false);
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
         let (tracks_tx, received) = mpsc::unbounded_channel();
@@ -258,7 +273,17 @@ impl Peer {
             remotes: remotes.clone(),
         });
         let mut me = media_engine(shift_ids);
-        let registry = peer::interceptors(&mut me).unwrap();
+        let mut registry = peer::interceptors(&mut me).unwrap();
+        if let Some(log) = log {
+            // Wire-most: it sees inbound RTCP before any interceptor, outbound after all.
+            registry = registry.with(
+                Slot::from(500),
+                RtcpRecorder {
+                    log,
+                    ..Default::default()
+                },
+            );
+        }
         let pc: Arc<dyn PeerConnection> = Arc::new(
             PeerConnectionBuilder::new()
                 .with_media_engine(me)
@@ -511,4 +536,112 @@ pub async fn remote_ext_ids(pc: &Arc<dyn PeerConnection>) -> veil_sfu::routing::
     veil_sfu::shell::sdp::SdpInfo::parse(&desc)
         .unwrap()
         .ext_ids()
+}
+
+/// A sender or receiver report, as a test peer's connection read or wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// Sender report.
+    Sr {
+        ssrc: u32,
+        rtp_time: u32,
+        packet_count: u32,
+        octet_count: u32,
+    },
+    /// Receiver report: who reports, and the SSRCs its report blocks are about.
+    Rr { sender: u32, about: Vec<u32> },
+}
+
+/// One logged report.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub inbound: bool,
+    pub report: Report,
+}
+
+/// The reports a peer's connection read (`inbound`) and wrote, in order.
+#[derive(Debug, Clone, Default)]
+pub struct RtcpLog(Arc<std::sync::Mutex<Vec<Logged>>>);
+
+impl RtcpLog {
+    /// The reports seen so far in one direction.
+    pub fn reports(&self, inbound: bool) -> Vec<Report> {
+        let log = self.0.lock().unwrap();
+        log.iter()
+            .filter(|l| l.inbound == inbound)
+            .map(|l| l.report.clone())
+            .collect()
+    }
+
+    fn record(&self, inbound: bool, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        let mut log = self.0.lock().unwrap();
+        for p in packets {
+            let any = p.as_any();
+            let report = if let Some(sr) = any.downcast_ref::<SenderReport>() {
+                Report::Sr {
+                    ssrc: sr.ssrc,
+                    rtp_time: sr.rtp_time,
+                    packet_count: sr.packet_count,
+                    octet_count: sr.octet_count,
+                }
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                Report::Rr {
+                    sender: rr.ssrc,
+                    about: rr.reports.iter().map(|r| r.ssrc).collect(),
+                }
+            } else {
+                continue;
+            };
+            log.push(Logged { inbound, report });
+        }
+    }
+}
+
+/// An interceptor that logs SR and RR going either way and changes nothing. webrtc-rs ends
+/// inbound RTCP inside its chain (notes §1.5), so the application never sees reports: the log
+/// is kept where they pass.
+#[derive(Default)]
+struct RtcpRecorder {
+    log: RtcpLog,
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpRecorder {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(p) = &msg.message.packet {
+            self.log.record(true, p);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(p) = &msg.message.packet {
+            self.log.record(false, p);
+        }
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for RtcpRecorder {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }

@@ -13,6 +13,7 @@ mod malformed;
 mod nack;
 mod negotiation;
 mod payload;
+mod rtcp;
 mod simulcast;
 mod spoof;
 mod vanish;
