@@ -113,6 +113,7 @@ fn route(c: &mut Criterion) {
                         marker: true,
                         ext_profile: Some(*profile),
                         ext_body: block,
+                        len: 0,
                     };
                     now += Duration::from_micros(33);
                     i += 1;

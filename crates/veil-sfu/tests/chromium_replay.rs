@@ -97,6 +97,7 @@ fn replay(file: &str, with_dd: bool, plan: &[(f64, u8)]) -> (Vec<Out>, LayerForw
             marker: p["marker"].as_u64() == Some(1),
             ext_profile: Some(profile),
             ext_body: &body,
+            len: 0,
         };
         let ing = reg.ingest(&meta).unwrap();
         assert!(!ing.repair, "RTX has its own payload type");
@@ -250,6 +251,7 @@ fn rid_is_latched_from_the_first_packets_only() {
                 marker: false,
                 ext_profile: Some(profile),
                 ext_body: &body,
+                len: 0,
             })
             .unwrap();
         let carries_rid = p["ext"].get(&rid_id).is_some();

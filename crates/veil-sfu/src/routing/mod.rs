@@ -8,6 +8,9 @@
 //!   output, and it rewrites SSRC, sequence numbers and timestamps into one continuous
 //!   stream (SFU-FWD-01..06).
 //!
+//! - [`LayerChoice`] picks that layer from the subscriber's request and its share of its leg's
+//!   bandwidth estimate; [`RateMeter`] measures each layer's bitrate (SFU-BWE-02..04).
+//!
 //! - [`KeyFrameRequests`] throttles the SFU's own key-frame requests per publisher stream
 //!   (SFU-KF-01..02).
 //!
@@ -29,6 +32,7 @@ mod dtx;
 mod extmap;
 mod forwarder;
 mod keyframes;
+mod layers;
 mod room;
 mod speaker;
 mod ssrc;
@@ -38,6 +42,7 @@ pub use dtx::{Dtx, SilenceGate};
 pub use extmap::ExtMap;
 pub use forwarder::{Decision, DropReason, ForwarderStats, LayerForwarder};
 pub use keyframes::{KeyFrameRequests, KeyFrameStats};
+pub use layers::{LayerChoice, LayerPolicy, RATE_BUCKET, RateMeter};
 pub use room::{
     Forward, MAX_LAYERS, MediaKind, ParticipantId, Publish, Room, Routed, Subscribe, TrackId,
 };

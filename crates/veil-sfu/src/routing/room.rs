@@ -12,7 +12,8 @@ use std::time::Duration;
 use crate::error::SfuError;
 use crate::routing::{
     ActiveSpeaker, Decision, DropReason, Dtx, ExtIds, ExtMap, KeyFrameRequests, KeyFrameStats,
-    LayerForwarder, PacketMeta, SilenceGate, SsrcOwners, StreamRegistry,
+    LayerChoice, LayerForwarder, LayerPolicy, PacketMeta, RateMeter, SilenceGate, SsrcOwners,
+    StreamRegistry,
 };
 
 /// A participant, numbered by the shell.
@@ -101,6 +102,10 @@ struct Participant {
     streams: StreamRegistry,
     tracks: Vec<TrackId>,
     subscriptions: Vec<TrackId>,
+    /// Its leg's bandwidth estimate, and each of its video subscriptions' share of it
+    /// (SFU-BWE-03).
+    estimate: Option<u64>,
+    video_share: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -116,11 +121,14 @@ struct Track {
     /// A key frame is wanted on this layer but its SSRC is not known yet.
     key_frame_pending: [bool; MAX_LAYERS],
     subscribers: Vec<ParticipantId>,
+    /// Each layer's bitrate (SFU-BWE-02).
+    meters: [RateMeter; MAX_LAYERS],
 }
 
 #[derive(Debug)]
 struct Subscription {
     forwarder: LayerForwarder,
+    choice: LayerChoice,
     payload_type: u8,
     ext: Arc<ExtMap>,
 }
@@ -137,6 +145,7 @@ pub struct Room {
     /// Silent audio is dropped when set (SFU-DTX-01).
     dtx: Option<SilenceGate>,
     next_track: u64,
+    layer_policy: LayerPolicy,
 }
 
 impl Room {
@@ -157,6 +166,7 @@ impl Room {
             ),
             dtx: Some(SilenceGate::new(Dtx::default())),
             next_track: 1,
+            layer_policy: LayerPolicy::default(),
         }
     }
 
@@ -174,6 +184,8 @@ impl Room {
                 streams: StreamRegistry::new(ids),
                 tracks: Vec::new(),
                 subscriptions: Vec::new(),
+                estimate: None,
+                video_share: None,
             },
         );
     }
@@ -209,6 +221,7 @@ impl Room {
                 ssrc_layer: HashMap::new(),
                 key_frame_pending: [false; MAX_LAYERS],
                 subscribers: Vec::new(),
+                meters: Default::default(),
             },
         );
         Ok(id)
@@ -303,6 +316,7 @@ impl Room {
             (subscriber, track),
             Subscription {
                 forwarder,
+                choice: LayerChoice::new(layer, self.layer_policy),
                 payload_type: s.payload_type,
                 ext: Arc::new(s.ext),
             },
@@ -351,6 +365,8 @@ impl Room {
             .subs
             .get_mut(&(subscriber, track))
             .ok_or(SfuError::NotSubscribed(track.0))?;
+        // The choice keeps a lower layer while the estimate says so (SFU-BWE-03).
+        let layer = sub.choice.request(layer);
         sub.forwarder.set_target(Some(layer));
         if sub.forwarder.current() == Some(layer) {
             return Ok(Vec::new());
@@ -394,6 +410,53 @@ impl Room {
         }
     }
 
+    /// Follow a layer-choice policy from now on, for new subscriptions (SFU-BWE-03).
+    pub fn set_layer_policy(&mut self, policy: LayerPolicy) {
+        self.layer_policy = policy;
+    }
+
+    /// The send-side bandwidth estimate of `subscriber`'s leg, in bits per second (None: none
+    /// yet, e.g. no transport-cc feedback). Each of its video subscriptions gets an equal share
+    /// of what its audio subscriptions leave; the layer choice acts on it with the next packet
+    /// of each track (SFU-BWE-03). Call it periodically: the shares follow the measured rates.
+    pub fn set_estimate(
+        &mut self,
+        subscriber: ParticipantId,
+        estimate: Option<u64>,
+        now: Duration,
+    ) {
+        let Some(p) = self.participants.get_mut(&subscriber) else {
+            return;
+        };
+        let (mut audio, mut videos) = (0u64, 0u64);
+        for t in p.subscriptions.iter().filter_map(|t| self.tracks.get(t)) {
+            match t.kind {
+                MediaKind::Audio => audio += t.meters[0].bits_per_second(now),
+                MediaKind::Video => videos += 1,
+            }
+        }
+        p.estimate = estimate;
+        p.video_share = estimate.map(|e| e.saturating_sub(audio) / videos.max(1));
+    }
+
+    /// The estimate last given for `subscriber`'s leg.
+    #[must_use]
+    pub fn estimate(&self, subscriber: ParticipantId) -> Option<u64> {
+        self.participants.get(&subscriber)?.estimate
+    }
+
+    /// Each layer's measured bitrate for `track`, in bits per second (SFU-BWE-02).
+    #[must_use]
+    pub fn layer_rates(&self, track: TrackId, now: Duration) -> Vec<u64> {
+        self.tracks.get(&track).map_or_else(Vec::new, |t| {
+            let n = t.rids.len().clamp(1, MAX_LAYERS);
+            t.meters[..n]
+                .iter()
+                .map(|m| m.bits_per_second(now))
+                .collect()
+        })
+    }
+
     /// Route one packet that `publisher` sent on `track` (SFU-ROOM-01, SFU-SEC-01).
     ///
     /// # Errors
@@ -433,6 +496,7 @@ impl Room {
         out.layer = layer as u8;
         t.layer_ssrc[layer] = Some(meta.ssrc);
         t.ssrc_layer.insert(meta.ssrc, layer as u8);
+        t.meters[layer].add(now, meta.len);
         if ing.dd.as_ref().is_some_and(|d| d.is_key_frame_start()) {
             self.key_frames.key_frame_seen(meta.ssrc);
         }
@@ -450,10 +514,27 @@ impl Room {
             && self.dtx.as_mut().is_some_and(|g| {
                 g.drop_packet(meta.ssrc, ing.audio_level, meta.timestamp, t.clock_rate)
             });
+        // Each layer's bitrate, for the subscribers' layer choice (SFU-BWE-02..03).
+        let layers = t.rids.len().min(MAX_LAYERS);
+        let mut rates = [0u64; MAX_LAYERS];
+        if t.kind == MediaKind::Video && layers > 1 {
+            for (r, m) in rates.iter_mut().zip(&t.meters).take(layers) {
+                *r = m.bits_per_second(now);
+            }
+        }
+        let mut chosen_layers: Vec<u8> = Vec::new();
         for s in &t.subscribers {
             let Some(sub) = self.subs.get_mut(&(*s, track)) else {
                 continue;
             };
+            if t.kind == MediaKind::Video && layers > 1 {
+                let share = self.participants.get(s).and_then(|p| p.video_share);
+                let chosen = sub.choice.update(now, share, &rates[..layers]);
+                if sub.forwarder.target() != Some(chosen) {
+                    sub.forwarder.set_target(Some(chosen));
+                    chosen_layers.push(chosen);
+                }
+            }
             let decision = if silent {
                 sub.forwarder.skip(out.layer, meta.seq)
             } else {
@@ -486,6 +567,19 @@ impl Room {
                     }
                     out.dropped.push(reason);
                 }
+            }
+        }
+        // A new choice asks for a key frame of its layer, as any switch does (SFU-KF-03).
+        for l in chosen_layers {
+            let l = usize::from(l).min(MAX_LAYERS - 1);
+            match t.layer_ssrc[l] {
+                Some(ssrc) => {
+                    if !out.key_frame_requests.contains(&ssrc) && self.key_frames.request(ssrc, now)
+                    {
+                        out.key_frame_requests.push(ssrc);
+                    }
+                }
+                None => t.key_frame_pending[l] = true,
             }
         }
         Ok(out)
@@ -540,6 +634,7 @@ mod tests {
             marker: true,
             ext_profile: None,
             ext_body: &[],
+            len: 1000,
         }
     }
 
@@ -687,6 +782,79 @@ mod tests {
         let f = r.on_rtp(1, t, &meta(0xF, 3), 20 * MS).unwrap();
         assert_eq!(f.dropped, [DropReason::NoDependencyDescriptor]);
         assert_eq!(r.layers(2, t), Some((Some(0), 2)));
+    }
+
+    /// SFU-BWE-03: the estimate moves the choice down to the layer that fits, asking that
+    /// layer for a key frame, and back up after the cooldown.
+    #[test]
+    fn the_layer_follows_the_subscribers_estimate() {
+        let mut r = Room::new(500 * MS);
+        r.add_participant(1, ExtIds::default());
+        r.add_participant(2, ExtIds::default());
+        let t = r
+            .publish(
+                1,
+                Publish {
+                    kind: MediaKind::Video,
+                    clock_rate: 90_000,
+                    rids: vec![b"q".to_vec(), b"h".to_vec(), b"f".to_vec()],
+                },
+            )
+            .unwrap();
+        for (ssrc, rid) in [(0xA, b"q"), (0xB, b"h"), (0xC, b"f")] {
+            r.bind_layer(t, ssrc, rid).unwrap();
+        }
+        r.subscribe(
+            2,
+            t,
+            Subscribe {
+                rid: Some(b"f".to_vec()),
+                ..sub(0x22)
+            },
+            Duration::ZERO,
+        )
+        .unwrap();
+        // q, h, f at 100, 300, 900 kbit/s: a packet per layer every 10 ms.
+        let mut plis = Vec::new();
+        let mut run = |r: &mut Room, from: u64, to: u64, estimate: u64| {
+            for ms in from..to {
+                if ms % 100 == 0 {
+                    r.set_estimate(2, Some(estimate), Duration::from_millis(ms));
+                }
+                if ms % 10 != 0 {
+                    continue;
+                }
+                for (ssrc, len) in [(0xA, 125), (0xB, 375), (0xC, 1125)] {
+                    let m = PacketMeta {
+                        len,
+                        ..meta(ssrc, (ms / 10) as u16)
+                    };
+                    let now = Duration::from_millis(ms);
+                    plis.extend(r.on_rtp(1, t, &m, now).unwrap().key_frame_requests);
+                }
+            }
+            r.layers(2, t).unwrap().1
+        };
+        assert_eq!(run(&mut r, 0, 2000, 2_000_000), 2);
+        let rates = r.layer_rates(t, 2000 * MS);
+        assert!((850_000..950_000).contains(&rates[2]), "{rates:?}");
+        assert_eq!(run(&mut r, 2000, 3000, 500_000), 1, "down to h");
+        assert_eq!(run(&mut r, 3000, 4000, 50_000), 0, "down to q");
+        assert_eq!(
+            run(&mut r, 4000, 6000, 2_000_000),
+            0,
+            "not before the cooldown"
+        );
+        assert_eq!(run(&mut r, 6000, 10_000, 2_000_000), 2, "back up to f");
+        for ssrc in [0xB, 0xA, 0xC] {
+            assert!(
+                plis.contains(&ssrc),
+                "a key frame asked of {ssrc:#x}: {plis:?}"
+            );
+        }
+        // A request below the estimate's choice is followed at once.
+        assert_eq!(r.set_layer(2, t, Some(b"h"), 10_000 * MS).unwrap(), [0xB]);
+        assert_eq!(r.layers(2, t).unwrap().1, 1);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct PacketMeta<'a> {
     pub ext_profile: Option<u16>,
     /// Extension block body.
     pub ext_body: &'a [u8],
+    /// The packet's length (header and payload), for measuring each layer's bitrate
+    /// (SFU-BWE-02). Only the length: the payload's bytes are not here.
+    pub len: usize,
 }
 
 /// What the registry learned from a packet.

@@ -246,6 +246,8 @@ fn route(
         marker: p.header.marker,
         ext_profile,
         ext_body: &block[..len],
+        // The header as received (fixed part, CSRCs, extension block) and the payload's length.
+        len: p.payload.len() + 12 + 4 * p.header.csrc.len() + if n == 0 { 0 } else { 4 + len },
     };
     let now = shared.now();
     let mut st = room.lock();
@@ -355,6 +357,18 @@ pub(super) fn rewrite(p: &rtp::Packet, f: &Forward) -> rtp::Packet {
         ExtensionForm::OneByte => rtp::header::EXTENSION_PROFILE_ONE_BYTE,
         ExtensionForm::TwoByte { .. } => rtp::header::EXTENSION_PROFILE_TWO_BYTE,
     };
+    // webrtc-rs keeps the block's padding in this field and updates it as elements are added
+    // (the TWCC sender adds transport-cc on the way out, SFU-BWE-01); it must start right, or
+    // the packet's size and its marshalled bytes disagree and SRTP refuses it.
+    let element_header = match extension_profile {
+        rtp::header::EXTENSION_PROFILE_ONE_BYTE => 1,
+        _ => 2,
+    };
+    let block_len: usize = extensions
+        .iter()
+        .map(|e| element_header + e.payload.len())
+        .sum();
+    let extensions_padding = (4 - block_len % 4) % 4;
     rtp::Packet {
         header: rtp::header::Header {
             version: 2,
@@ -368,7 +382,7 @@ pub(super) fn rewrite(p: &rtp::Packet, f: &Forward) -> rtp::Packet {
             csrc: Vec::new(),
             extension_profile,
             extensions,
-            extensions_padding: 0,
+            extensions_padding,
         },
         payload: p.payload.clone(),
     }

@@ -89,6 +89,15 @@ pub struct SubscriberTrack {
     pub track: String,
 }
 
+/// Labels of a per-subscriber gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Subscriber {
+    /// Room.
+    pub room: String,
+    /// Subscriber identity.
+    pub subscriber: String,
+}
+
 /// The SFU's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -115,6 +124,9 @@ pub struct Metrics {
     pub publisher_key_frame_requests: Counter,
     /// The layer each subscriber receives per track (-1: none yet).
     pub subscriber_layer: Family<SubscriberTrack, Gauge>,
+    /// The send-side bandwidth estimate of each subscriber's leg, in bits per second
+    /// (SFU-BWE-01).
+    pub subscriber_estimate: Family<Subscriber, Gauge>,
     /// Participants who left, by reason.
     pub left: Family<Reason, Counter>,
 }
@@ -135,6 +147,7 @@ impl Default for Metrics {
             subscriber_key_frame_requests: Counter::default(),
             publisher_key_frame_requests: Counter::default(),
             subscriber_layer: Family::default(),
+            subscriber_estimate: Family::default(),
             left: Family::default(),
         };
         registry.register("rooms", "Rooms with participants", m.rooms.clone());
@@ -179,6 +192,11 @@ impl Default for Metrics {
             "subscriber_layer",
             "Simulcast layer forwarded to each subscriber (-1: none yet)",
             m.subscriber_layer.clone(),
+        );
+        registry.register(
+            "subscriber_estimate_bps",
+            "Send-side bandwidth estimate (GCC over transport-cc) of each subscriber's leg",
+            m.subscriber_estimate.clone(),
         );
         registry.register(
             "participants_left",

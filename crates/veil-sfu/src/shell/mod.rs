@@ -19,6 +19,7 @@
 //!   broadcast (SFU-LIVE-01..02).
 
 mod api;
+mod estimate;
 mod media;
 pub mod metrics;
 mod participant;

@@ -484,7 +484,7 @@ pub(super) async fn connect(
         connected: connected.clone(),
     });
     let cfg = &shared.config;
-    let pc = peer::peer_connection(
+    let (pc, estimate) = peer::peer_connection(
         handler,
         cfg.udp_addrs.clone(),
         peer::IceTimers {
@@ -562,6 +562,14 @@ pub(super) async fn connect(
         }
         st.participants.insert(id, p);
     }
+    // The leg's bandwidth estimate drives its layer choice (SFU-BWE-01, SFU-BWE-03).
+    tokio::spawn(super::estimate::follow(
+        Arc::downgrade(shared),
+        Arc::downgrade(room),
+        id,
+        identity.to_owned(),
+        estimate,
+    ));
     // SFU-LIVE-02: a participant whose connection never comes up is removed.
     let (w_shared, w_room, timeout) = (
         Arc::downgrade(shared),

@@ -4,9 +4,13 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::{
+    Attribute, BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, Interceptor,
+    Packet, PacketReport, Slot, StreamInfo, TaggedPacket, TwccSenderBuilder,
+};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -119,6 +123,93 @@ pub fn interceptors(me: &mut MediaEngine) -> Result<Registry, SfuError> {
     Ok(reg.with(Slot::from(14_000), KeyFrameRequestTap::default()))
 }
 
+/// Where GCC starts on a subscriber leg, before any feedback, in bits per second. Above a
+/// typical top layer, so that a subscriber starts on the layer it asked for and GCC backs off
+/// from there if the path cannot carry it (SFU-BWE-01).
+pub const ESTIMATE_INITIAL: f64 = 1_500_000.0;
+/// GCC's floor on a subscriber leg (audio and the lowest layer still go out).
+pub const ESTIMATE_MIN: f64 = 50_000.0;
+/// GCC's ceiling on a subscriber leg.
+pub const ESTIMATE_MAX: f64 = 20_000_000.0;
+
+/// The send-side bandwidth estimate of one leg, as GCC last computed it from the remote's
+/// transport-cc feedback (SFU-BWE-01). Cheap to clone; all clones read the same value.
+#[derive(Debug, Clone, Default)]
+pub struct Estimate(Arc<AtomicU64>);
+
+impl Estimate {
+    /// The estimate in bits per second, or None until the first feedback arrived (a leg whose
+    /// remote sends no transport-cc feedback never has one).
+    #[must_use]
+    pub fn bits_per_second(&self) -> Option<u64> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(v),
+        }
+    }
+}
+
+/// GCC, publishing its target into an [`Estimate`] the application reads. The estimator sits
+/// inside webrtc-rs's interceptor chain, out of the application's reach, so this is the way out
+/// (webrtc-rs's bandwidth-estimation example does the same).
+struct PublishedGcc {
+    gcc: Gcc,
+    out: Estimate,
+}
+
+impl BandwidthEstimator for PublishedGcc {
+    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
+        self.gcc.on_reports(now, reports);
+        if !reports.is_empty() {
+            let bps = self.gcc.target_bitrate().max(1.0) as u64;
+            self.out.0.store(bps, Ordering::Relaxed);
+        }
+    }
+
+    fn target_bitrate(&self) -> f64 {
+        self.gcc.target_bitrate()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.gcc.handle_timeout(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.gcc.poll_timeout()
+    }
+
+    fn stats(&self) -> EstimatorStats {
+        self.gcc.stats()
+    }
+}
+
+/// The SFU's own chain: [`interceptors`] plus send-side congestion control on the leg
+/// (SFU-BWE-01): the TWCC sender numbers every departing RTP packet with the transport-wide
+/// sequence number, and the congestion-control interceptor keeps the send history, resolves the
+/// remote's transport-cc feedback against it, and drives GCC, whose target goes to `estimate`.
+///
+/// **No pacer.** webrtc-rs's `configure_congestion_control` also installs a pacer that releases
+/// packets at exactly GCC's target. The SFU does not: it cannot lower a layer's bitrate by
+/// holding its packets (the publisher's encoder sets it), so a pacer below the forwarded rate
+/// only builds a queue (up to 4,096 packets, seconds of delay) until GCC catches up. Its lever
+/// is the layer choice (SFU-BWE-03). Forwarded packets leave as the publisher's own pacer
+/// spaced them on the way in; a key frame leaves as the burst it arrived as.
+///
+/// # Errors
+/// [`SfuError::WebRtc`].
+pub fn sfu_interceptors(me: &mut MediaEngine, estimate: &Estimate) -> Result<Registry, SfuError> {
+    let gcc = PublishedGcc {
+        gcc: Gcc::new(ESTIMATE_INITIAL, ESTIMATE_MIN, ESTIMATE_MAX),
+        out: estimate.clone(),
+    };
+    Ok(interceptors(me)?
+        .with(
+            Slot::CongestionControl,
+            CongestionControlBuilder::new(gcc).build(),
+        )
+        .with(Slot::TwccSender, TwccSenderBuilder::new().build()))
+}
+
 /// ICE timers of a leg (SFU-LIVE-01): the agent marks the leg disconnected after
 /// `silence` without any packet (a live peer sends STUN consent checks every `keepalive`), and
 /// failed after a further `grace`.
@@ -132,8 +223,10 @@ pub struct IceTimers {
     pub keepalive: Duration,
 }
 
-/// A peer connection with Veil's codecs, extensions and interceptors, bound to `udp_addrs`
-/// (e.g. `["127.0.0.1:0"]`), with no ICE servers: host candidates only.
+/// The SFU's peer connection to one participant: Veil's codecs, extensions and interceptors,
+/// with congestion control on what the SFU sends ([`sfu_interceptors`]), bound to `udp_addrs`
+/// (e.g. `["127.0.0.1:0"]`), with no ICE servers: host candidates only. Returns the leg's
+/// [`Estimate`] too.
 ///
 /// # Errors
 /// [`SfuError::WebRtc`].
@@ -141,9 +234,10 @@ pub async fn peer_connection(
     handler: Arc<dyn PeerConnectionEventHandler>,
     udp_addrs: Vec<String>,
     timers: IceTimers,
-) -> Result<Arc<dyn PeerConnection>, SfuError> {
+) -> Result<(Arc<dyn PeerConnection>, Estimate), SfuError> {
     let mut me = media_engine()?;
-    let registry = interceptors(&mut me)?;
+    let estimate = Estimate::default();
+    let registry = sfu_interceptors(&mut me, &estimate)?;
     let se = SettingEngineBuilder::new()
         .with_ice_timeouts(
             Some(timers.silence),
@@ -160,7 +254,7 @@ pub async fn peer_connection(
         .build()
         .await
         .map_err(SfuError::webrtc("peer connection"))?;
-    Ok(Arc::new(pc))
+    Ok((Arc::new(pc), estimate))
 }
 
 /// Hands inbound PLI and FIR to the application (SFU-KF-03).

@@ -4,6 +4,7 @@
 
 #![allow(unreachable_pub)] // test helpers: `pub` for the submodules of this one binary
 
+mod bandwidth;
 mod common;
 mod dtx;
 mod grpc;
