@@ -342,6 +342,11 @@ async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lif
     assert!(carol_n > 0 && bob_n > 0, "both receive");
     assert!(carol_f < 0.5, "carol mostly below f while capped");
     assert!(bob_f > 0.9, "bob on f");
+    let free_estimate = estimate(&sfu, "bob");
+    assert!(
+        free_estimate.is_some_and(|e| e > 900_000),
+        "bob's estimate is above f's bitrate: {free_estimate:?}"
+    );
     assert!(
         capped_estimate.is_some_and(|e| e < 900_000),
         "carol's estimate is below f's bitrate: {capped_estimate:?}"
