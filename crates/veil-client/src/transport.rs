@@ -127,9 +127,16 @@ pub async fn peer_connection(
     let mut me = media_engine()?;
     let registry =
         register_default_interceptors(Registry::new(), &mut me).map_err(rtc_err("interceptors"))?;
+    // ICE checks every 50 ms (webrtc-rs's default is 200 ms, and the first check waits for
+    // it: every join paid ~200 ms, BENCHMARKS.md), 30 attempts per candidate pair: the same
+    // 1.5 s before giving up on a pair as the default 7 × 200 ms.
+    let se = webrtc::peer_connection::SettingEngineBuilder::new()
+        .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(30))
+        .build();
     let pc = PeerConnectionBuilder::new()
         .with_media_engine(me)
         .with_interceptor_registry(registry)
+        .with_setting_engine(se)
         .with_handler(handler)
         .with_udp_addrs(udp_addrs)
         .build()

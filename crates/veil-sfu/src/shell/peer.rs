@@ -244,6 +244,10 @@ pub async fn peer_connection(
             Some(timers.grace),
             Some(timers.keepalive),
         )
+        // The answering side's first connectivity check waits one check interval: webrtc-rs's
+        // 200 ms default was most of every join (BENCHMARKS.md, call bench). 50 ms × 30
+        // attempts keeps the default's 1.5 s per candidate pair.
+        .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(30))
         .build();
     let pc = PeerConnectionBuilder::new()
         .with_media_engine(me)
