@@ -1,13 +1,13 @@
 //! Room events end to end (real key service + blind SFU): who joins and leaves the call, the
-//! active speaker from the audio levels the SFU reads, every epoch change with the
-//! authenticator all members share, and a removal.
+//! SFU's key-frame requests, the active speaker from the audio levels the SFU reads, every
+//! epoch change with the authenticator all members share, and a removal.
 
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 use veil_client::keys::KeyClient;
 use veil_client::room::{Room, RoomEvent};
-use veil_e2e::{Server, audio_frame};
+use veil_e2e::{Server, audio_frame, video_frame};
 
 /// The next event that `pick` accepts, within 20 s.
 async fn wait_for<T>(
@@ -114,4 +114,37 @@ async fn joins_leaves_the_active_speaker_epochs_and_a_removal_arrive_as_events()
     })
     .await;
     alice.leave().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_subscriber_makes_the_sfu_ask_the_publisher_for_a_key_frame() {
+    let server = Server::start().await;
+    let room = "key-frames";
+    let alice = std::sync::Arc::new(Room::join(server.room(room, "alice")).await.unwrap());
+    let mut events = alice.events();
+    // Alice's video: one key frame, then delta frames only, until the test ends.
+    let publishing = {
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            for i in 0..1500u32 {
+                alice
+                    .publish_video(&video_frame(0, i), i * 3000, i == 0)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Bob subscribes mid-stream: the SFU needs a key frame to start his copy (SFU-KF-02), asks
+    // alice, and the request reaches her application.
+    let bob = Room::join(server.room(room, "bob")).await.unwrap();
+    let layer = wait_for(&mut events, "a key-frame request", |e| match e {
+        RoomEvent::KeyFrameRequested { layer } => Some(*layer),
+        _ => None,
+    })
+    .await;
+    assert_eq!(layer, 0);
+    publishing.abort();
+    bob.leave().await.unwrap();
 }

@@ -119,6 +119,13 @@ pub enum RoomEvent {
     },
     /// This participant was removed from the group: it can no longer send or decrypt.
     Removed,
+    /// The SFU asks for a key frame of this participant's video, on simulcast layer `layer`
+    /// (0 without simulcast): a new subscriber, a layer switch, or a receiver that lost one.
+    /// Answer with `key_frame = true` on the next frame of that layer.
+    KeyFrameRequested {
+        /// The simulcast layer (index into [`RoomConfig::simulcast`]).
+        layer: usize,
+    },
 }
 
 /// Per-participant statistics, like WebRTC's getStats plus SFrame outcomes.
@@ -244,6 +251,7 @@ impl Room {
             sfu.events(),
             group.watch_status(),
             events.clone(),
+            video.clone(),
         ));
         let (frames_tx, frames) = mpsc::channel(4096);
         let mut released = group
@@ -533,13 +541,23 @@ async fn forward_events(
     mut sfu: tokio::sync::broadcast::Receiver<crate::sfu::SfuEvent>,
     mut status: tokio::sync::watch::Receiver<GroupStatus>,
     out: tokio::sync::broadcast::Sender<RoomEvent>,
+    video: LocalTrack,
 ) {
     use crate::sfu::SfuEvent;
     use tokio::sync::broadcast::error::RecvError;
     let mut epoch = status.borrow_and_update().epoch;
     let mut sfu_open = true;
+    let mut video_open = true;
     loop {
         tokio::select! {
+            layer = video.key_frame_request(), if video_open => {
+                match layer {
+                    Some(layer) => {
+                        let _ = out.send(RoomEvent::KeyFrameRequested { layer });
+                    }
+                    None => video_open = false,
+                }
+            }
             e = sfu.recv(), if sfu_open => {
                 let ev = match e {
                     Ok(SfuEvent::ParticipantJoined { identity }) => RoomEvent::ParticipantJoined { identity },

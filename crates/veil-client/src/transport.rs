@@ -9,15 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::interceptor_registry::{
-    Registry, register_default_interceptors,
-};
-use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
-};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -29,83 +23,24 @@ use webrtc::rtp_transceiver::RtpSender;
 use crate::error::ClientError;
 use crate::media::{ExtIds, MediaKind, RtpOut};
 
-/// RFC 6464 audio level.
-pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
-/// The AV1 dependency descriptor.
-pub const DD_URI: &str =
-    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
-/// The transceiver's mid (RFC 9143), sent by simulcast layers on their first packets.
-pub const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
-/// The simulcast layer's rid (RFC 8852).
-pub const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
-/// Payload type of Opus.
-pub const OPUS_PT: u8 = 111;
-/// Payload type of VP8.
-pub const VP8_PT: u8 = 96;
+pub use veil_rtc::{AUDIO_LEVEL_URI, DD_URI, MID_URI, OPUS_PT, RID_URI, VP8_PT};
 
 fn rtc_err(what: &str) -> impl FnOnce(webrtc::error::Error) -> ClientError + '_ {
     move |e| ClientError::Transport(format!("{what}: {e}"))
 }
 
 fn codec(kind: MediaKind) -> RTCRtpCodec {
-    let fb = |typ: &str, parameter: &str| RTCPFeedback {
-        typ: typ.to_owned(),
-        parameter: parameter.to_owned(),
-    };
-    match kind {
-        MediaKind::Audio => RTCRtpCodec {
-            mime_type: MIME_TYPE_OPUS.to_owned(),
-            clock_rate: 48_000,
-            channels: 2,
-            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-            rtcp_feedback: vec![fb("transport-cc", "")],
-        },
-        MediaKind::Video => RTCRtpCodec {
-            mime_type: MIME_TYPE_VP8.to_owned(),
-            clock_rate: 90_000,
-            channels: 0,
-            sdp_fmtp_line: String::new(),
-            rtcp_feedback: vec![
-                fb("nack", ""),
-                fb("nack", "pli"),
-                fb("ccm", "fir"),
-                fb("transport-cc", ""),
-            ],
-        },
-    }
+    veil_rtc::codec(rtp_kind(kind))
 }
 
-/// The media engine every Veil peer uses: Opus and VP8 only, plus the audio-level and
-/// dependency-descriptor extensions (the SFU reads both; Chromium sends DD only if offered).
+/// The media engine every Veil peer uses ([`veil_rtc::media_engine`], the same the SFU
+/// uses): Opus and VP8 only, plus the audio-level, mid and dependency-descriptor extensions
+/// (the SFU reads DD and audio level; Chromium sends DD only if offered).
 ///
 /// # Errors
 /// [`ClientError::Transport`] if webrtc-rs refuses a registration.
 pub fn media_engine() -> Result<MediaEngine, ClientError> {
-    let mut me = MediaEngine::default();
-    for (kind, pt) in [(MediaKind::Audio, OPUS_PT), (MediaKind::Video, VP8_PT)] {
-        me.register_codec(
-            RTCRtpCodecParameters {
-                rtp_codec: codec(kind),
-                payload_type: pt,
-            },
-            rtp_kind(kind),
-        )
-        .map_err(rtc_err("register codec"))?;
-    }
-    for (uri, kind) in [
-        (AUDIO_LEVEL_URI, MediaKind::Audio),
-        (DD_URI, MediaKind::Video),
-    ] {
-        me.register_header_extension(
-            RTCRtpHeaderExtensionCapability {
-                uri: uri.to_owned(),
-            },
-            rtp_kind(kind),
-            None,
-        )
-        .map_err(rtc_err("register header extension"))?;
-    }
-    Ok(me)
+    veil_rtc::media_engine().map_err(rtc_err("media engine"))
 }
 
 fn rtp_kind(kind: MediaKind) -> RtpCodecKind {
@@ -115,8 +50,9 @@ fn rtp_kind(kind: MediaKind) -> RtpCodecKind {
     }
 }
 
-/// A peer connection bound to `udp_addrs` (e.g. `["127.0.0.1:0"]`), with the default
-/// interceptors (NACK, RTCP reports, transport-cc feedback, simulcast extensions).
+/// A peer connection bound to `udp_addrs` (e.g. `["127.0.0.1:0"]`), with Veil's WebRTC profile
+/// ([`veil_rtc`]): the default interceptors (NACK, RTCP reports, transport-cc feedback,
+/// simulcast extensions), the key-frame request tap, and ICE checks every 50 ms.
 ///
 /// # Errors
 /// [`ClientError::Transport`].
@@ -125,14 +61,10 @@ pub async fn peer_connection(
     udp_addrs: Vec<String>,
 ) -> Result<Arc<dyn PeerConnection>, ClientError> {
     let mut me = media_engine()?;
-    let registry =
-        register_default_interceptors(Registry::new(), &mut me).map_err(rtc_err("interceptors"))?;
-    // ICE checks every 50 ms (webrtc-rs's default is 200 ms, and the first check waits for
-    // it: every join paid ~200 ms, BENCHMARKS.md), 30 attempts per candidate pair: the same
-    // 1.5 s before giving up on a pair as the default 7 × 200 ms.
-    let se = webrtc::peer_connection::SettingEngineBuilder::new()
-        .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(30))
-        .build();
+    // The defaults plus the key-frame request tap, so the SFU's PLI/FIR reach the publisher's
+    // tracks (`LocalTrack::key_frame_requests`).
+    let registry = veil_rtc::interceptors(&mut me).map_err(rtc_err("interceptors"))?;
+    let se = veil_rtc::setting_engine(webrtc::peer_connection::SettingEngineBuilder::new());
     let pc = PeerConnectionBuilder::new()
         .with_media_engine(me)
         .with_interceptor_registry(registry)
@@ -227,6 +159,37 @@ impl LocalTrack {
     #[must_use]
     pub fn track(&self) -> Arc<dyn TrackLocal> {
         self.track.clone()
+    }
+
+    /// The next key-frame request (PLI or FIR) the SFU sent about this track: the simulcast
+    /// layer it names (0 without simulcast). `None` once the track is unbound for good. The
+    /// publisher's encoder should answer with a key frame on that layer.
+    pub async fn key_frame_request(&self) -> Option<usize> {
+        use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+        use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        use webrtc::media_stream::track_local::TrackLocalEvent;
+        loop {
+            let TrackLocalEvent::OnRtcpPacket(packets) = self.track.poll().await? else {
+                continue;
+            };
+            for p in &packets {
+                let any = p.as_any();
+                let ssrcs: Vec<u32> = if let Some(pli) = any.downcast_ref::<PictureLossIndication>()
+                {
+                    vec![pli.media_ssrc]
+                } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                    fir.fir.iter().map(|e| e.ssrc).collect()
+                } else {
+                    Vec::new()
+                };
+                if let Some(layer) = ssrcs
+                    .iter()
+                    .find_map(|s| self.ssrcs.iter().position(|o| o == s))
+                {
+                    return Some(layer);
+                }
+            }
+        }
     }
 
     /// Send packets (payloads untouched; SSRC, payload type and extensions set here).

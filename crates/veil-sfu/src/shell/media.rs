@@ -4,12 +4,12 @@
 
 use std::sync::{Arc, Weak};
 
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
+use veil_rtc::is_key_frame_request;
 use veil_wire::ext::{Extension, ExtensionForm, form_for, write_block};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -402,11 +402,6 @@ pub(super) async fn write_subscription(
             }
         }
     }
-}
-
-fn is_key_frame_request(p: &dyn rtc::rtcp::Packet) -> bool {
-    let any = p.as_any();
-    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
 
 /// Read a subscriber's PLI/FIR about one subscription. They end here; the SFU asks the

@@ -2,68 +2,29 @@
 //! and ICE timers. Veil peers (and the tests' peers) build theirs the same way, so every leg
 //! negotiates the same set.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rtc::interceptor::{
-    Attribute, BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, Interceptor,
-    Packet, PacketReport, Slot, StreamInfo, TaggedPacket, TwccSenderBuilder,
+    BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, PacketReport, Slot,
+    TwccSenderBuilder,
 };
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
-};
-use rtc::sansio::Protocol;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, Registry,
-    SettingEngineBuilder, register_default_interceptors,
+    SettingEngineBuilder,
 };
 
 use crate::error::SfuError;
 use crate::routing::MediaKind;
-use crate::shell::sdp::{AUDIO_LEVEL_URI, DD_URI, MID_URI};
 
-/// Payload type of Opus in the SFU's offers.
-pub const OPUS_PT: u8 = 111;
-/// Payload type of VP8 in the SFU's offers.
-pub const VP8_PT: u8 = 96;
-/// `audio/opus`.
-pub const MIME_OPUS: &str = "audio/opus";
-/// `video/VP8`.
-pub const MIME_VP8: &str = "video/VP8";
+pub use veil_rtc::{KeyFrameRequestTap, MIME_OPUS, MIME_VP8, OPUS_PT, VP8_PT};
 
-/// The codec of `kind` as every Veil leg negotiates it (with the RTCP feedback the SFU answers
-/// per hop: NACK, PLI, FIR, transport-cc).
+/// The codec of `kind` as every Veil leg negotiates it ([`veil_rtc::codec`]).
 #[must_use]
 pub fn codec(kind: MediaKind) -> RTCRtpCodec {
-    let fb = |typ: &str, parameter: &str| RTCPFeedback {
-        typ: typ.to_owned(),
-        parameter: parameter.to_owned(),
-    };
-    match kind {
-        MediaKind::Audio => RTCRtpCodec {
-            mime_type: MIME_OPUS.to_owned(),
-            clock_rate: 48_000,
-            channels: 2,
-            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-            rtcp_feedback: vec![fb("transport-cc", "")],
-        },
-        MediaKind::Video => RTCRtpCodec {
-            mime_type: MIME_VP8.to_owned(),
-            clock_rate: 90_000,
-            channels: 0,
-            sdp_fmtp_line: String::new(),
-            rtcp_feedback: vec![
-                fb("nack", ""),
-                fb("nack", "pli"),
-                fb("ccm", "fir"),
-                fb("transport-cc", ""),
-            ],
-        },
-    }
+    veil_rtc::codec(rtp_kind(kind))
 }
 
 fn rtp_kind(kind: MediaKind) -> RtpCodecKind {
@@ -73,54 +34,25 @@ fn rtp_kind(kind: MediaKind) -> RtpCodecKind {
     }
 }
 
-/// Opus and VP8, plus audio level and mid (audio) and the dependency descriptor (video). The
-/// default interceptors add mid, rid and repaired rid (video) and transport-cc (SFU-NEG-01). webrtc-rs puts
-/// `a=extmap-allow-mixed` in every offer and echoes it in answers, so the two-byte form that
-/// DD key frames need is allowed on every leg.
+/// Veil's media engine ([`veil_rtc::media_engine`]): Opus and VP8, audio level and mid
+/// (audio), the dependency descriptor (video); the default interceptors add mid, rid and
+/// repaired rid (video) and transport-cc (SFU-NEG-01). webrtc-rs puts `a=extmap-allow-mixed` in
+/// every offer and echoes it in answers, so the two-byte form that DD key frames need is
+/// allowed on every leg.
 ///
 /// # Errors
 /// [`SfuError::WebRtc`] if webrtc-rs refuses a registration.
 pub fn media_engine() -> Result<MediaEngine, SfuError> {
-    let mut me = MediaEngine::default();
-    for (kind, pt) in [(MediaKind::Audio, OPUS_PT), (MediaKind::Video, VP8_PT)] {
-        me.register_codec(
-            RTCRtpCodecParameters {
-                rtp_codec: codec(kind),
-                payload_type: pt,
-            },
-            rtp_kind(kind),
-        )
-        .map_err(SfuError::webrtc("register codec"))?;
-    }
-    // The default interceptors register mid for video only; audio gets it here, so that every
-    // m-section can be demultiplexed by mid.
-    for (uri, kind) in [
-        (AUDIO_LEVEL_URI, MediaKind::Audio),
-        (MID_URI, MediaKind::Audio),
-        (DD_URI, MediaKind::Video),
-    ] {
-        me.register_header_extension(
-            RTCRtpHeaderExtensionCapability {
-                uri: uri.to_owned(),
-            },
-            rtp_kind(kind),
-            None,
-        )
-        .map_err(SfuError::webrtc("register header extension"))?;
-    }
-    Ok(me)
+    veil_rtc::media_engine().map_err(SfuError::webrtc("media engine"))
 }
 
-/// The default interceptors (NACK generator and responder, RTCP reports, transport-cc feedback,
-/// simulcast extensions) plus [`KeyFrameRequestTap`], registered into `me`.
+/// The default interceptors plus [`KeyFrameRequestTap`] ([`veil_rtc::interceptors`]),
+/// registered into `me`.
 ///
 /// # Errors
 /// [`SfuError::WebRtc`].
 pub fn interceptors(me: &mut MediaEngine) -> Result<Registry, SfuError> {
-    let reg = register_default_interceptors(Registry::new(), me)
-        .map_err(SfuError::webrtc("interceptors"))?;
-    // Last in the chain, so every interceptor that reads RTCP has seen it first.
-    Ok(reg.with(Slot::from(14_000), KeyFrameRequestTap::default()))
+    veil_rtc::interceptors(me).map_err(SfuError::webrtc("interceptors"))
 }
 
 /// Where GCC starts on a subscriber leg, before any feedback, in bits per second. Above a
@@ -238,17 +170,14 @@ pub async fn peer_connection(
     let mut me = media_engine()?;
     let estimate = Estimate::default();
     let registry = sfu_interceptors(&mut me, &estimate)?;
-    let se = SettingEngineBuilder::new()
-        .with_ice_timeouts(
-            Some(timers.silence),
-            Some(timers.grace),
-            Some(timers.keepalive),
-        )
-        // The answering side's first connectivity check waits one check interval: webrtc-rs's
-        // 200 ms default was most of every join (BENCHMARKS.md, call bench). 50 ms × 30
-        // attempts keeps the default's 1.5 s per candidate pair.
-        .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(30))
-        .build();
+    let se = SettingEngineBuilder::new().with_ice_timeouts(
+        Some(timers.silence),
+        Some(timers.grace),
+        Some(timers.keepalive),
+    );
+    // Veil's ICE check pacing: the answering side's first connectivity check waits one check
+    // interval, and webrtc-rs's 200 ms default was most of every join.
+    let se = veil_rtc::setting_engine(se);
     let pc = PeerConnectionBuilder::new()
         .with_media_engine(me)
         .with_interceptor_registry(registry)
@@ -259,62 +188,4 @@ pub async fn peer_connection(
         .await
         .map_err(SfuError::webrtc("peer connection"))?;
     Ok((Arc::new(pc), estimate))
-}
-
-/// Hands inbound PLI and FIR to the application (SFU-KF-03).
-///
-/// webrtc-rs 0.21.1 ends inbound RTCP at the end of the interceptor chain unless an interceptor
-/// marks it `DeliverToApplication` (rtc-interceptor `noop.rs`). This one marks key-frame
-/// requests, so they reach `TrackLocal::poll` of the track they name; the SFU answers them
-/// itself. Other RTCP (reports, NACK, transport-cc feedback) stays with the interceptors that
-/// act on it.
-#[derive(Default)]
-pub struct KeyFrameRequestTap {
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
-}
-
-fn is_key_frame_request(p: &dyn rtc::rtcp::Packet) -> bool {
-    let any = p.as_any();
-    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyFrameRequestTap {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &mut msg.message.packet {
-            packets.retain(|p| is_key_frame_request(p.as_ref()));
-            if packets.is_empty() {
-                return Ok(());
-            }
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.read.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for KeyFrameRequestTap {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }

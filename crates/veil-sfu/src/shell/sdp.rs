@@ -8,20 +8,7 @@ use webrtc::peer_connection::RTCSessionDescription;
 use crate::error::SfuError;
 use crate::routing::ExtIds;
 
-/// RFC 6464 audio level.
-pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
-/// The AV1 dependency descriptor.
-pub const DD_URI: &str =
-    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
-/// `sdes:mid`.
-pub const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
-/// `sdes:rtp-stream-id`.
-pub const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
-/// `sdes:repaired-rtp-stream-id`.
-pub const RRID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
-/// Transport-wide congestion control (per hop: never forwarded).
-pub const TRANSPORT_CC_URI: &str =
-    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+pub use veil_rtc::{AUDIO_LEVEL_URI, DD_URI, MID_URI, RID_URI, RRID_URI, TRANSPORT_CC_URI};
 
 /// The extensions whose data the SFU forwards end to end (SFU-EXT-03). Everything else is per
 /// hop (transport-cc, abs-send-time), per leg (mid, rid, repaired rid) or unknown, and is not

@@ -1,0 +1,248 @@
+//! Veil's WebRTC profile on webrtc-rs 0.21.1: what every leg between a Veil client and the
+//! blind SFU negotiates, in one place, so both ends agree by construction.
+//!
+//! - **Codecs:** Opus (PT 111) and VP8 (PT 96), with the RTCP feedback each hop answers: NACK,
+//!   PLI, FIR and transport-cc.
+//! - **Header extensions:** audio level and mid on audio, the AV1 dependency descriptor on
+//!   video; webrtc-rs's default interceptors add mid, rid, repaired rid and transport-cc.
+//!   webrtc-rs offers `extmap-allow-mixed`, so the two-byte form DD key frames need is allowed.
+//! - **Interceptors:** the defaults (NACK both ways, RTCP reports, transport-cc feedback,
+//!   simulcast extensions) plus [`KeyFrameRequestTap`], which hands PLI and FIR to the
+//!   application (webrtc-rs ends all other inbound RTCP in its chain).
+//! - **ICE:** connectivity checks every 50 ms ([`setting_engine`]).
+//!
+//! It holds no key: the SFU links it.
+//!
+//! ```
+//! use veil_rtc::{interceptors, media_engine};
+//!
+//! let mut me = media_engine().unwrap();
+//! let registry = interceptors(&mut me).unwrap();
+//! # let _ = registry;
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use webrtc::peer_connection::{
+    MediaEngine, Registry, SettingEngine, SettingEngineBuilder, register_default_interceptors,
+};
+
+/// RFC 6464 audio level.
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+/// The AV1 dependency descriptor.
+pub const DD_URI: &str =
+    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
+/// The transceiver's mid (RFC 9143).
+pub const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+/// The simulcast layer's rid (RFC 8852).
+pub const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+/// The repaired stream's rid (RFC 8852).
+pub const RRID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id";
+/// Transport-wide sequence numbers for transport-cc feedback.
+pub const TRANSPORT_CC_URI: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+/// Payload type of Opus.
+pub const OPUS_PT: u8 = 111;
+/// Payload type of VP8.
+pub const VP8_PT: u8 = 96;
+/// `audio/opus`.
+pub const MIME_OPUS: &str = "audio/opus";
+/// `video/VP8`.
+pub const MIME_VP8: &str = "video/VP8";
+
+/// The codec of `kind` as every Veil leg negotiates it.
+#[must_use]
+pub fn codec(kind: RtpCodecKind) -> RTCRtpCodec {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    if kind == RtpCodecKind::Audio {
+        RTCRtpCodec {
+            mime_type: MIME_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![fb("transport-cc", "")],
+        }
+    } else {
+        RTCRtpCodec {
+            mime_type: MIME_VP8.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![
+                fb("nack", ""),
+                fb("nack", "pli"),
+                fb("ccm", "fir"),
+                fb("transport-cc", ""),
+            ],
+        }
+    }
+}
+
+/// Opus and VP8, plus audio level and mid (audio) and the dependency descriptor (video). The
+/// default interceptors ([`interceptors`]) add mid, rid and repaired rid (video) and
+/// transport-cc.
+///
+/// # Errors
+/// webrtc-rs's error if it refuses a registration.
+pub fn media_engine() -> Result<MediaEngine, webrtc::error::Error> {
+    let mut me = MediaEngine::default();
+    for (kind, pt) in [
+        (RtpCodecKind::Audio, OPUS_PT),
+        (RtpCodecKind::Video, VP8_PT),
+    ] {
+        me.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: codec(kind),
+                payload_type: pt,
+            },
+            kind,
+        )?;
+    }
+    // The default interceptors register mid for video only; audio gets it here, so that every
+    // m-section can be demultiplexed by mid.
+    for (uri, kind) in [
+        (AUDIO_LEVEL_URI, RtpCodecKind::Audio),
+        (MID_URI, RtpCodecKind::Audio),
+        (DD_URI, RtpCodecKind::Video),
+    ] {
+        me.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            kind,
+            None,
+        )?;
+    }
+    Ok(me)
+}
+
+/// The default interceptors (NACK generator and responder, RTCP reports, transport-cc feedback,
+/// simulcast extensions) plus [`KeyFrameRequestTap`], registered into `me`.
+///
+/// # Errors
+/// webrtc-rs's error if it refuses a registration.
+pub fn interceptors(me: &mut MediaEngine) -> Result<Registry, webrtc::error::Error> {
+    let reg = register_default_interceptors(Registry::new(), me)?;
+    // Last in the chain, so every interceptor that reads RTCP has seen it first.
+    Ok(reg.with(Slot::from(14_000), KeyFrameRequestTap::default()))
+}
+
+/// How often ICE connectivity checks go out while a leg connects. webrtc-rs's default is
+/// 200 ms, and the answering side's first check waits for it: every join paid ~200 ms
+/// (BENCHMARKS.md, the call bench).
+pub const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// Checks per candidate pair before it fails: 30 × 50 ms, the same 1.5 s as webrtc-rs's
+/// default 7 × 200 ms.
+pub const ICE_CHECK_ATTEMPTS: u16 = 30;
+
+/// A setting engine with Veil's ICE checks, starting from `base` (e.g. with timeouts set).
+#[must_use]
+pub fn setting_engine(base: SettingEngineBuilder) -> SettingEngine {
+    base.with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_CHECK_ATTEMPTS))
+        .build()
+}
+
+/// Whether `p` asks for a key frame (PLI or FIR).
+#[must_use]
+pub fn is_key_frame_request(p: &dyn rtc::rtcp::Packet) -> bool {
+    let any = p.as_any();
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+/// Hands inbound PLI and FIR to the application.
+///
+/// webrtc-rs 0.21.1 ends inbound RTCP at the end of the interceptor chain unless an interceptor
+/// marks it `DeliverToApplication` (rtc-interceptor `noop.rs`). This one marks key-frame
+/// requests, so they reach `TrackLocal::poll` of the track they name: the SFU answers its
+/// subscribers' itself, a client's encoder produces a key frame. Other RTCP (reports, NACK,
+/// transport-cc feedback) stays with the interceptors that act on it.
+#[derive(Default)]
+pub struct KeyFrameRequestTap {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyFrameRequestTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &mut msg.message.packet {
+            packets.retain(|p| is_key_frame_request(p.as_ref()));
+            if packets.is_empty() {
+                return Ok(());
+            }
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyFrameRequestTap {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtcp::receiver_report::ReceiverReport;
+
+    #[test]
+    fn only_key_frame_requests_count_as_such() {
+        let pli = PictureLossIndication {
+            sender_ssrc: 1,
+            media_ssrc: 2,
+        };
+        assert!(is_key_frame_request(&pli));
+        assert!(is_key_frame_request(&FullIntraRequest::default()));
+        assert!(!is_key_frame_request(&ReceiverReport::default()));
+    }
+
+    #[test]
+    fn both_codecs_and_the_profiles_extensions_register() {
+        let mut me = media_engine().unwrap();
+        interceptors(&mut me).unwrap();
+        assert_eq!(codec(RtpCodecKind::Audio).clock_rate, 48_000);
+        assert_eq!(codec(RtpCodecKind::Video).mime_type, MIME_VP8);
+        assert!(
+            codec(RtpCodecKind::Video)
+                .rtcp_feedback
+                .iter()
+                .any(|f| f.typ == "nack" && f.parameter == "pli")
+        );
+    }
+}
