@@ -148,3 +148,31 @@ async fn a_late_subscriber_makes_the_sfu_ask_the_publisher_for_a_key_frame() {
     publishing.abort();
     bob.leave().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_sfu_cannot_read_yet_makes_it_ask_for_a_key_frame() {
+    let server = Server::start().await;
+    let room = "no-key-frame";
+    let alice = Room::join(server.room(room, "alice")).await.unwrap();
+    let mut events = alice.events();
+    let _bob = Room::join(server.room(room, "bob")).await.unwrap();
+    // Alice's video starts with delta frames: their DD refers to a structure the SFU never saw
+    // (SFU-KF-05), so it asks her for a key frame, and she hears it.
+    let publish = async {
+        for i in 0..250u32 {
+            alice
+                .publish_video(&video_frame(0, i), i * 3000, false)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let asked = wait_for(&mut events, "a key-frame request", |e| match e {
+        RoomEvent::KeyFrameRequested { layer } => Some(*layer),
+        _ => None,
+    });
+    tokio::select! {
+        layer = asked => assert_eq!(layer, 0),
+        () = publish => panic!("no key-frame request in 5 s of delta frames"),
+    }
+}

@@ -480,7 +480,22 @@ impl Room {
             .participants
             .get_mut(&publisher)
             .ok_or(SfuError::UnknownParticipant(publisher))?;
-        let ing = part.streams.ingest(meta)?;
+        let ing = match part.streams.ingest(meta) {
+            Ok(ing) => ing,
+            // SFU-KF-05: the descriptor refers to a template structure the SFU has not seen
+            // (the publisher's key frame was lost, or came before the SFU read the stream).
+            // Nothing of the stream can be routed until a key frame brings one: ask the
+            // publisher (throttled, SFU-KF-01) and drop the packet as waiting for it.
+            Err(SfuError::Metadata(veil_wire::WireError::MissingStructure { .. })) => {
+                let mut out = Routed::default();
+                if self.key_frames.request(meta.ssrc, now) {
+                    out.key_frame_requests.push(meta.ssrc);
+                }
+                out.dropped.push(DropReason::WaitingForKeyFrame);
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        };
         let mut out = Routed::default();
         if ing.repair {
             out.repair = true;
@@ -876,6 +891,89 @@ mod tests {
             .unwrap();
         assert!(r.on_rtp(3, t3, &meta(0x11, 1), Duration::ZERO).is_ok());
         assert_eq!(r.participant_count(), 2);
+    }
+
+    /// SFU-KF-05: a stream whose DD needs a structure the SFU never saw.
+    #[test]
+    fn a_stream_without_a_known_structure_asks_for_a_key_frame_and_waits_for_it() {
+        use veil_wire::dd::{
+            ChainDiffs, DependencyDescriptor, Dti, Dtis, Fdiffs, FrameDependencies, Resolution,
+            TemplateStructure,
+        };
+        use veil_wire::ext::{Extension, write_block};
+        let ids = ExtIds {
+            dd: Some(3),
+            ..ExtIds::default()
+        };
+        let mut r = Room::new(Duration::from_millis(300));
+        for p in 1..=2 {
+            r.add_participant(p, ids);
+        }
+        let t = r
+            .publish(
+                1,
+                Publish {
+                    kind: MediaKind::Video,
+                    clock_rate: 90_000,
+                    rids: vec![],
+                },
+            )
+            .unwrap();
+        r.subscribe(2, t, sub(0x22), Duration::ZERO).unwrap();
+        let dep = |fdiffs: &[u16]| FrameDependencies {
+            spatial_id: 0,
+            temporal_id: 0,
+            dtis: Dtis::from_slice(&[Dti::Switch]).unwrap(),
+            fdiffs: Fdiffs::from_slice(fdiffs).unwrap(),
+            chain_diffs: ChainDiffs::default(),
+        };
+        let structure = Arc::new(TemplateStructure {
+            template_id_offset: 0,
+            decode_target_count: 1,
+            chain_count: 0,
+            templates: vec![dep(&[]), dep(&[1])],
+            decode_target_protected_by: vec![],
+            resolutions: Some(vec![Resolution {
+                width: 640,
+                height: 360,
+            }]),
+        });
+        let packet = |n: u16, key: bool, at_ms: u64, r: &mut Room| {
+            let mut dd =
+                DependencyDescriptor::new(true, true, u8::from(!key), n, &structure).unwrap();
+            if key {
+                dd = dd.with_structure(structure.clone());
+            }
+            let mut raw = [0u8; 64];
+            let len = dd.write(&structure, &mut raw).unwrap();
+            let mut block = [0u8; 80];
+            let (profile, blen) = write_block(
+                &[Extension {
+                    id: 3,
+                    data: &raw[..len],
+                }],
+                &mut block,
+            )
+            .unwrap();
+            let meta = PacketMeta {
+                ext_profile: Some(profile),
+                ext_body: &block[..blen],
+                ..meta(0x11, n)
+            };
+            r.on_rtp(1, t, &meta, Duration::from_millis(at_ms)).unwrap()
+        };
+        // Delta frames first: dropped, and one request per throttle interval.
+        let mut requests = 0;
+        for (i, ms) in (0..20u16).zip((0..).step_by(33)) {
+            let out = packet(i + 1, false, ms, &mut r);
+            assert!(out.forwards.is_empty());
+            assert_eq!(out.dropped, [DropReason::WaitingForKeyFrame]);
+            requests += out.key_frame_requests.len();
+        }
+        assert_eq!(requests, 2, "at 0 and 330 ms: one per 300 ms at most");
+        // The key frame brings the structure: forwarded, and so are the frames after it.
+        assert_eq!(packet(21, true, 700, &mut r).forwards.len(), 1);
+        assert_eq!(packet(22, false, 733, &mut r).forwards.len(), 1);
     }
 
     /// SFU-DTX-01..02 in the core: one audio publisher, two subscribers.
