@@ -31,6 +31,10 @@ pub enum SfuError {
         /// Who sent it.
         sender: u64,
     },
+    /// A participant sent packets faster than its limit (peer input: drop and count,
+    /// SFU-LIVE-04).
+    #[error("participant {0} is over its packet-rate limit")]
+    RateLimited(u64),
     /// A track has more simulcast layers than the SFU forwards (peer input).
     #[error("SSRC {0:#010x} would be a simulcast layer beyond the limit")]
     TooManyLayers(u32),

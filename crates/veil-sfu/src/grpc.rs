@@ -77,7 +77,7 @@ pub fn code(e: &SfuError) -> Code {
         | SfuError::NotJoined { .. } => Code::NotFound,
         SfuError::NotSubscribed(_) | SfuError::Negotiation(_) => Code::FailedPrecondition,
         SfuError::AlreadyJoined { .. } => Code::AlreadyExists,
-        SfuError::Limit(_) => Code::ResourceExhausted,
+        SfuError::Limit(_) | SfuError::RateLimited(_) => Code::ResourceExhausted,
         SfuError::Timeout(_) => Code::DeadlineExceeded,
         SfuError::Closed => Code::Unavailable,
         _ => Code::Internal,

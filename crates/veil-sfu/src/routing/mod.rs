@@ -33,6 +33,7 @@ mod extmap;
 mod forwarder;
 mod keyframes;
 mod layers;
+mod ratelimit;
 mod room;
 mod speaker;
 mod ssrc;
@@ -43,6 +44,7 @@ pub use extmap::ExtMap;
 pub use forwarder::{Decision, DropReason, ForwarderStats, LayerForwarder};
 pub use keyframes::{KeyFrameRequests, KeyFrameStats};
 pub use layers::{LayerChoice, LayerPolicy, RATE_BUCKET, RateMeter};
+pub use ratelimit::{RateLimit, TokenBucket};
 pub use room::{
     Forward, MAX_LAYERS, MediaKind, ParticipantId, Publish, Room, Routed, Subscribe, TrackId,
 };

@@ -12,8 +12,8 @@ use std::time::Duration;
 use crate::error::SfuError;
 use crate::routing::{
     ActiveSpeaker, Decision, DropReason, Dtx, ExtIds, ExtMap, KeyFrameRequests, KeyFrameStats,
-    LayerChoice, LayerForwarder, LayerPolicy, PacketMeta, RateMeter, SilenceGate, SsrcOwners,
-    StreamRegistry,
+    LayerChoice, LayerForwarder, LayerPolicy, PacketMeta, RateLimit, RateMeter, SilenceGate,
+    SsrcOwners, StreamRegistry, TokenBucket,
 };
 
 /// A participant, numbered by the shell.
@@ -106,6 +106,8 @@ struct Participant {
     /// (SFU-BWE-03).
     estimate: Option<u64>,
     video_share: Option<u64>,
+    /// Its packet-rate bucket (SFU-LIVE-04).
+    bucket: TokenBucket,
 }
 
 #[derive(Debug)]
@@ -144,6 +146,8 @@ pub struct Room {
     speaker: ActiveSpeaker,
     /// Silent audio is dropped when set (SFU-DTX-01).
     dtx: Option<SilenceGate>,
+    /// Each participant's packet-rate limit, when set (SFU-LIVE-04).
+    rate_limit: Option<RateLimit>,
     next_track: u64,
     layer_policy: LayerPolicy,
 }
@@ -165,6 +169,7 @@ impl Room {
                 Duration::from_millis(300),
             ),
             dtx: Some(SilenceGate::new(Dtx::default())),
+            rate_limit: Some(RateLimit::default()),
             next_track: 1,
             layer_policy: LayerPolicy::default(),
         }
@@ -174,6 +179,12 @@ impl Room {
     /// On by default, with [`Dtx::default`].
     pub fn set_dtx(&mut self, dtx: Option<Dtx>) {
         self.dtx = dtx.map(SilenceGate::new);
+    }
+
+    /// Limit each participant's packet rate (SFU-LIVE-04), or not (`None`). On by default, with
+    /// [`RateLimit::default`].
+    pub fn set_rate_limit(&mut self, limit: Option<RateLimit>) {
+        self.rate_limit = limit;
     }
 
     /// Admit a participant whose leg negotiated these extension ids.
@@ -186,6 +197,7 @@ impl Room {
                 subscriptions: Vec::new(),
                 estimate: None,
                 video_share: None,
+                bucket: TokenBucket::default(),
             },
         );
     }
@@ -480,6 +492,12 @@ impl Room {
             .participants
             .get_mut(&publisher)
             .ok_or(SfuError::UnknownParticipant(publisher))?;
+        // SFU-LIVE-04: a flood is cut at the door, before it costs any routing.
+        if let Some(limit) = self.rate_limit
+            && !part.bucket.take(limit, now)
+        {
+            return Err(SfuError::RateLimited(publisher));
+        }
         let ing = match part.streams.ingest(meta) {
             Ok(ing) => ing,
             // SFU-KF-05: the descriptor refers to a template structure the SFU has not seen
@@ -891,6 +909,54 @@ mod tests {
             .unwrap();
         assert!(r.on_rtp(3, t3, &meta(0x11, 1), Duration::ZERO).is_ok());
         assert_eq!(r.participant_count(), 2);
+    }
+
+    /// SFU-LIVE-04: a flooding publisher is cut to its limit; the others are not touched.
+    #[test]
+    fn a_flooding_publisher_is_cut_to_its_limit_and_nobody_else_is() {
+        let (mut r, t) = room_with_video();
+        r.set_rate_limit(Some(RateLimit {
+            packets_per_second: 1000.0,
+            burst: 100.0,
+        }));
+        let t3 = r
+            .publish(
+                3,
+                Publish {
+                    kind: MediaKind::Video,
+                    clock_rate: 90_000,
+                    rids: vec![],
+                },
+            )
+            .unwrap();
+        r.subscribe(2, t, sub(0x22), Duration::ZERO).unwrap();
+        r.subscribe(2, t3, sub(0x23), Duration::ZERO).unwrap();
+        // One second: participant 1 floods at 20,000 packets/s, participant 3 sends 100.
+        let (mut flood_ok, mut flood_limited, mut calm_ok) = (0, 0, 0);
+        for i in 0..20_000u32 {
+            let now = Duration::from_micros(u64::from(i) * 50);
+            match r.on_rtp(1, t, &meta(0x11, i as u16), now) {
+                Ok(out) => flood_ok += out.forwards.len(),
+                Err(SfuError::RateLimited(1)) => flood_limited += 1,
+                Err(e) => panic!("{e}"),
+            }
+            if i % 200 == 0 {
+                calm_ok += r
+                    .on_rtp(3, t3, &meta(0x33, (i / 200) as u16), now)
+                    .unwrap()
+                    .forwards
+                    .len();
+            }
+        }
+        // The burst plus a second at the rate, give or take a packet.
+        assert!((1099..=1101).contains(&flood_ok), "{flood_ok}");
+        assert_eq!(flood_ok + flood_limited, 20_000);
+        assert_eq!(calm_ok, 100);
+        r.set_rate_limit(None);
+        assert!(
+            r.on_rtp(1, t, &meta(0x11, 1), Duration::from_secs(1))
+                .is_ok()
+        );
     }
 
     /// SFU-KF-05: a stream whose DD needs a structure the SFU never saw.

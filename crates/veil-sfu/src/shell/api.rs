@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use super::Sfu;
 #[cfg(doc)]
 use crate::error::SfuError;
-use crate::routing::{Dtx, MediaKind};
+use crate::routing::{Dtx, MediaKind, RateLimit};
 
 /// Configuration of an [`Sfu`]. Every timeout is configuration (a test or a relay may need
 /// other values), not a constant.
@@ -42,6 +42,9 @@ pub struct SfuConfig {
     /// forwards every audio packet. On by default: digital silence (level 127, no voice) after
     /// 200 ms.
     pub dtx: Option<Dtx>,
+    /// Each participant's packet-rate limit (SFU-LIVE-04); `None` turns it off. On by default:
+    /// 5,000 packets/s, bursts of 1,000.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for SfuConfig {
@@ -58,6 +61,7 @@ impl Default for SfuConfig {
             max_participants: 64,
             tap: None,
             dtx: Some(Dtx::default()),
+            rate_limit: Some(RateLimit::default()),
         }
     }
 }

@@ -44,6 +44,7 @@ fn drop_kind(e: &SfuError) -> DropKind {
         SfuError::SpoofedSsrc { .. } => DropKind::SpoofedSsrc,
         SfuError::UnknownTrack(_) | SfuError::UnknownParticipant(_) => DropKind::UnknownTrack,
         SfuError::TooManyLayers(_) | SfuError::UnknownLayer(_) => DropKind::Layer,
+        SfuError::RateLimited(_) => DropKind::RateLimited,
         _ => DropKind::Metadata,
     }
 }

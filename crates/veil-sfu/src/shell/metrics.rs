@@ -39,6 +39,8 @@ pub enum DropKind {
     /// Arrived after a later packet was dropped as silence; its number would collide
     /// (SFU-FWD-05).
     LateAfterSkip,
+    /// Its sender is over its packet-rate limit (SFU-LIVE-04).
+    RateLimited,
 }
 
 impl DropKind {
@@ -60,6 +62,7 @@ impl DropKind {
             Self::NotPermitted => "not_permitted",
             Self::Silence => "silence",
             Self::LateAfterSkip => "late_after_skip",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

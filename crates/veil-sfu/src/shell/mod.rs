@@ -249,6 +249,7 @@ impl Sfu {
                             core: {
                                 let mut core = Room::new(self.shared.config.key_frame_interval);
                                 core.set_dtx(self.shared.config.dtx);
+                                core.set_rate_limit(self.shared.config.rate_limit);
                                 core
                             },
                             participants: HashMap::new(),

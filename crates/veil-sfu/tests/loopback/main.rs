@@ -7,6 +7,7 @@
 mod bandwidth;
 mod common;
 mod dtx;
+mod flood;
 mod grpc;
 mod key_frames;
 mod lifecycle;
