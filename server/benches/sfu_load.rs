@@ -344,6 +344,8 @@ impl Client {
         self.send(R::Join(pb::Join {
             room: room.to_owned(),
             offer_sdp,
+            // Synthetic payloads: the packetization label is irrelevant to forwarding.
+            packetization: 0,
         }))
         .await;
         let answer = match stream.message().await.unwrap() {

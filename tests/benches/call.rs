@@ -122,6 +122,7 @@ async fn plain_peer(
         room,
         std::slice::from_ref(&track),
         vec!["127.0.0.1:0".to_owned()],
+        veil_client::media::Packetization::Browser,
     )
     .await
     .unwrap();

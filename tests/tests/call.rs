@@ -141,3 +141,59 @@ async fn three_participants_every_frame_arrives_decrypted_browser_packetization(
 async fn three_participants_every_frame_arrives_decrypted_ietf_packetization() {
     call(Packetization::Ietf).await;
 }
+
+/// SFU-ROOM-03: the room keeps the first packetization proposed; a participant that would
+/// rather use the other one is told the room's and uses it, so every frame still decrypts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_keeps_its_first_packetization_and_a_later_joiner_adopts_it() {
+    let server = Server::start().await;
+    let room = "packetization";
+    let mut alice_cfg = server.room(room, "alice");
+    alice_cfg.packetization = Packetization::Ietf;
+    let alice = Room::join(alice_cfg).await.unwrap();
+    let bob_cfg = server.room(room, "bob");
+    assert_eq!(bob_cfg.packetization, Packetization::Browser);
+    let bob = Room::join(bob_cfg).await.unwrap();
+    assert_eq!(alice.packetization(), Packetization::Ietf);
+    assert_eq!(bob.packetization(), Packetization::Ietf);
+    let mut rooms = vec![alice, bob];
+    for r in &rooms {
+        r.group()
+            .wait(Duration::from_secs(20), |s| s.members.len() == 2)
+            .await
+            .unwrap();
+    }
+    warm_up(&mut rooms, 2).await;
+    let base = 2_000_000u32;
+    for i in 0..20u32 {
+        rooms[1]
+            .publish_audio(&audio_frame(1, i), base + i * 960, (true, 30))
+            .await
+            .unwrap();
+        rooms[1]
+            .publish_video(&video_frame(1, i), base + i * 3000, i == 0)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = collect(&mut rooms[0], |g| {
+        [MediaKind::Audio, MediaKind::Video].iter().all(|k| {
+            g.get(&("bob".to_owned(), *k))
+                .is_some_and(|m| m.range(base..).count() >= 20)
+        })
+    })
+    .await;
+    for i in 0..20u32 {
+        assert_eq!(
+            got[&("bob".to_owned(), MediaKind::Audio)].get(&(base + i * 960)),
+            Some(&audio_frame(1, i))
+        );
+        assert_eq!(
+            got[&("bob".to_owned(), MediaKind::Video)].get(&(base + i * 3000)),
+            Some(&video_frame(1, i))
+        );
+    }
+    for (t, s) in &rooms[0].stats().received {
+        assert!(s.decrypt_failures.is_empty(), "{t}: {s:?}");
+    }
+}

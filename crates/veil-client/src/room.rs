@@ -24,7 +24,9 @@ pub struct RoomConfig {
     pub group: GroupConfig,
     /// The SFU's URL (the same server by default).
     pub sfu_url: String,
-    /// Frame packetization (browser-compatible by default).
+    /// The frame packetization this participant proposes (browser-compatible by default). The
+    /// room keeps the first one proposed, and every participant uses that one
+    /// ([`Room::packetization`]).
     pub packetization: Packetization,
     /// Local UDP addresses for the WebRTC connection.
     pub udp_addrs: Vec<String>,
@@ -152,6 +154,7 @@ pub struct Room {
     /// One sender per simulcast layer (one without simulcast).
     video: (LocalTrack, Vec<StdMutex<TrackSender>>),
     frames: mpsc::Receiver<RemoteFrame>,
+    packetization: Packetization,
     events: tokio::sync::broadcast::Sender<RoomEvent>,
     events_task: tokio::task::JoinHandle<()>,
     received: std::sync::Arc<StdMutex<HashMap<String, ReceiveStats>>>,
@@ -209,10 +212,12 @@ impl Room {
             &cfg.group.room,
             &[audio.clone(), video.clone()],
             cfg.udp_addrs.clone(),
+            cfg.packetization,
         )
         .await?;
         let counter = FrameCounter::default();
-        let p = cfg.packetization;
+        // The room's packetization, which may not be this participant's preference.
+        let p = sfu.packetization();
         let audio_tx = TrackSender::new(
             MediaKind::Audio,
             p,
@@ -343,6 +348,7 @@ impl Room {
             audio: (audio, StdMutex::new(audio_tx)),
             video: (video, video_tx),
             frames,
+            packetization: p,
             events,
             events_task,
             received,
@@ -458,6 +464,13 @@ impl Room {
     /// The next decrypted frame from another participant.
     pub async fn next_frame(&mut self) -> Option<RemoteFrame> {
         self.frames.recv().await
+    }
+
+    /// The room's packetization, which this participant uses (the first participant to
+    /// propose one chose it for the room).
+    #[must_use]
+    pub fn packetization(&self) -> Packetization {
+        self.packetization
     }
 
     /// Room events from now on: participants joining and leaving, the active speaker, epoch

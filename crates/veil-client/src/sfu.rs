@@ -23,7 +23,7 @@ use webrtc::rtp_transceiver::RtpSender;
 
 use crate::error::ClientError;
 use crate::keys::from_status;
-use crate::media::{ExtIds, MediaKind};
+use crate::media::{ExtIds, MediaKind, Packetization};
 use crate::transport::{LocalTrack, RemotePacket, negotiated_ext_ids, peer_connection, read_track};
 
 use pb::signal_event::Event as E;
@@ -127,6 +127,7 @@ pub struct SfuSession {
     requests: mpsc::Sender<pb::SignalRequest>,
     senders: Vec<Arc<dyn RtpSender>>,
     identity: String,
+    packetization: Packetization,
     events: tokio::sync::broadcast::Sender<SfuEvent>,
     task: tokio::task::JoinHandle<Result<(), ClientError>>,
 }
@@ -155,7 +156,9 @@ async fn wait_true(rx: &mut watch::Receiver<bool>, what: &str) -> Result<(), Cli
 
 impl SfuSession {
     /// Join `room` at the SFU at `url` with `token`, publishing `tracks`, and subscribe to every
-    /// other participant's tracks. Returns the session and the incoming media.
+    /// other participant's tracks, proposing `packetization` for the room (the room keeps the
+    /// first one named: [`packetization`](Self::packetization)). Returns the session and the
+    /// incoming media.
     ///
     /// # Errors
     /// [`ClientError::Refused`] (e.g. a token without the needed grants),
@@ -166,6 +169,7 @@ impl SfuSession {
         room: &str,
         tracks: &[LocalTrack],
         udp_addrs: Vec<String>,
+        packetization: Packetization,
     ) -> Result<(Self, mpsc::Receiver<RemoteMedia>), ClientError> {
         let (g_tx, mut gathered) = watch::channel(false);
         let (c_tx, mut connected) = watch::channel(false);
@@ -217,6 +221,10 @@ impl SfuSession {
                 R::Join(pb::Join {
                     room: room.to_owned(),
                     offer_sdp,
+                    packetization: match packetization {
+                        Packetization::Browser => pb::Packetization::Browser,
+                        Packetization::Ietf => pb::Packetization::Ietf,
+                    } as i32,
                 }),
             ))
             .await
@@ -249,6 +257,12 @@ impl SfuSession {
         wait_true(&mut connected, "connection to the SFU").await?;
 
         let identity = joined.identity.clone();
+        // SFU-ROOM-03: the room's packetization wins over this participant's preference.
+        let packetization = match pb::Packetization::try_from(joined.packetization) {
+            Ok(pb::Packetization::Ietf) => Packetization::Ietf,
+            Ok(pb::Packetization::Browser) => Packetization::Browser,
+            _ => packetization,
+        };
         let (room_events, _) = tokio::sync::broadcast::channel(256);
         let task = tokio::spawn(signalling(
             pc.clone(),
@@ -265,6 +279,7 @@ impl SfuSession {
                 requests,
                 senders,
                 identity,
+                packetization,
                 events: room_events,
                 task,
             },
@@ -288,6 +303,13 @@ impl SfuSession {
             .get(i)
             .ok_or_else(|| ClientError::Config(format!("no published track {i}")))?;
         negotiated_ext_ids(s).await
+    }
+
+    /// The room's packetization, which this participant must use (the first participant to
+    /// name one chose it; SFU-ROOM-03).
+    #[must_use]
+    pub fn packetization(&self) -> Packetization {
+        self.packetization
     }
 
     /// Room events from now on.

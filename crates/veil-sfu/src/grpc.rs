@@ -188,6 +188,7 @@ async fn session(
     let joined = pb::Joined {
         answer_sdp: std::mem::take(&mut s.answer),
         identity: identity.clone(),
+        packetization: sfu.settle_packetization(&room, join.packetization),
     };
     if tx
         .send(ev(pb::signal_event::Event::Joined(joined)))

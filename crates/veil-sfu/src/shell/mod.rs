@@ -67,6 +67,9 @@ struct RoomState {
 struct RoomShell {
     name: String,
     state: Mutex<RoomState>,
+    /// The room's payload packetization, an opaque label (`veil.sfu.v1.Packetization`) set by
+    /// the first participant that names one (SFU-ROOM-03). 0: none yet.
+    packetization: std::sync::atomic::AtomicI32,
 }
 
 impl RoomShell {
@@ -146,6 +149,22 @@ impl Sfu {
     #[must_use]
     pub fn room_events(&self) -> broadcast::Receiver<RoomEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// The room's packetization label (SFU-ROOM-03): the first non-zero `proposal` made in
+    /// `room` while it exists, which every later call returns. 0 when nobody proposed one.
+    /// The SFU never interprets it (it reads no payload); it keeps the participants agreed.
+    #[must_use]
+    pub fn settle_packetization(&self, room: &str, proposal: i32) -> i32 {
+        let Some(r) = self.shared.rooms().get(room).cloned() else {
+            return proposal;
+        };
+        if proposal != 0 {
+            let _ =
+                r.packetization
+                    .compare_exchange(0, proposal, Ordering::AcqRel, Ordering::Acquire);
+        }
+        r.packetization.load(Ordering::Acquire)
     }
 
     /// Spoofed packets rejected in `room` (SFU-SEC-01).
@@ -245,6 +264,7 @@ impl Sfu {
                 .or_insert_with(|| {
                     Arc::new(RoomShell {
                         name: room.to_owned(),
+                        packetization: std::sync::atomic::AtomicI32::new(0),
                         state: Mutex::new(RoomState {
                             core: {
                                 let mut core = Room::new(self.shared.config.key_frame_interval);

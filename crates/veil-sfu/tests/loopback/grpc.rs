@@ -120,17 +120,23 @@ impl Signal {
         .expect("signalling event")
     }
 
-    /// Join with `peer`'s offer and connect it.
-    async fn join(&mut self, peer: &mut Peer) -> Result<(), tonic::Status> {
+    /// Join with `peer`'s offer, proposing a packetization, and connect it; returns the room's
+    /// packetization (SFU-ROOM-03).
+    async fn join_proposing(
+        &mut self,
+        peer: &mut Peer,
+        packetization: pb::Packetization,
+    ) -> Result<i32, tonic::Status> {
         let offer_sdp = peer.offer().await;
         self.send(R::Join(pb::Join {
             room: peer.room.clone(),
             offer_sdp,
+            packetization: packetization as i32,
         }))
         .await;
-        let answer = self
+        let (answer, room_packetization) = self
             .next(|e| match e {
-                E::Joined(j) => Some(j.answer_sdp.clone()),
+                E::Joined(j) => Some((j.answer_sdp.clone(), j.packetization)),
                 _ => None,
             })
             .await?;
@@ -139,7 +145,7 @@ impl Signal {
             .await
             .unwrap();
         peer.connected().await;
-        Ok(())
+        Ok(room_packetization)
     }
 
     /// Answer the SFU's next offer with `peer`.
@@ -176,7 +182,12 @@ async fn a_grpc_session_publishes_subscribes_and_leaves() {
     let mut a_sig = Signal::open(addr, Some(&token(&key, "alice", room, true, false)))
         .await
         .unwrap();
-    a_sig.join(&mut alice).await.unwrap();
+    // SFU-ROOM-03: alice is first to name a packetization; it becomes the room's.
+    let p = a_sig
+        .join_proposing(&mut alice, pb::Packetization::Ietf)
+        .await
+        .unwrap();
+    assert_eq!(p, pb::Packetization::Ietf as i32);
     let talk = tokio::spawn(async move {
         for i in 0u16.. {
             let body = Bytes::from(vec![0x5A; 40 + usize::from(i % 50)]);
@@ -190,7 +201,12 @@ async fn a_grpc_session_publishes_subscribes_and_leaves() {
     let mut b_sig = Signal::open(addr, Some(&token(&key, "bob", room, false, true)))
         .await
         .unwrap();
-    b_sig.join(&mut bob).await.unwrap();
+    // Bob would rather use the browser packetization, and is told the room's.
+    let p = b_sig
+        .join_proposing(&mut bob, pb::Packetization::Browser)
+        .await
+        .unwrap();
+    assert_eq!(p, pb::Packetization::Ietf as i32);
     let track = b_sig
         .next(|e| match e {
             E::TrackPublished(t) if t.publisher == "alice" => Some(t.clone()),
@@ -266,6 +282,7 @@ async fn grpc_refuses_missing_wrong_and_powerless_tokens() {
         R::Join(pb::Join {
             room: room.to_owned(),
             offer_sdp: sdp,
+            packetization: 0,
         })
     };
     let mut peer = Peer::new(room, "eve", false).await;
