@@ -43,10 +43,7 @@ use veil_proto::sfu::v1::sfu_client::SfuClient;
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::peer::{self, OPUS_PT, VP8_PT};
 use veil_sfu::shell::sdp::{AUDIO_LEVEL_URI, DD_URI, MID_URI, RID_URI};
-use veil_wire::dd::{
-    ChainDiffs, DependencyDescriptor, Dti, Dtis, Fdiffs, FrameDependencies, Resolution,
-    TemplateStructure,
-};
+use veil_wire::dd::{DependencyDescriptor, TemplateStructure};
 use webrtc::media_stream::track_local::TrackLocal as _;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -509,24 +506,8 @@ impl RtcPublisher {
 
 /// A one-layer DD structure per simulcast stream (each SSRC latches its own).
 fn dd_structure() -> Arc<TemplateStructure> {
-    let t = |fdiffs: &[u16]| FrameDependencies {
-        spatial_id: 0,
-        temporal_id: 0,
-        dtis: Dtis::from_slice(&[Dti::Switch]).unwrap(),
-        fdiffs: Fdiffs::from_slice(fdiffs).unwrap(),
-        chain_diffs: ChainDiffs::default(),
-    };
-    Arc::new(TemplateStructure {
-        template_id_offset: 0,
-        decode_target_count: 1,
-        chain_count: 0,
-        templates: vec![t(&[]), t(&[3])],
-        decode_target_protected_by: vec![],
-        resolutions: Some(vec![Resolution {
-            width: 640,
-            height: 360,
-        }]),
-    })
+    // Three layers on one frame counter, sent in turn: a layer's previous frame is 3 back.
+    Arc::new(TemplateStructure::single_layer(640, 360, 3))
 }
 
 async fn ext_id(t: &Arc<dyn webrtc::rtp_transceiver::RtpTransceiver>, uri: &str) -> u8 {

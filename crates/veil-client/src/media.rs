@@ -16,10 +16,7 @@ use std::time::Duration;
 
 use veil_mls::{CallSession, MlsError, Provider, Received};
 use veil_wire::audio_level::AudioLevel;
-use veil_wire::dd::{
-    ChainDiffs, DependencyDescriptor, Dti, Dtis, Fdiffs, FrameDependencies, Resolution,
-    TemplateStructure,
-};
+use veil_wire::dd::{DependencyDescriptor, TemplateStructure};
 use veil_wire::packetize::{
     Output, PacketFormat, Packetizer, Reassembler, ReassemblerConfig, RtpIn, Vp8Descriptor,
 };
@@ -91,23 +88,22 @@ pub struct RtpOut {
 
 /// The DD structure Veil video uses for one stream: one spatial and one temporal layer, a key
 /// template and a delta template referring to the previous frame, with the stream's resolution.
+/// Simulcast layers use [`simulcast_layer_structure`].
 #[must_use]
 pub fn single_layer_structure(width: u32, height: u32) -> Arc<TemplateStructure> {
-    let t = |fdiffs: &[u16]| FrameDependencies {
-        spatial_id: 0,
-        temporal_id: 0,
-        dtis: Dtis::from_slice(&[Dti::Switch]).unwrap_or_default(),
-        fdiffs: Fdiffs::from_slice(fdiffs).unwrap_or_default(),
-        chain_diffs: ChainDiffs::default(),
-    };
-    Arc::new(TemplateStructure {
-        template_id_offset: 0,
-        decode_target_count: 1,
-        chain_count: 0,
-        templates: vec![t(&[]), t(&[1])],
-        decode_target_protected_by: vec![],
-        resolutions: Some(vec![Resolution { width, height }]),
-    })
+    Arc::new(TemplateStructure::single_layer(width, height, 1))
+}
+
+/// The DD structure of one of `layers` simulcast layers that share one frame counter and send
+/// each capture instant in turn: its delta frames reference the same layer's previous frame,
+/// `layers` frame numbers back, as Chromium's layers reference only their own frames.
+#[must_use]
+pub fn simulcast_layer_structure(width: u32, height: u32, layers: u16) -> Arc<TemplateStructure> {
+    Arc::new(TemplateStructure::single_layer(
+        width,
+        height,
+        layers.max(1),
+    ))
 }
 
 /// Encrypts and packetizes one track's frames.

@@ -236,14 +236,18 @@ impl Room {
             )?)]
         } else {
             let mid = sfu.mid(1).await?;
+            // Each capture instant goes out on every layer in turn, on one frame counter: a
+            // layer's previous frame is `layers` numbers back.
+            let layers = u16::try_from(cfg.simulcast.len()).unwrap_or(u16::MAX);
             cfg.simulcast
                 .iter()
                 .map(|l| {
                     Ok(StdMutex::new(
                         TrackSender::new(MediaKind::Video, p, video_ext, 1, counter.clone())?
-                            .with_structure(crate::media::single_layer_structure(
+                            .with_structure(crate::media::simulcast_layer_structure(
                                 u32::from(l.width),
                                 u32::from(l.height),
+                                layers,
                             ))
                             .with_layer(&mid, &l.rid),
                     ))

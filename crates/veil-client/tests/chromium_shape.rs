@@ -2,7 +2,8 @@
 //! (`../shared/vectors/chromium156`, captured from Chromium by someone else; only headers and
 //! extensions are recorded, SRTP hid the payloads). The issue asks for the dependency
 //! descriptor "on every packet, with the template structure on key frames and one frame counter
-//! shared across simulcast layers, exactly as Chromium sends it". Each property is first
+//! shared across simulcast layers, exactly as Chromium sends it" (and with each layer's frames
+//! referencing only that layer's earlier frames, as Chromium's do). Each property is first
 //! checked on Chromium's capture (so the test states a fact of Chromium's, not a wish), then on
 //! the packets of Veil's [`TrackSender`].
 //!
@@ -14,7 +15,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use veil_client::media::{
-    ExtIds, FrameCounter, MediaKind, Packetization, RtpOut, TrackSender, single_layer_structure,
+    ExtIds, FrameCounter, MediaKind, Packetization, RtpOut, TrackSender, simulcast_layer_structure,
+    single_layer_structure,
 };
 use veil_mls::{CallSession, KeyConfig};
 use veil_wire::dd::DdLatch;
@@ -89,6 +91,9 @@ struct Shape {
     misplaced_bounds: usize,
     /// Frame numbers that do not increase from the previous frame of the stream.
     non_increasing_numbers: usize,
+    /// Frames that reference a frame number this stream never had (another layer's frame, or
+    /// nothing at all).
+    foreign_references: usize,
     /// The structure's decode targets, resolutions.
     structure: Option<(u8, Vec<(u32, u32)>)>,
 }
@@ -97,6 +102,7 @@ fn shapes(packets: &[Pkt]) -> BTreeMap<u32, Shape> {
     let mut out: BTreeMap<u32, Shape> = BTreeMap::new();
     let mut latches: BTreeMap<u32, DdLatch> = BTreeMap::new();
     let mut last: BTreeMap<u32, (u32, u16)> = BTreeMap::new();
+    let mut seen: BTreeMap<u32, HashSet<u16>> = BTreeMap::new();
     for p in packets {
         let s = out.entry(p.ssrc).or_default();
         s.packets += 1;
@@ -123,6 +129,9 @@ fn shapes(packets: &[Pkt]) -> BTreeMap<u32, Shape> {
             ));
         }
         if d.start_of_frame {
+            let own = seen.entry(p.ssrc).or_default();
+            s.foreign_references += d.referenced_frames().filter(|f| !own.contains(f)).count();
+            own.insert(d.frame_number);
             s.frames += 1;
             s.key_frames += usize::from(key_start);
             if let Some((_, prev)) = last.get(&p.ssrc) {
@@ -149,6 +158,10 @@ fn assert_shape(who: &str, s: &Shape) {
     );
     assert_eq!(s.misplaced_bounds, 0, "{who}: frame bounds: {s:?}");
     assert_eq!(s.non_increasing_numbers, 0, "{who}: frame numbers: {s:?}");
+    assert_eq!(
+        s.foreign_references, 0,
+        "{who}: references outside the stream: {s:?}"
+    );
 }
 
 fn session() -> CallSession {
@@ -261,7 +274,7 @@ fn simulcast_layers_share_one_frame_counter_as_chromiums_do() {
                 counter.clone(),
             )
             .unwrap()
-            .with_structure(single_layer_structure(w, h))
+            .with_structure(simulcast_layer_structure(w, h, 3))
         })
         .collect();
     let mut ours = Vec::new();

@@ -12,10 +12,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use veil_sfu::routing::{ExtIds, ExtMap, MediaKind, PacketMeta, Publish, Room, Subscribe};
-use veil_wire::dd::{
-    ChainDiffs, DependencyDescriptor, Dti, Dtis, Fdiffs, FrameDependencies, Resolution,
-    TemplateStructure,
-};
+use veil_wire::dd::{DependencyDescriptor, TemplateStructure};
 use veil_wire::ext::{Extension, write_block};
 
 const DD_ID: u8 = 12;
@@ -23,24 +20,7 @@ const PACKETS: usize = 3000;
 
 /// (seq, ts, extension profile, extension block) of `PACKETS` one-packet frames.
 fn packets() -> Vec<(u16, u32, u16, Vec<u8>)> {
-    let t = |fdiffs: &[u16]| FrameDependencies {
-        spatial_id: 0,
-        temporal_id: 0,
-        dtis: Dtis::from_slice(&[Dti::Switch]).unwrap(),
-        fdiffs: Fdiffs::from_slice(fdiffs).unwrap(),
-        chain_diffs: ChainDiffs::default(),
-    };
-    let s = Arc::new(TemplateStructure {
-        template_id_offset: 0,
-        decode_target_count: 1,
-        chain_count: 0,
-        templates: vec![t(&[]), t(&[1])],
-        decode_target_protected_by: vec![],
-        resolutions: Some(vec![Resolution {
-            width: 1280,
-            height: 720,
-        }]),
-    });
+    let s = Arc::new(TemplateStructure::single_layer(1280, 720, 1));
     (0..PACKETS)
         .map(|i| {
             let key = i % 30 == 0;

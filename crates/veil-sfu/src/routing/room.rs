@@ -962,10 +962,7 @@ mod tests {
     /// SFU-KF-05: a stream whose DD needs a structure the SFU never saw.
     #[test]
     fn a_stream_without_a_known_structure_asks_for_a_key_frame_and_waits_for_it() {
-        use veil_wire::dd::{
-            ChainDiffs, DependencyDescriptor, Dti, Dtis, Fdiffs, FrameDependencies, Resolution,
-            TemplateStructure,
-        };
+        use veil_wire::dd::{DependencyDescriptor, TemplateStructure};
         use veil_wire::ext::{Extension, write_block};
         let ids = ExtIds {
             dd: Some(3),
@@ -986,24 +983,7 @@ mod tests {
             )
             .unwrap();
         r.subscribe(2, t, sub(0x22), Duration::ZERO).unwrap();
-        let dep = |fdiffs: &[u16]| FrameDependencies {
-            spatial_id: 0,
-            temporal_id: 0,
-            dtis: Dtis::from_slice(&[Dti::Switch]).unwrap(),
-            fdiffs: Fdiffs::from_slice(fdiffs).unwrap(),
-            chain_diffs: ChainDiffs::default(),
-        };
-        let structure = Arc::new(TemplateStructure {
-            template_id_offset: 0,
-            decode_target_count: 1,
-            chain_count: 0,
-            templates: vec![dep(&[]), dep(&[1])],
-            decode_target_protected_by: vec![],
-            resolutions: Some(vec![Resolution {
-                width: 640,
-                height: 360,
-            }]),
-        });
+        let structure = Arc::new(TemplateStructure::single_layer(640, 360, 1));
         let packet = |n: u16, key: bool, at_ms: u64, r: &mut Room| {
             let mut dd =
                 DependencyDescriptor::new(true, true, u8::from(!key), n, &structure).unwrap();

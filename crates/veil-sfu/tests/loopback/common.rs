@@ -496,27 +496,7 @@ pub fn payload(seed: u64, len: usize) -> Bytes {
 
 /// A one-layer DD structure (as Veil clients send for a non-simulcast stream).
 pub fn dd_structure() -> Arc<veil_wire::dd::TemplateStructure> {
-    use veil_wire::dd::{
-        ChainDiffs, Dti, Dtis, Fdiffs, FrameDependencies, Resolution, TemplateStructure,
-    };
-    let t = |fdiffs: &[u16]| FrameDependencies {
-        spatial_id: 0,
-        temporal_id: 0,
-        dtis: Dtis::from_slice(&[Dti::Switch]).unwrap(),
-        fdiffs: Fdiffs::from_slice(fdiffs).unwrap(),
-        chain_diffs: ChainDiffs::default(),
-    };
-    Arc::new(TemplateStructure {
-        template_id_offset: 0,
-        decode_target_count: 1,
-        chain_count: 0,
-        templates: vec![t(&[]), t(&[1])],
-        decode_target_protected_by: vec![],
-        resolutions: Some(vec![Resolution {
-            width: 640,
-            height: 360,
-        }]),
-    })
+    Arc::new(veil_wire::dd::TemplateStructure::single_layer(640, 360, 1))
 }
 
 /// The DD of a one-packet frame: a key frame (with the structure) or a delta frame.

@@ -150,6 +150,30 @@ pub struct TemplateStructure {
 }
 
 impl TemplateStructure {
+    /// One spatial and one temporal layer at `width`×`height`: a key template that references
+    /// nothing and a delta template that references the frame `delta_fdiff` frame numbers back
+    /// (1 for a stream with frame numbers of its own; the layer count for simulcast layers that
+    /// share one counter and send in turn). One decode target, no chains. `delta_fdiff` must
+    /// be 1..=16: a template's fdiffs take four bits, and writing the structure refuses others.
+    #[must_use]
+    pub fn single_layer(width: u32, height: u32, delta_fdiff: u16) -> Self {
+        let t = |fdiffs: &[u16]| FrameDependencies {
+            spatial_id: 0,
+            temporal_id: 0,
+            dtis: Dtis::from_slice(&[Dti::Switch]).unwrap_or_default(),
+            fdiffs: Fdiffs::from_slice(fdiffs).unwrap_or_default(),
+            chain_diffs: ChainDiffs::default(),
+        };
+        Self {
+            template_id_offset: 0,
+            decode_target_count: 1,
+            chain_count: 0,
+            templates: vec![t(&[]), t(&[delta_fdiff])],
+            decode_target_protected_by: vec![],
+            resolutions: Some(vec![Resolution { width, height }]),
+        }
+    }
+
     /// The template id of template index `i`.
     #[must_use]
     pub fn template_id(&self, index: usize) -> u8 {

@@ -281,6 +281,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_single_layer_structure_round_trips_and_its_deltas_reference_delta_fdiff_back() {
+        let s = Arc::new(TemplateStructure::single_layer(640, 360, 3));
+        s.validate().unwrap();
+        let mut buf = [0u8; MAX_DD_LEN];
+        let key = DependencyDescriptor::new(true, true, 0, 7, &s)
+            .unwrap()
+            .with_structure(s.clone());
+        let n = key.write(&s, &mut buf).unwrap();
+        let mut latch = DdLatch::default();
+        let k = latch.parse(&buf[..n]).unwrap();
+        assert!(k.is_key_frame_start());
+        assert_eq!(latch.structure().map(|l| **l == *s), Some(true));
+        let delta = DependencyDescriptor::new(true, true, 1, 10, &s).unwrap();
+        let n = delta.write(&s, &mut buf).unwrap();
+        let d = latch.parse(&buf[..n]).unwrap();
+        assert_eq!(d.referenced_frames().collect::<Vec<_>>(), [7]);
+        // A template fdiff takes four bits: 17 cannot be written.
+        let wide = Arc::new(TemplateStructure::single_layer(640, 360, 17));
+        let k = DependencyDescriptor::new(true, true, 0, 1, &wide).unwrap();
+        assert!(
+            k.with_structure(wide.clone())
+                .write(&wide, &mut buf)
+                .is_err()
+        );
+    }
+
+    #[test]
     fn misuse_is_refused_not_written() {
         let mut rng = StdRng::seed_from_u64(7);
         let s = Arc::new(random_structure(&mut rng));
