@@ -11,7 +11,8 @@ use bytes::Bytes;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters,
+    RtpCodecKind,
 };
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -107,6 +108,9 @@ impl LocalTrack {
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
                     ssrc: Some(ssrc),
+                    rtx: (kind == MediaKind::Video).then(|| RTCRtpRtxParameters {
+                        ssrc: veil_rtc::rtx_ssrc(ssrc),
+                    }),
                     ..Default::default()
                 },
                 codec: codec(kind),
@@ -135,6 +139,9 @@ impl LocalTrack {
                     rtp_coding_parameters: RTCRtpCodingParameters {
                         rid: (*rid).to_owned(),
                         ssrc: Some(*ssrc),
+                        rtx: Some(RTCRtpRtxParameters {
+                            ssrc: veil_rtc::rtx_ssrc(*ssrc),
+                        }),
                         ..Default::default()
                     },
                     codec: codec(MediaKind::Video),

@@ -2,13 +2,14 @@
 //! blind SFU negotiates, in one place, so both ends agree by construction.
 //!
 //! - **Codecs:** Opus (PT 111) and VP8 (PT 96), with the RTCP feedback each hop answers: NACK,
-//!   PLI, FIR and transport-cc.
+//!   PLI, FIR and transport-cc; VP8's retransmissions go as RTX (PT 97, RFC 4588).
 //! - **Header extensions:** audio level and mid on audio, the AV1 dependency descriptor on
 //!   video; webrtc-rs's default interceptors add mid, rid, repaired rid and transport-cc.
 //!   webrtc-rs offers `extmap-allow-mixed`, so the two-byte form DD key frames need is allowed.
 //! - **Interceptors:** the defaults (NACK both ways, RTCP reports, transport-cc feedback,
 //!   simulcast extensions) plus [`KeyFrameRequestTap`], which hands PLI and FIR to the
-//!   application (webrtc-rs ends all other inbound RTCP in its chain).
+//!   application (webrtc-rs ends all other inbound RTCP in its chain), and [`RtxInterceptor`],
+//!   which completes webrtc-rs's RTX ([`rtx`]).
 //! - **ICE:** connectivity checks every 50 ms ([`setting_engine`]).
 //!
 //! It holds no key: the SFU links it.
@@ -22,6 +23,9 @@
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod rtx;
+pub use rtx::RtxInterceptor;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -60,6 +64,31 @@ pub const VP8_PT: u8 = 96;
 pub const MIME_OPUS: &str = "audio/opus";
 /// `video/VP8`.
 pub const MIME_VP8: &str = "video/VP8";
+/// Payload type of VP8's retransmissions (RFC 4588 `video/rtx`, `apt=96`), the number Chromium
+/// uses too.
+pub const RTX_PT: u8 = 97;
+/// `video/rtx`.
+pub const MIME_RTX: &str = "video/rtx";
+
+/// The SSRC of a video stream's retransmissions: its own with the top bit flipped. Veil
+/// clients number their streams densely (simulcast layers two apart) and the SFU checks its
+/// picks against both, so this never lands on another stream's SSRC.
+#[must_use]
+pub const fn rtx_ssrc(primary: u32) -> u32 {
+    primary ^ 0x8000_0000
+}
+
+/// The RTX codec that repairs VP8 (`apt` = [`VP8_PT`]).
+#[must_use]
+pub fn rtx_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_RTX.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: format!("apt={VP8_PT}"),
+        rtcp_feedback: Vec::new(),
+    }
+}
 
 /// The codec of `kind` as every Veil leg negotiates it.
 #[must_use]
@@ -112,6 +141,13 @@ pub fn media_engine() -> Result<MediaEngine, webrtc::error::Error> {
             kind,
         )?;
     }
+    me.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: rtx_codec(),
+            payload_type: RTX_PT,
+        },
+        RtpCodecKind::Video,
+    )?;
     // The default interceptors register mid for video only; audio gets it here, so that every
     // m-section can be demultiplexed by mid.
     for (uri, kind) in [
@@ -131,14 +167,28 @@ pub fn media_engine() -> Result<MediaEngine, webrtc::error::Error> {
 }
 
 /// The default interceptors (NACK generator and responder, RTCP reports, transport-cc feedback,
-/// simulcast extensions) plus [`KeyFrameRequestTap`], registered into `me`.
+/// simulcast extensions) plus [`KeyFrameRequestTap`] and [`RtxInterceptor`], registered into
+/// `me`.
 ///
 /// # Errors
 /// webrtc-rs's error if it refuses a registration.
 pub fn interceptors(me: &mut MediaEngine) -> Result<Registry, webrtc::error::Error> {
+    interceptors_with(me, RtxInterceptor::default())
+}
+
+/// [`interceptors`] with this [`RtxInterceptor`] (e.g. one with an observer).
+///
+/// # Errors
+/// webrtc-rs's error if it refuses a registration.
+pub fn interceptors_with(
+    me: &mut MediaEngine,
+    rtx: RtxInterceptor,
+) -> Result<Registry, webrtc::error::Error> {
     let reg = register_default_interceptors(Registry::new(), me)?;
     // Last in the chain, so every interceptor that reads RTCP has seen it first.
-    Ok(reg.with(Slot::from(14_000), KeyFrameRequestTap::default()))
+    Ok(reg
+        .with(Slot::from(14_000), KeyFrameRequestTap::default())
+        .with(RtxInterceptor::slot(), rtx))
 }
 
 /// How often ICE connectivity checks go out while a leg connects. webrtc-rs's default is

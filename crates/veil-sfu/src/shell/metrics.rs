@@ -6,6 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use veil_rtc::rtx::{Demuxed, RtxObserver, Sent};
 
 /// Why a packet was dropped (SFU-SEC-*, SFU-FWD-*).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,6 +93,51 @@ pub struct SubscriberTrack {
     pub track: String,
 }
 
+/// Labels of the RTX counter (SFU-RTX-01..02).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Rtx {
+    /// `in` (from publishers and subscribers) or `out` (the SFU's retransmissions).
+    pub direction: &'static str,
+    /// `unwrapped`, `probe` (padding-only, dropped), `unresolved` (an `rrid` no stream has
+    /// introduced), `restored` (sent with its original's extensions) or `bare`.
+    pub outcome: &'static str,
+}
+
+/// Counts what every leg's [`veil_rtc::RtxInterceptor`] does into [`Metrics::rtx`].
+#[derive(Debug, Clone)]
+pub struct RtxCount(pub Family<Rtx, Counter>);
+
+impl RtxObserver for RtxCount {
+    fn inbound(&self, what: Demuxed) {
+        let outcome = match what {
+            Demuxed::Media => return,
+            Demuxed::Unwrapped(_) => "unwrapped",
+            Demuxed::Probe => "probe",
+            Demuxed::Unresolved => "unresolved",
+        };
+        self.0
+            .get_or_create(&Rtx {
+                direction: "in",
+                outcome,
+            })
+            .inc();
+    }
+
+    fn outbound(&self, what: Sent) {
+        let outcome = match what {
+            Sent::Restored => "restored",
+            Sent::Bare => "bare",
+            Sent::Remembered | Sent::Untracked => return,
+        };
+        self.0
+            .get_or_create(&Rtx {
+                direction: "out",
+                outcome,
+            })
+            .inc();
+    }
+}
+
 /// Labels of a per-subscriber gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Subscriber {
@@ -132,6 +178,8 @@ pub struct Metrics {
     pub subscriber_estimate: Family<Subscriber, Gauge>,
     /// Participants who left, by reason.
     pub left: Family<Reason, Counter>,
+    /// RTX packets by direction and outcome (SFU-RTX-01..02).
+    pub rtx: Family<Rtx, Counter>,
 }
 
 impl Default for Metrics {
@@ -152,6 +200,7 @@ impl Default for Metrics {
             subscriber_layer: Family::default(),
             subscriber_estimate: Family::default(),
             left: Family::default(),
+            rtx: Family::default(),
         };
         registry.register("rooms", "Rooms with participants", m.rooms.clone());
         registry.register("participants", "Participants", m.participants.clone());
@@ -206,6 +255,11 @@ impl Default for Metrics {
             "Participants who left, by reason",
             m.left.clone(),
         );
+        registry.register(
+            "rtx_packets",
+            "RTX packets (retransmissions, per hop) by direction and outcome",
+            m.rtx.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -228,6 +282,12 @@ impl Metrics {
                 reason: kind.label(),
             })
             .get()
+    }
+
+    /// RTX packets so far in `direction` (`in`, `out`) with `outcome` ([`Rtx`]).
+    #[must_use]
+    pub fn rtx(&self, direction: &'static str, outcome: &'static str) -> u64 {
+        self.rtx.get_or_create(&Rtx { direction, outcome }).get()
     }
 
     /// Copies forwarded so far of `kind` (`"audio"` or `"video"`).

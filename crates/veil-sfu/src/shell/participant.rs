@@ -9,12 +9,14 @@ use rand::rngs::StdRng;
 use rand::{RngCore as _, SeedableRng as _};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters,
+    RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
+use veil_rtc::rtx_ssrc;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
@@ -23,6 +25,7 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
+use super::metrics::RtxCount;
 use super::sdp::{FORWARDED_URIS, SdpInfo};
 use super::{
     LeaveReason, Permissions, RoomShell, Session, Shared, SignalEvent, media, peer,
@@ -186,9 +189,11 @@ impl Participant {
         if self.subs().contains_key(&tid) {
             return Ok(false);
         }
+        // Distinct from every other outgoing stream's SSRC and RTX SSRC on this leg.
         let out_ssrc = loop {
             let s = StdRng::from_os_rng().next_u32();
-            if s != 0 && !self.subs().values().any(|x| x.out_ssrc == s) {
+            let taken = |x: u32| x == s || rtx_ssrc(x) == s || x == rtx_ssrc(s);
+            if s != 0 && !self.subs().values().any(|x| taken(x.out_ssrc)) {
                 break s;
             }
         };
@@ -203,6 +208,10 @@ impl Participant {
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
                     ssrc: Some(out_ssrc),
+                    // Retransmissions towards the subscriber go as RTX (SFU-RTX-01).
+                    rtx: (kind == MediaKind::Video).then(|| RTCRtpRtxParameters {
+                        ssrc: rtx_ssrc(out_ssrc),
+                    }),
                     ..Default::default()
                 },
                 codec: codec.clone(),
@@ -492,6 +501,7 @@ pub(super) async fn connect(
             grace: cfg.departure_grace,
             keepalive: cfg.keepalive_interval,
         },
+        Arc::new(RtxCount(shared.metrics.rtx.clone())),
     )
     .await?;
     let answer = async {

@@ -19,6 +19,8 @@ use webrtc::peer_connection::{
 use crate::error::SfuError;
 use crate::routing::MediaKind;
 
+use veil_rtc::RtxInterceptor;
+use veil_rtc::rtx::RtxObserver;
 pub use veil_rtc::{KeyFrameRequestTap, MIME_OPUS, MIME_VP8, OPUS_PT, VP8_PT};
 
 /// The codec of `kind` as every Veil leg negotiates it ([`veil_rtc::codec`]).
@@ -115,7 +117,8 @@ impl BandwidthEstimator for PublishedGcc {
     }
 }
 
-/// The SFU's own chain: [`interceptors`] plus send-side congestion control on the leg
+/// The SFU's own chain: [`interceptors`] (its RTX interceptor reporting to `rtx`) plus
+/// send-side congestion control on the leg
 /// (SFU-BWE-01): the TWCC sender numbers every departing RTP packet with the transport-wide
 /// sequence number, and the congestion-control interceptor keeps the send history, resolves the
 /// remote's transport-cc feedback against it, and drives GCC, whose target goes to `estimate`.
@@ -129,17 +132,24 @@ impl BandwidthEstimator for PublishedGcc {
 ///
 /// # Errors
 /// [`SfuError::WebRtc`].
-pub fn sfu_interceptors(me: &mut MediaEngine, estimate: &Estimate) -> Result<Registry, SfuError> {
+pub fn sfu_interceptors(
+    me: &mut MediaEngine,
+    estimate: &Estimate,
+    rtx: Arc<dyn RtxObserver>,
+) -> Result<Registry, SfuError> {
     let gcc = PublishedGcc {
         gcc: Gcc::new(ESTIMATE_INITIAL, ESTIMATE_MIN, ESTIMATE_MAX),
         out: estimate.clone(),
     };
-    Ok(interceptors(me)?
-        .with(
-            Slot::CongestionControl,
-            CongestionControlBuilder::new(gcc).build(),
-        )
-        .with(Slot::TwccSender, TwccSenderBuilder::new().build()))
+    Ok(
+        veil_rtc::interceptors_with(me, RtxInterceptor::observed(rtx))
+            .map_err(SfuError::webrtc("interceptors"))?
+            .with(
+                Slot::CongestionControl,
+                CongestionControlBuilder::new(gcc).build(),
+            )
+            .with(Slot::TwccSender, TwccSenderBuilder::new().build()),
+    )
 }
 
 /// ICE timers of a leg (SFU-LIVE-01): the agent marks the leg disconnected after
@@ -158,7 +168,7 @@ pub struct IceTimers {
 /// The SFU's peer connection to one participant: Veil's codecs, extensions and interceptors,
 /// with congestion control on what the SFU sends ([`sfu_interceptors`]), bound to `udp_addrs`
 /// (e.g. `["127.0.0.1:0"]`), with no ICE servers: host candidates only. Returns the leg's
-/// [`Estimate`] too.
+/// [`Estimate`] too. Retransmissions are reported to `rtx`.
 ///
 /// # Errors
 /// [`SfuError::WebRtc`].
@@ -166,10 +176,11 @@ pub async fn peer_connection(
     handler: Arc<dyn PeerConnectionEventHandler>,
     udp_addrs: Vec<String>,
     timers: IceTimers,
+    rtx: Arc<dyn RtxObserver>,
 ) -> Result<(Arc<dyn PeerConnection>, Estimate), SfuError> {
     let mut me = media_engine()?;
     let estimate = Estimate::default();
-    let registry = sfu_interceptors(&mut me, &estimate)?;
+    let registry = sfu_interceptors(&mut me, &estimate, rtx)?;
     let se = SettingEngineBuilder::new().with_ice_timeouts(
         Some(timers.silence),
         Some(timers.grace),

@@ -13,7 +13,7 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RTCRtpHeaderExtensionCapability, RtpCodecKind,
+    RTCRtpHeaderExtensionCapability, RTCRtpRtxParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
@@ -132,6 +132,14 @@ fn media_engine(shift_ids: bool) -> MediaEngine {
         )
         .unwrap();
     }
+    me.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: veil_rtc::rtx_codec(),
+            payload_type: veil_rtc::RTX_PT,
+        },
+        RtpCodecKind::Video,
+    )
+    .unwrap();
     let mut uris: Vec<(&str, RtpCodecKind)> = Vec::new();
     if shift_ids {
         for u in PAD_URIS {
@@ -322,6 +330,9 @@ impl Peer {
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
                     ssrc: Some(ssrc),
+                    rtx: (kind == MediaKind::Video).then(|| RTCRtpRtxParameters {
+                        ssrc: veil_rtc::rtx_ssrc(ssrc),
+                    }),
                     ..Default::default()
                 },
                 codec: peer::codec(kind),

@@ -1,14 +1,16 @@
-//! NACK per hop (SFU-NACK-01..02) through a userspace UDP relay that drops every 7th RTP packet
-//! in one direction:
+//! NACK and RTX per hop (SFU-NACK-01..02, SFU-RTX-01..03) through a userspace UDP relay that
+//! drops every 7th RTP packet in one direction:
 //! - towards a subscriber: the subscriber's NACKs are answered by the SFU from the rewritten
 //!   packets it sent on that leg (the publisher's leg is loss-free, so the repair comes from
 //!   the SFU);
 //! - from a publisher: the SFU's NACKs are answered by the publisher, and the repaired packets
 //!   are forwarded like any other.
 //!
-//! Either way every packet reaches the subscriber, byte for byte.
+//! Either way every packet reaches the subscriber, byte for byte and with its dependency
+//! descriptor; every repair crosses the lossy hop as RTX (PT 97 on the RTX SSRC, never a repeat
+//! on the media SSRC), and each loss is repaired about once, not re-requested after it arrived.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +19,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
+use veil_rtc::VP8_PT;
 use veil_sfu::routing::MediaKind;
+use veil_sfu::shell::sdp::DD_URI;
 use veil_sfu::{Sfu, SfuConfig};
 
 use crate::common::*;
@@ -40,20 +44,48 @@ fn is_rtp(p: &[u8]) -> bool {
     p.len() > 1 && (128..=191).contains(&p[0]) && !(192..=223).contains(&p[1])
 }
 
-/// Drops every `nth` RTP packet (not RTCP, STUN or DTLS) that passes.
+/// Drops every `nth` RTP packet (not RTCP, STUN or DTLS) that passes, and tells retransmissions
+/// apart from the clear RTP header that SRTP leaves (RFC 3711 §3.1).
+#[derive(Default)]
 struct Dropper {
     nth: u64,
     seen: AtomicU64,
     dropped: AtomicU64,
+    /// RTX packets (PT 97) that reached the relay, and those of them it dropped.
+    rtx: AtomicU64,
+    rtx_dropped: AtomicU64,
+    /// VP8 packets whose (SSRC, sequence number) had passed before: retransmissions that did
+    /// not go as RTX.
+    repeats: AtomicU64,
+    media: std::sync::Mutex<HashSet<(u32, u16)>>,
 }
 
 impl Dropper {
     fn keep(&self, p: &[u8]) -> bool {
-        if self.nth == 0 || !is_rtp(p) {
+        if !is_rtp(p) || p.len() < 12 {
+            return true;
+        }
+        let pt = p[1] & 0x7f;
+        let is_rtx = pt == veil_rtc::RTX_PT;
+        if is_rtx {
+            self.rtx.fetch_add(1, Ordering::Relaxed);
+        } else if pt == VP8_PT {
+            let key = (
+                u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            );
+            if !self.media.lock().unwrap().insert(key) {
+                self.repeats.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if self.nth == 0 {
             return true;
         }
         if (self.seen.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(self.nth) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            if is_rtx {
+                self.rtx_dropped.fetch_add(1, Ordering::Relaxed);
+            }
             return false;
         }
         true
@@ -72,8 +104,7 @@ impl Relay {
         let dropper = |on: bool| {
             Arc::new(Dropper {
                 nth: if on { nth } else { 0 },
-                seen: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
+                ..Dropper::default()
             })
         };
         let (up, down) = (dropper(to_sfu), dropper(!to_sfu));
@@ -137,6 +168,7 @@ async fn run(lossy_publisher: bool) {
     };
     let mut alice = Peer::new(room, "alice", true).await;
     let video = alice.add_track(MediaKind::Video, 0xBEEF, "cam").await;
+    let dd_id = video.ext_id(DD_URI).await.expect("DD negotiated");
     let offer = alice.offer().await;
     let session = sfu.join(room, "alice", &offer).await.unwrap();
     let mut relays = Vec::new();
@@ -147,11 +179,16 @@ async fn run(lossy_publisher: bool) {
     }
     alice.accept(&sfu, session).await;
     alice.connected().await;
+    // Frame numbers run on from these announcing key frames.
+    let mut announced = 0u16;
     for i in 0..1000u16 {
         if !sfu.tracks(room).is_empty() {
             break;
         }
-        video.send(i, 0, true, &[], payload(1, 100)).await;
+        video
+            .send(i, 0, true, &[(dd_id, dd(i, true))], payload(1, 100))
+            .await;
+        announced = i + 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -168,24 +205,38 @@ async fn run(lossy_publisher: bool) {
     let track = bob.track_named("alice", "cam").await;
     bob.subscribe(&sfu, &track).await;
 
-    // 200 packets, 10 ms apart, numbered from 5000.
+    // 200 one-packet frames, 10 ms apart, numbered from 5000; a key frame every 50.
+    let bob_dd = remote_ext_ids(&bob.pc).await.dd.expect("DD towards bob");
+    let frame = |i: u16| dd(announced + i, i.is_multiple_of(50));
     let mut sent = BTreeMap::new();
     for i in 0..200u16 {
         let body = payload(7000 + u64::from(i), 400 + usize::from(i));
         video
-            .send(5000 + i, 3000 * u32::from(i), true, &[], body.clone())
+            .send(
+                5000 + i,
+                3000 * u32::from(i),
+                true,
+                &[(dd_id, frame(i))],
+                body.clone(),
+            )
             .await;
-        sent.insert(5000 + i, body);
+        sent.insert(5000 + i, (body, frame(i)));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // A loss is noticed from the packets after it: the stream goes on a little.
     for i in 200..230u16 {
         video
-            .send(5000 + i, 3000 * u32::from(i), true, &[], payload(9, 100))
+            .send(
+                5000 + i,
+                3000 * u32::from(i),
+                true,
+                &[(dd_id, frame(i))],
+                payload(9, 100),
+            )
             .await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut got: BTreeMap<u16, Bytes> = BTreeMap::new();
+    let mut got: BTreeMap<u16, (Bytes, Option<Bytes>)> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     while !sent.keys().all(|s| got.contains_key(s)) {
         let r = tokio::time::timeout_at(deadline, bob.received.recv())
@@ -195,17 +246,39 @@ async fn run(lossy_publisher: bool) {
                 panic!("missing {} packets: {missing:?}", missing.len())
             })
             .unwrap();
-        got.insert(r.packet.header.sequence_number, r.packet.payload);
+        let dd = r.packet.header.get_extension(bob_dd);
+        got.insert(r.packet.header.sequence_number, (r.packet.payload, dd));
     }
-    for (seq, body) in &sent {
-        assert_eq!(&got[seq], body, "packet {seq}");
+    for (seq, (body, dd)) in &sent {
+        assert_eq!(&got[seq].0, body, "packet {seq}");
+        assert_eq!(got[seq].1.as_ref(), Some(dd), "packet {seq}'s DD");
     }
-    let dropped = relays[0].dropped.dropped.load(Ordering::Relaxed);
+    let lossy = &relays[0].dropped;
+    let dropped = lossy.dropped.load(Ordering::Relaxed);
+    let rtx = lossy.rtx.load(Ordering::Relaxed);
+    let repeats = lossy.repeats.load(Ordering::Relaxed);
     eprintln!(
-        "{room}: the relay dropped {dropped} RTP packets; all {} arrived",
+        "{room}: the relay dropped {dropped} RTP packets and saw {rtx} RTX packets and {repeats} \
+         repeats on the media SSRC; all {} arrived",
         sent.len()
     );
     assert!(dropped >= 20, "the relay did drop packets: {dropped}");
+    assert_eq!(repeats, 0, "retransmissions go as RTX");
+    // Each lost packet (media or RTX) takes one RTX; a packet NACKed again after its RTX arrived
+    // (the RTX unwrapped only after the NACK generator looked) would push this far above.
+    assert!(
+        rtx >= dropped / 2 && rtx <= dropped + 5,
+        "{rtx} RTX packets for {dropped} losses"
+    );
+    // The SFU's own account of it, on /metrics.
+    let m = sfu.metrics();
+    if lossy_publisher {
+        let arrived = rtx - lossy.rtx_dropped.load(Ordering::Relaxed);
+        assert_eq!(m.rtx("in", "unwrapped"), arrived, "{}", m.encode());
+    } else {
+        assert_eq!(m.rtx("out", "restored"), rtx, "{}", m.encode());
+        assert_eq!(m.rtx("out", "bare"), 0);
+    }
 }
 
 /// SFU-NACK-01.

@@ -1,0 +1,169 @@
+//! Chromium 156's own retransmissions (`../shared/vectors/chromium156/sim_vp8_l1t3_sframe_dd.json`,
+//! RTP headers and extensions as captured, stand-in payloads) through [`RtxDemux`] (SFU-RTX-02).
+//!
+//! Chromium simulcasts without declaring SSRCs, so its RTX packets name the layer they repair
+//! with `repaired-rtp-stream-id` on their first packets only, and webrtc-rs 0.21.1 does not
+//! resolve that. Every one of them must come out as a packet of the layer its `rrid` names.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use rtc::rtp;
+use rtc::rtp::header::Extension;
+use serde_json::Value;
+use veil_rtc::rtx::{Demuxed, RtxDemux, StreamIdExtensions};
+use veil_rtc::{DD_URI, MID_URI, RID_URI, RRID_URI};
+
+fn load(name: &str) -> Value {
+    let dir = std::env::var_os("VEIL_VECTORS_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
+        PathBuf::from,
+    );
+    let path = dir.join("chromium156").join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("Chromium capture missing at {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ext_id(v: &Value, uri: &str) -> Option<u8> {
+    v["extmap"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, u)| u.as_str() == Some(uri))
+        .map(|(k, _)| k.parse().unwrap())
+}
+
+fn rtx_pt(v: &Value) -> u8 {
+    let (pt, _) = v["rtpmap"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, c)| c.as_str().unwrap().starts_with("rtx/"))
+        .unwrap();
+    pt.parse().unwrap()
+}
+
+/// The captured header, with a stand-in payload: an OSN derived from the RTX sequence number.
+fn packet(p: &Value) -> rtp::Packet {
+    let n = |k: &str| p[k].as_u64().unwrap();
+    let mut extensions: Vec<Extension> = p["ext"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, hexed)| Extension {
+            id: id.parse().unwrap(),
+            payload: hex::decode(hexed.as_str().unwrap()).unwrap().into(),
+        })
+        .collect();
+    extensions.sort_by_key(|e| e.id);
+    let profile = p["ext_profile"].as_str().unwrap().trim_start_matches("0x");
+    let seq = n("seq") as u16;
+    rtp::Packet {
+        header: rtp::header::Header {
+            version: 2,
+            marker: n("marker") == 1,
+            payload_type: n("pt") as u8,
+            sequence_number: seq,
+            timestamp: n("ts") as u32,
+            ssrc: n("ssrc") as u32,
+            extension: !extensions.is_empty(),
+            extension_profile: u16::from_str_radix(profile, 16).unwrap(),
+            extensions,
+            ..Default::default()
+        },
+        payload: [&seq.wrapping_mul(7).to_be_bytes()[..], b"stand-in"]
+            .concat()
+            .into(),
+    }
+}
+
+#[test]
+fn every_chromium_retransmission_resolves_to_the_layer_its_rrid_names() {
+    let v = load("sim_vp8_l1t3_sframe_dd.json");
+    let (mid, rid, rrid, dd) = (
+        ext_id(&v, MID_URI),
+        ext_id(&v, RID_URI),
+        ext_id(&v, RRID_URI),
+        ext_id(&v, DD_URI).unwrap(),
+    );
+    let rtx = rtx_pt(&v);
+    let mut demux = RtxDemux::new(StreamIdExtensions { mid, rid, rrid });
+
+    // What the capture itself says: each layer's SSRC (from rid), each RTX SSRC's layer (rrid).
+    let mut layer_of_ssrc: HashMap<u32, Vec<u8>> = HashMap::new();
+    let mut repairs: HashMap<u32, Vec<u8>> = HashMap::new();
+    let (mut unwrapped, mut without_rrid, mut early) = (0, 0, 0);
+    for p in v["packets"].as_array().unwrap() {
+        let mut pkt = packet(p);
+        let original = pkt.clone();
+        let ext = |id: Option<u8>| id.and_then(|id| original.header.get_extension(id));
+        if let Some(r) = ext(rid) {
+            layer_of_ssrc.insert(original.header.ssrc, r.to_vec());
+        }
+        if let Some(r) = ext(rrid) {
+            repairs.insert(original.header.ssrc, r.to_vec());
+        }
+        let got = demux.process(&mut pkt);
+        if original.header.payload_type != rtx {
+            assert_eq!(
+                got,
+                Demuxed::Media,
+                "seq {}",
+                original.header.sequence_number
+            );
+            assert_eq!(pkt, original);
+            continue;
+        }
+        let named = &repairs[&original.header.ssrc];
+        if got == Demuxed::Unresolved {
+            // Chromium probes on a layer's RTX stream before the layer's first packet.
+            assert!(
+                !layer_of_ssrc.values().any(|l| l == named),
+                "RTX packet {} of a known layer not resolved",
+                original.header.sequence_number
+            );
+            assert_eq!(pkt, original, "left as it was");
+            early += 1;
+            continue;
+        }
+        let Demuxed::Unwrapped(primary) = got else {
+            panic!("RTX packet {}: {got:?}", original.header.sequence_number);
+        };
+        unwrapped += 1;
+        without_rrid += usize::from(ext(rrid).is_none());
+        assert_eq!(
+            &layer_of_ssrc[&primary.ssrc], named,
+            "the layer its rrid names"
+        );
+        assert_eq!(pkt.header.ssrc, primary.ssrc);
+        assert_eq!(pkt.header.payload_type, 96, "VP8, the rtx codec's apt");
+        assert_eq!(
+            pkt.header.sequence_number,
+            original.header.sequence_number.wrapping_mul(7),
+            "the OSN"
+        );
+        assert_eq!(&pkt.payload[..], b"stand-in");
+        assert_eq!(pkt.header.get_extension(rrid.unwrap()), None);
+        assert_eq!(
+            pkt.header.get_extension(dd),
+            original.header.get_extension(dd)
+        );
+        assert_eq!(pkt.header.timestamp, original.header.timestamp);
+    }
+    eprintln!(
+        "{unwrapped} RTX packets unwrapped, {without_rrid} of them without rrid; \
+         {early} before their layer's first packet"
+    );
+    // The capture has 167 RTX packets: 137 are unwrapped (83 of them sent after Chromium stopped
+    // adding rrid), 30 are probes sent before their layer's first packet.
+    let total = v["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["pt"].as_u64() == Some(u64::from(rtx)))
+        .count();
+    assert_eq!(unwrapped + early, total);
+    assert!(unwrapped > total / 2 && without_rrid > 0 && early < total / 4);
+    assert_eq!(repairs.len(), 3, "one RTX stream per layer");
+}
