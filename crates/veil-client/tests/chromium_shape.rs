@@ -11,7 +11,6 @@
 //! to the repository); a missing file fails the test.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 
 use serde_json::Value;
 use veil_client::media::{
@@ -34,13 +33,6 @@ struct Pkt {
     dd: Option<Vec<u8>>,
 }
 
-fn vectors() -> PathBuf {
-    std::env::var_os("VEIL_VECTORS_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
-        PathBuf::from,
-    )
-}
-
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
         .step_by(2)
@@ -50,17 +42,10 @@ fn hex(s: &str) -> Vec<u8> {
 
 /// Chromium's VP8 packets of `file`, in capture order.
 fn chromium(file: &str) -> Vec<Pkt> {
-    let path = vectors().join("chromium156").join(file);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (set VEIL_VECTORS_DIR)", path.display()));
-    let v: Value = serde_json::from_str(&text).unwrap();
-    let dd_id = v["extmap"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .find(|(_, uri)| uri.as_str() == Some(DD_URI))
-        .map(|(id, _)| id.clone())
-        .expect("DD negotiated");
+    let v: Value = veil_vectors::chromium(file);
+    let dd_id = veil_vectors::ext_id(&v, DD_URI)
+        .expect("DD negotiated")
+        .to_string();
     v["packets"]
         .as_array()
         .unwrap()

@@ -6,33 +6,12 @@
 //! resolve that. Every one of them must come out as a packet of the layer its `rrid` names.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use rtc::rtp;
 use rtc::rtp::header::Extension;
 use serde_json::Value;
 use veil_rtc::rtx::{Demuxed, RtxDemux, StreamIdExtensions};
 use veil_rtc::{DD_URI, MID_URI, RID_URI, RRID_URI};
-
-fn load(name: &str) -> Value {
-    let dir = std::env::var_os("VEIL_VECTORS_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
-        PathBuf::from,
-    );
-    let path = dir.join("chromium156").join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("Chromium capture missing at {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ext_id(v: &Value, uri: &str) -> Option<u8> {
-    v["extmap"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .find(|(_, u)| u.as_str() == Some(uri))
-        .map(|(k, _)| k.parse().unwrap())
-}
 
 fn rtx_pt(v: &Value) -> u8 {
     let (pt, _) = v["rtpmap"]
@@ -80,12 +59,12 @@ fn packet(p: &Value) -> rtp::Packet {
 
 #[test]
 fn every_chromium_retransmission_resolves_to_the_layer_its_rrid_names() {
-    let v = load("sim_vp8_l1t3_sframe_dd.json");
+    let v = veil_vectors::chromium("sim_vp8_l1t3_sframe_dd.json");
     let (mid, rid, rrid, dd) = (
-        ext_id(&v, MID_URI),
-        ext_id(&v, RID_URI),
-        ext_id(&v, RRID_URI),
-        ext_id(&v, DD_URI).unwrap(),
+        veil_vectors::ext_id(&v, MID_URI),
+        veil_vectors::ext_id(&v, RID_URI),
+        veil_vectors::ext_id(&v, RRID_URI),
+        veil_vectors::ext_id(&v, DD_URI).unwrap(),
     );
     let rtx = rtx_pt(&v);
     let mut demux = RtxDemux::new(StreamIdExtensions { mid, rid, rrid });

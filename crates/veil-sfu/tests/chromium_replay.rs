@@ -3,7 +3,6 @@
 //! while a subscriber asks for q, then f, then h.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,26 +11,8 @@ use veil_sfu::routing::{Decision, ExtIds, LayerForwarder, PacketMeta, StreamRegi
 const DD_URI: &str =
     "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
 
-fn load(name: &str) -> Value {
-    let dir = std::env::var_os("VEIL_VECTORS_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
-        PathBuf::from,
-    );
-    let path = dir.join("chromium156").join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("Chromium capture missing at {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
 fn ext_ids(v: &Value, with_dd: bool) -> ExtIds {
-    let id = |uri: &str| {
-        v["extmap"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .find(|(_, u)| u.as_str() == Some(uri))
-            .map(|(k, _)| k.parse().unwrap())
-    };
+    let id = |uri: &str| veil_vectors::ext_id(v, uri);
     ExtIds {
         mid: id("urn:ietf:params:rtp-hdrext:sdes:mid"),
         rid: id("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"),
@@ -55,7 +36,7 @@ struct Out {
 
 /// Replay the video packets of `file`; `plan` gives (fraction of the video packets, target layer).
 fn replay(file: &str, with_dd: bool, plan: &[(f64, u8)]) -> (Vec<Out>, LayerForwarder, usize) {
-    let v = load(file);
+    let v = veil_vectors::chromium(file);
     let mut reg = StreamRegistry::new(ext_ids(&v, with_dd));
     let mut fwd = LayerForwarder::new(0x5EED, 90_000);
     let video_pt: Vec<String> = v["rtpmap"]
@@ -185,7 +166,7 @@ fn simulcast_switches_land_on_key_frames_and_the_output_is_one_clean_stream() {
 
 #[test]
 fn a_single_vp8_stream_with_dd_is_forwarded_whole() {
-    let v = load("vp8_sframe_dd.json");
+    let v = veil_vectors::chromium("vp8_sframe_dd.json");
     let video = v["packets"]
         .as_array()
         .unwrap()
@@ -225,7 +206,7 @@ fn without_dd_the_sfu_forwards_but_refuses_to_switch_and_counts_why() {
 
 #[test]
 fn rid_is_latched_from_the_first_packets_only() {
-    let v = load("sim_vp8_l1t3_sframe_dd.json");
+    let v = veil_vectors::chromium("sim_vp8_l1t3_sframe_dd.json");
     let mut reg = StreamRegistry::new(ext_ids(&v, true));
     let rid_id = ext_ids(&v, true).rid.unwrap().to_string();
     let (mut with_rid, mut total, mut latched_only) = (0, 0, 0);
@@ -279,7 +260,7 @@ fn rid_is_latched_from_the_first_packets_only() {
 fn extension_ids_are_rewritten_per_subscriber_and_data_is_untouched() {
     use veil_sfu::routing::ExtMap;
     use veil_wire::ext::Extensions;
-    let v = load("sim_vp8_l1t3_sframe_dd.json");
+    let v = veil_vectors::chromium("sim_vp8_l1t3_sframe_dd.json");
     let ids = ext_ids(&v, true);
     let (dd, level, mid) = (ids.dd.unwrap(), ids.audio_level.unwrap(), ids.mid.unwrap());
     // The subscriber negotiated DD as 3, audio level as 1, mid as 200 (two-byte only); nothing else.

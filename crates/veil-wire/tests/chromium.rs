@@ -12,7 +12,6 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -96,22 +95,6 @@ fn allocations<T>(f: impl FnOnce() -> T) -> (T, usize) {
 
 // ---- loading -----------------------------------------------------------------------------
 
-fn load(name: &str) -> Value {
-    let dir = std::env::var_os("VEIL_VECTORS_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
-        PathBuf::from,
-    );
-    let path = dir.join("chromium156").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "Chromium capture missing at {}: {e} (check out ../shared next to the repository \
-             or set VEIL_VECTORS_DIR to the `vectors` directory; never regenerate them)",
-            path.display()
-        )
-    });
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()))
-}
-
 /// One packet of a capture, decoded.
 struct Packet {
     ssrc: u64,
@@ -145,7 +128,7 @@ struct Capture {
 
 impl Capture {
     fn new(name: &'static str) -> Self {
-        let v = load(name);
+        let v = veil_vectors::chromium(name);
         let ids = v["extmap"]
             .as_object()
             .unwrap()
