@@ -227,15 +227,26 @@ fn unwrap(packet: &mut rtp::Packet, primary: Primary, rrid: Option<u8>) -> Demux
     if let Some(id) = rrid
         && header.get_extension(id).is_some()
     {
-        // Only fails if the element is absent, and it is present.
-        let _ = header.del_extension(id);
-        if header.extensions.is_empty() {
-            header.extension = false;
-            header.extensions_padding = 0;
-        }
+        header.extensions.retain(|e| e.id != id);
+        repad(header);
     }
     packet.payload = packet.payload.slice(2..);
     Demuxed::Unwrapped(primary)
+}
+
+/// Make the header's padding count agree with its elements after one was removed or renamed.
+///
+/// webrtc-rs marshals `extensions_padding` into its size estimate but writes padding from the
+/// elements alone, and its own `del_extension` can leave the two apart (found by the `rtp_rtcp`
+/// fuzz target): the packet then fails to marshal. The block is the elements padded to a
+/// 32-bit boundary, so that is what this sets.
+fn repad(header: &mut rtp::header::Header) {
+    if header.extensions.is_empty() {
+        header.extension = false;
+        header.extensions_padding = 0;
+    } else {
+        header.extensions_padding = (4 - header.get_extension_payload_len() % 4) % 4;
+    }
 }
 
 /// The extension block of one sent packet.
@@ -341,7 +352,8 @@ impl RtxHistory {
                     }
                 }
                 None => {
-                    let _ = h.del_extension(rid);
+                    h.extensions.retain(|e| e.id != rid);
+                    repad(h);
                 }
             }
         }
@@ -535,6 +547,33 @@ mod tests {
             d.process(&mut packet(2, 97, 502, &[], &[0, 1])),
             Demuxed::Media
         );
+    }
+
+    /// Found by the `rtp_rtcp` fuzz target: removing `rrid` with webrtc-rs's `del_extension`
+    /// left a padding count that made the packet fail to marshal.
+    #[test]
+    fn an_unwrapped_packet_still_marshals_whatever_its_extension_block() {
+        let raw = hex_bytes(
+            "90e06dffffffff6600000002bede000726942e0041ec016903000b000d0000c500d5000d0000\
+             33f0130900fd006474333f006eb33c6a",
+        );
+        let original = rtp::Packet::unmarshal(&mut &raw[..]).unwrap();
+        assert!(original.marshal().is_ok());
+        let mut d = RtxDemux::default();
+        d.bind(&info(1, Some(2)));
+        let mut p = original.clone();
+        assert!(matches!(d.process(&mut p), Demuxed::Unwrapped(_)));
+        assert_eq!(p.header.get_extension(RRID), None);
+        let back = on_the_wire(&p);
+        assert_eq!(back.header.extensions, p.header.extensions);
+        assert_eq!(back.payload, p.payload);
+    }
+
+    fn hex_bytes(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use rtc::rtp;
-use rtc::rtp::header::Extension;
+use rtc::shared::marshal::{Marshal, Unmarshal};
 use serde_json::Value;
 use veil_rtc::rtx::{Demuxed, RtxDemux, StreamIdExtensions};
 use veil_rtc::{DD_URI, MID_URI, RID_URI, RRID_URI};
@@ -23,38 +23,23 @@ fn rtx_pt(v: &Value) -> u8 {
     pt.parse().unwrap()
 }
 
-/// The captured header, with a stand-in payload: an OSN derived from the RTX sequence number.
+/// The captured header as it was on the wire, parsed by webrtc-rs, with a stand-in payload: an
+/// OSN derived from the RTX sequence number.
 fn packet(p: &Value) -> rtp::Packet {
     let n = |k: &str| p[k].as_u64().unwrap();
-    let mut extensions: Vec<Extension> = p["ext"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(id, hexed)| Extension {
-            id: id.parse().unwrap(),
-            payload: hex::decode(hexed.as_str().unwrap()).unwrap().into(),
-        })
-        .collect();
-    extensions.sort_by_key(|e| e.id);
+    let block = hex::decode(p["ext_block_hex"].as_str().unwrap()).unwrap();
     let profile = p["ext_profile"].as_str().unwrap().trim_start_matches("0x");
     let seq = n("seq") as u16;
-    rtp::Packet {
-        header: rtp::header::Header {
-            version: 2,
-            marker: n("marker") == 1,
-            payload_type: n("pt") as u8,
-            sequence_number: seq,
-            timestamp: n("ts") as u32,
-            ssrc: n("ssrc") as u32,
-            extension: !extensions.is_empty(),
-            extension_profile: u16::from_str_radix(profile, 16).unwrap(),
-            extensions,
-            ..Default::default()
-        },
-        payload: [&seq.wrapping_mul(7).to_be_bytes()[..], b"stand-in"]
-            .concat()
-            .into(),
-    }
+    let mut raw = vec![0x90, (n("marker") as u8) << 7 | n("pt") as u8];
+    raw.extend_from_slice(&seq.to_be_bytes());
+    raw.extend_from_slice(&(n("ts") as u32).to_be_bytes());
+    raw.extend_from_slice(&(n("ssrc") as u32).to_be_bytes());
+    raw.extend_from_slice(&u16::from_str_radix(profile, 16).unwrap().to_be_bytes());
+    raw.extend_from_slice(&u16::try_from(block.len() / 4).unwrap().to_be_bytes());
+    raw.extend_from_slice(&block);
+    raw.extend_from_slice(&seq.wrapping_mul(7).to_be_bytes());
+    raw.extend_from_slice(b"stand-in");
+    rtp::Packet::unmarshal(&mut &raw[..]).unwrap()
 }
 
 #[test]
@@ -129,6 +114,12 @@ fn every_chromium_retransmission_resolves_to_the_layer_its_rrid_names() {
             original.header.get_extension(dd)
         );
         assert_eq!(pkt.header.timestamp, original.header.timestamp);
+        // And it goes on the wire again as it is.
+        let back = rtp::Packet::unmarshal(&mut &pkt.marshal().unwrap()[..]).unwrap();
+        assert_eq!(
+            (back.header.extensions, back.payload),
+            (pkt.header.extensions.clone(), pkt.payload.clone())
+        );
     }
     eprintln!(
         "{unwrapped} RTX packets unwrapped, {without_rrid} of them without rrid; \
