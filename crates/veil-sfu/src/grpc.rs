@@ -288,6 +288,7 @@ fn reason(r: LeaveReason) -> pb::LeaveReason {
         LeaveReason::Timeout => pb::LeaveReason::Timeout,
         LeaveReason::NeverConnected => pb::LeaveReason::NeverConnected,
         LeaveReason::Closed => pb::LeaveReason::Closed,
+        LeaveReason::SlowSignalling => pb::LeaveReason::SlowSignalling,
     }
 }
 

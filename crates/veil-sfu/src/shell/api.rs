@@ -34,6 +34,10 @@ pub struct SfuConfig {
     pub gather_timeout: Duration,
     /// Packets queued per subscription before drops (SFU-LIVE-03).
     pub subscriber_queue: usize,
+    /// Signalling events queued per participant. A participant that lets this many pile up
+    /// unread is removed (`LeaveReason::SlowSignalling`, SFU-LIVE-05), so a stalled client
+    /// cannot grow the SFU's memory.
+    pub event_queue: usize,
     /// Participants per room.
     pub max_participants: usize,
     /// Hand every received packet to this tap (SFU-TAP-01); `None` (the default) in production.
@@ -58,6 +62,7 @@ impl Default for SfuConfig {
             connect_timeout: Duration::from_secs(15),
             gather_timeout: Duration::from_secs(5),
             subscriber_queue: 512,
+            event_queue: 1024,
             max_participants: 64,
             tap: None,
             dtx: Some(Dtx::default()),
@@ -77,6 +82,9 @@ pub enum LeaveReason {
     NeverConnected,
     /// Its connection was closed (DTLS close, or the connection failed outright).
     Closed,
+    /// It did not read its signalling events: `SfuConfig::event_queue` of them were waiting
+    /// (SFU-LIVE-05).
+    SlowSignalling,
 }
 
 impl LeaveReason {
@@ -88,6 +96,7 @@ impl LeaveReason {
             Self::Timeout => "timeout",
             Self::NeverConnected => "never_connected",
             Self::Closed => "closed",
+            Self::SlowSignalling => "slow_signalling",
         }
     }
 }
@@ -201,7 +210,7 @@ pub struct Session {
     /// The SFU's answer, with its candidates.
     pub answer: String,
     /// This participant's events.
-    pub events: mpsc::UnboundedReceiver<SignalEvent>,
+    pub events: mpsc::Receiver<SignalEvent>,
 }
 
 /// An ICE candidate from a participant (trickle ICE).

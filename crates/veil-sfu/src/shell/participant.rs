@@ -58,7 +58,11 @@ pub(super) struct Participant {
     pub(super) id: ParticipantId,
     pub(super) identity: String,
     pub(super) pc: Arc<dyn PeerConnection>,
-    events: mpsc::UnboundedSender<SignalEvent>,
+    events: mpsc::Sender<SignalEvent>,
+    /// Its event queue filled up; its removal is under way (SFU-LIVE-05).
+    overflowed: AtomicBool,
+    shared: Weak<Shared>,
+    room: Weak<RoomShell>,
     negotiation: tokio::sync::Mutex<Negotiation>,
     subs: Mutex<HashMap<TrackId, Sub>>,
     /// The participant's last SDP (its track ids, rids and extension ids).
@@ -68,8 +72,20 @@ pub(super) struct Participant {
 }
 
 impl Participant {
+    /// Queue a signalling event. A participant whose queue is full is not reading: it is
+    /// removed rather than queued for without bound (SFU-LIVE-05).
     pub(super) fn send(&self, ev: SignalEvent) {
-        let _ = self.events.send(ev);
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(ev)
+            && !self.overflowed.swap(true, Ordering::AcqRel)
+        {
+            warn!(identity = %self.identity, "signalling events not read: removing the participant");
+            if let (Some(shared), Some(room)) = (self.shared.upgrade(), self.room.upgrade()) {
+                let id = self.id;
+                tokio::spawn(async move {
+                    remove_participant(&shared, &room.name, id, LeaveReason::SlowSignalling).await;
+                });
+            }
+        }
     }
 
     fn subs(&self) -> MutexGuard<'_, HashMap<TrackId, Sub>> {
@@ -534,13 +550,16 @@ pub(super) async fn connect(
             return Err(e);
         }
     };
-    let (events, rx) = mpsc::unbounded_channel();
+    let (events, rx) = mpsc::channel(cfg.event_queue.max(1));
     let ext_ids = info.ext_ids();
     let p = Arc::new(Participant {
         id,
         identity: identity.to_owned(),
         pc,
         events,
+        overflowed: AtomicBool::new(false),
+        shared: Arc::downgrade(shared),
+        room: Arc::downgrade(room),
         negotiation: tokio::sync::Mutex::new(Negotiation::default()),
         subs: Mutex::new(HashMap::new()),
         remote: Mutex::new(info),

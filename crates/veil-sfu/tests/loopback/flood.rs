@@ -1,12 +1,13 @@
 //! SFU-LIVE-04: a participant that floods the SFU is cut to its packet-rate limit at the door
 //! (counted as `rate_limited`), and another publisher in the room loses nothing.
+//! SFU-LIVE-05: one that does not read its signalling events is removed, not queued for.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use veil_sfu::routing::{MediaKind, RateLimit};
 use veil_sfu::shell::DropKind;
-use veil_sfu::{Sfu, SfuConfig};
+use veil_sfu::{LeaveReason, RoomEvent, Sfu, SfuConfig, SignalEvent};
 
 use crate::common::*;
 
@@ -108,4 +109,66 @@ async fn a_flood_is_cut_to_the_limit_and_the_others_lose_nothing() {
         from_alice, 100,
         "mallory {from_mallory} of {flooded}, limited {limited}"
     );
+}
+
+/// SFU-LIVE-05: a participant that never reads its signalling events is removed once
+/// `event_queue` of them wait, and its event stream ends; the SFU does not queue for it
+/// without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_that_does_not_read_its_events_is_removed() {
+    init_tracing();
+    let sfu = Sfu::new(SfuConfig {
+        event_queue: 4,
+        ..SfuConfig::default()
+    });
+    let room = "deaf";
+    let mut room_events = sfu.room_events();
+    let mut alice = Peer::new(room, "alice", false).await;
+    let offer = alice.offer().await;
+    // Alice's session is kept but never read.
+    let mut deaf = sfu.join(room, "alice", &offer).await.unwrap();
+    // Bob comes and goes: each visit is two events for alice.
+    for _ in 0..3 {
+        let mut bob = Peer::new(room, "bob", false).await;
+        let offer = bob.offer().await;
+        let _bob = sfu.join(room, "bob", &offer).await.unwrap();
+        sfu.leave(room, "bob").await.unwrap();
+    }
+    let left = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(RoomEvent::ParticipantLeft {
+                identity, reason, ..
+            }) = room_events.recv().await
+                && identity == "alice"
+            {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("alice removed");
+    assert_eq!(left, LeaveReason::SlowSignalling);
+    assert_eq!(
+        sfu.metrics()
+            .left
+            .get_or_create(&veil_sfu::shell::metrics::Reason {
+                reason: "slow_signalling"
+            })
+            .get(),
+        1
+    );
+    // What was queued is still delivered, then the stream ends.
+    let mut queued = 0;
+    while let Some(ev) = tokio::time::timeout(WAIT, deaf.events.recv())
+        .await
+        .expect("the stream ends")
+    {
+        assert!(
+            !matches!(ev, SignalEvent::Closed { .. }),
+            "no room left for it"
+        );
+        queued += 1;
+    }
+    assert_eq!(queued, 4);
+    assert!(sfu.participants(room).is_empty());
 }
