@@ -66,6 +66,10 @@ const KEY_FRAME_EVERY: u32 = 30;
 /// Stream ids: publisher × 4 + (0 audio, 1 + layer video).
 const STREAMS_PER_PUBLISHER: usize = 4;
 const WAIT: Duration = Duration::from_secs(30);
+/// How long every subscriber may take to receive the layers it asked for. The SFU's GCC starts
+/// each leg at 1.5 Mbit/s and grows from its feedback (SFU-BWE-01); a subscriber of layer f
+/// from 12 publishers needs about 12.7 Mbit/s, which took longer than `WAIT` on loopback.
+const WARM_UP: Duration = Duration::from_secs(120);
 
 // ---- clock and payloads ----------------------------------------------------------------------
 
@@ -796,7 +800,13 @@ async fn measure(
         let seen = stats.seen[s].load(Ordering::Relaxed);
         seen & want(s) != want(s)
     }) {
-        assert!(t.elapsed() < WAIT, "warm-up: not every stream arrived");
+        if t.elapsed() > WARM_UP {
+            let missing: Vec<(usize, u32)> = (0..sc.subscribers)
+                .map(|s| (s, (want(s) & !stats.seen[s].load(Ordering::Relaxed)).count_ones()))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            panic!("warm-up: not every stream arrived; (subscriber, streams missing): {missing:?}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Let the last layer switches settle, then fix the window in the near future.
