@@ -802,7 +802,12 @@ async fn measure(
     }) {
         if t.elapsed() > WARM_UP {
             let missing: Vec<(usize, u32)> = (0..sc.subscribers)
-                .map(|s| (s, (want(s) & !stats.seen[s].load(Ordering::Relaxed)).count_ones()))
+                .map(|s| {
+                    (
+                        s,
+                        (want(s) & !stats.seen[s].load(Ordering::Relaxed)).count_ones(),
+                    )
+                })
                 .filter(|(_, n)| *n > 0)
                 .collect();
             panic!("warm-up: not every stream arrived; (subscriber, streams missing): {missing:?}");
