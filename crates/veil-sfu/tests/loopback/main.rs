@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)] // test helpers: `pub` for the submodules of this one binary
 
 mod bandwidth;
+mod chromium;
 mod common;
 mod dtx;
 mod flood;
