@@ -208,7 +208,8 @@ impl Participant {
         // Distinct from every other outgoing stream's SSRC and RTX SSRC on this leg.
         let out_ssrc = loop {
             let s = StdRng::from_os_rng().next_u32();
-            let taken = |x: u32| x == s || rtx_ssrc(x) == s || x == rtx_ssrc(s);
+            // `rtx_ssrc` is its own inverse: one comparison covers both directions.
+            let taken = |x: u32| x == s || x == rtx_ssrc(s);
             if s != 0 && !self.subs().values().any(|x| taken(x.out_ssrc)) {
                 break s;
             }

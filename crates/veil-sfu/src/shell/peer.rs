@@ -118,8 +118,7 @@ impl BandwidthEstimator for PublishedGcc {
 }
 
 /// The SFU's own chain: [`interceptors`] (its RTX interceptor reporting to `rtx`) plus
-/// send-side congestion control on the leg
-/// (SFU-BWE-01): the TWCC sender numbers every departing RTP packet with the transport-wide
+/// send-side congestion control on the leg (SFU-BWE-01): the TWCC sender numbers every departing RTP packet with the transport-wide
 /// sequence number, and the congestion-control interceptor keeps the send history, resolves the
 /// remote's transport-cc feedback against it, and drives GCC, whose target goes to `estimate`.
 ///
