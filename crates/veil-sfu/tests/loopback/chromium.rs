@@ -1,15 +1,19 @@
-//! A real browser through the SFU: headless Chromium (Debian's `chromium`, fake camera) publishes
-//! three simulcast layers to the SFU over loopback, and a webrtc-rs subscriber receives them.
+//! Real browsers through the SFU: headless Chromium (Debian's `chromium`, fake camera) publishes
+//! three simulcast layers to the SFU over loopback.
 //!
-//! What only a browser can show: the SFU's answer to Chromium's own offer negotiates what the
-//! SFU needs (DD, mid/rid, transport-cc, RTX; SFU-NEG-01), the SFU learns Chromium's layers from
-//! the rid it sends (SFU-STR-01), and forwards one of them to the subscriber with a DD on every
-//! packet. Chromium's RTX (rid-only, SFU-RTX-02) is counted on the SFU's metrics.
+//! - A webrtc-rs subscriber asks for q, h, q. The SFU's answer to Chromium's own offer
+//!   negotiates what it needs (DD, mid/rid, transport-cc, RTX; SFU-NEG-01), it learns the layers
+//!   from the rid Chromium sends (SFU-STR-01), and each switch lands on a key frame with a DD on
+//!   every packet. Chromium's rid-only RTX is resolved (SFU-RTX-04).
+//! - A second Chromium views the track: it answers the SFU's offers, and its own `getStats`
+//!   shows it decoding 160-wide frames, then 320-wide ones after asking for h. So the SFU's
+//!   offers, its per-leg rewriting and its layer switches are what a browser accepts.
 //!
 //! Chromium is found as `$VEIL_CHROMIUM`, or `chromium` on the PATH (`.ci/run` installs Debian's).
 //! Signalling is a few lines of HTTP here: the SFU's own gRPC is for Veil clients.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -19,7 +23,7 @@ use veil_sfu::{Sfu, SfuConfig};
 
 use crate::common::*;
 
-const PAGE: &str = r#"<!doctype html><title>veil sfu publisher</title><script>
+const PUBLISHER: &str = r#"<!doctype html><title>veil sfu publisher</title><script>
 (async () => {
   const pc = new RTCPeerConnection();
   const stream = await navigator.mediaDevices.getUserMedia({video: {width: 640, height: 360}});
@@ -28,23 +32,64 @@ const PAGE: &str = r#"<!doctype html><title>veil sfu publisher</title><script>
   await pc.setLocalDescription(await pc.createOffer());
   await new Promise(r => { if (pc.iceGatheringState === 'complete') r();
     pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); });
-  const res = await fetch('/offer', {method: 'POST', body: pc.localDescription.sdp});
+  const res = await fetch('/offer/chromium', {method: 'POST', body: pc.localDescription.sdp});
   await pc.setRemoteDescription({type: 'answer', sdp: await res.text()});
-})().catch(e => fetch('/error', {method: 'POST', body: String(e)}));
+})().catch(e => fetch('/error', {method: 'POST', body: String(e && e.stack || e)}));
 </script>"#;
 
-/// Serve the page and take its offer: the answer comes from `sfu.join`.
-async fn serve(listener: TcpListener, sfu: Sfu, room: &'static str) {
+/// A viewer: joins with a data channel, answers the SFU's offers, plays what arrives and posts
+/// its `inbound-rtp` video stats every 300 ms.
+const VIEWER: &str = r#"<!doctype html><title>veil sfu viewer</title><body><script>
+(async () => {
+  const pc = new RTCPeerConnection();
+  pc.createDataChannel('signal');
+  const video = document.createElement('video');
+  video.muted = true; video.autoplay = true; document.body.appendChild(video);
+  pc.ontrack = e => { video.srcObject = new MediaStream([e.track]); video.play().catch(() => {}); };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(r => { if (pc.iceGatheringState === 'complete') r();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); });
+  const res = await fetch('/offer/viewer', {method: 'POST', body: pc.localDescription.sdp});
+  await pc.setRemoteDescription({type: 'answer', sdp: await res.text()});
+  setInterval(async () => {
+    let v = null;
+    (await pc.getStats()).forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video') v = s; });
+    if (v) fetch('/stats', {method: 'POST', body: JSON.stringify({
+      framesDecoded: v.framesDecoded || 0, frameWidth: v.frameWidth || 0,
+      packetsLost: v.packetsLost || 0, nackCount: v.nackCount || 0})});
+  }, 300);
+  for (;;) {
+    const r = await fetch('/events/viewer');
+    if (r.status !== 200) continue;
+    await pc.setRemoteDescription({type: 'offer', sdp: await r.text()});
+    await pc.setLocalDescription(await pc.createAnswer());
+    await fetch('/answer/viewer', {method: 'POST', body: pc.localDescription.sdp});
+  }
+})().catch(e => fetch('/error', {method: 'POST', body: String(e && e.stack || e)}));
+</script>"#;
+
+/// A few lines of HTTP between the pages and the SFU (the SFU's gRPC is for Veil clients).
+struct Shim {
+    sfu: Sfu,
+    room: &'static str,
+    /// The viewer's events, polled by its page.
+    viewer: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<veil_sfu::SignalEvent>>>,
+    /// The viewer page's latest stats (JSON).
+    stats: tokio::sync::watch::Sender<String>,
+}
+
+/// Serve the pages and their signalling.
+async fn serve(listener: TcpListener, shim: Arc<Shim>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
-        let sfu = sfu.clone();
-        tokio::spawn(async move { handle(stream, &sfu, room).await });
+        let shim = shim.clone();
+        tokio::spawn(async move { handle(stream, &shim).await });
     }
 }
 
-async fn handle(stream: TcpStream, sfu: &Sfu, room: &str) {
+async fn handle(stream: TcpStream, shim: &Shim) {
     let mut r = BufReader::new(stream);
     let mut line = String::new();
     let _ = r.read_line(&mut line).await;
@@ -62,32 +107,149 @@ async fn handle(stream: TcpStream, sfu: &Sfu, room: &str) {
     let mut body = vec![0u8; len.min(1 << 20)];
     let _ = r.read_exact(&mut body).await;
     let body = String::from_utf8_lossy(&body).into_owned();
+    let (sfu, room) = (&shim.sfu, shim.room);
+    let ok = |kind: &'static str, reply: String| ("200 OK", kind, reply);
     let (status, kind, reply) = match path.as_str() {
-        "/offer" => match sfu.join(room, "chromium", &body).await {
-            Ok(mut session) => {
-                let answer = std::mem::take(&mut session.answer);
-                // Read its events (a publisher needs no renegotiation).
-                tokio::spawn(async move { while session.events.recv().await.is_some() {} });
-                ("200 OK", "application/sdp", answer)
+        "/pub" => ok("text/html", PUBLISHER.to_owned()),
+        "/view" => ok("text/html", VIEWER.to_owned()),
+        p if p.starts_with("/offer/") => {
+            let who = &p["/offer/".len()..];
+            match sfu.join(room, who, &body).await {
+                Ok(mut session) => {
+                    let answer = std::mem::take(&mut session.answer);
+                    if who == "viewer" {
+                        *shim.viewer.lock().await = Some(session.events);
+                    } else {
+                        // A publisher needs no renegotiation: read and drop its events.
+                        tokio::spawn(async move { while session.events.recv().await.is_some() {} });
+                    }
+                    ok("application/sdp", answer)
+                }
+                Err(e) => ("400 Bad Request", "text/plain", e.to_string()),
             }
+        }
+        "/events/viewer" => {
+            // Long poll: the next offer within 5 s, or nothing.
+            let mut guard = shim.viewer.lock().await;
+            let offer = match guard.as_mut() {
+                Some(events) => tokio::time::timeout(Duration::from_secs(5), async {
+                    loop {
+                        match events.recv().await {
+                            Some(veil_sfu::SignalEvent::Offer { sdp }) => return Some(sdp),
+                            Some(_) => {}
+                            None => return None,
+                        }
+                    }
+                })
+                .await
+                .ok()
+                .flatten(),
+                None => None,
+            };
+            match offer {
+                Some(sdp) => ok("application/sdp", sdp),
+                None => ("204 No Content", "text/plain", String::new()),
+            }
+        }
+        "/answer/viewer" => match sfu.answer(room, "viewer", &body).await {
+            Ok(()) => ok("text/plain", String::new()),
             Err(e) => ("400 Bad Request", "text/plain", e.to_string()),
         },
-        "/error" => {
-            eprintln!("the page failed: {body}");
-            ("200 OK", "text/plain", String::new())
+        "/stats" => {
+            let _ = shim.stats.send(body);
+            ok("text/plain", String::new())
         }
-        _ => ("200 OK", "text/html", PAGE.to_owned()),
+        "/error" => {
+            eprintln!("a page failed: {body}");
+            ok("text/plain", String::new())
+        }
+        _ => ("404 Not Found", "text/plain", String::new()),
     };
     let mut stream = r.into_inner();
-    let _ = stream
-        .write_all(
-            format!(
-                "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
-                reply.len()
-            )
-            .as_bytes(),
-        )
-        .await;
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        reply.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(reply.as_bytes()).await;
+}
+
+/// The SFU, the signalling shim on a loopback port, and the base URL of its pages.
+async fn start(room: &'static str) -> (Sfu, Arc<Shim>, String) {
+    let sfu = Sfu::new(SfuConfig::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let shim = Arc::new(Shim {
+        sfu: sfu.clone(),
+        room,
+        viewer: tokio::sync::Mutex::new(None),
+        stats: tokio::sync::watch::channel(String::new()).0,
+    });
+    tokio::spawn(serve(listener, shim.clone()));
+    (sfu, shim, url)
+}
+
+/// A headless Chromium on `url`, killed when dropped, with its own profile directory.
+struct Browser {
+    child: tokio::process::Child,
+    profile: std::path::PathBuf,
+}
+
+impl Browser {
+    /// `name` must be unique in the test binary: two Chromiums on one profile directory are one
+    /// browser (the second hands its URL to the first and exits).
+    fn open(url: &str, name: &str) -> Browser {
+        let profile =
+            std::env::temp_dir().join(format!("veil-chromium-{}-{name}", std::process::id()));
+        let child = tokio::process::Command::new(chromium())
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                "--allow-loopback-in-peer-connection",
+                "--disable-features=WebRtcHideLocalIpsWithMdns",
+                "--autoplay-policy=no-user-gesture-required",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}): install Debian's chromium (apt install chromium) or \
+                     set VEIL_CHROMIUM to a Chromium binary",
+                    chromium()
+                )
+            });
+        Browser { child, profile }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Chromium's published video track, once the SFU has it.
+async fn published_video(sfu: &Sfu, room: &str) -> veil_sfu::TrackInfo {
+    for _ in 0..300 {
+        if let Some(t) = sfu
+            .tracks(room)
+            .into_iter()
+            .find(|t| t.publisher == "chromium" && t.kind == MediaKind::Video)
+        {
+            return t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("Chromium published no video track in 30 s");
 }
 
 fn chromium() -> String {
@@ -99,49 +261,9 @@ fn chromium() -> String {
 async fn chromium_simulcast_reaches_a_subscriber_through_the_sfu() {
     init_tracing();
     let room = "browser";
-    let sfu = Sfu::new(SfuConfig::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, sfu.clone(), room));
-    let profile = std::env::temp_dir().join(format!("veil-chromium-{}", std::process::id()));
-    let mut browser = tokio::process::Command::new(chromium())
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--use-fake-device-for-media-stream",
-            "--use-fake-ui-for-media-stream",
-            "--allow-loopback-in-peer-connection",
-            "--disable-features=WebRtcHideLocalIpsWithMdns",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(&url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start {} ({e}): install Debian's chromium (apt install chromium) or set \
-                 VEIL_CHROMIUM to a Chromium binary",
-                chromium()
-            )
-        });
-
-    // Chromium's video track, with the three rids it offered.
-    let mut video = None;
-    for _ in 0..200 {
-        video = sfu
-            .tracks(room)
-            .into_iter()
-            .find(|t| t.publisher == "chromium" && t.kind == MediaKind::Video);
-        if video.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let video = video.expect("Chromium published a video track");
+    let (sfu, _shim, url) = start(room).await;
+    let browser = Browser::open(&format!("{url}/pub"), "browser-pub");
+    let video = published_video(&sfu, room).await;
     assert_eq!(video.rids, ["q", "h", "f"], "the layers Chromium offered");
 
     let mut bob = Peer::new(room, "bob", false).await;
@@ -179,8 +301,7 @@ async fn chromium_simulcast_reaches_a_subscriber_through_the_sfu() {
     while let Ok(Some(r)) = tokio::time::timeout_at(until, bob.received.recv()).await {
         rx.add(&r.packet, dd);
     }
-    let _ = browser.kill().await;
-    let _ = std::fs::remove_dir_all(&profile);
+    drop(browser);
     let m = sfu.metrics();
     eprintln!(
         "bob: {rx:?}; SFU: rtx in unwrapped {}, probe {}, unresolved {}",
@@ -212,6 +333,58 @@ async fn chromium_simulcast_reaches_a_subscriber_through_the_sfu() {
     );
     assert_eq!(m.rtx("in", "unresolved"), 0, "Chromium's RTX all resolved");
     assert_eq!(m.drops(veil_sfu::shell::DropKind::SpoofedSsrc), 0);
+}
+
+/// Browser to browser through the SFU: one Chromium publishes three layers, another views one,
+/// and the viewer's own `getStats` shows it decoding the layer it asked for at each switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_decodes_what_a_browser_publishes_through_the_sfu() {
+    init_tracing();
+    let room = "browsers";
+    let (sfu, shim, url) = start(room).await;
+    let _publisher = Browser::open(&format!("{url}/pub"), "browsers-pub");
+    let video = published_video(&sfu, room).await;
+    let _viewer = Browser::open(&format!("{url}/view"), "browsers-view");
+    for _ in 0..300 {
+        if sfu.participants(room).iter().any(|p| p == "viewer") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sfu.subscribe(room, "viewer", &video.track).await.unwrap();
+
+    // The viewer's stats: frames decoded and the width of the last one.
+    let mut stats = shim.stats.subscribe();
+    let mut decoded_at = Vec::new();
+    for (rid, width) in [("q", 160), ("h", 320)] {
+        sfu.set_layer_preference(room, "viewer", &video.track, Some(rid))
+            .await
+            .unwrap();
+        let decoded = tokio::time::timeout(3 * WAIT, async {
+            loop {
+                stats.changed().await.unwrap();
+                let v: serde_json::Value =
+                    serde_json::from_str(&stats.borrow_and_update()).unwrap_or_default();
+                if v["frameWidth"].as_u64() == Some(width) && v["framesDecoded"].as_u64() > Some(0)
+                {
+                    return v;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the viewer never decoded {width}-wide frames after asking for {rid}: {}",
+                *stats.borrow()
+            )
+        });
+        eprintln!("viewer on {rid}: {decoded}");
+        decoded_at.push(decoded["framesDecoded"].as_u64().unwrap());
+    }
+    assert!(
+        decoded_at[1] > decoded_at[0],
+        "decoding went on across the switch: {decoded_at:?}"
+    );
 }
 
 /// What bob received, read as a browser would.
