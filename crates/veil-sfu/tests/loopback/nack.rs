@@ -10,141 +10,18 @@
 //! descriptor; every repair crosses the lossy hop as RTX (PT 97 on the RTX SSRC, never a repeat
 //! on the media SSRC), and each loss is repaired about once, not re-requested after it arrived.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
-use tokio::sync::Mutex;
-use veil_rtc::VP8_PT;
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::sdp::DD_URI;
 use veil_sfu::{Sfu, SfuConfig};
 
 use crate::common::*;
-
-/// SFU candidate port → relay port, in every candidate line of `sdp`.
-fn via(sdp: &str, sfu_port: u16, relay_port: u16) -> String {
-    sdp.replace(
-        &format!(" 127.0.0.1 {sfu_port} typ host"),
-        &format!(" 127.0.0.1 {relay_port} typ host"),
-    )
-}
-
-fn candidate_port(sdp: &str) -> u16 {
-    let line = sdp.lines().find(|l| l.starts_with("a=candidate:")).unwrap();
-    line.split_whitespace().nth(5).unwrap().parse().unwrap()
-}
-
-/// RFC 7983: 128..=191 is RTP or RTCP; RTCP packet types are 192..=223.
-fn is_rtp(p: &[u8]) -> bool {
-    p.len() > 1 && (128..=191).contains(&p[0]) && !(192..=223).contains(&p[1])
-}
-
-/// Drops every `nth` RTP packet (not RTCP, STUN or DTLS) that passes, and tells retransmissions
-/// apart from the clear RTP header that SRTP leaves (RFC 3711 §3.1).
-#[derive(Default)]
-struct Dropper {
-    nth: u64,
-    seen: AtomicU64,
-    dropped: AtomicU64,
-    /// RTX packets (PT 97) that reached the relay, and those of them it dropped.
-    rtx: AtomicU64,
-    rtx_dropped: AtomicU64,
-    /// VP8 packets whose (SSRC, sequence number) had passed before: retransmissions that did
-    /// not go as RTX.
-    repeats: AtomicU64,
-    media: std::sync::Mutex<HashSet<(u32, u16)>>,
-}
-
-impl Dropper {
-    fn keep(&self, p: &[u8]) -> bool {
-        if !is_rtp(p) || p.len() < 12 {
-            return true;
-        }
-        let pt = p[1] & 0x7f;
-        let is_rtx = pt == veil_rtc::RTX_PT;
-        if is_rtx {
-            self.rtx.fetch_add(1, Ordering::Relaxed);
-        } else if pt == VP8_PT {
-            let key = (
-                u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
-                u16::from_be_bytes([p[2], p[3]]),
-            );
-            if !self.media.lock().unwrap().insert(key) {
-                self.repeats.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if self.nth == 0 {
-            return true;
-        }
-        if (self.seen.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(self.nth) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            if is_rtx {
-                self.rtx_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            return false;
-        }
-        true
-    }
-}
-
-/// A two-socket UDP relay: `front` faces the peer, `back` the SFU.
-struct Relay {
-    front: Arc<UdpSocket>,
-    dropped: Arc<Dropper>,
-}
-
-impl Relay {
-    /// Drop every `nth` RTP packet towards the peer, or (`to_sfu`) towards the SFU.
-    async fn start(sfu: SocketAddr, nth: u64, to_sfu: bool) -> Relay {
-        let dropper = |on: bool| {
-            Arc::new(Dropper {
-                nth: if on { nth } else { 0 },
-                ..Dropper::default()
-            })
-        };
-        let (up, down) = (dropper(to_sfu), dropper(!to_sfu));
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let subscriber: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-        {
-            let (front, back, subscriber) = (front.clone(), back.clone(), subscriber.clone());
-            let up = up.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                while let Ok((n, from)) = front.recv_from(&mut buf).await {
-                    *subscriber.lock().await = Some(from);
-                    if up.keep(&buf[..n]) {
-                        let _ = back.send_to(&buf[..n], sfu).await;
-                    }
-                }
-            });
-        }
-        {
-            let (front, down) = (front.clone(), down.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                while let Ok(n) = back.recv(&mut buf).await {
-                    if down.keep(&buf[..n])
-                        && let Some(to) = *subscriber.lock().await
-                    {
-                        let _ = front.send_to(&buf[..n], to).await;
-                    }
-                }
-            });
-        }
-        let dropped = if to_sfu { up } else { down };
-        Relay { front, dropped }
-    }
-
-    fn port(&self) -> u16 {
-        self.front.local_addr().unwrap().port()
-    }
-}
 
 /// Alice publishes video, bob subscribes; one of them reaches the SFU through a lossy relay.
 async fn run(lossy_publisher: bool) {
