@@ -4,7 +4,8 @@
 //! - A webrtc-rs subscriber asks for q, h, q. The SFU's answer to Chromium's own offer
 //!   negotiates what it needs (DD, mid/rid, transport-cc, RTX; SFU-NEG-01), it learns the layers
 //!   from the rid Chromium sends (SFU-STR-01), and each switch lands on a key frame with a DD on
-//!   every packet. Chromium's rid-only RTX is resolved (SFU-RTX-04).
+//!   every packet. Chromium's rid-only RTX is resolved (SFU-RTX-04), and the audio level it
+//!   sends for its fake microphone makes it the active speaker (SFU-SPK-01).
 //! - A second Chromium views the track: it answers the SFU's offers, and its own `getStats`
 //!   shows it decoding 160-wide frames, then 320-wide ones after asking for h. So the SFU's
 //!   offers, its per-leg rewriting and its layer switches are what a browser accepts.
@@ -22,14 +23,16 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use veil_sfu::routing::MediaKind;
-use veil_sfu::{Sfu, SfuConfig};
+use veil_sfu::{Sfu, SfuConfig, SignalEvent};
 
 use crate::common::*;
 
 const PUBLISHER: &str = r#"<!doctype html><title>veil sfu publisher</title><script>
 (async () => {
   const pc = new RTCPeerConnection();
-  const stream = await navigator.mediaDevices.getUserMedia({video: {width: 640, height: 360}});
+  const stream = await navigator.mediaDevices.getUserMedia(
+    {audio: true, video: {width: 640, height: 360}});
+  pc.addTransceiver(stream.getAudioTracks()[0], {direction: 'sendonly'});
   pc.addTransceiver(stream.getVideoTracks()[0], {direction: 'sendonly', sendEncodings: [
     {rid: 'q', scaleResolutionDownBy: 4}, {rid: 'h', scaleResolutionDownBy: 2}, {rid: 'f'}]});
   await pc.setLocalDescription(await pc.createOffer());
@@ -364,6 +367,13 @@ async fn chromium_simulcast_reaches_a_subscriber_through_the_sfu() {
         m.rtx("in", "unresolved")
     );
     assert_eq!(rx.switches, [160, 320, 160]);
+    // Chromium's fake microphone beeps, and the audio level it sends (RFC 6464) makes it the
+    // active speaker (SFU-SPK).
+    bob.next_event("ActiveSpeaker", |e| match e {
+        SignalEvent::ActiveSpeaker { identity } if identity == "chromium" => Some(()),
+        _ => None,
+    })
+    .await;
     assert_eq!(rx.with_dd, rx.packets, "a DD on every forwarded packet");
     assert_eq!(
         rx.unreadable, 0,
