@@ -640,7 +640,7 @@ impl Interceptor for RtcpRecorder {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
-// ---- a lossy UDP relay (nack.rs, chromium.rs) -------------------------------------------
+// ---- a lossy UDP relay (nack.rs) ---------------------------------------------------------
 
 /// SFU candidate port → relay port, in every candidate line of `sdp`.
 pub fn via(sdp: &str, sfu_port: u16, relay_port: u16) -> String {
