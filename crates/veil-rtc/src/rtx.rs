@@ -163,10 +163,11 @@ impl RtxDemux {
     }
 
     /// The primary a (mid, rid) names; without mid, the only stream with that rid.
-    fn named(&self, (mid, rid): &RidKey) -> Option<Primary> {
-        if let Some(p) = self.by_rid.get(&(mid.clone(), rid.clone())) {
+    fn named(&self, key: &RidKey) -> Option<Primary> {
+        if let Some(p) = self.by_rid.get(key) {
             return Some(*p);
         }
+        let (mid, rid) = key;
         let mut same = self.by_rid.iter().filter(|((_, r), _)| r == rid);
         match (mid.is_empty(), same.next(), same.next()) {
             (true, Some((_, p)), None) => Some(*p),
@@ -182,23 +183,17 @@ impl RtxDemux {
         }
         let ext = |id: Option<u8>| id.and_then(|id| packet.header.get_extension(id));
         let mid = ext(self.ids.mid).map(|b| b.to_vec()).unwrap_or_default();
-        let name = match ext(self.ids.rrid) {
-            Some(rrid) => {
-                let key = (mid.clone(), rrid.to_vec());
-                if !self.rtx_names.contains_key(&ssrc) && self.learned() < MAX_LEARNED_STREAMS {
-                    self.rtx_names.insert(ssrc, key.clone());
-                }
-                Some(key)
+        // An RTX packet names its stream by rrid, or did on an earlier packet of its SSRC.
+        if let Some(rrid) = ext(self.ids.rrid) {
+            let key = (mid, rrid.to_vec());
+            let primary = self.named(&key);
+            if !self.rtx_names.contains_key(&ssrc) && self.learned() < MAX_LEARNED_STREAMS {
+                self.rtx_names.insert(ssrc, key);
             }
-            None => self.rtx_names.get(&ssrc).cloned(),
-        };
-        if let Some(name) = name {
-            return match self.named(&name) {
-                // The primary itself (or FEC, never negotiated here) naming itself: not RTX.
-                Some(p) if p.ssrc == ssrc || p.payload_type == payload_type => Demuxed::Media,
-                Some(p) => unwrap(packet, p, self.ids.rrid),
-                None => Demuxed::Unresolved,
-            };
+            return repair(packet, primary, self.ids.rrid);
+        }
+        if let Some(key) = self.rtx_names.get(&ssrc) {
+            return repair(packet, self.named(key), self.ids.rrid);
         }
         if let Some(rid) = ext(self.ids.rid) {
             let primary = Primary { ssrc, payload_type };
@@ -208,6 +203,17 @@ impl RtxDemux {
             }
         }
         Demuxed::Media
+    }
+}
+
+/// An RTX packet whose stream was named: unwrapped into `primary`, if known.
+fn repair(packet: &mut rtp::Packet, primary: Option<Primary>, rrid: Option<u8>) -> Demuxed {
+    let h = &packet.header;
+    match primary {
+        // The primary itself (or FEC, never negotiated here) naming itself: not RTX.
+        Some(p) if p.ssrc == h.ssrc || p.payload_type == h.payload_type => Demuxed::Media,
+        Some(p) => unwrap(packet, p, rrid),
+        None => Demuxed::Unresolved,
     }
 }
 
