@@ -107,34 +107,28 @@ pub struct Rtx {
 #[derive(Debug, Clone)]
 pub struct RtxCount(pub Family<Rtx, Counter>);
 
+impl RtxCount {
+    fn count(&self, direction: &'static str, outcome: &'static str) {
+        self.0.get_or_create(&Rtx { direction, outcome }).inc();
+    }
+}
+
 impl RtxObserver for RtxCount {
     fn inbound(&self, what: Demuxed) {
-        let outcome = match what {
-            Demuxed::Media => return,
-            Demuxed::Unwrapped(_) => "unwrapped",
-            Demuxed::Probe => "probe",
-            Demuxed::Unresolved => "unresolved",
-        };
-        self.0
-            .get_or_create(&Rtx {
-                direction: "in",
-                outcome,
-            })
-            .inc();
+        match what {
+            Demuxed::Media => {}
+            Demuxed::Unwrapped(_) => self.count("in", "unwrapped"),
+            Demuxed::Probe => self.count("in", "probe"),
+            Demuxed::Unresolved => self.count("in", "unresolved"),
+        }
     }
 
     fn outbound(&self, what: Sent) {
-        let outcome = match what {
-            Sent::Restored => "restored",
-            Sent::Bare => "bare",
-            Sent::Remembered | Sent::Untracked => return,
-        };
-        self.0
-            .get_or_create(&Rtx {
-                direction: "out",
-                outcome,
-            })
-            .inc();
+        match what {
+            Sent::Restored => self.count("out", "restored"),
+            Sent::Bare => self.count("out", "bare"),
+            Sent::Remembered | Sent::Untracked => {}
+        }
     }
 }
 
