@@ -255,13 +255,86 @@ fn repad(header: &mut rtp::header::Header) {
     }
 }
 
+/// Elements a history slot holds without allocating: a video packet's mid/rid, DD and audio
+/// level fit; a key frame's DD with its template structure usually does not.
+const INLINE_ELEMENTS: usize = 6;
+/// Element bytes a history slot holds without allocating.
+const INLINE_BYTES: usize = 40;
+
 /// The extension block of one sent packet.
 #[derive(Debug, Clone)]
 struct SavedExtensions {
     seq: u16,
     profile: u16,
-    extensions: Vec<Extension>,
-    padding: usize,
+    padding: u8,
+    elements: Elements,
+}
+
+/// The elements of a saved block. Every forwarded video packet passes through
+/// [`RtxHistory::on_send`], so the common case copies bytes into the ring slot and allocates
+/// nothing; only a block too big for it goes to the heap.
+#[derive(Debug, Clone)]
+enum Elements {
+    Inline {
+        n: u8,
+        ids: [u8; INLINE_ELEMENTS],
+        lens: [u8; INLINE_ELEMENTS],
+        bytes: [u8; INLINE_BYTES],
+    },
+    Heap(Vec<Extension>),
+}
+
+impl Elements {
+    fn of(extensions: &[Extension]) -> Self {
+        let total: usize = extensions.iter().map(|e| e.payload.len()).sum();
+        if extensions.len() > INLINE_ELEMENTS || total > INLINE_BYTES {
+            return Self::Heap(extensions.to_vec());
+        }
+        let mut ids = [0; INLINE_ELEMENTS];
+        let mut lens = [0; INLINE_ELEMENTS];
+        let mut bytes = [0; INLINE_BYTES];
+        let mut at = 0;
+        for (i, e) in extensions.iter().enumerate() {
+            let len = e.payload.len();
+            ids[i] = e.id;
+            // At most INLINE_BYTES (checked above), so it fits a u8.
+            lens[i] = len as u8;
+            bytes[at..at + len].copy_from_slice(&e.payload);
+            at += len;
+        }
+        Self::Inline {
+            n: extensions.len() as u8,
+            ids,
+            lens,
+            bytes,
+        }
+    }
+
+    /// The elements again, for a retransmission (allocates; retransmissions are rare).
+    fn to_vec(&self) -> Vec<Extension> {
+        match self {
+            Self::Heap(v) => v.clone(),
+            Self::Inline {
+                n,
+                ids,
+                lens,
+                bytes,
+            } => {
+                let mut at = 0;
+                (0..usize::from(*n))
+                    .map(|i| {
+                        let len = usize::from(lens[i]);
+                        let payload = bytes::Bytes::copy_from_slice(&bytes[at..at + len]);
+                        at += len;
+                        Extension {
+                            id: ids[i],
+                            payload,
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -323,8 +396,9 @@ impl RtxHistory {
             stream.ring[slot] = h.extension.then(|| SavedExtensions {
                 seq: h.sequence_number,
                 profile: h.extension_profile,
-                extensions: h.extensions.clone(),
-                padding: h.extensions_padding,
+                // A block pads to 32 bits: 0..=3.
+                padding: h.extensions_padding as u8,
+                elements: Elements::of(&h.extensions),
             });
             return Sent::Remembered;
         }
@@ -344,8 +418,8 @@ impl RtxHistory {
         let h = &mut packet.header;
         h.extension = true;
         h.extension_profile = saved.profile;
-        h.extensions = saved.extensions.clone();
-        h.extensions_padding = saved.padding;
+        h.extensions = saved.elements.to_vec();
+        h.extensions_padding = usize::from(saved.padding);
         if let Some(rid) = stream.ids.rid
             && h.get_extension(rid).is_some()
         {
@@ -675,5 +749,48 @@ mod tests {
             h.on_send(&mut packet(3, 111, 1, &[], &[1])),
             Sent::Untracked
         );
+    }
+
+    /// A key frame's DD (with its template structure) is too big for a slot's inline bytes,
+    /// a delta frame's is not: both come back byte for byte, with their padding.
+    #[test]
+    fn small_and_large_extension_blocks_both_come_back_exactly() {
+        let mut h = RtxHistory::default();
+        h.bind(&info(1, Some(2)));
+        let key_dd: Vec<u8> = (0..INLINE_BYTES as u8 + 20).collect();
+        let cases: [&[(u8, &[u8])]; 4] = [
+            &[(DD, &[0x80, 1, 2])],
+            &[(DD, &key_dd), (MID, b"0")],
+            // Exactly full, then one element too many (none of them the rid, which is renamed).
+            &[(DD, &key_dd[..INLINE_BYTES])],
+            &[
+                (1, b"a"),
+                (9, b"b"),
+                (10, b"c"),
+                (4, b"d"),
+                (6, b"e"),
+                (7, b"f"),
+                (8, b"g"),
+            ],
+        ];
+        for (i, exts) in cases.iter().enumerate() {
+            let seq = 100 + i as u16;
+            let mut original = packet(1, 96, seq, exts, &[i as u8]);
+            let sent = original.clone();
+            assert_eq!(h.on_send(&mut original), Sent::Remembered);
+            let [hi, lo] = seq.to_be_bytes();
+            let mut rtx = packet(2, 97, i as u16, &[], &[hi, lo, i as u8]);
+            assert_eq!(h.on_send(&mut rtx), Sent::Restored, "case {i}");
+            assert_eq!(rtx.header.extensions, sent.header.extensions, "case {i}");
+            assert_eq!(
+                (rtx.header.extension_profile, rtx.header.extensions_padding),
+                (
+                    sent.header.extension_profile,
+                    sent.header.extensions_padding
+                ),
+                "case {i}"
+            );
+            assert_eq!(on_the_wire(&rtx), rtx, "case {i}");
+        }
     }
 }
