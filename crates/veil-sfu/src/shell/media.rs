@@ -15,7 +15,7 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
-use super::metrics::{DropKind, Kind, SubscriberTrack};
+use super::metrics::{DropKind, SubscriberTrack};
 use super::{Published, RoomShell, Shared, SignalEvent, TrackInfo, track_name};
 use crate::error::SfuError;
 use crate::routing::{DropReason, Forward, MediaKind, PacketMeta, ParticipantId, Publish, TrackId};
@@ -46,13 +46,6 @@ fn drop_kind(e: &SfuError) -> DropKind {
         SfuError::TooManyLayers(_) | SfuError::UnknownLayer(_) => DropKind::Layer,
         SfuError::RateLimited(_) => DropKind::RateLimited,
         _ => DropKind::Metadata,
-    }
-}
-
-fn kind_label(kind: MediaKind) -> &'static str {
-    match kind {
-        MediaKind::Audio => "audio",
-        MediaKind::Video => "video",
     }
 }
 
@@ -211,9 +204,8 @@ fn route(
     p: &rtp::Packet,
 ) -> Vec<u32> {
     let m = &shared.metrics;
-    let kind_enum = kind;
-    let kind = kind_label(kind);
-    m.received_packets.get_or_create(&Kind { kind }).inc();
+    let counters = m.of(kind);
+    counters.received.inc();
     if p.payload.is_empty() {
         m.drop(DropKind::Padding);
         return Vec::new();
@@ -261,7 +253,7 @@ fn route(
                 .map(|p| p.identity.clone())
                 .unwrap_or_default(),
             track: track_name(tid),
-            kind: kind_enum,
+            kind,
             ssrc: p.header.ssrc,
             seq: p.header.sequence_number,
             timestamp: p.header.timestamp,
@@ -295,10 +287,8 @@ fn route(
         };
         match tx.try_send(rewrite(p, f)) {
             Ok(()) => {
-                m.forwarded_packets.get_or_create(&Kind { kind }).inc();
-                m.forwarded_bytes
-                    .get_or_create(&Kind { kind })
-                    .inc_by(p.payload.len() as u64);
+                counters.forwarded.inc();
+                counters.forwarded_bytes.inc_by(p.payload.len() as u64);
             }
             // SFU-LIVE-03: a slow subscriber loses packets, nobody else waits for it.
             Err(mpsc::error::TrySendError::Full(_)) => m.drop(DropKind::QueueFull),

@@ -8,6 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use veil_rtc::rtx::{Demuxed, RtxObserver, Sent};
 
+use crate::routing::MediaKind;
+
 /// Why a packet was dropped (SFU-SEC-*, SFU-FWD-*).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropKind {
@@ -45,6 +47,25 @@ pub enum DropKind {
 }
 
 impl DropKind {
+    /// Every reason, in declaration order (`kind as usize` indexes it).
+    pub const ALL: [Self; 15] = [
+        Self::SpoofedSsrc,
+        Self::Metadata,
+        Self::UnknownTrack,
+        Self::Layer,
+        Self::Repair,
+        Self::Padding,
+        Self::NotSelected,
+        Self::WaitingForKeyFrame,
+        Self::NoDependencyDescriptor,
+        Self::QueueFull,
+        Self::WriteFailed,
+        Self::NotPermitted,
+        Self::Silence,
+        Self::LateAfterSkip,
+        Self::RateLimited,
+    ];
+
     /// The `reason` label.
     #[must_use]
     pub const fn label(self) -> &'static str {
@@ -141,10 +162,26 @@ pub struct Subscriber {
     pub subscriber: String,
 }
 
+/// The per-packet counters of one media kind, resolved from their families once: counting a
+/// packet is one atomic add, with no label lookup (and its lock) on the forwarding path.
+#[derive(Debug, Clone, Default)]
+pub struct KindCounters {
+    /// [`Metrics::received_packets`] of this kind.
+    pub received: Counter,
+    /// [`Metrics::forwarded_packets`] of this kind.
+    pub forwarded: Counter,
+    /// [`Metrics::forwarded_bytes`] of this kind.
+    pub forwarded_bytes: Counter,
+}
+
 /// The SFU's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Audio, video.
+    by_kind: [KindCounters; 2],
+    /// [`Self::dropped`] by [`DropKind`], indexed like [`DropKind::ALL`].
+    drops: Vec<Counter>,
     /// Rooms with at least one participant.
     pub rooms: Gauge,
     /// Participants over all rooms.
@@ -181,6 +218,8 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("veil_sfu");
         let m = Self {
             registry: Registry::default(),
+            by_kind: Default::default(),
+            drops: Vec::new(),
             rooms: Gauge::default(),
             participants: Gauge::default(),
             tracks: Gauge::default(),
@@ -254,28 +293,47 @@ impl Default for Metrics {
             "RTX packets (retransmissions, per hop) by direction and outcome",
             m.rtx.clone(),
         );
-        Self { registry, ..m }
+        let by_kind = ["audio", "video"].map(|kind| KindCounters {
+            received: m.received_packets.get_or_create(&Kind { kind }).clone(),
+            forwarded: m.forwarded_packets.get_or_create(&Kind { kind }).clone(),
+            forwarded_bytes: m.forwarded_bytes.get_or_create(&Kind { kind }).clone(),
+        });
+        let drops = DropKind::ALL
+            .iter()
+            .map(|k| {
+                m.dropped
+                    .get_or_create(&Reason { reason: k.label() })
+                    .clone()
+            })
+            .collect();
+        Self {
+            registry,
+            by_kind,
+            drops,
+            ..m
+        }
     }
 }
 
 impl Metrics {
     /// Count a drop.
     pub fn drop(&self, kind: DropKind) {
-        self.dropped
-            .get_or_create(&Reason {
-                reason: kind.label(),
-            })
-            .inc();
+        self.drops[kind as usize].inc();
     }
 
     /// Drops so far for `kind`.
     #[must_use]
     pub fn drops(&self, kind: DropKind) -> u64 {
-        self.dropped
-            .get_or_create(&Reason {
-                reason: kind.label(),
-            })
-            .get()
+        self.drops[kind as usize].get()
+    }
+
+    /// The packet counters of `kind`.
+    #[must_use]
+    pub fn of(&self, kind: MediaKind) -> &KindCounters {
+        &self.by_kind[match kind {
+            MediaKind::Audio => 0,
+            MediaKind::Video => 1,
+        }]
     }
 
     /// RTX packets so far in `direction` (`in`, `out`) with `outcome` ([`Rtx`]).
@@ -296,5 +354,34 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_drop_reason_has_its_own_counter_under_its_own_label() {
+        let m = Metrics::default();
+        for (i, k) in DropKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "ALL is in declaration order");
+            for _ in 0..=i {
+                m.drop(*k);
+            }
+        }
+        let text = m.encode();
+        for (i, k) in DropKind::ALL.iter().enumerate() {
+            assert_eq!(m.drops(*k), i as u64 + 1);
+            let line = format!(
+                "veil_sfu_dropped_packets_total{{reason=\"{}\"}} {}",
+                k.label(),
+                i + 1
+            );
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+        m.of(MediaKind::Video).forwarded.inc_by(3);
+        assert_eq!(m.forwarded("video"), 3);
+        assert_eq!(m.forwarded("audio"), 0);
     }
 }
