@@ -39,7 +39,7 @@ mod speaker;
 mod ssrc;
 mod streams;
 
-pub use dtx::{Dtx, SilenceGate};
+pub use dtx::{Dtx, MAX_PACKET_DURATION, SilenceGate};
 pub use extmap::ExtMap;
 pub use forwarder::{Decision, DropReason, ForwarderStats, LayerForwarder};
 pub use keyframes::{KeyFrameRequests, KeyFrameStats};

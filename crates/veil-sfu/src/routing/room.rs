@@ -545,7 +545,13 @@ impl Room {
         // Silent audio past the hangover is skipped, not forwarded (SFU-DTX-01).
         let silent = t.kind == MediaKind::Audio
             && self.dtx.as_mut().is_some_and(|g| {
-                g.drop_packet(meta.ssrc, ing.audio_level, meta.timestamp, t.clock_rate)
+                g.drop_packet(
+                    meta.ssrc,
+                    ing.audio_level,
+                    meta.seq,
+                    meta.timestamp,
+                    t.clock_rate,
+                )
             });
         // Each layer's bitrate, for the subscribers' layer choice (SFU-BWE-02..03).
         let layers = t.rids.len().min(MAX_LAYERS);

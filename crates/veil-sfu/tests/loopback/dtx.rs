@@ -1,6 +1,7 @@
-//! SFU-DTX-01..03 over real connections: a publisher talks, goes digitally silent, talks again.
-//! The subscriber gets the talk and the hangover only, on contiguous sequence numbers, with the
-//! payload bytes unchanged; the silence drops are counted.
+//! SFU-DTX-01..04 over real connections: a publisher talks, goes digitally silent, does DTX
+//! itself for a while (one silent packet per 400 ms), talks again. The subscriber gets the talk,
+//! the hangover and the sender's DTX packets, on contiguous sequence numbers, with the payload
+//! bytes unchanged and the RTP time of what was dropped kept; the silence drops are counted.
 
 use std::time::Duration;
 
@@ -13,9 +14,11 @@ use veil_sfu::{Sfu, SfuConfig};
 use crate::common::*;
 
 const SSRC: u32 = 0xD7C5_0001;
-/// 20 talk, 50 silent, 20 talk packets of 20 ms (960 ticks at 48 kHz).
+/// 20 talk, 50 silent packets of 20 ms (960 ticks at 48 kHz), then 4 silent packets of the
+/// sender's own DTX (400 ms apart), then 20 talk packets.
 const TALK: u16 = 20;
 const SILENCE: u16 = 50;
+const SENDER_DTX: u16 = 4;
 /// The default hangover, 200 ms, in 20 ms packets.
 const HANGOVER: u16 = 10;
 
@@ -53,19 +56,26 @@ async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous() {
     let a = bob.track_named("alice", "mic").await;
     bob.subscribe(&sfu, &a).await;
 
-    // The test: packet i has seq `first + i`, timestamp 960 per packet, and its own payload.
+    // The test: packet i has seq `first + i`, its own payload, and timestamp `ts[i]`: 960 per
+    // packet, 19,200 before each of the sender's DTX packets.
     let first = seq + 100;
-    let total = 2 * TALK + SILENCE;
+    let total = 2 * TALK + SILENCE + SENDER_DTX;
+    let dtx = TALK + SILENCE..TALK + SILENCE + SENDER_DTX;
+    let ts: Vec<u32> = (0..total)
+        .scan(960 * u32::from(first), |t, i| {
+            *t += if dtx.contains(&i) { 19_200 } else { 960 };
+            Some(*t)
+        })
+        .collect();
     for i in 0..total {
-        let level = if (TALK..TALK + SILENCE).contains(&i) {
+        let level = if (TALK..dtx.end).contains(&i) {
             silence.clone()
         } else {
             talk.clone()
         };
-        let s = first.wrapping_add(i);
         mic.send(
-            s,
-            960 * u32::from(s),
+            first.wrapping_add(i),
+            ts[usize::from(i)],
             false,
             &[(al, level)],
             payload(u64::from(i) + 1, 60 + usize::from(i)),
@@ -73,7 +83,7 @@ async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous() {
         .await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let want: Vec<u16> = (0..TALK + HANGOVER).chain(TALK + SILENCE..total).collect();
+    let want: Vec<u16> = (0..TALK + HANGOVER).chain(dtx.start..total).collect();
     let dropped = u64::from(SILENCE - HANGOVER);
     eventually("the silence drops to be counted", || {
         sfu.metrics().drops(DropKind::Silence) >= dropped
@@ -104,20 +114,23 @@ async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous() {
         seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
         "contiguous: {seqs:?}"
     );
-    // Timestamps move on 960 per packet, and across the dropped silence by its length.
-    let ts: Vec<u32> = got.iter().map(|g| g.1.header.timestamp).collect();
-    let steps: Vec<u32> = ts.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
-    let gap = 960 * u32::from(SILENCE - HANGOVER + 1);
-    assert!(steps.iter().all(|d| *d == 960 || *d == gap), "{steps:?}");
-    assert_eq!(steps.iter().filter(|d| **d == gap).count(), 1);
-    // The hangover packets carry their silent level to bob, the talk packets theirs.
+    // Timestamps move as alice's did, across the dropped silence by its length.
+    for w in got.windows(2) {
+        let ((i, a), (j, b)) = (&w[0], &w[1]);
+        assert_eq!(
+            b.header.timestamp.wrapping_sub(a.header.timestamp),
+            ts[usize::from(*j)] - ts[usize::from(*i)],
+            "RTP time from packet {i} to {j}"
+        );
+    }
+    // The hangover and DTX packets carry their silent level to bob, the talk packets theirs.
     let bob_al = remote_ext_ids(&bob.pc)
         .await
         .audio_level
         .expect("audio level");
     for (i, p) in &got {
-        let hangover = (TALK..TALK + HANGOVER).contains(i);
-        let want = if hangover { &silence } else { &talk };
+        let silent = (TALK..TALK + HANGOVER).contains(i) || dtx.contains(i);
+        let want = if silent { &silence } else { &talk };
         assert_eq!(
             p.header.get_extension(bob_al).as_ref(),
             Some(want),
