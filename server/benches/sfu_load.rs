@@ -18,6 +18,9 @@
 //!
 //! `cargo bench -p veil-server --bench sfu_load` (add `-- --quick` for a short run, or
 //! `-- --points 10x10,12x20` for other publisher × subscriber counts, at most 16 publishers).
+//! `-- --compare PATH` also runs each point through another `veil-server` binary (a build of
+//! another commit), right after this build's row: an A/B comparison in one run, since this
+//! machine's figures drift more between runs than a small change moves them.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -730,7 +733,7 @@ struct Scenario {
 }
 
 struct Measured {
-    path: &'static str,
+    path: String,
     stats: Arc<Stats>,
     expected: u64,
     w: Window,
@@ -842,7 +845,15 @@ async fn measure(
     }
 }
 
-async fn run_sfu(sc: &Scenario, n: usize) -> Measured {
+/// The `veil-server` binary of this build, and its row label.
+fn this_server() -> (std::path::PathBuf, String) {
+    (
+        env!("CARGO_BIN_EXE_veil-server").into(),
+        "veil-server SFU".to_owned(),
+    )
+}
+
+async fn run_sfu(sc: &Scenario, n: usize, server: &(std::path::PathBuf, String)) -> Measured {
     let dir = tempfile::tempdir().unwrap();
     let secret = "42".repeat(32);
     let key = TokenKey::parse(&format!("bench:{secret}")).unwrap();
@@ -850,7 +861,7 @@ async fn run_sfu(sc: &Scenario, n: usize) -> Measured {
     let data = dir.path().join("data");
     let (child, line) = spawn_pinned(
         sc.pinned,
-        std::path::Path::new(env!("CARGO_BIN_EXE_veil-server")),
+        &server.0,
         &[
             "serve",
             "--role",
@@ -918,7 +929,7 @@ async fn run_sfu(sc: &Scenario, n: usize) -> Measured {
     }
     let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
     Measured {
-        path: "veil-server SFU",
+        path: server.1.clone(),
         stats,
         expected,
         w,
@@ -986,7 +997,7 @@ async fn run_relay(sc: &Scenario) -> Measured {
     drop(child);
     let expected = stats.total_sent() * sc.subscribers as u64;
     Measured {
-        path: "plain UDP relay",
+        path: "plain UDP relay".to_owned(),
         stats,
         expected,
         w,
@@ -1111,6 +1122,15 @@ fn warnings(sc: &Scenario, m: &Measured) -> Vec<String> {
     out
 }
 
+/// `--compare PATH`: another `veil-server` binary to measure beside this build's.
+fn compare() -> Option<std::path::PathBuf> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == "--compare")?;
+    let bin = std::path::PathBuf::from(args.get(i + 1).expect("--compare PATH"));
+    assert!(bin.is_file(), "--compare {}: no such file", bin.display());
+    Some(bin)
+}
+
 /// `--points 10x10,12x20` overrides the default scenarios.
 fn points(quick: bool) -> Vec<(usize, usize)> {
     let args: Vec<String> = std::env::args().collect();
@@ -1164,9 +1184,17 @@ async fn bench(quick: bool, pinned: bool) {
             pinned,
             tick,
         };
-        let sfu = run_sfu(&sc, n).await;
+        let sfu = run_sfu(&sc, n, &this_server()).await;
+        let other = match compare() {
+            Some(bin) => {
+                let label = format!("veil-server SFU ({})", bin.display());
+                Some(run_sfu(&sc, n, &(bin, label)).await)
+            }
+            None => None,
+        };
         let relay = run_relay(&sc).await;
         let a = row(&sc, &sfu);
+        let other = other.map(|m| (row(&sc, &m), m));
         let b = row(&sc, &relay);
         notes.push(format!(
             "{publishers}×{subscribers}: SFU forwards {:.0} % of the relay's packets per CPU-second \
@@ -1185,6 +1213,14 @@ async fn bench(quick: bool, pinned: bool) {
                 format!("; server log: {}", sfu.notes)
             },
         ));
+        if let Some((o, m)) = &other {
+            notes.push(format!(
+                "{publishers}×{subscribers}: this build / {}: {:.2}× the packets per CPU-second",
+                m.path,
+                a / o
+            ));
+            notes.extend(warnings(&sc, m));
+        }
         for m in [&sfu, &relay] {
             notes.extend(warnings(&sc, m));
         }
