@@ -1,6 +1,8 @@
 //! SFU-LIVE-04: a participant that floods the SFU is cut to its packet-rate limit at the door
 //! (counted as `rate_limited`), and another publisher in the room loses nothing.
 //! SFU-LIVE-05: one that does not read its signalling events is removed, not queued for.
+//! SFU-LIVE-03: bursts larger than a subscription's send queue drop copies (counted as
+//! `queue_full`) instead of waiting, and delivery carries on once the bursts stop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -171,4 +173,111 @@ async fn a_participant_that_does_not_read_its_events_is_removed() {
     }
     assert_eq!(queued, 4);
     assert!(sfu.participants(room).is_empty());
+}
+
+/// SFU-LIVE-03: with a send queue of 4 packets per subscription, a publisher's bursts of 64
+/// back-to-back packets overflow it. The copies that do not fit are dropped and counted, never
+/// waited for: every copy the core routed is either forwarded or counted as `queue_full`, each
+/// subscriber gets what was forwarded to it in order and byte for byte, and steady traffic
+/// after the bursts reaches both subscribers in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_send_queue_drops_and_counts_and_delivery_recovers() {
+    init_tracing();
+    let sfu = Sfu::new(SfuConfig {
+        subscriber_queue: 4,
+        ..SfuConfig::default()
+    });
+    let room = "queue";
+    let mut alice = Peer::new(room, "alice", true).await;
+    let cam = alice.add_track(MediaKind::Video, 0x5100_0001, "cam").await;
+    alice.join(&sfu).await;
+    let mut seq = 0u16;
+    for _ in 0..50 {
+        cam.send(seq, 0, true, &[], payload(0, 300)).await;
+        seq += 1;
+        if !sfu.tracks(room).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually("the track", || !sfu.tracks(room).is_empty()).await;
+    let mut subs = Vec::new();
+    for name in ["bob", "carol"] {
+        let mut p = Peer::new(room, name, false).await;
+        p.join(&sfu).await;
+        let t = p.track_named("alice", "cam").await;
+        p.subscribe(&sfu, &t).await;
+        subs.push(p);
+    }
+    // Until both receive, then drain.
+    for p in &mut subs {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            cam.send(seq, 3000 * u32::from(seq), true, &[], payload(0, 300))
+                .await;
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if p.received.try_recv().is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a subscriber never received");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for p in &mut subs {
+        while p.received.try_recv().is_ok() {}
+    }
+    let m = sfu.metrics();
+    let routed = |m: &veil_sfu::shell::Metrics| m.forwarded("video") + m.drops(DropKind::QueueFull);
+    let (routed_before, full_before) = (routed(m), m.drops(DropKind::QueueFull));
+
+    // Packet i carries payload(i + 1, 300): 10 bursts of 64, then 50 packets 20 ms apart.
+    const BURSTS: u64 = 10;
+    const BURST: u64 = 64;
+    const STEADY: u64 = 50;
+    let mut i = 0u64;
+    for _ in 0..BURSTS {
+        for _ in 0..BURST {
+            cam.send(seq, 3000 * u32::from(seq), true, &[], payload(i + 1, 300))
+                .await;
+            (seq, i) = (seq.wrapping_add(1), i + 1);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..STEADY {
+        cam.send(seq, 3000 * u32::from(seq), true, &[], payload(i + 1, 300))
+            .await;
+        (seq, i) = (seq.wrapping_add(1), i + 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = i;
+    let copies = 2 * total;
+    eventually("every copy forwarded or counted", || {
+        routed(sfu.metrics()) - routed_before >= copies
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let m = sfu.metrics();
+    let full = m.drops(DropKind::QueueFull) - full_before;
+    assert_eq!(routed(m) - routed_before, copies, "each copy exactly once");
+    assert!(full > 0, "64-packet bursts never filled a queue of 4");
+    let mut received = 0;
+    for p in &mut subs {
+        let mut got = Vec::new();
+        while let Ok(r) = p.received.try_recv() {
+            let k = (0..total)
+                .find(|k| r.packet.payload == payload(k + 1, 300))
+                .expect("a payload alice sent, byte for byte");
+            got.push(k);
+        }
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "in order, once each");
+        // Once the bursts stop, nothing is lost.
+        let steady = got.iter().filter(|k| **k >= BURSTS * BURST).count();
+        assert_eq!(steady as u64, STEADY, "{} after the bursts", p.identity);
+        received += got.len() as u64;
+    }
+    // What did not arrive is what was counted.
+    assert_eq!(received + full, copies, "{full} dropped at full queues");
+    eprintln!("{full} of {copies} copies dropped at full queues, {received} delivered");
 }
