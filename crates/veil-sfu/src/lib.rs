@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod edge;
 pub mod error;
 pub mod grpc;
 pub mod routing;

@@ -8,6 +8,7 @@ mod bandwidth;
 mod chromium;
 mod common;
 mod dtx;
+mod edge;
 mod flood;
 mod grpc;
 mod key_frames;

@@ -1,0 +1,432 @@
+//! One UDP port for every participant: webrtc-rs's sans-I/O `rtc` peer connections driven
+//! directly, ICE-lite, demultiplexed by the SFU itself (specs/sfu-edge-research.md).
+//!
+//! **A first slice.** It connects participants on one socket and hands out what they send; the
+//! SFU's shell still runs on the async webrtc-rs (one socket and one driver task per
+//! participant). The forwarding path moves here once this edge carries media both ways.
+//!
+//! Sans I/O like the routing core: the caller owns the socket and the clock. Feed each datagram
+//! to [`Edge::handle_datagram`], send what [`Edge::poll_transmit`] returns, act on
+//! [`Edge::poll_event`], and call [`Edge::handle_timeout`] at [`Edge::poll_timeout`].
+//!
+//! Demultiplexing (SFU-EDGE-01): a STUN binding request names its connection in USERNAME
+//! (`"<our ufrag>:<their ufrag>"`, RFC 8445 §7.2.2); the edge looks the local ufrag up and
+//! remembers the sender's address for that connection. Everything else (DTLS, SRTP, SRTCP, STUN
+//! responses) is routed by the address alone; a datagram from an address no request has named
+//! is dropped before any connection sees it. An address stays with the connection that first
+//! claimed it until that connection closes (SFU-EDGE-03): a request naming another connection
+//! from it, even one with valid credentials (a participant forging its source address), is
+//! dropped, so nobody can pull another participant's packets into their own connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
+};
+use rtc::rtp;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::stun::attributes::ATTR_USERNAME;
+use rtc::stun::message::{BINDING_REQUEST, Message, is_stun_message};
+use rtc::stun::textattrs::Username;
+use webrtc::peer_connection::SettingEngineBuilder;
+
+use crate::error::SfuError;
+use crate::shell::peer;
+
+/// A connection of the edge.
+pub type ConnId = usize;
+
+/// What a connection did.
+#[derive(Debug)]
+pub enum EdgeEvent {
+    /// ICE and DTLS are up: media can flow.
+    Connected,
+    /// The connection failed or closed; it is gone from the edge.
+    Closed,
+    /// A remote track's stream started: its SSRC and, for simulcast, its rid.
+    TrackOpen {
+        /// The track, as the connection names it.
+        track: String,
+        /// The stream's SSRC.
+        ssrc: u32,
+        /// The stream's rid, if it has one.
+        rid: Option<String>,
+    },
+    /// An RTP packet from the participant, after SRTP and the interceptors.
+    Rtp {
+        /// The track it belongs to.
+        track: String,
+        /// The packet.
+        packet: rtp::Packet,
+    },
+}
+
+struct Conn {
+    pc: RTCPeerConnection,
+    ufrag: String,
+}
+
+/// Every participant's peer connection on one local address.
+pub struct Edge {
+    local: SocketAddr,
+    conns: HashMap<ConnId, Conn>,
+    next: ConnId,
+    by_ufrag: HashMap<String, ConnId>,
+    by_addr: HashMap<SocketAddr, ConnId>,
+    /// Connections that took input since they were last drained.
+    dirty: Vec<ConnId>,
+    transmit: VecDeque<(SocketAddr, BytesMut)>,
+    events: VecDeque<(ConnId, EdgeEvent)>,
+    /// Datagrams no connection claimed.
+    unrouted: u64,
+    /// ICE credentials: the password authenticates every STUN request, so it must not be
+    /// guessable.
+    rng: StdRng,
+}
+
+impl Edge {
+    /// An edge whose one host candidate is `local`: the address the socket is bound to, as
+    /// peers reach it (SFU-EDGE-02: rtc matches every STUN packet against this exact address).
+    #[must_use]
+    pub fn new(local: SocketAddr) -> Self {
+        Self {
+            local,
+            conns: HashMap::new(),
+            next: 0,
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            dirty: Vec::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            unrouted: 0,
+            rng: StdRng::from_os_rng(),
+        }
+    }
+
+    /// Datagrams dropped because no connection claimed them.
+    #[must_use]
+    pub fn unrouted(&self) -> u64 {
+        self.unrouted
+    }
+
+    /// Live connections.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether there is no connection.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Answer a participant's offer: a new connection, ICE-lite, DTLS server, with this edge's
+    /// address as its only candidate. Returns the connection and the answer SDP.
+    ///
+    /// # Errors
+    /// [`SfuError::WebRtc`] if the offer is refused.
+    pub fn accept(&mut self, now: Instant, offer: &str) -> Result<(ConnId, String), SfuError> {
+        let id = self.next;
+        self.next += 1;
+        // Ours to choose: unique per connection, and the key STUN requests are routed by.
+        let ufrag = format!("veil{id:08x}{:08x}", self.rng.next_u32());
+        let pwd = format!("{:016x}{:016x}", self.rng.next_u64(), self.rng.next_u64());
+        let se = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_credentials(ufrag.clone(), pwd)
+            // The browser (full ICE, controlling) picks the pair; DTLS waits for its hello.
+            .with_answering_dtls_role(RTCDtlsRole::Server)
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled);
+        let mut me = peer::media_engine()?;
+        let registry = peer::interceptors(&mut me)?;
+        let w = |e: rtc::shared::error::Error| SfuError::WebRtc(format!("edge: {e}"));
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(me)
+            .with_setting_engine(veil_rtc::setting_engine(se))
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(w)?;
+        pc.set_remote_description(
+            now,
+            RTCSessionDescription::offer(offer.to_owned()).map_err(w)?,
+        )
+        .map_err(w)?;
+        let host = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: self.local.ip().to_string(),
+                port: self.local.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(w)?;
+        pc.add_local_candidate(RTCIceCandidate::from(&host).to_json().map_err(w)?)
+            .map_err(w)?;
+        let answer = pc.create_answer(None).map_err(w)?;
+        pc.set_local_description(now, answer).map_err(w)?;
+        let sdp = pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| SfuError::Negotiation("no local description".into()))?;
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.conns.insert(id, Conn { pc, ufrag });
+        self.dirty.push(id);
+        self.drain();
+        Ok((id, sdp))
+    }
+
+    /// Which connection `datagram` from `from` belongs to (SFU-EDGE-01).
+    fn route(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<ConnId> {
+        if is_stun_message(datagram) {
+            let mut m = Message::new();
+            if m.unmarshal_binary(datagram).is_ok() && m.typ == BINDING_REQUEST {
+                let user = Username::get_from_as(&m, ATTR_USERNAME).ok()?;
+                let ours = user.text.split(':').next()?;
+                let id = *self.by_ufrag.get(ours)?;
+                // rtc checks the request's integrity before it answers or selects a pair;
+                // this only decides which connection gets to check it.
+                let owner = *self.by_addr.entry(from).or_insert(id);
+                return (owner == id).then_some(id);
+            }
+        }
+        self.by_addr.get(&from).copied()
+    }
+
+    /// One datagram from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let Some(id) = self.route(from, datagram) else {
+            self.unrouted += 1;
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            self.by_addr.remove(&from);
+            self.unrouted += 1;
+            return;
+        };
+        // rtc reports nothing back: a packet it cannot use is logged and dropped inside.
+        let _ = c.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(datagram),
+        });
+        self.dirty.push(id);
+        self.drain();
+    }
+
+    /// The next datagram to send, and where.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, BytesMut)> {
+        self.transmit.pop_front()
+    }
+
+    /// The next thing a connection did.
+    pub fn poll_event(&mut self) -> Option<(ConnId, EdgeEvent)> {
+        self.events.pop_front()
+    }
+
+    /// When [`Edge::handle_timeout`] is next due.
+    #[must_use]
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.conns
+            .values_mut()
+            .filter_map(|c| c.pc.poll_timeout())
+            .min()
+    }
+
+    /// Run the timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<ConnId> = self
+            .conns
+            .iter_mut()
+            .filter_map(|(id, c)| c.pc.poll_timeout().is_some_and(|t| t <= now).then_some(*id))
+            .collect();
+        for id in due {
+            let failed = self
+                .conns
+                .get_mut(&id)
+                .is_some_and(|c| c.pc.handle_timeout(now).is_err());
+            if failed {
+                self.close(id);
+            } else {
+                self.dirty.push(id);
+            }
+        }
+        self.drain();
+    }
+
+    /// Collect what the touched connections have to send, say and hand over, in the order
+    /// webrtc-rs's own driver uses: writes, events (a stream's `OnOpen` before its packets),
+    /// reads.
+    fn drain(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for id in dirty {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            while let Some(out) = c.pc.poll_write() {
+                self.transmit
+                    .push_back((out.transport.peer_addr, out.message));
+            }
+            let mut closed = false;
+            while let Some(ev) = c.pc.poll_event() {
+                match ev {
+                    RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => match s {
+                        RTCPeerConnectionState::Connected => {
+                            self.events.push_back((id, EdgeEvent::Connected));
+                        }
+                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                            closed = true;
+                        }
+                        _ => {}
+                    },
+                    RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                        self.events.push_back((
+                            id,
+                            EdgeEvent::TrackOpen {
+                                track: init.track_id,
+                                ssrc: init.ssrc,
+                                rid: init.rid,
+                            },
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(m) = c.pc.poll_read() {
+                if let RTCMessage::RtpPacket(track, packet) = m.message {
+                    self.events
+                        .push_back((id, EdgeEvent::Rtp { track, packet }));
+                }
+            }
+            if closed {
+                self.close(id);
+            }
+        }
+    }
+
+    fn close(&mut self, id: ConnId) {
+        if let Some(mut c) = self.conns.remove(&id) {
+            let _ = c.pc.close();
+            while let Some(out) = c.pc.poll_write() {
+                self.transmit
+                    .push_back((out.transport.peer_addr, out.message));
+            }
+            self.by_ufrag.remove(&c.ufrag);
+            self.by_addr.retain(|_, v| *v != id);
+            self.events.push_back((id, EdgeEvent::Closed));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::peer_connection::configuration::media_engine::MediaEngine;
+    use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+    use rtc::stun::message::{Setter, TransactionId};
+    use rtc::stun::textattrs::TextAttribute;
+
+    /// An offer from a plain rtc peer with one audio transceiver.
+    fn offer(now: Instant) -> String {
+        let mut me = MediaEngine::default();
+        me.register_default_codecs().unwrap();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_media_engine(me)
+            .build(now)
+            .unwrap();
+        pc.add_transceiver_from_kind(RtpCodecKind::Audio, None)
+            .unwrap();
+        let o = pc.create_offer(None).unwrap();
+        pc.set_local_description(now, o).unwrap();
+        pc.local_description().unwrap().sdp
+    }
+
+    fn ufrag(sdp: &str) -> &str {
+        sdp.lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .unwrap()
+            .trim()
+    }
+
+    fn binding_request(username: &str) -> Vec<u8> {
+        let mut m = Message::new();
+        let setters: [Box<dyn Setter>; 3] = [
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(TextAttribute::new(ATTR_USERNAME, username.to_owned())),
+        ];
+        m.build(&setters).unwrap();
+        m.marshal_binary().unwrap()
+    }
+
+    /// SFU-EDGE-01, SFU-EDGE-03: requests are routed by the ufrag they name, later datagrams by
+    /// address; an address stays with its first connection; strangers reach nobody.
+    #[test]
+    fn requests_claim_addresses_and_an_address_is_never_taken_over() {
+        let now = Instant::now();
+        let mut edge = Edge::new("127.0.0.1:5000".parse().unwrap());
+        let (a, answer_a) = edge.accept(now, &offer(now)).unwrap();
+        let (b, answer_b) = edge.accept(now, &offer(now)).unwrap();
+        let (ua, ub) = (ufrag(&answer_a), ufrag(&answer_b));
+        assert_ne!(ua, ub);
+        let (pa, pb, mallory): (SocketAddr, SocketAddr, SocketAddr) = (
+            "127.0.0.1:6001".parse().unwrap(),
+            "127.0.0.1:6002".parse().unwrap(),
+            "127.0.0.1:6666".parse().unwrap(),
+        );
+        assert_eq!(
+            edge.route(pa, &binding_request(&format!("{ua}:x"))),
+            Some(a)
+        );
+        assert_eq!(
+            edge.route(pb, &binding_request(&format!("{ub}:y"))),
+            Some(b)
+        );
+        // Media from a claimed address goes to its connection.
+        assert_eq!(edge.route(pa, &[0x80; 40]), Some(a));
+        assert_eq!(edge.route(pb, &[0x80; 40]), Some(b));
+        // A request from a's address naming b is refused; a keeps its address.
+        assert_eq!(edge.route(pa, &binding_request(&format!("{ub}:z"))), None);
+        assert_eq!(edge.route(pa, &[0x80; 40]), Some(a));
+        // Unknown ufrags and unclaimed addresses reach nobody.
+        assert_eq!(edge.route(mallory, &binding_request("nobody:x")), None);
+        assert_eq!(edge.route(mallory, &[0x80; 40]), None);
+        let before = edge.unrouted();
+        edge.handle_datagram(now, mallory, &[0x80; 40]);
+        assert_eq!(edge.unrouted(), before + 1);
+        // Once a is gone its address is free, and its ufrag names nothing.
+        edge.close(a);
+        assert_eq!(edge.route(pa, &[0x80; 40]), None);
+        assert_eq!(edge.route(pa, &binding_request(&format!("{ua}:x"))), None);
+        assert_eq!(
+            edge.route(pa, &binding_request(&format!("{ub}:y"))),
+            Some(b)
+        );
+        assert!(matches!(edge.poll_event(), Some((id, EdgeEvent::Closed)) if id == a));
+    }
+}

@@ -1,0 +1,139 @@
+//! SFU-EDGE-01..02: participants reach the SFU's sans-I/O edge on one UDP port. Two webrtc-rs
+//! peers (full ICE, DTLS client) connect to the same socket, each answer names that socket as
+//! the only candidate, and every RTP packet each sends arrives on its own connection, payload
+//! intact. A datagram from an address no STUN request has named reaches no connection.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use veil_sfu::edge::{ConnId, Edge, EdgeEvent};
+use veil_sfu::routing::MediaKind;
+
+use crate::common::*;
+
+/// The I/O shell of the test: one socket, the edge's timers, its events out on a channel.
+async fn drive(
+    socket: Arc<UdpSocket>,
+    edge: Arc<Mutex<Edge>>,
+    events: mpsc::UnboundedSender<(ConnId, EdgeEvent)>,
+) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (out, timeout) = {
+            let mut e = edge.lock().unwrap();
+            let mut out = Vec::new();
+            while let Some(t) = e.poll_transmit() {
+                out.push(t);
+            }
+            while let Some(ev) = e.poll_event() {
+                if events.send(ev).is_err() {
+                    return;
+                }
+            }
+            (out, e.poll_timeout())
+        };
+        for (to, bytes) in out {
+            let _ = socket.send_to(&bytes, to).await;
+        }
+        // Signalling (accept) happens outside this loop: look at the queues often.
+        let wait = timeout
+            .map_or(Duration::from_millis(10), |t| {
+                t.saturating_duration_since(Instant::now())
+            })
+            .min(Duration::from_millis(10));
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { return };
+                edge.lock().unwrap().handle_datagram(Instant::now(), from, &buf[..n]);
+            }
+            () = tokio::time::sleep(wait) => {
+                edge.lock().unwrap().handle_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_connect_on_one_port_and_each_ones_packets_arrive_on_its_connection() {
+    init_tracing();
+    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let local = socket.local_addr().unwrap();
+    let edge = Arc::new(Mutex::new(Edge::new(local)));
+    let (tx, mut events) = mpsc::unbounded_channel();
+    tokio::spawn(drive(socket.clone(), edge.clone(), tx));
+
+    let mut peers = Vec::new();
+    for (i, name) in ["alice", "bob"].into_iter().enumerate() {
+        let mut p = Peer::new("edge", name, false).await;
+        let mic = p
+            .add_track(MediaKind::Audio, 0xED6E_0000 + i as u32, "mic")
+            .await;
+        let offer = p.offer().await;
+        let (id, answer) = edge.lock().unwrap().accept(Instant::now(), &offer).unwrap();
+        assert_eq!(candidate_port(&answer), local.port(), "{answer}");
+        assert!(answer.contains("a=ice-lite"), "{answer}");
+        p.pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+            .await
+            .unwrap();
+        p.connected().await;
+        peers.push((id, p, mic));
+    }
+    assert_eq!(edge.lock().unwrap().len(), 2);
+
+    // A stranger's datagram is claimed by no connection.
+    let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    stranger.send_to(&[0x80; 40], local).await.unwrap();
+
+    // 20 packets each; packet k of peer i carries payload(100 * i + k).
+    const N: u64 = 20;
+    for k in 0..N {
+        for (i, (_, _, mic)) in peers.iter().enumerate() {
+            let seed = 100 * i as u64 + k;
+            mic.send(k as u16, 960 * k as u32, true, &[], payload(seed, 80))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut got: Vec<Vec<u64>> = vec![Vec::new(); peers.len()];
+    let mut connected = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.iter().map(Vec::len).sum::<usize>() < 2 * N as usize {
+        let (id, ev) = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {got:?}"))
+            .unwrap();
+        let i = peers
+            .iter()
+            .position(|p| p.0 == id)
+            .expect("a known connection");
+        match ev {
+            EdgeEvent::Connected => connected.push(id),
+            EdgeEvent::Rtp { packet, .. } => {
+                let seed = (0..N)
+                    .map(|k| 100 * i as u64 + k)
+                    .find(|s| packet.payload == payload(*s, 80))
+                    .unwrap_or_else(|| panic!("connection {id} got a payload its peer never sent"));
+                got[i].push(seed);
+            }
+            _ => {}
+        }
+    }
+    for (i, g) in got.iter().enumerate() {
+        let want: Vec<u64> = (0..N).map(|k| 100 * i as u64 + k).collect();
+        assert_eq!(
+            g, &want,
+            "peer {i}: every packet, in order, on its own connection"
+        );
+    }
+    connected.sort_unstable();
+    assert_eq!(connected, [peers[0].0, peers[1].0]);
+    let e = edge.lock().unwrap();
+    assert!(e.unrouted() >= 1, "the stranger's datagram was routed");
+    eprintln!(
+        "2 peers on {local}: {N} packets each arrived; {} datagrams unrouted",
+        e.unrouted()
+    );
+}
