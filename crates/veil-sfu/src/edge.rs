@@ -1,9 +1,13 @@
 //! One UDP port for every participant: webrtc-rs's sans-I/O `rtc` peer connections driven
 //! directly, ICE-lite, demultiplexed by the SFU itself (specs/sfu-edge-research.md).
 //!
-//! **A first slice.** It connects participants on one socket and hands out what they send; the
-//! SFU's shell still runs on the async webrtc-rs (one socket and one driver task per
-//! participant). The forwarding path moves here once this edge carries media both ways.
+//! **A first slice.** It connects participants on one socket, hands out what they send, and
+//! sends RTP to them on tracks it adds (renegotiating with an offer of its own). The SFU's shell
+//! still runs on the async webrtc-rs (one socket and one driver task per participant); the
+//! forwarding path moves here once the edge has met a browser.
+//!
+//! Writes are batched: [`Edge::write_rtp`] only queues into the connection; the next
+//! [`Edge::poll_transmit`] (or [`Edge::poll_event`]) drains each touched connection once.
 //!
 //! Sans I/O like the routing core: the caller owns the socket and the clock. Feed each datagram
 //! to [`Edge::handle_datagram`], send what [`Edge::poll_transmit`] returns, act on
@@ -26,6 +30,7 @@ use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -37,6 +42,10 @@ use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
 };
 use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters,
+};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::stun::attributes::ATTR_USERNAME;
@@ -45,7 +54,12 @@ use rtc::stun::textattrs::Username;
 use webrtc::peer_connection::SettingEngineBuilder;
 
 use crate::error::SfuError;
+use crate::routing::MediaKind;
 use crate::shell::peer;
+
+fn rtc_error(what: &'static str) -> impl Fn(rtc::shared::error::Error) -> SfuError + Copy {
+    move |e| SfuError::WebRtc(format!("edge {what}: {e}"))
+}
 
 /// A connection of the edge.
 pub type ConnId = usize;
@@ -154,7 +168,7 @@ impl Edge {
             .with_multicast_dns_mode(MulticastDnsMode::Disabled);
         let mut me = peer::media_engine()?;
         let registry = peer::interceptors(&mut me)?;
-        let w = |e: rtc::shared::error::Error| SfuError::WebRtc(format!("edge: {e}"));
+        let w = rtc_error("accept");
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_media_engine(me)
@@ -190,8 +204,110 @@ impl Edge {
         self.by_ufrag.insert(ufrag.clone(), id);
         self.conns.insert(id, Conn { pc, ufrag });
         self.dirty.push(id);
-        self.drain();
         Ok((id, sdp))
+    }
+
+    fn conn(&mut self, id: ConnId) -> Result<&mut RTCPeerConnection, SfuError> {
+        self.conns
+            .get_mut(&id)
+            .map(|c| &mut c.pc)
+            .ok_or(SfuError::Closed)
+    }
+
+    /// Add a send-only track to connection `id`: one stream with `ssrc` (and, for video, its
+    /// RTX SSRC) and `codec`. It is negotiated by the next [`Edge::offer`].
+    ///
+    /// # Errors
+    /// [`SfuError::Closed`] for a connection that is gone; [`SfuError::WebRtc`].
+    pub fn add_track(
+        &mut self,
+        id: ConnId,
+        track: &str,
+        kind: MediaKind,
+        ssrc: u32,
+        rtx_ssrc: Option<u32>,
+        codec: RTCRtpCodec,
+    ) -> Result<RTCRtpSenderId, SfuError> {
+        let track = MediaStreamTrack::new(
+            format!("{track}-stream"),
+            track.to_owned(),
+            track.to_owned(),
+            peer::rtp_kind(kind),
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    rtx: rtx_ssrc.map(|ssrc| RTCRtpRtxParameters { ssrc }),
+                    ..Default::default()
+                },
+                codec,
+                ..Default::default()
+            }],
+        );
+        let t = self
+            .conn(id)?
+            .add_transceiver_from_track(
+                track,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    ..Default::default()
+                }),
+            )
+            .map_err(rtc_error("add track"))?;
+        Ok(RTCRtpSenderId::from(t))
+    }
+
+    /// An offer from the edge to connection `id` (e.g. after [`Edge::add_track`]).
+    ///
+    /// # Errors
+    /// [`SfuError::Closed`]; [`SfuError::WebRtc`] if the connection cannot offer now.
+    pub fn offer(&mut self, now: Instant, id: ConnId) -> Result<String, SfuError> {
+        let w = rtc_error("offer");
+        let pc = self.conn(id)?;
+        let offer = pc.create_offer(None).map_err(&w)?;
+        pc.set_local_description(now, offer).map_err(&w)?;
+        let sdp = pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| SfuError::Negotiation("no local description".into()))?;
+        self.dirty.push(id);
+        Ok(sdp)
+    }
+
+    /// The participant's answer to [`Edge::offer`].
+    ///
+    /// # Errors
+    /// [`SfuError::Closed`]; [`SfuError::WebRtc`] if the answer is refused.
+    pub fn answer(&mut self, now: Instant, id: ConnId, sdp: &str) -> Result<(), SfuError> {
+        let w = rtc_error("answer");
+        let desc = RTCSessionDescription::answer(sdp.to_owned()).map_err(&w)?;
+        self.conn(id)?
+            .set_remote_description(now, desc)
+            .map_err(&w)?;
+        self.dirty.push(id);
+        Ok(())
+    }
+
+    /// Queue `packet` on connection `id`'s `sender`. Its SSRC, payload type and extension ids
+    /// must be the ones negotiated on that connection (webrtc-rs checks). It leaves with the
+    /// connection's next drain.
+    ///
+    /// # Errors
+    /// [`SfuError::Closed`]; [`SfuError::WebRtc`] if webrtc-rs refuses the packet.
+    pub fn write_rtp(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        sender: RTCRtpSenderId,
+        packet: rtp::Packet,
+    ) -> Result<(), SfuError> {
+        let w = rtc_error("write");
+        self.conn(id)?
+            .rtp_sender(sender)
+            .ok_or(SfuError::Closed)?
+            .write_rtp(now, packet)
+            .map_err(w)?;
+        self.dirty.push(id);
+        Ok(())
     }
 
     /// Which connection `datagram` from `from` belongs to (SFU-EDGE-01).
@@ -234,16 +350,17 @@ impl Edge {
             message: BytesMut::from(datagram),
         });
         self.dirty.push(id);
-        self.drain();
     }
 
     /// The next datagram to send, and where.
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, BytesMut)> {
+        self.drain();
         self.transmit.pop_front()
     }
 
     /// The next thing a connection did.
     pub fn poll_event(&mut self) -> Option<(ConnId, EdgeEvent)> {
+        self.drain();
         self.events.pop_front()
     }
 
@@ -274,13 +391,15 @@ impl Edge {
                 self.dirty.push(id);
             }
         }
-        self.drain();
     }
 
     /// Collect what the touched connections have to send, say and hand over, in the order
     /// webrtc-rs's own driver uses: writes, events (a stream's `OnOpen` before its packets),
     /// reads.
     fn drain(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();

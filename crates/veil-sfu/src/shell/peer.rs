@@ -29,7 +29,7 @@ pub fn codec(kind: MediaKind) -> RTCRtpCodec {
     veil_rtc::codec(rtp_kind(kind))
 }
 
-fn rtp_kind(kind: MediaKind) -> RtpCodecKind {
+pub(crate) fn rtp_kind(kind: MediaKind) -> RtpCodecKind {
     match kind {
         MediaKind::Audio => RtpCodecKind::Audio,
         MediaKind::Video => RtpCodecKind::Video,

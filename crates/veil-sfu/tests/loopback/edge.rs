@@ -2,6 +2,8 @@
 //! peers (full ICE, DTLS client) connect to the same socket, each answer names that socket as
 //! the only candidate, and every RTP packet each sends arrives on its own connection, payload
 //! intact. A datagram from an address no STUN request has named reaches no connection.
+//! The edge sends too: it adds a track to a participant's connection, renegotiates with its own
+//! offer, and what one participant sends reaches the other through it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +13,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use veil_sfu::edge::{ConnId, Edge, EdgeEvent};
 use veil_sfu::routing::MediaKind;
+use veil_sfu::shell::peer::{self, OPUS_PT};
 
 use crate::common::*;
 
@@ -136,4 +139,96 @@ async fn participants_connect_on_one_port_and_each_ones_packets_arrive_on_its_co
         "2 peers on {local}: {N} packets each arrived; {} datagrams unrouted",
         e.unrouted()
     );
+}
+
+/// Connect `p` to the edge with its offer.
+async fn connect(edge: &Mutex<Edge>, p: &mut Peer) -> ConnId {
+    let offer = p.offer().await;
+    let (id, answer) = edge.lock().unwrap().accept(Instant::now(), &offer).unwrap();
+    p.pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+        .await
+        .unwrap();
+    p.connected().await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_adds_a_track_renegotiates_and_forwards_one_participant_to_another() {
+    init_tracing();
+    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let edge = Arc::new(Mutex::new(Edge::new(socket.local_addr().unwrap())));
+    let (tx, mut events) = mpsc::unbounded_channel();
+    tokio::spawn(drive(socket.clone(), edge.clone(), tx));
+
+    let mut alice = Peer::new("edge", "alice", false).await;
+    let mic = alice.add_track(MediaKind::Audio, 0xA11C_E000, "mic").await;
+    let a = connect(&edge, &mut alice).await;
+    let mut bob = Peer::new("edge", "bob", false).await;
+    let b = connect(&edge, &mut bob).await;
+
+    // The edge offers bob a track of its own, bob answers.
+    const OUT: u32 = 0x5EED_0001;
+    let (sender, offer) = {
+        let mut e = edge.lock().unwrap();
+        let sender = e
+            .add_track(
+                b,
+                "alice-mic",
+                MediaKind::Audio,
+                OUT,
+                None,
+                peer::codec(MediaKind::Audio),
+            )
+            .unwrap();
+        (sender, e.offer(Instant::now(), b).unwrap())
+    };
+    bob.pc
+        .set_remote_description(RTCSessionDescription::offer(offer).unwrap())
+        .await
+        .unwrap();
+    let answer = bob.pc.create_answer(None).await.unwrap();
+    bob.pc.set_local_description(answer).await.unwrap();
+    let answer = bob.pc.local_description().await.unwrap().sdp;
+    edge.lock()
+        .unwrap()
+        .answer(Instant::now(), b, &answer)
+        .unwrap();
+
+    // Alice sends 30 packets; each one the edge hands out is written to bob on his track.
+    const N: u16 = 30;
+    for k in 0..N {
+        mic.send(k, 960 * u32::from(k), true, &[], payload(u64::from(k), 90))
+            .await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut forwarded = 0;
+    while forwarded < N {
+        let (id, ev) = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {forwarded} of {N} from alice"))
+            .unwrap();
+        if let (true, EdgeEvent::Rtp { mut packet, .. }) = (id == a, ev) {
+            packet.header.ssrc = OUT;
+            packet.header.payload_type = OPUS_PT;
+            edge.lock()
+                .unwrap()
+                .write_rtp(Instant::now(), b, sender, packet)
+                .unwrap();
+            forwarded += 1;
+        }
+    }
+    let mut got = Vec::new();
+    while got.len() < usize::from(N) {
+        let r = tokio::time::timeout_at(deadline, bob.received.recv())
+            .await
+            .unwrap_or_else(|_| panic!("bob got only {} of {N}", got.len()))
+            .unwrap();
+        assert_eq!(r.packet.header.ssrc, OUT);
+        let k = (0..N)
+            .find(|k| r.packet.payload == payload(u64::from(*k), 90))
+            .expect("a payload alice sent, byte for byte");
+        got.push(k);
+    }
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "all of them, in order");
 }
