@@ -92,13 +92,16 @@ pub enum EdgeEvent {
 struct Conn {
     pc: RTCPeerConnection,
     ufrag: String,
+    /// `pc.poll_timeout()` as of its last drain. Asking rtc walks all of its handlers, so the
+    /// edge asks once per drain, not once per connection per loop turn.
+    deadline: Option<Instant>,
 }
 
 /// Every participant's peer connection on one local address.
 pub struct Edge {
     local: SocketAddr,
-    conns: HashMap<ConnId, Conn>,
-    next: ConnId,
+    /// Indexed by [`ConnId`]; a closed connection leaves `None`.
+    conns: Vec<Option<Conn>>,
     by_ufrag: HashMap<String, ConnId>,
     by_addr: HashMap<SocketAddr, ConnId>,
     /// Connections that took input since they were last drained.
@@ -119,8 +122,7 @@ impl Edge {
     pub fn new(local: SocketAddr) -> Self {
         Self {
             local,
-            conns: HashMap::new(),
-            next: 0,
+            conns: Vec::new(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             dirty: Vec::new(),
@@ -140,13 +142,13 @@ impl Edge {
     /// Live connections.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.conns.len()
+        self.conns.iter().flatten().count()
     }
 
     /// Whether there is no connection.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.conns.is_empty()
+        self.len() == 0
     }
 
     /// Answer a participant's offer: a new connection, ICE-lite, DTLS server, with this edge's
@@ -155,8 +157,7 @@ impl Edge {
     /// # Errors
     /// [`SfuError::WebRtc`] if the offer is refused.
     pub fn accept(&mut self, now: Instant, offer: &str) -> Result<(ConnId, String), SfuError> {
-        let id = self.next;
-        self.next += 1;
+        let id = self.conns.len();
         // Ours to choose: unique per connection, and the key STUN requests are routed by.
         let ufrag = format!("veil{id:08x}{:08x}", self.rng.next_u32());
         let pwd = format!("{:016x}{:016x}", self.rng.next_u64(), self.rng.next_u64());
@@ -202,14 +203,19 @@ impl Edge {
             .map(|d| d.sdp)
             .ok_or_else(|| SfuError::Negotiation("no local description".into()))?;
         self.by_ufrag.insert(ufrag.clone(), id);
-        self.conns.insert(id, Conn { pc, ufrag });
+        self.conns.push(Some(Conn {
+            pc,
+            ufrag,
+            deadline: None,
+        }));
         self.dirty.push(id);
         Ok((id, sdp))
     }
 
     fn conn(&mut self, id: ConnId) -> Result<&mut RTCPeerConnection, SfuError> {
         self.conns
-            .get_mut(&id)
+            .get_mut(id)
+            .and_then(Option::as_mut)
             .map(|c| &mut c.pc)
             .ok_or(SfuError::Closed)
     }
@@ -333,7 +339,7 @@ impl Edge {
             self.unrouted += 1;
             return;
         };
-        let Some(c) = self.conns.get_mut(&id) else {
+        let Some(c) = self.conns.get_mut(id).and_then(Option::as_mut) else {
             self.by_addr.remove(&from);
             self.unrouted += 1;
             return;
@@ -367,23 +373,24 @@ impl Edge {
     /// When [`Edge::handle_timeout`] is next due.
     #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.conns
-            .values_mut()
-            .filter_map(|c| c.pc.poll_timeout())
-            .min()
+        self.drain();
+        self.conns.iter().flatten().filter_map(|c| c.deadline).min()
     }
 
     /// Run the timers that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<ConnId> = self
-            .conns
-            .iter_mut()
-            .filter_map(|(id, c)| c.pc.poll_timeout().is_some_and(|t| t <= now).then_some(*id))
+        self.drain();
+        let due: Vec<ConnId> = (0..self.conns.len())
+            .filter(|&id| {
+                self.conns[id]
+                    .as_ref()
+                    .and_then(|c| c.deadline)
+                    .is_some_and(|t| t <= now)
+            })
             .collect();
         for id in due {
-            let failed = self
-                .conns
-                .get_mut(&id)
+            let failed = self.conns[id]
+                .as_mut()
                 .is_some_and(|c| c.pc.handle_timeout(now).is_err());
             if failed {
                 self.close(id);
@@ -404,7 +411,7 @@ impl Edge {
         dirty.sort_unstable();
         dirty.dedup();
         for id in dirty {
-            let Some(c) = self.conns.get_mut(&id) else {
+            let Some(c) = self.conns.get_mut(id).and_then(Option::as_mut) else {
                 continue;
             };
             while let Some(out) = c.pc.poll_write() {
@@ -442,6 +449,7 @@ impl Edge {
                         .push_back((id, EdgeEvent::Rtp { track, packet }));
                 }
             }
+            c.deadline = c.pc.poll_timeout();
             if closed {
                 self.close(id);
             }
@@ -449,7 +457,7 @@ impl Edge {
     }
 
     fn close(&mut self, id: ConnId) {
-        if let Some(mut c) = self.conns.remove(&id) {
+        if let Some(mut c) = self.conns.get_mut(id).and_then(Option::take) {
             let _ = c.pc.close();
             while let Some(out) = c.pc.poll_write() {
                 self.transmit
