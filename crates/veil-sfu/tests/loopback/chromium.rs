@@ -24,7 +24,7 @@ use veil_sfu::{Sfu, SfuConfig, SignalEvent};
 
 use crate::common::*;
 
-const PUBLISHER: &str = r#"<!doctype html><title>veil sfu publisher</title><script>
+pub(crate) const PUBLISHER: &str = r#"<!doctype html><title>veil sfu publisher</title><script>
 (async () => {
   const pc = new RTCPeerConnection();
   const stream = await navigator.mediaDevices.getUserMedia(
@@ -92,7 +92,8 @@ async fn serve(listener: TcpListener, shim: Arc<Shim>) {
     }
 }
 
-async fn handle(stream: TcpStream, shim: &Shim) {
+/// One HTTP request from a page: its path, its body, and the stream to answer on.
+pub(crate) async fn read_request(stream: TcpStream) -> (String, String, TcpStream) {
     let mut r = BufReader::new(stream);
     let mut line = String::new();
     let _ = r.read_line(&mut line).await;
@@ -109,7 +110,25 @@ async fn handle(stream: TcpStream, shim: &Shim) {
     }
     let mut body = vec![0u8; len.min(1 << 20)];
     let _ = r.read_exact(&mut body).await;
-    let body = String::from_utf8_lossy(&body).into_owned();
+    (
+        path,
+        String::from_utf8_lossy(&body).into_owned(),
+        r.into_inner(),
+    )
+}
+
+/// Answer a request and close.
+pub(crate) async fn respond(mut stream: TcpStream, status: &str, kind: &str, reply: &str) {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        reply.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(reply.as_bytes()).await;
+}
+
+async fn handle(stream: TcpStream, shim: &Shim) {
+    let (path, body, stream) = read_request(stream).await;
     let (sfu, room) = (&shim.sfu, shim.room);
     let ok = |kind: &'static str, reply: String| ("200 OK", kind, reply);
     let (status, kind, reply) = match path.as_str() {
@@ -168,13 +187,7 @@ async fn handle(stream: TcpStream, shim: &Shim) {
         }
         _ => ("404 Not Found", "text/plain", String::new()),
     };
-    let mut stream = r.into_inner();
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        reply.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(reply.as_bytes()).await;
+    respond(stream, status, kind, &reply).await;
 }
 
 /// The SFU, the signalling shim on a loopback port, and the base URL of its pages.
@@ -193,7 +206,7 @@ async fn start(room: &'static str) -> (Sfu, Arc<Shim>, String) {
 }
 
 /// A headless Chromium on `url`, killed when dropped, with its own profile directory.
-struct Browser {
+pub(crate) struct Browser {
     child: tokio::process::Child,
     profile: std::path::PathBuf,
 }
@@ -201,7 +214,7 @@ struct Browser {
 impl Browser {
     /// `name` must be unique in the test binary: two Chromiums on one profile directory are one
     /// browser (the second hands its URL to the first and exits).
-    fn open(url: &str, name: &str) -> Browser {
+    pub(crate) fn open(url: &str, name: &str) -> Browser {
         let profile =
             std::env::temp_dir().join(format!("veil-chromium-{}-{name}", std::process::id()));
         let child = tokio::process::Command::new(chromium())
