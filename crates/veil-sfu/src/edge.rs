@@ -113,6 +113,8 @@ pub struct Edge {
     /// ICE credentials: the password authenticates every STUN request, so it must not be
     /// guessable.
     rng: StdRng,
+    /// When a silent participant counts as gone (SFU-EDGE-06); webrtc-rs's defaults if unset.
+    timers: Option<peer::IceTimers>,
 }
 
 impl Edge {
@@ -130,7 +132,18 @@ impl Edge {
             events: VecDeque::new(),
             unrouted: 0,
             rng: StdRng::from_os_rng(),
+            timers: None,
         }
+    }
+
+    /// The same edge with these ICE timers on every connection it accepts from now on: a
+    /// participant that sends nothing for `silence` (a live one's consent checks keep coming)
+    /// is disconnected, and after a further `grace` its connection fails and closes
+    /// (SFU-EDGE-06).
+    #[must_use]
+    pub fn with_ice_timers(mut self, timers: peer::IceTimers) -> Self {
+        self.timers = Some(timers);
+        self
     }
 
     /// Datagrams dropped because no connection claimed them.
@@ -167,6 +180,10 @@ impl Edge {
             // The browser (full ICE, controlling) picks the pair; DTLS waits for its hello.
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .with_multicast_dns_mode(MulticastDnsMode::Disabled);
+        let se = match self.timers {
+            Some(t) => se.with_ice_timeouts(Some(t.silence), Some(t.grace), Some(t.keepalive)),
+            None => se,
+        };
         let mut me = peer::media_engine()?;
         let registry = peer::interceptors(&mut me)?;
         let w = rtc_error("accept");

@@ -18,6 +18,7 @@ use veil_sfu::shell::peer::{self, OPUS_PT};
 
 use crate::chromium::{Browser, PUBLISHER, read_request, respond};
 use crate::common::*;
+use crate::vanish::spawn_alice;
 
 /// The I/O shell of the test: one socket, the edge's timers, its events out on a channel.
 async fn drive(
@@ -325,4 +326,68 @@ async fn chromium_connects_to_the_edge_and_its_simulcast_layers_arrive() {
         }
     }
     eprintln!("Chromium on the edge: {audio} audio packets, layers {layers:?}");
+}
+
+/// SFU-EDGE-06: a participant whose process dies (no DTLS close, no more STUN) is closed by the
+/// edge after the silence and the grace of its ICE timers. An ICE-lite agent sends no checks of
+/// its own: only the participant's consent checks (every 2 s from webrtc-rs) show it alive, so
+/// the silence must be longer than that, and a live participant is never closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_participant_is_closed_after_its_timers() {
+    init_tracing();
+    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let timers = peer::IceTimers {
+        silence: Duration::from_secs(3),
+        grace: Duration::from_secs(1),
+        keepalive: Duration::from_millis(250),
+    };
+    let edge = Arc::new(Mutex::new(
+        Edge::new(socket.local_addr().unwrap()).with_ice_timers(timers),
+    ));
+    let (tx, mut events) = mpsc::unbounded_channel();
+    tokio::spawn(drive(socket.clone(), edge.clone(), tx));
+
+    let (offer_tx, offer_rx) = tokio::sync::oneshot::channel();
+    let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel();
+    let alice = spawn_alice("edge", offer_tx, answer_rx, kill_rx);
+    let offer = offer_rx.await.unwrap();
+    let (id, answer) = edge.lock().unwrap().accept(Instant::now(), &offer).unwrap();
+    answer_tx.send(answer).unwrap();
+    // Connected, and talking.
+    let mut packets = 0;
+    while packets < 10 {
+        let (c, ev) = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("alice connects and talks")
+            .unwrap();
+        assert_eq!(c, id);
+        if matches!(ev, EdgeEvent::Rtp { .. }) {
+            packets += 1;
+        }
+    }
+    // Still there well past one silence: her consent checks keep her alive.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(edge.lock().unwrap().len(), 1, "closed while alive");
+
+    kill_tx.send(()).unwrap();
+    alice.join().unwrap();
+    let died = Instant::now();
+    loop {
+        let (c, ev) = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("alice is closed")
+            .unwrap();
+        if matches!(ev, EdgeEvent::Closed) {
+            assert_eq!(c, id);
+            break;
+        }
+    }
+    let after = died.elapsed();
+    eprintln!("alice's connection closed {after:?} after her process died");
+    assert!(
+        after >= timers.silence,
+        "closed before the silence ran out: {after:?}"
+    );
+    assert!(edge.lock().unwrap().is_empty());
 }

@@ -14,7 +14,7 @@ use crate::common::*;
 
 /// Alice lives on her own thread and tokio runtime; dropping that runtime kills her
 /// connection's driver and sockets at once, like a crashed process.
-fn spawn_alice(
+pub(crate) fn spawn_alice(
     room: &'static str,
     offer_tx: oneshot::Sender<String>,
     answer_rx: oneshot::Receiver<String>,
