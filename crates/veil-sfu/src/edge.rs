@@ -41,11 +41,14 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
 };
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters,
 };
-use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::rtp_transceiver::{
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
+};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::stun::attributes::ATTR_USERNAME;
@@ -75,10 +78,18 @@ pub enum EdgeEvent {
     TrackOpen {
         /// The track, as the connection names it.
         track: String,
+        /// Its receiver, to ask the participant for a key frame
+        /// ([`Edge::request_key_frame`]).
+        receiver: RTCRtpReceiverId,
         /// The stream's SSRC.
         ssrc: u32,
         /// The stream's rid, if it has one.
         rid: Option<String>,
+    },
+    /// The participant asks for a key frame (PLI or FIR) on one of the edge's tracks to it.
+    KeyFrameRequest {
+        /// The edge's track the request is about (as named in [`Edge::add_track`]).
+        track: String,
     },
     /// An RTP packet from the participant, after SRTP and the interceptors.
     Rtp {
@@ -310,6 +321,30 @@ impl Edge {
         Ok(())
     }
 
+    /// Ask participant `id` for a key frame of `media_ssrc` on `receiver` (a PLI).
+    ///
+    /// # Errors
+    /// [`SfuError::Closed`]; [`SfuError::WebRtc`].
+    pub fn request_key_frame(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        receiver: RTCRtpReceiverId,
+        media_ssrc: u32,
+    ) -> Result<(), SfuError> {
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        };
+        self.conn(id)?
+            .rtp_receiver(receiver)
+            .ok_or(SfuError::Closed)?
+            .write_rtcp(now, vec![Box::new(pli)])
+            .map_err(rtc_error("key frame request"))?;
+        self.dirty.push(id);
+        Ok(())
+    }
+
     /// Queue `packet` on connection `id`'s `sender`. Its SSRC, payload type and extension ids
     /// must be the ones negotiated on that connection (webrtc-rs checks). It leaves with the
     /// connection's next drain.
@@ -452,6 +487,7 @@ impl Edge {
                             id,
                             EdgeEvent::TrackOpen {
                                 track: init.track_id,
+                                receiver: init.receiver_id,
                                 ssrc: init.ssrc,
                                 rid: init.rid,
                             },
@@ -461,9 +497,23 @@ impl Edge {
                 }
             }
             while let Some(m) = c.pc.poll_read() {
-                if let RTCMessage::RtpPacket(track, packet) = m.message {
-                    self.events
-                        .push_back((id, EdgeEvent::Rtp { track, packet }));
+                match m.message {
+                    RTCMessage::RtpPacket(track, packet) => {
+                        self.events
+                            .push_back((id, EdgeEvent::Rtp { track, packet }));
+                    }
+                    // Only key-frame requests reach here (veil_rtc::KeyFrameRequestTap).
+                    RTCMessage::RtcpPacket(track, packets) => {
+                        for _ in packets
+                            .iter()
+                            .filter(|p| veil_rtc::is_key_frame_request(p.as_ref()))
+                        {
+                            let track = track.clone();
+                            self.events
+                                .push_back((id, EdgeEvent::KeyFrameRequest { track }));
+                        }
+                    }
+                    _ => {}
                 }
             }
             c.deadline = c.pc.poll_timeout();

@@ -155,33 +155,39 @@ async fn connect(edge: &Mutex<Edge>, p: &mut Peer) -> ConnId {
     id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_edge_adds_a_track_renegotiates_and_forwards_one_participant_to_another() {
-    init_tracing();
+/// The outgoing SSRC of the edge's track to bob.
+const OUT: u32 = 0x5EED_0001;
+
+/// An edge with alice (publishing one track of `kind`) and bob, to whom the edge has added a
+/// track (`OUT`) and renegotiated.
+struct Pair {
+    edge: Arc<Mutex<Edge>>,
+    events: mpsc::UnboundedReceiver<(ConnId, EdgeEvent)>,
+    alice: Peer,
+    track: LocalTrack,
+    a: ConnId,
+    bob: Peer,
+    b: ConnId,
+    sender: rtc::rtp_transceiver::RTCRtpSenderId,
+}
+
+async fn pair(kind: MediaKind, ssrc: u32) -> Pair {
     let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let edge = Arc::new(Mutex::new(Edge::new(socket.local_addr().unwrap())));
-    let (tx, mut events) = mpsc::unbounded_channel();
+    let (tx, events) = mpsc::unbounded_channel();
     tokio::spawn(drive(socket.clone(), edge.clone(), tx));
 
     let mut alice = Peer::new("edge", "alice", false).await;
-    let mic = alice.add_track(MediaKind::Audio, 0xA11C_E000, "mic").await;
+    let track = alice.add_track(kind, ssrc, "alice-track").await;
     let a = connect(&edge, &mut alice).await;
     let mut bob = Peer::new("edge", "bob", false).await;
     let b = connect(&edge, &mut bob).await;
 
     // The edge offers bob a track of its own, bob answers.
-    const OUT: u32 = 0x5EED_0001;
     let (sender, offer) = {
         let mut e = edge.lock().unwrap();
         let sender = e
-            .add_track(
-                b,
-                "alice-mic",
-                MediaKind::Audio,
-                OUT,
-                None,
-                peer::codec(MediaKind::Audio),
-            )
+            .add_track(b, "to-bob", kind, OUT, None, peer::codec(kind))
             .unwrap();
         (sender, e.offer(Instant::now(), b).unwrap())
     };
@@ -196,6 +202,31 @@ async fn the_edge_adds_a_track_renegotiates_and_forwards_one_participant_to_anot
         .unwrap()
         .answer(Instant::now(), b, &answer)
         .unwrap();
+    Pair {
+        edge,
+        events,
+        alice,
+        track,
+        a,
+        bob,
+        b,
+        sender,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_adds_a_track_renegotiates_and_forwards_one_participant_to_another() {
+    init_tracing();
+    let Pair {
+        edge,
+        mut events,
+        alice: _alice,
+        track: mic,
+        a,
+        mut bob,
+        b,
+        sender,
+    } = pair(MediaKind::Audio, 0xA11C_E000).await;
 
     // Alice sends 30 packets; each one the edge hands out is written to bob on his track.
     const N: u16 = 30;
@@ -323,6 +354,7 @@ async fn chromium_connects_to_the_edge_and_its_simulcast_layers_arrive() {
                 }
             }
             EdgeEvent::Closed => panic!("Chromium's connection closed"),
+            EdgeEvent::KeyFrameRequest { .. } => {}
         }
     }
     eprintln!("Chromium on the edge: {audio} audio packets, layers {layers:?}");
@@ -390,4 +422,85 @@ async fn a_vanished_participant_is_closed_after_its_timers() {
         "closed before the silence ran out: {after:?}"
     );
     assert!(edge.lock().unwrap().is_empty());
+}
+
+/// SFU-EDGE-07: key-frame requests cross the edge both ways. Bob's PLI on the edge's video
+/// track to him comes out as a request about that track; the edge's own PLI to alice, on the
+/// receiver her track arrived on, reaches her sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_frame_requests_cross_the_edge_both_ways() {
+    init_tracing();
+    const CAM: u32 = 0xCA11_0001;
+    let Pair {
+        edge,
+        mut events,
+        alice: _alice,
+        track: cam,
+        a,
+        bob,
+        b,
+        sender,
+    } = pair(MediaKind::Video, CAM).await;
+    let plis = cam.count_plis();
+    // Video flows to bob until his connection has the remote track; alice's receiver is known.
+    let mut receiver = None;
+    let mut seq = 0u16;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bob.remotes.lock().await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no video reached bob"
+        );
+        cam.send(seq, 3000 * u32::from(seq), true, &[], payload(0, 300))
+            .await;
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while let Ok((id, ev)) = events.try_recv() {
+            match (id == a, ev) {
+                (true, EdgeEvent::TrackOpen { receiver: r, .. }) => receiver = Some(r),
+                (true, EdgeEvent::Rtp { mut packet, .. }) => {
+                    packet.header.ssrc = OUT;
+                    packet.header.payload_type = peer::VP8_PT;
+                    let _ = edge
+                        .lock()
+                        .unwrap()
+                        .write_rtp(Instant::now(), b, sender, packet);
+                }
+                _ => {}
+            }
+        }
+    }
+    let receiver = receiver.expect("alice's track was announced");
+    let remote = bob.remotes.lock().await.values().next().cloned().unwrap();
+
+    // Bob asks for a key frame; the edge hands the request out, and asks alice in turn.
+    let pli = rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+        sender_ssrc: 1,
+        media_ssrc: OUT,
+    };
+    remote.write_rtcp(vec![Box::new(pli)]).await.unwrap();
+    let track = loop {
+        let (id, ev) = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("bob's request at the edge")
+            .unwrap();
+        if let EdgeEvent::KeyFrameRequest { track } = ev {
+            assert_eq!(id, b);
+            break track;
+        }
+    };
+    assert_eq!(track, "to-bob");
+    assert!(
+        plis.lock().unwrap().is_empty(),
+        "alice asked before the edge did"
+    );
+    edge.lock()
+        .unwrap()
+        .request_key_frame(Instant::now(), a, receiver, CAM)
+        .unwrap();
+    eventually("the edge's PLI at alice", || {
+        !plis.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(plis.lock().unwrap().len(), 1);
 }
