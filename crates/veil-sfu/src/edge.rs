@@ -24,6 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -54,6 +55,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::stun::attributes::ATTR_USERNAME;
 use rtc::stun::message::{BINDING_REQUEST, Message, is_stun_message};
 use rtc::stun::textattrs::Username;
+use veil_rtc::rtx::RtxObserver;
 use webrtc::peer_connection::SettingEngineBuilder;
 
 use crate::error::SfuError;
@@ -103,6 +105,9 @@ pub enum EdgeEvent {
 struct Conn {
     pc: RTCPeerConnection,
     ufrag: String,
+    /// GCC's estimate of what the edge can send to this participant (with
+    /// [`Edge::with_congestion_control`]).
+    estimate: Option<peer::Estimate>,
     /// `pc.poll_timeout()` as of its last drain. Asking rtc walks all of its handlers, so the
     /// edge asks once per drain, not once per connection per loop turn.
     deadline: Option<Instant>,
@@ -126,6 +131,8 @@ pub struct Edge {
     rng: StdRng,
     /// When a silent participant counts as gone (SFU-EDGE-06); webrtc-rs's defaults if unset.
     timers: Option<peer::IceTimers>,
+    /// The SFU's own chain (congestion control, RTX counted here) instead of the plain one.
+    congestion_control: Option<Arc<dyn RtxObserver>>,
 }
 
 impl Edge {
@@ -144,7 +151,29 @@ impl Edge {
             unrouted: 0,
             rng: StdRng::from_os_rng(),
             timers: None,
+            congestion_control: None,
         }
+    }
+
+    /// The same edge with the SFU's interceptor chain on every connection it accepts from now
+    /// on ([`peer::sfu_interceptors`]): transport-cc numbering and GCC on what the edge sends,
+    /// whose estimate [`Edge::estimate`] reads (SFU-BWE-01), and RTX reported to `rtx`.
+    #[must_use]
+    pub fn with_congestion_control(mut self, rtx: Arc<dyn RtxObserver>) -> Self {
+        self.congestion_control = Some(rtx);
+        self
+    }
+
+    /// GCC's estimate of what the edge can send to participant `id`, in bits per second: None
+    /// without congestion control, or before the participant's first transport-cc feedback.
+    #[must_use]
+    pub fn estimate(&self, id: ConnId) -> Option<u64> {
+        self.conns
+            .get(id)?
+            .as_ref()?
+            .estimate
+            .as_ref()?
+            .bits_per_second()
     }
 
     /// The same edge with these ICE timers on every connection it accepts from now on: a
@@ -196,7 +225,14 @@ impl Edge {
             None => se,
         };
         let mut me = peer::media_engine()?;
-        let registry = peer::interceptors(&mut me)?;
+        let (registry, estimate) = match &self.congestion_control {
+            Some(rtx) => {
+                let estimate = peer::Estimate::default();
+                let r = peer::sfu_interceptors(&mut me, &estimate, rtx.clone())?;
+                (r, Some(estimate))
+            }
+            None => (peer::interceptors(&mut me)?, None),
+        };
         let w = rtc_error("accept");
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
@@ -234,6 +270,7 @@ impl Edge {
         self.conns.push(Some(Conn {
             pc,
             ufrag,
+            estimate,
             deadline: None,
         }));
         self.dirty.push(id);

@@ -14,6 +14,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use veil_sfu::edge::{ConnId, Edge, EdgeEvent};
 use veil_sfu::routing::MediaKind;
+use veil_sfu::shell::Metrics;
+use veil_sfu::shell::metrics::RtxCount;
 use veil_sfu::shell::peer::{self, OPUS_PT};
 
 use crate::chromium::{Browser, PUBLISHER, read_request, respond};
@@ -173,7 +175,11 @@ struct Pair {
 
 async fn pair(kind: MediaKind, ssrc: u32) -> Pair {
     let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let edge = Arc::new(Mutex::new(Edge::new(socket.local_addr().unwrap())));
+    // The SFU's chain: GCC on every leg, RTX counted into the SFU's metrics.
+    let rtx = Arc::new(RtxCount(Metrics::default().rtx.clone()));
+    let edge = Arc::new(Mutex::new(
+        Edge::new(socket.local_addr().unwrap()).with_congestion_control(rtx),
+    ));
     let (tx, events) = mpsc::unbounded_channel();
     tokio::spawn(drive(socket.clone(), edge.clone(), tx));
 
@@ -265,6 +271,13 @@ async fn the_edge_adds_a_track_renegotiates_and_forwards_one_participant_to_anot
         got.push(k);
     }
     assert_eq!(got, (0..N).collect::<Vec<_>>(), "all of them, in order");
+    // GCC on bob's leg estimates from his transport-cc feedback (SFU-BWE-01); alice's leg
+    // carries nothing from the edge, so it has no estimate.
+    eventually("an estimate for bob's leg", || {
+        edge.lock().unwrap().estimate(b).is_some()
+    })
+    .await;
+    assert_eq!(edge.lock().unwrap().estimate(a), None);
 }
 
 /// SFU-EDGE-05: Chromium connects to the ICE-lite edge on its one port (the step the research
