@@ -194,6 +194,40 @@ async fn unpublish(shared: &Shared, room: &RoomShell, tid: TrackId) {
     }
 }
 
+/// What the routing core reads of `p`, its extension block written into `block`; None if the
+/// elements do not make a block.
+pub(crate) fn packet_meta<'a>(
+    p: &rtp::Packet,
+    block: &'a mut [u8; 1500],
+) -> Option<PacketMeta<'a>> {
+    // The core reads the extension block as the wire carries it; rebuild it from the elements
+    // webrtc-rs parsed (same elements, smallest form).
+    let mut els = [Extension { id: 0, data: &[] }; MAX_ELEMENTS];
+    let n = p.header.extensions.len().min(MAX_ELEMENTS);
+    for (slot, e) in els.iter_mut().zip(&p.header.extensions) {
+        *slot = Extension {
+            id: e.id,
+            data: &e.payload,
+        };
+    }
+    let (ext_profile, len) = if n == 0 {
+        (None, 0)
+    } else {
+        let (profile, len) = write_block(&els[..n], block).ok()?;
+        (Some(profile), len)
+    };
+    Some(PacketMeta {
+        ssrc: p.header.ssrc,
+        seq: p.header.sequence_number,
+        timestamp: p.header.timestamp,
+        marker: p.header.marker,
+        ext_profile,
+        ext_body: &block[..len],
+        // The header as received (fixed part, CSRCs, extension block) and the payload's length.
+        len: p.payload.len() + 12 + 4 * p.header.csrc.len() + if n == 0 { 0 } else { 4 + len },
+    })
+}
+
 /// Route one packet; queue its copies; return the SSRCs to send PLIs for.
 fn route(
     shared: &Shared,
@@ -210,37 +244,10 @@ fn route(
         m.drop(DropKind::Padding);
         return Vec::new();
     }
-    // The core reads the extension block as the wire carries it; rebuild it from the elements
-    // webrtc-rs parsed (same elements, smallest form).
-    let mut els = [Extension { id: 0, data: &[] }; MAX_ELEMENTS];
-    let n = p.header.extensions.len().min(MAX_ELEMENTS);
-    for (slot, e) in els.iter_mut().zip(&p.header.extensions) {
-        *slot = Extension {
-            id: e.id,
-            data: &e.payload,
-        };
-    }
     let mut block = [0u8; 1500];
-    let (ext_profile, len) = if n == 0 {
-        (None, 0)
-    } else {
-        match write_block(&els[..n], &mut block) {
-            Ok((profile, len)) => (Some(profile), len),
-            Err(_) => {
-                m.drop(DropKind::Metadata);
-                return Vec::new();
-            }
-        }
-    };
-    let meta = PacketMeta {
-        ssrc: p.header.ssrc,
-        seq: p.header.sequence_number,
-        timestamp: p.header.timestamp,
-        marker: p.header.marker,
-        ext_profile,
-        ext_body: &block[..len],
-        // The header as received (fixed part, CSRCs, extension block) and the payload's length.
-        len: p.payload.len() + 12 + 4 * p.header.csrc.len() + if n == 0 { 0 } else { 4 + len },
+    let Some(meta) = packet_meta(p, &mut block) else {
+        m.drop(DropKind::Metadata);
+        return Vec::new();
     };
     let now = shared.now();
     let mut st = room.lock();
@@ -325,7 +332,7 @@ fn route(
 /// The copy of `p` for one subscriber: SSRC, payload type, sequence number, timestamp and
 /// extension ids rewritten (SFU-FWD-03, SFU-EXT-01..03); the payload is the same bytes, shared,
 /// not copied (SFU-BLIND-03). CSRCs and padding are per hop and not forwarded.
-pub(super) fn rewrite(p: &rtp::Packet, f: &Forward) -> rtp::Packet {
+pub(crate) fn rewrite(p: &rtp::Packet, f: &Forward) -> rtp::Packet {
     let mut extensions = Vec::with_capacity(p.header.extensions.len());
     for e in &p.header.extensions {
         if let Some(id) = f.ext.map_id(e.id)

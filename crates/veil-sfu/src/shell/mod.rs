@@ -20,7 +20,7 @@
 
 mod api;
 mod estimate;
-mod media;
+pub(crate) mod media;
 pub mod metrics;
 mod participant;
 pub mod peer;

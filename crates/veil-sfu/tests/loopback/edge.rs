@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use veil_sfu::edge::{ConnId, Edge, EdgeEvent};
+use veil_sfu::edge::{ConnId, Edge, EdgeEvent, EdgeRoom, EdgeRoomEvent};
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::Metrics;
 use veil_sfu::shell::metrics::RtxCount;
@@ -22,11 +22,46 @@ use crate::chromium::{Browser, PUBLISHER, read_request, respond};
 use crate::common::*;
 use crate::vanish::spawn_alice;
 
-/// The I/O shell of the test: one socket, the edge's timers, its events out on a channel.
-async fn drive(
+/// What the test's I/O shell drives: the edge, or a room on it.
+trait SansIo: Send + 'static {
+    type Event: Send + 'static;
+    fn handle_datagram(&mut self, now: Instant, from: std::net::SocketAddr, d: &[u8]);
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_timeout(&mut self) -> Option<Instant>;
+    fn poll_transmit(&mut self) -> Option<(std::net::SocketAddr, bytes::BytesMut)>;
+    fn poll_event(&mut self) -> Option<Self::Event>;
+}
+
+macro_rules! sans_io {
+    ($t:ty, $ev:ty) => {
+        impl SansIo for $t {
+            type Event = $ev;
+            fn handle_datagram(&mut self, now: Instant, from: std::net::SocketAddr, d: &[u8]) {
+                <$t>::handle_datagram(self, now, from, d)
+            }
+            fn handle_timeout(&mut self, now: Instant) {
+                <$t>::handle_timeout(self, now)
+            }
+            fn poll_timeout(&mut self) -> Option<Instant> {
+                <$t>::poll_timeout(self)
+            }
+            fn poll_transmit(&mut self) -> Option<(std::net::SocketAddr, bytes::BytesMut)> {
+                <$t>::poll_transmit(self)
+            }
+            fn poll_event(&mut self) -> Option<$ev> {
+                <$t>::poll_event(self)
+            }
+        }
+    };
+}
+sans_io!(Edge, (ConnId, EdgeEvent));
+sans_io!(EdgeRoom, EdgeRoomEvent);
+
+/// The I/O shell of the test: one socket, the timers, the events out on a channel.
+async fn drive<S: SansIo>(
     socket: Arc<UdpSocket>,
-    edge: Arc<Mutex<Edge>>,
-    events: mpsc::UnboundedSender<(ConnId, EdgeEvent)>,
+    edge: Arc<Mutex<S>>,
+    events: mpsc::UnboundedSender<S::Event>,
 ) {
     let mut buf = vec![0u8; 2048];
     loop {
@@ -516,4 +551,131 @@ async fn key_frame_requests_cross_the_edge_both_ways() {
     })
     .await;
     assert_eq!(plis.lock().unwrap().len(), 1);
+}
+
+/// Answer `offer` (from the edge) on `p`, returning `p`'s answer.
+async fn answer_offer(p: &Peer, offer: String) -> String {
+    p.pc.set_remote_description(RTCSessionDescription::offer(offer).unwrap())
+        .await
+        .unwrap();
+    let answer = p.pc.create_answer(None).await.unwrap();
+    p.pc.set_local_description(answer).await.unwrap();
+    p.pc.local_description().await.unwrap().sdp
+}
+
+/// SFU-EDGE-09: a room on the edge is the SFU's routing core on one socket. Alice's track is
+/// published to the core when its stream opens; bob and carol subscribe (the edge offers, they
+/// answer); every packet alice sends reaches both through `Room::on_rtp`, rewritten per leg:
+/// each on its own SSRC, sequence numbers contiguous, payloads byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_on_the_edge_routes_a_publisher_to_its_subscribers() {
+    init_tracing();
+    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let rtx = Arc::new(RtxCount(Metrics::default().rtx.clone()));
+    let room = Arc::new(Mutex::new(EdgeRoom::new(
+        socket.local_addr().unwrap(),
+        rtx,
+        Instant::now(),
+    )));
+    let (tx, mut events) = mpsc::unbounded_channel();
+    tokio::spawn(drive(socket.clone(), room.clone(), tx));
+    let join = |p: String| room.lock().unwrap().join(Instant::now(), &p).unwrap();
+
+    let mut alice = Peer::new("edge", "alice", true).await;
+    let mic = alice.add_track(MediaKind::Audio, 0xA11C_E001, "mic").await;
+    let (a, answer) = join(alice.offer().await);
+    alice
+        .pc
+        .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+        .await
+        .unwrap();
+    alice.connected().await;
+    // Talk until the track is published.
+    let mut seq = 0u16;
+    let track = loop {
+        mic.send(seq, 960 * u32::from(seq), false, &[], payload(0, 50))
+            .await;
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok(EdgeRoomEvent::Published {
+            publisher,
+            track,
+            kind,
+        }) = events.try_recv()
+        {
+            assert_eq!((publisher, kind), (a, MediaKind::Audio));
+            break track;
+        }
+        assert!(seq < 500, "alice's track was never published");
+    };
+
+    let mut subs = Vec::new();
+    for name in ["bob", "carol"] {
+        let mut p = Peer::new("edge", name, false).await;
+        let (id, answer) = join(p.offer().await);
+        p.pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+            .await
+            .unwrap();
+        p.connected().await;
+        let offer = room
+            .lock()
+            .unwrap()
+            .subscribe(Instant::now(), id, track)
+            .unwrap();
+        let answer = answer_offer(&p, offer).await;
+        room.lock()
+            .unwrap()
+            .answer(Instant::now(), id, &answer)
+            .unwrap();
+        subs.push(p);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for p in &mut subs {
+        while p.received.try_recv().is_ok() {}
+    }
+
+    // Packet k carries payload(k + 1); alice numbers on from where she was.
+    const N: u64 = 40;
+    for k in 0..N {
+        mic.send(
+            seq,
+            960 * u32::from(seq),
+            false,
+            &[],
+            payload(k + 1, 70 + k as usize),
+        )
+        .await;
+        seq = seq.wrapping_add(1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut ssrcs = Vec::new();
+    for p in &mut subs {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while got.len() < N as usize {
+            let r = tokio::time::timeout_at(deadline, p.received.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{} got {} of {N}", p.identity, got.len()))
+                .unwrap();
+            let k = (0..N)
+                .find(|k| r.packet.payload == payload(k + 1, 70 + *k as usize))
+                .expect("a payload alice sent, byte for byte");
+            got.push((k, r.packet.header.sequence_number, r.packet.header.ssrc));
+        }
+        let order: Vec<u64> = got.iter().map(|g| g.0).collect();
+        assert_eq!(
+            order,
+            (0..N).collect::<Vec<_>>(),
+            "{}: all, in order",
+            p.identity
+        );
+        assert!(
+            got.windows(2).all(|w| w[1].1 == w[0].1.wrapping_add(1)),
+            "{}: contiguous sequence numbers",
+            p.identity
+        );
+        assert!(got.iter().all(|g| g.2 == got[0].2));
+        ssrcs.push(got[0].2);
+    }
+    assert_ne!(ssrcs[0], ssrcs[1], "each subscriber on its own SSRC");
 }

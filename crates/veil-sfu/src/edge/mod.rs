@@ -62,6 +62,9 @@ use crate::error::SfuError;
 use crate::routing::MediaKind;
 use crate::shell::peer;
 
+mod room;
+pub use room::{EdgeRoom, RoomEvent as EdgeRoomEvent};
+
 fn rtc_error(what: &'static str) -> impl Fn(rtc::shared::error::Error) -> SfuError + Copy {
     move |e| SfuError::WebRtc(format!("edge {what}: {e}"))
 }
@@ -356,6 +359,31 @@ impl Edge {
             .map_err(&w)?;
         self.dirty.push(id);
         Ok(())
+    }
+
+    /// What connection `id` negotiated for `sender`: the payload type of the codec `mime` and
+    /// every header extension (URI, id). None before the participant's answer.
+    #[must_use]
+    pub fn negotiated(
+        &mut self,
+        id: ConnId,
+        sender: RTCRtpSenderId,
+        mime: &str,
+    ) -> Option<(u8, Vec<(String, u8)>)> {
+        let c = self.conns.get_mut(id)?.as_mut()?;
+        let mut s = c.pc.rtp_sender(sender)?;
+        let p = &s.get_parameters().rtp_parameters;
+        let pt = p
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))?
+            .payload_type;
+        let ext = p
+            .header_extensions
+            .iter()
+            .filter_map(|h| Some((h.uri.clone(), u8::try_from(h.id).ok()?)))
+            .collect();
+        Some((pt, ext))
     }
 
     /// Ask participant `id` for a key frame of `media_ssrc` on `receiver` (a PLI).

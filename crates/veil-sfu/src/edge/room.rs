@@ -1,0 +1,390 @@
+//! One room on the edge: the routing core ([`Room`]) driven by the edge's events, sans I/O.
+//!
+//! This is what the SFU's async shell does per room (`shell::media`, `shell::participant`),
+//! on one socket and without tasks: a participant joins with an offer; the tracks it sends are
+//! published to the core as their streams open (rids bound as the stream announces them); every
+//! packet goes through [`Room::on_rtp`], and its copies are rewritten per subscriber
+//! (`shell::media::rewrite`, the same rules) and written to their connections. Subscribing adds
+//! a track to the subscriber's connection and returns the edge's offer; once the answer is in,
+//! the core starts forwarding with the payload type and extension ids that leg negotiated.
+//! Key-frame requests go both ways through the core's policy, and each leg's GCC estimate feeds
+//! the core's layer choice.
+//!
+//! Not yet here: access tokens, signalling events for other participants (published, left,
+//! active speaker), unsubscribing, layer preferences and metrics. The gRPC shell still uses
+//! the async edge; this is the slice that lets the two be measured against each other.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use veil_rtc::rtx::RtxObserver;
+use veil_rtc::rtx_ssrc;
+use webrtc::peer_connection::RTCSessionDescription;
+
+use super::{ConnId, Edge, EdgeEvent};
+use crate::error::SfuError;
+use crate::routing::{ExtMap, MediaKind, ParticipantId, Publish, Room, Subscribe, TrackId};
+use crate::shell::media::{packet_meta, rewrite};
+use crate::shell::peer;
+use crate::shell::sdp::{FORWARDED_URIS, SdpInfo};
+
+/// How often each leg's estimate is handed to the core (as the async shell does).
+const ESTIMATE_PERIOD: Duration = Duration::from_millis(100);
+
+/// What happened in the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    /// A participant's connection is up.
+    Connected(ConnId),
+    /// A track was published.
+    Published {
+        /// Its publisher.
+        publisher: ConnId,
+        /// The core's id for it.
+        track: TrackId,
+        /// Audio or video.
+        kind: MediaKind,
+    },
+    /// A participant's connection closed (it left, failed or vanished).
+    Left(ConnId),
+}
+
+struct Published {
+    publisher: ConnId,
+    receiver: RTCRtpReceiverId,
+    kind: MediaKind,
+}
+
+struct Leg {
+    sender: RTCRtpSenderId,
+    out_ssrc: u32,
+    /// Forwarding has started (the subscriber answered).
+    live: bool,
+}
+
+/// One room of the SFU on an [`Edge`].
+pub struct EdgeRoom {
+    edge: Edge,
+    core: Room,
+    epoch: Instant,
+    /// Each participant's offer, as parsed (its extension ids, tracks and rids).
+    sdp: HashMap<ConnId, SdpInfo>,
+    /// (publisher, its track id) → the core's track.
+    track_ids: HashMap<(ConnId, String), TrackId>,
+    published: HashMap<TrackId, Published>,
+    legs: HashMap<(ConnId, TrackId), Leg>,
+    events: VecDeque<RoomEvent>,
+    next_estimate: Instant,
+}
+
+fn pid(c: ConnId) -> ParticipantId {
+    c as ParticipantId
+}
+
+fn conn(p: ParticipantId) -> ConnId {
+    p as ConnId
+}
+
+/// The name of the edge's track carrying `t` to a subscriber.
+fn leg_name(t: TrackId) -> String {
+    format!("t{}", t.0)
+}
+
+impl EdgeRoom {
+    /// A room on a new edge at `local` (see [`Edge::new`]), with the SFU's interceptor chain
+    /// on every connection, RTX reported to `rtx`.
+    #[must_use]
+    pub fn new(local: SocketAddr, rtx: Arc<dyn RtxObserver>, now: Instant) -> Self {
+        Self {
+            edge: Edge::new(local).with_congestion_control(rtx),
+            core: Room::new(Duration::from_millis(500)),
+            epoch: now,
+            sdp: HashMap::new(),
+            track_ids: HashMap::new(),
+            published: HashMap::new(),
+            legs: HashMap::new(),
+            events: VecDeque::new(),
+            next_estimate: now,
+        }
+    }
+
+    fn since(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.epoch)
+    }
+
+    /// A participant joins with its offer; returns its connection and the answer.
+    ///
+    /// # Errors
+    /// [`SfuError::Sdp`] for an unreadable offer; what [`Edge::accept`] returns.
+    pub fn join(&mut self, now: Instant, offer: &str) -> Result<(ConnId, String), SfuError> {
+        let info = SdpInfo::parse(
+            &RTCSessionDescription::offer(offer.to_owned())
+                .map_err(|e| SfuError::Sdp(e.to_string()))?,
+        )?;
+        let (id, answer) = self.edge.accept(now, offer)?;
+        self.core.add_participant(pid(id), info.ext_ids());
+        self.sdp.insert(id, info);
+        Ok((id, answer))
+    }
+
+    /// Start sending `track` to `subscriber`: returns the edge's offer for the subscriber, to
+    /// be answered with [`EdgeRoom::answer`].
+    ///
+    /// # Errors
+    /// [`SfuError::UnknownTrack`]; [`SfuError::Closed`]; [`SfuError::WebRtc`].
+    pub fn subscribe(
+        &mut self,
+        now: Instant,
+        subscriber: ConnId,
+        track: TrackId,
+    ) -> Result<String, SfuError> {
+        let kind = self
+            .published
+            .get(&track)
+            .ok_or(SfuError::UnknownTrack(track.0))?
+            .kind;
+        // Distinct per subscriber and track, and from every RTX SSRC (`rtx_ssrc` flips the top
+        // bit): the low 31 bits are the pair's.
+        let out_ssrc = ((subscriber as u32) << 20 | track.0 as u32 & 0xF_FFFF) & 0x7FFF_FFFF | 1;
+        let rtx = (kind == MediaKind::Video).then(|| rtx_ssrc(out_ssrc));
+        let sender = self.edge.add_track(
+            subscriber,
+            &leg_name(track),
+            kind,
+            out_ssrc,
+            rtx,
+            peer::codec(kind),
+        )?;
+        self.legs.insert(
+            (subscriber, track),
+            Leg {
+                sender,
+                out_ssrc,
+                live: false,
+            },
+        );
+        self.edge.offer(now, subscriber)
+    }
+
+    /// The subscriber's answer to [`EdgeRoom::subscribe`]'s offer: forwarding starts on every
+    /// leg it negotiated.
+    ///
+    /// # Errors
+    /// What [`Edge::answer`] returns.
+    pub fn answer(&mut self, now: Instant, subscriber: ConnId, sdp: &str) -> Result<(), SfuError> {
+        self.edge.answer(now, subscriber, sdp)?;
+        let pending: Vec<TrackId> = self
+            .legs
+            .iter()
+            .filter(|((s, _), l)| *s == subscriber && !l.live)
+            .map(|((_, t), _)| *t)
+            .collect();
+        for track in pending {
+            let Some(p) = self.published.get(&track) else {
+                continue;
+            };
+            let (publisher, receiver) = (p.publisher, p.receiver);
+            let mime = peer::codec(p.kind).mime_type;
+            let Some(leg) = self.legs.get_mut(&(subscriber, track)) else {
+                continue;
+            };
+            let Some((payload_type, sub_ids)) = self.edge.negotiated(subscriber, leg.sender, &mime)
+            else {
+                continue;
+            };
+            let pub_ids = &self.sdp.get(&publisher).map(|i| &i.extmap);
+            let pairs: Vec<(u8, u8)> = FORWARDED_URIS
+                .iter()
+                .filter_map(|u| {
+                    let from = *pub_ids.as_ref()?.get(*u)?;
+                    let to = sub_ids.iter().find(|(uri, _)| uri == u)?.1;
+                    Some((from, to))
+                })
+                .collect();
+            let s = Subscribe {
+                out_ssrc: leg.out_ssrc,
+                payload_type,
+                ext: ExtMap::new(&pairs),
+                rid: None,
+            };
+            leg.live = true;
+            let since = self.since(now);
+            let ssrcs = self.core.subscribe(pid(subscriber), track, s, since)?;
+            for ssrc in ssrcs {
+                let _ = self.edge.request_key_frame(now, publisher, receiver, ssrc);
+            }
+        }
+        Ok(())
+    }
+
+    /// One datagram from `from` (see [`Edge::handle_datagram`]).
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.edge.handle_datagram(now, from, datagram);
+        self.route(now);
+    }
+
+    /// Run the timers that are due, and hand each leg's estimate to the core.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.edge.handle_timeout(now);
+        if now >= self.next_estimate {
+            self.next_estimate = now + ESTIMATE_PERIOD;
+            let since = self.since(now);
+            for &c in self.sdp.keys() {
+                self.core.set_estimate(pid(c), self.edge.estimate(c), since);
+            }
+        }
+        self.route(now);
+    }
+
+    /// When [`EdgeRoom::handle_timeout`] is next due.
+    #[must_use]
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let t = self.edge.poll_timeout();
+        Some(t.map_or(self.next_estimate, |t| t.min(self.next_estimate)))
+    }
+
+    /// The next datagram to send, and where.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, BytesMut)> {
+        self.edge.poll_transmit()
+    }
+
+    /// The next thing that happened in the room.
+    pub fn poll_event(&mut self) -> Option<RoomEvent> {
+        self.events.pop_front()
+    }
+
+    /// Carry out what the edge's connections did.
+    fn route(&mut self, now: Instant) {
+        while let Some((id, ev)) = self.edge.poll_event() {
+            match ev {
+                EdgeEvent::Connected => self.events.push_back(RoomEvent::Connected(id)),
+                EdgeEvent::Closed => self.leave(id),
+                EdgeEvent::TrackOpen {
+                    track,
+                    receiver,
+                    ssrc,
+                    rid,
+                } => self.open(id, track, receiver, ssrc, rid.as_deref()),
+                EdgeEvent::Rtp { track, packet } => {
+                    let Some(&tid) = self.track_ids.get(&(id, track)) else {
+                        continue;
+                    };
+                    self.forward(now, id, tid, &packet);
+                }
+                EdgeEvent::KeyFrameRequest { track } => {
+                    let Some(tid) = track
+                        .strip_prefix('t')
+                        .and_then(|n| n.parse().ok())
+                        .map(TrackId)
+                    else {
+                        continue;
+                    };
+                    let since = self.since(now);
+                    if let Some(ssrc) = self.core.subscriber_key_frame_request(pid(id), tid, since)
+                        && let Some(p) = self.published.get(&tid)
+                    {
+                        let _ = self
+                            .edge
+                            .request_key_frame(now, p.publisher, p.receiver, ssrc);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A stream of `track` opened on `publisher`'s connection: publish the track on its first
+    /// stream, and bind each stream's rid.
+    fn open(
+        &mut self,
+        publisher: ConnId,
+        track: String,
+        receiver: RTCRtpReceiverId,
+        ssrc: u32,
+        rid: Option<&str>,
+    ) {
+        let tid = match self.track_ids.get(&(publisher, track.clone())) {
+            Some(t) => *t,
+            None => {
+                let section = self
+                    .sdp
+                    .get(&publisher)
+                    .and_then(|i| i.section_of_track(&track));
+                let kind = match section.map(|s| s.kind.as_str()) {
+                    Some("video") => MediaKind::Video,
+                    _ => MediaKind::Audio,
+                };
+                let rids = section
+                    .map(|s| s.send_rids.iter().map(|r| r.clone().into_bytes()).collect())
+                    .unwrap_or_default();
+                let publish = Publish {
+                    kind,
+                    clock_rate: peer::codec(kind).clock_rate,
+                    rids,
+                };
+                let Ok(tid) = self.core.publish(pid(publisher), publish) else {
+                    return;
+                };
+                self.track_ids.insert((publisher, track), tid);
+                self.published.insert(
+                    tid,
+                    Published {
+                        publisher,
+                        receiver,
+                        kind,
+                    },
+                );
+                self.events.push_back(RoomEvent::Published {
+                    publisher,
+                    track: tid,
+                    kind,
+                });
+                tid
+            }
+        };
+        if let Some(rid) = rid {
+            let _ = self.core.bind_layer(tid, ssrc, rid.as_bytes());
+        }
+    }
+
+    /// Route one packet through the core and write its copies.
+    fn forward(&mut self, now: Instant, publisher: ConnId, tid: TrackId, p: &rtc::rtp::Packet) {
+        if p.payload.is_empty() {
+            return;
+        }
+        let mut block = [0u8; 1500];
+        let Some(meta) = packet_meta(p, &mut block) else {
+            return;
+        };
+        let since = self.since(now);
+        let Ok(routed) = self.core.on_rtp(pid(publisher), tid, &meta, since) else {
+            return;
+        };
+        for f in &routed.forwards {
+            let sub = conn(f.subscriber);
+            if let Some(leg) = self.legs.get(&(sub, tid)) {
+                let _ = self.edge.write_rtp(now, sub, leg.sender, rewrite(p, f));
+            }
+        }
+        if let Some(pb) = self.published.get(&tid) {
+            for ssrc in routed.key_frame_requests {
+                let _ = self
+                    .edge
+                    .request_key_frame(now, pb.publisher, pb.receiver, ssrc);
+            }
+        }
+    }
+
+    fn leave(&mut self, id: ConnId) {
+        self.core.remove_participant(pid(id));
+        self.sdp.remove(&id);
+        self.track_ids.retain(|(p, _), _| *p != id);
+        self.published.retain(|_, p| p.publisher != id);
+        self.legs
+            .retain(|(s, t), _| *s != id && self.published.contains_key(t));
+        self.events.push_back(RoomEvent::Left(id));
+    }
+}
