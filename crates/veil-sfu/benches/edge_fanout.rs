@@ -13,6 +13,12 @@
 //!   connection, and each connection is drained once per received packet.
 //! - Both rewrite the same fields (SSRC, payload type) and use the same interceptor chain
 //!   (`shell::peer::interceptors`; the SFU adds congestion control on top in both cases).
+//! - `sfu`: the SFU itself ([`veil_sfu::Sfu`], the async shell with its routing core, metrics
+//!   and congestion control), joined and subscribed through its in-process API.
+//! - `room`: the same routing core on the edge ([`EdgeRoom`], with congestion control).
+//!
+//! The first pair measures the edge against the async structure; the second pair is the whole
+//! SFU on either edge.
 //!
 //! `cargo bench -p veil-sfu --bench edge_fanout` (`-- --subscribers 20 --pps 1000 --size 1000`;
 //! `-- --only edge` runs one forwarder, e.g. under `perf`)
@@ -30,9 +36,12 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{mpsc, oneshot, watch};
-use veil_sfu::edge::{Edge, EdgeEvent};
+use veil_sfu::edge::{Edge, EdgeEvent, EdgeRoom, EdgeRoomEvent};
 use veil_sfu::routing::MediaKind;
+use veil_sfu::shell::Metrics;
+use veil_sfu::shell::metrics::RtxCount;
 use veil_sfu::shell::peer::{self, OPUS_PT};
+use veil_sfu::{Sfu, SfuConfig, SignalEvent};
 use webrtc::media_stream::track_local::TrackLocal as _;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -335,6 +344,100 @@ async fn run_async(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     }
 }
 
+// ---- the whole SFU: on the edge, and on async webrtc-rs -------------------------------------
+
+fn run_room(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtx = Arc::new(RtxCount(Metrics::default().rtx.clone()));
+    let mut room = EdgeRoom::new(sock.local_addr().unwrap(), rtx, Instant::now());
+    let mut conns = Vec::new();
+    let mut track = None;
+    let mut waiting: Option<(usize, oneshot::Sender<String>)> = None;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let now = Instant::now();
+        while let Some(ev) = room.poll_event() {
+            if let EdgeRoomEvent::Published { track: t, .. } = ev {
+                track = Some(t);
+            }
+        }
+        if let (Some(t), Some((n, reply))) = (track, waiting.take()) {
+            let _ = reply.send(room.subscribe(now, conns[n], t).unwrap());
+        }
+        match cmds.try_recv() {
+            Ok(Cmd::Join(offer, reply)) => {
+                let (id, answer) = room.join(now, &offer).unwrap();
+                conns.push(id);
+                let _ = reply.send(answer);
+            }
+            // Once the publisher's track is published.
+            Ok(Cmd::Subscribe(n, reply)) => waiting = Some((n, reply)),
+            Ok(Cmd::Answer(n, sdp, reply)) => {
+                room.answer(now, conns[n], &sdp).unwrap();
+                let _ = reply.send(());
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        while let Some((to, bytes)) = room.poll_transmit() {
+            let _ = sock.send_to(&bytes, to);
+        }
+        let wait = room
+            .poll_timeout()
+            .map_or(Duration::from_millis(5), |t| {
+                t.saturating_duration_since(now)
+            })
+            .clamp(Duration::from_millis(1), Duration::from_millis(5));
+        sock.set_read_timeout(Some(wait)).unwrap();
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => room.handle_datagram(Instant::now(), from, &buf[..n]),
+            Err(_) => room.handle_timeout(Instant::now()),
+        }
+        if room.poll_timeout().is_some_and(|t| t <= Instant::now()) {
+            room.handle_timeout(Instant::now());
+        }
+    }
+}
+
+async fn run_sfu(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+    let sfu = Sfu::new(SfuConfig::default());
+    let room = "bench";
+    // Each participant's SFU offers, from its event stream (drained, as a client must).
+    let mut offers: Vec<mpsc::UnboundedReceiver<String>> = Vec::new();
+    while let Some(cmd) = cmds.recv().await {
+        match cmd {
+            Cmd::Join(offer, reply) => {
+                let n = offers.len();
+                let mut session = sfu.join(room, &format!("p{n}"), &offer).await.unwrap();
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(async move {
+                    while let Some(ev) = session.events.recv().await {
+                        if let SignalEvent::Offer { sdp } = ev {
+                            let _ = tx.send(sdp);
+                        }
+                    }
+                });
+                offers.push(rx);
+                let _ = reply.send(std::mem::take(&mut session.answer));
+            }
+            Cmd::Subscribe(n, reply) => {
+                let track = loop {
+                    if let Some(t) = sfu.tracks(room).into_iter().next() {
+                        break t.track;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                sfu.subscribe(room, &format!("p{n}"), &track).await.unwrap();
+                let _ = reply.send(offers[n].recv().await.unwrap());
+            }
+            Cmd::Answer(n, sdp, reply) => {
+                sfu.answer(room, &format!("p{n}"), &sdp).await.unwrap();
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
 // ---- the peers and the measurement ---------------------------------------------------------
 
 struct Args {
@@ -374,15 +477,18 @@ async fn measure(mode: &'static str, a: &Args) -> (f64, f64) {
         .name("fwd".to_owned())
         .spawn(move || {
             pin("thread", 0);
-            if mode == "edge" {
-                run_edge(rx);
-            } else {
+            let rt = || {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .thread_name("fwd-blocking")
                     .build()
                     .unwrap()
-                    .block_on(run_async(rx));
+            };
+            match mode {
+                "edge" => run_edge(rx),
+                "room" => run_room(rx),
+                "sfu" => rt().block_on(run_sfu(rx)),
+                _ => rt().block_on(run_async(rx)),
             }
         })
         .unwrap();
@@ -406,34 +512,8 @@ async fn measure(mode: &'static str, a: &Args) -> (f64, f64) {
         .unwrap();
     publisher.connected().await;
 
-    // The subscribers: join with a data channel, then take the forwarder's track.
-    let mut counts = Vec::new();
-    let mut subs = Vec::new();
-    for n in 1..=a.subscribers {
-        let count = Arc::new(AtomicU64::new(0));
-        let mut s = pc(None, Some(count.clone())).await;
-        s.pc.create_data_channel("veil", None).await.unwrap();
-        let offer = s.pc.create_offer(None).await.unwrap();
-        s.pc.set_local_description(offer).await.unwrap();
-        let offer = s.local_sdp().await;
-        let answer = ask(&cmds, |r| Cmd::Join(offer, r)).await;
-        s.pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
-            .await
-            .unwrap();
-        s.connected().await;
-        let offer = ask(&cmds, |r| Cmd::Subscribe(n, r)).await;
-        s.pc.set_remote_description(RTCSessionDescription::offer(offer).unwrap())
-            .await
-            .unwrap();
-        let answer = s.pc.create_answer(None).await.unwrap();
-        s.pc.set_local_description(answer).await.unwrap();
-        let answer = s.pc.local_description().await.unwrap().sdp;
-        ask(&cmds, |r| Cmd::Answer(n, answer, r)).await;
-        counts.push(count);
-        subs.push(s);
-    }
-
-    // Send at the rate until every subscriber receives, then measure a window.
+    // Send at the rate from now on (the whole SFU publishes a track when its first packet
+    // arrives), until every subscriber receives; then measure a window.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
         let (stop, size, pps) = (stop.clone(), a.size, a.pps);
@@ -464,6 +544,34 @@ async fn measure(mode: &'static str, a: &Args) -> (f64, f64) {
             }
         })
     };
+
+    // The subscribers: join with a data channel, then take the forwarder's track.
+    let mut counts = Vec::new();
+    let mut subs = Vec::new();
+    for n in 1..=a.subscribers {
+        let count = Arc::new(AtomicU64::new(0));
+        let mut s = pc(None, Some(count.clone())).await;
+        s.pc.create_data_channel("veil", None).await.unwrap();
+        let offer = s.pc.create_offer(None).await.unwrap();
+        s.pc.set_local_description(offer).await.unwrap();
+        let offer = s.local_sdp().await;
+        let answer = ask(&cmds, |r| Cmd::Join(offer, r)).await;
+        s.pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+            .await
+            .unwrap();
+        s.connected().await;
+        let offer = ask(&cmds, |r| Cmd::Subscribe(n, r)).await;
+        s.pc.set_remote_description(RTCSessionDescription::offer(offer).unwrap())
+            .await
+            .unwrap();
+        let answer = s.pc.create_answer(None).await.unwrap();
+        s.pc.set_local_description(answer).await.unwrap();
+        let answer = s.pc.local_description().await.unwrap().sdp;
+        ask(&cmds, |r| Cmd::Answer(n, answer, r)).await;
+        counts.push(count);
+        subs.push(s);
+    }
+
     let warm = Instant::now();
     while counts.iter().any(|c| c.load(Ordering::Relaxed) == 0) {
         assert!(warm.elapsed() < WAIT, "{mode}: a subscriber never received");
@@ -508,7 +616,9 @@ fn main() {
     println!("|---|---|---|---|");
     let mut per = Vec::new();
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
-    for mode in ["async", "edge", "async", "edge"] {
+    for mode in [
+        "async", "edge", "async", "edge", "sfu", "room", "sfu", "room",
+    ] {
         if only.as_deref().is_some_and(|o| o != mode) {
             continue;
         }
@@ -526,6 +636,10 @@ fn main() {
         println!(
             "edge / async, packets per CPU-second (mean of 2 runs each): {:.2}×",
             mean("edge") / mean("async")
+        );
+        println!(
+            "room / sfu (the whole SFU on either edge): {:.2}×",
+            mean("room") / mean("sfu")
         );
     }
 }
