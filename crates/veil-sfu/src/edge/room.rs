@@ -89,6 +89,13 @@ fn conn(p: ParticipantId) -> ConnId {
     p as ConnId
 }
 
+/// The SSRC `t` goes out on. SSRCs need to be unique only within one connection (each is its
+/// own RTP session), so the track alone decides it: bit 30 keeps it from 0, and the top bit is
+/// clear so that no primary SSRC is another's RTX SSRC ([`rtx_ssrc`] flips the top bit).
+fn out_ssrc(t: TrackId) -> u32 {
+    0x4000_0000 | (t.0 as u32 & 0x3FFF_FFFF)
+}
+
 /// The name of the edge's track carrying `t` to a subscriber.
 fn leg_name(t: TrackId) -> String {
     format!("t{}", t.0)
@@ -147,9 +154,7 @@ impl EdgeRoom {
             .get(&track)
             .ok_or(SfuError::UnknownTrack(track.0))?
             .kind;
-        // Distinct per subscriber and track, and from every RTX SSRC (`rtx_ssrc` flips the top
-        // bit): the low 31 bits are the pair's.
-        let out_ssrc = ((subscriber as u32) << 20 | track.0 as u32 & 0xF_FFFF) & 0x7FFF_FFFF | 1;
+        let out_ssrc = out_ssrc(track);
         let rtx = (kind == MediaKind::Video).then(|| rtx_ssrc(out_ssrc));
         let sender = self.edge.add_track(
             subscriber,
@@ -386,5 +391,20 @@ impl EdgeRoom {
         self.legs
             .retain(|(s, t), _| *s != id && self.published.contains_key(t));
         self.events.push_back(RoomEvent::Left(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outgoing_ssrcs_are_distinct_nonzero_and_never_another_tracks_rtx() {
+        let primaries: Vec<u32> = (0..5000).map(|t| out_ssrc(TrackId(t))).collect();
+        let mut all: Vec<u32> = primaries.iter().flat_map(|&s| [s, rtx_ssrc(s)]).collect();
+        assert!(all.iter().all(|&s| s != 0));
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 2 * primaries.len());
     }
 }
