@@ -1,10 +1,12 @@
 //! One UDP port for every participant: webrtc-rs's sans-I/O `rtc` peer connections driven
 //! directly, ICE-lite, demultiplexed by the SFU itself (specs/sfu-edge-research.md).
 //!
-//! **A first slice.** It connects participants on one socket, hands out what they send, and
-//! sends RTP to them on tracks it adds (renegotiating with an offer of its own). The SFU's shell
-//! still runs on the async webrtc-rs (one socket and one driver task per participant); the
-//! forwarding path moves here once the edge has met a browser.
+//! **In progress.** [`Edge`] connects participants (webrtc-rs peers and Chromium) on one
+//! socket, hands out what they send, sends RTP on tracks it adds (renegotiating with an offer
+//! of its own) and carries key-frame requests both ways; [`EdgeRoom`] runs a room's routing
+//! core on it. `veil-server` still serves the async shell (one socket and one driver task per
+//! participant): access tokens, the gRPC signalling and the room events are not on the edge
+//! yet. `benches/edge_fanout.rs` measures the two against each other.
 //!
 //! Writes are batched: [`Edge::write_rtp`] only queues into the connection; the next
 //! [`Edge::poll_transmit`] (or [`Edge::poll_event`]) drains each touched connection once.
