@@ -563,13 +563,18 @@ async fn answer_offer(p: &Peer, offer: String) -> String {
     p.pc.local_description().await.unwrap().sdp
 }
 
-/// SFU-EDGE-09: a room on the edge is the SFU's routing core on one socket. Alice's track is
-/// published to the core when its stream opens; bob and carol subscribe (the edge offers, they
-/// answer); every packet alice sends reaches both through `Room::on_rtp`, rewritten per leg:
-/// on the leg's SSRC, sequence numbers contiguous, payloads byte-identical.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_room_on_the_edge_routes_a_publisher_to_its_subscribers() {
-    init_tracing();
+/// A room on the edge: alice publishing one track of `kind`, and `subscribers` subscribed to
+/// it (the edge offered, they answered).
+struct RoomWith {
+    room: Arc<Mutex<EdgeRoom>>,
+    publisher: Peer,
+    track: LocalTrack,
+    /// Alice's next sequence number.
+    seq: u16,
+    subs: Vec<Peer>,
+}
+
+async fn room_with(kind: MediaKind, ssrc: u32, subscribers: &[&str]) -> RoomWith {
     let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let rtx = Arc::new(RtxCount(Metrics::default().rtx.clone()));
     let room = Arc::new(Mutex::new(EdgeRoom::new(
@@ -582,7 +587,7 @@ async fn a_room_on_the_edge_routes_a_publisher_to_its_subscribers() {
     let join = |p: String| room.lock().unwrap().join(Instant::now(), &p).unwrap();
 
     let mut alice = Peer::new("edge", "alice", true).await;
-    let mic = alice.add_track(MediaKind::Audio, 0xA11C_E001, "mic").await;
+    let track = alice.add_track(kind, ssrc, "alice-track").await;
     let (a, answer) = join(alice.offer().await);
     alice
         .pc
@@ -590,27 +595,27 @@ async fn a_room_on_the_edge_routes_a_publisher_to_its_subscribers() {
         .await
         .unwrap();
     alice.connected().await;
-    // Talk until the track is published.
+    // Send until the track is published.
     let mut seq = 0u16;
-    let track = loop {
-        mic.send(seq, 960 * u32::from(seq), false, &[], payload(0, 50))
+    let tid = loop {
+        track
+            .send(seq, 960 * u32::from(seq), true, &[], payload(0, 50))
             .await;
         seq += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
         if let Ok(EdgeRoomEvent::Published {
             publisher,
             track,
-            kind,
+            kind: k,
         }) = events.try_recv()
         {
-            assert_eq!((publisher, kind), (a, MediaKind::Audio));
+            assert_eq!((publisher, k), (a, kind));
             break track;
         }
         assert!(seq < 500, "alice's track was never published");
     };
-
     let mut subs = Vec::new();
-    for name in ["bob", "carol"] {
+    for name in subscribers {
         let mut p = Peer::new("edge", name, false).await;
         let (id, answer) = join(p.offer().await);
         p.pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
@@ -620,7 +625,7 @@ async fn a_room_on_the_edge_routes_a_publisher_to_its_subscribers() {
         let offer = room
             .lock()
             .unwrap()
-            .subscribe(Instant::now(), id, track)
+            .subscribe(Instant::now(), id, tid)
             .unwrap();
         let answer = answer_offer(&p, offer).await;
         room.lock()
@@ -629,6 +634,29 @@ async fn a_room_on_the_edge_routes_a_publisher_to_its_subscribers() {
             .unwrap();
         subs.push(p);
     }
+    RoomWith {
+        room,
+        publisher: alice,
+        track,
+        seq,
+        subs,
+    }
+}
+
+/// SFU-EDGE-09: a room on the edge is the SFU's routing core on one socket. Alice's track is
+/// published to the core when its stream opens; bob and carol subscribe (the edge offers, they
+/// answer); every packet alice sends reaches both through `Room::on_rtp`, rewritten per leg:
+/// on the leg's SSRC, sequence numbers contiguous, payloads byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_on_the_edge_routes_a_publisher_to_its_subscribers() {
+    init_tracing();
+    let RoomWith {
+        room: _room,
+        publisher: _alice,
+        track: mic,
+        mut seq,
+        mut subs,
+    } = room_with(MediaKind::Audio, 0xA11C_E001, &["bob", "carol"]).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     for p in &mut subs {
         while p.received.try_recv().is_ok() {}
@@ -677,4 +705,60 @@ async fn a_room_on_the_edge_routes_a_publisher_to_its_subscribers() {
         assert!(got.iter().all(|g| g.2 == got[0].2));
         assert_ne!(got[0].2, 0xA11C_E001, "{}: SSRC rewritten", p.identity);
     }
+}
+
+/// SFU-EDGE-09, key frames (SFU-KF-01, SFU-KF-03 on the edge): a new subscriber's start makes
+/// the room ask alice for a key frame, and a flood of bob's PLIs ends at the edge: alice hears
+/// at most one request per throttle interval (500 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_on_the_edge_asks_for_key_frames_and_throttles_a_pli_flood() {
+    init_tracing();
+    const CAM: u32 = 0xCA11_0002;
+    let RoomWith {
+        room: _room,
+        publisher: _alice,
+        track: cam,
+        mut seq,
+        mut subs,
+    } = room_with(MediaKind::Video, CAM, &["bob"]).await;
+    let plis = cam.count_plis();
+    let bob = &mut subs[0];
+    // Video until bob has the track.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bob.remotes.lock().await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no video reached bob"
+        );
+        cam.send(seq, 3000 * u32::from(seq), true, &[], payload(1, 300))
+            .await;
+        seq = seq.wrapping_add(1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let remote = bob.remotes.lock().await.values().next().cloned().unwrap();
+    let ssrc = remote.ssrcs().await[0];
+    let start = Instant::now();
+    // 200 PLIs over 2 s, while video flows.
+    for _ in 0..200 {
+        let pli = rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 1,
+            media_ssrc: ssrc,
+        };
+        remote.write_rtcp(vec![Box::new(pli)]).await.unwrap();
+        cam.send(seq, 3000 * u32::from(seq), true, &[], payload(1, 300))
+            .await;
+        seq = seq.wrapping_add(1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let window = start.elapsed();
+    let at_alice = plis.lock().unwrap().len();
+    // The subscription's own request, plus one per 500 ms of flood at most.
+    let most = 2 + (window.as_millis() / 500) as usize;
+    eprintln!("200 PLIs from bob in {window:?}: {at_alice} at alice");
+    assert!(at_alice >= 1, "the room never asked alice");
+    assert!(
+        at_alice <= most,
+        "{at_alice} requests reached alice, at most {most} allowed"
+    );
 }
