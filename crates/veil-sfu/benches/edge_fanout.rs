@@ -158,23 +158,58 @@ fn run_edge(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                 }
             }
         }
-        while let Some((to, bytes)) = edge.poll_transmit() {
-            let _ = sock.send_to(&bytes, to);
+        io_turn(&mut edge, &sock, &mut buf, now);
+    }
+}
+
+/// The socket side of the sans-I/O forwarders.
+trait SansIo {
+    fn handle_datagram(&mut self, now: Instant, from: std::net::SocketAddr, d: &[u8]);
+    fn handle_timeout(&mut self, now: Instant);
+    fn poll_timeout(&mut self) -> Option<Instant>;
+    fn poll_transmit(&mut self) -> Option<(std::net::SocketAddr, bytes::BytesMut)>;
+}
+
+macro_rules! sans_io {
+    ($t:ty) => {
+        impl SansIo for $t {
+            fn handle_datagram(&mut self, now: Instant, from: std::net::SocketAddr, d: &[u8]) {
+                <$t>::handle_datagram(self, now, from, d)
+            }
+            fn handle_timeout(&mut self, now: Instant) {
+                <$t>::handle_timeout(self, now)
+            }
+            fn poll_timeout(&mut self) -> Option<Instant> {
+                <$t>::poll_timeout(self)
+            }
+            fn poll_transmit(&mut self) -> Option<(std::net::SocketAddr, bytes::BytesMut)> {
+                <$t>::poll_transmit(self)
+            }
         }
-        let wait = edge
-            .poll_timeout()
-            .map_or(Duration::from_millis(5), |t| {
-                t.saturating_duration_since(now)
-            })
-            .clamp(Duration::from_millis(1), Duration::from_millis(5));
-        sock.set_read_timeout(Some(wait)).unwrap();
-        match sock.recv_from(&mut buf) {
-            Ok((n, from)) => edge.handle_datagram(Instant::now(), from, &buf[..n]),
-            Err(_) => edge.handle_timeout(Instant::now()),
-        }
-        if edge.poll_timeout().is_some_and(|t| t <= Instant::now()) {
-            edge.handle_timeout(Instant::now());
-        }
+    };
+}
+sans_io!(Edge);
+sans_io!(EdgeRoom);
+
+/// One turn of a forwarder's loop: send what is queued, then wait (at most 5 ms, and no longer
+/// than its next timer) for a datagram, and run the timers that are due.
+fn io_turn(s: &mut impl SansIo, sock: &std::net::UdpSocket, buf: &mut [u8], now: Instant) {
+    while let Some((to, bytes)) = s.poll_transmit() {
+        let _ = sock.send_to(&bytes, to);
+    }
+    let wait = s
+        .poll_timeout()
+        .map_or(Duration::from_millis(5), |t| {
+            t.saturating_duration_since(now)
+        })
+        .clamp(Duration::from_millis(1), Duration::from_millis(5));
+    sock.set_read_timeout(Some(wait)).unwrap();
+    match sock.recv_from(buf) {
+        Ok((n, from)) => s.handle_datagram(Instant::now(), from, &buf[..n]),
+        Err(_) => s.handle_timeout(Instant::now()),
+    }
+    if s.poll_timeout().is_some_and(|t| t <= Instant::now()) {
+        s.handle_timeout(Instant::now());
     }
 }
 
@@ -379,23 +414,7 @@ fn run_room(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
             Err(mpsc::error::TryRecvError::Disconnected) => return,
             Err(mpsc::error::TryRecvError::Empty) => {}
         }
-        while let Some((to, bytes)) = room.poll_transmit() {
-            let _ = sock.send_to(&bytes, to);
-        }
-        let wait = room
-            .poll_timeout()
-            .map_or(Duration::from_millis(5), |t| {
-                t.saturating_duration_since(now)
-            })
-            .clamp(Duration::from_millis(1), Duration::from_millis(5));
-        sock.set_read_timeout(Some(wait)).unwrap();
-        match sock.recv_from(&mut buf) {
-            Ok((n, from)) => room.handle_datagram(Instant::now(), from, &buf[..n]),
-            Err(_) => room.handle_timeout(Instant::now()),
-        }
-        if room.poll_timeout().is_some_and(|t| t <= Instant::now()) {
-            room.handle_timeout(Instant::now());
-        }
+        io_turn(&mut room, &sock, &mut buf, now);
     }
 }
 

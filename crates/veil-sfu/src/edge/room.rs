@@ -11,7 +11,7 @@
 //! the core's layer choice.
 //!
 //! Not yet here: access tokens, signalling events for other participants (published, left,
-//! active speaker), unsubscribing, layer preferences and metrics. The gRPC shell still uses
+//! active speaker), unsubscribing and metrics. The gRPC shell still uses
 //! the async edge; this is the slice that lets the two be measured against each other.
 
 use std::collections::{HashMap, VecDeque};
@@ -221,6 +221,33 @@ impl EdgeRoom {
             let ssrcs = self.core.subscribe(pid(subscriber), track, s, since)?;
             for ssrc in ssrcs {
                 let _ = self.edge.request_key_frame(now, publisher, receiver, ssrc);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ask for `rid` (None: the first layer) of `track` for `subscriber`. The switch happens
+    /// at the layer's next key frame, which the room asks the publisher for (SFU-KF-03); the
+    /// leg's estimate may hold a lower layer (SFU-BWE-03).
+    ///
+    /// # Errors
+    /// [`SfuError::UnknownTrack`], [`SfuError::NotSubscribed`].
+    pub fn set_layer(
+        &mut self,
+        now: Instant,
+        subscriber: ConnId,
+        track: TrackId,
+        rid: Option<&str>,
+    ) -> Result<(), SfuError> {
+        let since = self.since(now);
+        let ssrcs = self
+            .core
+            .set_layer(pid(subscriber), track, rid.map(str::as_bytes), since)?;
+        if let Some(p) = self.published.get(&track) {
+            for ssrc in ssrcs {
+                let _ = self
+                    .edge
+                    .request_key_frame(now, p.publisher, p.receiver, ssrc);
             }
         }
         Ok(())

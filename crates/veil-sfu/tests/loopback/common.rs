@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Mutex, mpsc, watch};
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::peer::{self, OPUS_PT, VP8_PT};
-use veil_sfu::shell::sdp::{AUDIO_LEVEL_URI, DD_URI};
+use veil_sfu::shell::sdp::{AUDIO_LEVEL_URI, DD_URI, MID_URI, RID_URI};
 use veil_sfu::{Sfu, SignalEvent};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -32,7 +32,7 @@ use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
 };
-use webrtc::rtp_transceiver::RtpSender;
+use webrtc::rtp_transceiver::{RtpSender, RtpTransceiver};
 
 /// Generous bound for anything that should take well under a second on an idle machine.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -759,5 +759,198 @@ impl Relay {
 
     pub fn port(&self) -> u16 {
         self.front.local_addr().unwrap().port()
+    }
+}
+
+/// The rids of a [`Simulcast`] track, lowest first.
+pub const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
+/// The SSRCs of its layers.
+pub const SIMULCAST_SSRCS: [u32; 3] = [0x51_0001, 0x51_0002, 0x51_0003];
+
+/// A simulcast video track sent the way Chromium sends one: layers q/h/f, a DD on every
+/// packet with one frame counter across layers, a key frame on every layer every 10 frames,
+/// mid and rid only while `announce` holds. Each payload starts with its layer's rid.
+pub struct Simulcast {
+    pub track: Arc<TrackLocalStaticRTP>,
+    transceiver: Arc<dyn RtpTransceiver>,
+    pub stop: Arc<AtomicBool>,
+    pub announce: Arc<AtomicBool>,
+}
+
+impl Simulcast {
+    /// Add the track ("cam") to `p`, before it offers.
+    pub async fn add(p: &Peer) -> Simulcast {
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            format!("{}-stream", p.identity),
+            "cam".to_owned(),
+            "cam".to_owned(),
+            RtpCodecKind::Video,
+            SIMULCAST_RIDS
+                .iter()
+                .zip(SIMULCAST_SSRCS)
+                .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        rid: (*rid).to_owned(),
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: peer::codec(MediaKind::Video),
+                    ..Default::default()
+                })
+                .collect(),
+        )));
+        let transceiver =
+            p.pc.add_transceiver_from_track(
+                track.clone(),
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap();
+        Simulcast {
+            track,
+            transceiver,
+            stop: Arc::new(AtomicBool::new(false)),
+            announce: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Once connected: a frame every 20 ms on each layer until `stop`.
+    pub async fn start(&self) -> tokio::task::JoinHandle<()> {
+        let params = self
+            .transceiver
+            .sender()
+            .await
+            .unwrap()
+            .unwrap()
+            .get_parameters()
+            .await
+            .unwrap()
+            .rtp_parameters;
+        let id = |uri: &str| {
+            params
+                .header_extensions
+                .iter()
+                .find(|h| h.uri == uri)
+                .map(|h| h.id as u8)
+                .unwrap_or_else(|| panic!("{uri} not negotiated"))
+        };
+        let (mid_id, rid_id, dd_id) = (id(MID_URI), id(RID_URI), id(DD_URI));
+        let mid = self.transceiver.mid().await.unwrap().unwrap();
+        let (stop, announce, track) =
+            (self.stop.clone(), self.announce.clone(), self.track.clone());
+        tokio::spawn(async move {
+            let mut n: u16 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for (l, (rid, ssrc)) in SIMULCAST_RIDS.iter().zip(SIMULCAST_SSRCS).enumerate() {
+                    let mut header = rtp::header::Header {
+                        version: 2,
+                        marker: true,
+                        payload_type: VP8_PT,
+                        sequence_number: n.wrapping_add(1000 * l as u16),
+                        timestamp: 3000 * u32::from(n),
+                        ssrc,
+                        ..Default::default()
+                    };
+                    let frame = n.wrapping_mul(3).wrapping_add(l as u16);
+                    header
+                        .set_extension(dd_id, dd(frame, n.is_multiple_of(10)))
+                        .unwrap();
+                    if announce.load(Ordering::Relaxed) {
+                        header
+                            .set_extension(mid_id, Bytes::from(mid.clone()))
+                            .unwrap();
+                        header
+                            .set_extension(rid_id, Bytes::from(rid.to_string()))
+                            .unwrap();
+                    }
+                    let mut body = payload(u64::from(n), 300 + 100 * l).to_vec();
+                    body[0] = rid.as_bytes()[0];
+                    track
+                        .write_rtp(rtp::Packet {
+                            header,
+                            payload: body.into(),
+                        })
+                        .await
+                        .unwrap();
+                }
+                n = n.wrapping_add(1);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    }
+}
+
+/// What a subscriber of a [`Simulcast`] track receives, checked as it arrives: every switch
+/// of layer lands on a key frame's first packet (as the forwarded DD marks it).
+pub struct LayerReceiver {
+    /// (the layer's rid byte, the packet), in arrival order.
+    pub got: Vec<(u8, rtp::Packet)>,
+    latch: veil_wire::dd::DdLatch,
+    dd: u8,
+}
+
+impl LayerReceiver {
+    /// For `p`, whose leg has negotiated the DD.
+    pub async fn new(p: &Peer) -> LayerReceiver {
+        LayerReceiver {
+            got: Vec::new(),
+            latch: veil_wire::dd::DdLatch::default(),
+            dd: remote_ext_ids(&p.pc).await.dd.expect("DD negotiated"),
+        }
+    }
+
+    /// Receive until 20 packets of layer `want` (its rid byte) arrived.
+    pub async fn receive(&mut self, p: &mut Peer, want: u8) {
+        let mut on_layer = 0;
+        while on_layer < 20 {
+            let r = tokio::time::timeout(WAIT, p.received.recv())
+                .await
+                .unwrap_or_else(|_| panic!("waiting for layer {}", want as char))
+                .unwrap();
+            let tag = r.packet.payload[0];
+            let d = self
+                .latch
+                .parse(
+                    &r.packet
+                        .header
+                        .get_extension(self.dd)
+                        .expect("DD forwarded"),
+                )
+                .unwrap();
+            if let Some((prev, _)) = self.got.last()
+                && *prev != tag
+            {
+                assert_eq!(tag, want, "switched to the wrong layer");
+                assert!(
+                    d.is_key_frame_start(),
+                    "switch to {} not at a key frame",
+                    tag as char
+                );
+            }
+            on_layer += usize::from(tag == want);
+            self.got.push((tag, r.packet));
+        }
+    }
+
+    /// It was one continuous stream through the layers `runs`: one SSRC, sequence numbers +1
+    /// each, timestamps never back.
+    pub fn assert_one_stream(&self, runs: &[u8]) {
+        let layers: Vec<u8> = self.got.iter().map(|(t, _)| *t).collect();
+        let mut r = layers.clone();
+        r.dedup();
+        assert_eq!(r, runs, "layer runs");
+        for w in self.got.windows(2) {
+            let (a, b) = (&w[0].1.header, &w[1].1.header);
+            assert_eq!(a.ssrc, b.ssrc);
+            assert_eq!(
+                b.sequence_number,
+                a.sequence_number.wrapping_add(1),
+                "a gap in {layers:?}"
+            );
+            assert!(b.timestamp.wrapping_sub(a.timestamp) as i32 > 0);
+        }
     }
 }

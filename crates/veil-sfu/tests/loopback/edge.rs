@@ -563,6 +563,49 @@ async fn answer_offer(p: &Peer, offer: String) -> String {
     p.pc.local_description().await.unwrap().sdp
 }
 
+type Room = Arc<Mutex<EdgeRoom>>;
+
+/// A room on a new edge, driven on its own socket; its events come out on the receiver.
+fn start_room() -> (Room, mpsc::UnboundedReceiver<EdgeRoomEvent>) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let socket = Arc::new(UdpSocket::from_std(socket).unwrap());
+    let rtx = Arc::new(RtxCount(Metrics::default().rtx.clone()));
+    let room = Arc::new(Mutex::new(EdgeRoom::new(
+        socket.local_addr().unwrap(),
+        rtx,
+        Instant::now(),
+    )));
+    let (tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(drive(socket, room.clone(), tx));
+    (room, events)
+}
+
+/// `p` joins the room with its offer and connects.
+async fn join_room(room: &Room, p: &mut Peer) -> ConnId {
+    let offer = p.offer().await;
+    let (id, answer) = room.lock().unwrap().join(Instant::now(), &offer).unwrap();
+    p.pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+        .await
+        .unwrap();
+    p.connected().await;
+    id
+}
+
+/// Subscribe `p` (connection `id`) to `track`: the edge offers, `p` answers.
+async fn subscribe_room(room: &Room, p: &Peer, id: ConnId, track: veil_sfu::routing::TrackId) {
+    let offer = room
+        .lock()
+        .unwrap()
+        .subscribe(Instant::now(), id, track)
+        .unwrap();
+    let answer = answer_offer(p, offer).await;
+    room.lock()
+        .unwrap()
+        .answer(Instant::now(), id, &answer)
+        .unwrap();
+}
+
 /// A room on the edge: alice publishing one track of `kind`, and `subscribers` subscribed to
 /// it (the edge offered, they answered).
 struct RoomWith {
@@ -575,26 +618,10 @@ struct RoomWith {
 }
 
 async fn room_with(kind: MediaKind, ssrc: u32, subscribers: &[&str]) -> RoomWith {
-    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let rtx = Arc::new(RtxCount(Metrics::default().rtx.clone()));
-    let room = Arc::new(Mutex::new(EdgeRoom::new(
-        socket.local_addr().unwrap(),
-        rtx,
-        Instant::now(),
-    )));
-    let (tx, mut events) = mpsc::unbounded_channel();
-    tokio::spawn(drive(socket.clone(), room.clone(), tx));
-    let join = |p: String| room.lock().unwrap().join(Instant::now(), &p).unwrap();
-
+    let (room, mut events) = start_room();
     let mut alice = Peer::new("edge", "alice", true).await;
     let track = alice.add_track(kind, ssrc, "alice-track").await;
-    let (a, answer) = join(alice.offer().await);
-    alice
-        .pc
-        .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
-        .await
-        .unwrap();
-    alice.connected().await;
+    let a = join_room(&room, &mut alice).await;
     // Send until the track is published.
     let mut seq = 0u16;
     let tid = loop {
@@ -617,21 +644,8 @@ async fn room_with(kind: MediaKind, ssrc: u32, subscribers: &[&str]) -> RoomWith
     let mut subs = Vec::new();
     for name in subscribers {
         let mut p = Peer::new("edge", name, false).await;
-        let (id, answer) = join(p.offer().await);
-        p.pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
-            .await
-            .unwrap();
-        p.connected().await;
-        let offer = room
-            .lock()
-            .unwrap()
-            .subscribe(Instant::now(), id, tid)
-            .unwrap();
-        let answer = answer_offer(&p, offer).await;
-        room.lock()
-            .unwrap()
-            .answer(Instant::now(), id, &answer)
-            .unwrap();
+        let id = join_room(&room, &mut p).await;
+        subscribe_room(&room, &p, id, tid).await;
         subs.push(p);
     }
     RoomWith {
@@ -761,4 +775,48 @@ async fn a_room_on_the_edge_asks_for_key_frames_and_throttles_a_pli_flood() {
         at_alice <= most,
         "{at_alice} requests reached alice, at most {most} allowed"
     );
+}
+
+/// SFU-EDGE-09, simulcast (SFU-FWD-01..03, SFU-STR-04 on the edge): alice sends three layers
+/// the way Chromium does (mid/rid only on the first packets); bob gets q, then f, then h from
+/// the room on the edge, each switch at a key frame, as one continuous stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_on_the_edge_switches_simulcast_layers_at_key_frames() {
+    init_tracing();
+    let (room, mut events) = start_room();
+    let mut alice = Peer::new("edge", "alice", true).await;
+    let cam = Simulcast::add(&alice).await;
+    join_room(&room, &mut alice).await;
+    let sender = cam.start().await;
+    let track = loop {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Some(EdgeRoomEvent::Published { track, kind, .. })) => {
+                assert_eq!(kind, MediaKind::Video);
+                break track;
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("alice's track was never published"),
+        }
+    };
+    let mut bob = Peer::new("edge", "bob", false).await;
+    let b = join_room(&room, &mut bob).await;
+    subscribe_room(&room, &bob, b, track).await;
+    // From now on packets carry no mid/rid: the room maps them through what it latched.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cam.announce
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+
+    let mut rx = LayerReceiver::new(&bob).await;
+    for (want, rid) in [(b'q', None), (b'f', Some("f")), (b'h', Some("h"))] {
+        if let Some(rid) = rid {
+            room.lock()
+                .unwrap()
+                .set_layer(Instant::now(), b, track, Some(rid))
+                .unwrap();
+        }
+        rx.receive(&mut bob, want).await;
+    }
+    cam.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.await.unwrap();
+    rx.assert_one_stream(b"qfh");
 }
