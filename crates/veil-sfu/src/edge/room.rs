@@ -142,7 +142,8 @@ impl EdgeRoom {
     /// be answered with [`EdgeRoom::answer`].
     ///
     /// # Errors
-    /// [`SfuError::UnknownTrack`]; [`SfuError::Closed`]; [`SfuError::WebRtc`].
+    /// [`SfuError::UnknownTrack`]; [`SfuError::Protocol`] if it is subscribed already;
+    /// [`SfuError::Closed`]; [`SfuError::WebRtc`].
     pub fn subscribe(
         &mut self,
         now: Instant,
@@ -154,6 +155,12 @@ impl EdgeRoom {
             .get(&track)
             .ok_or(SfuError::UnknownTrack(track.0))?
             .kind;
+        if self.legs.contains_key(&(subscriber, track)) {
+            return Err(SfuError::Protocol(format!(
+                "already subscribed to track {}",
+                track.0
+            )));
+        }
         let out_ssrc = out_ssrc(track);
         let rtx = (kind == MediaKind::Video).then(|| rtx_ssrc(out_ssrc));
         let sender = self.edge.add_track(
@@ -216,9 +223,9 @@ impl EdgeRoom {
                 ext: ExtMap::new(&pairs),
                 rid: None,
             };
-            leg.live = true;
-            let since = self.since(now);
+            let since = now.saturating_duration_since(self.epoch);
             let ssrcs = self.core.subscribe(pid(subscriber), track, s, since)?;
+            leg.live = true;
             for ssrc in ssrcs {
                 let _ = self.edge.request_key_frame(now, publisher, receiver, ssrc);
             }

@@ -801,6 +801,9 @@ async fn a_room_on_the_edge_switches_simulcast_layers_at_key_frames() {
     let mut bob = Peer::new("edge", "bob", false).await;
     let b = join_room(&room, &mut bob).await;
     subscribe_room(&room, &bob, b, track).await;
+    // A second subscription to the same track is refused, not a second leg.
+    let again = room.lock().unwrap().subscribe(Instant::now(), b, track);
+    assert!(again.is_err(), "{again:?}");
     // From now on packets carry no mid/rid: the room maps them through what it latched.
     tokio::time::sleep(Duration::from_millis(200)).await;
     cam.announce
