@@ -187,8 +187,13 @@ impl Edge {
     /// (SFU-EDGE-06).
     #[must_use]
     pub fn with_ice_timers(mut self, timers: peer::IceTimers) -> Self {
-        self.timers = Some(timers);
+        self.set_ice_timers(timers);
         self
+    }
+
+    /// [`Edge::with_ice_timers`] on an existing edge.
+    pub fn set_ice_timers(&mut self, timers: peer::IceTimers) {
+        self.timers = Some(timers);
     }
 
     /// Datagrams dropped because no connection claimed them.
@@ -330,6 +335,19 @@ impl Edge {
             )
             .map_err(rtc_error("add track"))?;
         Ok(RTCRtpSenderId::from(t))
+    }
+
+    /// Stop sending `sender`'s track on connection `id`; the next [`Edge::offer`] tells the
+    /// participant.
+    ///
+    /// # Errors
+    /// [`SfuError::Closed`]; [`SfuError::WebRtc`].
+    pub fn remove_track(&mut self, id: ConnId, sender: RTCRtpSenderId) -> Result<(), SfuError> {
+        self.conn(id)?
+            .remove_track(sender)
+            .map_err(rtc_error("remove track"))?;
+        self.dirty.push(id);
+        Ok(())
     }
 
     /// An offer from the edge to connection `id` (e.g. after [`Edge::add_track`]).

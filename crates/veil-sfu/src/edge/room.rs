@@ -11,7 +11,7 @@
 //! the core's layer choice.
 //!
 //! Not yet here: access tokens, signalling events for other participants (published, left,
-//! active speaker), unsubscribing and metrics. The gRPC shell still uses
+//! active speaker) and metrics. The gRPC shell still uses
 //! the async edge; this is the slice that lets the two be measured against each other.
 
 use std::collections::{HashMap, VecDeque};
@@ -51,6 +51,16 @@ pub enum RoomEvent {
     },
     /// A participant's connection closed (it left, failed or vanished).
     Left(ConnId),
+    /// A track is gone with its publisher.
+    Unpublished(TrackId),
+    /// The edge renegotiates with a participant (a track it received is gone): deliver the
+    /// offer, and hand the answer to [`EdgeRoom::answer`].
+    Offer {
+        /// To whom.
+        to: ConnId,
+        /// The offer.
+        sdp: String,
+    },
 }
 
 struct Published {
@@ -117,6 +127,14 @@ impl EdgeRoom {
             events: VecDeque::new(),
             next_estimate: now,
         }
+    }
+
+    /// The same room with these ICE timers on every connection from now on: how long a
+    /// silent participant stays before it counts as gone ([`Edge::with_ice_timers`]).
+    #[must_use]
+    pub fn with_ice_timers(mut self, timers: peer::IceTimers) -> Self {
+        self.edge.set_ice_timers(timers);
+        self
     }
 
     fn since(&self, now: Instant) -> Duration {
@@ -233,6 +251,26 @@ impl EdgeRoom {
         Ok(())
     }
 
+    /// Stop sending `track` to `subscriber`: returns the edge's offer that removes it, to be
+    /// answered with [`EdgeRoom::answer`].
+    ///
+    /// # Errors
+    /// [`SfuError::NotSubscribed`]; what [`Edge::remove_track`] and [`Edge::offer`] return.
+    pub fn unsubscribe(
+        &mut self,
+        now: Instant,
+        subscriber: ConnId,
+        track: TrackId,
+    ) -> Result<String, SfuError> {
+        let leg = self
+            .legs
+            .remove(&(subscriber, track))
+            .ok_or(SfuError::NotSubscribed(track.0))?;
+        self.core.unsubscribe(pid(subscriber), track);
+        self.edge.remove_track(subscriber, leg.sender)?;
+        self.edge.offer(now, subscriber)
+    }
+
     /// Ask for `rid` (None: the first layer) of `track` for `subscriber`. The switch happens
     /// at the layer's next key frame, which the room asks the publisher for (SFU-KF-03); the
     /// leg's estimate may hold a lower layer (SFU-BWE-03).
@@ -301,7 +339,7 @@ impl EdgeRoom {
         while let Some((id, ev)) = self.edge.poll_event() {
             match ev {
                 EdgeEvent::Connected => self.events.push_back(RoomEvent::Connected(id)),
-                EdgeEvent::Closed => self.leave(id),
+                EdgeEvent::Closed => self.leave(now, id),
                 EdgeEvent::TrackOpen {
                     track,
                     receiver,
@@ -417,13 +455,41 @@ impl EdgeRoom {
         }
     }
 
-    fn leave(&mut self, id: ConnId) {
+    /// A participant is gone: its tracks end, and every subscriber of one gets an offer
+    /// without it.
+    fn leave(&mut self, now: Instant, id: ConnId) {
         self.core.remove_participant(pid(id));
         self.sdp.remove(&id);
         self.track_ids.retain(|(p, _), _| *p != id);
+        let gone: Vec<TrackId> = self
+            .published
+            .iter()
+            .filter(|(_, p)| p.publisher == id)
+            .map(|(t, _)| *t)
+            .collect();
         self.published.retain(|_, p| p.publisher != id);
-        self.legs
-            .retain(|(s, t), _| *s != id && self.published.contains_key(t));
+        self.legs.retain(|(s, _), _| *s != id);
+        let mut renegotiate = Vec::new();
+        for t in &gone {
+            let subs: Vec<(ConnId, RTCRtpSenderId)> = self
+                .legs
+                .iter()
+                .filter(|((_, lt), _)| lt == t)
+                .map(|((s, _), l)| (*s, l.sender))
+                .collect();
+            for (s, sender) in subs {
+                self.legs.remove(&(s, *t));
+                if self.edge.remove_track(s, sender).is_ok() && !renegotiate.contains(&s) {
+                    renegotiate.push(s);
+                }
+            }
+            self.events.push_back(RoomEvent::Unpublished(*t));
+        }
+        for s in renegotiate {
+            if let Ok(sdp) = self.edge.offer(now, s) {
+                self.events.push_back(RoomEvent::Offer { to: s, sdp });
+            }
+        }
         self.events.push_back(RoomEvent::Left(id));
     }
 }

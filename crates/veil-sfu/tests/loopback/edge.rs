@@ -565,17 +565,22 @@ async fn answer_offer(p: &Peer, offer: String) -> String {
 
 type Room = Arc<Mutex<EdgeRoom>>;
 
-/// A room on a new edge, driven on its own socket; its events come out on the receiver.
+/// A room on a new edge, driven on its own socket; its events come out on the receiver. A
+/// participant that goes silent for 3 s (webrtc-rs peers send consent checks every 2 s) is
+/// gone a second later.
 fn start_room() -> (Room, mpsc::UnboundedReceiver<EdgeRoomEvent>) {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.set_nonblocking(true).unwrap();
     let socket = Arc::new(UdpSocket::from_std(socket).unwrap());
     let rtx = Arc::new(RtxCount(Metrics::default().rtx.clone()));
-    let room = Arc::new(Mutex::new(EdgeRoom::new(
-        socket.local_addr().unwrap(),
-        rtx,
-        Instant::now(),
-    )));
+    let timers = peer::IceTimers {
+        silence: Duration::from_secs(3),
+        grace: Duration::from_secs(1),
+        keepalive: Duration::from_millis(250),
+    };
+    let room = Arc::new(Mutex::new(
+        EdgeRoom::new(socket.local_addr().unwrap(), rtx, Instant::now()).with_ice_timers(timers),
+    ));
     let (tx, events) = mpsc::unbounded_channel();
     tokio::spawn(drive(socket, room.clone(), tx));
     (room, events)
@@ -610,11 +615,15 @@ async fn subscribe_room(room: &Room, p: &Peer, id: ConnId, track: veil_sfu::rout
 /// it (the edge offered, they answered).
 struct RoomWith {
     room: Arc<Mutex<EdgeRoom>>,
+    events: mpsc::UnboundedReceiver<EdgeRoomEvent>,
     publisher: Peer,
     track: LocalTrack,
     /// Alice's next sequence number.
     seq: u16,
+    tid: veil_sfu::routing::TrackId,
+    /// The subscribers, with their connections.
     subs: Vec<Peer>,
+    sub_ids: Vec<ConnId>,
 }
 
 async fn room_with(kind: MediaKind, ssrc: u32, subscribers: &[&str]) -> RoomWith {
@@ -641,19 +650,23 @@ async fn room_with(kind: MediaKind, ssrc: u32, subscribers: &[&str]) -> RoomWith
         }
         assert!(seq < 500, "alice's track was never published");
     };
-    let mut subs = Vec::new();
+    let (mut subs, mut sub_ids) = (Vec::new(), Vec::new());
     for name in subscribers {
         let mut p = Peer::new("edge", name, false).await;
         let id = join_room(&room, &mut p).await;
         subscribe_room(&room, &p, id, tid).await;
         subs.push(p);
+        sub_ids.push(id);
     }
     RoomWith {
         room,
+        events,
         publisher: alice,
         track,
         seq,
+        tid,
         subs,
+        sub_ids,
     }
 }
 
@@ -670,6 +683,7 @@ async fn a_room_on_the_edge_routes_a_publisher_to_its_subscribers() {
         track: mic,
         mut seq,
         mut subs,
+        ..
     } = room_with(MediaKind::Audio, 0xA11C_E001, &["bob", "carol"]).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     for p in &mut subs {
@@ -734,6 +748,7 @@ async fn a_room_on_the_edge_asks_for_key_frames_and_throttles_a_pli_flood() {
         track: cam,
         mut seq,
         mut subs,
+        ..
     } = room_with(MediaKind::Video, CAM, &["bob"]).await;
     let plis = cam.count_plis();
     let bob = &mut subs[0];
@@ -822,4 +837,93 @@ async fn a_room_on_the_edge_switches_simulcast_layers_at_key_frames() {
     cam.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     sender.await.unwrap();
     rx.assert_one_stream(b"qfh");
+}
+
+/// Count what each subscriber receives over `d` (after draining what came before).
+async fn received_during(
+    subs: &mut [Peer],
+    d: Duration,
+    mut send: impl AsyncFnMut(),
+) -> Vec<usize> {
+    for p in subs.iter_mut() {
+        while p.received.try_recv().is_ok() {}
+    }
+    let until = tokio::time::Instant::now() + d;
+    while tokio::time::Instant::now() < until {
+        send().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    subs.iter_mut()
+        .map(|p| std::iter::from_fn(|| p.received.try_recv().ok()).count())
+        .collect()
+}
+
+/// SFU-EDGE-10: unsubscribing renegotiates the track away: bob stops receiving, carol does not.
+/// A publisher that leaves takes its tracks with it: the room announces them gone and offers
+/// each of their subscribers a session without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracks_leave_by_unsubscribing_and_with_their_publisher() {
+    init_tracing();
+    let RoomWith {
+        room,
+        mut events,
+        publisher: alice,
+        track: mic,
+        mut seq,
+        tid,
+        mut subs,
+        sub_ids,
+    } = room_with(MediaKind::Audio, 0xA11C_E003, &["bob", "carol"]).await;
+    let mut talk = async || {
+        mic.send(seq, 960 * u32::from(seq), false, &[], payload(3, 60))
+            .await;
+        seq = seq.wrapping_add(1);
+    };
+    let before = received_during(&mut subs, Duration::from_millis(600), &mut talk).await;
+    assert!(before.iter().all(|n| *n >= 20), "both receive: {before:?}");
+
+    let offer = room
+        .lock()
+        .unwrap()
+        .unsubscribe(Instant::now(), sub_ids[0], tid)
+        .unwrap();
+    let answer = answer_offer(&subs[0], offer).await;
+    room.lock()
+        .unwrap()
+        .answer(Instant::now(), sub_ids[0], &answer)
+        .unwrap();
+    let after = received_during(&mut subs, Duration::from_millis(600), &mut talk).await;
+    assert_eq!(after[0], 0, "bob unsubscribed: {after:?}");
+    assert!(after[1] >= 20, "carol still receives: {after:?}");
+    let again = room
+        .lock()
+        .unwrap()
+        .unsubscribe(Instant::now(), sub_ids[0], tid);
+    assert!(again.is_err(), "{again:?}");
+
+    // Alice leaves (her connection closes; the room notices within its ICE timers): her track
+    // is gone, and carol (still subscribed) gets an offer without it.
+    alice.pc.close().await.unwrap();
+    let (mut unpublished, mut offered, mut left) = (false, None, false);
+    while !(unpublished && offered.is_some() && left) {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Some(EdgeRoomEvent::Unpublished(t))) => unpublished = t == tid,
+            Ok(Some(EdgeRoomEvent::Offer { to, sdp })) => {
+                assert_eq!(to, sub_ids[1], "only carol still had the track");
+                offered = Some(sdp);
+            }
+            Ok(Some(EdgeRoomEvent::Left(_))) => left = true,
+            Ok(Some(_)) => {}
+            _ => panic!(
+                "unpublished {unpublished}, offered {}, left {left}",
+                offered.is_some()
+            ),
+        }
+    }
+    let answer = answer_offer(&subs[1], offered.unwrap()).await;
+    room.lock()
+        .unwrap()
+        .answer(Instant::now(), sub_ids[1], &answer)
+        .unwrap();
 }
