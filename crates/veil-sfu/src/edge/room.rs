@@ -111,6 +111,11 @@ fn leg_name(t: TrackId) -> String {
     format!("t{}", t.0)
 }
 
+/// The track a [`leg_name`] names.
+fn leg_track(name: &str) -> Option<TrackId> {
+    name.strip_prefix('t')?.parse().ok().map(TrackId)
+}
+
 impl EdgeRoom {
     /// A room on a new edge at `local` (see [`Edge::new`]), with the SFU's interceptor chain
     /// on every connection, RTX reported to `rtx`.
@@ -217,7 +222,7 @@ impl EdgeRoom {
             let Some(p) = self.published.get(&track) else {
                 continue;
             };
-            let (publisher, receiver) = (p.publisher, p.receiver);
+            let publisher = p.publisher;
             let mime = peer::codec(p.kind).mime_type;
             let Some(leg) = self.legs.get_mut(&(subscriber, track)) else {
                 continue;
@@ -244,9 +249,7 @@ impl EdgeRoom {
             let since = now.saturating_duration_since(self.epoch);
             let ssrcs = self.core.subscribe(pid(subscriber), track, s, since)?;
             leg.live = true;
-            for ssrc in ssrcs {
-                let _ = self.edge.request_key_frame(now, publisher, receiver, ssrc);
-            }
+            self.ask_key_frames(now, track, ssrcs);
         }
         Ok(())
     }
@@ -288,13 +291,7 @@ impl EdgeRoom {
         let ssrcs = self
             .core
             .set_layer(pid(subscriber), track, rid.map(str::as_bytes), since)?;
-        if let Some(p) = self.published.get(&track) {
-            for ssrc in ssrcs {
-                let _ = self
-                    .edge
-                    .request_key_frame(now, p.publisher, p.receiver, ssrc);
-            }
-        }
+        self.ask_key_frames(now, track, ssrcs);
         Ok(())
     }
 
@@ -353,21 +350,12 @@ impl EdgeRoom {
                     self.forward(now, id, tid, &packet);
                 }
                 EdgeEvent::KeyFrameRequest { track } => {
-                    let Some(tid) = track
-                        .strip_prefix('t')
-                        .and_then(|n| n.parse().ok())
-                        .map(TrackId)
-                    else {
+                    let Some(tid) = leg_track(&track) else {
                         continue;
                     };
                     let since = self.since(now);
-                    if let Some(ssrc) = self.core.subscriber_key_frame_request(pid(id), tid, since)
-                        && let Some(p) = self.published.get(&tid)
-                    {
-                        let _ = self
-                            .edge
-                            .request_key_frame(now, p.publisher, p.receiver, ssrc);
-                    }
+                    let ssrc = self.core.subscriber_key_frame_request(pid(id), tid, since);
+                    self.ask_key_frames(now, tid, ssrc);
                 }
             }
         }
@@ -446,12 +434,23 @@ impl EdgeRoom {
                 let _ = self.edge.write_rtp(now, sub, leg.sender, rewrite(p, f));
             }
         }
-        if let Some(pb) = self.published.get(&tid) {
-            for ssrc in routed.key_frame_requests {
-                let _ = self
-                    .edge
-                    .request_key_frame(now, pb.publisher, pb.receiver, ssrc);
-            }
+        self.ask_key_frames(now, tid, routed.key_frame_requests);
+    }
+
+    /// Ask `track`'s publisher for key frames of `ssrcs`: what the core decided, already
+    /// throttled (SFU-KF-01).
+    fn ask_key_frames(
+        &mut self,
+        now: Instant,
+        track: TrackId,
+        ssrcs: impl IntoIterator<Item = u32>,
+    ) {
+        let Some(p) = self.published.get(&track) else {
+            return;
+        };
+        let (publisher, receiver) = (p.publisher, p.receiver);
+        for ssrc in ssrcs {
+            let _ = self.edge.request_key_frame(now, publisher, receiver, ssrc);
         }
     }
 
@@ -497,6 +496,15 @@ impl EdgeRoom {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_legs_name_gives_back_its_track() {
+        for t in [0, 7, u64::MAX] {
+            assert_eq!(leg_track(&leg_name(TrackId(t))), Some(TrackId(t)));
+        }
+        assert_eq!(leg_track("mic"), None);
+        assert_eq!(leg_track("t"), None);
+    }
 
     #[test]
     fn outgoing_ssrcs_are_distinct_nonzero_and_never_another_tracks_rtx() {
