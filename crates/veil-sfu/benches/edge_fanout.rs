@@ -36,7 +36,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{mpsc, oneshot, watch};
-use veil_sfu::edge::{Edge, EdgeEvent, EdgeRoom, EdgeRoomEvent};
+use veil_sfu::edge::{Edge, EdgeEvent, EdgeRoom, EdgeRoomEvent, SansIo};
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::Metrics;
 use veil_sfu::shell::metrics::RtxCount;
@@ -161,35 +161,6 @@ fn run_edge(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
         io_turn(&mut edge, &sock, &mut buf, now);
     }
 }
-
-/// The socket side of the sans-I/O forwarders.
-trait SansIo {
-    fn handle_datagram(&mut self, now: Instant, from: std::net::SocketAddr, d: &[u8]);
-    fn handle_timeout(&mut self, now: Instant);
-    fn poll_timeout(&mut self) -> Option<Instant>;
-    fn poll_transmit(&mut self) -> Option<(std::net::SocketAddr, bytes::BytesMut)>;
-}
-
-macro_rules! sans_io {
-    ($t:ty) => {
-        impl SansIo for $t {
-            fn handle_datagram(&mut self, now: Instant, from: std::net::SocketAddr, d: &[u8]) {
-                <$t>::handle_datagram(self, now, from, d)
-            }
-            fn handle_timeout(&mut self, now: Instant) {
-                <$t>::handle_timeout(self, now)
-            }
-            fn poll_timeout(&mut self) -> Option<Instant> {
-                <$t>::poll_timeout(self)
-            }
-            fn poll_transmit(&mut self) -> Option<(std::net::SocketAddr, bytes::BytesMut)> {
-                <$t>::poll_transmit(self)
-            }
-        }
-    };
-}
-sans_io!(Edge);
-sans_io!(EdgeRoom);
 
 /// One turn of a forwarder's loop: send what is queued, then wait (at most 5 ms, and no longer
 /// than its next timer) for a datagram, and run the timers that are due.

@@ -74,6 +74,50 @@ fn rtc_error(what: &'static str) -> impl Fn(rtc::shared::error::Error) -> SfuErr
 /// A connection of the edge.
 pub type ConnId = usize;
 
+/// What an I/O loop does with [`Edge`] or [`EdgeRoom`]: feed datagrams and timeouts, drain
+/// datagrams to send and events. One loop can drive either (the tests and
+/// `benches/edge_fanout.rs` do).
+pub trait SansIo {
+    /// What [`SansIo::poll_event`] hands out.
+    type Event;
+    /// One datagram from `from`.
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]);
+    /// Run the timers that are due.
+    fn handle_timeout(&mut self, now: Instant);
+    /// When [`SansIo::handle_timeout`] is next due.
+    fn poll_timeout(&mut self) -> Option<Instant>;
+    /// The next datagram to send, and where.
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, BytesMut)>;
+    /// The next event.
+    fn poll_event(&mut self) -> Option<Self::Event>;
+}
+
+/// [`SansIo`] for a type whose own methods of those names do the work.
+macro_rules! sans_io {
+    ($t:ty, $ev:ty) => {
+        impl SansIo for $t {
+            type Event = $ev;
+            fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+                <$t>::handle_datagram(self, now, from, datagram);
+            }
+            fn handle_timeout(&mut self, now: Instant) {
+                <$t>::handle_timeout(self, now);
+            }
+            fn poll_timeout(&mut self) -> Option<Instant> {
+                <$t>::poll_timeout(self)
+            }
+            fn poll_transmit(&mut self) -> Option<(SocketAddr, BytesMut)> {
+                <$t>::poll_transmit(self)
+            }
+            fn poll_event(&mut self) -> Option<$ev> {
+                <$t>::poll_event(self)
+            }
+        }
+    };
+}
+sans_io!(Edge, (ConnId, EdgeEvent));
+sans_io!(EdgeRoom, room::RoomEvent);
+
 /// What a connection did.
 #[derive(Debug)]
 pub enum EdgeEvent {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use veil_sfu::edge::{ConnId, Edge, EdgeEvent, EdgeRoom, EdgeRoomEvent};
+use veil_sfu::edge::{ConnId, Edge, EdgeEvent, EdgeRoom, EdgeRoomEvent, SansIo};
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::Metrics;
 use veil_sfu::shell::metrics::RtxCount;
@@ -22,43 +22,8 @@ use crate::chromium::{Browser, PUBLISHER, read_request, respond};
 use crate::common::*;
 use crate::vanish::spawn_alice;
 
-/// What the test's I/O shell drives: the edge, or a room on it.
-trait SansIo: Send + 'static {
-    type Event: Send + 'static;
-    fn handle_datagram(&mut self, now: Instant, from: std::net::SocketAddr, d: &[u8]);
-    fn handle_timeout(&mut self, now: Instant);
-    fn poll_timeout(&mut self) -> Option<Instant>;
-    fn poll_transmit(&mut self) -> Option<(std::net::SocketAddr, bytes::BytesMut)>;
-    fn poll_event(&mut self) -> Option<Self::Event>;
-}
-
-macro_rules! sans_io {
-    ($t:ty, $ev:ty) => {
-        impl SansIo for $t {
-            type Event = $ev;
-            fn handle_datagram(&mut self, now: Instant, from: std::net::SocketAddr, d: &[u8]) {
-                <$t>::handle_datagram(self, now, from, d)
-            }
-            fn handle_timeout(&mut self, now: Instant) {
-                <$t>::handle_timeout(self, now)
-            }
-            fn poll_timeout(&mut self) -> Option<Instant> {
-                <$t>::poll_timeout(self)
-            }
-            fn poll_transmit(&mut self) -> Option<(std::net::SocketAddr, bytes::BytesMut)> {
-                <$t>::poll_transmit(self)
-            }
-            fn poll_event(&mut self) -> Option<$ev> {
-                <$t>::poll_event(self)
-            }
-        }
-    };
-}
-sans_io!(Edge, (ConnId, EdgeEvent));
-sans_io!(EdgeRoom, EdgeRoomEvent);
-
 /// The I/O shell of the test: one socket, the timers, the events out on a channel.
-async fn drive<S: SansIo>(
+async fn drive<S: SansIo<Event: Send> + Send + 'static>(
     socket: Arc<UdpSocket>,
     edge: Arc<Mutex<S>>,
     events: mpsc::UnboundedSender<S::Event>,
