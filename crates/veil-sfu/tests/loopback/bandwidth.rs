@@ -13,25 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use veil_sfu::routing::MediaKind;
-use veil_sfu::shell::peer::{self, VP8_PT};
-use veil_sfu::shell::sdp::{DD_URI, MID_URI, RID_URI};
+use veil_sfu::shell::peer::VP8_PT;
 use veil_sfu::{Sfu, SfuConfig};
 use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 
 use crate::common::*;
 
-const RIDS: [&str; 3] = ["q", "h", "f"];
-const SSRCS: [u32; 3] = [0x52_0001, 0x52_0002, 0x52_0003];
 /// Per 20 ms tick: packets and payload bytes of each layer (≈ 100, 300, 900 kbit/s of payload).
 const SHAPE: [(usize, usize); 3] = [(1, 250), (1, 750), (2, 1125)];
 const CAP_BPS: u64 = 500_000;
@@ -181,55 +171,16 @@ async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lif
         ..SfuConfig::default()
     });
     let mut alice = Peer::new(ROOM, "alice", true).await;
-    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-        "alice-stream".to_owned(),
-        "cam".to_owned(),
-        "cam".to_owned(),
-        RtpCodecKind::Video,
-        RIDS.iter()
-            .zip(SSRCS)
-            .map(|(rid, ssrc)| RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    rid: (*rid).to_owned(),
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: peer::codec(MediaKind::Video),
-                ..Default::default()
-            })
-            .collect(),
-    )));
-    let transceiver = alice
-        .pc
-        .add_transceiver_from_track(
-            track.clone(),
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Sendonly,
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
+    // Layers as `Simulcast` declares them; this test sends its own shape of traffic on them.
+    let cam = Simulcast::add(&alice).await;
     alice.join(&sfu).await;
-    let params = transceiver
-        .sender()
-        .await
-        .unwrap()
-        .unwrap()
-        .get_parameters()
-        .await
-        .unwrap()
-        .rtp_parameters;
-    let id = |uri: &str| {
-        params
-            .header_extensions
-            .iter()
-            .find(|h| h.uri == uri)
-            .map(|h| h.id as u8)
-            .unwrap_or_else(|| panic!("{uri} not negotiated"))
-    };
-    let (mid_id, rid_id, dd_id) = (id(MID_URI), id(RID_URI), id(DD_URI));
-    let mid = transceiver.mid().await.unwrap().unwrap();
+    let SimulcastIds {
+        mid,
+        mid_id,
+        rid_id,
+        dd_id,
+    } = cam.ids().await;
+    let track = cam.track.clone();
 
     // Alice: every 20 ms, each layer's packets, each packet one frame; one DD frame counter
     // across layers; a key frame on every layer every 25 ticks (0.5 s). mid/rid on the first
@@ -243,8 +194,11 @@ async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lif
             let mut next = tokio::time::Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let mut frame = n.wrapping_mul(4);
-                for (l, ((rid, ssrc), (packets, len))) in
-                    RIDS.iter().zip(SSRCS).zip(SHAPE).enumerate()
+                for (l, ((rid, ssrc), (packets, len))) in SIMULCAST_RIDS
+                    .iter()
+                    .zip(SIMULCAST_SSRCS)
+                    .zip(SHAPE)
+                    .enumerate()
                 {
                     for _ in 0..packets {
                         let mut header = rtp::header::Header {

@@ -767,6 +767,18 @@ pub const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
 /// The SSRCs of its layers.
 pub const SIMULCAST_SSRCS: [u32; 3] = [0x51_0001, 0x51_0002, 0x51_0003];
 
+/// What a [`Simulcast`] track's leg negotiated.
+pub struct SimulcastIds {
+    /// The track's mid.
+    pub mid: String,
+    /// Extension id of mid.
+    pub mid_id: u8,
+    /// Extension id of rid.
+    pub rid_id: u8,
+    /// Extension id of the DD.
+    pub dd_id: u8,
+}
+
 /// A simulcast video track sent the way Chromium sends one: layers q/h/f, a DD on every
 /// packet with one frame counter across layers, a key frame on every layer every 10 frames,
 /// mid and rid only while `announce` holds. Each payload starts with its layer's rid.
@@ -817,8 +829,8 @@ impl Simulcast {
         }
     }
 
-    /// Once connected: a frame every 20 ms on each layer until `stop`.
-    pub async fn start(&self) -> tokio::task::JoinHandle<()> {
+    /// Once connected: the mid and the extension ids its leg negotiated.
+    pub async fn ids(&self) -> SimulcastIds {
         let params = self
             .transceiver
             .sender()
@@ -837,8 +849,22 @@ impl Simulcast {
                 .map(|h| h.id as u8)
                 .unwrap_or_else(|| panic!("{uri} not negotiated"))
         };
-        let (mid_id, rid_id, dd_id) = (id(MID_URI), id(RID_URI), id(DD_URI));
-        let mid = self.transceiver.mid().await.unwrap().unwrap();
+        SimulcastIds {
+            mid: self.transceiver.mid().await.unwrap().unwrap(),
+            mid_id: id(MID_URI),
+            rid_id: id(RID_URI),
+            dd_id: id(DD_URI),
+        }
+    }
+
+    /// Once connected: a frame every 20 ms on each layer until `stop`.
+    pub async fn start(&self) -> tokio::task::JoinHandle<()> {
+        let SimulcastIds {
+            mid,
+            mid_id,
+            rid_id,
+            dd_id,
+        } = self.ids().await;
         let (stop, announce, track) =
             (self.stop.clone(), self.announce.clone(), self.track.clone());
         tokio::spawn(async move {
