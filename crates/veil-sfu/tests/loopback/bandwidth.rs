@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rtc::rtp;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -174,12 +173,8 @@ async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lif
     // Layers as `Simulcast` declares them; this test sends its own shape of traffic on them.
     let cam = Simulcast::add(&alice).await;
     alice.join(&sfu).await;
-    let SimulcastIds {
-        mid,
-        mid_id,
-        rid_id,
-        dd_id,
-    } = cam.ids().await;
+    let ids = cam.ids().await;
+    let dd_id = ids.dd_id;
     let track = cam.track.clone();
 
     // Alice: every 20 ms, each layer's packets, each packet one frame; one DD frame counter
@@ -216,12 +211,7 @@ async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lif
                             .unwrap();
                         frame = frame.wrapping_add(1);
                         if n < 50 {
-                            header
-                                .set_extension(mid_id, Bytes::from(mid.clone()))
-                                .unwrap();
-                            header
-                                .set_extension(rid_id, Bytes::from(rid.to_string()))
-                                .unwrap();
+                            ids.announce(&mut header, rid);
                         }
                         let mut body = payload(u64::from(n), len).to_vec();
                         body[0] = rid.as_bytes()[0];

@@ -320,6 +320,20 @@ impl Peer {
         }
     }
 
+    /// A send-only transceiver for `track`.
+    pub async fn add_sendonly(&self, track: Arc<TrackLocalStaticRTP>) -> Arc<dyn RtpTransceiver> {
+        self.pc
+            .add_transceiver_from_track(
+                track,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap()
+    }
+
     /// Add a send-only track.
     pub async fn add_track(&self, kind: MediaKind, ssrc: u32, id: &str) -> LocalTrack {
         let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
@@ -342,17 +356,7 @@ impl Peer {
                 ..Default::default()
             }],
         )));
-        let t = self
-            .pc
-            .add_transceiver_from_track(
-                track.clone(),
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Sendonly,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .unwrap();
+        let t = self.add_sendonly(track.clone()).await;
         let sender = t.sender().await.unwrap().unwrap();
         LocalTrack {
             track,
@@ -779,6 +783,18 @@ pub struct SimulcastIds {
     pub dd_id: u8,
 }
 
+impl SimulcastIds {
+    /// Put the mid and the layer's `rid` on `header`, as a stream's first packets carry them.
+    pub fn announce(&self, header: &mut rtp::header::Header, rid: &str) {
+        header
+            .set_extension(self.mid_id, Bytes::from(self.mid.clone()))
+            .unwrap();
+        header
+            .set_extension(self.rid_id, Bytes::from(rid.to_owned()))
+            .unwrap();
+    }
+}
+
 /// A simulcast video track sent the way Chromium sends one: layers q/h/f, a DD on every
 /// packet with one frame counter across layers, a key frame on every layer every 10 frames,
 /// mid and rid only while `announce` holds. Each payload starts with its layer's rid.
@@ -811,16 +827,7 @@ impl Simulcast {
                 })
                 .collect(),
         )));
-        let transceiver =
-            p.pc.add_transceiver_from_track(
-                track.clone(),
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Sendonly,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .unwrap();
+        let transceiver = p.add_sendonly(track.clone()).await;
         Simulcast {
             track,
             transceiver,
@@ -859,12 +866,8 @@ impl Simulcast {
 
     /// Once connected: a frame every 20 ms on each layer until `stop`.
     pub async fn start(&self) -> tokio::task::JoinHandle<()> {
-        let SimulcastIds {
-            mid,
-            mid_id,
-            rid_id,
-            dd_id,
-        } = self.ids().await;
+        let ids = self.ids().await;
+        let dd_id = ids.dd_id;
         let (stop, announce, track) =
             (self.stop.clone(), self.announce.clone(), self.track.clone());
         tokio::spawn(async move {
@@ -885,12 +888,7 @@ impl Simulcast {
                         .set_extension(dd_id, dd(frame, n.is_multiple_of(10)))
                         .unwrap();
                     if announce.load(Ordering::Relaxed) {
-                        header
-                            .set_extension(mid_id, Bytes::from(mid.clone()))
-                            .unwrap();
-                        header
-                            .set_extension(rid_id, Bytes::from(rid.to_string()))
-                            .unwrap();
+                        ids.announce(&mut header, rid);
                     }
                     let mut body = payload(u64::from(n), 300 + 100 * l).to_vec();
                     body[0] = rid.as_bytes()[0];
