@@ -845,39 +845,60 @@ async fn measure(
     }
 }
 
-/// The `veil-server` binary of this build, and its row label.
-fn this_server() -> (std::path::PathBuf, String) {
+/// The `veil-server` binary of this build, and its row label, serving the SFU with `engine`.
+fn this_server(engine: &str) -> (std::path::PathBuf, String) {
     (
         env!("CARGO_BIN_EXE_veil-server").into(),
-        "veil-server SFU".to_owned(),
+        format!("veil-server SFU ({engine})"),
     )
 }
 
-async fn run_sfu(sc: &Scenario, n: usize, server: &(std::path::PathBuf, String)) -> Measured {
+/// `--engines edge,tasks` (the default: both, in that order): the SFU shells to measure.
+fn engines() -> Vec<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == "--engines").map_or_else(
+        || vec!["edge".to_owned(), "tasks".to_owned()],
+        |i| {
+            args.get(i + 1)
+                .expect("--engines edge,tasks")
+                .split(',')
+                .map(str::to_owned)
+                .collect()
+        },
+    )
+}
+
+/// Run one point through `server`; `engine` is passed as `--sfu-engine` (None: the binary's
+/// default, for a `--compare` build that may predate the flag).
+async fn run_sfu(
+    sc: &Scenario,
+    n: usize,
+    server: &(std::path::PathBuf, String),
+    engine: Option<&str>,
+) -> Measured {
     let dir = tempfile::tempdir().unwrap();
     let secret = "42".repeat(32);
     let key = TokenKey::parse(&format!("bench:{secret}")).unwrap();
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
     let data = dir.path().join("data");
-    let (child, line) = spawn_pinned(
-        sc.pinned,
-        &server.0,
-        &[
-            "serve",
-            "--role",
-            "sfu",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--token-key",
-            &format!("bench:{secret}"),
-        ],
-        Stdio::from(log),
-    )
-    .await;
+    let token_key = format!("bench:{secret}");
+    let mut args = vec![
+        "serve",
+        "--role",
+        "sfu",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--token-key",
+        &token_key,
+    ];
+    if let Some(e) = engine {
+        args.extend(["--sfu-engine", e]);
+    }
+    let (child, line) = spawn_pinned(sc.pinned, &server.0, &args, Stdio::from(log)).await;
     let field = |k: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(k))
@@ -1184,46 +1205,63 @@ async fn bench(quick: bool, pinned: bool) {
             pinned,
             tick,
         };
-        let sfu = run_sfu(&sc, n, &this_server()).await;
+        let mut sfus = Vec::new();
+        for engine in engines() {
+            let m = run_sfu(&sc, n, &this_server(&engine), Some(&engine)).await;
+            let rate = row(&sc, &m);
+            sfus.push((rate, m));
+        }
         let other = match compare() {
             Some(bin) => {
                 let label = format!("veil-server SFU ({})", bin.display());
-                Some(run_sfu(&sc, n, &(bin, label)).await)
+                let m = run_sfu(&sc, n, &(bin, label), None).await;
+                Some((row(&sc, &m), m))
             }
             None => None,
         };
         let relay = run_relay(&sc).await;
-        let a = row(&sc, &sfu);
-        let other = other.map(|m| (row(&sc, &m), m));
         let b = row(&sc, &relay);
-        notes.push(format!(
-            "{publishers}×{subscribers}: SFU forwards {:.0} % of the relay's packets per CPU-second \
-             (relay/SFU {:.1}×); warm-up {:.1} s / {:.1} s; SFU counter {}{}",
-            100.0 * a / b,
-            b / a,
-            sfu.w.warm_up.as_secs_f64(),
-            relay.w.warm_up.as_secs_f64(),
-            sfu.w.counter.map_or_else(
-                || "n/a (veil-server's /metrics does not export veil_sfu_*)".to_owned(),
-                |c| format!("{:.0} in the window", c)
-            ),
-            if sfu.notes.is_empty() {
-                String::new()
-            } else {
-                format!("; server log: {}", sfu.notes)
-            },
-        ));
-        if let Some((o, m)) = &other {
+        for (a, sfu) in &sfus {
             notes.push(format!(
-                "{publishers}×{subscribers}: this build / {}: {:.2}× the packets per CPU-second",
+                "{publishers}×{subscribers} {}: forwards {:.0} % of the relay's packets per \
+                 CPU-second (relay/SFU {:.1}×); warm-up {:.1} s / {:.1} s; SFU counter {}{}",
+                sfu.path,
+                100.0 * a / b,
+                b / a,
+                sfu.w.warm_up.as_secs_f64(),
+                relay.w.warm_up.as_secs_f64(),
+                sfu.w.counter.map_or_else(
+                    || "n/a (veil-server's /metrics does not export veil_sfu_*)".to_owned(),
+                    |c| format!("{:.0} in the window", c)
+                ),
+                if sfu.notes.is_empty() {
+                    String::new()
+                } else {
+                    format!("; server log: {}", sfu.notes)
+                },
+            ));
+        }
+        if let [(a, first), (b, second), ..] = sfus.as_slice() {
+            notes.push(format!(
+                "{publishers}×{subscribers}: {} / {}: {:.2}× the packets per CPU-second",
+                first.path,
+                second.path,
+                a / b
+            ));
+        }
+        if let (Some((o, m)), Some((a, first))) = (&other, sfus.first()) {
+            notes.push(format!(
+                "{publishers}×{subscribers}: {} / {}: {:.2}× the packets per CPU-second",
+                first.path,
                 m.path,
                 a / o
             ));
             notes.extend(warnings(&sc, m));
         }
-        for m in [&sfu, &relay] {
+        for (_, m) in &sfus {
             notes.extend(warnings(&sc, m));
         }
+        notes.extend(warnings(&sc, &relay));
     }
     println!();
     for n in notes {

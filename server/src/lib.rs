@@ -61,6 +61,19 @@ pub enum ServerError {
     /// The gRPC transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The SFU could not start (e.g. its UDP address cannot be bound).
+    #[error("SFU: {0}")]
+    Sfu(#[from] veil_sfu::SfuError),
+}
+
+/// How the SFU moves media (specs/sfu.md, "Two shells").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SfuEngine {
+    /// Every participant on one UDP port, one thread driving all connections (`EdgeSfu`).
+    #[default]
+    Edge,
+    /// A UDP port, a webrtc-rs connection and its tasks per participant (`Sfu`).
+    Tasks,
 }
 
 /// Everything [`run`] needs.
@@ -80,6 +93,8 @@ pub struct ServerConfig {
     pub keys: bool,
     /// Serve the blind SFU (`veil.sfu.v1`) with this configuration.
     pub sfu: Option<veil_sfu::SfuConfig>,
+    /// Which of the SFU's shells serves it.
+    pub sfu_engine: SfuEngine,
 }
 
 impl ServerConfig {
@@ -95,6 +110,7 @@ impl ServerConfig {
             kds: Config::default(),
             keys: true,
             sfu: Some(veil_sfu::SfuConfig::default()),
+            sfu_engine: SfuEngine::default(),
         }
     }
 }
@@ -201,11 +217,30 @@ pub async fn run(
     } else {
         None
     };
-    let sfu = cfg.sfu.clone().map(veil_sfu::Sfu::new);
+    // One of the two shells serves the SFU; the other stays `None`.
+    let (tasks, edge) = match (cfg.sfu.clone(), cfg.sfu_engine) {
+        (None, _) => (None, None),
+        (Some(c), SfuEngine::Tasks) => (Some(veil_sfu::Sfu::new(c)), None),
+        (Some(c), SfuEngine::Edge) => (None, Some(veil_sfu::edge::EdgeSfu::new(c)?)),
+    };
+    let room_events = tasks
+        .as_ref()
+        .map(veil_sfu::Sfu::room_events)
+        .or_else(|| edge.as_ref().map(veil_sfu::edge::EdgeSfu::room_events));
+    let sfu_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>> = match (&tasks, &edge) {
+        (Some(s), _) => {
+            let s = s.clone();
+            Some(Arc::new(move || s.metrics().encode()))
+        }
+        (None, Some(e)) => {
+            let e = e.clone();
+            Some(Arc::new(move || e.metrics().encode()))
+        }
+        (None, None) => None,
+    };
     // One process, both roles: a participant the SFU timed out is one the key service should
     // remove from the group (KDS-REM-01), without waiting for its key-service stream to drop.
-    if let (Some(svc), Some(sfu)) = (&svc, &sfu) {
-        let mut events = sfu.room_events();
+    if let (Some(svc), Some(mut events)) = (&svc, room_events) {
         let svc = svc.clone();
         tokio::spawn(async move {
             use veil_sfu::{LeaveReason, RoomEvent};
@@ -248,11 +283,11 @@ pub async fn run(
             let bound = l.local_addr().ok();
             // One exposition for the roles this process runs (the SFU's metrics are
             // `veil_sfu_*`, the key service's `veil_keys_*`).
-            let (keys, sfu_handle) = (metrics.clone(), sfu.clone());
+            let (keys, sfu_handle) = (metrics.clone(), sfu_metrics.clone());
             let exposition: metrics::Exposition = Arc::new(move || {
                 let mut parts = vec![keys.encode()];
                 if let Some(s) = &sfu_handle {
-                    parts.push(s.metrics().encode());
+                    parts.push(s());
                 }
                 metrics::join_expositions(&parts)
             });
@@ -277,12 +312,19 @@ pub async fn run(
         }
         None => None,
     };
-    let sfu_api = sfu.map(|s| veil_sfu::grpc::SfuService::new(s, verifier).into_server());
+    let tasks_api =
+        tasks.map(|s| veil_sfu::grpc::SfuService::new(s, verifier.clone()).into_server());
+    let edge_api = edge.map(|s| veil_sfu::grpc::SfuService::new(s, verifier).into_server());
+    let sfu = match (&tasks_api, &edge_api) {
+        (Some(_), _) => "tasks",
+        (None, Some(_)) => "edge",
+        (None, None) => "off",
+    };
     tracing::info!(
         %grpc,
         metrics = ?metrics_addr,
         keys = keys_api.is_some(),
-        sfu = sfu_api.is_some(),
+        sfu,
         db = %db.display(),
         "veil-server listening"
     );
@@ -303,7 +345,8 @@ pub async fn run(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(health_svc)
         .add_optional_service(keys_api)
-        .add_optional_service(sfu_api)
+        .add_optional_service(tasks_api)
+        .add_optional_service(edge_api)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

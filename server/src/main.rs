@@ -74,6 +74,19 @@ struct ServeArgs {
         default_value = "127.0.0.1:0"
     )]
     sfu_udp: Vec<String>,
+    /// How the SFU moves media: `edge` (every participant on the first `--sfu-udp` address,
+    /// one thread) or `tasks` (a port and a webrtc-rs connection with its tasks per
+    /// participant).
+    #[arg(long, env = "VEIL_SFU_ENGINE", default_value = "edge")]
+    sfu_engine: Engine,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Engine {
+    /// One UDP port for every participant.
+    Edge,
+    /// A UDP port and tasks per participant.
+    Tasks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -155,6 +168,10 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     cfg.kds.departure_grace = Duration::from_millis(args.departure_grace_ms);
     cfg.kds.max_message_bytes = args.max_message_bytes;
     cfg.keys = args.role.contains(&Role::Keys);
+    cfg.sfu_engine = match args.sfu_engine {
+        Engine::Edge => veil_server::SfuEngine::Edge,
+        Engine::Tasks => veil_server::SfuEngine::Tasks,
+    };
     cfg.sfu = args.role.contains(&Role::Sfu).then(|| veil_sfu::SfuConfig {
         udp_addrs: args.sfu_udp.clone(),
         ..veil_sfu::SfuConfig::default()

@@ -15,7 +15,7 @@
 //!   (`shell::peer::interceptors`; the SFU adds congestion control on top in both cases).
 //! - `sfu`: the SFU itself ([`veil_sfu::Sfu`], the async shell with its routing core, metrics
 //!   and congestion control), joined and subscribed through its in-process API.
-//! - `room`: the same routing core on the edge ([`EdgeRoom`], with congestion control).
+//! - `room`: the same routing core on the edge ([`EdgeRooms`], with congestion control).
 //!
 //! The first pair measures the edge against the async structure; the second pair is the whole
 //! SFU on either edge.
@@ -36,10 +36,9 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{mpsc, oneshot, watch};
-use veil_sfu::edge::{Edge, EdgeEvent, EdgeRoom, EdgeRoomEvent, SansIo};
+use veil_sfu::edge::{Edge, EdgeEvent, EdgeRoomEvent, EdgeRooms, SansIo};
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::Metrics;
-use veil_sfu::shell::metrics::RtxCount;
 use veil_sfu::shell::peer::{self, OPUS_PT};
 use veil_sfu::{Sfu, SfuConfig, SignalEvent};
 use webrtc::media_stream::track_local::TrackLocal as _;
@@ -354,8 +353,12 @@ async fn run_async(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
 
 fn run_room(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let rtx = Arc::new(RtxCount(Metrics::default().rtx.clone()));
-    let mut room = EdgeRoom::new(sock.local_addr().unwrap(), rtx, Instant::now());
+    let mut room = EdgeRooms::new(
+        sock.local_addr().unwrap(),
+        SfuConfig::default(),
+        Arc::new(Metrics::default()),
+        Instant::now(),
+    );
     let mut conns = Vec::new();
     let mut track = None;
     let mut waiting: Option<(usize, oneshot::Sender<String>)> = None;
@@ -368,11 +371,16 @@ fn run_room(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
             }
         }
         if let (Some(t), Some((n, reply))) = (track, waiting.take()) {
-            let _ = reply.send(room.subscribe(now, conns[n], t).unwrap());
+            room.subscribe(now, conns[n], t).unwrap();
+            let offer = std::iter::from_fn(|| room.poll_event()).find_map(|e| match e {
+                EdgeRoomEvent::Offer { sdp, .. } => Some(sdp),
+                _ => None,
+            });
+            let _ = reply.send(offer.unwrap());
         }
         match cmds.try_recv() {
             Ok(Cmd::Join(offer, reply)) => {
-                let (id, answer) = room.join(now, &offer).unwrap();
+                let (id, answer) = room.join(now, "bench", "p", &offer, true).unwrap();
                 conns.push(id);
                 let _ = reply.send(answer);
             }

@@ -94,6 +94,9 @@ pub enum SfuError {
     Limit(&'static str),
 
     // --- transport and internal ---
+    /// The SFU cannot start with its configuration (e.g. its UDP address cannot be bound).
+    #[error("SFU configuration: {0}")]
+    Config(String),
     /// webrtc-rs failed.
     #[error("WebRTC: {0}")]
     WebRtc(String),

@@ -24,27 +24,187 @@ use veil_auth::{GrantKind, Verifier};
 use veil_proto::sfu::v1 as pb;
 use veil_proto::sfu::v1::sfu_server::{Sfu as SfuRpc, SfuServer};
 
+use crate::edge::EdgeSfu;
 use crate::error::SfuError;
 use crate::routing::MediaKind;
-use crate::shell::{IceCandidate, LeaveReason, Permissions, Sfu, SignalEvent};
+use crate::shell::{IceCandidate, LeaveReason, Permissions, Session, Sfu, SignalEvent};
 
-/// The gRPC face of an [`Sfu`].
+/// What the gRPC service asks of an SFU: the signalling calls of one participant. Both shells
+/// serve it: [`Sfu`] (a connection and its tasks per participant) and [`EdgeSfu`] (every
+/// participant on one socket).
+pub trait Backend: Clone + Send + Sync + 'static {
+    /// Admit `identity` to `room` with its offer.
+    fn join_with(
+        &self,
+        room: &str,
+        identity: &str,
+        offer: &str,
+        permissions: Permissions,
+    ) -> impl Future<Output = Result<Session, SfuError>> + Send;
+    /// The room's packetization label (SFU-ROOM-03).
+    fn settle_packetization(&self, room: &str, proposal: i32) -> impl Future<Output = i32> + Send;
+    /// A new offer from the participant; the answer.
+    fn offer(
+        &self,
+        room: &str,
+        identity: &str,
+        sdp: &str,
+    ) -> impl Future<Output = Result<String, SfuError>> + Send;
+    /// The participant's answer to the SFU's offer.
+    fn answer(
+        &self,
+        room: &str,
+        identity: &str,
+        sdp: &str,
+    ) -> impl Future<Output = Result<(), SfuError>> + Send;
+    /// A trickled candidate.
+    fn add_ice_candidate(
+        &self,
+        room: &str,
+        identity: &str,
+        c: IceCandidate,
+    ) -> impl Future<Output = Result<(), SfuError>> + Send;
+    /// Receive a track.
+    fn subscribe(
+        &self,
+        room: &str,
+        identity: &str,
+        track: &str,
+    ) -> impl Future<Output = Result<(), SfuError>> + Send;
+    /// Stop receiving a track.
+    fn unsubscribe(
+        &self,
+        room: &str,
+        identity: &str,
+        track: &str,
+    ) -> impl Future<Output = Result<(), SfuError>> + Send;
+    /// Which simulcast layer of a track to receive.
+    fn set_layer_preference(
+        &self,
+        room: &str,
+        identity: &str,
+        track: &str,
+        rid: Option<&str>,
+    ) -> impl Future<Output = Result<(), SfuError>> + Send;
+    /// Leave.
+    fn leave(
+        &self,
+        room: &str,
+        identity: &str,
+    ) -> impl Future<Output = Result<(), SfuError>> + Send;
+}
+
+impl Backend for Sfu {
+    async fn join_with(
+        &self,
+        room: &str,
+        identity: &str,
+        offer: &str,
+        permissions: Permissions,
+    ) -> Result<Session, SfuError> {
+        Sfu::join_with(self, room, identity, offer, permissions).await
+    }
+    async fn settle_packetization(&self, room: &str, proposal: i32) -> i32 {
+        Sfu::settle_packetization(self, room, proposal)
+    }
+    async fn offer(&self, room: &str, identity: &str, sdp: &str) -> Result<String, SfuError> {
+        Sfu::offer(self, room, identity, sdp).await
+    }
+    async fn answer(&self, room: &str, identity: &str, sdp: &str) -> Result<(), SfuError> {
+        Sfu::answer(self, room, identity, sdp).await
+    }
+    async fn add_ice_candidate(
+        &self,
+        room: &str,
+        identity: &str,
+        c: IceCandidate,
+    ) -> Result<(), SfuError> {
+        Sfu::add_ice_candidate(self, room, identity, c).await
+    }
+    async fn subscribe(&self, room: &str, identity: &str, track: &str) -> Result<(), SfuError> {
+        Sfu::subscribe(self, room, identity, track).await
+    }
+    async fn unsubscribe(&self, room: &str, identity: &str, track: &str) -> Result<(), SfuError> {
+        Sfu::unsubscribe(self, room, identity, track).await
+    }
+    async fn set_layer_preference(
+        &self,
+        room: &str,
+        identity: &str,
+        track: &str,
+        rid: Option<&str>,
+    ) -> Result<(), SfuError> {
+        Sfu::set_layer_preference(self, room, identity, track, rid).await
+    }
+    async fn leave(&self, room: &str, identity: &str) -> Result<(), SfuError> {
+        Sfu::leave(self, room, identity).await
+    }
+}
+
+impl Backend for EdgeSfu {
+    async fn join_with(
+        &self,
+        room: &str,
+        identity: &str,
+        offer: &str,
+        permissions: Permissions,
+    ) -> Result<Session, SfuError> {
+        EdgeSfu::join_with(self, room, identity, offer, permissions).await
+    }
+    async fn settle_packetization(&self, room: &str, proposal: i32) -> i32 {
+        EdgeSfu::settle_packetization(self, room, proposal).await
+    }
+    async fn offer(&self, room: &str, identity: &str, sdp: &str) -> Result<String, SfuError> {
+        EdgeSfu::offer(self, room, identity, sdp).await
+    }
+    async fn answer(&self, room: &str, identity: &str, sdp: &str) -> Result<(), SfuError> {
+        EdgeSfu::answer(self, room, identity, sdp).await
+    }
+    async fn add_ice_candidate(
+        &self,
+        room: &str,
+        identity: &str,
+        _: IceCandidate,
+    ) -> Result<(), SfuError> {
+        EdgeSfu::add_ice_candidate(self, room, identity).await
+    }
+    async fn subscribe(&self, room: &str, identity: &str, track: &str) -> Result<(), SfuError> {
+        EdgeSfu::subscribe(self, room, identity, track).await
+    }
+    async fn unsubscribe(&self, room: &str, identity: &str, track: &str) -> Result<(), SfuError> {
+        EdgeSfu::unsubscribe(self, room, identity, track).await
+    }
+    async fn set_layer_preference(
+        &self,
+        room: &str,
+        identity: &str,
+        track: &str,
+        rid: Option<&str>,
+    ) -> Result<(), SfuError> {
+        EdgeSfu::set_layer_preference(self, room, identity, track, rid).await
+    }
+    async fn leave(&self, room: &str, identity: &str) -> Result<(), SfuError> {
+        EdgeSfu::leave(self, room, identity).await
+    }
+}
+
+/// The gRPC face of an SFU ([`Sfu`] by default, or [`EdgeSfu`]).
 #[derive(Clone)]
-pub struct SfuService {
-    sfu: Sfu,
+pub struct SfuService<B = Sfu> {
+    sfu: B,
     verifier: Arc<Verifier>,
 }
 
-impl core::fmt::Debug for SfuService {
+impl<B> core::fmt::Debug for SfuService<B> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SfuService").finish_non_exhaustive()
     }
 }
 
-impl SfuService {
+impl<B: Backend> SfuService<B> {
     /// Serve `sfu`, admitting tokens that `verifier` accepts.
     #[must_use]
-    pub fn new(sfu: Sfu, verifier: Verifier) -> Self {
+    pub fn new(sfu: B, verifier: Verifier) -> Self {
         Self {
             sfu,
             verifier: Arc::new(verifier),
@@ -115,7 +275,7 @@ fn token<T>(req: &Request<T>) -> Result<String, SfuError> {
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SignalEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl SfuRpc for SfuService {
+impl<B: Backend> SfuRpc for SfuService<B> {
     type SignalStream = EventStream;
 
     async fn signal(
@@ -141,8 +301,8 @@ fn ev(event: pb::signal_event::Event) -> Result<pb::SignalEvent, Status> {
 }
 
 /// One participant session: `Join` first, then requests and events until either side ends it.
-async fn session(
-    sfu: Sfu,
+async fn session<B: Backend>(
+    sfu: B,
     claims: veil_auth::VerifiedClaims,
     mut inbound: Streaming<pb::SignalRequest>,
     tx: Tx,
@@ -188,7 +348,7 @@ async fn session(
     let joined = pb::Joined {
         answer_sdp: std::mem::take(&mut s.answer),
         identity: identity.clone(),
-        packetization: sfu.settle_packetization(&room, join.packetization),
+        packetization: sfu.settle_packetization(&room, join.packetization).await,
     };
     if tx
         .send(ev(pb::signal_event::Event::Joined(joined)))
@@ -241,8 +401,8 @@ async fn session(
     let _ = sfu.leave(&room, &identity).await;
 }
 
-async fn handle(
-    sfu: &Sfu,
+async fn handle<B: Backend>(
+    sfu: &B,
     room: &str,
     identity: &str,
     m: pb::SignalRequest,

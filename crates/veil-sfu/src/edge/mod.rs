@@ -1,12 +1,17 @@
 //! One UDP port for every participant: webrtc-rs's sans-I/O `rtc` peer connections driven
 //! directly, ICE-lite, demultiplexed by the SFU itself (specs/sfu-edge-research.md).
 //!
-//! **In progress.** [`Edge`] connects participants (webrtc-rs peers and Chromium) on one
-//! socket, hands out what they send, sends RTP on tracks it adds (renegotiating with an offer
-//! of its own) and carries key-frame requests both ways; [`EdgeRoom`] runs a room's routing
-//! core on it. `veil-server` still serves the async shell (one socket and one driver task per
-//! participant): access tokens, the gRPC signalling and the room events are not on the edge
-//! yet. `benches/edge_fanout.rs` measures the two against each other.
+//! Three layers, each usable alone:
+//!
+//! - [`Edge`] connects participants (webrtc-rs peers and Chromium) on one socket, hands out
+//!   what they send, sends RTP on tracks it adds (renegotiating with an offer of its own) and
+//!   carries key-frame requests both ways;
+//! - [`EdgeRooms`] runs every room's routing core on one edge, sans I/O;
+//! - [`EdgeSfu`] drives it from one thread with the signalling API of the task-per-leg
+//!   [`Sfu`](crate::Sfu); `veil-server` serves it by default (`--sfu-engine edge`).
+//!
+//! `benches/edge_fanout.rs` measures the edge against the task-per-leg shell in one process;
+//! `veil-server`'s `sfu_load` measures both servers.
 //!
 //! Writes are batched: [`Edge::write_rtp`] only queues into the connection; the next
 //! [`Edge::poll_transmit`] (or [`Edge::poll_event`]) drains each touched connection once.
@@ -65,7 +70,9 @@ use crate::routing::MediaKind;
 use crate::shell::peer;
 
 mod room;
-pub use room::{EdgeRoom, RoomEvent as EdgeRoomEvent};
+mod serve;
+pub use room::{EdgeRooms, RoomEvent as EdgeRoomEvent, parse_track_name, track_name};
+pub use serve::EdgeSfu;
 
 fn rtc_error(what: &'static str) -> impl Fn(rtc::shared::error::Error) -> SfuError + Copy {
     move |e| SfuError::WebRtc(format!("edge {what}: {e}"))
@@ -74,7 +81,7 @@ fn rtc_error(what: &'static str) -> impl Fn(rtc::shared::error::Error) -> SfuErr
 /// A connection of the edge.
 pub type ConnId = usize;
 
-/// What an I/O loop does with [`Edge`] or [`EdgeRoom`]: feed datagrams and timeouts, drain
+/// What an I/O loop does with [`Edge`] or [`EdgeRooms`]: feed datagrams and timeouts, drain
 /// datagrams to send and events. One loop can drive either (the tests and
 /// `benches/edge_fanout.rs` do).
 pub trait SansIo {
@@ -116,7 +123,7 @@ macro_rules! sans_io {
     };
 }
 sans_io!(Edge, (ConnId, EdgeEvent));
-sans_io!(EdgeRoom, room::RoomEvent);
+sans_io!(EdgeRooms, room::RoomEvent);
 
 /// What a connection did.
 #[derive(Debug)]
@@ -166,7 +173,9 @@ struct Conn {
 pub struct Edge {
     local: SocketAddr,
     /// Indexed by [`ConnId`]; a closed connection leaves `None`.
-    conns: Vec<Option<Conn>>,
+    /// Boxed: a closed connection's slot stays for good (ids are never reused), and costs a
+    /// pointer.
+    conns: Vec<Option<Box<Conn>>>,
     by_ufrag: HashMap<String, ConnId>,
     by_addr: HashMap<SocketAddr, ConnId>,
     /// Connections that took input since they were last drained.
@@ -321,12 +330,12 @@ impl Edge {
             .map(|d| d.sdp)
             .ok_or_else(|| SfuError::Negotiation("no local description".into()))?;
         self.by_ufrag.insert(ufrag.clone(), id);
-        self.conns.push(Some(Conn {
+        self.conns.push(Some(Box::new(Conn {
             pc,
             ufrag,
             estimate,
             deadline: None,
-        }));
+        })));
         self.dirty.push(id);
         Ok((id, sdp))
     }
@@ -403,6 +412,31 @@ impl Edge {
         let pc = self.conn(id)?;
         let offer = pc.create_offer(None).map_err(&w)?;
         pc.set_local_description(now, offer).map_err(&w)?;
+        let sdp = pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| SfuError::Negotiation("no local description".into()))?;
+        self.dirty.push(id);
+        Ok(sdp)
+    }
+
+    /// A new offer from participant `id` (e.g. to publish another track): returns the answer.
+    ///
+    /// # Errors
+    /// [`SfuError::Closed`]; [`SfuError::WebRtc`] if the offer is refused (for one, while the
+    /// edge's own offer to `id` waits for its answer).
+    pub fn accept_offer(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        offer: &str,
+    ) -> Result<String, SfuError> {
+        let w = rtc_error("accept offer");
+        let desc = RTCSessionDescription::offer(offer.to_owned()).map_err(&w)?;
+        let pc = self.conn(id)?;
+        pc.set_remote_description(now, desc).map_err(&w)?;
+        let answer = pc.create_answer(None).map_err(&w)?;
+        pc.set_local_description(now, answer).map_err(&w)?;
         let sdp = pc
             .local_description()
             .map(|d| d.sdp)
@@ -652,7 +686,10 @@ impl Edge {
         }
     }
 
-    fn close(&mut self, id: ConnId) {
+    /// Close connection `id` (a participant leaves, or is removed): it says goodbye (DTLS
+    /// `close_notify`), its address and ufrag are free, and [`EdgeEvent::Closed`] follows. A
+    /// connection that is gone already is left alone.
+    pub fn close(&mut self, id: ConnId) {
         if let Some(mut c) = self.conns.get_mut(id).and_then(Option::take) {
             let _ = c.pc.close();
             while let Some(out) = c.pc.poll_write() {

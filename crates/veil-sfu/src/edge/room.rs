@@ -1,18 +1,23 @@
-//! One room on the edge: the routing core ([`Room`]) driven by the edge's events, sans I/O.
+//! The SFU's rooms on the edge: one routing core ([`Room`]) per room, every participant of
+//! every room on the one [`Edge`], sans I/O.
 //!
-//! This is what the SFU's async shell does per room (`shell::media`, `shell::participant`),
-//! on one socket and without tasks: a participant joins with an offer; the tracks it sends are
-//! published to the core as their streams open (rids bound as the stream announces them); every
-//! packet goes through [`Room::on_rtp`], and its copies are rewritten per subscriber
-//! (`shell::media::rewrite`, the same rules) and written to their connections. Subscribing adds
-//! a track to the subscriber's connection and returns the edge's offer; once the answer is in,
-//! the core starts forwarding with the payload type and extension ids that leg negotiated.
-//! Key-frame requests go both ways through the core's policy, and each leg's GCC estimate feeds
-//! the core's layer choice.
+//! This is what the async shell does per room (`shell::media`, `shell::participant`), on one
+//! socket and without tasks: a participant joins a room with an offer; the tracks it sends are
+//! published to its room's core as their streams open (rids bound as the stream announces
+//! them); every packet goes through [`Room::on_rtp`], and its copies are rewritten per
+//! subscriber (`shell::media::rewrite`, the same rules) and written to their connections.
+//! Subscribing adds a track to the subscriber's connection and renegotiates; once the answer
+//! is in, the core forwards with the payload type and extension ids that leg negotiated.
+//! Key-frame requests go both ways through the core's policy, each leg's GCC estimate feeds the
+//! core's layer choice, and the SFU's metrics count what happens.
 //!
-//! Not yet here: access tokens, signalling events for other participants (published, left,
-//! active speaker) and metrics. The gRPC shell still uses
-//! the async edge; this is the slice that lets the two be measured against each other.
+//! **Negotiation** (SFU-EDGE-11). The edge is the impolite peer: it has at most one offer out
+//! per participant. A change while that offer waits (a second subscription, a departed
+//! publisher) is remembered, and one new offer covering all of them follows the answer. A
+//! participant's own offer while the edge's waits is refused ([`SfuError::Negotiation`]).
+//! Every offer from the edge comes out as [`RoomEvent::Offer`].
+//!
+//! [`crate::edge::EdgeSfu`] serves this over `veil.sfu.v1` (access tokens, signalling events).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -21,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
-use veil_rtc::rtx::RtxObserver;
 use veil_rtc::rtx_ssrc;
 use webrtc::peer_connection::RTCSessionDescription;
 
@@ -29,13 +33,15 @@ use super::{ConnId, Edge, EdgeEvent};
 use crate::error::SfuError;
 use crate::routing::{ExtMap, MediaKind, ParticipantId, Publish, Room, Subscribe, TrackId};
 use crate::shell::media::{packet_meta, rewrite};
+use crate::shell::metrics::{RtxCount, Subscriber, SubscriberTrack};
 use crate::shell::peer;
 use crate::shell::sdp::{FORWARDED_URIS, SdpInfo};
+use crate::shell::{DropKind, Metrics, SfuConfig, TappedPacket};
 
 /// How often each leg's estimate is handed to the core (as the async shell does).
 const ESTIMATE_PERIOD: Duration = Duration::from_millis(100);
 
-/// What happened in the room.
+/// What happened in the rooms. Connections are unique over all rooms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomEvent {
     /// A participant's connection is up.
@@ -44,17 +50,37 @@ pub enum RoomEvent {
     Published {
         /// Its publisher.
         publisher: ConnId,
-        /// The core's id for it.
+        /// The core's id for it (unique within the publisher's room).
         track: TrackId,
         /// Audio or video.
         kind: MediaKind,
+        /// The publisher's own name for it (its msid track id).
+        publisher_track_id: String,
+        /// Its simulcast rids (empty: one layer).
+        rids: Vec<String>,
     },
-    /// A participant's connection closed (it left, failed or vanished).
-    Left(ConnId),
+    /// A subscription is live: the subscriber answered, and `track` reaches it on `ssrc`.
+    Subscribed {
+        /// Who.
+        subscriber: ConnId,
+        /// What.
+        track: TrackId,
+        /// The SSRC on the subscriber's connection.
+        ssrc: u32,
+    },
+    /// The room's active speaker changed (SFU-SPK-03).
+    ActiveSpeaker(ConnId),
     /// A track is gone with its publisher.
-    Unpublished(TrackId),
-    /// The edge renegotiates with a participant (a track it received is gone): deliver the
-    /// offer, and hand the answer to [`EdgeRoom::answer`].
+    Unpublished {
+        /// Its publisher.
+        publisher: ConnId,
+        /// The track.
+        track: TrackId,
+    },
+    /// A participant's connection closed (it left, failed or vanished); it is out of its room.
+    Left(ConnId),
+    /// The edge offers a new session to a participant (after a subscription changed, or a
+    /// track it received is gone): deliver it, and hand the answer to [`EdgeRooms::answer`].
     Offer {
         /// To whom.
         to: ConnId,
@@ -76,17 +102,41 @@ struct Leg {
     live: bool,
 }
 
-/// One room of the SFU on an [`Edge`].
-pub struct EdgeRoom {
-    edge: Edge,
+/// One room: its core, and which of the edge's tracks and senders are its.
+struct RoomState {
+    name: String,
     core: Room,
-    epoch: Instant,
-    /// Each participant's offer, as parsed (its extension ids, tracks and rids).
-    sdp: HashMap<ConnId, SdpInfo>,
     /// (publisher, its track id) → the core's track.
     track_ids: HashMap<(ConnId, String), TrackId>,
     published: HashMap<TrackId, Published>,
     legs: HashMap<(ConnId, TrackId), Leg>,
+    members: usize,
+}
+
+/// A participant.
+struct Member {
+    room: usize,
+    identity: String,
+    /// Its offer, as parsed (extension ids, tracks, rids).
+    sdp: SdpInfo,
+    /// May publish (its token's `publish` grant).
+    publish: bool,
+    /// The edge's offer waits for its answer.
+    offering: bool,
+    /// Something changed while it waited: offer again after the answer.
+    again: bool,
+}
+
+/// Every room of the SFU on one [`Edge`].
+pub struct EdgeRooms {
+    edge: Edge,
+    config: SfuConfig,
+    metrics: Arc<Metrics>,
+    epoch: Instant,
+    /// Indexed by the members' `room`; an emptied room leaves `None` until its slot is reused.
+    rooms: Vec<Option<RoomState>>,
+    by_name: HashMap<String, usize>,
+    members: HashMap<ConnId, Member>,
     events: VecDeque<RoomEvent>,
     next_estimate: Instant,
 }
@@ -100,101 +150,240 @@ fn conn(p: ParticipantId) -> ConnId {
 }
 
 /// The SSRC `t` goes out on. SSRCs need to be unique only within one connection (each is its
-/// own RTP session), so the track alone decides it: bit 30 keeps it from 0, and the top bit is
-/// clear so that no primary SSRC is another's RTX SSRC ([`rtx_ssrc`] flips the top bit).
+/// own RTP session), and a connection receives from one room, so the track alone decides it:
+/// bit 30 keeps it from 0, and the top bit is clear so that no primary SSRC is another's RTX
+/// SSRC ([`rtx_ssrc`] flips the top bit).
 fn out_ssrc(t: TrackId) -> u32 {
     0x4000_0000 | (t.0 as u32 & 0x3FFF_FFFF)
 }
 
-/// The name of the edge's track carrying `t` to a subscriber.
-fn leg_name(t: TrackId) -> String {
+/// The SFU's name of track `t`, in its room: the msid track id of the subscriber's m-section,
+/// and the name `veil.sfu.v1` uses.
+#[must_use]
+pub fn track_name(t: TrackId) -> String {
     format!("t{}", t.0)
 }
 
-/// The track a [`leg_name`] names.
-fn leg_track(name: &str) -> Option<TrackId> {
+/// The track a [`track_name`] names.
+#[must_use]
+pub fn parse_track_name(name: &str) -> Option<TrackId> {
     name.strip_prefix('t')?.parse().ok().map(TrackId)
 }
 
-impl EdgeRoom {
-    /// A room on a new edge at `local` (see [`Edge::new`]), with the SFU's interceptor chain
-    /// on every connection, RTX reported to `rtx`.
+impl EdgeRooms {
+    /// Rooms on a new edge at `local` (see [`Edge::new`]), with the SFU's interceptor chain
+    /// on every connection. From `config` it takes the key-frame interval, DTX, the rate
+    /// limit, the tap and the ICE timers (`silence_timeout`, `departure_grace`,
+    /// `keepalive_interval`); what it does is counted in `metrics`.
     #[must_use]
-    pub fn new(local: SocketAddr, rtx: Arc<dyn RtxObserver>, now: Instant) -> Self {
+    pub fn new(local: SocketAddr, config: SfuConfig, metrics: Arc<Metrics>, now: Instant) -> Self {
+        let rtx = Arc::new(RtxCount(metrics.rtx.clone()));
+        let edge = Edge::new(local)
+            .with_congestion_control(rtx)
+            .with_ice_timers(peer::IceTimers {
+                silence: config.silence_timeout,
+                grace: config.departure_grace,
+                keepalive: config.keepalive_interval,
+            });
         Self {
-            edge: Edge::new(local).with_congestion_control(rtx),
-            core: Room::new(Duration::from_millis(500)),
+            edge,
+            config,
+            metrics,
             epoch: now,
-            sdp: HashMap::new(),
-            track_ids: HashMap::new(),
-            published: HashMap::new(),
-            legs: HashMap::new(),
+            rooms: Vec::new(),
+            by_name: HashMap::new(),
+            members: HashMap::new(),
             events: VecDeque::new(),
             next_estimate: now,
         }
     }
 
-    /// The same room with these ICE timers on every connection from now on: how long a
-    /// silent participant stays before it counts as gone ([`Edge::with_ice_timers`]).
+    /// The metrics.
     #[must_use]
-    pub fn with_ice_timers(mut self, timers: peer::IceTimers) -> Self {
-        self.edge.set_ice_timers(timers);
-        self
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn since(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.epoch)
     }
 
-    /// A participant joins with its offer; returns its connection and the answer.
+    fn member(&self, id: ConnId) -> Result<&Member, SfuError> {
+        self.members.get(&id).ok_or(SfuError::Closed)
+    }
+
+    fn room_of(&mut self, id: ConnId) -> Result<&mut RoomState, SfuError> {
+        let r = self.member(id)?.room;
+        self.rooms
+            .get_mut(r)
+            .and_then(Option::as_mut)
+            .ok_or(SfuError::Closed)
+    }
+
+    /// Participants in `room`.
+    #[must_use]
+    pub fn len(&self, room: &str) -> usize {
+        self.by_name
+            .get(room)
+            .and_then(|&r| self.rooms.get(r)?.as_ref())
+            .map_or(0, |r| r.members)
+    }
+
+    /// Rooms with at least one participant.
+    #[must_use]
+    pub fn rooms(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// A participant joins `room` with its offer; returns its connection and the answer.
+    /// Without `publish` its tracks are not published, and what it sends is dropped
+    /// (`not_permitted`).
     ///
     /// # Errors
     /// [`SfuError::Sdp`] for an unreadable offer; what [`Edge::accept`] returns.
-    pub fn join(&mut self, now: Instant, offer: &str) -> Result<(ConnId, String), SfuError> {
-        let info = SdpInfo::parse(
+    pub fn join(
+        &mut self,
+        now: Instant,
+        room: &str,
+        identity: &str,
+        offer: &str,
+        publish: bool,
+    ) -> Result<(ConnId, String), SfuError> {
+        let sdp = SdpInfo::parse(
             &RTCSessionDescription::offer(offer.to_owned())
                 .map_err(|e| SfuError::Sdp(e.to_string()))?,
         )?;
         let (id, answer) = self.edge.accept(now, offer)?;
-        self.core.add_participant(pid(id), info.ext_ids());
-        self.sdp.insert(id, info);
+        let r = match self.by_name.get(room) {
+            Some(&r) => r,
+            None => {
+                let mut core = Room::new(self.config.key_frame_interval);
+                core.set_dtx(self.config.dtx);
+                core.set_rate_limit(self.config.rate_limit);
+                let state = RoomState {
+                    name: room.to_owned(),
+                    core,
+                    track_ids: HashMap::new(),
+                    published: HashMap::new(),
+                    legs: HashMap::new(),
+                    members: 0,
+                };
+                let r = match self.rooms.iter().position(Option::is_none) {
+                    Some(free) => {
+                        self.rooms[free] = Some(state);
+                        free
+                    }
+                    None => {
+                        self.rooms.push(Some(state));
+                        self.rooms.len() - 1
+                    }
+                };
+                self.by_name.insert(room.to_owned(), r);
+                r
+            }
+        };
+        let state = self.rooms[r].as_mut().ok_or(SfuError::Closed)?;
+        state.core.add_participant(pid(id), sdp.ext_ids());
+        state.members += 1;
+        self.members.insert(
+            id,
+            Member {
+                room: r,
+                identity: identity.to_owned(),
+                sdp,
+                publish,
+                offering: false,
+                again: false,
+            },
+        );
         Ok((id, answer))
     }
 
-    /// Start sending `track` to `subscriber`: returns the edge's offer for the subscriber, to
-    /// be answered with [`EdgeRoom::answer`].
+    /// The active speaker of `id`'s room, if there is one yet (a joiner is told).
+    #[must_use]
+    pub fn active_speaker(&mut self, id: ConnId) -> Option<ConnId> {
+        self.room_of(id).ok()?.core.active_speaker().map(conn)
+    }
+
+    /// The tracks published in `id`'s room, as [`RoomEvent::Published`] would have told them
+    /// (a joiner is told).
+    #[must_use]
+    pub fn published(&mut self, id: ConnId) -> Vec<RoomEvent> {
+        let Ok(r) = self.member(id).map(|m| m.room) else {
+            return Vec::new();
+        };
+        let Some(room) = self.rooms.get(r).and_then(Option::as_ref) else {
+            return Vec::new();
+        };
+        let mut out: Vec<RoomEvent> = room
+            .track_ids
+            .iter()
+            .filter_map(|((publisher, name), &track)| {
+                let p = room.published.get(&track)?;
+                let rids = self
+                    .members
+                    .get(publisher)?
+                    .sdp
+                    .section_of_track(name)
+                    .map(|s| s.send_rids.clone())
+                    .unwrap_or_default();
+                Some(RoomEvent::Published {
+                    publisher: *publisher,
+                    track,
+                    kind: p.kind,
+                    publisher_track_id: name.clone(),
+                    rids,
+                })
+            })
+            .collect();
+        out.sort_by_key(|e| match e {
+            RoomEvent::Published { track, .. } => track.0,
+            _ => 0,
+        });
+        out
+    }
+
+    /// Start sending `track` to `subscriber`. The edge offers ([`RoomEvent::Offer`]) now, or
+    /// after the answer to the offer that waits; [`RoomEvent::Subscribed`] follows the answer.
     ///
     /// # Errors
-    /// [`SfuError::UnknownTrack`]; [`SfuError::Protocol`] if it is subscribed already;
-    /// [`SfuError::Closed`]; [`SfuError::WebRtc`].
+    /// [`SfuError::Closed`] for a connection that is gone; [`SfuError::NoSuchTrack`] for a
+    /// track not published in the subscriber's room; [`SfuError::Protocol`] for one's own track
+    /// or a track subscribed already; [`SfuError::WebRtc`].
     pub fn subscribe(
         &mut self,
         now: Instant,
         subscriber: ConnId,
         track: TrackId,
-    ) -> Result<String, SfuError> {
-        let kind = self
+    ) -> Result<(), SfuError> {
+        let room = self.room_of(subscriber)?;
+        let p = room
             .published
             .get(&track)
-            .ok_or(SfuError::UnknownTrack(track.0))?
-            .kind;
-        if self.legs.contains_key(&(subscriber, track)) {
+            .ok_or_else(|| SfuError::NoSuchTrack(track_name(track)))?;
+        if p.publisher == subscriber {
+            return Err(SfuError::Protocol(
+                "a participant cannot subscribe to its own track".into(),
+            ));
+        }
+        if room.legs.contains_key(&(subscriber, track)) {
             return Err(SfuError::Protocol(format!(
-                "already subscribed to track {}",
-                track.0
+                "already subscribed to {}",
+                track_name(track)
             )));
         }
+        let kind = p.kind;
         let out_ssrc = out_ssrc(track);
         let rtx = (kind == MediaKind::Video).then(|| rtx_ssrc(out_ssrc));
         let sender = self.edge.add_track(
             subscriber,
-            &leg_name(track),
+            &track_name(track),
             kind,
             out_ssrc,
             rtx,
             peer::codec(kind),
         )?;
-        self.legs.insert(
+        self.room_of(subscriber)?.legs.insert(
             (subscriber, track),
             Leg {
                 sender,
@@ -202,40 +391,105 @@ impl EdgeRoom {
                 live: false,
             },
         );
-        self.edge.offer(now, subscriber)
+        self.metrics.subscriptions.inc();
+        self.renegotiate(now, subscriber)
     }
 
-    /// The subscriber's answer to [`EdgeRoom::subscribe`]'s offer: forwarding starts on every
-    /// leg it negotiated.
+    /// Offer `id` a new session now, or after the answer to the offer that waits.
+    fn renegotiate(&mut self, now: Instant, id: ConnId) -> Result<(), SfuError> {
+        let m = self.members.get_mut(&id).ok_or(SfuError::Closed)?;
+        if m.offering {
+            m.again = true;
+            return Ok(());
+        }
+        let sdp = self.edge.offer(now, id)?;
+        if let Some(m) = self.members.get_mut(&id) {
+            m.offering = true;
+        }
+        self.events.push_back(RoomEvent::Offer { to: id, sdp });
+        Ok(())
+    }
+
+    /// A new offer from participant `id` (e.g. to publish another track): returns the answer.
     ///
     /// # Errors
-    /// What [`Edge::answer`] returns.
-    pub fn answer(&mut self, now: Instant, subscriber: ConnId, sdp: &str) -> Result<(), SfuError> {
-        self.edge.answer(now, subscriber, sdp)?;
-        let pending: Vec<TrackId> = self
+    /// [`SfuError::Negotiation`] while the edge's own offer waits for its answer (answer that
+    /// first: the edge is the impolite peer); [`SfuError::Sdp`]; what [`Edge::accept_offer`]
+    /// returns.
+    pub fn offer(&mut self, now: Instant, id: ConnId, sdp: &str) -> Result<String, SfuError> {
+        if self.member(id)?.offering {
+            return Err(SfuError::Negotiation(
+                "the SFU's offer waits for its answer: answer it first".into(),
+            ));
+        }
+        let info = SdpInfo::parse(
+            &RTCSessionDescription::offer(sdp.to_owned())
+                .map_err(|e| SfuError::Sdp(e.to_string()))?,
+        )?;
+        let answer = self.edge.accept_offer(now, id, sdp)?;
+        if let Some(m) = self.members.get_mut(&id) {
+            m.sdp = info;
+        }
+        Ok(answer)
+    }
+
+    /// Participant `id`'s answer to the edge's last [`RoomEvent::Offer`]: forwarding starts on
+    /// every leg it negotiated ([`RoomEvent::Subscribed`]).
+    ///
+    /// # Errors
+    /// [`SfuError::Negotiation`] if no offer waits; what [`Edge::answer`] returns.
+    pub fn answer(&mut self, now: Instant, id: ConnId, sdp: &str) -> Result<(), SfuError> {
+        if !self.member(id)?.offering {
+            return Err(SfuError::Negotiation(
+                "no offer from the SFU waits for an answer".into(),
+            ));
+        }
+        self.edge.answer(now, id, sdp)?;
+        let again = match self.members.get_mut(&id) {
+            Some(m) => {
+                m.offering = false;
+                std::mem::take(&mut m.again)
+            }
+            None => false,
+        };
+        self.start_legs(now, id)?;
+        if again {
+            self.renegotiate(now, id)?;
+        }
+        Ok(())
+    }
+
+    /// Start forwarding on `subscriber`'s legs that its answer settled.
+    fn start_legs(&mut self, now: Instant, subscriber: ConnId) -> Result<(), SfuError> {
+        let since = self.since(now);
+        let r = self.member(subscriber)?.room;
+        let Some(room) = self.rooms.get_mut(r).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        let pending: Vec<TrackId> = room
             .legs
             .iter()
             .filter(|((s, _), l)| *s == subscriber && !l.live)
             .map(|((_, t), _)| *t)
             .collect();
         for track in pending {
-            let Some(p) = self.published.get(&track) else {
+            let Some(p) = room.published.get(&track) else {
                 continue;
             };
             let publisher = p.publisher;
             let mime = peer::codec(p.kind).mime_type;
-            let Some(leg) = self.legs.get_mut(&(subscriber, track)) else {
+            let Some(leg) = room.legs.get_mut(&(subscriber, track)) else {
                 continue;
             };
             let Some((payload_type, sub_ids)) = self.edge.negotiated(subscriber, leg.sender, &mime)
             else {
                 continue;
             };
-            let pub_ids = &self.sdp.get(&publisher).map(|i| &i.extmap);
+            let pub_ids = self.members.get(&publisher).map(|m| &m.sdp.extmap);
             let pairs: Vec<(u8, u8)> = FORWARDED_URIS
                 .iter()
                 .filter_map(|u| {
-                    let from = *pub_ids.as_ref()?.get(*u)?;
+                    let from = *pub_ids?.get(*u)?;
                     let to = sub_ids.iter().find(|(uri, _)| uri == u)?.1;
                     Some((from, to))
                 })
@@ -246,32 +500,39 @@ impl EdgeRoom {
                 ext: ExtMap::new(&pairs),
                 rid: None,
             };
-            let since = now.saturating_duration_since(self.epoch);
-            let ssrcs = self.core.subscribe(pid(subscriber), track, s, since)?;
+            let ssrcs = room.core.subscribe(pid(subscriber), track, s, since)?;
             leg.live = true;
-            self.ask_key_frames(now, track, ssrcs);
+            self.events.push_back(RoomEvent::Subscribed {
+                subscriber,
+                track,
+                ssrc: leg.out_ssrc,
+            });
+            ask_key_frames(&mut self.edge, &self.metrics, now, room, track, ssrcs);
         }
         Ok(())
     }
 
-    /// Stop sending `track` to `subscriber`: returns the edge's offer that removes it, to be
-    /// answered with [`EdgeRoom::answer`].
+    /// Stop sending `track` to `subscriber`. The edge offers a session without it
+    /// ([`RoomEvent::Offer`]).
     ///
     /// # Errors
-    /// [`SfuError::NotSubscribed`]; what [`Edge::remove_track`] and [`Edge::offer`] return.
+    /// [`SfuError::Closed`]; [`SfuError::NotSubscribed`]; what [`Edge::remove_track`] and
+    /// [`Edge::offer`] return.
     pub fn unsubscribe(
         &mut self,
         now: Instant,
         subscriber: ConnId,
         track: TrackId,
-    ) -> Result<String, SfuError> {
-        let leg = self
+    ) -> Result<(), SfuError> {
+        let room = self.room_of(subscriber)?;
+        let leg = room
             .legs
             .remove(&(subscriber, track))
             .ok_or(SfuError::NotSubscribed(track.0))?;
-        self.core.unsubscribe(pid(subscriber), track);
+        room.core.unsubscribe(pid(subscriber), track);
+        self.metrics.subscriptions.dec();
         self.edge.remove_track(subscriber, leg.sender)?;
-        self.edge.offer(now, subscriber)
+        self.renegotiate(now, subscriber)
     }
 
     /// Ask for `rid` (None: the first layer) of `track` for `subscriber`. The switch happens
@@ -279,7 +540,7 @@ impl EdgeRoom {
     /// leg's estimate may hold a lower layer (SFU-BWE-03).
     ///
     /// # Errors
-    /// [`SfuError::UnknownTrack`], [`SfuError::NotSubscribed`].
+    /// [`SfuError::Closed`], [`SfuError::UnknownTrack`], [`SfuError::NotSubscribed`].
     pub fn set_layer(
         &mut self,
         now: Instant,
@@ -288,11 +549,38 @@ impl EdgeRoom {
         rid: Option<&str>,
     ) -> Result<(), SfuError> {
         let since = self.since(now);
-        let ssrcs = self
+        let room = self.room_of(subscriber)?;
+        let ssrcs = room
             .core
             .set_layer(pid(subscriber), track, rid.map(str::as_bytes), since)?;
-        self.ask_key_frames(now, track, ssrcs);
+        let r = self.member(subscriber)?.room;
+        if let Some(room) = self.rooms.get_mut(r).and_then(Option::as_mut) {
+            ask_key_frames(&mut self.edge, &self.metrics, now, room, track, ssrcs);
+        }
         Ok(())
+    }
+
+    /// The layer forwarded to `subscriber` on `track` (None: nothing forwarded yet).
+    #[must_use]
+    pub fn layer(&mut self, subscriber: ConnId, track: TrackId) -> Option<u8> {
+        self.room_of(subscriber)
+            .ok()?
+            .core
+            .layers(pid(subscriber), track)?
+            .0
+    }
+
+    /// Spoofed packets rejected in `id`'s room (SFU-SEC-01).
+    #[must_use]
+    pub fn spoofs(&mut self, id: ConnId) -> u64 {
+        self.room_of(id).map_or(0, |r| r.core.spoofs())
+    }
+
+    /// Remove participant `id` (it leaves, or the shell gives up on it): its connection
+    /// closes, and [`RoomEvent::Left`] follows with everything a departure brings.
+    pub fn remove(&mut self, now: Instant, id: ConnId) {
+        self.edge.close(id);
+        self.route(now);
     }
 
     /// One datagram from `from` (see [`Edge::handle_datagram`]).
@@ -307,14 +595,27 @@ impl EdgeRoom {
         if now >= self.next_estimate {
             self.next_estimate = now + ESTIMATE_PERIOD;
             let since = self.since(now);
-            for &c in self.sdp.keys() {
-                self.core.set_estimate(pid(c), self.edge.estimate(c), since);
+            for (&c, m) in &self.members {
+                let Some(room) = self.rooms.get_mut(m.room).and_then(Option::as_mut) else {
+                    continue;
+                };
+                let estimate = self.edge.estimate(c);
+                room.core.set_estimate(pid(c), estimate, since);
+                if let Some(bps) = estimate {
+                    self.metrics
+                        .subscriber_estimate
+                        .get_or_create(&Subscriber {
+                            room: room.name.clone(),
+                            subscriber: m.identity.clone(),
+                        })
+                        .set(i64::try_from(bps).unwrap_or(i64::MAX));
+                }
             }
         }
         self.route(now);
     }
 
-    /// When [`EdgeRoom::handle_timeout`] is next due.
+    /// When [`EdgeRooms::handle_timeout`] is next due.
     #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let t = self.edge.poll_timeout();
@@ -326,7 +627,7 @@ impl EdgeRoom {
         self.edge.poll_transmit()
     }
 
-    /// The next thing that happened in the room.
+    /// The next thing that happened in the rooms.
     pub fn poll_event(&mut self) -> Option<RoomEvent> {
         self.events.pop_front()
     }
@@ -343,26 +644,28 @@ impl EdgeRoom {
                     ssrc,
                     rid,
                 } => self.open(id, track, receiver, ssrc, rid.as_deref()),
-                EdgeEvent::Rtp { track, packet } => {
-                    let Some(&tid) = self.track_ids.get(&(id, track)) else {
-                        continue;
-                    };
-                    self.forward(now, id, tid, &packet);
-                }
+                EdgeEvent::Rtp { track, packet } => self.forward(now, id, track, &packet),
                 EdgeEvent::KeyFrameRequest { track } => {
-                    let Some(tid) = leg_track(&track) else {
+                    self.metrics.subscriber_key_frame_requests.inc();
+                    let Some(tid) = parse_track_name(&track) else {
                         continue;
                     };
                     let since = self.since(now);
-                    let ssrc = self.core.subscriber_key_frame_request(pid(id), tid, since);
-                    self.ask_key_frames(now, tid, ssrc);
+                    let Ok(room) = self.room_of(id) else {
+                        continue;
+                    };
+                    let ssrc = room.core.subscriber_key_frame_request(pid(id), tid, since);
+                    let r = self.members.get(&id).map_or(usize::MAX, |m| m.room);
+                    if let Some(room) = self.rooms.get_mut(r).and_then(Option::as_mut) {
+                        ask_key_frames(&mut self.edge, &self.metrics, now, room, tid, ssrc);
+                    }
                 }
             }
         }
     }
 
     /// A stream of `track` opened on `publisher`'s connection: publish the track on its first
-    /// stream, and bind each stream's rid.
+    /// stream (if the publisher may), and bind each stream's rid.
     fn open(
         &mut self,
         publisher: ConnId,
@@ -371,30 +674,35 @@ impl EdgeRoom {
         ssrc: u32,
         rid: Option<&str>,
     ) {
-        let tid = match self.track_ids.get(&(publisher, track.clone())) {
+        let Some(m) = self.members.get(&publisher) else {
+            return;
+        };
+        if !m.publish {
+            return;
+        }
+        let section = m.sdp.section_of_track(&track);
+        let kind = match section.map(|s| s.kind.as_str()) {
+            Some("video") => MediaKind::Video,
+            _ => MediaKind::Audio,
+        };
+        let rids: Vec<String> = section.map(|s| s.send_rids.clone()).unwrap_or_default();
+        let r = m.room;
+        let Some(room) = self.rooms.get_mut(r).and_then(Option::as_mut) else {
+            return;
+        };
+        let tid = match room.track_ids.get(&(publisher, track.clone())) {
             Some(t) => *t,
             None => {
-                let section = self
-                    .sdp
-                    .get(&publisher)
-                    .and_then(|i| i.section_of_track(&track));
-                let kind = match section.map(|s| s.kind.as_str()) {
-                    Some("video") => MediaKind::Video,
-                    _ => MediaKind::Audio,
-                };
-                let rids = section
-                    .map(|s| s.send_rids.iter().map(|r| r.clone().into_bytes()).collect())
-                    .unwrap_or_default();
                 let publish = Publish {
                     kind,
                     clock_rate: peer::codec(kind).clock_rate,
-                    rids,
+                    rids: rids.iter().map(|r| r.clone().into_bytes()).collect(),
                 };
-                let Ok(tid) = self.core.publish(pid(publisher), publish) else {
+                let Ok(tid) = room.core.publish(pid(publisher), publish) else {
                     return;
                 };
-                self.track_ids.insert((publisher, track), tid);
-                self.published.insert(
+                room.track_ids.insert((publisher, track.clone()), tid);
+                room.published.insert(
                     tid,
                     Published {
                         publisher,
@@ -402,94 +710,196 @@ impl EdgeRoom {
                         kind,
                     },
                 );
+                self.metrics.tracks.inc();
                 self.events.push_back(RoomEvent::Published {
                     publisher,
                     track: tid,
                     kind,
+                    publisher_track_id: track,
+                    rids,
                 });
                 tid
             }
         };
         if let Some(rid) = rid {
-            let _ = self.core.bind_layer(tid, ssrc, rid.as_bytes());
+            let _ = room.core.bind_layer(tid, ssrc, rid.as_bytes());
         }
     }
 
-    /// Route one packet through the core and write its copies.
-    fn forward(&mut self, now: Instant, publisher: ConnId, tid: TrackId, p: &rtc::rtp::Packet) {
-        if p.payload.is_empty() {
+    /// Route one packet through its room's core and write its copies.
+    fn forward(&mut self, now: Instant, publisher: ConnId, track: String, p: &rtc::rtp::Packet) {
+        let since = self.since(now);
+        let Some(m) = self.members.get(&publisher) else {
             return;
+        };
+        let Some(room) = self.rooms.get_mut(m.room).and_then(Option::as_mut) else {
+            return;
+        };
+        let metrics = &*self.metrics;
+        let Some(&tid) = room.track_ids.get(&(publisher, track)) else {
+            metrics.drop(if m.publish {
+                DropKind::UnknownTrack
+            } else {
+                DropKind::NotPermitted
+            });
+            return;
+        };
+        let kind = room
+            .published
+            .get(&tid)
+            .map_or(MediaKind::Audio, |t| t.kind);
+        let counters = metrics.of(kind);
+        counters.received.inc();
+        if p.payload.is_empty() {
+            metrics.drop(DropKind::Padding);
+            return;
+        }
+        if let Some(tap) = self.config.tap.as_ref().filter(|t| t.listening()) {
+            tap.record(TappedPacket {
+                room: room.name.clone(),
+                publisher: m.identity.clone(),
+                track: track_name(tid),
+                kind,
+                ssrc: p.header.ssrc,
+                seq: p.header.sequence_number,
+                timestamp: p.header.timestamp,
+                marker: p.header.marker,
+                payload: p.payload.clone(),
+            });
         }
         let mut block = [0u8; 1500];
         let Some(meta) = packet_meta(p, &mut block) else {
+            metrics.drop(DropKind::Metadata);
             return;
         };
-        let since = self.since(now);
-        let Ok(routed) = self.core.on_rtp(pid(publisher), tid, &meta, since) else {
-            return;
+        let routed = match room.core.on_rtp(pid(publisher), tid, &meta, since) {
+            Ok(r) => r,
+            Err(e) => {
+                metrics.drop(DropKind::of_error(&e));
+                return;
+            }
         };
+        if routed.repair {
+            metrics.drop(DropKind::Repair);
+        }
+        for d in &routed.dropped {
+            metrics.drop(DropKind::from(*d));
+        }
         for f in &routed.forwards {
             let sub = conn(f.subscriber);
-            if let Some(leg) = self.legs.get(&(sub, tid)) {
-                let _ = self.edge.write_rtp(now, sub, leg.sender, rewrite(p, f));
+            let Some(leg) = room.legs.get(&(sub, tid)) else {
+                continue;
+            };
+            match self.edge.write_rtp(now, sub, leg.sender, rewrite(p, f)) {
+                Ok(()) => {
+                    counters.forwarded.inc();
+                    counters.forwarded_bytes.inc_by(p.payload.len() as u64);
+                }
+                Err(_) => metrics.drop(DropKind::WriteFailed),
+            }
+            if f.switched
+                && let Some(s) = self.members.get(&sub)
+            {
+                metrics
+                    .subscriber_layer
+                    .get_or_create(&SubscriberTrack {
+                        room: room.name.clone(),
+                        subscriber: s.identity.clone(),
+                        track: track_name(tid),
+                    })
+                    .set(i64::from(routed.layer));
             }
         }
-        self.ask_key_frames(now, tid, routed.key_frame_requests);
+        if let Some(speaker) = routed.active_speaker {
+            self.events
+                .push_back(RoomEvent::ActiveSpeaker(conn(speaker)));
+        }
+        ask_key_frames(
+            &mut self.edge,
+            metrics,
+            now,
+            room,
+            tid,
+            routed.key_frame_requests,
+        );
     }
 
-    /// Ask `track`'s publisher for key frames of `ssrcs`: what the core decided, already
-    /// throttled (SFU-KF-01).
-    fn ask_key_frames(
-        &mut self,
-        now: Instant,
-        track: TrackId,
-        ssrcs: impl IntoIterator<Item = u32>,
-    ) {
-        let Some(p) = self.published.get(&track) else {
+    /// A participant is gone: its tracks end, every subscriber of one is offered a session
+    /// without it, and its room closes when it was the last.
+    fn leave(&mut self, now: Instant, id: ConnId) {
+        let Some(m) = self.members.remove(&id) else {
             return;
         };
-        let (publisher, receiver) = (p.publisher, p.receiver);
-        for ssrc in ssrcs {
-            let _ = self.edge.request_key_frame(now, publisher, receiver, ssrc);
-        }
-    }
-
-    /// A participant is gone: its tracks end, and every subscriber of one gets an offer
-    /// without it.
-    fn leave(&mut self, now: Instant, id: ConnId) {
-        self.core.remove_participant(pid(id));
-        self.sdp.remove(&id);
-        self.track_ids.retain(|(p, _), _| *p != id);
-        let gone: Vec<TrackId> = self
+        let Some(room) = self.rooms.get_mut(m.room).and_then(Option::as_mut) else {
+            return;
+        };
+        room.members -= 1;
+        room.core.remove_participant(pid(id));
+        room.track_ids.retain(|(p, _), _| *p != id);
+        let gone: Vec<TrackId> = room
             .published
             .iter()
             .filter(|(_, p)| p.publisher == id)
             .map(|(t, _)| *t)
             .collect();
-        self.published.retain(|_, p| p.publisher != id);
-        self.legs.retain(|(s, _), _| *s != id);
+        room.published.retain(|_, p| p.publisher != id);
+        let own = room.legs.len();
+        room.legs.retain(|(s, _), _| *s != id);
+        self.metrics
+            .subscriptions
+            .dec_by((own - room.legs.len()) as i64);
+        self.metrics.tracks.dec_by(gone.len() as i64);
         let mut renegotiate = Vec::new();
         for t in &gone {
-            let subs: Vec<(ConnId, RTCRtpSenderId)> = self
+            let subs: Vec<(ConnId, RTCRtpSenderId)> = room
                 .legs
                 .iter()
                 .filter(|((_, lt), _)| lt == t)
                 .map(|((s, _), l)| (*s, l.sender))
                 .collect();
             for (s, sender) in subs {
-                self.legs.remove(&(s, *t));
+                room.legs.remove(&(s, *t));
+                self.metrics.subscriptions.dec();
                 if self.edge.remove_track(s, sender).is_ok() && !renegotiate.contains(&s) {
                     renegotiate.push(s);
                 }
             }
-            self.events.push_back(RoomEvent::Unpublished(*t));
+            self.events.push_back(RoomEvent::Unpublished {
+                publisher: id,
+                track: *t,
+            });
+        }
+        if room.members == 0 {
+            self.by_name.remove(&room.name);
+            self.rooms[m.room] = None;
         }
         for s in renegotiate {
-            if let Ok(sdp) = self.edge.offer(now, s) {
-                self.events.push_back(RoomEvent::Offer { to: s, sdp });
-            }
+            let _ = self.renegotiate(now, s);
         }
         self.events.push_back(RoomEvent::Left(id));
+    }
+}
+
+/// Ask `track`'s publisher for key frames of `ssrcs`: what the core decided, already
+/// throttled (SFU-KF-01).
+fn ask_key_frames(
+    edge: &mut Edge,
+    metrics: &Metrics,
+    now: Instant,
+    room: &RoomState,
+    track: TrackId,
+    ssrcs: impl IntoIterator<Item = u32>,
+) {
+    let Some(p) = room.published.get(&track) else {
+        return;
+    };
+    for ssrc in ssrcs {
+        if edge
+            .request_key_frame(now, p.publisher, p.receiver, ssrc)
+            .is_ok()
+        {
+            metrics.publisher_key_frame_requests.inc();
+        }
     }
 }
 
@@ -498,12 +908,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_legs_name_gives_back_its_track() {
+    fn a_tracks_name_gives_back_its_track() {
         for t in [0, 7, u64::MAX] {
-            assert_eq!(leg_track(&leg_name(TrackId(t))), Some(TrackId(t)));
+            assert_eq!(parse_track_name(&track_name(TrackId(t))), Some(TrackId(t)));
         }
-        assert_eq!(leg_track("mic"), None);
-        assert_eq!(leg_track("t"), None);
+        assert_eq!(parse_track_name("mic"), None);
+        assert_eq!(parse_track_name("t"), None);
     }
 
     #[test]

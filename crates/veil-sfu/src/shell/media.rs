@@ -17,8 +17,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use super::metrics::{DropKind, SubscriberTrack};
 use super::{Published, RoomShell, Shared, SignalEvent, TrackInfo, track_name};
-use crate::error::SfuError;
-use crate::routing::{DropReason, Forward, MediaKind, PacketMeta, ParticipantId, Publish, TrackId};
+use crate::routing::{Forward, MediaKind, PacketMeta, ParticipantId, Publish, TrackId};
 
 /// Most extension elements the SFU reads or forwards per packet.
 const MAX_ELEMENTS: usize = 32;
@@ -36,16 +35,6 @@ pub(super) async fn send_plis(shared: &Shared, remote: &Arc<dyn TrackRemote>, ss
             }
             Err(e) => debug!(media_ssrc, error = %e, "PLI not sent"),
         }
-    }
-}
-
-fn drop_kind(e: &SfuError) -> DropKind {
-    match e {
-        SfuError::SpoofedSsrc { .. } => DropKind::SpoofedSsrc,
-        SfuError::UnknownTrack(_) | SfuError::UnknownParticipant(_) => DropKind::UnknownTrack,
-        SfuError::TooManyLayers(_) | SfuError::UnknownLayer(_) => DropKind::Layer,
-        SfuError::RateLimited(_) => DropKind::RateLimited,
-        _ => DropKind::Metadata,
     }
 }
 
@@ -272,7 +261,7 @@ fn route(
         Ok(r) => r,
         Err(e) => {
             debug!(room = %room.name, publisher, error = %e, "packet dropped");
-            m.drop(drop_kind(&e));
+            m.drop(DropKind::of_error(&e));
             return Vec::new();
         }
     };
@@ -280,13 +269,7 @@ fn route(
         m.drop(DropKind::Repair);
     }
     for d in &routed.dropped {
-        m.drop(match d {
-            DropReason::NotSelected => DropKind::NotSelected,
-            DropReason::WaitingForKeyFrame => DropKind::WaitingForKeyFrame,
-            DropReason::NoDependencyDescriptor => DropKind::NoDependencyDescriptor,
-            DropReason::Silence => DropKind::Silence,
-            DropReason::LateAfterSkip => DropKind::LateAfterSkip,
-        });
+        m.drop(DropKind::from(*d));
     }
     for f in &routed.forwards {
         let Some(tx) = st.outputs.get(&(f.subscriber, tid)) else {

@@ -89,6 +89,34 @@ impl DropKind {
     }
 }
 
+impl DropKind {
+    /// What the routing core's refusal of a packet counts as.
+    #[must_use]
+    pub fn of_error(e: &crate::error::SfuError) -> Self {
+        use crate::error::SfuError;
+        match e {
+            SfuError::SpoofedSsrc { .. } => Self::SpoofedSsrc,
+            SfuError::UnknownTrack(_) | SfuError::UnknownParticipant(_) => Self::UnknownTrack,
+            SfuError::TooManyLayers(_) | SfuError::UnknownLayer(_) => Self::Layer,
+            SfuError::RateLimited(_) => Self::RateLimited,
+            _ => Self::Metadata,
+        }
+    }
+}
+
+impl From<crate::routing::DropReason> for DropKind {
+    fn from(d: crate::routing::DropReason) -> Self {
+        use crate::routing::DropReason;
+        match d {
+            DropReason::NotSelected => Self::NotSelected,
+            DropReason::WaitingForKeyFrame => Self::WaitingForKeyFrame,
+            DropReason::NoDependencyDescriptor => Self::NoDependencyDescriptor,
+            DropReason::Silence => Self::Silence,
+            DropReason::LateAfterSkip => Self::LateAfterSkip,
+        }
+    }
+}
+
 /// `reason` label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {

@@ -57,11 +57,11 @@ impl Tap {
     }
 
     /// Whether anyone listens (the SFU skips building records otherwise).
-    pub(super) fn listening(&self) -> bool {
+    pub(crate) fn listening(&self) -> bool {
         self.tx.receiver_count() > 0
     }
 
-    pub(super) fn record(&self, packet: TappedPacket) {
+    pub(crate) fn record(&self, packet: TappedPacket) {
         // No receiver: nothing to do.
         let _ = self.tx.send(packet);
     }

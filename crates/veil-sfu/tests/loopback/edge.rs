@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use veil_sfu::edge::{ConnId, Edge, EdgeEvent, EdgeRoom, EdgeRoomEvent, SansIo};
+use veil_sfu::edge::{ConnId, Edge, EdgeEvent, EdgeRoomEvent, EdgeRooms, SansIo};
 use veil_sfu::routing::MediaKind;
-use veil_sfu::shell::Metrics;
 use veil_sfu::shell::metrics::RtxCount;
 use veil_sfu::shell::peer::{self, OPUS_PT};
+use veil_sfu::shell::{Metrics, SfuConfig};
 
 use crate::chromium::{Browser, PUBLISHER, read_request, respond};
 use crate::common::*;
@@ -36,10 +36,9 @@ async fn drive<S: SansIo<Event: Send> + Send + 'static>(
             while let Some(t) = e.poll_transmit() {
                 out.push(t);
             }
+            // A test that stopped listening still needs the edge driven.
             while let Some(ev) = e.poll_event() {
-                if events.send(ev).is_err() {
-                    return;
-                }
+                let _ = events.send(ev);
             }
             (out, e.poll_timeout())
         };
@@ -528,7 +527,7 @@ async fn answer_offer(p: &Peer, offer: String) -> String {
     p.pc.local_description().await.unwrap().sdp
 }
 
-type Room = Arc<Mutex<EdgeRoom>>;
+type Room = Arc<Mutex<EdgeRooms>>;
 
 /// A room on a new edge, driven on its own socket; its events come out on the receiver. A
 /// participant that goes silent for 3 s (webrtc-rs peers send consent checks every 2 s) is
@@ -537,15 +536,19 @@ fn start_room() -> (Room, mpsc::UnboundedReceiver<EdgeRoomEvent>) {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     socket.set_nonblocking(true).unwrap();
     let socket = Arc::new(UdpSocket::from_std(socket).unwrap());
-    let rtx = Arc::new(RtxCount(Metrics::default().rtx.clone()));
-    let timers = peer::IceTimers {
-        silence: Duration::from_secs(3),
-        grace: Duration::from_secs(1),
-        keepalive: Duration::from_millis(250),
+    let config = SfuConfig {
+        silence_timeout: Duration::from_secs(3),
+        departure_grace: Duration::from_secs(1),
+        keepalive_interval: Duration::from_millis(250),
+        key_frame_interval: Duration::from_millis(500),
+        ..SfuConfig::default()
     };
-    let room = Arc::new(Mutex::new(
-        EdgeRoom::new(socket.local_addr().unwrap(), rtx, Instant::now()).with_ice_timers(timers),
-    ));
+    let room = Arc::new(Mutex::new(EdgeRooms::new(
+        socket.local_addr().unwrap(),
+        config,
+        Arc::new(Metrics::default()),
+        Instant::now(),
+    )));
     let (tx, events) = mpsc::unbounded_channel();
     tokio::spawn(drive(socket, room.clone(), tx));
     (room, events)
@@ -554,7 +557,11 @@ fn start_room() -> (Room, mpsc::UnboundedReceiver<EdgeRoomEvent>) {
 /// `p` joins the room with its offer and connects.
 async fn join_room(room: &Room, p: &mut Peer) -> ConnId {
     let offer = p.offer().await;
-    let (id, answer) = room.lock().unwrap().join(Instant::now(), &offer).unwrap();
+    let (id, answer) = room
+        .lock()
+        .unwrap()
+        .join(Instant::now(), "edge", &p.identity, &offer, true)
+        .unwrap();
     p.pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
         .await
         .unwrap();
@@ -562,13 +569,30 @@ async fn join_room(room: &Room, p: &mut Peer) -> ConnId {
     id
 }
 
+/// The edge's next offer to `to`, from the room's events (others on the way are dropped).
+async fn offer_to(events: &mut mpsc::UnboundedReceiver<EdgeRoomEvent>, to: ConnId) -> String {
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Some(EdgeRoomEvent::Offer { to: t, sdp })) if t == to => return sdp,
+            Ok(Some(_)) => {}
+            _ => panic!("no offer to {to}"),
+        }
+    }
+}
+
 /// Subscribe `p` (connection `id`) to `track`: the edge offers, `p` answers.
-async fn subscribe_room(room: &Room, p: &Peer, id: ConnId, track: veil_sfu::routing::TrackId) {
-    let offer = room
-        .lock()
+async fn subscribe_room(
+    room: &Room,
+    events: &mut mpsc::UnboundedReceiver<EdgeRoomEvent>,
+    p: &Peer,
+    id: ConnId,
+    track: veil_sfu::routing::TrackId,
+) {
+    room.lock()
         .unwrap()
         .subscribe(Instant::now(), id, track)
         .unwrap();
+    let offer = offer_to(events, id).await;
     let answer = answer_offer(p, offer).await;
     room.lock()
         .unwrap()
@@ -579,7 +603,7 @@ async fn subscribe_room(room: &Room, p: &Peer, id: ConnId, track: veil_sfu::rout
 /// A room on the edge: alice publishing one track of `kind`, and `subscribers` subscribed to
 /// it (the edge offered, they answered).
 struct RoomWith {
-    room: Arc<Mutex<EdgeRoom>>,
+    room: Room,
     events: mpsc::UnboundedReceiver<EdgeRoomEvent>,
     publisher: Peer,
     track: LocalTrack,
@@ -608,6 +632,7 @@ async fn room_with(kind: MediaKind, ssrc: u32, subscribers: &[&str]) -> RoomWith
             publisher,
             track,
             kind: k,
+            ..
         }) = events.try_recv()
         {
             assert_eq!((publisher, k), (a, kind));
@@ -619,7 +644,7 @@ async fn room_with(kind: MediaKind, ssrc: u32, subscribers: &[&str]) -> RoomWith
     for name in subscribers {
         let mut p = Peer::new("edge", name, false).await;
         let id = join_room(&room, &mut p).await;
-        subscribe_room(&room, &p, id, tid).await;
+        subscribe_room(&room, &mut events, &p, id, tid).await;
         subs.push(p);
         sub_ids.push(id);
     }
@@ -780,7 +805,7 @@ async fn a_room_on_the_edge_switches_simulcast_layers_at_key_frames() {
     };
     let mut bob = Peer::new("edge", "bob", false).await;
     let b = join_room(&room, &mut bob).await;
-    subscribe_room(&room, &bob, b, track).await;
+    subscribe_room(&room, &mut events, &bob, b, track).await;
     // A second subscription to the same track is refused, not a second leg.
     let again = room.lock().unwrap().subscribe(Instant::now(), b, track);
     assert!(again.is_err(), "{again:?}");
@@ -848,11 +873,11 @@ async fn tracks_leave_by_unsubscribing_and_with_their_publisher() {
     let before = received_during(&mut subs, Duration::from_millis(600), &mut talk).await;
     assert!(before.iter().all(|n| *n >= 20), "both receive: {before:?}");
 
-    let offer = room
-        .lock()
+    room.lock()
         .unwrap()
         .unsubscribe(Instant::now(), sub_ids[0], tid)
         .unwrap();
+    let offer = offer_to(&mut events, sub_ids[0]).await;
     let answer = answer_offer(&subs[0], offer).await;
     room.lock()
         .unwrap()
@@ -873,7 +898,7 @@ async fn tracks_leave_by_unsubscribing_and_with_their_publisher() {
     let (mut unpublished, mut offered, mut left) = (false, None, false);
     while !(unpublished && offered.is_some() && left) {
         match tokio::time::timeout(WAIT, events.recv()).await {
-            Ok(Some(EdgeRoomEvent::Unpublished(t))) => unpublished = t == tid,
+            Ok(Some(EdgeRoomEvent::Unpublished { track, .. })) => unpublished = track == tid,
             Ok(Some(EdgeRoomEvent::Offer { to, sdp })) => {
                 assert_eq!(to, sub_ids[1], "only carol still had the track");
                 offered = Some(sdp);

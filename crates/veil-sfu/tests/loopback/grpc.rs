@@ -11,7 +11,8 @@ use tonic::{Code, Request, Streaming};
 use veil_auth::{Claims, Grants, TokenKey, Verifier};
 use veil_proto::sfu::v1 as pb;
 use veil_proto::sfu::v1::sfu_client::SfuClient;
-use veil_sfu::grpc::SfuService;
+use veil_sfu::edge::EdgeSfu;
+use veil_sfu::grpc::{Backend, SfuService};
 use veil_sfu::routing::MediaKind;
 use veil_sfu::{Sfu, SfuConfig};
 use webrtc::peer_connection::RTCSessionDescription;
@@ -21,7 +22,41 @@ use crate::common::*;
 use pb::signal_event::Event as E;
 use pb::signal_request::Request as R;
 
-async fn serve(sfu: Sfu, key: &TokenKey) -> SocketAddr {
+/// The SFU shells the gRPC service serves, as these tests inspect them.
+trait Shell: Backend {
+    /// The identities in `room`.
+    async fn roster(&self, room: &str) -> Vec<String>;
+}
+
+impl Shell for Sfu {
+    async fn roster(&self, room: &str) -> Vec<String> {
+        self.participants(room)
+    }
+}
+
+impl Shell for EdgeSfu {
+    async fn roster(&self, room: &str) -> Vec<String> {
+        self.participants(room).await
+    }
+}
+
+/// Wait until `room`'s participants are `expected`.
+async fn roster_becomes(sfu: &impl Shell, room: &str, expected: &[&str]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = sfu.roster(room).await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{room} has {now:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn serve<B: Backend>(sfu: B, key: &TokenKey) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let svc = SfuService::new(sfu, Verifier::new([key.clone()]).unwrap());
@@ -170,9 +205,18 @@ impl Signal {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_session_publishes_subscribes_and_leaves() {
+    a_session_publishes_subscribes_and_leaves(Sfu::new(SfuConfig::default())).await;
+}
+
+/// The same session through the one-socket edge (SFU-EDGE-12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_session_on_the_edge_publishes_subscribes_and_leaves() {
+    a_session_publishes_subscribes_and_leaves(EdgeSfu::new(SfuConfig::default()).unwrap()).await;
+}
+
+async fn a_session_publishes_subscribes_and_leaves(sfu: impl Shell) {
     init_tracing();
     let key = TokenKey::generate("test").unwrap();
-    let sfu = Sfu::new(SfuConfig::default());
     let addr = serve(sfu.clone(), &key).await;
     let room = "grpc";
 
@@ -266,16 +310,24 @@ async fn a_grpc_session_publishes_subscribes_and_leaves() {
         .await
         .unwrap();
     assert_eq!((who.as_str(), why), ("bob", pb::LeaveReason::Left as i32));
-    eventually("bob to be gone", || sfu.participants(room) == ["alice"]).await;
+    roster_becomes(&sfu, room, &["alice"]).await;
     talk.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_refuses_missing_wrong_and_powerless_tokens() {
+    refuses_missing_wrong_and_powerless_tokens(Sfu::new(SfuConfig::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_on_the_edge_refuses_missing_wrong_and_powerless_tokens() {
+    refuses_missing_wrong_and_powerless_tokens(EdgeSfu::new(SfuConfig::default()).unwrap()).await;
+}
+
+async fn refuses_missing_wrong_and_powerless_tokens(sfu: impl Shell) {
     init_tracing();
     let key = TokenKey::generate("test").unwrap();
     let other = TokenKey::generate("other").unwrap();
-    let sfu = Sfu::new(SfuConfig::default());
     let addr = serve(sfu.clone(), &key).await;
     let room = "auth";
     let join = |sdp: String| {
@@ -318,5 +370,5 @@ async fn grpc_refuses_missing_wrong_and_powerless_tokens() {
         s.next(|_| Some(())).await.unwrap_err().code(),
         Code::InvalidArgument
     );
-    assert!(sfu.participants(room).is_empty());
+    assert!(sfu.roster(room).await.is_empty());
 }
