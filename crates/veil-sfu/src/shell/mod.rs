@@ -526,7 +526,7 @@ async fn remove_participant(
             reason: reason.label(),
         })
         .inc();
-    p.close(shared, reason).await;
+    p.close(shared, room, reason).await;
     for o in &others {
         let mut renegotiate = false;
         for (tid, subscribers) in &ended {

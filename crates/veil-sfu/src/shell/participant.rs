@@ -416,14 +416,22 @@ impl Participant {
     }
 
     /// Close the connection and end the event stream.
-    pub(super) async fn close(&self, shared: &Shared, reason: LeaveReason) {
+    pub(super) async fn close(&self, shared: &Shared, room: &str, reason: LeaveReason) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let subs: Vec<Sub> = self.subs().drain().map(|(_, s)| s).collect();
-        for s in subs {
+        let subs: Vec<(TrackId, Sub)> = self.subs().drain().collect();
+        for (tid, s) in subs {
             if !s.tasks.is_empty() {
                 shared.metrics.subscriptions.dec();
+                shared
+                    .metrics
+                    .subscriber_layer
+                    .remove(&super::metrics::SubscriberTrack {
+                        room: room.to_owned(),
+                        subscriber: self.identity.clone(),
+                        track: track_name(tid),
+                    });
             }
             s.tasks.iter().for_each(JoinHandle::abort);
         }
