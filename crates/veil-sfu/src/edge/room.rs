@@ -98,6 +98,9 @@ struct Published {
 struct Leg {
     sender: RTCRtpSenderId,
     out_ssrc: u32,
+    /// The edge has offered it: the next answer settles it. A leg added while an offer waits
+    /// is not in that offer.
+    offered: bool,
     /// Forwarding has started (the subscriber answered).
     live: bool,
 }
@@ -388,6 +391,7 @@ impl EdgeRooms {
             Leg {
                 sender,
                 out_ssrc,
+                offered: false,
                 live: false,
             },
         );
@@ -405,6 +409,11 @@ impl EdgeRooms {
         let sdp = self.edge.offer(now, id)?;
         if let Some(m) = self.members.get_mut(&id) {
             m.offering = true;
+            if let Some(room) = self.rooms.get_mut(m.room).and_then(Option::as_mut) {
+                for ((s, _), leg) in &mut room.legs {
+                    leg.offered |= *s == id;
+                }
+            }
         }
         self.events.push_back(RoomEvent::Offer { to: id, sdp });
         Ok(())
@@ -469,7 +478,7 @@ impl EdgeRooms {
         let pending: Vec<TrackId> = room
             .legs
             .iter()
-            .filter(|((s, _), l)| *s == subscriber && !l.live)
+            .filter(|((s, _), l)| *s == subscriber && l.offered && !l.live)
             .map(|((_, t), _)| *t)
             .collect();
         for track in pending {
@@ -530,7 +539,10 @@ impl EdgeRooms {
             .remove(&(subscriber, track))
             .ok_or(SfuError::NotSubscribed(track.0))?;
         room.core.unsubscribe(pid(subscriber), track);
-        self.metrics.subscriptions.dec();
+        let name = room.name.clone();
+        if let Some(m) = self.members.get(&subscriber) {
+            forget_leg(&self.metrics, &name, &m.identity, track);
+        }
         self.edge.remove_track(subscriber, leg.sender)?;
         self.renegotiate(now, subscriber)
     }
@@ -843,12 +855,19 @@ impl EdgeRooms {
             .map(|(t, _)| *t)
             .collect();
         room.published.retain(|_, p| p.publisher != id);
-        let own = room.legs.len();
-        room.legs.retain(|(s, _), _| *s != id);
-        self.metrics
-            .subscriptions
-            .dec_by((own - room.legs.len()) as i64);
-        self.metrics.tracks.dec_by(gone.len() as i64);
+        let metrics = &*self.metrics;
+        room.legs.retain(|(s, t), _| {
+            let own = *s == id;
+            if own {
+                forget_leg(metrics, &room.name, &m.identity, *t);
+            }
+            !own
+        });
+        metrics.subscriber_estimate.remove(&Subscriber {
+            room: room.name.clone(),
+            subscriber: m.identity.clone(),
+        });
+        metrics.tracks.dec_by(gone.len() as i64);
         let mut renegotiate = Vec::new();
         for t in &gone {
             let subs: Vec<(ConnId, RTCRtpSenderId)> = room
@@ -859,7 +878,9 @@ impl EdgeRooms {
                 .collect();
             for (s, sender) in subs {
                 room.legs.remove(&(s, *t));
-                self.metrics.subscriptions.dec();
+                if let Some(sub) = self.members.get(&s) {
+                    forget_leg(metrics, &room.name, &sub.identity, *t);
+                }
                 if self.edge.remove_track(s, sender).is_ok() && !renegotiate.contains(&s) {
                     renegotiate.push(s);
                 }
@@ -878,6 +899,16 @@ impl EdgeRooms {
         }
         self.events.push_back(RoomEvent::Left(id));
     }
+}
+
+/// A subscription is gone: count it, and drop its layer gauge.
+fn forget_leg(metrics: &Metrics, room: &str, subscriber: &str, track: TrackId) {
+    metrics.subscriptions.dec();
+    metrics.subscriber_layer.remove(&SubscriberTrack {
+        room: room.to_owned(),
+        subscriber: subscriber.to_owned(),
+        track: track_name(track),
+    });
 }
 
 /// Ask `track`'s publisher for key frames of `ssrcs`: what the core decided, already

@@ -917,3 +917,91 @@ async fn tracks_leave_by_unsubscribing_and_with_their_publisher() {
         .answer(Instant::now(), sub_ids[1], &answer)
         .unwrap();
 }
+
+/// SFU-EDGE-11: one offer out per participant. Bob subscribes to alice's two tracks in a row:
+/// the second waits for the answer to the first offer, and one offer with it follows that
+/// answer. His own offer while the edge's waits, and an answer nobody asked for, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_renegotiation_waits_for_the_answer() {
+    init_tracing();
+    let (room, mut events) = start_room();
+    let mut alice = Peer::new("edge", "alice", true).await;
+    let mic = alice.add_track(MediaKind::Audio, 0xA11C_E011, "mic").await;
+    let cam = alice.add_track(MediaKind::Video, 0xA11C_E012, "cam").await;
+    join_room(&room, &mut alice).await;
+    let mut tracks = Vec::new();
+    for seq in 0u16.. {
+        mic.send(seq, 960 * u32::from(seq), false, &[], payload(1, 50))
+            .await;
+        cam.send(seq, 3000 * u32::from(seq), true, &[], payload(2, 300))
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while let Ok(ev) = events.try_recv() {
+            if let EdgeRoomEvent::Published { track, .. } = ev {
+                tracks.push(track);
+            }
+        }
+        if tracks.len() == 2 {
+            break;
+        }
+        assert!(seq < 500, "alice's tracks were not both published");
+    }
+    let mut bob = Peer::new("edge", "bob", false).await;
+    let b = join_room(&room, &mut bob).await;
+    let now = Instant::now;
+
+    room.lock().unwrap().subscribe(now(), b, tracks[0]).unwrap();
+    let first = offer_to(&mut events, b).await;
+    room.lock().unwrap().subscribe(now(), b, tracks[1]).unwrap();
+    // An offer of bob's own now (a real one: another peer's, so that bob stays able to answer).
+    let own = Peer::new("edge", "bob", false).await.offer().await;
+    let refused = room.lock().unwrap().offer(now(), b, &own);
+    assert!(
+        matches!(refused, Err(veil_sfu::SfuError::Negotiation(_))),
+        "{refused:?}"
+    );
+    let answer = answer_offer(&bob, first.clone()).await;
+    room.lock().unwrap().answer(now(), b, &answer).unwrap();
+    // The first subscription is live, and the second comes in the next offer.
+    let (mut live, mut second) = (Vec::new(), None);
+    while live.is_empty() || second.is_none() {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Some(EdgeRoomEvent::Subscribed {
+                subscriber, track, ..
+            })) if subscriber == b => live.push(track),
+            Ok(Some(EdgeRoomEvent::Offer { to, sdp })) if to == b => second = Some(sdp),
+            Ok(Some(_)) => {}
+            _ => panic!("live {live:?}, second offer {}", second.is_some()),
+        }
+    }
+    assert_eq!(live, [tracks[0]], "only the answered track is live");
+    let second = second.unwrap();
+    let m_lines = |sdp: &str| sdp.lines().filter(|l| l.starts_with("m=")).count();
+    assert_eq!(
+        m_lines(&second),
+        m_lines(&first) + 1,
+        "the waiting track is offered"
+    );
+    let answer = answer_offer(&bob, second).await;
+    room.lock().unwrap().answer(now(), b, &answer).unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await {
+            Ok(Some(EdgeRoomEvent::Subscribed {
+                subscriber, track, ..
+            })) if subscriber == b => {
+                assert_eq!(track, tracks[1]);
+                break;
+            }
+            Ok(Some(EdgeRoomEvent::Offer { to, .. })) if to == b => {
+                panic!("a third offer: nothing changed")
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("the second subscription never went live"),
+        }
+    }
+    let stray = room.lock().unwrap().answer(now(), b, &answer);
+    assert!(
+        matches!(stray, Err(veil_sfu::SfuError::Negotiation(_))),
+        "{stray:?}"
+    );
+}

@@ -14,6 +14,7 @@ use veil_proto::sfu::v1::sfu_client::SfuClient;
 use veil_sfu::edge::EdgeSfu;
 use veil_sfu::grpc::{Backend, SfuService};
 use veil_sfu::routing::MediaKind;
+use veil_sfu::shell::Metrics;
 use veil_sfu::{Sfu, SfuConfig};
 use webrtc::peer_connection::RTCSessionDescription;
 
@@ -26,17 +27,25 @@ use pb::signal_request::Request as R;
 trait Shell: Backend {
     /// The identities in `room`.
     async fn roster(&self, room: &str) -> Vec<String>;
+    /// Its metrics.
+    fn counters(&self) -> &Metrics;
 }
 
 impl Shell for Sfu {
     async fn roster(&self, room: &str) -> Vec<String> {
         self.participants(room)
     }
+    fn counters(&self) -> &Metrics {
+        self.metrics()
+    }
 }
 
 impl Shell for EdgeSfu {
     async fn roster(&self, room: &str) -> Vec<String> {
         self.participants(room).await
+    }
+    fn counters(&self) -> &Metrics {
+        self.metrics()
     }
 }
 
@@ -311,6 +320,25 @@ async fn a_session_publishes_subscribes_and_leaves(sfu: impl Shell) {
         .unwrap();
     assert_eq!((who.as_str(), why), ("bob", pb::LeaveReason::Left as i32));
     roster_becomes(&sfu, room, &["alice"]).await;
+    // The gauges follow: alice and her track are left, bob's subscription is gone with him.
+    let m = sfu.counters();
+    assert_eq!(
+        (m.rooms.get(), m.participants.get(), m.tracks.get()),
+        (1, 1, 1)
+    );
+    assert_eq!(m.subscriptions.get(), 0);
+    assert!(m.forwarded("audio") > 0);
+    assert!(
+        m.encode()
+            .contains("veil_sfu_participants_left_total{reason=\"left\"} 1"),
+        "{}",
+        m.encode()
+    );
+    // His gauges go too (the task shell drops his estimate's on its next 100 ms tick).
+    eventually("bob's gauges to go", || {
+        !m.encode().contains("subscriber=\"bob\"")
+    })
+    .await;
     talk.abort();
 }
 
