@@ -101,7 +101,7 @@ struct Stats {
     /// Packets sent in the window, per stream id.
     sent: Vec<AtomicU64>,
     received: AtomicU64,
-    /// Per subscriber: the stream ids seen at all (bit mask), for the warm-up.
+    /// Per subscriber: the stream ids seen since the warm-up last cleared them (bit mask).
     seen: Vec<AtomicU64>,
     latency: Mutex<Histogram<u64>>,
 }
@@ -799,10 +799,24 @@ async fn measure(
     metrics: Option<SocketAddr>,
 ) -> Window {
     let t = Instant::now();
-    while (0..sc.subscribers).any(|s| {
-        let seen = stats.seen[s].load(Ordering::Relaxed);
-        seen & want(s) != want(s)
-    }) {
+    // Warm when, in each of two seconds in a row, every subscriber received every stream it
+    // asked for. A layer that arrived once and then gave way to a lower one does not count:
+    // the SFU forwards the layer asked for until a leg's first estimate, which may then be
+    // below it until GCC has grown.
+    let mut passed = 0;
+    loop {
+        for s in &stats.seen {
+            s.store(0, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if (0..sc.subscribers).all(|s| stats.seen[s].load(Ordering::Relaxed) & want(s) == want(s)) {
+            passed += 1;
+            if passed == 2 {
+                break;
+            }
+            continue;
+        }
+        passed = 0;
         if t.elapsed() > WARM_UP {
             let missing: Vec<(usize, u32)> = (0..sc.subscribers)
                 .map(|s| {
@@ -815,7 +829,6 @@ async fn measure(
                 .collect();
             panic!("warm-up: not every stream arrived; (subscriber, streams missing): {missing:?}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Let the last layer switches settle, then fix the window in the near future.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -832,6 +845,20 @@ async fn measure(
     let (s1, g1) = (cpu_seconds(pid, sc.tick), cpu_seconds("self", sc.tick));
     let (j1, d1) = (cpu_jiffies(), udp_rcvbuf_errors());
     let c1 = metric(metrics, "veil_sfu_forwarded_packets_total").await;
+    if std::env::var_os("SFU_LOAD_METRICS").is_some()
+        && let Some(addr) = metrics
+        && let Ok(mut s) = tokio::net::TcpStream::connect(addr).await
+    {
+        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await;
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body).await;
+        for l in body
+            .lines()
+            .filter(|l| l.starts_with("veil_sfu_") && !l.ends_with(" 0"))
+        {
+            eprintln!("metrics: {l}");
+        }
+    }
     // Stragglers: packets sent at the end of the window.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let busy = |i: usize| (j1[i].0 - j0[i].0) as f64 / (j1[i].1 - j0[i].1).max(1) as f64;
