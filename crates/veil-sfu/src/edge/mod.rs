@@ -66,7 +66,7 @@ use veil_rtc::rtx::RtxObserver;
 use webrtc::peer_connection::SettingEngineBuilder;
 
 use crate::error::SfuError;
-use crate::routing::MediaKind;
+use crate::routing::{MediaKind, RateLimit, TokenBucket};
 use crate::shell::peer;
 
 mod room;
@@ -164,6 +164,8 @@ struct Conn {
     /// GCC's estimate of what the edge can send to this participant (with
     /// [`Edge::with_congestion_control`]).
     estimate: Option<peer::Estimate>,
+    /// Its datagrams against [`Edge::set_datagram_limit`].
+    bucket: TokenBucket,
     /// `pc.poll_timeout()` as of its last drain. Asking rtc walks all of its handlers, so the
     /// edge asks once per drain, not once per connection per loop turn.
     deadline: Option<Instant>,
@@ -191,6 +193,12 @@ pub struct Edge {
     timers: Option<peer::IceTimers>,
     /// The SFU's own chain (congestion control, RTX counted here) instead of the plain one.
     congestion_control: Option<Arc<dyn RtxObserver>>,
+    /// Each connection's datagram rate (SFU-EDGE-13); `None`: unlimited.
+    datagram_limit: Option<RateLimit>,
+    /// Datagrams dropped over that limit.
+    flooded: u64,
+    /// The clock the token buckets count from.
+    epoch: Instant,
 }
 
 impl Edge {
@@ -210,6 +218,9 @@ impl Edge {
             rng: StdRng::from_os_rng(),
             timers: None,
             congestion_control: None,
+            datagram_limit: None,
+            flooded: 0,
+            epoch: Instant::now(),
         }
     }
 
@@ -247,6 +258,26 @@ impl Edge {
     /// [`Edge::with_ice_timers`] on an existing edge.
     pub fn set_ice_timers(&mut self, timers: peer::IceTimers) {
         self.timers = Some(timers);
+    }
+
+    /// The connection that claimed address `addr`, if one did (SFU-EDGE-01).
+    #[must_use]
+    pub fn conn_at(&self, addr: SocketAddr) -> Option<ConnId> {
+        self.by_addr.get(&addr).copied()
+    }
+
+    /// Cut each connection's datagrams to `limit` (None: no limit) before webrtc-rs sees them
+    /// (SFU-EDGE-13). Every participant shares the edge's socket and thread, so a participant
+    /// that floods must cost as little as possible per datagram: past its limit a datagram is
+    /// dropped after the address lookup, before SRTP.
+    pub fn set_datagram_limit(&mut self, limit: Option<RateLimit>) {
+        self.datagram_limit = limit;
+    }
+
+    /// Datagrams dropped over [`Edge::set_datagram_limit`].
+    #[must_use]
+    pub fn flooded(&self) -> u64 {
+        self.flooded
     }
 
     /// Datagrams dropped because no connection claimed them.
@@ -334,6 +365,7 @@ impl Edge {
             pc,
             ufrag,
             estimate,
+            bucket: TokenBucket::default(),
             deadline: None,
         })));
         self.dirty.push(id);
@@ -559,6 +591,15 @@ impl Edge {
             self.unrouted += 1;
             return;
         };
+        // SFU-EDGE-13: a flood is cut here, before SRTP and the interceptors cost anything.
+        if let Some(limit) = self.datagram_limit
+            && !c
+                .bucket
+                .take(limit, now.saturating_duration_since(self.epoch))
+        {
+            self.flooded += 1;
+            return;
+        }
         // rtc reports nothing back: a packet it cannot use is logged and dropped inside.
         let _ = c.pc.handle_read(TaggedBytesMut {
             now,

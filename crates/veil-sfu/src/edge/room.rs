@@ -31,7 +31,9 @@ use webrtc::peer_connection::RTCSessionDescription;
 
 use super::{ConnId, Edge, EdgeEvent};
 use crate::error::SfuError;
-use crate::routing::{ExtMap, MediaKind, ParticipantId, Publish, Room, Subscribe, TrackId};
+use crate::routing::{
+    ExtMap, MediaKind, ParticipantId, Publish, RateLimit, Room, Subscribe, TrackId,
+};
 use crate::shell::media::{packet_meta, rewrite};
 use crate::shell::metrics::{RtxCount, Subscriber, SubscriberTrack};
 use crate::shell::peer;
@@ -181,13 +183,19 @@ impl EdgeRooms {
     #[must_use]
     pub fn new(local: SocketAddr, config: SfuConfig, metrics: Arc<Metrics>, now: Instant) -> Self {
         let rtx = Arc::new(RtxCount(metrics.rtx.clone()));
-        let edge = Edge::new(local)
+        let mut edge = Edge::new(local)
             .with_congestion_control(rtx)
             .with_ice_timers(peer::IceTimers {
                 silence: config.silence_timeout,
                 grace: config.departure_grace,
                 keepalive: config.keepalive_interval,
             });
+        // Datagrams, not only RTP, count at the door: RTCP, RTX and consent checks come too,
+        // so twice the RTP limit (SFU-EDGE-13). The core still holds RTP to the limit itself.
+        edge.set_datagram_limit(config.rate_limit.map(|l| RateLimit {
+            packets_per_second: 2.0 * l.packets_per_second,
+            burst: 2.0 * l.burst,
+        }));
         Self {
             edge,
             config,
@@ -595,9 +603,19 @@ impl EdgeRooms {
         self.route(now);
     }
 
+    /// The participant whose connection claimed address `addr` ([`Edge::conn_at`]).
+    #[must_use]
+    pub fn conn_at(&self, addr: SocketAddr) -> Option<ConnId> {
+        self.edge.conn_at(addr)
+    }
+
     /// One datagram from `from` (see [`Edge::handle_datagram`]).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let flooded = self.edge.flooded();
         self.edge.handle_datagram(now, from, datagram);
+        if self.edge.flooded() != flooded {
+            Metrics::drop(&self.metrics, DropKind::Flooded);
+        }
         self.route(now);
     }
 

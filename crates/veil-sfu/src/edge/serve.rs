@@ -16,12 +16,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::ConnId;
 use super::room::{EdgeRooms, RoomEvent as Happened, parse_track_name, track_name};
@@ -33,6 +34,10 @@ use crate::shell::{
 
 /// Datagrams read in one turn before the thread looks at commands and timers again.
 const READ_BATCH: usize = 64;
+/// The socket buffers asked for: every participant's bursts (a key frame from each publisher
+/// at once) land in one receive buffer. The kernel grants at most `net.core.rmem_max` /
+/// `wmem_max`; what it granted is logged.
+const SOCKET_BUFFER: usize = 4 << 20;
 /// How often joiners that never connected are looked for.
 const SWEEP_PERIOD: Duration = Duration::from_millis(250);
 
@@ -81,6 +86,13 @@ impl EdgeSfu {
         socket
             .set_nonblocking(true)
             .map_err(|e| SfuError::Config(format!("UDP {addr}: {e}")))?;
+        let buffers = socket2::SockRef::from(&socket);
+        let _ = buffers.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = buffers.set_send_buffer_size(SOCKET_BUFFER);
+        let granted = (
+            buffers.recv_buffer_size().unwrap_or(0),
+            buffers.send_buffer_size().unwrap_or(0),
+        );
         let local = socket
             .local_addr()
             .map_err(|e| SfuError::Config(format!("UDP {addr}: {e}")))?;
@@ -119,7 +131,12 @@ impl EdgeSfu {
                 });
             })
             .map_err(|e| SfuError::Config(format!("cannot start the edge's thread: {e}")))?;
-        info!(%local, "SFU edge listening");
+        info!(
+            %local,
+            recv_buffer = granted.0,
+            send_buffer = granted.1,
+            "SFU edge listening"
+        );
         Ok(Self {
             commands,
             metrics,
@@ -622,6 +639,29 @@ impl Driver {
         });
     }
 
+    /// One datagram. Every participant shares this thread, so a panic in webrtc-rs on one
+    /// participant's input must not end the others' calls: it is caught, and the participant
+    /// whose address sent the datagram is removed (SFU-EDGE-13).
+    fn feed(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let now = Instant::now();
+        if catch_unwind(AssertUnwindSafe(|| {
+            self.rooms.handle_datagram(now, from, datagram);
+        }))
+        .is_ok()
+        {
+            return;
+        }
+        error!(%from, "webrtc-rs panicked on a datagram: removing its sender");
+        if let Some(c) = self.rooms.conn_at(from)
+            && catch_unwind(AssertUnwindSafe(|| {
+                self.remove(now, c, LeaveReason::Closed)
+            }))
+            .is_err()
+        {
+            error!(%from, "webrtc-rs panicked again while closing that connection");
+        }
+    }
+
     /// Remove joiners whose connection never came up (SFU-LIVE-02).
     fn sweep(&mut self, now: Instant) {
         if now < self.next_sweep {
@@ -665,12 +705,12 @@ async fn run(mut d: Driver, socket: UdpSocket, mut commands: mpsc::Receiver<Comm
             },
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, from)) = r {
-                    d.rooms.handle_datagram(Instant::now(), from, &buf[..n]);
+                    d.feed(from, &buf[..n]);
                     for _ in 1..READ_BATCH {
                         let Ok((n, from)) = socket.try_recv_from(&mut buf) else {
                             break;
                         };
-                        d.rooms.handle_datagram(Instant::now(), from, &buf[..n]);
+                        d.feed(from, &buf[..n]);
                     }
                 }
             }
@@ -679,7 +719,9 @@ async fn run(mut d: Driver, socket: UdpSocket, mut commands: mpsc::Receiver<Comm
         // Timers run even while datagrams never stop coming.
         let now = Instant::now();
         if now >= due {
-            d.rooms.handle_timeout(now);
+            if catch_unwind(AssertUnwindSafe(|| d.rooms.handle_timeout(now))).is_err() {
+                error!("webrtc-rs panicked in a timer; the edge goes on");
+            }
             d.sweep(now);
         }
     }

@@ -44,11 +44,14 @@ pub enum DropKind {
     LateAfterSkip,
     /// Its sender is over its packet-rate limit (SFU-LIVE-04).
     RateLimited,
+    /// A datagram over its sender's datagram limit, cut at the edge before SRTP
+    /// (SFU-EDGE-13). Counts datagrams (RTP, RTX, RTCP, STUN alike), not RTP packets.
+    Flooded,
 }
 
 impl DropKind {
     /// Every reason, in declaration order (`kind as usize` indexes it).
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::SpoofedSsrc,
         Self::Metadata,
         Self::UnknownTrack,
@@ -64,6 +67,7 @@ impl DropKind {
         Self::Silence,
         Self::LateAfterSkip,
         Self::RateLimited,
+        Self::Flooded,
     ];
 
     /// The `reason` label.
@@ -85,6 +89,7 @@ impl DropKind {
             Self::Silence => "silence",
             Self::LateAfterSkip => "late_after_skip",
             Self::RateLimited => "rate_limited",
+            Self::Flooded => "flooded",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Real webrtc-rs peers on loopback talking to a real `Sfu` (no ICE servers, no mocks).
+//! Real webrtc-rs peers on loopback talking to a real SFU, either shell (no ICE servers, no
+//! mocks).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -20,11 +21,14 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use tokio::net::UdpSocket;
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, broadcast, mpsc, watch};
+use veil_sfu::edge::EdgeSfu;
+use veil_sfu::grpc::Backend;
 use veil_sfu::routing::MediaKind;
+use veil_sfu::shell::Metrics;
 use veil_sfu::shell::peer::{self, OPUS_PT, VP8_PT};
 use veil_sfu::shell::sdp::{AUDIO_LEVEL_URI, DD_URI, MID_URI, RID_URI};
-use veil_sfu::{Sfu, SignalEvent};
+use veil_sfu::{Permissions, RoomEvent, Sfu, SignalEvent};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -36,6 +40,56 @@ use webrtc::rtp_transceiver::{RtpSender, RtpTransceiver};
 
 /// Generous bound for anything that should take well under a second on an idle machine.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Either SFU shell, as the tests drive and inspect it.
+pub trait Shell: Backend {
+    /// The identities in `room`, sorted.
+    async fn roster(&self, room: &str) -> Vec<String>;
+    /// Its metrics.
+    fn counters(&self) -> &Metrics;
+    /// Its room events from now on.
+    fn events(&self) -> broadcast::Receiver<RoomEvent>;
+}
+
+impl Shell for Sfu {
+    async fn roster(&self, room: &str) -> Vec<String> {
+        self.participants(room)
+    }
+    fn counters(&self) -> &Metrics {
+        self.metrics()
+    }
+    fn events(&self) -> broadcast::Receiver<RoomEvent> {
+        self.room_events()
+    }
+}
+
+impl Shell for EdgeSfu {
+    async fn roster(&self, room: &str) -> Vec<String> {
+        self.participants(room).await
+    }
+    fn counters(&self) -> &Metrics {
+        self.metrics()
+    }
+    fn events(&self) -> broadcast::Receiver<RoomEvent> {
+        self.room_events()
+    }
+}
+
+/// Wait until `room`'s participants are `expected`.
+pub async fn roster_becomes(sfu: &impl Shell, room: &str, expected: &[&str]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = sfu.roster(room).await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{room} has {now:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -382,7 +436,7 @@ impl Peer {
     }
 
     /// Apply the SFU's answer and answer its later offers in the background.
-    pub async fn accept(&mut self, sfu: &Sfu, session: veil_sfu::Session) {
+    pub async fn accept(&mut self, sfu: &impl Backend, session: veil_sfu::Session) {
         let sdp_filter = self.sdp_filter.clone();
         let answer = sdp_filter
             .as_ref()
@@ -424,9 +478,12 @@ impl Peer {
     }
 
     /// Join `sfu` and wait until connected.
-    pub async fn join(&mut self, sfu: &Sfu) {
+    pub async fn join(&mut self, sfu: &impl Backend) {
         let offer = self.offer().await;
-        let session = sfu.join(&self.room, &self.identity, &offer).await.unwrap();
+        let session = sfu
+            .join_with(&self.room, &self.identity, &offer, Permissions::ALL)
+            .await
+            .unwrap();
         self.accept(sfu, session).await;
         self.connected().await;
     }
@@ -485,7 +542,7 @@ impl Peer {
     }
 
     /// Subscribe to `track` and wait until it is live; returns the SSRC it arrives on.
-    pub async fn subscribe(&mut self, sfu: &Sfu, track: &str) -> u32 {
+    pub async fn subscribe(&mut self, sfu: &impl Backend, track: &str) -> u32 {
         sfu.subscribe(&self.room, &self.identity, track)
             .await
             .unwrap();

@@ -14,7 +14,6 @@ use veil_proto::sfu::v1::sfu_client::SfuClient;
 use veil_sfu::edge::EdgeSfu;
 use veil_sfu::grpc::{Backend, SfuService};
 use veil_sfu::routing::MediaKind;
-use veil_sfu::shell::Metrics;
 use veil_sfu::{Sfu, SfuConfig};
 use webrtc::peer_connection::RTCSessionDescription;
 
@@ -22,48 +21,6 @@ use crate::common::*;
 
 use pb::signal_event::Event as E;
 use pb::signal_request::Request as R;
-
-/// The SFU shells the gRPC service serves, as these tests inspect them.
-trait Shell: Backend {
-    /// The identities in `room`.
-    async fn roster(&self, room: &str) -> Vec<String>;
-    /// Its metrics.
-    fn counters(&self) -> &Metrics;
-}
-
-impl Shell for Sfu {
-    async fn roster(&self, room: &str) -> Vec<String> {
-        self.participants(room)
-    }
-    fn counters(&self) -> &Metrics {
-        self.metrics()
-    }
-}
-
-impl Shell for EdgeSfu {
-    async fn roster(&self, room: &str) -> Vec<String> {
-        self.participants(room).await
-    }
-    fn counters(&self) -> &Metrics {
-        self.metrics()
-    }
-}
-
-/// Wait until `room`'s participants are `expected`.
-async fn roster_becomes(sfu: &impl Shell, room: &str, expected: &[&str]) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let now = sfu.roster(room).await;
-        if now == expected {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{room} has {now:?}, not {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn serve<B: Backend>(sfu: B, key: &TokenKey) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
