@@ -24,16 +24,24 @@ use veil_auth::{GrantKind, Verifier};
 use veil_proto::sfu::v1 as pb;
 use veil_proto::sfu::v1::sfu_server::{Sfu as SfuRpc, SfuServer};
 
+#[cfg(doc)]
 use crate::edge::EdgeSfu;
 use crate::error::SfuError;
 use crate::routing::MediaKind;
 use crate::shell::{IceCandidate, LeaveReason, Permissions, Session, Sfu, SignalEvent};
 
 /// What the gRPC service asks of an SFU: the signalling calls of one participant. Both shells
-/// serve it: [`Sfu`] (a connection and its tasks per participant) and [`EdgeSfu`] (every
-/// participant on one socket).
+/// serve it: [`Sfu`] (a connection and its tasks per participant; its inherent methods say
+/// more) and [`EdgeSfu`] (every participant on one socket). Every call but `join_with` names a
+/// participant that joined, or fails with [`SfuError::NotJoined`]; a stopped SFU fails with
+/// [`SfuError::Closed`].
 pub trait Backend: Clone + Send + Sync + 'static {
-    /// Admit `identity` to `room` with its offer.
+    /// Admit `identity` to `room` with its offer: the answer and the participant's events. The
+    /// caller has checked the access token.
+    ///
+    /// # Errors
+    /// [`SfuError::AlreadyJoined`], [`SfuError::Limit`], [`SfuError::Sdp`],
+    /// [`SfuError::WebRtc`].
     fn join_with(
         &self,
         room: &str,
@@ -43,14 +51,22 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Session, SfuError>> + Send;
     /// The room's packetization label (SFU-ROOM-03).
     fn settle_packetization(&self, room: &str, proposal: i32) -> impl Future<Output = i32> + Send;
-    /// A new offer from the participant; the answer.
+    /// A new offer from the participant (to publish another track): the answer.
+    ///
+    /// # Errors
+    /// [`SfuError::Negotiation`] while the SFU's own offer waits for its answer (the SFU is
+    /// the impolite peer), [`SfuError::Sdp`], [`SfuError::WebRtc`].
     fn offer(
         &self,
         room: &str,
         identity: &str,
         sdp: &str,
     ) -> impl Future<Output = Result<String, SfuError>> + Send;
-    /// The participant's answer to the SFU's offer.
+    /// The participant's answer to the SFU's last [`SignalEvent::Offer`]; the subscriptions
+    /// it settles start.
+    ///
+    /// # Errors
+    /// [`SfuError::Negotiation`] if no offer waits, [`SfuError::Sdp`], [`SfuError::WebRtc`].
     fn answer(
         &self,
         room: &str,
@@ -58,27 +74,42 @@ pub trait Backend: Clone + Send + Sync + 'static {
         sdp: &str,
     ) -> impl Future<Output = Result<(), SfuError>> + Send;
     /// A trickled candidate.
+    ///
+    /// # Errors
+    /// [`SfuError::Sdp`] for one webrtc-rs refuses.
     fn add_ice_candidate(
         &self,
         room: &str,
         identity: &str,
         c: IceCandidate,
     ) -> impl Future<Output = Result<(), SfuError>> + Send;
-    /// Receive a track.
+    /// Receive `track` (a [`crate::TrackInfo::track`] name): an offer follows, and packets
+    /// from the track's next key frame once it is answered.
+    ///
+    /// # Errors
+    /// [`SfuError::PermissionDenied`] without the `subscribe` grant, [`SfuError::NoSuchTrack`],
+    /// [`SfuError::Protocol`] for one's own track, [`SfuError::WebRtc`].
     fn subscribe(
         &self,
         room: &str,
         identity: &str,
         track: &str,
     ) -> impl Future<Output = Result<(), SfuError>> + Send;
-    /// Stop receiving a track.
+    /// Stop receiving `track`: an offer follows.
+    ///
+    /// # Errors
+    /// [`SfuError::NotSubscribed`], [`SfuError::WebRtc`].
     fn unsubscribe(
         &self,
         room: &str,
         identity: &str,
         track: &str,
     ) -> impl Future<Output = Result<(), SfuError>> + Send;
-    /// Which simulcast layer of a track to receive.
+    /// Which simulcast layer of `track` to receive, by rid (None: the first); the switch
+    /// comes at that layer's next key frame (SFU-KF-03).
+    ///
+    /// # Errors
+    /// [`SfuError::NotSubscribed`].
     fn set_layer_preference(
         &self,
         room: &str,
@@ -86,7 +117,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
         track: &str,
         rid: Option<&str>,
     ) -> impl Future<Output = Result<(), SfuError>> + Send;
-    /// Leave.
+    /// Leave the room.
+    ///
+    /// # Errors
+    /// [`SfuError::NotJoined`].
     fn leave(
         &self,
         room: &str,
@@ -138,53 +172,6 @@ impl Backend for Sfu {
     }
     async fn leave(&self, room: &str, identity: &str) -> Result<(), SfuError> {
         Sfu::leave(self, room, identity).await
-    }
-}
-
-impl Backend for EdgeSfu {
-    async fn join_with(
-        &self,
-        room: &str,
-        identity: &str,
-        offer: &str,
-        permissions: Permissions,
-    ) -> Result<Session, SfuError> {
-        EdgeSfu::join_with(self, room, identity, offer, permissions).await
-    }
-    async fn settle_packetization(&self, room: &str, proposal: i32) -> i32 {
-        EdgeSfu::settle_packetization(self, room, proposal).await
-    }
-    async fn offer(&self, room: &str, identity: &str, sdp: &str) -> Result<String, SfuError> {
-        EdgeSfu::offer(self, room, identity, sdp).await
-    }
-    async fn answer(&self, room: &str, identity: &str, sdp: &str) -> Result<(), SfuError> {
-        EdgeSfu::answer(self, room, identity, sdp).await
-    }
-    async fn add_ice_candidate(
-        &self,
-        room: &str,
-        identity: &str,
-        _: IceCandidate,
-    ) -> Result<(), SfuError> {
-        EdgeSfu::add_ice_candidate(self, room, identity).await
-    }
-    async fn subscribe(&self, room: &str, identity: &str, track: &str) -> Result<(), SfuError> {
-        EdgeSfu::subscribe(self, room, identity, track).await
-    }
-    async fn unsubscribe(&self, room: &str, identity: &str, track: &str) -> Result<(), SfuError> {
-        EdgeSfu::unsubscribe(self, room, identity, track).await
-    }
-    async fn set_layer_preference(
-        &self,
-        room: &str,
-        identity: &str,
-        track: &str,
-        rid: Option<&str>,
-    ) -> Result<(), SfuError> {
-        EdgeSfu::set_layer_preference(self, room, identity, track, rid).await
-    }
-    async fn leave(&self, room: &str, identity: &str) -> Result<(), SfuError> {
-        EdgeSfu::leave(self, room, identity).await
     }
 }
 

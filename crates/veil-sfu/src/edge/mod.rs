@@ -74,6 +74,13 @@ mod serve;
 pub use room::{EdgeRooms, RoomEvent as EdgeRoomEvent, parse_track_name, track_name};
 pub use serve::EdgeSfu;
 
+/// The local description `pc` has just set, as SDP.
+fn local_sdp(pc: &RTCPeerConnection) -> Result<String, SfuError> {
+    pc.local_description()
+        .map(|d| d.sdp)
+        .ok_or_else(|| SfuError::Negotiation("no local description".into()))
+}
+
 fn rtc_error(what: &'static str) -> impl Fn(rtc::shared::error::Error) -> SfuError + Copy {
     move |e| SfuError::WebRtc(format!("edge {what}: {e}"))
 }
@@ -356,10 +363,7 @@ impl Edge {
             .map_err(w)?;
         let answer = pc.create_answer(None).map_err(w)?;
         pc.set_local_description(now, answer).map_err(w)?;
-        let sdp = pc
-            .local_description()
-            .map(|d| d.sdp)
-            .ok_or_else(|| SfuError::Negotiation("no local description".into()))?;
+        let sdp = local_sdp(&pc)?;
         self.by_ufrag.insert(ufrag.clone(), id);
         self.conns.push(Some(Box::new(Conn {
             pc,
@@ -444,10 +448,7 @@ impl Edge {
         let pc = self.conn(id)?;
         let offer = pc.create_offer(None).map_err(&w)?;
         pc.set_local_description(now, offer).map_err(&w)?;
-        let sdp = pc
-            .local_description()
-            .map(|d| d.sdp)
-            .ok_or_else(|| SfuError::Negotiation("no local description".into()))?;
+        let sdp = local_sdp(pc)?;
         self.dirty.push(id);
         Ok(sdp)
     }
@@ -469,10 +470,7 @@ impl Edge {
         pc.set_remote_description(now, desc).map_err(&w)?;
         let answer = pc.create_answer(None).map_err(&w)?;
         pc.set_local_description(now, answer).map_err(&w)?;
-        let sdp = pc
-            .local_description()
-            .map(|d| d.sdp)
-            .ok_or_else(|| SfuError::Negotiation("no local description".into()))?;
+        let sdp = local_sdp(pc)?;
         self.dirty.push(id);
         Ok(sdp)
     }

@@ -785,17 +785,13 @@ impl EdgeRooms {
             return;
         }
         if let Some(tap) = self.config.tap.as_ref().filter(|t| t.listening()) {
-            tap.record(TappedPacket {
-                room: room.name.clone(),
-                publisher: m.identity.clone(),
-                track: track_name(tid),
+            tap.record(TappedPacket::of(
+                &room.name,
+                &m.identity,
+                track_name(tid),
                 kind,
-                ssrc: p.header.ssrc,
-                seq: p.header.sequence_number,
-                timestamp: p.header.timestamp,
-                marker: p.header.marker,
-                payload: p.payload.clone(),
-            });
+                p,
+            ));
         }
         let mut block = [0u8; 1500];
         let Some(meta) = packet_meta(p, &mut block) else {

@@ -2,8 +2,8 @@
 //! the same signalling API as the task-per-leg [`Sfu`](crate::Sfu).
 //!
 //! One OS thread owns the socket and the rooms (a single-threaded tokio runtime: the socket,
-//! the timers and the command queue). Signalling calls ([`EdgeSfu::join_with`],
-//! [`EdgeSfu::subscribe`], …) are closures sent to that thread, run between datagrams, and
+//! the timers and the command queue). Signalling calls ([`Backend::join_with`],
+//! [`Backend::subscribe`], …) are closures sent to that thread, run between datagrams, and
 //! answered on a oneshot; what they change in the rooms turns into each participant's
 //! [`SignalEvent`]s before the call returns. Nothing is shared with the thread but the metrics
 //! and the room-event channel, so no lock is taken per packet.
@@ -27,9 +27,11 @@ use tracing::{debug, error, info, warn};
 use super::ConnId;
 use super::room::{EdgeRooms, RoomEvent as Happened, parse_track_name, track_name};
 use crate::error::SfuError;
+use crate::grpc::Backend;
 use crate::shell::metrics::Reason;
 use crate::shell::{
-    LeaveReason, Metrics, Permissions, RoomEvent, Session, SfuConfig, SignalEvent, TrackInfo,
+    IceCandidate, LeaveReason, Metrics, Permissions, RoomEvent, Session, SfuConfig, SignalEvent,
+    TrackInfo,
 };
 
 /// Datagrams read in one turn before the thread looks at commands and timers again.
@@ -199,145 +201,6 @@ impl EdgeSfu {
         .await?
     }
 
-    /// Admit `identity` to `room` with its SDP offer; returns the answer and the participant's
-    /// event stream. The caller has checked the access token (the gRPC service does).
-    ///
-    /// # Errors
-    /// [`SfuError::AlreadyJoined`], [`SfuError::Limit`], [`SfuError::Sdp`],
-    /// [`SfuError::WebRtc`], [`SfuError::Closed`] if the SFU stopped.
-    pub async fn join_with(
-        &self,
-        room: &str,
-        identity: &str,
-        offer: &str,
-        permissions: Permissions,
-    ) -> Result<Session, SfuError> {
-        let (room, identity, offer) = (room.to_owned(), identity.to_owned(), offer.to_owned());
-        self.call(move |d, now| d.join(now, room, identity, &offer, permissions))
-            .await?
-    }
-
-    /// [`EdgeSfu::join_with`] with every permission.
-    ///
-    /// # Errors
-    /// As [`EdgeSfu::join_with`].
-    pub async fn join(&self, room: &str, identity: &str, offer: &str) -> Result<Session, SfuError> {
-        self.join_with(room, identity, offer, Permissions::ALL)
-            .await
-    }
-
-    /// The room's packetization label (SFU-ROOM-03): the first non-zero `proposal` made in
-    /// `room` while it has participants, which every later call returns.
-    pub async fn settle_packetization(&self, room: &str, proposal: i32) -> i32 {
-        let room = room.to_owned();
-        self.call(move |d, _| {
-            if d.rooms.len(&room) == 0 {
-                return proposal;
-            }
-            let p = d.packetization.entry(room).or_insert(0);
-            if *p == 0 {
-                *p = proposal;
-            }
-            *p
-        })
-        .await
-        .unwrap_or(proposal)
-    }
-
-    /// A trickled candidate: the edge is ICE-lite and learns each participant's address from
-    /// its checks (SFU-EDGE-01), so a candidate changes nothing. It is accepted for the API's
-    /// sake once the participant is known.
-    ///
-    /// # Errors
-    /// [`SfuError::NotJoined`].
-    pub async fn add_ice_candidate(&self, room: &str, identity: &str) -> Result<(), SfuError> {
-        self.on(room, identity, |_, _, _| Ok(())).await
-    }
-
-    /// A new offer from `identity` (e.g. to publish another track); returns the answer.
-    ///
-    /// # Errors
-    /// [`SfuError::NotJoined`]; [`SfuError::Negotiation`] while the SFU's own offer waits for
-    /// its answer (answer that first: the SFU is the impolite peer); [`SfuError::Sdp`],
-    /// [`SfuError::WebRtc`].
-    pub async fn offer(&self, room: &str, identity: &str, sdp: &str) -> Result<String, SfuError> {
-        let sdp = sdp.to_owned();
-        self.on(room, identity, move |d, now, c| d.rooms.offer(now, c, &sdp))
-            .await
-    }
-
-    /// The answer to the SFU's last [`SignalEvent::Offer`]. Subscriptions it settles start.
-    ///
-    /// # Errors
-    /// [`SfuError::NotJoined`]; [`SfuError::Negotiation`] if no offer waits; [`SfuError::Sdp`],
-    /// [`SfuError::WebRtc`].
-    pub async fn answer(&self, room: &str, identity: &str, sdp: &str) -> Result<(), SfuError> {
-        let sdp = sdp.to_owned();
-        self.on(room, identity, move |d, now, c| {
-            d.rooms.answer(now, c, &sdp)
-        })
-        .await
-    }
-
-    /// Receive `track` (a [`TrackInfo::track`] name). An [`SignalEvent::Offer`] follows; packets
-    /// flow once it is answered, from the track's next key frame on.
-    ///
-    /// # Errors
-    /// [`SfuError::NotJoined`], [`SfuError::PermissionDenied`], [`SfuError::NoSuchTrack`],
-    /// [`SfuError::Protocol`] (one's own track, or subscribed already), [`SfuError::WebRtc`].
-    pub async fn subscribe(&self, room: &str, identity: &str, track: &str) -> Result<(), SfuError> {
-        let track = track.to_owned();
-        self.on(room, identity, move |d, now, c| {
-            if !d.people.get(&c).is_some_and(|p| p.permissions.subscribe) {
-                return Err(SfuError::PermissionDenied(
-                    "the token lacks the `subscribe` grant".into(),
-                ));
-            }
-            let t = parse_track_name(&track).ok_or(SfuError::NoSuchTrack(track))?;
-            d.rooms.subscribe(now, c, t)
-        })
-        .await
-    }
-
-    /// Stop receiving `track`. An [`SignalEvent::Offer`] follows.
-    ///
-    /// # Errors
-    /// [`SfuError::NotJoined`], [`SfuError::NoSuchTrack`], [`SfuError::NotSubscribed`],
-    /// [`SfuError::WebRtc`].
-    pub async fn unsubscribe(
-        &self,
-        room: &str,
-        identity: &str,
-        track: &str,
-    ) -> Result<(), SfuError> {
-        let track = track.to_owned();
-        self.on(room, identity, move |d, now, c| {
-            let t = parse_track_name(&track).ok_or(SfuError::NoSuchTrack(track))?;
-            d.rooms.unsubscribe(now, c, t)
-        })
-        .await
-    }
-
-    /// Which simulcast layer of `track` to receive, by rid (None: the first). The switch happens
-    /// at that layer's next key frame, which the SFU asks the publisher for (SFU-KF-03).
-    ///
-    /// # Errors
-    /// [`SfuError::NotJoined`], [`SfuError::NoSuchTrack`], [`SfuError::NotSubscribed`].
-    pub async fn set_layer_preference(
-        &self,
-        room: &str,
-        identity: &str,
-        track: &str,
-        rid: Option<&str>,
-    ) -> Result<(), SfuError> {
-        let (track, rid) = (track.to_owned(), rid.map(str::to_owned));
-        self.on(room, identity, move |d, now, c| {
-            let t = parse_track_name(&track).ok_or(SfuError::NoSuchTrack(track))?;
-            d.rooms.set_layer(now, c, t, rid.as_deref())
-        })
-        .await
-    }
-
     /// The layer forwarded to `identity` on `track` (None: nothing forwarded yet).
     pub async fn layer(&self, room: &str, identity: &str, track: &str) -> Option<u8> {
         let t = parse_track_name(track)?;
@@ -363,12 +226,104 @@ impl EdgeSfu {
         .await
         .unwrap_or_default()
     }
+}
 
-    /// `identity` leaves `room`.
-    ///
-    /// # Errors
-    /// [`SfuError::NotJoined`].
-    pub async fn leave(&self, room: &str, identity: &str) -> Result<(), SfuError> {
+/// The signalling calls, run on the SFU's thread; what they change in the rooms is delivered
+/// as events before they return.
+impl Backend for EdgeSfu {
+    async fn join_with(
+        &self,
+        room: &str,
+        identity: &str,
+        offer: &str,
+        permissions: Permissions,
+    ) -> Result<Session, SfuError> {
+        let (room, identity, offer) = (room.to_owned(), identity.to_owned(), offer.to_owned());
+        self.call(move |d, now| d.join(now, room, identity, &offer, permissions))
+            .await?
+    }
+
+    async fn settle_packetization(&self, room: &str, proposal: i32) -> i32 {
+        let room = room.to_owned();
+        self.call(move |d, _| {
+            if d.rooms.len(&room) == 0 {
+                return proposal;
+            }
+            let p = d.packetization.entry(room).or_insert(0);
+            if *p == 0 {
+                *p = proposal;
+            }
+            *p
+        })
+        .await
+        .unwrap_or(proposal)
+    }
+
+    // The edge is ICE-lite and learns each participant's address from its checks
+    // (SFU-EDGE-01), so a trickled candidate changes nothing; it is accepted once the
+    // participant is known.
+    async fn add_ice_candidate(
+        &self,
+        room: &str,
+        identity: &str,
+        _: IceCandidate,
+    ) -> Result<(), SfuError> {
+        self.on(room, identity, |_, _, _| Ok(())).await
+    }
+
+    async fn offer(&self, room: &str, identity: &str, sdp: &str) -> Result<String, SfuError> {
+        let sdp = sdp.to_owned();
+        self.on(room, identity, move |d, now, c| d.rooms.offer(now, c, &sdp))
+            .await
+    }
+
+    async fn answer(&self, room: &str, identity: &str, sdp: &str) -> Result<(), SfuError> {
+        let sdp = sdp.to_owned();
+        self.on(room, identity, move |d, now, c| {
+            d.rooms.answer(now, c, &sdp)
+        })
+        .await
+    }
+
+    async fn subscribe(&self, room: &str, identity: &str, track: &str) -> Result<(), SfuError> {
+        let track = track.to_owned();
+        self.on(room, identity, move |d, now, c| {
+            if !d.people.get(&c).is_some_and(|p| p.permissions.subscribe) {
+                return Err(SfuError::PermissionDenied(
+                    "the token lacks the `subscribe` grant".into(),
+                ));
+            }
+            let t = parse_track_name(&track).ok_or(SfuError::NoSuchTrack(track))?;
+            d.rooms.subscribe(now, c, t)
+        })
+        .await
+    }
+
+    async fn unsubscribe(&self, room: &str, identity: &str, track: &str) -> Result<(), SfuError> {
+        let track = track.to_owned();
+        self.on(room, identity, move |d, now, c| {
+            let t = parse_track_name(&track).ok_or(SfuError::NoSuchTrack(track))?;
+            d.rooms.unsubscribe(now, c, t)
+        })
+        .await
+    }
+
+    async fn set_layer_preference(
+        &self,
+        room: &str,
+        identity: &str,
+        track: &str,
+        rid: Option<&str>,
+    ) -> Result<(), SfuError> {
+        let (track, rid) = (track.to_owned(), rid.map(str::to_owned));
+        self.on(room, identity, move |d, now, c| {
+            let t = parse_track_name(&track).ok_or(SfuError::NoSuchTrack(track))?;
+            d.rooms.set_layer(now, c, t, rid.as_deref())
+        })
+        .await
+    }
+
+    async fn leave(&self, room: &str, identity: &str) -> Result<(), SfuError> {
         self.on(room, identity, |d, now, c| {
             d.remove(now, c, LeaveReason::Left);
             Ok(())

@@ -241,21 +241,18 @@ fn route(
     let now = shared.now();
     let mut st = room.lock();
     if let Some(tap) = shared.config.tap.as_ref().filter(|t| t.listening()) {
-        tap.record(super::TappedPacket {
-            room: room.name.clone(),
-            publisher: st
-                .participants
-                .get(&publisher)
-                .map(|p| p.identity.clone())
-                .unwrap_or_default(),
-            track: track_name(tid),
+        let identity = st
+            .participants
+            .get(&publisher)
+            .map(|p| p.identity.as_str())
+            .unwrap_or_default();
+        tap.record(super::TappedPacket::of(
+            &room.name,
+            identity,
+            track_name(tid),
             kind,
-            ssrc: p.header.ssrc,
-            seq: p.header.sequence_number,
-            timestamp: p.header.timestamp,
-            marker: p.header.marker,
-            payload: p.payload.clone(),
-        });
+            p,
+        ));
     }
     let routed = match st.core.on_rtp(publisher, tid, &meta, now) {
         Ok(r) => r,

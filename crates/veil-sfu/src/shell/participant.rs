@@ -294,15 +294,7 @@ impl Participant {
             t.abort();
         }
         if live {
-            shared.metrics.subscriptions.dec();
-            shared
-                .metrics
-                .subscriber_layer
-                .remove(&super::metrics::SubscriberTrack {
-                    room: room.to_owned(),
-                    subscriber: self.identity.clone(),
-                    track: track_name(tid),
-                });
+            self.forget_subscription(shared, room, tid);
         }
         if !self.closed.load(Ordering::Acquire) {
             self.pc
@@ -415,6 +407,19 @@ impl Participant {
         }
     }
 
+    /// A live subscription to `tid` ended: count it, and drop its layer gauge.
+    fn forget_subscription(&self, shared: &Shared, room: &str, tid: TrackId) {
+        shared.metrics.subscriptions.dec();
+        shared
+            .metrics
+            .subscriber_layer
+            .remove(&super::metrics::SubscriberTrack {
+                room: room.to_owned(),
+                subscriber: self.identity.clone(),
+                track: track_name(tid),
+            });
+    }
+
     /// Close the connection and end the event stream.
     pub(super) async fn close(&self, shared: &Shared, room: &str, reason: LeaveReason) {
         if self.closed.swap(true, Ordering::AcqRel) {
@@ -423,15 +428,7 @@ impl Participant {
         let subs: Vec<(TrackId, Sub)> = self.subs().drain().collect();
         for (tid, s) in subs {
             if !s.tasks.is_empty() {
-                shared.metrics.subscriptions.dec();
-                shared
-                    .metrics
-                    .subscriber_layer
-                    .remove(&super::metrics::SubscriberTrack {
-                        room: room.to_owned(),
-                        subscriber: self.identity.clone(),
-                        track: track_name(tid),
-                    });
+                self.forget_subscription(shared, room, tid);
             }
             s.tasks.iter().for_each(JoinHandle::abort);
         }

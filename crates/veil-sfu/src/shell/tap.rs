@@ -34,6 +34,29 @@ pub struct TappedPacket {
     pub payload: Bytes,
 }
 
+impl TappedPacket {
+    /// The record of `p`, as `publisher` sent it on `track` in `room`.
+    pub(crate) fn of(
+        room: &str,
+        publisher: &str,
+        track: String,
+        kind: MediaKind,
+        p: &rtc::rtp::Packet,
+    ) -> Self {
+        Self {
+            room: room.to_owned(),
+            publisher: publisher.to_owned(),
+            track,
+            kind,
+            ssrc: p.header.ssrc,
+            seq: p.header.sequence_number,
+            timestamp: p.header.timestamp,
+            marker: p.header.marker,
+            payload: p.payload.clone(),
+        }
+    }
+}
+
 /// A tap on every packet the SFU receives. Cheap to clone; clones are the same tap.
 #[derive(Debug, Clone)]
 pub struct Tap {
