@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::DropKind;
 use veil_sfu::shell::sdp::AUDIO_LEVEL_URI;
@@ -24,8 +25,23 @@ const HANGOVER: u16 = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous() {
+    silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous_with(Sfu::new(
+        SfuConfig::default(),
+    ))
+    .await;
+}
+
+/// The same on the one-socket edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous_on_the_edge() {
+    silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous_with(
+        EdgeSfu::new(SfuConfig::default()).unwrap(),
+    )
+    .await;
+}
+
+async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous_with(sfu: impl Shell) {
     init_tracing();
-    let sfu = Sfu::new(SfuConfig::default());
     let room = "dtx";
     let mut alice = Peer::new(room, "alice", true).await;
     let mic = alice.add_track(MediaKind::Audio, SSRC, "mic").await;
@@ -37,7 +53,7 @@ async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous() {
     // Talk until the SFU has seen the track (the first packets may beat the SRTP context).
     let mut seq = 1000u16;
     for _ in 0..1000 {
-        if !sfu.tracks(room).is_empty() {
+        if sfu.counters().tracks.get() > 0 {
             break;
         }
         mic.send(
@@ -86,7 +102,7 @@ async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous() {
     let want: Vec<u16> = (0..TALK + HANGOVER).chain(dtx.start..total).collect();
     let dropped = u64::from(SILENCE - HANGOVER);
     eventually("the silence drops to be counted", || {
-        sfu.metrics().drops(DropKind::Silence) >= dropped
+        sfu.counters().drops(DropKind::Silence) >= dropped
     })
     .await;
 
@@ -137,7 +153,7 @@ async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous() {
             "packet {i}"
         );
     }
-    assert_eq!(sfu.metrics().drops(DropKind::Silence), dropped);
+    assert_eq!(sfu.counters().drops(DropKind::Silence), dropped);
     eprintln!(
         "{} of {total} packets forwarded, {dropped} silent ones dropped; seq {}..={}",
         got.len(),

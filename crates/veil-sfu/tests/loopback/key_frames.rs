@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
 use veil_sfu::{Sfu, SfuConfig};
 
@@ -15,11 +16,28 @@ const INTERVAL: Duration = Duration::from_millis(500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pli_flood_gives_the_publisher_one_request_per_interval() {
-    init_tracing();
-    let sfu = Sfu::new(SfuConfig {
+    a_pli_flood_gives_the_publisher_one_request_per_interval_with(Sfu::new(SfuConfig {
         key_frame_interval: INTERVAL,
         ..SfuConfig::default()
-    });
+    }))
+    .await;
+}
+
+/// The same on the one-socket edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pli_flood_gives_the_publisher_one_request_per_interval_on_the_edge() {
+    a_pli_flood_gives_the_publisher_one_request_per_interval_with(
+        EdgeSfu::new(SfuConfig {
+            key_frame_interval: INTERVAL,
+            ..SfuConfig::default()
+        })
+        .unwrap(),
+    )
+    .await;
+}
+
+async fn a_pli_flood_gives_the_publisher_one_request_per_interval_with(sfu: impl Shell) {
+    init_tracing();
     let room = "plis";
     let mut alice = Peer::new(room, "alice", true).await;
     let video = Arc::new(alice.add_track(MediaKind::Video, 0x7777, "cam").await);
@@ -42,7 +60,10 @@ async fn a_pli_flood_gives_the_publisher_one_request_per_interval() {
             }
         })
     };
-    eventually("the SFU to see the track", || sfu.tracks(room).len() == 1).await;
+    eventually("the SFU to see the track", || {
+        sfu.counters().tracks.get() == 1
+    })
+    .await;
 
     let mut bob = Peer::new(room, "bob", false).await;
     bob.join(&sfu).await;
@@ -73,7 +94,7 @@ async fn a_pli_flood_gives_the_publisher_one_request_per_interval() {
     stop.store(true, Ordering::Relaxed);
     sender.await.unwrap();
 
-    let m = sfu.metrics();
+    let m = sfu.counters();
     let received = m.subscriber_key_frame_requests.get();
     let at_publisher = plis.lock().unwrap().clone();
     let sfu_sent = m.publisher_key_frame_requests.get();

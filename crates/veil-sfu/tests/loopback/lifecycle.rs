@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
 use veil_sfu::{LeaveReason, RoomEvent, Sfu, SfuConfig, SignalEvent};
 
@@ -14,10 +15,19 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_resubscribe_and_leave() {
+    unsubscribe_resubscribe_and_leave_with(Sfu::new(SfuConfig::default())).await;
+}
+
+/// The same on the one-socket edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_resubscribe_and_leave_on_the_edge() {
+    unsubscribe_resubscribe_and_leave_with(EdgeSfu::new(SfuConfig::default()).unwrap()).await;
+}
+
+async fn unsubscribe_resubscribe_and_leave_with(sfu: impl Shell) {
     init_tracing();
-    let sfu = Sfu::new(SfuConfig::default());
     let room = "lifecycle";
-    let mut room_events = sfu.room_events();
+    let mut room_events = sfu.events();
     let mut alice = Peer::new(room, "alice", true).await;
     let mic = Arc::new(alice.add_track(MediaKind::Audio, 0xA1, "mic").await);
     alice.join(&sfu).await;
@@ -40,7 +50,7 @@ async fn unsubscribe_resubscribe_and_leave() {
             }
         })
     };
-    eventually("alice's track", || sfu.tracks(room).len() == 1).await;
+    eventually("alice's track", || sfu.counters().tracks.get() == 1).await;
 
     let mut bob = Peer::new(room, "bob", false).await;
     bob.join(&sfu).await;
@@ -54,11 +64,11 @@ async fn unsubscribe_resubscribe_and_leave() {
     // Unsubscribe: forwarding stops at once (the core forgets the subscription before the call
     // returns), and the SFU renegotiates the m-section away (bob answers in the background).
     sfu.unsubscribe(room, "bob", &track).await.unwrap();
-    let frozen = sfu.metrics().forwarded("audio");
-    assert_eq!(sfu.metrics().subscriptions.get(), 0);
+    let frozen = sfu.counters().forwarded("audio");
+    assert_eq!(sfu.counters().subscriptions.get(), 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        sfu.metrics().forwarded("audio"),
+        sfu.counters().forwarded("audio"),
         frozen,
         "packets forwarded after unsubscribe"
     );
@@ -70,7 +80,7 @@ async fn unsubscribe_resubscribe_and_leave() {
     // Subscribe again: a new leg, packets flow again.
     bob.subscribe(&sfu, &track).await;
     eventually("packets after resubscribing", || {
-        sfu.metrics().forwarded("audio") > frozen
+        sfu.counters().forwarded("audio") > frozen
     })
     .await;
 
@@ -104,11 +114,11 @@ async fn unsubscribe_resubscribe_and_leave() {
     .await
     .unwrap();
     assert_eq!(left, ("alice".to_owned(), LeaveReason::Left));
-    assert_eq!(sfu.participants(room), ["bob"]);
+    assert_eq!(sfu.roster(room).await, ["bob"]);
     assert_eq!(
         (
-            sfu.metrics().tracks.get(),
-            sfu.metrics().subscriptions.get()
+            sfu.counters().tracks.get(),
+            sfu.counters().subscriptions.get()
         ),
         (0, 0)
     );

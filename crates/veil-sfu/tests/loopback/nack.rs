@@ -17,16 +17,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::sdp::DD_URI;
-use veil_sfu::{Sfu, SfuConfig};
+use veil_sfu::{Permissions, Sfu, SfuConfig};
 
 use crate::common::*;
 
 /// Alice publishes video, bob subscribes; one of them reaches the SFU through a lossy relay.
-async fn run(lossy_publisher: bool) {
+async fn run(sfu: impl Shell, lossy_publisher: bool) {
     init_tracing();
-    let sfu = Sfu::new(SfuConfig::default());
     let room = if lossy_publisher {
         "nack-up"
     } else {
@@ -47,7 +47,10 @@ async fn run(lossy_publisher: bool) {
     let video = alice.add_track(MediaKind::Video, 0xBEEF, "cam").await;
     let dd_id = video.ext_id(DD_URI).await.expect("DD negotiated");
     let offer = alice.offer().await;
-    let session = sfu.join(room, "alice", &offer).await.unwrap();
+    let session = sfu
+        .join_with(room, "alice", &offer, Permissions::ALL)
+        .await
+        .unwrap();
     let mut relays = Vec::new();
     if lossy_publisher {
         let (relay, filter) = through_relay(&session.answer, true).await;
@@ -59,7 +62,7 @@ async fn run(lossy_publisher: bool) {
     // Frame numbers run on from these announcing key frames.
     let mut announced = 0u16;
     for i in 0..1000u16 {
-        if !sfu.tracks(room).is_empty() {
+        if sfu.counters().tracks.get() > 0 {
             break;
         }
         video
@@ -71,7 +74,10 @@ async fn run(lossy_publisher: bool) {
 
     let mut bob = Peer::new(room, "bob", false).await;
     let offer = bob.offer().await;
-    let session = sfu.join(room, "bob", &offer).await.unwrap();
+    let session = sfu
+        .join_with(room, "bob", &offer, Permissions::ALL)
+        .await
+        .unwrap();
     if !lossy_publisher {
         let (relay, filter) = through_relay(&session.answer, false).await;
         bob.sdp_filter = Some(filter);
@@ -148,7 +154,7 @@ async fn run(lossy_publisher: bool) {
         "{rtx} RTX packets for {dropped} losses"
     );
     // The SFU's own account of it, on /metrics.
-    let m = sfu.metrics();
+    let m = sfu.counters();
     if lossy_publisher {
         let arrived = rtx - lossy.rtx_dropped.load(Ordering::Relaxed);
         assert_eq!(m.rtx("in", "unwrapped"), arrived, "{}", m.encode());
@@ -161,11 +167,23 @@ async fn run(lossy_publisher: bool) {
 /// SFU-NACK-01.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losses_towards_a_subscriber_are_repaired_by_the_sfu() {
-    run(false).await;
+    run(Sfu::new(SfuConfig::default()), false).await;
+}
+
+/// SFU-NACK-01 on the one-socket edge: RTX towards a subscriber from the edge's own history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losses_towards_a_subscriber_are_repaired_by_the_edge() {
+    run(EdgeSfu::new(SfuConfig::default()).unwrap(), false).await;
 }
 
 /// SFU-NACK-02.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losses_from_a_publisher_are_repaired_on_its_leg() {
-    run(true).await;
+    run(Sfu::new(SfuConfig::default()), true).await;
+}
+
+/// SFU-NACK-02 on the one-socket edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losses_from_a_publisher_are_repaired_on_its_leg_to_the_edge() {
+    run(EdgeSfu::new(SfuConfig::default()).unwrap(), true).await;
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::sdp::{AUDIO_LEVEL_URI, DD_URI};
 use veil_sfu::{Sfu, SfuConfig, SignalEvent};
@@ -18,8 +19,21 @@ const PACKETS: u16 = 60;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_and_extensions_reach_every_subscriber_unchanged() {
+    payloads_and_extensions_reach_every_subscriber_unchanged_with(Sfu::new(SfuConfig::default()))
+        .await;
+}
+
+/// The same on the one-socket edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_and_extensions_reach_every_subscriber_unchanged_on_the_edge() {
+    payloads_and_extensions_reach_every_subscriber_unchanged_with(
+        EdgeSfu::new(SfuConfig::default()).unwrap(),
+    )
+    .await;
+}
+
+async fn payloads_and_extensions_reach_every_subscriber_unchanged_with(sfu: impl Shell) {
     init_tracing();
-    let sfu = Sfu::new(SfuConfig::default());
     let room = "payload";
     let mut alice = Peer::new(room, "alice", true).await;
     let audio = alice.add_track(MediaKind::Audio, AUDIO_SSRC, "mic").await;
@@ -47,7 +61,7 @@ async fn payloads_and_extensions_reach_every_subscriber_unchanged() {
     // The very first packets may arrive before the SFU's SRTP context is ready: keep sending
     // until it has seen both tracks.
     for i in 0..1000u16 {
-        if sfu.tracks(room).len() == 2 {
+        if sfu.counters().tracks.get() == 2 {
             break;
         }
         audio
@@ -58,7 +72,7 @@ async fn payloads_and_extensions_reach_every_subscriber_unchanged() {
             .await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(sfu.tracks(room).len(), 2, "the SFU saw both tracks");
+    assert_eq!(sfu.counters().tracks.get(), 2, "the SFU saw both tracks");
 
     let mut subs = Vec::new();
     for name in ["bob", "carol", "dave"] {
@@ -148,7 +162,7 @@ async fn payloads_and_extensions_reach_every_subscriber_unchanged() {
             "ids happened to match: rewriting untested"
         );
     }
-    let m = sfu.metrics();
+    let m = sfu.counters();
     assert!(m.forwarded("audio") >= 3 * u64::from(PACKETS));
     assert!(m.forwarded("video") >= 3 * u64::from(PACKETS));
     assert!(m.encode().contains("veil_sfu_forwarded_bytes_total"));

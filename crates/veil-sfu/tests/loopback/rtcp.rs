@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::sdp::AUDIO_LEVEL_URI;
 use veil_sfu::{Sfu, SfuConfig};
@@ -17,8 +18,18 @@ const LEN: usize = 80;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_are_per_hop_and_never_cross_the_sfu() {
+    reports_are_per_hop_and_never_cross_the_sfu_with(Sfu::new(SfuConfig::default())).await;
+}
+
+/// The same on the one-socket edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_per_hop_and_never_cross_the_sfu_on_the_edge() {
+    reports_are_per_hop_and_never_cross_the_sfu_with(EdgeSfu::new(SfuConfig::default()).unwrap())
+        .await;
+}
+
+async fn reports_are_per_hop_and_never_cross_the_sfu_with(sfu: impl Shell) {
     init_tracing();
-    let sfu = Sfu::new(SfuConfig::default());
     let room = "rtcp";
     let (mut alice, alice_log) = Peer::with_rtcp_log(room, "alice", true).await;
     let mic = alice.add_track(MediaKind::Audio, SSRC, "mic").await;
@@ -38,7 +49,7 @@ async fn reports_are_per_hop_and_never_cross_the_sfu() {
         *seq += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    while sfu.tracks(room).is_empty() {
+    while sfu.counters().tracks.get() == 0 {
         assert!(seq < 1000, "the SFU never saw the track");
         send(&mut seq).await;
     }
