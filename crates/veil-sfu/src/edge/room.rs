@@ -590,10 +590,13 @@ impl EdgeRooms {
             .0
     }
 
-    /// Spoofed packets rejected in `id`'s room (SFU-SEC-01).
+    /// Spoofed packets rejected in `room` (SFU-SEC-01).
     #[must_use]
-    pub fn spoofs(&mut self, id: ConnId) -> u64 {
-        self.room_of(id).map_or(0, |r| r.core.spoofs())
+    pub fn spoofs(&self, room: &str) -> u64 {
+        self.by_name
+            .get(room)
+            .and_then(|&r| self.rooms.get(r)?.as_ref())
+            .map_or(0, |r| r.core.spoofs())
     }
 
     /// Remove participant `id` (it leaves, or the shell gives up on it): its connection

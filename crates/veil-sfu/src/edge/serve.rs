@@ -210,6 +210,14 @@ impl EdgeSfu {
             .flatten()
     }
 
+    /// Spoofed packets rejected in `room` (SFU-SEC-01).
+    pub async fn spoofs(&self, room: &str) -> u64 {
+        let room = room.to_owned();
+        self.call(move |d, _| d.rooms.spoofs(&room))
+            .await
+            .unwrap_or(0)
+    }
+
     /// Identities in `room`, sorted.
     pub async fn participants(&self, room: &str) -> Vec<String> {
         let room = room.to_owned();

@@ -49,6 +49,8 @@ pub trait Shell: Backend {
     fn counters(&self) -> &Metrics;
     /// Its room events from now on.
     fn events(&self) -> broadcast::Receiver<RoomEvent>;
+    /// Spoofed packets rejected in `room`.
+    async fn spoofs(&self, room: &str) -> u64;
 }
 
 impl Shell for Sfu {
@@ -61,6 +63,9 @@ impl Shell for Sfu {
     fn events(&self) -> broadcast::Receiver<RoomEvent> {
         self.room_events()
     }
+    async fn spoofs(&self, room: &str) -> u64 {
+        Sfu::spoofs(self, room)
+    }
 }
 
 impl Shell for EdgeSfu {
@@ -72,6 +77,9 @@ impl Shell for EdgeSfu {
     }
     fn events(&self) -> broadcast::Receiver<RoomEvent> {
         self.room_events()
+    }
+    async fn spoofs(&self, room: &str) -> u64 {
+        EdgeSfu::spoofs(self, room).await
     }
 }
 
