@@ -30,10 +30,7 @@ pub use rtx::RtxInterceptor;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{
-    Attribute, Interceptor, NackResponderBuilder, Packet, SenderReportBuilder, Slot, StreamInfo,
-    TaggedPacket,
-};
+use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -190,29 +187,6 @@ pub fn interceptors_with(
     let reg = register_default_interceptors(Registry::new(), me)?;
     // Last in the chain, so every interceptor that reads RTCP has seen it first.
     Ok(reg
-        .with(Slot::from(14_000), KeyFrameRequestTap::default())
-        .with(RtxInterceptor::slot(), rtx))
-}
-
-/// [`interceptors_with`] for a connection that only sends media: the media engine learns all
-/// that the default chain negotiates (NACK, transport-cc, the simulcast extensions), but the
-/// chain keeps only what acts on what this side sends and on the feedback it gets back: the
-/// NACK responder, sender reports, [`KeyFrameRequestTap`] and `rtx`. The NACK generator,
-/// receiver reports and transport-cc feedback act on media received, which such a connection
-/// has none of, yet every packet it sends would walk through them (rtc's chain moves each
-/// packet through every interceptor's queue).
-///
-/// # Errors
-/// webrtc-rs's error if it refuses a registration.
-pub fn sending_interceptors_with(
-    me: &mut MediaEngine,
-    rtx: RtxInterceptor,
-) -> Result<Registry, webrtc::error::Error> {
-    // Only for what it registers in `me`.
-    let _ = register_default_interceptors(Registry::new(), me)?;
-    Ok(Registry::new()
-        .with(Slot::NackResponder, NackResponderBuilder::new().build())
-        .with(Slot::SenderReport, SenderReportBuilder::new().build())
         .with(Slot::from(14_000), KeyFrameRequestTap::default())
         .with(RtxInterceptor::slot(), rtx))
 }

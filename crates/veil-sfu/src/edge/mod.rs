@@ -311,29 +311,6 @@ impl Edge {
     /// # Errors
     /// [`SfuError::WebRtc`] if the offer is refused.
     pub fn accept(&mut self, now: Instant, offer: &str) -> Result<(ConnId, String), SfuError> {
-        self.accept_with(now, offer, false)
-    }
-
-    /// [`Edge::accept`] for a participant that will only receive (it may not publish): with
-    /// [`Edge::with_congestion_control`], its connection's chain leaves out what acts on
-    /// received media (SFU-EDGE-15, [`peer::sfu_sending_interceptors`]).
-    ///
-    /// # Errors
-    /// As [`Edge::accept`].
-    pub fn accept_receiver(
-        &mut self,
-        now: Instant,
-        offer: &str,
-    ) -> Result<(ConnId, String), SfuError> {
-        self.accept_with(now, offer, true)
-    }
-
-    fn accept_with(
-        &mut self,
-        now: Instant,
-        offer: &str,
-        receiver: bool,
-    ) -> Result<(ConnId, String), SfuError> {
         let id = self.conns.len();
         // Ours to choose: unique per connection, and the key STUN requests are routed by.
         let ufrag = format!("veil{id:08x}{:08x}", self.rng.next_u32());
@@ -352,11 +329,7 @@ impl Edge {
         let (registry, estimate) = match &self.congestion_control {
             Some(rtx) => {
                 let estimate = peer::Estimate::default();
-                let r = if receiver {
-                    peer::sfu_sending_interceptors(&mut me, &estimate, rtx.clone())?
-                } else {
-                    peer::sfu_interceptors(&mut me, &estimate, rtx.clone())?
-                };
+                let r = peer::sfu_interceptors(&mut me, &estimate, rtx.clone())?;
                 (r, Some(estimate))
             }
             None => (peer::interceptors(&mut me)?, None),

@@ -264,12 +264,7 @@ impl EdgeRooms {
             &RTCSessionDescription::offer(offer.to_owned())
                 .map_err(|e| SfuError::Sdp(e.to_string()))?,
         )?;
-        // Without the grant it never publishes: a shorter chain for every packet it receives.
-        let (id, answer) = if publish {
-            self.edge.accept(now, offer)?
-        } else {
-            self.edge.accept_receiver(now, offer)?
-        };
+        let (id, answer) = self.edge.accept(now, offer)?;
         let r = match self.by_name.get(room) {
             Some(&r) => r,
             None => {

@@ -136,45 +136,19 @@ pub fn sfu_interceptors(
     estimate: &Estimate,
     rtx: Arc<dyn RtxObserver>,
 ) -> Result<Registry, SfuError> {
-    sfu_chain(me, estimate, rtx, false)
-}
-
-/// [`sfu_interceptors`] for a participant that cannot publish (its token lacks the grant): the
-/// chain drops what acts on received media ([`veil_rtc::sending_interceptors_with`]).
-///
-/// # Errors
-/// [`SfuError::WebRtc`].
-pub fn sfu_sending_interceptors(
-    me: &mut MediaEngine,
-    estimate: &Estimate,
-    rtx: Arc<dyn RtxObserver>,
-) -> Result<Registry, SfuError> {
-    sfu_chain(me, estimate, rtx, true)
-}
-
-fn sfu_chain(
-    me: &mut MediaEngine,
-    estimate: &Estimate,
-    rtx: Arc<dyn RtxObserver>,
-    sending_only: bool,
-) -> Result<Registry, SfuError> {
     let gcc = PublishedGcc {
         gcc: Gcc::new(ESTIMATE_INITIAL, ESTIMATE_MIN, ESTIMATE_MAX),
         out: estimate.clone(),
     };
-    let rtx = RtxInterceptor::observed(rtx);
-    let chain = if sending_only {
-        veil_rtc::sending_interceptors_with(me, rtx)
-    } else {
-        veil_rtc::interceptors_with(me, rtx)
-    };
-    Ok(chain
-        .map_err(SfuError::webrtc("interceptors"))?
-        .with(
-            Slot::CongestionControl,
-            CongestionControlBuilder::new(gcc).build(),
-        )
-        .with(Slot::TwccSender, TwccSenderBuilder::new().build()))
+    Ok(
+        veil_rtc::interceptors_with(me, RtxInterceptor::observed(rtx))
+            .map_err(SfuError::webrtc("interceptors"))?
+            .with(
+                Slot::CongestionControl,
+                CongestionControlBuilder::new(gcc).build(),
+            )
+            .with(Slot::TwccSender, TwccSenderBuilder::new().build()),
+    )
 }
 
 /// ICE timers of a leg (SFU-LIVE-01): the agent marks the leg disconnected after

@@ -487,23 +487,9 @@ impl Peer {
 
     /// Join `sfu` and wait until connected.
     pub async fn join(&mut self, sfu: &impl Backend) {
-        self.join_as(sfu, Permissions::ALL).await;
-    }
-
-    /// Join as a viewer, whose token may subscribe but not publish (on the edge, its
-    /// connection gets the chain of a participant that only receives, SFU-EDGE-15).
-    pub async fn join_receiving(&mut self, sfu: &impl Backend) {
-        let viewer = Permissions {
-            publish: false,
-            subscribe: true,
-        };
-        self.join_as(sfu, viewer).await;
-    }
-
-    async fn join_as(&mut self, sfu: &impl Backend, permissions: Permissions) {
         let offer = self.offer().await;
         let session = sfu
-            .join_with(&self.room, &self.identity, &offer, permissions)
+            .join_with(&self.room, &self.identity, &offer, Permissions::ALL)
             .await
             .unwrap();
         self.accept(sfu, session).await;

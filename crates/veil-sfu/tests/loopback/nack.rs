@@ -74,13 +74,10 @@ async fn run(sfu: impl Shell, lossy_publisher: bool) {
 
     let mut bob = Peer::new(room, "bob", false).await;
     let offer = bob.offer().await;
-    // Bob is a viewer: on the edge his connection has the receiver's chain (SFU-EDGE-15), whose
-    // NACK responder repairs the losses towards him.
-    let viewer = Permissions {
-        publish: false,
-        subscribe: true,
-    };
-    let session = sfu.join_with(room, "bob", &offer, viewer).await.unwrap();
+    let session = sfu
+        .join_with(room, "bob", &offer, Permissions::ALL)
+        .await
+        .unwrap();
     if !lossy_publisher {
         let (relay, filter) = through_relay(&session.answer, false).await;
         bob.sdp_filter = Some(filter);

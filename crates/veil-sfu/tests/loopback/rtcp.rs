@@ -54,7 +54,7 @@ async fn reports_are_per_hop_and_never_cross_the_sfu_with(sfu: impl Shell) {
         send(&mut seq).await;
     }
     let (mut bob, bob_log) = Peer::with_rtcp_log(room, "bob", false).await;
-    bob.join_receiving(&sfu).await;
+    bob.join(&sfu).await;
     let a = bob.track_named("alice", "mic").await;
     let sub_ssrc = bob.subscribe(&sfu, &a).await;
     assert_ne!(sub_ssrc, SSRC);
