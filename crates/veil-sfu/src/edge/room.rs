@@ -403,7 +403,6 @@ impl EdgeRooms {
                 live: false,
             },
         );
-        self.metrics.subscriptions.inc();
         self.renegotiate(now, subscriber)
     }
 
@@ -519,6 +518,7 @@ impl EdgeRooms {
             };
             let ssrcs = room.core.subscribe(pid(subscriber), track, s, since)?;
             leg.live = true;
+            self.metrics.subscriptions.inc();
             self.events.push_back(RoomEvent::Subscribed {
                 subscriber,
                 track,
@@ -549,7 +549,7 @@ impl EdgeRooms {
         room.core.unsubscribe(pid(subscriber), track);
         let name = room.name.clone();
         if let Some(m) = self.members.get(&subscriber) {
-            forget_leg(&self.metrics, &name, &m.identity, track);
+            forget_leg(&self.metrics, &name, &m.identity, track, leg.live);
         }
         self.edge.remove_track(subscriber, leg.sender)?;
         self.renegotiate(now, subscriber)
@@ -873,10 +873,10 @@ impl EdgeRooms {
             .collect();
         room.published.retain(|_, p| p.publisher != id);
         let metrics = &*self.metrics;
-        room.legs.retain(|(s, t), _| {
+        room.legs.retain(|(s, t), leg| {
             let own = *s == id;
             if own {
-                forget_leg(metrics, &room.name, &m.identity, *t);
+                forget_leg(metrics, &room.name, &m.identity, *t, leg.live);
             }
             !own
         });
@@ -887,17 +887,16 @@ impl EdgeRooms {
         metrics.tracks.dec_by(gone.len() as i64);
         let mut renegotiate = Vec::new();
         for t in &gone {
-            let subs: Vec<(ConnId, RTCRtpSenderId)> = room
+            let subs: Vec<(ConnId, RTCRtpSenderId, bool)> = room
                 .legs
                 .iter()
                 .filter(|((_, lt), _)| lt == t)
-                .map(|((s, _), l)| (*s, l.sender))
+                .map(|((s, _), l)| (*s, l.sender, l.live))
                 .collect();
-            for (s, sender) in subs {
+            for (s, sender, live) in subs {
                 room.legs.remove(&(s, *t));
-                if let Some(sub) = self.members.get(&s) {
-                    forget_leg(metrics, &room.name, &sub.identity, *t);
-                }
+                let identity = self.members.get(&s).map_or("", |sub| sub.identity.as_str());
+                forget_leg(metrics, &room.name, identity, *t, live);
                 if self.edge.remove_track(s, sender).is_ok() && !renegotiate.contains(&s) {
                     renegotiate.push(s);
                 }
@@ -918,9 +917,11 @@ impl EdgeRooms {
     }
 }
 
-/// A subscription is gone: count it, and drop its layer gauge.
-fn forget_leg(metrics: &Metrics, room: &str, subscriber: &str, track: TrackId) {
-    metrics.subscriptions.dec();
+/// A subscription is gone: count it if it was live, and drop its layer gauge.
+fn forget_leg(metrics: &Metrics, room: &str, subscriber: &str, track: TrackId, live: bool) {
+    if live {
+        metrics.subscriptions.dec();
+    }
     metrics.subscriber_layer.remove(&SubscriberTrack {
         room: room.to_owned(),
         subscriber: subscriber.to_owned(),

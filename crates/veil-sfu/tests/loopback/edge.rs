@@ -953,6 +953,8 @@ async fn edge_renegotiation_waits_for_the_answer() {
     room.lock().unwrap().subscribe(now(), b, tracks[0]).unwrap();
     let first = offer_to(&mut events, b).await;
     room.lock().unwrap().subscribe(now(), b, tracks[1]).unwrap();
+    let live = || room.lock().unwrap().metrics().subscriptions.get();
+    assert_eq!(live(), 0, "nothing is live before an answer");
     // An offer of bob's own now (a real one: another peer's, so that bob stays able to answer).
     let own = Peer::new("edge", "bob", false).await.offer().await;
     let refused = room.lock().unwrap().offer(now(), b, &own);
@@ -975,6 +977,7 @@ async fn edge_renegotiation_waits_for_the_answer() {
         }
     }
     assert_eq!(live, [tracks[0]], "only the answered track is live");
+    assert_eq!(room.lock().unwrap().metrics().subscriptions.get(), 1);
     let second = second.unwrap();
     let m_lines = |sdp: &str| sdp.lines().filter(|l| l.starts_with("m=")).count();
     assert_eq!(
@@ -990,6 +993,7 @@ async fn edge_renegotiation_waits_for_the_answer() {
                 subscriber, track, ..
             })) if subscriber == b => {
                 assert_eq!(track, tracks[1]);
+                assert_eq!(room.lock().unwrap().metrics().subscriptions.get(), 2);
                 break;
             }
             Ok(Some(EdgeRoomEvent::Offer { to, .. })) if to == b => {
