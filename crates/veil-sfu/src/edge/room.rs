@@ -130,6 +130,8 @@ struct Member {
     offering: bool,
     /// Something changed while it waited: offer again after the answer.
     again: bool,
+    /// Its `subscriber_estimate` labels, built once (the estimate is set every 100 ms).
+    estimate_label: Subscriber,
 }
 
 /// Every room of the SFU on one [`Edge`].
@@ -305,6 +307,10 @@ impl EdgeRooms {
                 publish,
                 offering: false,
                 again: false,
+                estimate_label: Subscriber {
+                    room: room.to_owned(),
+                    subscriber: identity.to_owned(),
+                },
             },
         );
         Ok((id, answer))
@@ -637,10 +643,7 @@ impl EdgeRooms {
                 if let Some(bps) = estimate {
                     self.metrics
                         .subscriber_estimate
-                        .get_or_create(&Subscriber {
-                            room: room.name.clone(),
-                            subscriber: m.identity.clone(),
-                        })
+                        .get_or_create(&m.estimate_label)
                         .set(i64::try_from(bps).unwrap_or(i64::MAX));
                 }
             }
@@ -880,10 +883,7 @@ impl EdgeRooms {
             }
             !own
         });
-        metrics.subscriber_estimate.remove(&Subscriber {
-            room: room.name.clone(),
-            subscriber: m.identity.clone(),
-        });
+        metrics.subscriber_estimate.remove(&m.estimate_label);
         metrics.tracks.dec_by(gone.len() as i64);
         let mut renegotiate = Vec::new();
         for t in &gone {
