@@ -83,6 +83,16 @@ impl Shell for EdgeSfu {
     }
 }
 
+/// Apply `offer` on `pc` and return its answer, applied too.
+pub async fn answer_offer(pc: &Arc<dyn PeerConnection>, offer: String) -> String {
+    pc.set_remote_description(RTCSessionDescription::offer(offer).unwrap())
+        .await
+        .unwrap();
+    let answer = pc.create_answer(None).await.unwrap();
+    pc.set_local_description(answer).await.unwrap();
+    pc.local_description().await.unwrap().sdp
+}
+
 /// Wait until `room`'s participants are `expected`.
 pub async fn roster_becomes(sfu: &impl Shell, room: &str, expected: &[&str]) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -467,12 +477,7 @@ impl Peer {
                 match ev {
                     SignalEvent::Offer { sdp } => {
                         let sdp = sdp_filter.as_ref().map_or(sdp.clone(), |f| f(&sdp));
-                        pc.set_remote_description(RTCSessionDescription::offer(sdp).unwrap())
-                            .await
-                            .unwrap();
-                        let answer = pc.create_answer(None).await.unwrap();
-                        pc.set_local_description(answer).await.unwrap();
-                        let sdp = pc.local_description().await.unwrap().sdp;
+                        let sdp = answer_offer(&pc, sdp).await;
                         if let Err(e) = sfu.answer(&room, &identity, &sdp).await {
                             panic!("answer refused: {e}");
                         }

@@ -196,13 +196,7 @@ async fn pair(kind: MediaKind, ssrc: u32) -> Pair {
             .unwrap();
         (sender, e.offer(Instant::now(), b).unwrap())
     };
-    bob.pc
-        .set_remote_description(RTCSessionDescription::offer(offer).unwrap())
-        .await
-        .unwrap();
-    let answer = bob.pc.create_answer(None).await.unwrap();
-    bob.pc.set_local_description(answer).await.unwrap();
-    let answer = bob.pc.local_description().await.unwrap().sdp;
+    let answer = answer_offer(&bob.pc, offer).await;
     edge.lock()
         .unwrap()
         .answer(Instant::now(), b, &answer)
@@ -517,16 +511,6 @@ async fn key_frame_requests_cross_the_edge_both_ways() {
     assert_eq!(plis.lock().unwrap().len(), 1);
 }
 
-/// Answer `offer` (from the edge) on `p`, returning `p`'s answer.
-async fn answer_offer(p: &Peer, offer: String) -> String {
-    p.pc.set_remote_description(RTCSessionDescription::offer(offer).unwrap())
-        .await
-        .unwrap();
-    let answer = p.pc.create_answer(None).await.unwrap();
-    p.pc.set_local_description(answer).await.unwrap();
-    p.pc.local_description().await.unwrap().sdp
-}
-
 type Room = Arc<Mutex<EdgeRooms>>;
 
 /// A room on a new edge, driven on its own socket; its events come out on the receiver. A
@@ -593,7 +577,7 @@ async fn subscribe_room(
         .subscribe(Instant::now(), id, track)
         .unwrap();
     let offer = offer_to(events, id).await;
-    let answer = answer_offer(p, offer).await;
+    let answer = answer_offer(&p.pc, offer).await;
     room.lock()
         .unwrap()
         .answer(Instant::now(), id, &answer)
@@ -878,7 +862,7 @@ async fn tracks_leave_by_unsubscribing_and_with_their_publisher() {
         .unsubscribe(Instant::now(), sub_ids[0], tid)
         .unwrap();
     let offer = offer_to(&mut events, sub_ids[0]).await;
-    let answer = answer_offer(&subs[0], offer).await;
+    let answer = answer_offer(&subs[0].pc, offer).await;
     room.lock()
         .unwrap()
         .answer(Instant::now(), sub_ids[0], &answer)
@@ -911,7 +895,7 @@ async fn tracks_leave_by_unsubscribing_and_with_their_publisher() {
             ),
         }
     }
-    let answer = answer_offer(&subs[1], offered.unwrap()).await;
+    let answer = answer_offer(&subs[1].pc, offered.unwrap()).await;
     room.lock()
         .unwrap()
         .answer(Instant::now(), sub_ids[1], &answer)
@@ -962,7 +946,7 @@ async fn edge_renegotiation_waits_for_the_answer() {
         matches!(refused, Err(veil_sfu::SfuError::Negotiation(_))),
         "{refused:?}"
     );
-    let answer = answer_offer(&bob, first.clone()).await;
+    let answer = answer_offer(&bob.pc, first.clone()).await;
     room.lock().unwrap().answer(now(), b, &answer).unwrap();
     // The first subscription is live, and the second comes in the next offer.
     let (mut live, mut second) = (Vec::new(), None);
@@ -985,7 +969,7 @@ async fn edge_renegotiation_waits_for_the_answer() {
         m_lines(&first) + 1,
         "the waiting track is offered"
     );
-    let answer = answer_offer(&bob, second).await;
+    let answer = answer_offer(&bob.pc, second).await;
     room.lock().unwrap().answer(now(), b, &answer).unwrap();
     loop {
         match tokio::time::timeout(WAIT, events.recv()).await {

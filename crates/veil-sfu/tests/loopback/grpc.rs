@@ -158,13 +158,7 @@ impl Signal {
             })
             .await
             .unwrap();
-        peer.pc
-            .set_remote_description(RTCSessionDescription::offer(offer).unwrap())
-            .await
-            .unwrap();
-        let answer = peer.pc.create_answer(None).await.unwrap();
-        peer.pc.set_local_description(answer).await.unwrap();
-        let sdp = peer.pc.local_description().await.unwrap().sdp;
+        let sdp = answer_offer(&peer.pc, offer).await;
         self.send(R::Answer(pb::SessionDescription { sdp })).await;
     }
 }

@@ -147,13 +147,7 @@ async fn the_sfu_renegotiates_as_the_impolite_peer() {
         sfu.offer(room, "bob", &glare.sdp).await,
         Err(SfuError::Negotiation(_))
     ));
-    bob.pc
-        .set_remote_description(RTCSessionDescription::offer(sfu_offer).unwrap())
-        .await
-        .unwrap();
-    let answer = bob.pc.create_answer(None).await.unwrap();
-    bob.pc.set_local_description(answer).await.unwrap();
-    let sdp = bob.pc.local_description().await.unwrap().sdp;
+    let sdp = answer_offer(&bob.pc, sfu_offer).await;
     sfu.answer(room, "bob", &sdp).await.unwrap();
     let ssrc = loop {
         match tokio::time::timeout(WAIT, session.events.recv())
