@@ -2,17 +2,18 @@
 //! parsers, then Veil's RTX interceptor logic (`veil_rtc::rtx`, SFU-RTX-01..02). The first byte
 //! picks the path:
 //! - even: RTP. A packet that parses goes through an `RtxDemux` that knows one declared RTX
-//!   stream and learns rid-named ones, and through an `RtxHistory`; whatever comes out must still
-//!   marshal and read back equal, and the demux's maps stay bounded.
+//!   stream and learns rid-named ones, and through an `RtxResponder` that keeps it and resends
+//!   it as RTX; whatever comes out must still marshal and read back equal, and the demux's maps
+//!   stay bounded.
 //! - odd: a compound RTCP packet. Whatever parses must marshal again.
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use rtc::interceptor::{RTPHeaderExtension, StreamInfo};
+use rtc::interceptor::{RTCPFeedback, RTPHeaderExtension, StreamInfo};
 use rtc::rtp;
 use rtc::shared::marshal::{Marshal, Unmarshal};
-use veil_rtc::rtx::{Demuxed, RtxDemux, RtxHistory};
+use veil_rtc::rtx::{Demuxed, Resend, RtxDemux, RtxResponder};
 use veil_rtc::{MID_URI, RID_URI, RRID_URI};
 
 fn info() -> StreamInfo {
@@ -23,6 +24,7 @@ fn info() -> StreamInfo {
         payload_type: 96,
         payload_type_rtx: Some(97),
         rtp_header_extensions: vec![ext(MID_URI, 1), ext(RID_URI, 2), ext(RRID_URI, 3)],
+        rtcp_feedback: vec![RTCPFeedback { typ: "nack".to_owned(), parameter: String::new() }],
         ..StreamInfo::default()
     }
 }
@@ -40,8 +42,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut demux = RtxDemux::default();
     demux.bind(&info());
-    let mut history = RtxHistory::default();
-    history.bind(&info());
+    let mut responder = RtxResponder::default();
+    responder.bind(&info());
     // Several packets: length-prefixed, so that rids are learned and then named.
     let mut rest = body;
     while let Some((&len, tail)) = rest.split_first() {
@@ -53,9 +55,14 @@ fuzz_target!(|data: &[u8]| {
         // webrtc-rs cannot re-marshal everything it parses (an id-0 element in the one-byte
         // form, say); what Veil's code adds must not be the reason a packet fails.
         let marshals = p.marshal().is_ok();
-        let mut out = p.clone();
-        let _ = history.on_send(&mut out);
-        if marshals {
+        // Sent on the stream with a history, then NACKed: its RTX packet.
+        let mut sent = p.clone();
+        sent.header.ssrc = 1;
+        assert!(responder.on_send(&sent));
+        // Missing only if it is more than the history's length behind an earlier packet.
+        if let Resend::Packet(out) = responder.resend(1, sent.header.sequence_number)
+            && marshals
+        {
             let bytes = out.marshal().expect("a dressed RTX packet marshals");
             let back = rtp::Packet::unmarshal(&mut bytes.freeze()).expect("dressed RTX re-parses");
             assert_eq!(back.header.extensions, out.header.extensions);

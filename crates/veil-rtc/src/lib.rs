@@ -6,10 +6,10 @@
 //! - **Header extensions:** audio level and mid on audio, the AV1 dependency descriptor on
 //!   video; webrtc-rs's default interceptors add mid, rid, repaired rid and transport-cc.
 //!   webrtc-rs offers `extmap-allow-mixed`, so the two-byte form DD key frames need is allowed.
-//! - **Interceptors:** the defaults (NACK both ways, RTCP reports, transport-cc feedback,
+//! - **Interceptors:** the defaults (NACK generator, RTCP reports, transport-cc feedback,
 //!   simulcast extensions) plus [`KeyFrameRequestTap`], which hands PLI and FIR to the
 //!   application (webrtc-rs ends all other inbound RTCP in its chain), and [`RtxInterceptor`],
-//!   which completes webrtc-rs's RTX ([`rtx`]).
+//!   which completes webrtc-rs's RTX and answers NACKs in place of its responder ([`rtx`]).
 //! - **ICE:** connectivity checks every 50 ms ([`setting_engine`]).
 //!
 //! It holds no key: the SFU links it.
@@ -30,7 +30,9 @@ pub use rtx::RtxInterceptor;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::{
+    Attribute, Interceptor, NackGeneratorBuilder, Packet, Slot, StreamInfo, TaggedPacket,
+};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -38,7 +40,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::sansio::Protocol;
 use webrtc::peer_connection::{
-    MediaEngine, Registry, SettingEngine, SettingEngineBuilder, register_default_interceptors,
+    MediaEngine, Registry, SettingEngine, SettingEngineBuilder, configure_rtcp_reports,
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 
 /// RFC 6464 audio level.
@@ -166,9 +169,10 @@ pub fn media_engine() -> Result<MediaEngine, webrtc::error::Error> {
     Ok(me)
 }
 
-/// The default interceptors (NACK generator and responder, RTCP reports, transport-cc feedback,
+/// webrtc-rs's default interceptors (NACK generator, RTCP reports, transport-cc feedback,
 /// simulcast extensions) plus [`KeyFrameRequestTap`] and [`RtxInterceptor`], registered into
-/// `me`.
+/// `me`. The [`RtxInterceptor`] takes the place of webrtc-rs's NACK responder: it answers NACKs
+/// from its own history ([`rtx::RtxResponder`]).
 ///
 /// # Errors
 /// webrtc-rs's error if it refuses a registration.
@@ -184,11 +188,24 @@ pub fn interceptors_with(
     me: &mut MediaEngine,
     rtx: RtxInterceptor,
 ) -> Result<Registry, webrtc::error::Error> {
-    let reg = register_default_interceptors(Registry::new(), me)?;
-    // Last in the chain, so every interceptor that reads RTCP has seen it first.
-    Ok(reg
-        .with(Slot::from(14_000), KeyFrameRequestTap::default())
-        .with(RtxInterceptor::slot(), rtx))
+    // webrtc-rs's defaults (`register_default_interceptors`) without its NACK responder: the
+    // RtxInterceptor is the leg's only send history and answers NACKs itself (rtx::responder).
+    for parameter in ["", "pli"] {
+        me.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    configure_simulcast_extension_headers(me)?;
+    let reg = configure_twcc_receiver_only(Registry::new(), me)?;
+    Ok(configure_rtcp_reports(reg)
+        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+        .with(RtxInterceptor::slot(), rtx)
+        // Last in the chain, so every interceptor that reads RTCP has seen it first.
+        .with(Slot::from(14_000), KeyFrameRequestTap::default()))
 }
 
 /// How often ICE connectivity checks go out while a leg connects. webrtc-rs's default is
@@ -280,6 +297,32 @@ mod tests {
         assert!(is_key_frame_request(&pli));
         assert!(is_key_frame_request(&FullIntraRequest::default()));
         assert!(!is_key_frame_request(&ReceiverReport::default()));
+    }
+
+    /// The RtxInterceptor answers NACKs in the responder's slot, and webrtc-rs's responder,
+    /// which kept a second copy of every packet, is not in the chain.
+    #[test]
+    fn the_rtx_interceptor_is_the_only_nack_responder() {
+        let mut me = media_engine().unwrap();
+        let slots = interceptors(&mut me).unwrap().slots();
+        let names: Vec<&str> = slots.iter().map(|(_, n)| n.as_str()).collect();
+        assert!(
+            slots.contains(&(Slot::NackResponder, "RtxInterceptor".to_owned())),
+            "{names:?}"
+        );
+        assert!(
+            !names.iter().any(|n| n.contains("NackResponder")),
+            "{names:?}"
+        );
+        for wanted in [
+            "NackGeneratorInterceptor",
+            "TwccReceiverInterceptor",
+            "ReceiverReportInterceptor",
+            "SenderReportInterceptor",
+            "KeyFrameRequestTap",
+        ] {
+            assert!(names.contains(&wanted), "{wanted} missing: {names:?}");
+        }
     }
 
     #[test]

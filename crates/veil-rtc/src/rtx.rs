@@ -1,10 +1,9 @@
 //! RTX (RFC 4588) on every hop, where webrtc-rs 0.21.1 falls short (specs/sfu.md §"RTX per
 //! hop", SFU-RTX-01..04).
 //!
-//! webrtc-rs negotiates `video/rtx`, declares `a=ssrc-group:FID` for senders that have an RTX
-//! SSRC, and its NACK responder answers with RTX packets. Three things are missing, and
-//! [`RtxInterceptor`] adds them, one slot wire-ward of the NACK responder
-//! ([`RTX_SLOT`]):
+//! webrtc-rs negotiates `video/rtx` and declares `a=ssrc-group:FID` for senders that have an RTX
+//! SSRC. Three things are missing, and [`RtxInterceptor`] adds them, in the NACK responder's slot
+//! ([`RTX_SLOT`]), where it replaces webrtc-rs's responder:
 //!
 //! - **Inbound, unwrap before the NACK generator.** webrtc-rs restores an RTX packet to its
 //!   primary stream only after the interceptor chain, so its NACK generator never sees the
@@ -17,9 +16,11 @@
 //!   `rrid` names it: Chromium stops sending `rrid` once the receiver reports on the stream.
 //! - **Outbound, the header extensions.** webrtc-rs's responder builds RTX packets with no header
 //!   extension at all, so a receiver that reads the dependency descriptor (a browser, or the
-//!   SFU's core) would get a retransmitted packet it cannot place. [`RtxHistory`] remembers the
-//!   extensions of each recently sent packet and puts them back on its retransmission, with `rid`
-//!   renamed to `rrid` (RFC 8852 §3.2), as Chromium sends them.
+//!   SFU's core) would get a retransmitted packet it cannot place. [`RtxResponder`] keeps each
+//!   recently sent packet (its extensions copied inline, its payload by reference) and answers
+//!   NACKs itself, with the original's extensions and `rid` renamed to `rrid` (RFC 8852 §3.2),
+//!   as Chromium sends them. It is the leg's only send history: webrtc-rs's responder, which
+//!   cloned every packet into a second one, is not in the chain ([`crate::interceptors_with`]).
 //!
 //! No payload byte is read beyond the 2-byte original sequence number (OSN) that RFC 4588 §4
 //! puts in front of the repaired payload: the SFU links this module.
@@ -28,26 +29,32 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rtc::interceptor::{Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
+use rtc::interceptor::{
+    Attribute, AttributedPacket, Interceptor, Packet, Slot, StreamInfo, TaggedPacket,
+};
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
-use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension};
 use rtc::sansio::Protocol;
+use rtc::shared::TransportContext;
 
 use crate::{MID_URI, RID_URI, RRID_URI};
 
-/// Where [`RtxInterceptor`] sits: wire-ward of the NACK responder (4 000), so that it sees the
-/// responder's retransmissions on the way out, and of the NACK generator (7 000), so that it
-/// unwraps a retransmission on the way in before the generator looks for gaps; app-ward of the
-/// TWCC sender (2 000), so that a retransmission is still numbered for transport-cc.
-pub const RTX_SLOT: usize = 3_500;
+/// Where [`RtxInterceptor`] sits: the NACK responder's slot (4 000), whose job it does.
+/// Wire-ward of the NACK generator (7 000), so that it unwraps a retransmission on the way in
+/// before the generator looks for gaps; app-ward of the pacer (3 000) and the TWCC sender
+/// (2 000), so that a retransmission is paced and numbered for transport-cc like any packet.
+pub const RTX_SLOT: usize = 4_000;
 
 /// How many streams learned from packets (rid → SSRC, RTX SSRC → primary) one leg keeps. A leg
 /// carries a few streams; the cap keeps a peer that invents rids from growing the maps.
 pub const MAX_LEARNED_STREAMS: usize = 64;
 
-/// How many recently sent packets' extensions [`RtxHistory`] keeps per stream: the size of
-/// webrtc-rs's NACK send buffer, so that whatever the responder can resend, this can dress.
+/// How many recently sent packets [`RtxResponder`] keeps per stream: webrtc-rs's NACK send
+/// buffer's default size, about 1.4 s of a 3 Mbit/s layer.
 pub const HISTORY_PACKETS: usize = 1024;
+
+mod responder;
+pub use responder::{Resend, RtxResponder, Sent};
 
 /// A primary stream an RTX packet repairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,205 +262,19 @@ fn repad(header: &mut rtp::header::Header) {
     }
 }
 
-/// Elements a history slot holds without allocating: a video packet's mid/rid, DD and audio
-/// level fit; a key frame's DD with its template structure usually does not.
-const INLINE_ELEMENTS: usize = 6;
-/// Element bytes a history slot holds without allocating.
-const INLINE_BYTES: usize = 40;
-
-/// The extension block of one sent packet.
-#[derive(Debug, Clone)]
-struct SavedExtensions {
-    seq: u16,
-    profile: u16,
-    padding: u8,
-    elements: Elements,
-}
-
-/// The elements of a saved block. Every forwarded video packet passes through
-/// [`RtxHistory::on_send`], so the common case copies bytes into the ring slot and allocates
-/// nothing; only a block too big for it goes to the heap.
-#[derive(Debug, Clone)]
-enum Elements {
-    Inline {
-        n: u8,
-        ids: [u8; INLINE_ELEMENTS],
-        lens: [u8; INLINE_ELEMENTS],
-        bytes: [u8; INLINE_BYTES],
-    },
-    Heap(Vec<Extension>),
-}
-
-impl Elements {
-    fn of(extensions: &[Extension]) -> Self {
-        let total: usize = extensions.iter().map(|e| e.payload.len()).sum();
-        if extensions.len() > INLINE_ELEMENTS || total > INLINE_BYTES {
-            return Self::Heap(extensions.to_vec());
-        }
-        let mut ids = [0; INLINE_ELEMENTS];
-        let mut lens = [0; INLINE_ELEMENTS];
-        let mut bytes = [0; INLINE_BYTES];
-        let mut at = 0;
-        for (i, e) in extensions.iter().enumerate() {
-            let len = e.payload.len();
-            ids[i] = e.id;
-            // At most INLINE_BYTES (checked above), so it fits a u8.
-            lens[i] = len as u8;
-            bytes[at..at + len].copy_from_slice(&e.payload);
-            at += len;
-        }
-        Self::Inline {
-            n: extensions.len() as u8,
-            ids,
-            lens,
-            bytes,
-        }
-    }
-
-    /// The elements again, for a retransmission (allocates; retransmissions are rare).
-    fn to_vec(&self) -> Vec<Extension> {
-        match self {
-            Self::Heap(v) => v.clone(),
-            Self::Inline {
-                n,
-                ids,
-                lens,
-                bytes,
-            } => {
-                let mut at = 0;
-                (0..usize::from(*n))
-                    .map(|i| {
-                        let len = usize::from(lens[i]);
-                        let payload = bytes::Bytes::copy_from_slice(&bytes[at..at + len]);
-                        at += len;
-                        Extension {
-                            id: ids[i],
-                            payload,
-                        }
-                    })
-                    .collect()
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct LocalStream {
-    ids: StreamIdExtensions,
-    ring: Vec<Option<SavedExtensions>>,
-}
-
-/// Outbound RTX, sans I/O: remembers the header extensions of the packets a stream with an RTX
-/// SSRC sends and dresses each retransmission with its original's.
-#[derive(Debug, Default)]
-pub struct RtxHistory {
-    /// Primary SSRC → its history.
-    streams: HashMap<u32, LocalStream>,
-    /// RTX SSRC → primary SSRC.
-    rtx: HashMap<u32, u32>,
-}
-
-/// What [`RtxHistory::on_send`] did with a packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    /// A primary packet of a stream with RTX: its extensions are remembered.
-    Remembered,
-    /// A retransmission whose original's extensions were put back.
-    Restored,
-    /// A retransmission whose original is no longer (or never was) in the history.
-    Bare,
-    /// Anything else.
-    Untracked,
-}
-
-impl RtxHistory {
-    /// webrtc-rs bound a local stream: keep a history for it if it has an RTX SSRC.
-    pub fn bind(&mut self, info: &StreamInfo) {
-        if let (Some(rtx), Some(_)) = (info.ssrc_rtx, info.payload_type_rtx) {
-            self.rtx.insert(rtx, info.ssrc);
-            self.streams.insert(
-                info.ssrc,
-                LocalStream {
-                    ids: StreamIdExtensions::of(info),
-                    ring: vec![None; HISTORY_PACKETS],
-                },
-            );
-        }
-    }
-
-    /// webrtc-rs unbound a local stream.
-    pub fn unbind(&mut self, info: &StreamInfo) {
-        self.streams.remove(&info.ssrc);
-        self.rtx.retain(|_, p| *p != info.ssrc);
-    }
-
-    /// Look at one outbound packet, after the NACK responder.
-    pub fn on_send(&mut self, packet: &mut rtp::Packet) -> Sent {
-        let ssrc = packet.header.ssrc;
-        if let Some(stream) = self.streams.get_mut(&ssrc) {
-            let h = &packet.header;
-            let slot = usize::from(h.sequence_number) % HISTORY_PACKETS;
-            stream.ring[slot] = h.extension.then(|| SavedExtensions {
-                seq: h.sequence_number,
-                profile: h.extension_profile,
-                // A block pads to 32 bits: 0..=3.
-                padding: h.extensions_padding as u8,
-                elements: Elements::of(&h.extensions),
-            });
-            return Sent::Remembered;
-        }
-        let Some(stream) = self.rtx.get(&ssrc).and_then(|p| self.streams.get(p)) else {
-            return Sent::Untracked;
-        };
-        if packet.payload.len() < 2 || packet.header.extension {
-            return Sent::Bare;
-        }
-        let osn = u16::from_be_bytes([packet.payload[0], packet.payload[1]]);
-        let Some(saved) = stream.ring[usize::from(osn) % HISTORY_PACKETS]
-            .as_ref()
-            .filter(|s| s.seq == osn)
-        else {
-            return Sent::Bare;
-        };
-        let h = &mut packet.header;
-        h.extension = true;
-        h.extension_profile = saved.profile;
-        h.extensions = saved.elements.to_vec();
-        h.extensions_padding = usize::from(saved.padding);
-        if let Some(rid) = stream.ids.rid
-            && h.get_extension(rid).is_some()
-        {
-            let fits = |id: u8| saved.profile != EXTENSION_PROFILE_ONE_BYTE || id <= 14;
-            match stream.ids.rrid.filter(|&id| fits(id)) {
-                // Same length, same padding: only the id changes.
-                Some(rrid) => {
-                    for e in h.extensions.iter_mut().filter(|e| e.id == rid) {
-                        e.id = rrid;
-                    }
-                }
-                None => {
-                    h.extensions.retain(|e| e.id != rid);
-                    repad(h);
-                }
-            }
-        }
-        Sent::Restored
-    }
-}
-
 /// Hears what [`RtxInterceptor`] did with each retransmission, e.g. to count it in metrics.
 pub trait RtxObserver: Send + Sync {
     /// An inbound RTX packet (never called for [`Demuxed::Media`]).
     fn inbound(&self, what: Demuxed);
-    /// An outbound retransmission ([`Sent::Restored`] or [`Sent::Bare`]).
+    /// One sequence number a NACK named on a stream with a history: resent or missing.
     fn outbound(&self, what: Sent);
 }
 
-/// [`RtxDemux`] and [`RtxHistory`] in webrtc-rs's interceptor chain, at [`RTX_SLOT`].
+/// [`RtxDemux`] and [`RtxResponder`] in webrtc-rs's interceptor chain, at [`RTX_SLOT`].
 #[derive(Default)]
 pub struct RtxInterceptor {
     demux: RtxDemux,
-    history: RtxHistory,
+    responder: RtxResponder,
     observer: Option<Arc<dyn RtxObserver>>,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
@@ -484,6 +305,27 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtxInterceptor {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            for nack in packets
+                .iter()
+                .filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>())
+            {
+                let (now, observer, write) = (msg.now, &self.observer, &mut self.write);
+                self.responder.answer(nack, |what, packet| {
+                    if let Some(o) = observer {
+                        o.outbound(what);
+                    }
+                    if let Some(p) = packet {
+                        write.push_back(TaggedPacket {
+                            now,
+                            transport: TransportContext::default(),
+                            message: AttributedPacket::new(Packet::Rtp(p))
+                                .with(Attribute::Retransmission),
+                        });
+                    }
+                });
+            }
+        }
         if let Packet::Rtp(p) = &mut msg.message.packet {
             let what = self.demux.process(p);
             if what != Demuxed::Media
@@ -503,14 +345,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtxInterceptor {
         self.read.pop_front()
     }
 
-    fn handle_write(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtp(p) = &mut msg.message.packet {
-            let what = self.history.on_send(p);
-            if matches!(what, Sent::Restored | Sent::Bare)
-                && let Some(o) = &self.observer
-            {
-                o.outbound(what);
-            }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtp(p) = &msg.message.packet {
+            self.responder.on_send(p);
         }
         self.write.push_back(msg);
         Ok(())
@@ -523,10 +360,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtxInterceptor {
 
 impl Interceptor for RtxInterceptor {
     fn bind_local_stream(&mut self, info: &StreamInfo) {
-        self.history.bind(info);
+        self.responder.bind(info);
     }
     fn unbind_local_stream(&mut self, info: &StreamInfo) {
-        self.history.unbind(info);
+        self.responder.unbind(info);
     }
     fn bind_remote_stream(&mut self, info: &StreamInfo) {
         self.demux.bind(info);
@@ -537,17 +374,18 @@ impl Interceptor for RtxInterceptor {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use rtc::interceptor::RTPHeaderExtension;
+    use rtc::interceptor::{RTCPFeedback, RTPHeaderExtension};
     use rtc::shared::marshal::{Marshal, Unmarshal};
 
-    const MID: u8 = 1;
-    const RID: u8 = 2;
-    const RRID: u8 = 3;
-    const DD: u8 = 5;
+    pub(crate) const MID: u8 = 1;
+    pub(crate) const RID: u8 = 2;
+    pub(crate) const RRID: u8 = 3;
+    pub(crate) const DD: u8 = 5;
 
-    fn info(ssrc: u32, rtx: Option<u32>) -> StreamInfo {
+    /// A video stream with NACK, mid/rid/rrid, and RTX if `rtx`.
+    pub(crate) fn info(ssrc: u32, rtx: Option<u32>) -> StreamInfo {
         let ext = |uri: &str, id: u16| RTPHeaderExtension {
             uri: uri.to_owned(),
             id,
@@ -562,11 +400,21 @@ mod tests {
                 ext(RID_URI, RID.into()),
                 ext(RRID_URI, RRID.into()),
             ],
+            rtcp_feedback: vec![RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: String::new(),
+            }],
             ..StreamInfo::default()
         }
     }
 
-    fn packet(ssrc: u32, pt: u8, seq: u16, exts: &[(u8, &[u8])], payload: &[u8]) -> rtp::Packet {
+    pub(crate) fn packet(
+        ssrc: u32,
+        pt: u8,
+        seq: u16,
+        exts: &[(u8, &[u8])],
+        payload: &[u8],
+    ) -> rtp::Packet {
         let mut header = rtp::header::Header {
             version: 2,
             payload_type: pt,
@@ -585,7 +433,7 @@ mod tests {
     }
 
     /// What a receiver parses from the bytes on the wire.
-    fn on_the_wire(p: &rtp::Packet) -> rtp::Packet {
+    pub(crate) fn on_the_wire(p: &rtp::Packet) -> rtp::Packet {
         let mut raw = p.marshal().unwrap().freeze();
         rtp::Packet::unmarshal(&mut raw).unwrap()
     }
@@ -711,86 +559,5 @@ mod tests {
             ));
         }
         assert!(d.learned() <= MAX_LEARNED_STREAMS);
-    }
-
-    #[test]
-    fn a_retransmission_gets_its_originals_extensions_with_rid_renamed() {
-        let mut h = RtxHistory::default();
-        h.bind(&info(1, Some(2)));
-        let dd = [
-            0xC0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
-        ];
-        let mut original = packet(1, 96, 40_000, &[(DD, &dd), (RID, b"h")], &[9, 9]);
-        assert_eq!(h.on_send(&mut original), Sent::Remembered);
-        // What webrtc-rs's NACK responder makes of it: OSN in front, no extensions.
-        let mut rtx = packet(2, 97, 0, &[], &[0x9C, 0x40, 9, 9]);
-        assert_eq!(h.on_send(&mut rtx), Sent::Restored);
-        assert_eq!(rtx.header.get_extension(DD).as_deref(), Some(&dd[..]));
-        assert_eq!(rtx.header.get_extension(RRID).as_deref(), Some(&b"h"[..]));
-        assert_eq!(rtx.header.get_extension(RID), None);
-        assert_eq!(on_the_wire(&rtx), rtx);
-
-        // Unwrapped at the other end, it is the original again (rid → rrid → removed).
-        let mut d = RtxDemux::default();
-        d.bind(&info(1, Some(2)));
-        d.process(&mut rtx);
-        assert_eq!(rtx.header.sequence_number, 40_000);
-        assert_eq!(rtx.header.get_extension(DD).as_deref(), Some(&dd[..]));
-        assert_eq!(rtx.payload, original.payload);
-
-        // An original that has left the history is resent bare rather than wrongly dressed.
-        let mut newer = packet(1, 96, 40_000 + HISTORY_PACKETS as u16, &[(DD, &[1])], &[]);
-        h.on_send(&mut newer);
-        let mut late = packet(2, 97, 1, &[], &[0x9C, 0x40, 9, 9]);
-        assert_eq!(h.on_send(&mut late), Sent::Bare);
-        assert!(!late.header.extension);
-        // Streams without RTX are not tracked.
-        assert_eq!(
-            h.on_send(&mut packet(3, 111, 1, &[], &[1])),
-            Sent::Untracked
-        );
-    }
-
-    /// A key frame's DD (with its template structure) is too big for a slot's inline bytes,
-    /// a delta frame's is not: both come back byte for byte, with their padding.
-    #[test]
-    fn small_and_large_extension_blocks_both_come_back_exactly() {
-        let mut h = RtxHistory::default();
-        h.bind(&info(1, Some(2)));
-        let key_dd: Vec<u8> = (0..INLINE_BYTES as u8 + 20).collect();
-        let cases: [&[(u8, &[u8])]; 4] = [
-            &[(DD, &[0x80, 1, 2])],
-            &[(DD, &key_dd), (MID, b"0")],
-            // Exactly full, then one element too many (none of them the rid, which is renamed).
-            &[(DD, &key_dd[..INLINE_BYTES])],
-            &[
-                (1, b"a"),
-                (9, b"b"),
-                (10, b"c"),
-                (4, b"d"),
-                (6, b"e"),
-                (7, b"f"),
-                (8, b"g"),
-            ],
-        ];
-        for (i, exts) in cases.iter().enumerate() {
-            let seq = 100 + i as u16;
-            let mut original = packet(1, 96, seq, exts, &[i as u8]);
-            let sent = original.clone();
-            assert_eq!(h.on_send(&mut original), Sent::Remembered);
-            let [hi, lo] = seq.to_be_bytes();
-            let mut rtx = packet(2, 97, i as u16, &[], &[hi, lo, i as u8]);
-            assert_eq!(h.on_send(&mut rtx), Sent::Restored, "case {i}");
-            assert_eq!(rtx.header.extensions, sent.header.extensions, "case {i}");
-            assert_eq!(
-                (rtx.header.extension_profile, rtx.header.extensions_padding),
-                (
-                    sent.header.extension_profile,
-                    sent.header.extensions_padding
-                ),
-                "case {i}"
-            );
-            assert_eq!(on_the_wire(&rtx), rtx, "case {i}");
-        }
     }
 }

@@ -153,7 +153,8 @@ pub struct Rtx {
     /// `in` (from publishers and subscribers) or `out` (the SFU's retransmissions).
     pub direction: &'static str,
     /// `unwrapped`, `probe` (padding-only, dropped), `unresolved` (an `rrid` no stream has
-    /// introduced), `restored` (sent with its original's extensions) or `bare`.
+    /// introduced); `resent` (a NACKed packet, sent again with its original's extensions) or
+    /// `missing` (a NACKed packet no longer in the 1 024-packet history).
     pub outcome: &'static str,
 }
 
@@ -179,9 +180,8 @@ impl RtxObserver for RtxCount {
 
     fn outbound(&self, what: Sent) {
         match what {
-            Sent::Restored => self.count("out", "restored"),
-            Sent::Bare => self.count("out", "bare"),
-            Sent::Remembered | Sent::Untracked => {}
+            Sent::Resent => self.count("out", "resent"),
+            Sent::Missing => self.count("out", "missing"),
         }
     }
 }

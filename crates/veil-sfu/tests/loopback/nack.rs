@@ -159,8 +159,8 @@ async fn run(sfu: impl Shell, lossy_publisher: bool) {
         let arrived = rtx - lossy.rtx_dropped.load(Ordering::Relaxed);
         assert_eq!(m.rtx("in", "unwrapped"), arrived, "{}", m.encode());
     } else {
-        assert_eq!(m.rtx("out", "restored"), rtx, "{}", m.encode());
-        assert_eq!(m.rtx("out", "bare"), 0);
+        assert_eq!(m.rtx("out", "resent"), rtx, "{}", m.encode());
+        assert_eq!(m.rtx("out", "missing"), 0);
     }
 }
 
