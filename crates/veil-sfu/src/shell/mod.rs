@@ -176,11 +176,18 @@ impl Sfu {
             .map_or(0, |r| r.lock().core.spoofs())
     }
 
-    /// Identities in `room`.
+    /// Identities admitted to `room`, sorted. A join still connecting is not listed: its
+    /// identity is only reserved, and signalling calls for it fail with
+    /// [`SfuError::NotJoined`] until it is admitted.
     #[must_use]
     pub fn participants(&self, room: &str) -> Vec<String> {
         self.shared.rooms().get(room).map_or_else(Vec::new, |r| {
-            let mut v: Vec<String> = r.lock().by_identity.keys().cloned().collect();
+            let mut v: Vec<String> = r
+                .lock()
+                .participants
+                .values()
+                .map(|p| p.identity.clone())
+                .collect();
             v.sort();
             v
         })
