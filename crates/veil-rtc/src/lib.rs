@@ -10,6 +10,8 @@
 //!   simulcast extensions) plus [`KeyFrameRequestTap`], which hands PLI and FIR to the
 //!   application (webrtc-rs ends all other inbound RTCP in its chain), and [`RtxInterceptor`],
 //!   which completes webrtc-rs's RTX and answers NACKs in place of its responder ([`rtx`]).
+//!   All but the last run as one [`Bundle`], so that an outbound packet is handed over once
+//!   rather than once per interceptor ([`bundle`]).
 //! - **ICE:** connectivity checks every 50 ms ([`setting_engine`]).
 //!
 //! It holds no key: the SFU links it.
@@ -24,15 +26,15 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod bundle;
 pub mod rtx;
+pub use bundle::Bundle;
 pub use rtx::RtxInterceptor;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, Packet, Slot, StreamInfo, TaggedPacket,
-};
+use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -40,8 +42,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::sansio::Protocol;
 use webrtc::peer_connection::{
-    MediaEngine, Registry, SettingEngine, SettingEngineBuilder, configure_rtcp_reports,
-    configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    MediaEngine, Registry, SettingEngine, SettingEngineBuilder,
+    configure_simulcast_extension_headers,
 };
 
 /// RFC 6464 audio level.
@@ -170,8 +172,8 @@ pub fn media_engine() -> Result<MediaEngine, webrtc::error::Error> {
 }
 
 /// webrtc-rs's default interceptors (NACK generator, RTCP reports, transport-cc feedback,
-/// simulcast extensions) plus [`KeyFrameRequestTap`] and [`RtxInterceptor`], registered into
-/// `me`. The [`RtxInterceptor`] takes the place of webrtc-rs's NACK responder: it answers NACKs
+/// simulcast extensions) and [`KeyFrameRequestTap`], as one [`Bundle`], and [`RtxInterceptor`],
+/// registered into `me`. The [`RtxInterceptor`] takes the place of webrtc-rs's NACK responder: it answers NACKs
 /// from its own history ([`rtx::RtxResponder`]).
 ///
 /// # Errors
@@ -188,8 +190,13 @@ pub fn interceptors_with(
     me: &mut MediaEngine,
     rtx: RtxInterceptor,
 ) -> Result<Registry, webrtc::error::Error> {
-    // webrtc-rs's defaults (`register_default_interceptors`) without its NACK responder: the
-    // RtxInterceptor is the leg's only send history and answers NACKs itself (rtx::responder).
+    // webrtc-rs's defaults (`register_default_interceptors`: `configure_nack`,
+    // `configure_simulcast_extension_headers`, `configure_twcc_receiver_only`,
+    // `configure_rtcp_reports`), registered into `me` as they do, with two changes:
+    // - no NACK responder: the RtxInterceptor is the leg's only send history and answers NACKs
+    //   itself (rtx::responder);
+    // - the NACK generator, transport-cc receiver and both reports run in one Bundle with the
+    //   KeyFrameRequestTap, so that an outbound packet is handed over once, not five times.
     for parameter in ["", "pli"] {
         me.register_feedback(
             RTCPFeedback {
@@ -200,12 +207,25 @@ pub fn interceptors_with(
         );
     }
     configure_simulcast_extension_headers(me)?;
-    let reg = configure_twcc_receiver_only(Registry::new(), me)?;
-    Ok(configure_rtcp_reports(reg)
-        .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+    for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+        me.register_feedback(
+            RTCPFeedback {
+                typ: "transport-cc".to_owned(),
+                parameter: String::new(),
+            },
+            kind,
+        );
+        me.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: TRANSPORT_CC_URI.to_owned(),
+            },
+            kind,
+            None,
+        )?;
+    }
+    Ok(Registry::new()
         .with(RtxInterceptor::slot(), rtx)
-        // Last in the chain, so every interceptor that reads RTCP has seen it first.
-        .with(Slot::from(14_000), KeyFrameRequestTap::default()))
+        .with(bundle::BUNDLE_SLOT, Bundle::default()))
 }
 
 /// How often ICE connectivity checks go out while a leg connects. webrtc-rs's default is
@@ -286,6 +306,7 @@ impl Interceptor for KeyFrameRequestTap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtc::interceptor::Slot;
     use rtc::rtcp::receiver_report::ReceiverReport;
 
     #[test]
@@ -300,29 +321,19 @@ mod tests {
     }
 
     /// The RtxInterceptor answers NACKs in the responder's slot, and webrtc-rs's responder,
-    /// which kept a second copy of every packet, is not in the chain.
+    /// which kept a second copy of every packet, is not in the chain; the rest of webrtc-rs's
+    /// defaults run in one Bundle.
     #[test]
-    fn the_rtx_interceptor_is_the_only_nack_responder() {
+    fn the_chain_is_the_rtx_interceptor_and_the_bundle() {
         let mut me = media_engine().unwrap();
         let slots = interceptors(&mut me).unwrap().slots();
-        let names: Vec<&str> = slots.iter().map(|(_, n)| n.as_str()).collect();
-        assert!(
-            slots.contains(&(Slot::NackResponder, "RtxInterceptor".to_owned())),
-            "{names:?}"
+        assert_eq!(
+            slots,
+            [
+                (Slot::NackResponder, "RtxInterceptor".to_owned()),
+                (Slot::NackGenerator, "Bundle".to_owned()),
+            ]
         );
-        assert!(
-            !names.iter().any(|n| n.contains("NackResponder")),
-            "{names:?}"
-        );
-        for wanted in [
-            "NackGeneratorInterceptor",
-            "TwccReceiverInterceptor",
-            "ReceiverReportInterceptor",
-            "SenderReportInterceptor",
-            "KeyFrameRequestTap",
-        ] {
-            assert!(names.contains(&wanted), "{wanted} missing: {names:?}");
-        }
     }
 
     #[test]
