@@ -166,6 +166,9 @@ struct LocalStream {
     ring: Vec<Option<Saved>>,
     /// The sequence number of the newest packet sent, once one was.
     newest: Option<u16>,
+    /// Retransmissions this stream may still send (SFU-RTX-06): one more per packet sent, at
+    /// most [`HISTORY_PACKETS`], one fewer per retransmission.
+    budget: usize,
 }
 
 /// What [`RtxResponder::resend`] made of one sequence number a NACK named.
@@ -178,6 +181,8 @@ pub enum Resend {
     Missing,
     /// The NACK names no stream this leg sends with NACK negotiated.
     Untracked,
+    /// The stream has resent as many packets as it sent (SFU-RTX-06). Nothing is sent.
+    Limited,
 }
 
 /// What [`RtxResponder`] did about one sequence number a NACK asked for, as
@@ -188,6 +193,9 @@ pub enum Sent {
     Resent,
     /// No longer (or never) in the history: not retransmitted.
     Missing,
+    /// In the history, but the stream has resent as many packets as it sent (SFU-RTX-06): not
+    /// retransmitted.
+    Limited,
 }
 
 /// Outbound retransmission, sans I/O: a history of the last [`HISTORY_PACKETS`] packets of each
@@ -227,6 +235,7 @@ impl RtxResponder {
                 rtx,
                 ring: vec![None; HISTORY_PACKETS],
                 newest: None,
+                budget: 0,
             },
         );
     }
@@ -244,6 +253,7 @@ impl RtxResponder {
         };
         let seq = packet.header.sequence_number;
         stream.ring[usize::from(seq) % HISTORY_PACKETS] = Some(Saved::of(packet));
+        stream.budget = (stream.budget + 1).min(HISTORY_PACKETS);
         // Newest in RFC 3550 order: a later number within half the space.
         if stream
             .newest
@@ -273,6 +283,12 @@ impl RtxResponder {
         else {
             return Resend::Missing;
         };
+        // SFU-RTX-06: a receiver that NACKs the same packets over and over gets at most as many
+        // retransmissions as packets were sent, not an amplifier on the SFU's one thread.
+        let Some(budget) = stream.budget.checked_sub(1) else {
+            return Resend::Limited;
+        };
+        stream.budget = budget;
         let Some(rtx) = stream.rtx.as_mut() else {
             return Resend::Packet(rtp::Packet {
                 header: saved.header(ssrc),
@@ -323,6 +339,7 @@ impl RtxResponder {
                 match self.resend(nack.media_ssrc, seq) {
                     Resend::Packet(p) => each(Sent::Resent, Some(p)),
                     Resend::Missing => each(Sent::Missing, None),
+                    Resend::Limited => each(Sent::Limited, None),
                     Resend::Untracked => return,
                 }
             }
@@ -380,7 +397,8 @@ mod tests {
         assert_eq!(rtx.header.get_extension(RID), None);
         assert_eq!(on_the_wire(&rtx), rtx);
         // The RTX stream numbers its own packets.
-        assert_eq!(resent(&mut r, 1, 40_000).header.sequence_number, 1);
+        r.on_send(&packet(1, 96, 40_001, &[], &[8]));
+        assert_eq!(resent(&mut r, 1, 40_001).header.sequence_number, 1);
 
         // Unwrapped at the other end, it is the original again (rid → rrid → removed).
         let mut back = rtx;
@@ -463,6 +481,38 @@ mod tests {
         let mut none = Vec::new();
         r.answer(&nack(5, &[12]), |what, _| none.push(what));
         assert!(none.is_empty());
+    }
+
+    /// SFU-RTX-06: NACKing the same packets again and again buys one retransmission per packet
+    /// sent, and the budget comes back as packets are sent.
+    #[test]
+    fn retransmissions_never_outnumber_the_packets_sent() {
+        let mut r = RtxResponder::default();
+        r.bind(&info(1, Some(2)));
+        for seq in 0..20 {
+            r.on_send(&packet(1, 96, seq, &[], &[1]));
+        }
+        let mut n = nack(1, &[0]);
+        n.nacks[0].lost_packets = 0xFFFF;
+        let count = |r: &mut RtxResponder, n: &TransportLayerNack| {
+            let mut got = (0, 0);
+            r.answer(n, |what, p| match what {
+                Sent::Resent => got.0 += usize::from(p.is_some()),
+                Sent::Limited => got.1 += 1,
+                Sent::Missing => panic!("all of 0..=16 are in the history"),
+            });
+            got
+        };
+        assert_eq!(count(&mut r, &n), (17, 0));
+        assert_eq!(count(&mut r, &n), (3, 14));
+        assert_eq!(count(&mut r, &n), (0, 17));
+        r.on_send(&packet(1, 96, 20, &[], &[1]));
+        assert_eq!(count(&mut r, &n), (1, 16));
+        // The budget never grows past the history, however long nothing is NACKed.
+        for seq in 21..5000 {
+            r.on_send(&packet(1, 96, seq, &[], &[1]));
+        }
+        assert_eq!(r.streams[&1].budget, HISTORY_PACKETS);
     }
 
     /// A key frame's DD (with its template structure) is too big for a slot's inline bytes,

@@ -154,7 +154,8 @@ pub struct Rtx {
     pub direction: &'static str,
     /// `unwrapped`, `probe` (padding-only, dropped), `unresolved` (an `rrid` no stream has
     /// introduced); `resent` (a NACKed packet, sent again with its original's extensions) or
-    /// `missing` (a NACKed packet no longer in the 1 024-packet history).
+    /// `missing` (a NACKed packet no longer in the 1 024-packet history) or `limited` (not
+    /// resent: the stream has resent as many packets as it sent).
     pub outcome: &'static str,
 }
 
@@ -182,6 +183,7 @@ impl RtxObserver for RtxCount {
         match what {
             Sent::Resent => self.count("out", "resent"),
             Sent::Missing => self.count("out", "missing"),
+            Sent::Limited => self.count("out", "limited"),
         }
     }
 }
