@@ -5,38 +5,75 @@
 //!   stream and learns rid-named ones, and through an `RtxResponder` that keeps it and resends
 //!   it as RTX; whatever comes out must still marshal and read back equal, and the demux's maps
 //!   stay bounded.
-//! - odd: a compound RTCP packet. Whatever parses must marshal again.
+//! - odd: a compound RTCP packet. Whatever parses must marshal again; its NACKs go to an
+//!   `RtxResponder` that sent 64 packets, whose answers must marshal and number at most 64.
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use rtc::interceptor::{RTCPFeedback, RTPHeaderExtension, StreamInfo};
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::shared::marshal::{Marshal, Unmarshal};
 use veil_rtc::rtx::{Demuxed, Resend, RtxDemux, RtxResponder};
 use veil_rtc::{MID_URI, RID_URI, RRID_URI};
 
 fn info() -> StreamInfo {
-    let ext = |uri: &str, id: u16| RTPHeaderExtension { uri: uri.to_owned(), id };
+    let ext = |uri: &str, id: u16| RTPHeaderExtension {
+        uri: uri.to_owned(),
+        id,
+    };
     StreamInfo {
         ssrc: 1,
         ssrc_rtx: Some(2),
         payload_type: 96,
         payload_type_rtx: Some(97),
         rtp_header_extensions: vec![ext(MID_URI, 1), ext(RID_URI, 2), ext(RRID_URI, 3)],
-        rtcp_feedback: vec![RTCPFeedback { typ: "nack".to_owned(), parameter: String::new() }],
+        rtcp_feedback: vec![RTCPFeedback {
+            typ: "nack".to_owned(),
+            parameter: String::new(),
+        }],
         ..StreamInfo::default()
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, body)) = data.split_first() else { return };
+    let Some((&sel, body)) = data.split_first() else {
+        return;
+    };
     if sel & 1 == 1 {
         let mut raw = Bytes::copy_from_slice(body);
         if let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut raw) {
+            // A responder that sent 64 packets, for the NACKs among them.
+            let mut responder = RtxResponder::default();
+            responder.bind(&info());
+            for seq in 0..64u16 {
+                let header = rtp::header::Header {
+                    version: 2,
+                    ssrc: 1,
+                    sequence_number: seq,
+                    ..Default::default()
+                };
+                responder.on_send(&rtp::Packet {
+                    header,
+                    payload: Bytes::from_static(&[7; 8]),
+                });
+            }
+            let mut resent = 0;
             for p in packets {
                 let _ = p.marshal();
+                if let Some(nack) = p.as_any().downcast_ref::<TransportLayerNack>() {
+                    let mut nack = nack.clone();
+                    nack.media_ssrc = 1;
+                    responder.answer(&nack, |_, rtx| {
+                        if let Some(rtx) = rtx {
+                            resent += 1;
+                            rtx.marshal().expect("a retransmission marshals");
+                        }
+                    });
+                }
             }
+            assert!(resent <= 64, "SFU-RTX-06: {resent} resent for 64 sent");
         }
         return;
     }
@@ -51,7 +88,9 @@ fuzz_target!(|data: &[u8]| {
         let (one, tail) = tail.split_at(n);
         rest = tail;
         let mut raw = Bytes::copy_from_slice(one);
-        let Ok(mut p) = rtp::Packet::unmarshal(&mut raw) else { continue };
+        let Ok(mut p) = rtp::Packet::unmarshal(&mut raw) else {
+            continue;
+        };
         // webrtc-rs cannot re-marshal everything it parses (an id-0 element in the one-byte
         // form, say); what Veil's code adds must not be the reason a packet fails.
         let marshals = p.marshal().is_ok();

@@ -41,8 +41,10 @@ use crate::{MID_URI, RID_URI, RRID_URI};
 
 /// Where [`RtxInterceptor`] sits: the NACK responder's slot (4 000), whose job it does.
 /// Wire-ward of the NACK generator (7 000), so that it unwraps a retransmission on the way in
-/// before the generator looks for gaps; app-ward of the pacer (3 000) and the TWCC sender
-/// (2 000), so that a retransmission is paced and numbered for transport-cc like any packet.
+/// before the generator looks for gaps; app-ward of the transport-cc numbering (2 000) on SFU
+/// legs. That numbering covers only the streams webrtc-rs binds, which are the primary ones:
+/// a retransmission on the RTX SSRC leaves without a transport-wide number, as it did from
+/// webrtc-rs's own responder, so GCC does not count it (specs/sfu.md, "Limits").
 pub const RTX_SLOT: usize = 4_000;
 
 /// How many streams learned from packets (rid → SSRC, RTX SSRC → primary) one leg keeps. A leg
@@ -50,7 +52,7 @@ pub const RTX_SLOT: usize = 4_000;
 pub const MAX_LEARNED_STREAMS: usize = 64;
 
 /// How many recently sent packets [`RtxResponder`] keeps per stream: webrtc-rs's NACK send
-/// buffer's default size, about 1.4 s of a 3 Mbit/s layer.
+/// buffer's default size, about 3 s of a 3 Mbit/s layer in 1 200-byte packets.
 pub const HISTORY_PACKETS: usize = 1024;
 
 mod responder;
@@ -266,8 +268,10 @@ fn repad(header: &mut rtp::header::Header) {
 pub trait RtxObserver: Send + Sync {
     /// An inbound RTX packet (never called for [`Demuxed::Media`]).
     fn inbound(&self, what: Demuxed);
-    /// One sequence number a NACK named on a stream with a history: resent or missing.
-    fn outbound(&self, what: Sent);
+    /// What became of the `count` sequence numbers one NACK named on a stream with a history
+    /// and that ended as `what` (resent, missing or limited). Called at most once per outcome
+    /// and NACK, so that a NACK naming thousands of numbers costs the observer three calls.
+    fn outbound(&self, what: Sent, count: u64);
 }
 
 /// [`RtxDemux`] and [`RtxResponder`] in webrtc-rs's interceptor chain, at [`RTX_SLOT`].
@@ -310,10 +314,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtxInterceptor {
                 .iter()
                 .filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>())
             {
-                let (now, observer, write) = (msg.now, &self.observer, &mut self.write);
+                let (now, write) = (msg.now, &mut self.write);
+                let mut tally = [(Sent::Resent, 0), (Sent::Missing, 0), (Sent::Limited, 0)];
                 self.responder.answer(nack, |what, packet| {
-                    if let Some(o) = observer {
-                        o.outbound(what);
+                    if let Some(t) = tally.iter_mut().find(|(w, _)| *w == what) {
+                        t.1 += 1;
                     }
                     if let Some(p) = packet {
                         write.push_back(TaggedPacket {
@@ -324,6 +329,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtxInterceptor {
                         });
                     }
                 });
+                if let Some(o) = &self.observer {
+                    for (what, count) in tally.into_iter().filter(|(_, n)| *n > 0) {
+                        o.outbound(what, count);
+                    }
+                }
             }
         }
         if let Packet::Rtp(p) = &mut msg.message.packet {

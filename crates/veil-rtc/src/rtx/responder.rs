@@ -100,8 +100,8 @@ struct Saved {
     padding: bool,
     payload_type: u8,
     csrc: Vec<u32>,
-    /// The extension block, if the packet had one: profile, padding (0..=3), elements.
-    extensions: Option<(u16, u8, Elements)>,
+    /// The extension block, if the packet had one: profile, padding bytes, elements.
+    extensions: Option<(u16, usize, Elements)>,
     payload: Bytes,
 }
 
@@ -118,8 +118,7 @@ impl Saved {
             extensions: h.extension.then(|| {
                 (
                     h.extension_profile,
-                    // A block pads to 32 bits: 0..=3.
-                    h.extensions_padding as u8,
+                    h.extensions_padding,
                     Elements::of(&h.extensions),
                 )
             }),
@@ -144,7 +143,7 @@ impl Saved {
             h.extension = true;
             h.extension_profile = *profile;
             h.extensions = elements.to_vec();
-            h.extensions_padding = usize::from(*padding);
+            h.extensions_padding = *padding;
         }
         h
     }
@@ -245,22 +244,35 @@ impl RtxResponder {
         self.streams.remove(&info.ssrc);
     }
 
-    /// Remember one outbound packet. Returns whether its stream keeps a history. Costs one copy
-    /// of the header's fields and elements into a ring slot, and one reference to the payload.
+    /// Remember one outbound packet. Returns whether it was kept: its stream keeps a history,
+    /// and the packet is not older than the last [`HISTORY_PACKETS`] numbers sent. Costs one
+    /// copy of the header's fields and elements into a ring slot, and one reference to the
+    /// payload.
     pub fn on_send(&mut self, packet: &rtp::Packet) -> bool {
         let Some(stream) = self.streams.get_mut(&packet.header.ssrc) else {
             return false;
         };
         let seq = packet.header.sequence_number;
-        stream.ring[usize::from(seq) % HISTORY_PACKETS] = Some(Saved::of(packet));
-        stream.budget = (stream.budget + 1).min(HISTORY_PACKETS);
-        // Newest in RFC 3550 order: a later number within half the space.
-        if stream
-            .newest
-            .is_none_or(|n| seq.wrapping_sub(n).wrapping_sub(1) < 0x8000)
-        {
+        if let Some(newest) = stream.newest {
+            let ahead = seq.wrapping_sub(newest);
+            if ahead != 0 && ahead < 0x8000 {
+                // Newer (RFC 3550 order). SFU-RTX-05: slots the numbering skipped hold packets
+                // from before the jump; they go, so that none is taken for a later number.
+                let skipped = usize::from(ahead - 1).min(HISTORY_PACKETS);
+                for i in 0..skipped {
+                    let at = usize::from(newest.wrapping_add(1).wrapping_add(i as u16));
+                    stream.ring[at % HISTORY_PACKETS] = None;
+                }
+                stream.newest = Some(seq);
+            } else if usize::from(newest.wrapping_sub(seq)) >= HISTORY_PACKETS {
+                // Older than the window: keeping it would evict a packet inside it.
+                return false;
+            }
+        } else {
             stream.newest = Some(seq);
         }
+        stream.ring[usize::from(seq) % HISTORY_PACKETS] = Some(Saved::of(packet));
+        stream.budget = (stream.budget + 1).min(HISTORY_PACKETS);
         true
     }
 
@@ -272,8 +284,8 @@ impl RtxResponder {
         let Some(stream) = self.streams.get_mut(&ssrc) else {
             return Resend::Untracked;
         };
-        // SFU-RTX-05: only the last HISTORY_PACKETS numbers can be in the ring; a slot's number
-        // also matching one 65 536 packets older must not resend that.
+        // SFU-RTX-05: only the last HISTORY_PACKETS numbers can be in the ring (a slot whose
+        // number matches one 65 536 back was cleared when the numbering skipped past it).
         let recent = stream
             .newest
             .is_some_and(|n| usize::from(n.wrapping_sub(seq)) < HISTORY_PACKETS);
@@ -328,7 +340,9 @@ impl RtxResponder {
     }
 
     /// Every retransmission `nack` asks for, in the order it names them, and what became of
-    /// each number it named (for streams this leg keeps a history of).
+    /// each number it named (for streams this leg keeps a history of). A NACK can name some
+    /// 6 000 numbers; each costs a map lookup and a slot check, and a packet only within the
+    /// budget (SFU-RTX-06).
     pub fn answer(
         &mut self,
         nack: &TransportLayerNack,
@@ -434,9 +448,44 @@ mod tests {
         r.on_send(&packet(1, 96, 5_000, &[], &[2]));
         assert_eq!(r.resend(1, 100), Resend::Missing);
         // A late packet (older than the newest) is kept and does not move the newest back.
-        r.on_send(&packet(1, 96, 4_990, &[], &[3]));
+        assert!(r.on_send(&packet(1, 96, 4_990, &[], &[3])));
         assert_eq!(resent(&mut r, 1, 4_990).payload[2], 3);
         assert_eq!(resent(&mut r, 1, 5_000).payload[2], 2);
+        // One older than the window is not kept: its slot is 5 000's.
+        r.on_send(&packet(1, 96, 4_000, &[], &[4]));
+        assert!(!r.on_send(&packet(1, 96, 5_000 - HISTORY_PACKETS as u16, &[], &[5])));
+        assert_eq!(resent(&mut r, 1, 5_000).payload[2], 2);
+
+        // Jumps that together wrap the numbering: the packet from before them is gone, not
+        // taken for the number it shares 65 536 later.
+        let mut r = RtxResponder::default();
+        r.bind(&info(1, Some(2)));
+        for seq in [500, 33_000, 65_000, 600] {
+            r.on_send(&packet(1, 96, seq, &[], &[1]));
+        }
+        assert_eq!(r.resend(1, 500), Resend::Missing);
+        resent(&mut r, 1, 600);
+    }
+
+    /// A leg that negotiated no `rrid` gets its retransmissions without the `rid`, and the
+    /// extension block still marshals.
+    #[test]
+    fn without_rrid_the_rid_is_dropped() {
+        let mut r = RtxResponder::default();
+        let mut no_rrid = info(1, Some(2));
+        no_rrid
+            .rtp_header_extensions
+            .retain(|e| e.uri != crate::RRID_URI);
+        r.bind(&no_rrid);
+        r.on_send(&packet(1, 96, 7, &[(DD, &[0x80, 1, 2]), (RID, b"f")], &[1]));
+        let rtx = resent(&mut r, 1, 7);
+        assert_eq!(rtx.header.get_extension(RID), None);
+        assert_eq!(rtx.header.get_extension(RRID), None);
+        assert_eq!(
+            rtx.header.get_extension(DD).as_deref(),
+            Some(&[0x80, 1, 2][..])
+        );
+        assert_eq!(on_the_wire(&rtx), rtx);
     }
 
     #[test]

@@ -164,8 +164,8 @@ pub struct Rtx {
 pub struct RtxCount(pub Family<Rtx, Counter>);
 
 impl RtxCount {
-    fn count(&self, direction: &'static str, outcome: &'static str) {
-        self.0.get_or_create(&Rtx { direction, outcome }).inc();
+    fn count(&self, direction: &'static str, outcome: &'static str, n: u64) {
+        self.0.get_or_create(&Rtx { direction, outcome }).inc_by(n);
     }
 }
 
@@ -173,17 +173,17 @@ impl RtxObserver for RtxCount {
     fn inbound(&self, what: Demuxed) {
         match what {
             Demuxed::Media => {}
-            Demuxed::Unwrapped(_) => self.count("in", "unwrapped"),
-            Demuxed::Probe => self.count("in", "probe"),
-            Demuxed::Unresolved => self.count("in", "unresolved"),
+            Demuxed::Unwrapped(_) => self.count("in", "unwrapped", 1),
+            Demuxed::Probe => self.count("in", "probe", 1),
+            Demuxed::Unresolved => self.count("in", "unresolved", 1),
         }
     }
 
-    fn outbound(&self, what: Sent) {
+    fn outbound(&self, what: Sent, count: u64) {
         match what {
-            Sent::Resent => self.count("out", "resent"),
-            Sent::Missing => self.count("out", "missing"),
-            Sent::Limited => self.count("out", "limited"),
+            Sent::Resent => self.count("out", "resent", count),
+            Sent::Missing => self.count("out", "missing", count),
+            Sent::Limited => self.count("out", "limited", count),
         }
     }
 }
