@@ -42,9 +42,8 @@ use crate::{MID_URI, RID_URI, RRID_URI};
 /// Where [`RtxInterceptor`] sits: the NACK responder's slot (4 000), whose job it does.
 /// Wire-ward of the NACK generator (7 000), so that it unwraps a retransmission on the way in
 /// before the generator looks for gaps; app-ward of the transport-cc numbering (2 000) on SFU
-/// legs. That numbering covers only the streams webrtc-rs binds, which are the primary ones:
-/// a retransmission on the RTX SSRC leaves without a transport-wide number, as it did from
-/// webrtc-rs's own responder, so GCC does not count it (specs/sfu.md, "Limits").
+/// legs, which numbers a retransmission like any packet once [`CountRtx`] binds the RTX SSRC
+/// there (webrtc-rs binds only the primary streams).
 pub const RTX_SLOT: usize = 4_000;
 
 /// How many streams learned from packets (rid → SSRC, RTX SSRC → primary) one leg keeps. A leg
@@ -55,7 +54,9 @@ pub const MAX_LEARNED_STREAMS: usize = 64;
 /// buffer's default size, about 3 s of a 3 Mbit/s layer in 1 200-byte packets.
 pub const HISTORY_PACKETS: usize = 1024;
 
+mod counted;
 mod responder;
+pub use counted::CountRtx;
 pub use responder::{Resend, RtxResponder, Sent};
 
 /// A primary stream an RTX packet repairs.

@@ -20,7 +20,7 @@ use crate::error::SfuError;
 use crate::routing::MediaKind;
 
 use veil_rtc::RtxInterceptor;
-use veil_rtc::rtx::RtxObserver;
+use veil_rtc::rtx::{CountRtx, RtxObserver};
 pub use veil_rtc::{KeyFrameRequestTap, MIME_OPUS, MIME_VP8, OPUS_PT, VP8_PT};
 
 /// The codec of `kind` as every Veil leg negotiates it ([`veil_rtc::codec`]).
@@ -143,11 +143,13 @@ pub fn sfu_interceptors(
     Ok(
         veil_rtc::interceptors_with(me, RtxInterceptor::observed(rtx))
             .map_err(SfuError::webrtc("interceptors"))?
+            // Both bind each stream's RTX SSRC too, so that retransmissions are numbered and
+            // counted by GCC (SFU-BWE-05).
             .with(
                 Slot::CongestionControl,
-                CongestionControlBuilder::new(gcc).build(),
+                CountRtx(CongestionControlBuilder::new(gcc).build()),
             )
-            .with(Slot::TwccSender, TwccSenderBuilder::new().build()),
+            .with(Slot::TwccSender, CountRtx(TwccSenderBuilder::new().build())),
     )
 }
 
