@@ -173,8 +173,8 @@ pub fn media_engine() -> Result<MediaEngine, webrtc::error::Error> {
 
 /// webrtc-rs's default interceptors (NACK generator, RTCP reports, transport-cc feedback,
 /// simulcast extensions) and [`KeyFrameRequestTap`], as one [`Bundle`], and [`RtxInterceptor`],
-/// registered into `me`. The [`RtxInterceptor`] takes the place of webrtc-rs's NACK responder: it answers NACKs
-/// from its own history ([`rtx::RtxResponder`]).
+/// registered into `me`. The [`RtxInterceptor`] takes the place of webrtc-rs's NACK responder:
+/// it answers NACKs from its own history ([`rtx::RtxResponder`]).
 ///
 /// # Errors
 /// webrtc-rs's error if it refuses a registration.
@@ -193,8 +193,8 @@ pub fn interceptors_with(
     // webrtc-rs's defaults (`register_default_interceptors`: `configure_nack`,
     // `configure_simulcast_extension_headers`, `configure_twcc_receiver_only`,
     // `configure_rtcp_reports`), registered into `me` as they do, with two changes:
-    // - no NACK responder: the RtxInterceptor is the leg's only send history and answers NACKs
-    //   itself (rtx::responder);
+    // - no NACK responder: the RtxInterceptor keeps the leg's only retransmission history and
+    //   answers NACKs itself (rtx::responder);
     // - the NACK generator, transport-cc receiver and both reports run in one Bundle with the
     //   KeyFrameRequestTap, so that an outbound packet is handed over once, not five times.
     for parameter in ["", "pli"] {

@@ -19,8 +19,9 @@
 //!   SFU's core) would get a retransmitted packet it cannot place. [`RtxResponder`] keeps each
 //!   recently sent packet (its extensions copied inline, its payload by reference) and answers
 //!   NACKs itself, with the original's extensions and `rid` renamed to `rrid` (RFC 8852 §3.2),
-//!   as Chromium sends them. It is the leg's only send history: webrtc-rs's responder, which
-//!   cloned every packet into a second one, is not in the chain ([`crate::interceptors_with`]).
+//!   as Chromium sends them. It is the leg's only retransmission history: webrtc-rs's
+//!   responder, which cloned every packet into a second one, is not in the chain
+//!   ([`crate::interceptors_with`]).
 //!
 //! No payload byte is read beyond the 2-byte original sequence number (OSN) that RFC 4588 §4
 //! puts in front of the repaired payload: the SFU links this module.
