@@ -185,6 +185,9 @@ pub struct Edge {
     /// Boxed: a closed connection's slot stays for good (ids are never reused), and costs a
     /// pointer.
     conns: Vec<Option<Box<Conn>>>,
+    /// The open connections' ids, ascending: what the timers walk, so that their cost follows
+    /// the participants present, not every one since the edge started.
+    live: Vec<ConnId>,
     by_ufrag: HashMap<String, ConnId>,
     by_addr: HashMap<SocketAddr, ConnId>,
     /// Connections that took input since they were last drained.
@@ -216,6 +219,7 @@ impl Edge {
         Self {
             local,
             conns: Vec::new(),
+            live: Vec::new(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             dirty: Vec::new(),
@@ -296,7 +300,7 @@ impl Edge {
     /// Live connections.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.conns.iter().flatten().count()
+        self.live.len()
     }
 
     /// Whether there is no connection.
@@ -372,6 +376,7 @@ impl Edge {
             bucket: TokenBucket::default(),
             deadline: None,
         })));
+        self.live.push(id);
         self.dirty.push(id);
         Ok((id, sdp))
     }
@@ -628,13 +633,19 @@ impl Edge {
     #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.drain();
-        self.conns.iter().flatten().filter_map(|c| c.deadline).min()
+        self.live
+            .iter()
+            .filter_map(|&id| self.conns[id].as_ref()?.deadline)
+            .min()
     }
 
     /// Run the timers that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.drain();
-        let due: Vec<ConnId> = (0..self.conns.len())
+        let due: Vec<ConnId> = self
+            .live
+            .iter()
+            .copied()
             .filter(|&id| {
                 self.conns[id]
                     .as_ref()
@@ -730,6 +741,9 @@ impl Edge {
     /// connection that is gone already is left alone.
     pub fn close(&mut self, id: ConnId) {
         if let Some(mut c) = self.conns.get_mut(id).and_then(Option::take) {
+            if let Ok(at) = self.live.binary_search(&id) {
+                self.live.remove(at);
+            }
             let _ = c.pc.close();
             while let Some(out) = c.pc.poll_write() {
                 self.transmit
@@ -749,6 +763,7 @@ mod tests {
     use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
     use rtc::stun::message::{Setter, TransactionId};
     use rtc::stun::textattrs::TextAttribute;
+    use std::time::Duration;
 
     /// An offer from a plain rtc peer with one audio transceiver.
     fn offer(now: Instant) -> String {
@@ -781,6 +796,28 @@ mod tests {
         ];
         m.build(&setters).unwrap();
         m.marshal_binary().unwrap()
+    }
+
+    /// Closed connections leave the timers' walk: after 50 participants came and went, the one
+    /// left is all the edge's timers look at, and with it gone nothing is due.
+    #[test]
+    fn timers_walk_only_the_open_connections() {
+        let now = Instant::now();
+        let mut edge = Edge::new("127.0.0.1:5000".parse().unwrap());
+        let mut ids: Vec<ConnId> = (0..50)
+            .map(|_| edge.accept(now, &offer(now)).unwrap().0)
+            .collect();
+        let last = ids.pop().unwrap();
+        for id in ids {
+            edge.close(id);
+        }
+        assert_eq!(edge.live, [last]);
+        assert_eq!(edge.len(), 1);
+        assert!(edge.poll_timeout().is_some(), "ICE timers of the open one");
+        edge.handle_timeout(now + Duration::from_secs(1));
+        edge.close(last);
+        assert!(edge.is_empty());
+        assert_eq!(edge.poll_timeout(), None);
     }
 
     /// SFU-EDGE-01, SFU-EDGE-03: requests are routed by the ufrag they name, later datagrams by
