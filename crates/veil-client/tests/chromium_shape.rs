@@ -1,5 +1,5 @@
 //! Veil's video packets have the shape Chromium 156's have on the wire
-//! (`../shared/vectors/chromium156`, captured from Chromium by someone else; only headers and
+//! (`vectors/chromium156`, captured from Chromium by someone else; only headers and
 //! extensions are recorded, SRTP hid the payloads). The issue asks for the dependency
 //! descriptor "on every packet, with the template structure on key frames and one frame counter
 //! shared across simulcast layers, exactly as Chromium sends it" (and with each layer's frames
@@ -7,8 +7,8 @@
 //! checked on Chromium's capture (so the test states a fact of Chromium's, not a wish), then on
 //! the packets of Veil's [`TrackSender`].
 //!
-//! The vectors are read from `$VEIL_VECTORS_DIR/chromium156` (default `../shared/vectors` next
-//! to the repository); a missing file fails the test.
+//! The vectors are read from the repository's `vectors/chromium156` (`$VEIL_VECTORS_DIR`
+//! overrides the `vectors` directory); a missing file fails the test.
 
 use std::collections::{BTreeMap, HashSet};
 

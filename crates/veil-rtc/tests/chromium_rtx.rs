@@ -1,4 +1,4 @@
-//! Chromium 156's own retransmissions (`../shared/vectors/chromium156/sim_vp8_l1t3_sframe_dd.json`,
+//! Chromium 156's own retransmissions (`vectors/chromium156/sim_vp8_l1t3_sframe_dd.json`,
 //! RTP headers and extensions as captured, stand-in payloads) through [`RtxDemux`] (SFU-RTX-02).
 //!
 //! Chromium simulcasts without declaring SSRCs, so its RTX packets name the layer they repair

@@ -1,4 +1,4 @@
-//! RFC 9605 known-answer tests from `../shared/vectors/sframe/test-vectors.json` (the cisco/sframe
+//! RFC 9605 known-answer tests from `vectors/sframe/test-vectors.json` (the cisco/sframe
 //! vectors; nobody here wrote them). Checks SF-HDR-01..03, SF-KDF-01, SF-AEAD-01..03.
 
 mod common;

@@ -1,5 +1,5 @@
 //! Chromium 156's own simulcast traffic through the routing core (SFU-FWD-01..06, SFU-STR-01..03):
-//! the RTP headers and extensions of `../shared/vectors/chromium156/` (stand-in payloads), replayed
+//! the RTP headers and extensions of `vectors/chromium156/` (stand-in payloads), replayed
 //! while a subscriber asks for q, then f, then h.
 
 use std::collections::HashMap;

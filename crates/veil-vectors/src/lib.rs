@@ -1,9 +1,11 @@
-//! Test-only access to the data nobody here wrote: `../shared/vectors` next to the repository
-//! (RFC 9605's test vectors, Chromium 156's RTP headers captured on the wire), or the directory
-//! `$VEIL_VECTORS_DIR` names. Missing data is a panic that says where it was looked for: the
-//! vectors are never regenerated, and a test that silently skipped would prove nothing.
+//! Test-only access to the data nobody here wrote, kept in the repository's `vectors/` directory:
+//! RFC 9605's test vectors (`vectors/sframe/`, from cisco/sframe) and the RTP headers Chromium 156
+//! put on the wire (`vectors/chromium156/`). `vectors/README.md` says where each file came from.
+//! `$VEIL_VECTORS_DIR` names another directory of the same shape instead. Missing data is a panic
+//! that says where it was looked for: the vectors are never regenerated, and a test that silently
+//! skipped would prove nothing.
 //!
-//! ```no_run
+//! ```
 //! let capture = veil_vectors::chromium("vp8_sframe_dd.json");
 //! let dd = veil_vectors::ext_id(
 //!     &capture,
@@ -18,20 +20,21 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-/// The vectors directory: `$VEIL_VECTORS_DIR`, or `../shared/vectors` beside the repository.
+/// The vectors directory: `$VEIL_VECTORS_DIR`, or the repository's `vectors/`.
 ///
 /// # Panics
 /// If it is not a directory.
 #[must_use]
 pub fn dir() -> PathBuf {
     let dir = std::env::var_os("VEIL_VECTORS_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors"),
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../vectors"),
         PathBuf::from,
     );
     assert!(
         dir.is_dir(),
-        "test vectors not found at {}: check out ../shared next to the repository or set \
-         VEIL_VECTORS_DIR to the `vectors` directory (never regenerate them)",
+        "test vectors not found at {}: they are part of the repository (`vectors/`); restore \
+         them from git, or set VEIL_VECTORS_DIR to a copy of that directory (never regenerate \
+         them)",
         dir.display()
     );
     dir

@@ -1,10 +1,10 @@
 //! Conformance against Chromium 156's own RTP header extensions, captured on the wire
-//! (`../shared/vectors/chromium156/*.json`; nobody on this project wrote these bytes).
+//! (`vectors/chromium156/*.json`; nobody on this project wrote these bytes).
 //! Checks RTP-EXT-01..05, RTP-AL-01, RTP-DD-01..10 (see `specs/rtp.md`).
 //!
-//! The vectors are read at test time from `$VEIL_VECTORS_DIR/chromium156` (default
-//! `../shared/vectors` next to the repository). A missing directory or file fails the test:
-//! the vectors are never regenerated.
+//! The vectors are read at test time from the repository's `vectors/chromium156`
+//! (`$VEIL_VECTORS_DIR` overrides the `vectors` directory). A missing directory or file fails
+//! the test: the vectors are never regenerated.
 //!
 //! This binary installs a counting global allocator for RTP-DD-10, hence the one `unsafe`.
 #![allow(unsafe_code)]

@@ -1,6 +1,6 @@
 //! SFU-NEG-01: what the SFU negotiates with a browser. The offer is shaped like Chromium 156's
 //! (its extension URIs and ids, codecs and simulcast lines as recorded in
-//! `shared/vectors/chromium156/sim_vp8_l1t3_sframe_dd.json`; the SDP text itself is written
+//! `vectors/chromium156/sim_vp8_l1t3_sframe_dd.json`; the SDP text itself is written
 //! here). The answer must accept DD, audio level, transport-cc, mid, rid and repaired rid under
 //! the browser's ids, allow mixed one- and two-byte extensions, and receive the three layers.
 
