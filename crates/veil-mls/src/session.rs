@@ -209,7 +209,7 @@ impl<P: Provider> CallSession<P> {
 
     fn join_config() -> MlsGroupJoinConfig {
         // PublicMessage handshakes, or the service's PublicGroup can validate nothing
-        // (notes Fact 1); the tree travels in Welcomes and GroupInfos.
+        // (specs/key-schedule.md §6); the tree travels in Welcomes and GroupInfos.
         MlsGroupJoinConfig::builder()
             .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(true)

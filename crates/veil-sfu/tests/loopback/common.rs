@@ -666,8 +666,8 @@ impl RtcpLog {
 }
 
 /// An interceptor that logs SR and RR going either way and changes nothing. webrtc-rs ends
-/// inbound RTCP inside its chain (notes §1.5), so the application never sees reports: the log
-/// is kept where they pass.
+/// inbound RTCP inside its chain (specs/dependencies.md), so the application never sees
+/// reports: the log is kept where they pass.
 #[derive(Default)]
 struct RtcpRecorder {
     log: RtcpLog,
