@@ -22,7 +22,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod datadir;
 pub mod error;
+pub mod listen;
 pub mod metrics;
 pub mod room;
 pub mod service;
@@ -35,8 +37,6 @@ use std::sync::Arc;
 pub use error::KdsError;
 pub use service::{Config, KeyService};
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
 use veil_auth::{TokenKey, Verifier};
 use veil_proto::keys::v1::key_service_server::KeyServiceServer;
 
@@ -64,6 +64,22 @@ pub enum ServerError {
     /// The SFU could not start (e.g. its UDP address cannot be bound).
     #[error("SFU: {0}")]
     Sfu(#[from] veil_sfu::SfuError),
+    /// The data directory, or a file in it that holds a private key, can be read by other
+    /// users (KDS-SEC-02).
+    #[error(
+        "other users can access {}; the data directory holds the service's private keys: run `{fix}` and start again",
+        paths
+            .iter()
+            .map(|e| format!("{} (mode {:04o})", e.path.display(), e.mode))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )]
+    DataDirExposed {
+        /// What is exposed.
+        paths: Vec<datadir::Exposed>,
+        /// The `chmod` commands that fix it.
+        fix: String,
+    },
 }
 
 /// How the SFU moves media (specs/sfu.md, "Two shells").
@@ -95,6 +111,8 @@ pub struct ServerConfig {
     pub sfu: Option<veil_sfu::SfuConfig>,
     /// Which of the SFU's shells serves it.
     pub sfu_engine: SfuEngine,
+    /// Connection caps and the handshake timeout of every listener (SRV-CONN-01..05).
+    pub limits: listen::ConnLimits,
 }
 
 impl ServerConfig {
@@ -111,20 +129,27 @@ impl ServerConfig {
             keys: true,
             sfu: Some(veil_sfu::SfuConfig::default()),
             sfu_engine: SfuEngine::default(),
+            limits: listen::ConnLimits::default(),
         }
     }
 }
 
 impl ServerConfig {
     /// For tests, benches and demos in one process: both roles on a free loopback port, no
-    /// metrics listener, tokens signed with `key`, state under `data_dir`.
+    /// metrics listener, tokens signed with `key`, state under `data_dir`. Every client comes
+    /// from 127.0.0.1, so the per-address cap is the total cap.
     #[must_use]
     pub fn loopback(data_dir: PathBuf, key: TokenKey) -> Self {
+        let embedded = Self::embedded(data_dir);
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: None,
             token_keys: vec![key],
-            ..Self::embedded(data_dir)
+            limits: listen::ConnLimits {
+                max_connections_per_ip: embedded.limits.max_connections,
+                ..embedded.limits.clone()
+            },
+            ..embedded
         }
     }
 }
@@ -175,17 +200,18 @@ pub const TOKEN_KEY_FILE: &str = "token.key";
 /// The id of the embedded token key.
 pub const EMBEDDED_KEY_ID: &str = "embedded";
 
-/// Load the embedded token key of `data_dir`, creating it (and the directory) on first use.
+/// Load the embedded token key of `data_dir`, creating it (and the directory, mode `0700`) on
+/// first use.
 ///
 /// # Errors
-/// [`ServerError::Io`], [`ServerError::TokenKey`].
+/// [`ServerError::Io`], [`ServerError::TokenKey`]; [`ServerError::DataDirExposed`] if the
+/// directory or the key file lets other users in (KDS-SEC-02).
 pub fn embedded_token_key(data_dir: &std::path::Path) -> Result<TokenKey, ServerError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| ServerError::Io {
-        what: format!("create data directory {}", data_dir.display()),
-        source,
-    })?;
-    TokenKey::load_or_create(data_dir.join(TOKEN_KEY_FILE), EMBEDDED_KEY_ID)
-        .map_err(|e| ServerError::TokenKey(e.to_string()))
+    datadir::prepare_dir(data_dir)?;
+    let key = TokenKey::load_or_create(data_dir.join(TOKEN_KEY_FILE), EMBEDDED_KEY_ID)
+        .map_err(|e| ServerError::TokenKey(e.to_string()))?;
+    datadir::check_private(data_dir)?;
+    Ok(key)
 }
 
 /// Run the key service until `shutdown` resolves; `ready` is called once the sockets are bound.
@@ -197,17 +223,24 @@ pub async fn run(
     ready: impl FnOnce(BoundAddrs),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // SRV-CONN-05: descriptors for as many connections as the hard limit allows.
+    let limits = listen::fit_to_descriptors(cfg.limits.clone(), listen::raise_descriptor_limit());
+    let listen_metrics = Arc::new(listen::ListenMetrics::default());
+    let gate = listen::Gate::new(limits.clone(), listen_metrics.clone());
+    // KDS-SEC-02: a private directory, and a private database file before SQLite opens it.
     let keys = if cfg.token_keys.is_empty() {
         vec![embedded_token_key(&cfg.data_dir)?]
     } else {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::Io {
-            what: format!("create data directory {}", cfg.data_dir.display()),
-            source,
-        })?;
+        datadir::prepare_dir(&cfg.data_dir)?;
         cfg.token_keys.clone()
     };
     let verifier = Verifier::new(keys).map_err(|e| ServerError::TokenKey(e.to_string()))?;
-    let db = cfg.data_dir.join("veil.db");
+    let db = if cfg.keys {
+        datadir::create_db_file(&cfg.data_dir)?
+    } else {
+        cfg.data_dir.join(datadir::DB_FILE)
+    };
+    datadir::check_private(&cfg.data_dir)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let svc = if cfg.keys {
         let store = Arc::new(store::SqliteStore::open(&db)?);
@@ -284,14 +317,15 @@ pub async fn run(
             // One exposition for the roles this process runs (the SFU's metrics are
             // `veil_sfu_*`, the key service's `veil_keys_*`).
             let (keys, sfu_handle) = (metrics.clone(), sfu_metrics.clone());
+            let conns = listen_metrics.clone();
             let exposition: metrics::Exposition = Arc::new(move || {
-                let mut parts = vec![keys.encode()];
+                let mut parts = vec![keys.encode(), conns.encode()];
                 if let Some(s) = &sfu_handle {
                     parts.push(s());
                 }
                 metrics::join_expositions(&parts)
             });
-            tokio::spawn(metrics::serve_http(l, exposition));
+            tokio::spawn(metrics::serve_http(l, gate.clone(), exposition));
             bound
         }
         None => None,
@@ -332,17 +366,12 @@ pub async fn run(
         grpc,
         metrics: metrics_addr,
     });
-    // Small replies must not wait for Nagle's algorithm (it added ~40 ms to every unary call
-    // behind a delayed ACK).
-    let incoming = TcpListenerStream::new(listener).map(|s| {
-        if let Ok(sock) = &s {
-            let _ = sock.set_nodelay(true);
-        }
-        s
-    });
+    // SRV-CONN-01/02: connections under the caps, handed to tonic once their preface arrived.
+    let incoming = listen::grpc_incoming(listener, gate);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .add_service(health_svc)
         .add_optional_service(keys_api)
         .add_optional_service(tasks_api)

@@ -79,6 +79,25 @@ struct ServeArgs {
     /// participant).
     #[arg(long, env = "VEIL_SFU_ENGINE", default_value = "edge")]
     sfu_engine: Engine,
+    /// Milliseconds a new connection has to send its first bytes (the HTTP/2 preface; on the
+    /// metrics listener, its request) before it is closed.
+    #[arg(long, env = "VEIL_HANDSHAKE_TIMEOUT_MS", default_value_t = defaults().handshake_timeout.as_millis() as u64)]
+    handshake_timeout_ms: u64,
+    /// Open connections over all listeners (lowered to three quarters of the descriptor limit
+    /// if that is less).
+    #[arg(long, env = "VEIL_MAX_CONNECTIONS", default_value_t = defaults().max_connections)]
+    max_connections: usize,
+    /// Open connections from one IPv4 address or IPv6 /64.
+    #[arg(long, env = "VEIL_MAX_CONNECTIONS_PER_IP", default_value_t = defaults().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Concurrent calls (HTTP/2 streams) on one gRPC connection.
+    #[arg(long, env = "VEIL_MAX_CONCURRENT_STREAMS", default_value_t = defaults().max_concurrent_streams)]
+    max_concurrent_streams: u32,
+}
+
+/// The connection limits' defaults, shown by `--help`.
+fn defaults() -> veil_server::listen::ConnLimits {
+    veil_server::listen::ConnLimits::default()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -167,6 +186,12 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         .collect::<Result<_, _>>()?;
     cfg.kds.departure_grace = Duration::from_millis(args.departure_grace_ms);
     cfg.kds.max_message_bytes = args.max_message_bytes;
+    cfg.limits = veil_server::listen::ConnLimits {
+        handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        max_concurrent_streams: args.max_concurrent_streams,
+    };
     cfg.keys = args.role.contains(&Role::Keys);
     cfg.sfu_engine = match args.sfu_engine {
         Engine::Edge => veil_server::SfuEngine::Edge,

@@ -127,22 +127,25 @@ pub fn join_expositions(parts: &[String]) -> String {
 /// What `/metrics` serves: the text exposition of every role in this process.
 pub type Exposition = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Serve `GET /metrics` and `GET /healthz` on `listener` until the task is dropped.
-pub async fn serve_http(listener: TcpListener, metrics: Exposition) {
+/// Serve `GET /metrics` and `GET /healthz` on `listener` until the task is dropped, under
+/// `gate`'s connection caps; a request must arrive within its handshake timeout
+/// (SRV-CONN-01/02).
+pub async fn serve_http(listener: TcpListener, gate: crate::listen::Gate, metrics: Exposition) {
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
+        let (mut sock, peer, slot) = gate.accept(&listener, "metrics").await;
+        let (metrics, gate) = (metrics.clone(), gate.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = [0u8; 1024];
-            let n =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
+            let wait = gate.limits().handshake_timeout;
+            let n = match tokio::time::timeout(wait, sock.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    gate.refused("metrics", "handshake_timeout", peer);
+                    return;
+                }
+            };
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("");
             let (status, ctype, body) = match path {

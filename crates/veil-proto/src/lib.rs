@@ -4,7 +4,8 @@
 //! - [`sfu::v1`]: signalling with the blind SFU.
 //!
 //! The code is generated at build time by `protox` and `tonic-prost-build`; no system `protoc`
-//! is needed. Messages are plain prost structs:
+//! is needed. The servers decode requests with [`codec::ProstCodec`], so a request that does
+//! not decode is `INVALID_ARGUMENT`, not `INTERNAL`. Messages are plain prost structs:
 //!
 //! ```
 //! use veil_proto::keys::v1::{room_event, RoomEvent, Synced};
@@ -15,12 +16,16 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod codec;
+
 /// Key distribution (`veil.keys.v1`).
 pub mod keys {
     /// Version 1 of the key-distribution API.
     pub mod v1 {
         #![allow(missing_docs, unreachable_pub, clippy::all)]
         tonic::include_proto!("veil.keys.v1");
+        // The server, generated apart with `crate::codec::ProstCodec` (build.rs).
+        include!(concat!(env!("OUT_DIR"), "/server/veil.keys.v1.rs"));
     }
 }
 
@@ -30,5 +35,7 @@ pub mod sfu {
     pub mod v1 {
         #![allow(missing_docs, unreachable_pub, clippy::all)]
         tonic::include_proto!("veil.sfu.v1");
+        // The server, generated apart with `crate::codec::ProstCodec` (build.rs).
+        include!(concat!(env!("OUT_DIR"), "/server/veil.sfu.v1.rs"));
     }
 }

@@ -297,7 +297,13 @@ async fn session<B: Backend>(
     use pb::signal_request::Request as R;
     let first = match inbound.message().await {
         Ok(Some(m)) => m,
-        _ => return,
+        // PROTO-DEC-01: a request that does not decode ends the stream with the decoder's
+        // INVALID_ARGUMENT, not with OK.
+        Err(s) => {
+            let _ = tx.send(Err(s)).await;
+            return;
+        }
+        Ok(None) => return,
     };
     let Some(R::Join(join)) = first.request else {
         let _ = tx
@@ -380,7 +386,13 @@ async fn session<B: Backend>(
                     }
                 }
                 // SFU-AUTH-03: the session ends with its stream.
-                Ok(None) | Err(_) => break,
+                Ok(None) => break,
+                // PROTO-DEC-01: an undecodable request ends it with INVALID_ARGUMENT; a broken
+                // transport, with its own status (nobody reads it).
+                Err(s) => {
+                    let _ = tx.send(Err(s)).await;
+                    break;
+                }
             },
         }
     }

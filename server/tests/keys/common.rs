@@ -63,6 +63,57 @@ impl Server {
         }
     }
 
+    /// Start on a free port with `extra` flags, under `ulimit -n nofile` if given (a hard
+    /// limit too: the server cannot raise it).
+    pub fn start_with(dir: &Path, extra: &[&str], nofile: Option<u32>) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
+        let mut cmd = Command::new("sh");
+        let limit = nofile.map_or_else(String::new, |n| format!("ulimit -n {n}; "));
+        cmd.arg("-c")
+            .arg(format!(r#"{limit}exec "$@""#))
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_veil-server"))
+            .args(["serve", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(extra);
+        let mut child = cmd
+            .env("RUST_LOG", "veil_server=debug,info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let grab = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| {
+                    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                    panic!("no {k} in {line:?}; the server's log:\n{log}")
+                })
+                .to_owned()
+        };
+        Self {
+            url: format!("http://{}", grab("grpc=")),
+            metrics: grab("metrics="),
+            child,
+            dir: dir.to_owned(),
+            grace_ms: 10_000,
+        }
+    }
+
+    /// The server's process id (for its memory figures in `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, no shutdown.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -4,8 +4,11 @@
 #![allow(unreachable_pub)]
 
 mod common;
+mod datadir;
 mod durability;
+mod flood;
 mod hostile;
 mod membership;
 mod race;
 mod resync;
+mod undecodable;

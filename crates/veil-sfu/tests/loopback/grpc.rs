@@ -351,3 +351,143 @@ async fn refuses_missing_wrong_and_powerless_tokens(sfu: impl Shell) {
     );
     assert!(sfu.roster(room).await.is_empty());
 }
+
+/// A codec that sends the bytes it is given and returns the bytes it receives, to put
+/// hand-made frames on the signalling stream.
+#[derive(Debug, Clone, Copy, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
+    }
+}
+
+/// A signalling stream of raw frames.
+async fn raw_signal(addr: SocketAddr, token: &str) -> (mpsc::Sender<Vec<u8>>, Streaming<Vec<u8>>) {
+    let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut g = tonic::client::Grpc::new(ch);
+    g.ready().await.unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let mut req = Request::new(ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/veil.sfu.v1.Sfu/Signal");
+    let rx = g.streaming(req, path, Raw).await.unwrap().into_inner();
+    (tx, rx)
+}
+
+/// The status the stream ends with; events before it are skipped.
+async fn end_status(rx: &mut Streaming<Vec<u8>>) -> tonic::Status {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match rx.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return tonic::Status::ok("the stream ended with OK"),
+                Err(s) => return s,
+            }
+        }
+    })
+    .await
+    .expect("the stream did not end")
+}
+
+/// PROTO-DEC-01 on the SFU: a signalling request that does not decode ends the stream with
+/// `INVALID_ARGUMENT`, as the first request or within a session, and the participant leaves
+/// (issue 22, defect 6; before, the stream ended with OK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_signalling_requests_are_invalid_argument() {
+    use prost::Message as _;
+    init_tracing();
+    let key = TokenKey::generate("test").unwrap();
+    let sfu = Sfu::new(SfuConfig::default());
+    let addr = serve(sfu.clone(), &key).await;
+    let room = "decode";
+    let t = token(&key, "eve", room, true, true);
+    // `join` (field 2) whose `room` (field 1) holds the bytes FF FE.
+    let bad_utf8 = vec![0x12, 0x04, 0x0a, 0x02, 0xff, 0xfe];
+    // `id` (field 1, uint32) sent length-delimited.
+    let wrong_wire_type = vec![0x0a, 0x01, 0x00];
+    // An unknown field 15 of 200 nested, closed groups: over prost's recursion limit.
+    let mut deep = vec![0x7b; 200];
+    deep.extend([0x7c; 200]);
+    let is_malformed = |s: &tonic::Status| {
+        s.code() == Code::InvalidArgument && s.message().starts_with("malformed request: ")
+    };
+
+    for (shape, frame) in [
+        ("invalid UTF-8", bad_utf8.clone()),
+        ("wrong wire type", wrong_wire_type),
+        ("deep nesting", deep),
+    ] {
+        let (tx, mut rx) = raw_signal(addr, &t).await;
+        tx.send(frame).await.unwrap();
+        let s = end_status(&mut rx).await;
+        assert!(is_malformed(&s), "first request, {shape}: {s:?}");
+    }
+
+    // Within a session: join with a real offer, then send a frame that does not decode.
+    let mut peer = Peer::new(room, "eve", false).await;
+    let join = pb::SignalRequest {
+        id: 1,
+        request: Some(R::Join(pb::Join {
+            room: room.to_owned(),
+            offer_sdp: peer.offer().await,
+            packetization: 0,
+        })),
+    };
+    let (tx, mut rx) = raw_signal(addr, &t).await;
+    tx.send(join.encode_to_vec()).await.unwrap();
+    let joined = tokio::time::timeout(WAIT, async {
+        loop {
+            let frame = rx.message().await.unwrap().expect("an event");
+            if let Some(E::Joined(j)) = pb::SignalEvent::decode(&frame[..]).unwrap().event {
+                return j;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(joined.identity, "eve");
+    roster_becomes(&sfu, room, &["eve"]).await;
+    tx.send(bad_utf8).await.unwrap();
+    let s = end_status(&mut rx).await;
+    assert!(is_malformed(&s), "within a session: {s:?}");
+    roster_becomes(&sfu, room, &[]).await;
+}

@@ -1,0 +1,570 @@
+//! The accept loop of every TCP listener of the server (SRV-CONN-01..05, specs/key-service.md
+//! §9.1): connection caps, a handshake timeout, and the descriptor limit.
+//!
+//! A TCP connection costs a file descriptor from `accept` on, before it has sent a byte, and
+//! without a token. Without limits, 1,100 silent connections under a 1024-descriptor limit made
+//! every new call fail until they went away (issue 22). So:
+//!
+//! - SRV-CONN-01: at most [`ConnLimits::max_connections`] open connections over all
+//!   listeners (gRPC and metrics), and [`ConnLimits::max_connections_per_ip`] per source (an
+//!   IPv4 address, an IPv6 /64). Over the per-source cap, a new connection is closed at once.
+//!   At the total cap, the oldest connection still waiting for its handshake is closed to
+//!   make room (reason `evicted`); only when none waits is the new one closed. So silent
+//!   connections, however many sources send them, cannot keep out a client that speaks.
+//! - SRV-CONN-02: a gRPC connection reaches tonic only once its 24-byte HTTP/2 preface arrived,
+//!   within [`ConnLimits::handshake_timeout`]; the wait runs in a task per connection, so a
+//!   slow client never holds up `accept`. A connection that is silent, or sends anything else,
+//!   is closed. (The metrics listener gives its HTTP/1 request the same time.)
+//! - SRV-CONN-03: an `accept` error (`EMFILE` when descriptors run out) pauses the loop for
+//!   100 ms instead of spinning.
+//! - SRV-CONN-04: each refusal is counted (`veil_server_connections_refused_total{listener,
+//!   reason}`) and logged as a warning at most once per 10 s per listener and reason, with the
+//!   number refused since the last warning.
+//! - SRV-CONN-05: at start the soft descriptor limit is raised to the hard limit, and the
+//!   total cap is lowered to three quarters of the result if it is above, so connections can
+//!   never take the descriptors the database and the SFU's sockets need.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+pub const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a refusal reason stays quiet after a warning.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The limits of one listener; every number is a flag of `veil-server serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Time a new connection has to send its first request bytes (the HTTP/2 preface).
+    pub handshake_timeout: Duration,
+    /// Open connections, all sources together (lowered at start to three quarters of the
+    /// descriptor limit if that is less).
+    pub max_connections: usize,
+    /// Open connections from one IPv4 address or one IPv6 /64.
+    pub max_connections_per_ip: usize,
+    /// Concurrent HTTP/2 streams (calls) on one gRPC connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_connections_per_ip: 256,
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// Labels of the connection metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `grpc` or `metrics`.
+    pub listener: &'static str,
+}
+
+/// Labels of refused connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Refusal {
+    /// `grpc` or `metrics`.
+    pub listener: &'static str,
+    /// `total_cap`, `ip_cap`, `evicted`, `handshake_timeout`, `bad_preface`, `accept_error`.
+    pub reason: &'static str,
+}
+
+/// Connection metrics of every listener (prefix `veil_server_`).
+#[derive(Debug)]
+pub struct ListenMetrics {
+    registry: Registry,
+    /// Open connections (admitted, handshake pending or done).
+    pub connections: Family<ListenerLabel, Gauge>,
+    /// Connections closed by the limits, by reason.
+    pub refused: Family<Refusal, Counter>,
+}
+
+impl Default for ListenMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("veil_server");
+        let connections = Family::<ListenerLabel, Gauge>::default();
+        let refused = Family::<Refusal, Counter>::default();
+        registry.register(
+            "connections",
+            "Open TCP connections by listener",
+            connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "TCP connections closed by the connection limits, by listener and reason",
+            refused.clone(),
+        );
+        Self {
+            registry,
+            connections,
+            refused,
+        }
+    }
+}
+
+impl ListenMetrics {
+    /// The text exposition format.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The source a per-address cap counts: an IPv4 address, or the /64 of an IPv6 address (one
+/// host commonly holds a whole /64).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+        },
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+    /// Connections waiting for their handshake, oldest first: closing one frees its place.
+    pending: std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>,
+    next_id: u64,
+}
+
+/// When a warning was last logged, and how many refusals came since.
+type WarnState = (Option<Instant>, u64);
+
+#[derive(Debug)]
+struct GateInner {
+    limits: ConnLimits,
+    counts: Mutex<Counts>,
+    /// Per listener and reason: when it last warned, and refusals since.
+    warned: Mutex<HashMap<(&'static str, &'static str), WarnState>>,
+    metrics: Arc<ListenMetrics>,
+}
+
+/// The connection limits of the process, shared by every listener's accept loop and by the
+/// connections they admitted.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<GateInner>);
+
+/// One admitted connection's place under the caps; dropping it frees the place.
+#[derive(Debug)]
+pub struct Slot {
+    gate: Gate,
+    source: IpAddr,
+    listener: &'static str,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let g = &self.gate.0;
+        let mut c = g
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.total -= 1;
+        if let Some(n) = c.per_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_source.remove(&self.source);
+            }
+        }
+        g.metrics
+            .connections
+            .get_or_create(&ListenerLabel {
+                listener: self.listener,
+            })
+            .dec();
+    }
+}
+
+impl Slot {
+    /// Mark the connection as waiting for its handshake until the returned guard is dropped;
+    /// the receiver fires if the total cap needs its place (SRV-CONN-01).
+    fn handshake(&self) -> (Handshake, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut c = self
+            .gate
+            .0
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = c.next_id;
+        c.next_id += 1;
+        c.pending.insert(id, tx);
+        (
+            Handshake {
+                gate: self.gate.clone(),
+                id,
+            },
+            rx,
+        )
+    }
+}
+
+/// A connection's entry among those waiting for their handshake.
+#[derive(Debug)]
+struct Handshake {
+    gate: Gate,
+    id: u64,
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let mut c = self
+            .gate
+            .0
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.pending.remove(&self.id);
+    }
+}
+
+impl Gate {
+    /// A gate enforcing `limits`, counting into `metrics`.
+    #[must_use]
+    pub fn new(limits: ConnLimits, metrics: Arc<ListenMetrics>) -> Self {
+        Self(Arc::new(GateInner {
+            limits,
+            counts: Mutex::default(),
+            warned: Mutex::default(),
+            metrics,
+        }))
+    }
+
+    /// Its limits.
+    #[must_use]
+    pub fn limits(&self) -> &ConnLimits {
+        &self.0.limits
+    }
+
+    /// A place for a connection from `peer` on `listener`, or the cap it would break
+    /// (SRV-CONN-01).
+    fn admit(&self, listener: &'static str, peer: SocketAddr) -> Result<Slot, &'static str> {
+        let g = &self.0;
+        let source = source_key(peer.ip());
+        let mut c = g
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.per_source.get(&source).copied().unwrap_or(0) >= g.limits.max_connections_per_ip {
+            return Err("ip_cap");
+        }
+        if c.total >= g.limits.max_connections {
+            // Close the oldest connection still in its handshake: its task drops its slot at
+            // once, so the total exceeds the cap only for that moment.
+            match c.pending.pop_first() {
+                Some((_, evict)) => {
+                    let _ = evict.send(());
+                }
+                None => return Err("total_cap"),
+            }
+        }
+        let n = c.per_source.entry(source).or_default();
+        *n += 1;
+        c.total += 1;
+        g.metrics
+            .connections
+            .get_or_create(&ListenerLabel { listener })
+            .inc();
+        Ok(Slot {
+            gate: self.clone(),
+            source,
+            listener,
+        })
+    }
+
+    /// Count a refused connection and warn, at most once per [`WARN_EVERY`] and reason
+    /// (SRV-CONN-04).
+    pub fn refused(&self, listener: &'static str, reason: &'static str, peer: SocketAddr) {
+        let g = &self.0;
+        g.metrics
+            .refused
+            .get_or_create(&Refusal { listener, reason })
+            .inc();
+        let mut warned = g
+            .warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let entry = warned.entry((listener, reason)).or_default();
+        entry.1 += 1;
+        if entry
+            .0
+            .is_none_or(|last| now.duration_since(last) >= WARN_EVERY)
+        {
+            let l = &g.limits;
+            tracing::warn!(
+                listener,
+                reason,
+                %peer,
+                refused = entry.1,
+                max_connections = l.max_connections,
+                max_connections_per_ip = l.max_connections_per_ip,
+                handshake_timeout_ms = l.handshake_timeout.as_millis(),
+                "connection limit: closed connections (count since the last warning)"
+            );
+            *entry = (Some(now), 0);
+        }
+    }
+
+    /// The next connection of `socket` (listener `name`) under the caps; connections over
+    /// them are closed here. `accept` errors (descriptors exhausted) pause for 100 ms
+    /// (SRV-CONN-03).
+    pub async fn accept(
+        &self,
+        socket: &TcpListener,
+        name: &'static str,
+    ) -> (TcpStream, SocketAddr, Slot) {
+        loop {
+            match socket.accept().await {
+                Ok((sock, peer)) => match self.admit(name, peer) {
+                    Ok(slot) => return (sock, peer, slot),
+                    Err(reason) => {
+                        drop(sock);
+                        self.refused(name, reason, peer);
+                    }
+                },
+                Err(e) => {
+                    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+                    tracing::debug!(listener = name, error = %e, "accept failed");
+                    self.refused(name, "accept_error", unspecified);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// An admitted gRPC connection whose HTTP/2 preface arrived; it gives the preface back to
+/// tonic, then reads the socket. Holds its [`Slot`].
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    /// Preface bytes not yet given back.
+    replay: usize,
+    _slot: Slot,
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.replay > 0 {
+            let from = HTTP2_PREFACE.len() - self.replay;
+            let n = self.replay.min(buf.remaining());
+            buf.put_slice(&HTTP2_PREFACE[from..from + n]);
+            self.replay -= n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+/// The connections of a gRPC listener for `serve_with_incoming_shutdown`: admitted under the
+/// gate's caps, and handed on once their HTTP/2 preface arrived (SRV-CONN-01/02). The accept
+/// loop ends when the stream is dropped.
+pub fn grpc_incoming(listener: TcpListener, gate: Gate) -> ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, peer, slot) = tokio::select! {
+                () = tx.closed() => return,
+                c = gate.accept(&listener, "grpc") => c,
+            };
+            let (tx, gate) = (tx.clone(), gate.clone());
+            tokio::spawn(async move {
+                // Small replies must not wait for Nagle's algorithm (it added ~40 ms to every
+                // unary call behind a delayed ACK).
+                let _ = stream.set_nodelay(true);
+                let mut preface = [0u8; HTTP2_PREFACE.len()];
+                let wait = gate.limits().handshake_timeout;
+                let (waiting, evicted) = slot.handshake();
+                let read = tokio::select! {
+                    r = tokio::time::timeout(wait, stream.read_exact(&mut preface)) => r,
+                    _ = evicted => {
+                        gate.refused("grpc", "evicted", peer);
+                        return;
+                    }
+                };
+                drop(waiting);
+                match read {
+                    Ok(Ok(_)) if &preface == HTTP2_PREFACE => {
+                        let conn = Conn {
+                            stream,
+                            replay: HTTP2_PREFACE.len(),
+                            _slot: slot,
+                        };
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Ok(_)) => gate.refused("grpc", "bad_preface", peer),
+                    // The peer closed or reset: nothing to count.
+                    Ok(Err(_)) => {}
+                    Err(_) => gate.refused("grpc", "handshake_timeout", peer),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Raise the soft descriptor limit to the hard limit (SRV-CONN-05); the soft limit in force
+/// after, if the platform has one.
+pub fn raise_descriptor_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the descriptor limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// `limits` with the total cap lowered to three quarters of `descriptors`, if that is less
+/// (SRV-CONN-05).
+#[must_use]
+pub fn fit_to_descriptors(mut limits: ConnLimits, descriptors: Option<u64>) -> ConnLimits {
+    if let Some(d) = descriptors {
+        let room = usize::try_from(d / 4 * 3).unwrap_or(usize::MAX).max(1);
+        if limits.max_connections > room {
+            tracing::warn!(
+                configured = limits.max_connections,
+                descriptors = d,
+                max_connections = room,
+                "the connection cap is lowered to three quarters of the descriptor limit"
+            );
+            limits.max_connections = room;
+        }
+    }
+    limits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sources_are_counted_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(source_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn caps_hold_and_slots_free_their_place() {
+        let limits = ConnLimits {
+            max_connections: 3,
+            max_connections_per_ip: 2,
+            ..ConnLimits::default()
+        };
+        let gate = Gate::new(limits, Arc::default());
+        let a = SocketAddr::from(([10, 0, 0, 1], 1));
+        let b = SocketAddr::from(([10, 0, 0, 2], 1));
+        let c = SocketAddr::from(([10, 0, 0, 3], 1));
+        let a1 = gate.admit("grpc", a).unwrap();
+        // The caps count every listener together.
+        let _a2 = gate.admit("metrics", a).unwrap();
+        assert_eq!(gate.admit("grpc", a).unwrap_err(), "ip_cap");
+        let _b1 = gate.admit("grpc", b).unwrap();
+        assert_eq!(gate.admit("grpc", c).unwrap_err(), "total_cap");
+        drop(a1);
+        let c1 = gate.admit("grpc", c).unwrap();
+        assert_eq!(gate.admit("grpc", a).unwrap_err(), "total_cap");
+
+        // At the total cap, a connection still in its handshake makes room.
+        let (waiting, mut evicted) = c1.handshake();
+        assert!(evicted.try_recv().is_err());
+        let _a3 = gate.admit("grpc", a).unwrap();
+        assert!(
+            evicted.try_recv().is_ok(),
+            "the oldest handshake is evicted"
+        );
+        drop((waiting, c1));
+        assert_eq!(gate.admit("grpc", c).unwrap_err(), "total_cap");
+    }
+
+    #[test]
+    fn the_total_cap_fits_the_descriptor_limit() {
+        let l = fit_to_descriptors(ConnLimits::default(), Some(1024));
+        assert_eq!(l.max_connections, 768);
+        let l = fit_to_descriptors(ConnLimits::default(), Some(1 << 20));
+        assert_eq!(l.max_connections, ConnLimits::default().max_connections);
+        let l = fit_to_descriptors(ConnLimits::default(), None);
+        assert_eq!(l.max_connections, ConnLimits::default().max_connections);
+    }
+}
