@@ -303,7 +303,7 @@ impl Gate {
         })
     }
 
-    /// Count a refused connection and warn, at most once per [`WARN_EVERY`] and reason
+    /// Count a refused connection and warn, at most once per 10 s and reason
     /// (SRV-CONN-04).
     pub fn refused(&self, listener: &'static str, reason: &'static str, peer: SocketAddr) {
         let g = &self.0;
