@@ -3,14 +3,15 @@
 //! A [`Group`] owns a [`CallSession`] and the room's event stream. The task processes commits
 //! and proposals in order, commits the service's Remove proposals (the lowest-ranked present
 //! member at once, the others after a rank-proportional delay if it did not), reconnects and
-//! resumes from its epoch when the stream breaks, and rebases its own commits when another
+//! resumes from its epoch when the stream breaks (on a capped back-off, for as long as the
+//! member runs: a server outage does not end it), and rebases its own commits when another
 //! commit won the epoch (specs/key-service.md §7).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
@@ -20,6 +21,7 @@ use veil_proto::keys::v1::room_event::Event as Ev;
 
 use crate::error::ClientError;
 use crate::keys::KeyClient;
+use crate::link::{Backoff, LinkEvent, LinkStatus, jitter};
 
 /// How to reach the room.
 #[derive(Debug, Clone)]
@@ -36,7 +38,9 @@ pub struct GroupConfig {
     pub keys: KeyConfig,
     /// Delay per rank before a member commits the service's pending proposals.
     pub proposal_commit_delay: Duration,
-    /// How long to keep retrying an unreachable service before giving up.
+    /// How long a request (a commit, a claim, a join) keeps retrying an unreachable service
+    /// before it fails. The room's event stream itself is resubscribed for as long as the
+    /// member runs.
     pub retry_for: Duration,
 }
 
@@ -73,6 +77,8 @@ pub struct GroupStatus {
     /// The epochs in which the service acknowledged a commit of this member (the epoch the
     /// commit was made in), oldest first.
     pub acknowledged: Vec<u64>,
+    /// The room's event stream from the key service: up, or lost and being resubscribed.
+    pub key_service: LinkStatus,
 }
 
 /// A member's MLS session, shared by the membership task (commits) and the media path (SFrame
@@ -126,6 +132,7 @@ pub struct Group {
     task: JoinHandle<Result<(), ClientError>>,
     session: SharedSession,
     released: Option<mpsc::UnboundedReceiver<Released>>,
+    link_events: broadcast::Sender<LinkEvent>,
 }
 
 impl Group {
@@ -278,6 +285,13 @@ impl Group {
         self.status.clone()
     }
 
+    /// Losses and returns of the room's event stream from now on (the current state is in
+    /// [`GroupStatus::key_service`]).
+    #[must_use]
+    pub fn link_events(&self) -> broadcast::Receiver<LinkEvent> {
+        self.link_events.subscribe()
+    }
+
     /// Wait until `pred` holds for the status, at most `timeout`.
     ///
     /// # Errors
@@ -325,6 +339,13 @@ struct Actor {
     commit_deadline: Option<tokio::time::Instant>,
     resyncs: u32,
     acknowledged: Vec<u64>,
+    /// The event stream's link, its back-off, the next attempt and when it was lost; kept
+    /// here, not in `next_event`, which the run loop cancels every tick.
+    link: LinkStatus,
+    backoff: Backoff,
+    retry_at: Option<tokio::time::Instant>,
+    lost_at: Option<Instant>,
+    link_events: broadcast::Sender<LinkEvent>,
 }
 
 fn retryable(e: &ClientError) -> bool {
@@ -361,6 +382,11 @@ impl Actor {
             commit_deadline: None,
             resyncs: 0,
             acknowledged: Vec::new(),
+            link: LinkStatus::default(),
+            backoff: Backoff::new(Backoff::KEY_SERVICE),
+            retry_at: None,
+            lost_at: None,
+            link_events: broadcast::channel(16).0,
         })
     }
 
@@ -386,6 +412,7 @@ impl Actor {
         let status = self.status.subscribe();
         let session = self.session.clone();
         let released = self.released_rx.take();
+        let link_events = self.link_events.clone();
         let task = tokio::spawn(self.run(rx));
         Group {
             cmd: tx,
@@ -393,6 +420,7 @@ impl Actor {
             task,
             session,
             released,
+            link_events,
         }
     }
 
@@ -412,6 +440,7 @@ impl Actor {
             removed,
             resyncs: self.resyncs,
             acknowledged: self.acknowledged.clone(),
+            key_service: self.link.clone(),
         };
         self.status.send_replace(s);
     }
@@ -637,18 +666,28 @@ impl Actor {
         self.publish_status(false);
     }
 
-    /// The next event, reconnecting (and resuming from this member's epoch) as needed.
+    /// The next event, reconnecting (and resuming from this member's epoch, KDS-FAN-02) as
+    /// needed. A stream that breaks or cannot be opened for want of the service is a lost link:
+    /// reported, and retried on the key service's [`Backoff`] with no end. Any other refusal
+    /// is returned. Cancel-safe: the schedule lives in `self`.
     async fn next_event(&mut self) -> Result<pb::RoomEvent, ClientError> {
-        let give_up = Instant::now() + self.cfg.retry_for;
-        let mut backoff = Duration::from_millis(50);
         loop {
             if self.stream.is_none() {
+                if let Some(at) = self.retry_at {
+                    tokio::time::sleep_until(at).await;
+                }
                 let from = if self.joined { self.s().epoch() } else { None };
                 match self.client.subscribe(from).await {
-                    Ok(s) => self.stream = Some(s),
-                    Err(e) if retryable(&e) && Instant::now() < give_up => {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    Ok(s) => {
+                        self.stream = Some(s);
+                        self.retry_at = None;
+                        self.link_restored();
+                    }
+                    Err(e) if retryable(&e) => {
+                        self.link_lost(e.to_string());
+                        self.link.attempts += 1;
+                        self.publish_status(false);
+                        tracing::debug!(error = %e, attempt = self.link.attempts, "resubscribing failed");
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -662,10 +701,48 @@ impl Actor {
                 Some(Err(s)) => {
                     tracing::debug!(status = %s, "room stream broke; resubscribing");
                     self.stream = None;
+                    // A refusal (e.g. the room is gone) is not a lost link: the resubscription
+                    // reports it.
+                    let e = crate::keys::from_status(s);
+                    if retryable(&e) {
+                        self.link_lost(format!("the room's stream broke: {e}"));
+                    }
                 }
-                None => self.stream = None,
+                None => {
+                    self.stream = None;
+                    self.link_lost("the key service ended the room's stream".to_owned());
+                }
             }
         }
+    }
+
+    /// The event stream is lost (or another attempt failed): report a new loss once, and set
+    /// the next attempt.
+    fn link_lost(&mut self, reason: String) {
+        if self.link.is_up() {
+            tracing::warn!(reason, "lost the key service's room stream; resubscribing");
+            self.link.lose(reason.clone());
+            self.lost_at = Some(Instant::now());
+            self.backoff.reset();
+            self.publish_status(false);
+            let _ = self.link_events.send(LinkEvent::Lost { reason });
+        }
+        self.retry_at = Some(tokio::time::Instant::now() + self.backoff.next_delay(jitter()));
+    }
+
+    fn link_restored(&mut self) {
+        if self.link.is_up() {
+            return;
+        }
+        let attempts = self.link.attempts;
+        let down_for = self.lost_at.take().map_or(Duration::ZERO, |t| t.elapsed());
+        tracing::info!(attempts, ?down_for, "the key service's room stream is back");
+        self.link.restore();
+        self.backoff.reset();
+        self.publish_status(false);
+        let _ = self
+            .link_events
+            .send(LinkEvent::Restored { attempts, down_for });
     }
 
     async fn handle(&mut self, ev: pb::RoomEvent) -> Result<(), ClientError> {

@@ -10,6 +10,8 @@
 //!   packets (with the dependency descriptor and audio level), reassemble and decrypt them.
 //! - [`sfu`], [`transport`], [`keys`]: the SFU signalling client, the webrtc-rs edge, the
 //!   key-service client.
+//! - [`link`]: the state of the two links to the server and the back-off that reconnects
+//!   them after a loss (a server restart, a network change).
 //!
 //! ```no_run
 //! # async fn demo(token: &str) -> Result<(), veil_client::ClientError> {
@@ -29,6 +31,7 @@
 pub mod error;
 pub mod group;
 pub mod keys;
+pub mod link;
 pub mod media;
 pub mod room;
 pub mod sfu;

@@ -1,7 +1,9 @@
 //! [`Room`]: the SDK's one object for a call. It joins the room's MLS group through the key
 //! service, opens the media session with the blind SFU, encrypts every published frame with the
 //! member's current SFrame key before packetization, and decrypts every received frame: frames
-//! in, [`RemoteFrame`]s out.
+//! in, [`RemoteFrame`]s out. When either link to the server is lost it says so
+//! ([`RoomEvent::Reconnecting`], [`RoomStats::sfu`], [`GroupStatus::key_service`]) and comes
+//! back by itself, on the same keys and epoch ([`RoomEvent::Reconnected`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex as StdMutex;
@@ -10,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::error::ClientError;
 use crate::group::{Group, GroupConfig, GroupStatus, SharedSession};
+use crate::link::{Link, LinkEvent, LinkStatus};
 use crate::media::{
     FrameCounter, MediaKind, Packetization, ReceiveStats, ReceivedFrame, SendStats, TrackReceiver,
     TrackSender, split_held_tag,
@@ -128,6 +131,39 @@ pub enum RoomEvent {
         /// The simulcast layer (index into [`RoomConfig::simulcast`]).
         layer: usize,
     },
+    /// A link to the server was lost (a server restart, a network change): media stops for
+    /// the SFU, membership changes wait for the key service. The SDK reconnects by itself,
+    /// without a new epoch: [`Reconnected`](Self::Reconnected) follows.
+    Reconnecting {
+        /// Which link.
+        link: Link,
+        /// What was seen.
+        reason: String,
+    },
+    /// The link is back: for the SFU, this participant's tracks are published again and the
+    /// others' are being subscribed to again; for the key service, the room's events resume
+    /// from this member's epoch.
+    Reconnected {
+        /// Which link.
+        link: Link,
+        /// Reconnection attempts it took.
+        attempts: u32,
+        /// How long it was down.
+        down_for: std::time::Duration,
+    },
+}
+
+impl RoomEvent {
+    fn from_link(link: Link, e: LinkEvent) -> Self {
+        match e {
+            LinkEvent::Lost { reason } => Self::Reconnecting { link, reason },
+            LinkEvent::Restored { attempts, down_for } => Self::Reconnected {
+                link,
+                attempts,
+                down_for,
+            },
+        }
+    }
 }
 
 /// Per-participant statistics, like WebRTC's getStats plus SFrame outcomes.
@@ -141,8 +177,12 @@ pub struct RoomStats {
     pub video_sent: SendStats,
     /// Video sent per simulcast layer (one entry without simulcast).
     pub video_layers_sent: Vec<SendStats>,
-    /// Per received track.
+    /// Per received track of the current connection to the SFU (track names are per
+    /// connection: a reconnection starts them afresh).
     pub received: HashMap<String, ReceiveStats>,
+    /// The media session with the SFU: up, or lost and reconnecting. The key service's is in
+    /// [`GroupStatus::key_service`].
+    pub sfu: LinkStatus,
 }
 
 /// One participant in a call.
@@ -258,6 +298,7 @@ impl Room {
         let (events, _) = tokio::sync::broadcast::channel(256);
         let events_task = tokio::spawn(forward_events(
             sfu.events(),
+            group.link_events(),
             group.watch_status(),
             events.clone(),
             video.clone(),
@@ -272,21 +313,37 @@ impl Room {
         let ssrcs = ssrc_tracks.clone();
         let s = session.clone();
         let task = tokio::spawn(async move {
-            // Track names by tag, for frames released when their commit arrives.
+            // The current connection's receivers, by the SFU's track name.
             let mut receivers: HashMap<String, (u32, TrackReceiver, String, MediaKind)> =
                 HashMap::new();
-            let mut by_tag: HashMap<u32, String> = HashMap::new();
+            // Every receiver's track, publisher and kind by tag, for frames released when
+            // their commit arrives (even after a reconnection replaced the receiver).
+            let mut by_tag: HashMap<u32, (String, String, MediaKind)> = HashMap::new();
+            let mut next_tag = 0u32;
+            let mut connection = 0u32;
             // Closed when the membership task ends (e.g. this member was removed); media keeps
             // flowing (and failing to decrypt) regardless.
             let mut released_open = true;
             loop {
                 tokio::select! {
                     m = media.recv() => {
-                        let Some(RemoteMedia { track, publisher, kind, packet }) = m else { return };
-                        let next_tag = u32::try_from(receivers.len()).unwrap_or(u32::MAX);
+                        let Some(RemoteMedia { track, publisher, kind, packet, connection: c }) = m else { return };
+                        if c < connection {
+                            continue; // a straggler of a connection that was replaced
+                        }
+                        if c > connection {
+                            // Track names, SSRCs and sequence numbers are the new
+                            // connection's: start every track afresh.
+                            connection = c;
+                            receivers.clear();
+                            stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+                            ssrcs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+                        }
                         let (_, rx, who, kind) = receivers.entry(track.clone()).or_insert_with(|| {
-                            by_tag.insert(next_tag, track.clone());
-                            (next_tag, TrackReceiver::new(kind, p).with_track_tag(next_tag), publisher, kind)
+                            let tag = next_tag;
+                            next_tag = next_tag.wrapping_add(1);
+                            by_tag.insert(tag, (track.clone(), publisher.clone(), kind));
+                            (tag, TrackReceiver::new(kind, p).with_track_tag(tag), publisher, kind)
                         });
                         rx.push_at(
                             packet.seq,
@@ -329,8 +386,7 @@ impl Room {
                             continue;
                         };
                         let (tag, timestamp) = split_held_tag(r.tag);
-                        let Some(track) = by_tag.get(&tag) else { continue };
-                        let Some((_, _, who, kind)) = receivers.get(track) else { continue };
+                        let Some((track, who, kind)) = by_tag.get(&tag) else { continue };
                         let rf = RemoteFrame {
                             participant: who.clone(),
                             track: track.clone(),
@@ -509,6 +565,7 @@ impl Room {
                 refused: a.refused + l.refused,
             });
         RoomStats {
+            sfu: self.sfu.as_ref().map(SfuSession::link).unwrap_or_default(),
             group: self.group.status(),
             audio_sent: lock(&self.audio.1),
             video_sent,
@@ -553,9 +610,11 @@ impl Room {
     }
 }
 
-/// The SFU's room events and the group's epoch changes, as [`RoomEvent`]s.
+/// The SFU's room events, the group's epoch changes and both links' losses and returns, as
+/// [`RoomEvent`]s.
 async fn forward_events(
     mut sfu: tokio::sync::broadcast::Receiver<crate::sfu::SfuEvent>,
+    mut keys: tokio::sync::broadcast::Receiver<LinkEvent>,
     mut status: tokio::sync::watch::Receiver<GroupStatus>,
     out: tokio::sync::broadcast::Sender<RoomEvent>,
     video: LocalTrack,
@@ -564,6 +623,9 @@ async fn forward_events(
     use tokio::sync::broadcast::error::RecvError;
     let mut epoch = status.borrow_and_update().epoch;
     let mut sfu_open = true;
+    let mut keys_open = true;
+    // The video track's key-frame requests end with each connection (its binding); a new
+    // connection binds it again.
     let mut video_open = true;
     loop {
         tokio::select! {
@@ -580,6 +642,12 @@ async fn forward_events(
                     Ok(SfuEvent::ParticipantJoined { identity }) => RoomEvent::ParticipantJoined { identity },
                     Ok(SfuEvent::ParticipantLeft { identity }) => RoomEvent::ParticipantLeft { identity },
                     Ok(SfuEvent::ActiveSpeaker { identity }) => RoomEvent::ActiveSpeaker { identity },
+                    Ok(SfuEvent::Link(e)) => {
+                        if matches!(e, LinkEvent::Restored { .. }) {
+                            video_open = true;
+                        }
+                        RoomEvent::from_link(Link::Sfu, e)
+                    }
                     Err(RecvError::Lagged(_)) => continue,
                     Err(RecvError::Closed) => {
                         sfu_open = false;
@@ -587,6 +655,15 @@ async fn forward_events(
                     }
                 };
                 let _ = out.send(ev);
+            }
+            e = keys.recv(), if keys_open => {
+                match e {
+                    Ok(e) => {
+                        let _ = out.send(RoomEvent::from_link(Link::KeyService, e));
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => keys_open = false,
+                }
             }
             changed = status.changed() => {
                 if changed.is_err() {

@@ -3,12 +3,19 @@
 //! participant's tracks as they are published (answering the SFU's renegotiation offers), and
 //! hands incoming RTP to the caller as [`RemoteMedia`], tagged with the SFU's track name and
 //! publisher. It never sees a key: frames stay SFrame-encrypted end to end.
+//!
+//! A lost session (the signalling stream ends or fails, or the connection goes `Disconnected`,
+//! `Failed` or `Closed`) is reported ([`SfuEvent::Link`], [`SfuSession::link`]) and opened
+//! again with the same token and tracks, on a capped exponential
+//! [`Backoff`](crate::link::Backoff), for as long as the session is not left (specs/sfu.md,
+//! "Reconnecting").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Request;
@@ -23,11 +30,14 @@ use webrtc::rtp_transceiver::RtpSender;
 
 use crate::error::ClientError;
 use crate::keys::from_status;
+use crate::link::{LinkEvent, LinkStatus};
 use crate::media::{ExtIds, MediaKind, Packetization};
 use crate::transport::{LocalTrack, RemotePacket, negotiated_ext_ids, peer_connection, read_track};
 
 use pb::signal_event::Event as E;
 use pb::signal_request::Request as R;
+
+mod reconnect;
 
 /// A remote track's packet, with who sent it.
 #[derive(Debug, Clone)]
@@ -40,6 +50,10 @@ pub struct RemoteMedia {
     pub kind: MediaKind,
     /// The packet.
     pub packet: RemotePacket,
+    /// Which connection to the SFU carried it: 0 for the first, higher after each reconnect.
+    /// Track names and the SFU's SSRCs and sequence numbers belong to one connection; a packet
+    /// of a newer one starts every track afresh.
+    pub connection: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -52,9 +66,10 @@ type Tracks = Arc<Mutex<HashMap<String, TrackMeta>>>;
 
 struct Handler {
     gathered: watch::Sender<bool>,
-    connected: watch::Sender<bool>,
+    state: watch::Sender<RTCPeerConnectionState>,
     tracks: Tracks,
     media: mpsc::Sender<RemoteMedia>,
+    connection: u32,
 }
 
 #[async_trait::async_trait]
@@ -66,8 +81,7 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        self.connected
-            .send_replace(state == RTCPeerConnectionState::Connected);
+        self.state.send_replace(state);
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -85,6 +99,7 @@ impl PeerConnectionEventHandler for Handler {
         let (tx, mut rx) = mpsc::channel(1024);
         tokio::spawn(read_track(track, tx));
         let out = self.media.clone();
+        let connection = self.connection;
         tokio::spawn(async move {
             while let Some(packet) = rx.recv().await {
                 let m = RemoteMedia {
@@ -92,6 +107,7 @@ impl PeerConnectionEventHandler for Handler {
                     publisher: meta.publisher.clone(),
                     kind: meta.kind,
                     packet,
+                    connection,
                 };
                 if out.send(m).await.is_err() {
                     return;
@@ -119,17 +135,49 @@ pub enum SfuEvent {
         /// Its identity.
         identity: String,
     },
+    /// The session was lost ([`LinkEvent::Lost`]) or is back ([`LinkEvent::Restored`]: the
+    /// tracks are published again and the others' are being subscribed to again).
+    Link(LinkEvent),
 }
 
-/// A connected media session.
-pub struct SfuSession {
+/// One connection to the SFU: a signalling stream and a peer connection.
+struct Conn {
     pc: Arc<dyn PeerConnection>,
     requests: mpsc::Sender<pb::SignalRequest>,
     senders: Vec<Arc<dyn RtpSender>>,
+}
+
+/// The connection in use; `None` while reconnecting.
+type Current = Arc<Mutex<Option<Arc<Conn>>>>;
+
+/// A connection just opened, with what tells that it is lost.
+struct Opened {
+    conn: Arc<Conn>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    signalling: JoinHandle<Result<(), ClientError>>,
     identity: String,
     packetization: Packetization,
-    events: tokio::sync::broadcast::Sender<SfuEvent>,
-    task: tokio::task::JoinHandle<Result<(), ClientError>>,
+}
+
+/// Everything needed to open the session again.
+struct Params {
+    url: String,
+    token: String,
+    room: String,
+    tracks: Vec<LocalTrack>,
+    udp_addrs: Vec<String>,
+    media: mpsc::Sender<RemoteMedia>,
+    events: broadcast::Sender<SfuEvent>,
+}
+
+/// A media session, reconnected by a background task whenever it is lost.
+pub struct SfuSession {
+    current: Current,
+    identity: String,
+    packetization: Packetization,
+    events: broadcast::Sender<SfuEvent>,
+    link: watch::Receiver<LinkStatus>,
+    task: JoinHandle<()>,
 }
 
 impl core::fmt::Debug for SfuSession {
@@ -140,25 +188,43 @@ impl core::fmt::Debug for SfuSession {
     }
 }
 
+/// How long the first connection may take at each step (gathering, `Joined`, connected).
 const WAIT: Duration = Duration::from_secs(15);
+/// The same for a reconnection attempt: a server that answers at all answers quickly, and a
+/// stuck attempt must not hold up the next one.
+const RECONNECT_WAIT: Duration = Duration::from_secs(5);
 
 fn transport(what: &str) -> impl FnOnce(webrtc::error::Error) -> ClientError + '_ {
     move |e| ClientError::Transport(format!("{what}: {e}"))
 }
 
-async fn wait_true(rx: &mut watch::Receiver<bool>, what: &str) -> Result<(), ClientError> {
-    tokio::time::timeout(WAIT, rx.wait_for(|v| *v))
+async fn wait_true(
+    rx: &mut watch::Receiver<bool>,
+    wait: Duration,
+    what: &str,
+) -> Result<(), ClientError> {
+    tokio::time::timeout(wait, rx.wait_for(|v| *v))
         .await
         .map_err(|_| ClientError::Timeout(what.to_owned()))?
         .map_err(|_| ClientError::Stopped)?;
     Ok(())
 }
 
+/// Whether a connection in `state` is lost (or never came up).
+fn is_lost(state: RTCPeerConnectionState) -> bool {
+    matches!(
+        state,
+        RTCPeerConnectionState::Disconnected
+            | RTCPeerConnectionState::Failed
+            | RTCPeerConnectionState::Closed
+    )
+}
+
 impl SfuSession {
     /// Join `room` at the SFU at `url` with `token`, publishing `tracks`, and subscribe to every
     /// other participant's tracks, proposing `packetization` for the room (the room keeps the
     /// first one named: [`packetization`](Self::packetization)). Returns the session and the
-    /// incoming media.
+    /// incoming media. A session lost later is opened again in the background ([`link`](Self::link)).
     ///
     /// # Errors
     /// [`ClientError::Refused`] (e.g. a token without the needed grants),
@@ -171,120 +237,53 @@ impl SfuSession {
         udp_addrs: Vec<String>,
         packetization: Packetization,
     ) -> Result<(Self, mpsc::Receiver<RemoteMedia>), ClientError> {
-        let (g_tx, mut gathered) = watch::channel(false);
-        let (c_tx, mut connected) = watch::channel(false);
         let (media_tx, media_rx) = mpsc::channel(4096);
-        let known: Tracks = Arc::default();
-        let handler = Arc::new(Handler {
-            gathered: g_tx,
-            connected: c_tx,
-            tracks: known.clone(),
+        let (events, _) = broadcast::channel(256);
+        let params = Params {
+            url: url.to_owned(),
+            token: token.to_owned(),
+            room: room.to_owned(),
+            tracks: tracks.to_vec(),
+            udp_addrs,
             media: media_tx,
-        });
-        let pc = peer_connection(handler, udp_addrs).await?;
-        let mut senders = Vec::new();
-        for t in tracks {
-            senders.push(
-                pc.add_track(t.track())
-                    .await
-                    .map_err(transport("add track"))?,
-            );
-        }
-        let offer = pc.create_offer(None).await.map_err(transport("offer"))?;
-        pc.set_local_description(offer)
-            .await
-            .map_err(transport("local offer"))?;
-        wait_true(&mut gathered, "ICE gathering").await?;
-        let offer_sdp = pc
-            .local_description()
-            .await
-            .ok_or_else(|| ClientError::Transport("no local offer".into()))?
-            .sdp;
-
-        let mut client = SfuClient::connect(url.to_owned())
-            .await
-            .map_err(|e| ClientError::Unavailable(format!("connect {url}: {e}")))?;
-        let (requests, rx) = mpsc::channel(64);
-        let mut req = Request::new(ReceiverStream::new(rx));
-        let auth = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| ClientError::Config("the token is not ASCII".into()))?;
-        req.metadata_mut().insert("authorization", auth);
-        let mut events = client.signal(req).await.map_err(from_status)?.into_inner();
-        let send = |id: u32, r: R| pb::SignalRequest {
-            id,
-            request: Some(r),
+            events: events.clone(),
         };
-        requests
-            .send(send(
-                1,
-                R::Join(pb::Join {
-                    room: room.to_owned(),
-                    offer_sdp,
-                    packetization: match packetization {
-                        Packetization::Browser => pb::Packetization::Browser,
-                        Packetization::Ietf => pb::Packetization::Ietf,
-                    } as i32,
-                }),
-            ))
-            .await
-            .map_err(|_| ClientError::Stopped)?;
-        // Events before `Joined` (none are expected) are handled by the loop below.
-        let mut early = Vec::new();
-        let joined = loop {
-            let ev = tokio::time::timeout(WAIT, events.next())
-                .await
-                .map_err(|_| ClientError::Timeout("Joined from the SFU".into()))?
-                .ok_or(ClientError::Stopped)?
-                .map_err(from_status)?;
-            match ev.event {
-                Some(E::Joined(j)) => break j,
-                Some(E::RequestFailed(f)) => {
-                    return Err(ClientError::Refused {
-                        code: tonic::Code::from(f.code),
-                        message: f.message,
-                    });
-                }
-                Some(e) => early.push(e),
-                None => {}
-            }
-        };
-        let answer =
-            RTCSessionDescription::answer(joined.answer_sdp).map_err(transport("SFU answer"))?;
-        pc.set_remote_description(answer)
-            .await
-            .map_err(transport("remote answer"))?;
-        wait_true(&mut connected, "connection to the SFU").await?;
-
-        let identity = joined.identity.clone();
-        // SFU-ROOM-03: the room's packetization wins over this participant's preference.
-        let packetization = match pb::Packetization::try_from(joined.packetization) {
-            Ok(pb::Packetization::Ietf) => Packetization::Ietf,
-            Ok(pb::Packetization::Browser) => Packetization::Browser,
-            _ => packetization,
-        };
-        let (room_events, _) = tokio::sync::broadcast::channel(256);
-        let task = tokio::spawn(signalling(
-            pc.clone(),
-            requests.clone(),
-            events,
-            early,
-            known,
-            identity.clone(),
-            room_events.clone(),
+        let opened = open(&params, packetization, 0, WAIT).await?;
+        let current: Current = Arc::new(Mutex::new(Some(opened.conn.clone())));
+        let (link_tx, link) = watch::channel(LinkStatus::default());
+        let identity = opened.identity.clone();
+        let packetization = opened.packetization;
+        let task = tokio::spawn(reconnect::supervise(
+            params,
+            opened,
+            current.clone(),
+            link_tx,
         ));
         Ok((
             Self {
-                pc,
-                requests,
-                senders,
+                current,
                 identity,
                 packetization,
-                events: room_events,
+                events,
+                link,
                 task,
             },
             media_rx,
         ))
+    }
+
+    fn conn(&self) -> Result<Arc<Conn>, ClientError> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| ClientError::Unavailable("reconnecting to the SFU".into()))
+    }
+
+    /// The session's link: up, or lost and being reconnected.
+    #[must_use]
+    pub fn link(&self) -> LinkStatus {
+        self.link.borrow().clone()
     }
 
     /// The identity the SFU knows this participant by (the token's).
@@ -293,16 +292,14 @@ impl SfuSession {
         &self.identity
     }
 
-    /// The extension ids negotiated for the `i`-th published track.
+    /// The extension ids negotiated for the `i`-th published track. They are the same on
+    /// every connection (the SFU answers with the offerer's ids, SFU-NEG-01).
     ///
     /// # Errors
-    /// [`ClientError::Transport`]; [`ClientError::Config`] for a bad index.
+    /// [`ClientError::Transport`]; [`ClientError::Config`] for a bad index;
+    /// [`ClientError::Unavailable`] while reconnecting.
     pub async fn ext_ids(&self, i: usize) -> Result<ExtIds, ClientError> {
-        let s = self
-            .senders
-            .get(i)
-            .ok_or_else(|| ClientError::Config(format!("no published track {i}")))?;
-        negotiated_ext_ids(s).await
+        self.conn()?.ext_ids(i).await
     }
 
     /// The room's packetization, which this participant must use (the first participant to
@@ -312,26 +309,89 @@ impl SfuSession {
         self.packetization
     }
 
-    /// Room events from now on.
+    /// Room events from now on, and the session's losses and reconnections
+    /// ([`SfuEvent::Link`]).
     #[must_use]
-    pub fn events(&self) -> tokio::sync::broadcast::Receiver<SfuEvent> {
+    pub fn events(&self) -> broadcast::Receiver<SfuEvent> {
         self.events.subscribe()
     }
 
-    /// The connection's statistics (getStats).
+    /// The connection's statistics (getStats); empty while reconnecting.
     pub async fn network_stats(&self) -> crate::transport::NetworkStats {
-        crate::transport::network_stats(&self.pc).await
+        match self.conn() {
+            Ok(c) => crate::transport::network_stats(&c.pc).await,
+            Err(_) => crate::transport::NetworkStats::default(),
+        }
     }
 
-    /// The mid of the `i`-th published track's transceiver (once negotiated).
+    /// The mid of the `i`-th published track's transceiver (once negotiated). The same on
+    /// every connection: the transceivers are added in the same order.
     ///
     /// # Errors
-    /// [`ClientError::Config`] for a bad index or a track without a mid yet.
+    /// [`ClientError::Config`] for a bad index or a track without a mid yet;
+    /// [`ClientError::Unavailable`] while reconnecting.
     pub async fn mid(&self, i: usize) -> Result<String, ClientError> {
-        let sender = self
-            .senders
+        self.conn()?.mid(i).await
+    }
+
+    /// Ask the SFU for simulcast layer `rid` of `track` (a [`RemoteMedia::track`]); it switches
+    /// at that layer's next key frame. An empty `rid`: the track's first layer. Not carried
+    /// over a reconnection (track names are per connection).
+    ///
+    /// # Errors
+    /// [`ClientError::Stopped`] when the session has ended; [`ClientError::Unavailable`]
+    /// while reconnecting.
+    pub async fn set_layer(&self, track: &str, rid: &str) -> Result<(), ClientError> {
+        self.conn()?
+            .requests
+            .send(pb::SignalRequest {
+                id: 0,
+                request: Some(R::SetLayer(pb::SetLayer {
+                    track: track.to_owned(),
+                    rid: rid.to_owned(),
+                })),
+            })
+            .await
+            .map_err(|_| ClientError::Stopped)
+    }
+
+    /// Leave the SFU and close the connection (reconnecting stops).
+    pub async fn leave(mut self) {
+        self.task.abort();
+        // The task may be between connections; wait until it has let go of them.
+        let _ = (&mut self.task).await;
+        let conn = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(c) = conn {
+            c.close(true).await;
+        }
+    }
+}
+
+impl Drop for SfuSession {
+    /// A session dropped without [`leave`](Self::leave) stops reconnecting; its connection
+    /// closes with it.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Conn {
+    fn sender(&self, i: usize) -> Result<&Arc<dyn RtpSender>, ClientError> {
+        self.senders
             .get(i)
-            .ok_or_else(|| ClientError::Config(format!("no published track {i}")))?;
+            .ok_or_else(|| ClientError::Config(format!("no published track {i}")))
+    }
+
+    async fn ext_ids(&self, i: usize) -> Result<ExtIds, ClientError> {
+        negotiated_ext_ids(self.sender(i)?).await
+    }
+
+    async fn mid(&self, i: usize) -> Result<String, ClientError> {
+        let sender = self.sender(i)?;
         for t in self.pc.get_transceivers().await {
             if let Ok(Some(s)) = t.sender().await
                 && Arc::ptr_eq(&s, sender)
@@ -345,36 +405,180 @@ impl SfuSession {
         )))
     }
 
-    /// Ask the SFU for simulcast layer `rid` of `track` (a [`RemoteMedia::track`]); it switches
-    /// at that layer's next key frame. An empty `rid`: the track's first layer.
-    ///
-    /// # Errors
-    /// [`ClientError::Stopped`] when the session has ended.
-    pub async fn set_layer(&self, track: &str, rid: &str) -> Result<(), ClientError> {
-        self.requests
-            .send(pb::SignalRequest {
-                id: 0,
-                request: Some(R::SetLayer(pb::SetLayer {
-                    track: track.to_owned(),
-                    rid: rid.to_owned(),
-                })),
-            })
-            .await
-            .map_err(|_| ClientError::Stopped)
-    }
-
-    /// Leave the SFU and close the connection.
-    pub async fn leave(self) {
-        let _ = self
-            .requests
-            .send(pb::SignalRequest {
+    /// Close the connection, saying `Leave` first if `leave`. The peer connection is closed
+    /// before anything else binds the tracks: a track is bound to one connection at a time,
+    /// and closing ends the old binding's feedback stream (`LocalTrack::key_frame_request`).
+    async fn close(&self, leave: bool) {
+        // Best effort: a stream that is gone no longer drains its queue.
+        if leave {
+            let _ = self.requests.try_send(pb::SignalRequest {
                 id: u32::MAX,
                 request: Some(R::Leave(pb::Leave {})),
-            })
-            .await;
-        self.task.abort();
-        let _ = self.pc.close().await;
+            });
+        }
+        if let Err(e) = self.pc.close().await {
+            tracing::debug!(error = %e, "closing the peer connection");
+        }
     }
+}
+
+/// Open one connection: a peer connection with `p.tracks`, the `Join` and its answer, and the
+/// signalling task. Media arrives on `p.media` tagged with `connection`. A failed attempt
+/// closes what it opened.
+async fn open(
+    p: &Params,
+    packetization: Packetization,
+    connection: u32,
+    wait: Duration,
+) -> Result<Opened, ClientError> {
+    let (g_tx, gathered) = watch::channel(false);
+    let (s_tx, state) = watch::channel(RTCPeerConnectionState::New);
+    let known: Tracks = Arc::default();
+    let handler = Arc::new(Handler {
+        gathered: g_tx,
+        state: s_tx,
+        tracks: known.clone(),
+        media: p.media.clone(),
+        connection,
+    });
+    let pc = peer_connection(handler, p.udp_addrs.clone()).await?;
+    let r = negotiate(p, &pc, gathered, state, known, packetization, wait).await;
+    if r.is_err()
+        && let Err(e) = pc.close().await
+    {
+        tracing::debug!(error = %e, "closing a failed connection");
+    }
+    r
+}
+
+async fn negotiate(
+    p: &Params,
+    pc: &Arc<dyn PeerConnection>,
+    mut gathered: watch::Receiver<bool>,
+    mut state: watch::Receiver<RTCPeerConnectionState>,
+    known: Tracks,
+    packetization: Packetization,
+    wait: Duration,
+) -> Result<Opened, ClientError> {
+    let mut senders = Vec::new();
+    for t in &p.tracks {
+        senders.push(
+            pc.add_track(t.track())
+                .await
+                .map_err(transport("add track"))?,
+        );
+    }
+    let offer = pc.create_offer(None).await.map_err(transport("offer"))?;
+    pc.set_local_description(offer)
+        .await
+        .map_err(transport("local offer"))?;
+    wait_true(&mut gathered, wait, "ICE gathering").await?;
+    let offer_sdp = pc
+        .local_description()
+        .await
+        .ok_or_else(|| ClientError::Transport("no local offer".into()))?
+        .sdp;
+
+    let url = &p.url;
+    let mut client = tokio::time::timeout(wait, SfuClient::connect(url.clone()))
+        .await
+        .map_err(|_| ClientError::Timeout(format!("connect {url}")))?
+        .map_err(|e| ClientError::Unavailable(format!("connect {url}: {e}")))?;
+    let (requests, rx) = mpsc::channel(64);
+    let mut req = Request::new(ReceiverStream::new(rx));
+    let auth = format!("Bearer {}", p.token)
+        .parse()
+        .map_err(|_| ClientError::Config("the token is not ASCII".into()))?;
+    req.metadata_mut().insert("authorization", auth);
+    let mut events = tokio::time::timeout(wait, client.signal(req))
+        .await
+        .map_err(|_| ClientError::Timeout("the SFU's signalling stream".into()))?
+        .map_err(from_status)?
+        .into_inner();
+    let send = |id: u32, r: R| pb::SignalRequest {
+        id,
+        request: Some(r),
+    };
+    requests
+        .send(send(
+            1,
+            R::Join(pb::Join {
+                room: p.room.clone(),
+                offer_sdp,
+                packetization: match packetization {
+                    Packetization::Browser => pb::Packetization::Browser,
+                    Packetization::Ietf => pb::Packetization::Ietf,
+                } as i32,
+            }),
+        ))
+        .await
+        .map_err(|_| ClientError::Stopped)?;
+    // Events before `Joined` (none are expected) are handled by the loop below.
+    let mut early = Vec::new();
+    let joined = loop {
+        let ev = tokio::time::timeout(wait, events.next())
+            .await
+            .map_err(|_| ClientError::Timeout("Joined from the SFU".into()))?
+            .ok_or(ClientError::Stopped)?
+            .map_err(from_status)?;
+        match ev.event {
+            Some(E::Joined(j)) => break j,
+            Some(E::RequestFailed(f)) => {
+                return Err(ClientError::Refused {
+                    code: tonic::Code::from(f.code),
+                    message: f.message,
+                });
+            }
+            Some(e) => early.push(e),
+            None => {}
+        }
+    };
+    let answer =
+        RTCSessionDescription::answer(joined.answer_sdp).map_err(transport("SFU answer"))?;
+    pc.set_remote_description(answer)
+        .await
+        .map_err(transport("remote answer"))?;
+    let up = tokio::time::timeout(
+        wait,
+        state.wait_for(|s| *s == RTCPeerConnectionState::Connected || is_lost(*s)),
+    )
+    .await
+    .map_err(|_| ClientError::Timeout("connection to the SFU".into()))?
+    .map(|s| *s)
+    .map_err(|_| ClientError::Stopped)?;
+    if up != RTCPeerConnectionState::Connected {
+        return Err(ClientError::Transport(format!(
+            "the connection to the SFU went {up} while connecting"
+        )));
+    }
+
+    let identity = joined.identity.clone();
+    // SFU-ROOM-03: the room's packetization wins over this participant's preference.
+    let packetization = match pb::Packetization::try_from(joined.packetization) {
+        Ok(pb::Packetization::Ietf) => Packetization::Ietf,
+        Ok(pb::Packetization::Browser) => Packetization::Browser,
+        _ => packetization,
+    };
+    let signalling = tokio::spawn(signalling(
+        pc.clone(),
+        requests.clone(),
+        events,
+        early,
+        known,
+        identity.clone(),
+        p.events.clone(),
+    ));
+    Ok(Opened {
+        conn: Arc::new(Conn {
+            pc: pc.clone(),
+            requests,
+            senders,
+        }),
+        state,
+        signalling,
+        identity,
+        packetization,
+    })
 }
 
 /// The rest of the session: subscribe to every new track, answer the SFU's offers.
@@ -385,7 +589,7 @@ async fn signalling(
     early: Vec<E>,
     known: Tracks,
     me: String,
-    room_events: tokio::sync::broadcast::Sender<SfuEvent>,
+    room_events: broadcast::Sender<SfuEvent>,
 ) -> Result<(), ClientError> {
     let mut next_id = 2u32;
     let mut pending: std::collections::VecDeque<E> = early.into();

@@ -51,9 +51,16 @@ fn rtp_kind(kind: MediaKind) -> RtpCodecKind {
     }
 }
 
+/// No ICE traffic for this long and the connection is `Disconnected` (webrtc-rs: 5 s).
+pub const ICE_DISCONNECTED: Duration = Duration::from_secs(3);
+/// Consent checks this often while the connection is idle (webrtc-rs: 2 s), so that an
+/// idle but live connection never goes [`ICE_DISCONNECTED`] quiet.
+pub const ICE_KEEPALIVE: Duration = Duration::from_secs(1);
+
 /// A peer connection bound to `udp_addrs` (e.g. `["127.0.0.1:0"]`), with Veil's WebRTC profile
 /// ([`veil_rtc`]): the default interceptors (NACK, RTCP reports, transport-cc feedback,
-/// simulcast extensions), the key-frame request tap, and ICE checks every 50 ms.
+/// simulcast extensions), the key-frame request tap, ICE checks every 50 ms, and
+/// [`ICE_DISCONNECTED`] / [`ICE_KEEPALIVE`].
 ///
 /// # Errors
 /// [`ClientError::Transport`].
@@ -65,7 +72,15 @@ pub async fn peer_connection(
     // The defaults plus the key-frame request tap, so the SFU's PLI/FIR reach the publisher's
     // tracks (`LocalTrack::key_frame_requests`).
     let registry = veil_rtc::interceptors(&mut me).map_err(rtc_err("interceptors"))?;
-    let se = veil_rtc::setting_engine(webrtc::peer_connection::SettingEngineBuilder::new());
+    // A connection with no ICE answer for `ICE_DISCONNECTED` goes `Disconnected`, which the
+    // SFU session takes for a lost link and reconnects (specs/sfu.md, "Reconnecting").
+    let se = veil_rtc::setting_engine(
+        webrtc::peer_connection::SettingEngineBuilder::new().with_ice_timeouts(
+            Some(ICE_DISCONNECTED),
+            None,
+            Some(ICE_KEEPALIVE),
+        ),
+    );
     let pc = PeerConnectionBuilder::new()
         .with_media_engine(me)
         .with_interceptor_registry(registry)
