@@ -1,6 +1,7 @@
 //! `veil join`: a participant with media. It joins the room, then publishes frames from
 //! files or the synthetic source, paced in real time. Optionally it saves what the others
-//! publish, and once a second it prints a status line.
+//! publish, and once a second it prints a status line. When a link to the server is lost it
+//! prints a line, and another when the SDK has reconnected it.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -10,8 +11,9 @@ use tokio::time::Instant;
 use veil_cli::media_files::{
     FrameSource, IvfSource, OggOpusSource, Schedule, SyntheticAudio, SyntheticVideo, Track,
 };
+use veil_client::link::LinkStatus;
 use veil_client::media::MediaKind;
-use veil_client::room::{Room, RoomConfig, RoomStats};
+use veil_client::room::{Room, RoomConfig, RoomEvent, RoomStats};
 
 use crate::save::Recorder;
 
@@ -114,7 +116,38 @@ fn status_line(room: &str, s: &RoomStats, c: &Counts) -> String {
     if c.publish_errors > 0 {
         line.push_str(&format!(" | publish errors {}", c.publish_errors));
     }
+    for (name, l) in [("SFU", &s.sfu), ("key service", &s.group.key_service)] {
+        if !l.is_up() {
+            line.push_str(&format!(" | {name} reconnecting{}", attempts(l)));
+        }
+    }
     line
+}
+
+fn attempts(l: &LinkStatus) -> String {
+    match l.attempts {
+        0 => String::new(),
+        n => format!(" (attempt {n})"),
+    }
+}
+
+/// The line printed for a link's loss or return; `None` for other events.
+fn link_line(e: &RoomEvent) -> Option<String> {
+    match e {
+        RoomEvent::Reconnecting { link, reason } => Some(format!(
+            "connection to the {link} lost ({reason}); reconnecting"
+        )),
+        RoomEvent::Reconnected {
+            link,
+            attempts,
+            down_for,
+        } => Some(format!(
+            "reconnected to the {link} after {:.1} s ({attempts} attempt{})",
+            down_for.as_secs_f64(),
+            if *attempts == 1 { "" } else { "s" }
+        )),
+        _ => None,
+    }
 }
 
 /// Prints the status line: rewritten in place on a terminal, one line per update otherwise.
@@ -128,6 +161,17 @@ impl Status {
         // A closed stdout must not stop the participant.
         let _ = if self.tty {
             write!(out, "\r{line}\x1b[K")
+        } else {
+            writeln!(out, "{line}")
+        };
+        let _ = out.flush();
+    }
+
+    /// A line of its own, above the status line.
+    fn note(&self, line: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = if self.tty {
+            writeln!(out, "\r{line}\x1b[K")
         } else {
             writeln!(out, "{line}")
         };
@@ -158,6 +202,8 @@ pub(crate) async fn run(args: Join) -> Result<(), String> {
 
     let cfg = RoomConfig::new(&args.url, &args.token, &args.room, &args.identity);
     let mut room = Room::join(cfg).await.map_err(|e| e.to_string())?;
+    let mut events = room.events();
+    let mut events_open = true;
     println!("joined room {:?} as {:?}", args.room, args.identity);
     if !names.is_empty() {
         println!("publishing {}", names.join(" and "));
@@ -185,6 +231,18 @@ pub(crate) async fn run(args: Join) -> Result<(), String> {
             _ = tokio::signal::ctrl_c() => break Ok(()),
             () = tokio::time::sleep_until(deadline.unwrap_or(never)), if deadline.is_some() => {
                 break Ok(());
+            }
+            e = events.recv(), if events_open => {
+                use tokio::sync::broadcast::error::RecvError;
+                match e {
+                    Ok(e) => {
+                        if let Some(line) = link_line(&e) {
+                            status.note(&line);
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => events_open = false,
+                }
             }
             _ = tick.tick() => {
                 let s = room.stats();

@@ -9,3 +9,5 @@ mod demo;
 mod media;
 #[path = "cli/membership.rs"]
 mod membership;
+#[path = "cli/restart.rs"]
+mod restart;

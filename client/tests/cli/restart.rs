@@ -1,0 +1,240 @@
+//! A server restart mid-call (issue 22, defect 3). Alice and bob (the SDK) and carol
+//! (`veil join`) publish; `veil server` is SIGKILLed and started again 2 s later on the same
+//! port and data directory. Every participant must notice, say so, and reconnect by itself:
+//! alice and bob receive and decrypt new frames from both others within 5 s of the server
+//! answering again, on the epoch they had (the SFU resumes without a new MLS epoch); carol's
+//! `veil join` prints the loss and the return and receives again.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use veil_client::link::Link;
+use veil_client::room::{Room, RoomConfig, RoomEvent};
+
+use crate::common::{Kill, Server, veil};
+
+const ROOM: &str = "restart";
+
+/// One SDK participant publishing audio every 20 ms in a task, and what it saw.
+struct Peer {
+    /// When a frame from each other participant last arrived.
+    heard: Arc<Mutex<HashMap<String, Instant>>>,
+    events: Arc<Mutex<Vec<RoomEvent>>>,
+    status: tokio::sync::watch::Receiver<veil_client::group::GroupStatus>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Room>,
+}
+
+impl Peer {
+    async fn join(server: &Server, identity: &str) -> Self {
+        let token = server.token(ROOM, identity);
+        let mut room = Room::join(RoomConfig::new(&server.url(), &token, ROOM, identity))
+            .await
+            .unwrap();
+        let heard = Arc::new(Mutex::new(HashMap::new()));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let status = room.group().watch_status();
+        let (stop, mut stopped) = oneshot::channel();
+        let (h, e) = (heard.clone(), events.clone());
+        let mut rx = room.events();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut n = 0u32;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return room,
+                    _ = tick.tick() => {
+                        n += 1;
+                        // Refused while the SFU is away; that is what the outage looks like.
+                        let _ = room.publish_audio(&[0xfc, n as u8, (n >> 8) as u8], n * 960, (true, 40)).await;
+                    }
+                    f = room.next_frame() => {
+                        let f = f.expect("the frame stream stays open across a restart");
+                        h.lock().unwrap().insert(f.participant, Instant::now());
+                    }
+                    ev = rx.recv() => {
+                        if let Ok(ev) = ev {
+                            e.lock().unwrap().push(ev);
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            heard,
+            events,
+            status,
+            stop,
+            task,
+        }
+    }
+
+    /// Whether a frame from every one of `others` arrived after `since`.
+    fn heard_all_since(&self, others: &[&str], since: Instant) -> bool {
+        let h = self.heard.lock().unwrap();
+        others.iter().all(|o| h.get(*o).is_some_and(|t| *t > since))
+    }
+
+    fn epoch(&self) -> Option<u64> {
+        self.status.borrow().epoch
+    }
+
+    fn saw(&self, link: Link) -> (bool, bool) {
+        let e = self.events.lock().unwrap();
+        (
+            e.iter()
+                .any(|e| matches!(e, RoomEvent::Reconnecting { link: l, .. } if *l == link)),
+            e.iter()
+                .any(|e| matches!(e, RoomEvent::Reconnected { link: l, .. } if *l == link)),
+        )
+    }
+
+    async fn leave(self) {
+        let _ = self.stop.send(());
+        let room = self.task.await.unwrap();
+        room.leave().await.unwrap();
+    }
+}
+
+/// A child's stdout, line by line.
+type Lines = Arc<Mutex<Vec<String>>>;
+
+/// `veil join` as carol, its stdout collected line by line.
+fn carol(server: &Server) -> (Kill, Lines) {
+    let token = server.token(ROOM, "carol");
+    let mut child = Kill(
+        veil()
+            .args(["join", "--room", ROOM, "--seconds", "60", "--url"])
+            .arg(server.url())
+            .args(["--token", &token])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let out = BufReader::new(child.0.stdout.take().unwrap());
+    let l = lines.clone();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            l.lock().unwrap().push(line);
+        }
+    });
+    (child, lines)
+}
+
+/// The `in N` count of a `veil join` status line.
+fn frames_in(line: &str) -> Option<u64> {
+    line.split(" | ")
+        .find_map(|f| f.strip_prefix("in "))
+        .and_then(|n| n.parse().ok())
+}
+
+async fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done()
+}
+
+#[test]
+fn media_resumes_within_5_s_of_a_server_restart_on_the_same_epoch() {
+    let mut server = Server::start(ROOM);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let alice = Peer::join(&server, "alice").await;
+        let bob = Peer::join(&server, "bob").await;
+        let (_carol, carol_out) = carol(&server);
+        let t0 = Instant::now();
+        let setup = wait_until(t0 + Duration::from_secs(20), || {
+            alice.heard_all_since(&["bob", "carol"], t0)
+                && bob.heard_all_since(&["alice", "carol"], t0)
+        })
+        .await;
+        assert!(setup, "the call never got going:\n{}", server.log());
+        let epoch = alice.epoch();
+        assert!(epoch.is_some());
+        assert_eq!(bob.epoch(), epoch);
+        assert_eq!(alice.status.borrow().members.len(), 3);
+
+        server.kill();
+        let killed = Instant::now();
+        let before: u64 = carol_out
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| frames_in(l))
+            .max()
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        server.restart();
+        let answered = Instant::now();
+
+        // Media: new frames from every other participant, within 5 s of the server answering.
+        let resumed = wait_until(answered + Duration::from_secs(5), || {
+            alice.heard_all_since(&["bob", "carol"], killed)
+                && bob.heard_all_since(&["alice", "carol"], killed)
+        })
+        .await;
+        let took = answered.elapsed();
+        assert!(
+            resumed,
+            "media did not resume within 5 s of the restart: alice heard {:?}, bob heard {:?} \
+             (killed at {killed:?}); alice's events {:?}; bob's {:?}",
+            alice.heard.lock().unwrap(),
+            bob.heard.lock().unwrap(),
+            alice.events.lock().unwrap(),
+            bob.events.lock().unwrap(),
+        );
+        // ... decrypted under the keys of the epoch they had: no commit was needed.
+        assert_eq!(alice.epoch(), epoch, "alice's epoch moved");
+        assert_eq!(bob.epoch(), epoch, "bob's epoch moved");
+        eprintln!("media resumed {took:?} after the server answered again");
+
+        // Both links were reported lost and back. The key service's stream is back within
+        // its back-off (≤ 2 s) of the server answering.
+        let reported = wait_until(Instant::now() + Duration::from_secs(3), || {
+            [&alice, &bob].iter().all(|p| {
+                p.saw(Link::Sfu) == (true, true) && p.saw(Link::KeyService) == (true, true)
+            })
+        })
+        .await;
+        assert!(
+            reported,
+            "alice's events {:?}; bob's {:?}",
+            alice.events.lock().unwrap(),
+            bob.events.lock().unwrap()
+        );
+        assert!(alice.status.borrow().key_service.is_up());
+
+        // Carol's `veil join` said so, and counts frames in again.
+        let carol_ok = wait_until(Instant::now() + Duration::from_secs(3), || {
+            let out = carol_out.lock().unwrap();
+            let lost = out
+                .iter()
+                .position(|l| l.starts_with("connection to the SFU lost"));
+            let back = out
+                .iter()
+                .position(|l| l.starts_with("reconnected to the SFU after"));
+            matches!((lost, back), (Some(a), Some(b)) if a < b)
+                && out
+                    .iter()
+                    .skip(back.unwrap_or(0))
+                    .filter_map(|l| frames_in(l))
+                    .any(|n| n > before)
+        })
+        .await;
+        let out = carol_out.lock().unwrap().join("\n");
+        assert!(carol_ok, "carol's output:\n{out}");
+
+        alice.leave().await;
+        bob.leave().await;
+    });
+}
