@@ -3,7 +3,8 @@
 //! port and data directory. Every participant must notice, say so, and reconnect by itself:
 //! alice and bob receive and decrypt new frames from both others within 5 s of the server
 //! answering again, on the epoch they had (the SFU resumes without a new MLS epoch); carol's
-//! `veil join` prints the loss and the return and receives again.
+//! `veil join` prints the loss and the return and receives again (SFU-CLI-01..04 in
+//! specs/sfu.md; the key service's side in specs/key-service.md §7).
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};

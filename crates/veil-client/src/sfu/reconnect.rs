@@ -19,8 +19,9 @@ use crate::link::{Backoff, jitter};
 #[cfg(doc)]
 use super::{LocalTrack, RemoteMedia};
 
-/// Why the connection in use is lost, once it is: its signalling stream ended or failed, or
-/// the peer connection went `Disconnected` (no ICE answer for 3 s), `Failed` or `Closed`.
+/// Why the connection in use is lost, once it is (SFU-CLI-01): its signalling stream ended or
+/// failed, or the peer connection went `Disconnected` (no ICE answer for 3 s), `Failed` or
+/// `Closed`.
 async fn lost(
     state: &mut watch::Receiver<RTCPeerConnectionState>,
     signalling: &mut JoinHandle<Result<(), ClientError>>,
@@ -56,7 +57,8 @@ impl Drop for Signalling {
     }
 }
 
-/// Watch the session and reconnect it whenever it is lost; runs until aborted.
+/// Watch the session and reconnect it whenever it is lost (SFU-CLI-02..04); runs until
+/// aborted.
 pub(super) async fn supervise(
     p: Params,
     first: Opened,
