@@ -42,6 +42,14 @@ pub enum KdsError {
         /// The message's group id (lossy UTF-8).
         group: String,
     },
+    /// A room name or identity outside the allowed length or characters (KDS-LIM-03).
+    #[error("{what} {why}")]
+    BadName {
+        /// `room` or `identity`, and where it came from.
+        what: &'static str,
+        /// What is wrong, without echoing the value.
+        why: &'static str,
+    },
     /// openmls refused the message against the room's public group state.
     #[error("rejected by MLS validation: {0}")]
     Invalid(String),
@@ -93,6 +101,27 @@ pub enum KdsError {
         /// The cap.
         cap: u32,
     },
+    /// Too many open Subscribe streams (KDS-LIM-05).
+    #[error(
+        "{scope} already holds {cap} open Subscribe streams, the limit: close one before opening another"
+    )]
+    TooManyStreams {
+        /// `this identity in this room`, or `this room`.
+        scope: &'static str,
+        /// The cap.
+        cap: u32,
+    },
+    /// Only a member of the room may replay its log (KDS-FAN-04).
+    #[error(
+        "only members of the room may replay its log (from_epoch): {identity:?} is not a member; subscribe without from_epoch to wait for a Welcome, or join by external commit"
+    )]
+    NotMember {
+        /// The caller.
+        identity: String,
+    },
+    /// The room was deleted while a stream was open (KDS-GC-03).
+    #[error("room {0:?} was deleted")]
+    RoomDeleted(String),
     /// A subscriber fell behind the room's live stream.
     #[error("the stream fell behind the room's log: subscribe again with from_epoch")]
     Lagged,
@@ -116,14 +145,18 @@ impl KdsError {
             Self::Malformed { .. }
             | Self::TooLarge { .. }
             | Self::WrongGroup { .. }
-            | Self::Invalid(_) => Code::InvalidArgument,
+            | Self::Invalid(_)
+            | Self::BadName { .. } => Code::InvalidArgument,
             Self::StaleEpoch { .. } | Self::EpochTaken { .. } => Code::Aborted,
             Self::RemovalsPending(_) | Self::StillMember(_) | Self::ExternalSenderMissing(_) => {
                 Code::FailedPrecondition
             }
-            Self::NoSuchRoom(_) | Self::NoKeyPackage(_) => Code::NotFound,
+            Self::NotMember { .. } => Code::PermissionDenied,
+            Self::NoSuchRoom(_) | Self::NoKeyPackage(_) | Self::RoomDeleted(_) => Code::NotFound,
             Self::RoomExists(_) => Code::AlreadyExists,
-            Self::TooManyKeyPackages { .. } => Code::ResourceExhausted,
+            Self::TooManyKeyPackages { .. } | Self::TooManyStreams { .. } => {
+                Code::ResourceExhausted
+            }
             Self::Lagged => Code::Unavailable,
             Self::Storage(_) | Self::Internal(_) => Code::Internal,
         }
@@ -139,6 +172,10 @@ impl KdsError {
             Self::TooLarge { .. } => "too_large",
             Self::WrongGroup { .. } => "wrong_group",
             Self::Invalid(_) => "invalid",
+            Self::BadName { .. } => "bad_name",
+            Self::TooManyStreams { .. } => "too_many_streams",
+            Self::NotMember { .. } => "not_member",
+            Self::RoomDeleted(_) => "room_deleted",
             Self::StaleEpoch { .. } | Self::EpochTaken { .. } => "stale_epoch",
             Self::RemovalsPending(_) => "removals_pending",
             Self::StillMember(_) => "still_member",
@@ -157,9 +194,22 @@ impl KdsError {
 /// Metadata key carrying the room's epoch on ABORTED replies, so a client knows where to resume.
 pub const EPOCH_METADATA: &str = "veil-room-epoch";
 
+/// Longest status message the service sends, in bytes (KDS-LIM-03): a client with default gRPC
+/// limits must always be able to read why it was refused.
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 512;
+
+impl KdsError {
+    /// The message as sent and logged: at most [`MAX_STATUS_MESSAGE_BYTES`], clipped on a
+    /// character boundary, so no client-chosen string is ever echoed whole (KDS-LIM-03).
+    #[must_use]
+    pub fn clipped(&self) -> String {
+        crate::names::clip(&self.to_string(), MAX_STATUS_MESSAGE_BYTES)
+    }
+}
+
 impl From<KdsError> for Status {
     fn from(e: KdsError) -> Self {
-        let mut s = Status::new(e.code(), e.to_string());
+        let mut s = Status::new(e.code(), e.clipped());
         let epoch = match &e {
             KdsError::StaleEpoch { room_epoch, .. } => Some(*room_epoch),
             _ => None,

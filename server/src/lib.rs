@@ -26,6 +26,7 @@ pub mod datadir;
 pub mod error;
 pub mod listen;
 pub mod metrics;
+pub mod names;
 pub mod room;
 pub mod service;
 pub mod store;
@@ -245,7 +246,7 @@ pub async fn run(
     let svc = if cfg.keys {
         let store = Arc::new(store::SqliteStore::open(&db)?);
         let svc = KeyService::new(store, verifier.clone(), cfg.kds.clone(), metrics.clone())?;
-        svc.start_departure_timers();
+        svc.start();
         Some(svc)
     } else {
         None

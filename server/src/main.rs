@@ -58,6 +58,19 @@ struct ServeArgs {
     /// Largest MLS message accepted in any request field, in bytes.
     #[arg(long, env = "VEIL_MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
     max_message_bytes: usize,
+    /// Largest `authenticated_data` of a commit, in bytes.
+    #[arg(long, env = "VEIL_MAX_AUTHENTICATED_DATA_BYTES", default_value_t = kds_defaults().max_authenticated_data_bytes)]
+    max_authenticated_data_bytes: usize,
+    /// Open Subscribe streams one identity may hold in one room.
+    #[arg(long, env = "VEIL_MAX_STREAMS_PER_IDENTITY", default_value_t = kds_defaults().max_streams_per_identity)]
+    max_streams_per_identity: u32,
+    /// Open Subscribe streams one room may hold.
+    #[arg(long, env = "VEIL_MAX_STREAMS_PER_ROOM", default_value_t = kds_defaults().max_streams_per_room)]
+    max_streams_per_room: u32,
+    /// Milliseconds a room with no open stream and no request stays in memory; a room whose
+    /// members have all departed is then deleted.
+    #[arg(long, env = "VEIL_ROOM_IDLE_MS", default_value_t = kds_defaults().room_idle.as_millis() as u64)]
+    room_idle_ms: u64,
     /// Roles to serve: `keys` (key-distribution service), `sfu` (blind SFU), or both.
     #[arg(
         long,
@@ -93,6 +106,11 @@ struct ServeArgs {
     /// Concurrent calls (HTTP/2 streams) on one gRPC connection.
     #[arg(long, env = "VEIL_MAX_CONCURRENT_STREAMS", default_value_t = defaults().max_concurrent_streams)]
     max_concurrent_streams: u32,
+}
+
+/// The key service's defaults, shown by `--help`.
+fn kds_defaults() -> veil_server::Config {
+    veil_server::Config::default()
 }
 
 /// The connection limits' defaults, shown by `--help`.
@@ -186,6 +204,10 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         .collect::<Result<_, _>>()?;
     cfg.kds.departure_grace = Duration::from_millis(args.departure_grace_ms);
     cfg.kds.max_message_bytes = args.max_message_bytes;
+    cfg.kds.max_authenticated_data_bytes = args.max_authenticated_data_bytes;
+    cfg.kds.max_streams_per_identity = args.max_streams_per_identity;
+    cfg.kds.max_streams_per_room = args.max_streams_per_room;
+    cfg.kds.room_idle = Duration::from_millis(args.room_idle_ms);
     cfg.limits = veil_server::listen::ConnLimits {
         handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
         max_connections: args.max_connections,

@@ -25,8 +25,10 @@ pub struct Rejection {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// Rooms tracked.
+    /// Rooms in memory (a room leaves memory when idle, KDS-GC-01).
     pub rooms: Gauge,
+    /// Rooms deleted: every member departed, or `DeleteRoom` (KDS-GC-02/03).
+    pub rooms_deleted: Counter,
     /// Members over all rooms.
     pub members: Gauge,
     /// Open Subscribe streams.
@@ -52,6 +54,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("veil_keys");
         let m = Self {
             rooms: Gauge::default(),
+            rooms_deleted: Counter::default(),
             members: Gauge::default(),
             streams: Gauge::default(),
             commits: Counter::default(),
@@ -63,7 +66,12 @@ impl Default for Metrics {
             rejected: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("rooms", "Rooms tracked", m.rooms.clone());
+        registry.register("rooms", "Rooms in memory", m.rooms.clone());
+        registry.register(
+            "rooms_deleted",
+            "Rooms deleted (every member departed, or DeleteRoom)",
+            m.rooms_deleted.clone(),
+        );
         registry.register("members", "Members over all rooms", m.members.clone());
         registry.register("streams", "Open Subscribe streams", m.streams.clone());
         registry.register("commits", "Accepted commits", m.commits.clone());

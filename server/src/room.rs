@@ -256,6 +256,19 @@ pub struct Accepted {
     pub consumed: Vec<Vec<u8>>,
 }
 
+/// A `SendCommit` request as [`RoomState::check_commit`] validates it.
+#[derive(Debug, Clone, Copy)]
+pub struct SentCommit<'a> {
+    /// The token's identity.
+    pub identity: &'a str,
+    /// The commit (`MLSMessage` bytes).
+    pub commit: &'a [u8],
+    /// Its Welcome, empty if it adds nobody.
+    pub welcome: &'a [u8],
+    /// The GroupInfo of the epoch it makes.
+    pub group_info: &'a [u8],
+}
+
 /// What [`RoomState::check_commit`] decided.
 #[derive(Debug)]
 pub enum CommitOutcome {
@@ -447,6 +460,15 @@ impl RoomState {
             .collect()
     }
 
+    /// Whether every member has departed (left, or gone past the grace): nobody is left to
+    /// commit, so the room is over (KDS-GC-02).
+    #[must_use]
+    pub fn all_departed(&self) -> bool {
+        self.pg
+            .members()
+            .all(|m| identity_of(&m.credential).is_ok_and(|id| self.departed.contains(&id)))
+    }
+
     /// Whether `identity` is a member.
     #[must_use]
     pub fn is_member(&self, identity: &str) -> bool {
@@ -477,11 +499,15 @@ impl RoomState {
         &self,
         store: &dyn Store,
         key: &ServiceKey,
-        identity: &str,
-        commit: &[u8],
-        welcome: &[u8],
-        group_info: &[u8],
+        sent: &SentCommit<'_>,
+        max_authenticated_data: usize,
     ) -> Result<CommitOutcome, KdsError> {
+        let SentCommit {
+            identity,
+            commit,
+            welcome,
+            group_info,
+        } = *sent;
         // KDS-VAL-01: a PublicMessage of this group.
         let pm = parse("commit", commit)?
             .try_into_protocol_message()
@@ -520,6 +546,14 @@ impl RoomState {
             .pg
             .process_message(&self.crypto, pm)
             .map_err(|e| KdsError::Invalid(format!("{e:?}")))?;
+        // KDS-LIM-02: signed bytes nobody needs are not kept in the log for every replay.
+        if processed.aad().len() > max_authenticated_data {
+            return Err(KdsError::TooLarge {
+                what: "commit authenticated_data",
+                len: processed.aad().len(),
+                cap: max_authenticated_data,
+            });
+        }
         // KDS-VAL-03: the committer is the token's identity.
         let committer = identity_of(processed.credential())?;
         if committer != identity {

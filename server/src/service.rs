@@ -1,13 +1,15 @@
 //! The gRPC shell of the key service: authentication, size caps, per-room locking, fan-out over
-//! server streams, presence and departure timers. Decisions live in [`crate::room`]; state in
-//! [`crate::store`]. Blocking work (openmls validation, SQLite) runs on tokio's blocking pool.
+//! server streams, presence and departure timers, and rooms leaving memory when idle. Decisions
+//! live in [`crate::room`]; state in [`crate::store`]. Blocking work (openmls validation,
+//! SQLite) runs on tokio's blocking pool.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -32,8 +34,19 @@ pub struct Config {
     /// How long a member may be without a Subscribe stream before the service proposes its
     /// removal (KDS-REM-01).
     pub departure_grace: Duration,
-    /// Events buffered per subscriber before it is cut off as lagging.
+    /// Live events a room keeps for its slowest subscriber before that one is cut off as
+    /// lagging (KDS-FAN-01).
     pub stream_buffer: usize,
+    /// Largest `authenticated_data` in a commit, in bytes (KDS-LIM-02).
+    pub max_authenticated_data_bytes: usize,
+    /// Open Subscribe streams one identity may hold in one room (KDS-LIM-05).
+    pub max_streams_per_identity: u32,
+    /// Open Subscribe streams one room may hold (KDS-LIM-05).
+    pub max_streams_per_room: u32,
+    /// Log bytes a replay reads from the store at a time (KDS-LIM-04).
+    pub replay_page_bytes: usize,
+    /// How long a room with no open stream and no request stays in memory (KDS-GC-01).
+    pub room_idle: Duration,
 }
 
 impl Default for Config {
@@ -44,6 +57,11 @@ impl Default for Config {
             key_package_cap: 64,
             departure_grace: Duration::from_secs(10),
             stream_buffer: 1024,
+            max_authenticated_data_bytes: 4096,
+            max_streams_per_identity: 4,
+            max_streams_per_room: 4096,
+            replay_page_bytes: 256 * 1024,
+            room_idle: Duration::from_secs(300),
         }
     }
 }
@@ -55,10 +73,26 @@ struct Presence {
     generation: u64,
 }
 
+/// Open streams of a room, by identity and in all.
+#[derive(Debug, Default)]
+struct RoomPresence {
+    by_identity: HashMap<String, Presence>,
+    streams: u32,
+}
+
+/// Events a subscriber's queue holds before its forwarder waits for the client to read: the
+/// room's broadcast ring is the buffer, so a stream that never reads holds at most this many
+/// messages (KDS-LIM-04).
+const STREAM_QUEUE: usize = 1;
+
 struct RoomHandle {
     state: Mutex<RoomState>,
     events: broadcast::Sender<Arc<Event>>,
-    presence: Mutex<HashMap<String, Presence>>,
+    presence: Mutex<RoomPresence>,
+    /// Set once when the room is deleted: every open stream ends (KDS-GC-03).
+    deleted: watch::Sender<bool>,
+    /// When a request last looked the room up (KDS-GC-01).
+    last_used: Mutex<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,22 +139,23 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| KdsError::Internal(format!("task failed: {e}")))?
 }
 
-fn to_proto(e: &Event) -> pb::RoomEvent {
+/// The wire form of a log event (moved, not copied: a replay page is sent once).
+fn into_proto(e: Event) -> pb::RoomEvent {
     use pb::room_event::Event as E;
     let event = match e.kind {
         EventKind::Commit => E::Commit(pb::Commit {
             epoch: e.epoch,
-            message: e.message.clone(),
-            committer: e.actor.clone(),
+            message: e.message,
+            committer: e.actor,
         }),
         EventKind::Proposal => E::Proposal(pb::Proposal {
             epoch: e.epoch,
-            message: e.message.clone(),
-            removes: e.actor.clone(),
+            message: e.message,
+            removes: e.actor,
         }),
         EventKind::Welcome => E::Welcome(pb::Welcome {
             epoch: e.epoch,
-            message: e.message.clone(),
+            message: e.message,
         }),
     };
     pb::RoomEvent {
@@ -142,37 +177,73 @@ impl KeyService {
         metrics: Arc<Metrics>,
     ) -> Result<Self, KdsError> {
         let key = ServiceKey::load_or_create(store.as_ref())?;
-        let mut rooms = HashMap::new();
-        for rec in store.rooms()? {
-            let state = RoomState::restore(&rec, &key)?;
-            metrics.members.inc_by(state.members().len() as i64);
-            rooms.insert(rec.room.clone(), Arc::new(Self::handle(state, &cfg)));
-        }
-        metrics.rooms.set(rooms.len() as i64);
-        let svc = Self {
+        metrics.rooms.set(0);
+        Ok(Self {
             inner: Arc::new(Inner {
                 store,
                 key,
                 verifier,
                 cfg,
-                rooms: Mutex::new(rooms),
+                rooms: Mutex::new(HashMap::new()),
                 metrics,
             }),
-        };
-        Ok(svc)
+        })
     }
 
-    /// After a restart: every member of every room must reconnect within the departure grace.
-    /// Call from inside the runtime.
-    pub fn start_departure_timers(&self) {
-        let rooms: Vec<(String, Arc<RoomHandle>)> = lock(&self.inner.rooms)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (name, h) in rooms {
-            let members = lock(&h.state).members();
-            for (_, id) in members {
-                self.schedule_departure(&name, &h, &id);
+    /// Start the background work: idle rooms leave memory (KDS-GC-01/02). Call from inside
+    /// the runtime. Rooms load from the store when a request first names them; at that moment
+    /// every member without a stream gets one departure grace to (re)connect (KDS-REM-01), so
+    /// after a restart the members of a room that is used again are treated as before it.
+    pub fn start(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let period = (self.inner.cfg.room_idle / 4)
+            .clamp(Duration::from_millis(20), Duration::from_secs(30));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(inner) = weak.upgrade() else { return };
+                Self::sweep(&inner).await;
+            }
+        });
+    }
+
+    /// Unload every room that nobody holds (no stream, request or timer) and that nobody looked
+    /// up for `room_idle`; delete the data of those whose members have all departed (KDS-GC-02).
+    async fn sweep(inner: &Arc<Inner>) {
+        let idle = inner.cfg.room_idle;
+        let unloaded: Vec<(String, Arc<RoomHandle>)> = {
+            let mut rooms = lock(&inner.rooms);
+            // Every clone of a handle is taken from this map under this lock, or from another
+            // clone: a count of one here means nobody else holds the room or can get it.
+            let names: Vec<String> = rooms
+                .iter()
+                .filter(|(_, h)| Arc::strong_count(h) == 1 && lock(&h.last_used).elapsed() >= idle)
+                .map(|(k, _)| k.clone())
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|n| rooms.remove(&n).map(|h| (n, h)))
+                .collect()
+        };
+        for (name, h) in unloaded {
+            let (members, empty) = {
+                let st = lock(&h.state);
+                (st.members().len() as i64, st.all_departed())
+            };
+            inner.metrics.rooms.dec();
+            inner.metrics.members.dec_by(members);
+            if !empty {
+                tracing::debug!(room = name, "idle room unloaded");
+                continue;
+            }
+            let store = inner.store.clone();
+            let n = name.clone();
+            match blocking(move || store.delete_room(&n)).await {
+                Ok(_) => {
+                    inner.metrics.rooms_deleted.inc();
+                    tracing::info!(room = name, "every member departed: room deleted");
+                }
+                Err(e) => tracing::warn!(room = name, error = %e, "could not delete an empty room"),
             }
         }
     }
@@ -181,7 +252,9 @@ impl KeyService {
         RoomHandle {
             state: Mutex::new(state),
             events: broadcast::channel(cfg.stream_buffer.max(16)).0,
-            presence: Mutex::new(HashMap::new()),
+            presence: Mutex::new(RoomPresence::default()),
+            deleted: watch::channel(false).0,
+            last_used: Mutex::new(Instant::now()),
         }
     }
 
@@ -191,7 +264,8 @@ impl KeyService {
     /// # Errors
     /// Storage errors.
     pub async fn depart(&self, room: &str, identity: &str) -> Result<(), KdsError> {
-        let Ok(h) = self.room(room) else {
+        // A room not in memory has nobody connected to it.
+        let Some(h) = self.loaded(room) else {
             return Ok(());
         };
         let inner = self.inner.clone();
@@ -221,6 +295,9 @@ impl KeyService {
             .verify(token, now_secs())
             .map_err(|e| KdsError::Unauthenticated(e.to_string()))?
             .into_claims();
+        // KDS-LIM-03: the token's names follow AUTH-10 (the verifier checked them); the
+        // request's room follows the same rule before it is compared or echoed.
+        crate::names::check("the request's room name", room)?;
         if claims.room != room {
             return Err(KdsError::PermissionDenied(format!(
                 "the token is for room {:?}, the request names room {room:?}",
@@ -247,18 +324,51 @@ impl KeyService {
         Ok(())
     }
 
-    fn room(&self, room: &str) -> Result<Arc<RoomHandle>, KdsError> {
-        lock(&self.inner.rooms)
-            .get(room)
-            .cloned()
-            .ok_or_else(|| KdsError::NoSuchRoom(room.to_owned()))
+    /// The room if it is in memory.
+    fn loaded(&self, room: &str) -> Option<Arc<RoomHandle>> {
+        lock(&self.inner.rooms).get(room).cloned()
+    }
+
+    /// The room, loaded from the store if it is not in memory (KDS-GC-01). A freshly loaded
+    /// room gives each member without a stream one departure grace (KDS-REM-01).
+    async fn room(&self, room: &str) -> Result<Arc<RoomHandle>, KdsError> {
+        if let Some(h) = self.loaded(room) {
+            *lock(&h.last_used) = Instant::now();
+            return Ok(h);
+        }
+        let inner = self.inner.clone();
+        let name = room.to_owned();
+        let state = blocking(move || match inner.store.room(&name)? {
+            Some(rec) => RoomState::restore(&rec, &inner.key).map(Some),
+            None => Ok(None),
+        })
+        .await?
+        .ok_or_else(|| KdsError::NoSuchRoom(room.to_owned()))?;
+        let members = state.members();
+        let h = match lock(&self.inner.rooms).entry(room.to_owned()) {
+            // Another request loaded it meanwhile: use that one.
+            Entry::Occupied(e) => return Ok(e.get().clone()),
+            Entry::Vacant(v) => {
+                self.inner.metrics.rooms.inc();
+                self.inner.metrics.members.inc_by(members.len() as i64);
+                v.insert(Arc::new(Self::handle(state, &self.inner.cfg)))
+                    .clone()
+            }
+        };
+        tracing::debug!(room, members = members.len(), "room loaded");
+        for (_, id) in members {
+            self.schedule_departure(room, &h, &id);
+        }
+        Ok(h)
     }
 
     fn fail(&self, rpc: &'static str, e: KdsError) -> Status {
         reject(&self.inner.metrics, rpc, e.reason());
+        // Clipped: a refused request's names never fill the log (KDS-LIM-03).
+        let msg = e.clipped();
         match e.code() {
-            tonic::Code::Internal => tracing::error!(rpc, error = %e, "request failed"),
-            _ => tracing::debug!(rpc, error = %e, "request refused"),
+            tonic::Code::Internal => tracing::error!(rpc, error = %msg, "request failed"),
+            _ => tracing::debug!(rpc, error = %msg, "request refused"),
         }
         e.into()
     }
@@ -321,7 +431,7 @@ impl KeyService {
     fn schedule_departure(&self, room: &str, h: &Arc<RoomHandle>, identity: &str) {
         let generation = {
             let p = lock(&h.presence);
-            match p.get(identity) {
+            match p.by_identity.get(identity) {
                 Some(pr) if pr.streams > 0 => return,
                 Some(pr) => pr.generation,
                 None => 0,
@@ -338,6 +448,7 @@ impl KeyService {
         rt.spawn(async move {
             tokio::time::sleep(grace).await;
             let still_gone = lock(&h.presence)
+                .by_identity
                 .get(&identity)
                 .is_none_or(|p| p.streams == 0 && p.generation == generation);
             if !still_gone {
@@ -361,20 +472,40 @@ struct PresenceGuard {
 }
 
 impl PresenceGuard {
-    fn new(svc: &KeyService, room: &str, handle: &Arc<RoomHandle>, identity: &str) -> Self {
+    /// Count one more stream of `identity`, within the caps (KDS-LIM-05).
+    fn new(
+        svc: &KeyService,
+        room: &str,
+        handle: &Arc<RoomHandle>,
+        identity: &str,
+    ) -> Result<Self, KdsError> {
         {
+            let cfg = &svc.inner.cfg;
             let mut p = lock(&handle.presence);
-            let e = p.entry(identity.to_owned()).or_default();
+            if p.streams >= cfg.max_streams_per_room {
+                return Err(KdsError::TooManyStreams {
+                    scope: "this room",
+                    cap: cfg.max_streams_per_room,
+                });
+            }
+            let e = p.by_identity.entry(identity.to_owned()).or_default();
+            if e.streams >= cfg.max_streams_per_identity {
+                return Err(KdsError::TooManyStreams {
+                    scope: "this identity in this room",
+                    cap: cfg.max_streams_per_identity,
+                });
+            }
             e.streams += 1;
             e.generation += 1;
+            p.streams += 1;
         }
         svc.inner.metrics.streams.inc();
-        Self {
+        Ok(Self {
             svc: svc.clone(),
             room: room.to_owned(),
             handle: handle.clone(),
             identity: identity.to_owned(),
-        }
+        })
     }
 }
 
@@ -383,9 +514,16 @@ impl Drop for PresenceGuard {
         self.svc.inner.metrics.streams.dec();
         let gone = {
             let mut p = lock(&self.handle.presence);
-            let e = p.entry(self.identity.clone()).or_default();
+            p.streams = p.streams.saturating_sub(1);
+            let e = p.by_identity.entry(self.identity.clone()).or_default();
             e.streams = e.streams.saturating_sub(1);
-            e.streams == 0
+            let gone = e.streams == 0;
+            if gone && !lock(&self.handle.state).is_member(&self.identity) {
+                // A non-member's entry would only grow the map.
+                p.by_identity.remove(&self.identity);
+                return;
+            }
+            gone
         };
         if gone && lock(&self.handle.state).is_member(&self.identity) {
             self.svc
@@ -470,7 +608,8 @@ impl KeyServiceApi for KeyService {
         let run = async {
             let claims = self.authorize(&req, &req.get_ref().room)?;
             let r = req.into_inner();
-            let h = self.room(&r.room)?;
+            crate::names::check("the identity to claim", &r.identity)?;
+            let h = self.room(&r.room).await?;
             // KDS-KP-02: only members add, so only members take KeyPackages.
             if !lock(&h.state).is_member(&claims.identity) {
                 return Err(KdsError::PermissionDenied(
@@ -505,14 +644,14 @@ impl KeyServiceApi for KeyService {
             }
             let r = req.into_inner();
             self.cap("group_info", &r.group_info)?;
-            if lock(&self.inner.rooms).contains_key(&r.room) {
+            if self.loaded(&r.room).is_some() {
                 return Err(KdsError::RoomExists(r.room));
             }
             let inner = self.inner.clone();
             let name = r.room.clone();
+            let creator = claims.identity.clone();
             let state = blocking(move || {
-                let state =
-                    RoomState::create(&r.room, &r.group_info, &claims.identity, &inner.key)?;
+                let state = RoomState::create(&r.room, &r.group_info, &creator, &inner.key)?;
                 inner.store.create_room(&state.record()?)?;
                 Ok(state)
             })
@@ -524,10 +663,15 @@ impl KeyServiceApi for KeyService {
                 // Lost a race with a concurrent create; the store refused one of the two.
                 return Err(KdsError::RoomExists(name));
             }
-            rooms.insert(name.clone(), Arc::new(Self::handle(state, &self.inner.cfg)));
+            let h = Arc::new(Self::handle(state, &self.inner.cfg));
+            rooms.insert(name.clone(), h.clone());
+            drop(rooms);
             self.inner.metrics.rooms.inc();
             self.inner.metrics.members.inc_by(members);
             tracing::info!(room = name, "room created");
+            // The creator, like every new member, gets one grace to open its stream
+            // (KDS-REM-01); a room whose creator never comes is over (KDS-GC-02).
+            self.schedule_departure(&name, &h, &claims.identity);
             Ok(pb::CreateRoomResponse { epoch })
         };
         run.await.map(Response::new).map_err(|e| self.fail(RPC, e))
@@ -540,7 +684,7 @@ impl KeyServiceApi for KeyService {
         const RPC: &str = "GetGroupInfo";
         let run = async {
             self.authorize(&req, &req.get_ref().room)?;
-            let h = self.room(&req.get_ref().room)?;
+            let h = self.room(&req.get_ref().room).await?;
             let st = lock(&h.state);
             Ok(pb::GetGroupInfoResponse {
                 epoch: st.epoch(),
@@ -561,20 +705,24 @@ impl KeyServiceApi for KeyService {
             self.cap("commit", &r.commit)?;
             self.cap("welcome", &r.welcome)?;
             self.cap("group_info", &r.group_info)?;
-            let h = self.room(&r.room)?;
+            let h = self.room(&r.room).await?;
             let inner = self.inner.clone();
             let svc = self.clone();
             blocking(move || {
                 // KDS-ORD-01: the room lock serialises commits; the store's unique
                 // (room, epoch) constraint backs it (KDS-ORD-02).
                 let mut st = lock(&h.state);
+                let sent = crate::room::SentCommit {
+                    identity: &claims.identity,
+                    commit: &r.commit,
+                    welcome: &r.welcome,
+                    group_info: &r.group_info,
+                };
                 match st.check_commit(
                     inner.store.as_ref(),
                     &inner.key,
-                    &claims.identity,
-                    &r.commit,
-                    &r.welcome,
-                    &r.group_info,
+                    &sent,
+                    inner.cfg.max_authenticated_data_bytes,
                 )? {
                     CommitOutcome::Duplicate { epoch } => {
                         inner.metrics.duplicate_commits.inc();
@@ -633,10 +781,49 @@ impl KeyServiceApi for KeyService {
         const RPC: &str = "Leave";
         let run = async {
             let claims = self.authorize(&req, &req.get_ref().room)?;
-            let h = self.room(&req.get_ref().room)?;
+            let h = self.room(&req.get_ref().room).await?;
             let inner = self.inner.clone();
             blocking(move || Self::depart_now(&inner, &h, &claims.identity)).await?;
             Ok(pb::LeaveResponse {})
+        };
+        run.await.map(Response::new).map_err(|e| self.fail(RPC, e))
+    }
+
+    async fn delete_room(
+        &self,
+        req: Request<pb::DeleteRoomRequest>,
+    ) -> Result<Response<pb::DeleteRoomResponse>, Status> {
+        const RPC: &str = "DeleteRoom";
+        let run = async {
+            let claims = self.authorize(&req, &req.get_ref().room)?;
+            // KDS-GC-03: whoever may create a room may end it.
+            if !claims.grants.create {
+                return Err(KdsError::PermissionDenied(
+                    "deleting a room needs the `create` grant".into(),
+                ));
+            }
+            let name = req.into_inner().room;
+            let inner = self.inner.clone();
+            let n = name.clone();
+            // Under the room lock nothing is appended while the rows go.
+            let h = self.loaded(&name);
+            let existed = blocking(move || {
+                let _st = h.as_ref().map(|h| lock(&h.state));
+                inner.store.delete_room(&n)
+            })
+            .await?;
+            if let Some(h) = lock(&self.inner.rooms).remove(&name) {
+                h.deleted.send_replace(true);
+                self.inner.metrics.rooms.dec();
+                let members = lock(&h.state).members().len() as i64;
+                self.inner.metrics.members.dec_by(members);
+            }
+            if !existed {
+                return Err(KdsError::NoSuchRoom(name));
+            }
+            self.inner.metrics.rooms_deleted.inc();
+            tracing::info!(room = name, by = claims.identity, "room deleted");
+            Ok(pb::DeleteRoomResponse {})
         };
         run.await.map(Response::new).map_err(|e| self.fail(RPC, e))
     }
@@ -651,44 +838,60 @@ impl KeyServiceApi for KeyService {
         let run = async {
             let claims = self.authorize(&req, &req.get_ref().room)?;
             let r = req.into_inner();
-            let h = self.room(&r.room)?;
-            let room = r.room.clone();
+            let h = self.room(&r.room).await?;
             let inner = self.inner.clone();
             let (h2, identity) = (h.clone(), claims.identity.clone());
             // Under the room lock nothing is appended: the replay ends exactly where the live
-            // subscription begins (KDS-FAN-02).
-            let (rx, replay, up_to, epoch) = blocking(move || {
+            // subscription begins (KDS-FAN-02). Only the plan is made here; the replay itself
+            // is read page by page as the client reads (KDS-LIM-04).
+            let (rx, plan) = blocking(move || {
                 let st = lock(&h2.state);
                 let rx = h2.events.subscribe();
                 let up_to = st.last_seq();
-                let replay = match r.from_epoch {
+                let member = st.is_member(&identity);
+                let (welcome, from) = match r.from_epoch {
                     Some(e) if e > st.epoch() => {
-                        return Err(KdsError::Invalid(format!(
-                            "from_epoch {e} is ahead of the room's epoch {}",
-                            st.epoch()
-                        )));
+                        return Err(KdsError::Malformed {
+                            what: "from_epoch",
+                            why: format!("{e} is ahead of the room's epoch {}", st.epoch()),
+                        });
                     }
-                    Some(e) => inner.store.log_from_epoch(&r.room, e, up_to)?,
-                    None if st.is_member(&identity) => {
+                    // KDS-FAN-04: the log is the members' to replay.
+                    Some(_) if !member => return Err(KdsError::NotMember { identity }),
+                    Some(e) => (None, Some(e)),
+                    None if member => {
                         match inner.store.latest_welcome(&r.room, &identity, up_to)? {
                             Some(w) => {
                                 let from = w.epoch;
-                                let mut v = vec![w];
-                                v.extend(inner.store.log_from_epoch(&r.room, from, up_to)?);
-                                v
+                                (Some(w), Some(from))
                             }
-                            None => Vec::new(),
+                            None => (None, None),
                         }
                     }
-                    None => Vec::new(),
+                    None => (None, None),
                 };
-                Ok((rx, replay, up_to, st.epoch()))
+                let plan = Replay {
+                    room: r.room,
+                    welcome,
+                    from,
+                    up_to,
+                    epoch: st.epoch(),
+                };
+                Ok((rx, plan))
             })
             .await?;
-            let guard = PresenceGuard::new(self, &room, &h, &claims.identity);
-            let (tx, out) = mpsc::channel(self.inner.cfg.stream_buffer.max(16));
-            let identity = claims.identity;
-            tokio::spawn(forward(guard, rx, tx, replay, up_to, epoch, identity));
+            let guard = PresenceGuard::new(self, &plan.room, &h, &claims.identity)?;
+            let (tx, out) = mpsc::channel(STREAM_QUEUE);
+            let feed = Feed {
+                _guard: guard,
+                store: self.inner.store.clone(),
+                page_bytes: self.inner.cfg.replay_page_bytes,
+                deleted: h.deleted.subscribe(),
+                room: plan.room.clone(),
+                identity: claims.identity,
+                tx,
+            };
+            tokio::spawn(feed.run(rx, plan));
             Ok(Box::pin(ReceiverStream::new(out)) as EventStream)
         };
         run.await.map(Response::new).map_err(|e| self.fail(RPC, e))
@@ -699,44 +902,130 @@ fn visible(e: &Event, identity: &str) -> bool {
     e.kind != EventKind::Welcome || e.recipient.as_deref() == Some(identity)
 }
 
-/// Feed one subscriber: the replay, a `Synced` marker, then live events (KDS-FAN-01..03).
-async fn forward(
-    _guard: PresenceGuard,
-    mut rx: broadcast::Receiver<Arc<Event>>,
-    tx: mpsc::Sender<Result<pb::RoomEvent, Status>>,
-    replay: Vec<Event>,
+/// What a new subscriber is owed before the live events (KDS-FAN-02/03).
+struct Replay {
+    room: String,
+    /// The member's newest Welcome, first.
+    welcome: Option<Event>,
+    /// Then the log from this epoch on, up to `up_to`.
+    from: Option<u64>,
     up_to: u64,
+    /// The room's epoch when the stream opened (`Synced`).
     epoch: u64,
+}
+
+/// One subscriber's forwarder.
+struct Feed {
+    _guard: PresenceGuard,
+    store: Arc<dyn Store>,
+    page_bytes: usize,
+    deleted: watch::Receiver<bool>,
+    room: String,
     identity: String,
-) {
-    for e in replay.iter().filter(|e| visible(e, &identity)) {
-        if tx.send(Ok(to_proto(e))).await.is_err() {
+    tx: mpsc::Sender<Result<pb::RoomEvent, Status>>,
+}
+
+impl Feed {
+    /// The replay, a `Synced` marker, then live events (KDS-FAN-01..03). The replay is read
+    /// from the store a page at a time, and the next page only once the client took the last
+    /// one: a stream that never reads holds one page and [`STREAM_QUEUE`] messages, whatever
+    /// the log's size (KDS-LIM-04).
+    async fn run(mut self, mut rx: broadcast::Receiver<Arc<Event>>, plan: Replay) {
+        if let Some(w) = plan.welcome
+            && !self.send(Ok(into_proto(w))).await
+        {
             return;
         }
-    }
-    let synced = pb::RoomEvent {
-        seq: up_to,
-        event: Some(pb::room_event::Event::Synced(pb::Synced { epoch })),
-    };
-    if tx.send(Ok(synced)).await.is_err() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            () = tx.closed() => return,
-            r = rx.recv() => match r {
-                Ok(e) => {
-                    if e.seq > up_to && visible(&e, &identity)
-                        && tx.send(Ok(to_proto(&e))).await.is_err()
+        if let Some(from) = plan.from {
+            let (mut page, mut after) = (std::collections::VecDeque::new(), 0);
+            loop {
+                // Room in the queue first, then the read: while the client does not read,
+                // this task holds no event (KDS-LIM-04).
+                let Some(permit) = self.reserve().await else {
+                    return;
+                };
+                if page.is_empty() {
+                    let (store, room, page_bytes) =
+                        (self.store.clone(), plan.room.clone(), self.page_bytes);
+                    match blocking(move || {
+                        store.log_page(&room, from, after, plan.up_to, page_bytes)
+                    })
+                    .await
+                    {
+                        Ok(p) => page.extend(p),
+                        Err(e) => {
+                            tracing::warn!(room = plan.room, error = %e, "replay failed");
+                            permit.send(Err(e.into()));
+                            return;
+                        }
+                    }
+                    after = page.back().map_or(after, |e: &Event| e.seq);
+                }
+                let Some(e) = page.pop_front() else {
+                    break;
+                };
+                permit.send(Ok(into_proto(e)));
+            }
+        }
+        let synced = pb::RoomEvent {
+            seq: plan.up_to,
+            event: Some(pb::room_event::Event::Synced(pb::Synced {
+                epoch: plan.epoch,
+            })),
+        };
+        if !self.send(Ok(synced)).await {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                () = self.tx.closed() => return,
+                _ = self.deleted.wait_for(|d| *d) => None,
+                r = rx.recv() => Some(r),
+            };
+            match next {
+                None => {
+                    let _ = self
+                        .tx
+                        .try_send(Err(KdsError::RoomDeleted(self.room.clone()).into()));
+                    return;
+                }
+                Some(Ok(e)) => {
+                    if e.seq > plan.up_to
+                        && visible(&e, &self.identity)
+                        && !self.send(Ok(into_proto(Event::clone(&e)))).await
                     {
                         return;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let _ = tx.send(Err(KdsError::Lagged.into())).await;
+                Some(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    self.send(Err(KdsError::Lagged.into())).await;
                     return;
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Some(Err(broadcast::error::RecvError::Closed)) => return,
+            }
+        }
+    }
+
+    /// A place in the client's queue, once there is one; `None` once the client is gone or the
+    /// room was deleted (then the stream ends with `NOT_FOUND`).
+    async fn reserve(&mut self) -> Option<mpsc::OwnedPermit<Result<pb::RoomEvent, Status>>> {
+        tokio::select! {
+            r = self.tx.clone().reserve_owned() => r.ok(),
+            _ = self.deleted.wait_for(|d| *d) => {
+                let _ = self.tx.try_send(Err(KdsError::RoomDeleted(self.room.clone()).into()));
+                None
+            }
+        }
+    }
+
+    /// Queue one item, waiting while the client's queue is full; false once the client is
+    /// gone or the room was deleted (then the stream ends with `NOT_FOUND`).
+    async fn send(&mut self, item: Result<pb::RoomEvent, Status>) -> bool {
+        tokio::select! {
+            r = self.tx.send(item) => r.is_ok(),
+            _ = self.deleted.wait_for(|d| *d) => {
+                let _ = self.tx.try_send(Err(KdsError::RoomDeleted(self.room.clone()).into()));
+                false
             }
         }
     }

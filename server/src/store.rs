@@ -96,12 +96,18 @@ pub trait Store: Send + Sync + 'static {
         events: &[Event],
         consumed: &[Vec<u8>],
     ) -> Result<(), KdsError>;
-    /// Commits and proposals of `room` sent in `from_epoch` or later, with `seq <= up_to`, in order.
-    fn log_from_epoch(
+    /// One page of a replay (KDS-FAN-02, KDS-LIM-04): the commits and proposals of `room` sent
+    /// in `from_epoch` or later with `after < seq <= up_to`, in log order. The page ends with
+    /// the event that brings its messages to `max_bytes` or more, so it holds at least one
+    /// event while any is left and at most `max_bytes` plus one message. An empty page ends
+    /// the replay.
+    fn log_page(
         &self,
         room: &str,
         from_epoch: u64,
+        after: u64,
         up_to: u64,
+        max_bytes: usize,
     ) -> Result<Vec<Event>, KdsError>;
     /// The newest Welcome for `identity` in `room` with `seq <= up_to`.
     fn latest_welcome(
@@ -133,6 +139,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Vec<u8>>, KdsError>;
     /// The identity whose KeyPackage `hash_ref` was handed out in `room`, if it was.
     fn claimed_key_package(&self, room: &str, hash_ref: &[u8]) -> Result<Option<String>, KdsError>;
+    /// Delete `room`: its state, its log and its KeyPackages, in one transaction (KDS-GC-03).
+    /// Returns whether it existed.
+    fn delete_room(&self, room: &str) -> Result<bool, KdsError>;
     /// A service-wide value (e.g. the external-sender key pair).
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, KdsError>;
     /// Set a service-wide value if it is not set; returns the value now stored.
@@ -223,6 +232,24 @@ fn finish_event((seq, kind, epoch, mut e): (i64, i64, i64, Event)) -> Result<Eve
     Ok(e)
 }
 
+type RoomRow = (String, i64, i64, Vec<u8>, Vec<u8>);
+
+fn room_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoomRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn finish_room(
+    (room, epoch, next_seq, group_info, public_state): RoomRow,
+) -> Result<RoomRecord, KdsError> {
+    Ok(RoomRecord {
+        room,
+        epoch: u64::try_from(epoch).map_err(|_| KdsError::Storage("negative epoch".into()))?,
+        next_seq: u64::try_from(next_seq).map_err(|_| KdsError::Storage("negative seq".into()))?,
+        group_info,
+        public_state,
+    })
+}
+
 const EVENT_COLS: &str = "seq, kind, epoch, actor, recipient, message, hash";
 
 impl SqliteStore {
@@ -260,28 +287,8 @@ impl Store for SqliteStore {
         let mut st = c
             .prepare("SELECT room, epoch, next_seq, group_info, public_state FROM rooms")
             .map_err(db)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                    r.get::<_, Vec<u8>>(4)?,
-                ))
-            })
-            .map_err(db)?;
-        rows.map(|r| {
-            let (room, epoch, next_seq, group_info, public_state) = r.map_err(db)?;
-            Ok(RoomRecord {
-                room,
-                epoch: u64::try_from(epoch).map_err(|_| KdsError::Storage("epoch".into()))?,
-                next_seq: u64::try_from(next_seq).map_err(|_| KdsError::Storage("seq".into()))?,
-                group_info,
-                public_state,
-            })
-        })
-        .collect()
+        let rows = st.query_map([], room_from_row).map_err(db)?;
+        rows.map(|r| finish_room(r.map_err(db)?)).collect()
     }
 
     fn create_room(&self, room: &RoomRecord) -> Result<(), KdsError> {
@@ -363,25 +370,68 @@ impl Store for SqliteStore {
         tx.commit().map_err(db)
     }
 
-    fn log_from_epoch(
+    fn log_page(
         &self,
         room: &str,
         from_epoch: u64,
+        after: u64,
         up_to: u64,
+        max_bytes: usize,
     ) -> Result<Vec<Event>, KdsError> {
         let c = self.conn();
         let mut st = c
-            .prepare(&format!(
-                "SELECT {EVENT_COLS} FROM events WHERE room = ?1 AND kind IN (1, 2) AND epoch >= ?2 AND seq <= ?3 ORDER BY seq"
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLS} FROM events WHERE room = ?1 AND kind IN (1, 2) AND epoch >= ?2 AND seq > ?3 AND seq <= ?4 ORDER BY seq"
             ))
             .map_err(db)?;
-        let rows = st
-            .query_map(
-                params![room, to_i64(from_epoch)?, to_i64(up_to)?],
-                event_from_row,
-            )
+        let mut rows = st
+            .query(params![
+                room,
+                to_i64(from_epoch)?,
+                to_i64(after)?,
+                to_i64(up_to)?
+            ])
             .map_err(db)?;
-        rows.map(|r| finish_event(r.map_err(db)?)).collect()
+        // SQLite steps row by row: stopping here reads no further message.
+        let (mut page, mut bytes) = (Vec::new(), 0usize);
+        while bytes < max_bytes {
+            let Some(row) = rows.next().map_err(db)? else {
+                break;
+            };
+            let e = finish_event(event_from_row(row).map_err(db)?)?;
+            bytes += e.message.len();
+            page.push(e);
+        }
+        Ok(page)
+    }
+
+    fn room(&self, room: &str) -> Result<Option<RoomRecord>, KdsError> {
+        let c = self.conn();
+        c.query_row(
+            "SELECT room, epoch, next_seq, group_info, public_state FROM rooms WHERE room = ?1",
+            params![room],
+            room_from_row,
+        )
+        .optional()
+        .map_err(db)?
+        .map(finish_room)
+        .transpose()
+    }
+
+    fn delete_room(&self, room: &str) -> Result<bool, KdsError> {
+        let mut c = self.conn();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        tx.execute("DELETE FROM events WHERE room = ?1", params![room])
+            .map_err(db)?;
+        tx.execute("DELETE FROM key_packages WHERE room = ?1", params![room])
+            .map_err(db)?;
+        let n = tx
+            .execute("DELETE FROM rooms WHERE room = ?1", params![room])
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(n == 1)
     }
 
     fn latest_welcome(
@@ -649,6 +699,6 @@ mod tests {
         ));
         let rooms = s.rooms().unwrap();
         assert_eq!(rooms, vec![next]);
-        assert_eq!(s.log_from_epoch("r", 0, 10).unwrap().len(), 1);
+        assert_eq!(s.log_page("r", 0, 0, 10, usize::MAX).unwrap().len(), 1);
     }
 }

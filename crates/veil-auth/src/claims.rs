@@ -233,14 +233,30 @@ const fn invalid(claim: &'static str, why: &'static str) -> AuthError {
 
 /// AUTH-10: `sub`, `room` (and `jti`) are 1..=255 bytes of UTF-8 without control characters.
 fn check_name(claim: &'static str, value: &str) -> Result<()> {
+    name_rule(value).map_err(|why| invalid(claim, why))
+}
+
+/// AUTH-10 for a room name or identity that arrives outside a token (a service checks the room
+/// a request names with it, so requests and tokens follow one rule): 1..=255 bytes of UTF-8
+/// without control characters. The error says what is wrong and never holds the value, so a
+/// service may echo it whatever the value's size.
+///
+/// ```
+/// assert!(veil_auth::name_rule("standup").is_ok());
+/// assert!(veil_auth::name_rule(&"x".repeat(20_000)).is_err());
+/// ```
+///
+/// # Errors
+/// Why the name breaks the rule.
+pub fn name_rule(value: &str) -> core::result::Result<(), &'static str> {
     if value.is_empty() {
-        return Err(invalid(claim, "must not be empty"));
+        return Err("must not be empty");
     }
     if value.len() > MAX_NAME_LEN {
-        return Err(invalid(claim, "must be at most 255 bytes of UTF-8"));
+        return Err("must be at most 255 bytes of UTF-8");
     }
     if value.chars().any(char::is_control) {
-        return Err(invalid(claim, "must not contain control characters"));
+        return Err("must not contain control characters");
     }
     Ok(())
 }

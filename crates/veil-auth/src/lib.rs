@@ -11,7 +11,7 @@ mod verify;
 
 use std::time::Duration;
 
-pub use claims::{Claims, GrantKind, Grants};
+pub use claims::{Claims, GrantKind, Grants, name_rule};
 pub use error::{AuthError, ErrorKind, Result};
 pub use key::TokenKey;
 pub use verify::{VerifiedClaims, Verifier};

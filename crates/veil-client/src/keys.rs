@@ -229,4 +229,18 @@ impl KeyClient {
             .map_err(from_status)?
             .into_inner())
     }
+
+    /// End the room for good: its state, log and KeyPackages are deleted at the service and
+    /// every open stream ends (`NOT_FOUND`). Needs a token with the `create` grant; meant for
+    /// the application backend.
+    ///
+    /// # Errors
+    /// As the RPC.
+    pub async fn delete_room(&mut self) -> Result<(), ClientError> {
+        let r = self.req(pb::DeleteRoomRequest {
+            room: self.room.clone(),
+        });
+        self.rpc.delete_room(r).await.map_err(from_status)?;
+        Ok(())
+    }
 }

@@ -19,6 +19,13 @@ pub struct Server {
     grace_ms: u64,
 }
 
+/// The server refuses a data directory other users can read (specs/auth.md §4.1), and a
+/// `tempfile` directory follows the umask: make it the owner's.
+fn private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
 impl Server {
     /// Start on a free port with `dir` as data directory.
     pub fn start(dir: &Path, grace_ms: u64) -> Self {
@@ -27,6 +34,7 @@ impl Server {
 
     /// Start on `port` (0 = any free port).
     pub fn start_on(dir: &Path, grace_ms: u64, port: u16) -> Self {
+        private(dir);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -66,6 +74,7 @@ impl Server {
     /// Start on a free port with `extra` flags, under `ulimit -n nofile` if given (a hard
     /// limit too: the server cannot raise it).
     pub fn start_with(dir: &Path, extra: &[&str], nofile: Option<u32>) -> Self {
+        private(dir);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -8,6 +8,7 @@ mod datadir;
 mod durability;
 mod flood;
 mod hostile;
+mod limits;
 mod membership;
 mod race;
 mod resync;

@@ -58,6 +58,20 @@ impl RawMember {
         Self { s, c, events }
     }
 
+    /// Read the room's stream until it ends with an error status.
+    pub async fn next_status(&mut self) -> tonic::Status {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), self.events.next())
+                .await
+                .expect("no event in 30 s")
+            {
+                Some(Ok(_)) => {}
+                Some(Err(s)) => return s,
+                None => panic!("the stream ended without a status"),
+            }
+        }
+    }
+
     /// Process the room's commits until this member is at `epoch`.
     pub async fn catch_up(&mut self, epoch: u64) {
         while self.s.epoch().unwrap() < epoch {
