@@ -1,5 +1,5 @@
 //! The accept loop of every TCP listener of the server (SRV-CONN-01..05, specs/key-service.md
-//! §9.1): connection caps, a handshake timeout, and the descriptor limit.
+//! §9.2): connection caps, a handshake timeout, and the descriptor limit.
 //!
 //! A TCP connection costs a file descriptor from `accept` on, before it has sent a byte, and
 //! without a token. Without limits, 1,100 silent connections under a 1024-descriptor limit made
