@@ -231,8 +231,23 @@ pub fn code(e: &SfuError) -> Code {
     }
 }
 
+/// Longest status message sent, in bytes: track ids and other client-chosen strings in an
+/// error are clipped so a client with default gRPC limits always reads why (specs/sfu.md
+/// "Errors", SFU-ERR-01; the key service's KDS-LIM-03).
+const MAX_STATUS_MESSAGE_BYTES: usize = 512;
+
 fn status(e: &SfuError) -> Status {
-    Status::new(code(e), e.to_string())
+    let mut msg = e.to_string();
+    if msg.len() > MAX_STATUS_MESSAGE_BYTES {
+        let full = msg.len();
+        let mut end = MAX_STATUS_MESSAGE_BYTES - 40;
+        while !msg.is_char_boundary(end) {
+            end -= 1;
+        }
+        msg.truncate(end);
+        msg.push_str(&format!("… ({full} bytes clipped)"));
+    }
+    Status::new(code(e), msg)
 }
 
 fn now_secs() -> u64 {
@@ -486,4 +501,23 @@ fn to_proto(e: SignalEvent) -> pb::SignalEvent {
         }),
     };
     pb::SignalEvent { event: Some(event) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_messages_are_clipped_on_a_char_boundary() {
+        let s = status(&SfuError::NoSuchTrack("é".repeat(10_000)));
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(
+            s.message().len() <= MAX_STATUS_MESSAGE_BYTES,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().ends_with("bytes clipped)"), "{}", s.message());
+        let short = status(&SfuError::NoSuchTrack("cam".into()));
+        assert!(short.message().contains("\"cam\""), "{}", short.message());
+    }
 }
