@@ -373,6 +373,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .layer(listen::CountCallsLayer)
         .add_service(health_svc)
         .add_optional_service(keys_api)
         .add_optional_service(tasks_api)

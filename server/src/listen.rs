@@ -23,11 +23,17 @@
 //! - SRV-CONN-05: at start the soft descriptor limit is raised to the hard limit, and the
 //!   total cap is lowered to three quarters of the result if it is above, so connections can
 //!   never take the descriptors the database and the SFU's sockets need.
+//! - SRV-CONN-06: a gRPC connection with no call open for [`ConnLimits::idle_timeout`] is
+//!   closed. [`CountCallsLayer`] counts each connection's calls, from the request until its
+//!   response body is dropped (a Subscribe stream is one long call), and [`Conn`] ends its read
+//!   side once the connection has been idle that long (reason `idle_timeout`). Clients
+//!   reconnect when they next call (tonic's channels do so by themselves).
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -41,6 +47,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
@@ -61,6 +68,8 @@ pub struct ConnLimits {
     pub max_connections_per_ip: usize,
     /// Concurrent HTTP/2 streams (calls) on one gRPC connection.
     pub max_concurrent_streams: u32,
+    /// Time a gRPC connection may stay open with no call (SRV-CONN-06).
+    pub idle_timeout: Duration,
 }
 
 impl Default for ConnLimits {
@@ -69,6 +78,7 @@ impl Default for ConnLimits {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 4096,
             max_connections_per_ip: 256,
+            idle_timeout: Duration::from_secs(300),
             max_concurrent_streams: 256,
         }
     }
@@ -372,7 +382,165 @@ pub struct Conn {
     stream: TcpStream,
     /// Preface bytes not yet given back.
     replay: usize,
-    _slot: Slot,
+    activity: Arc<Activity>,
+    /// Wakes the connection when it would turn idle (SRV-CONN-06).
+    idle_timer: Pin<Box<tokio::time::Sleep>>,
+    idle_closed: bool,
+    peer: SocketAddr,
+    slot: Slot,
+}
+
+impl Conn {
+    /// Whether the connection has had no call for the idle timeout; if not yet, arm the timer
+    /// that wakes the connection's task when it would be (SRV-CONN-06).
+    fn idle(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(since) = self.activity.idle_since() else {
+            return false;
+        };
+        let deadline = since + self.slot.gate.limits().idle_timeout;
+        if Instant::now() >= deadline {
+            if !self.idle_closed {
+                self.idle_closed = true;
+                self.slot.gate.refused("grpc", "idle_timeout", self.peer);
+            }
+            return true;
+        }
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if self.idle_timer.deadline() != deadline {
+            self.idle_timer.as_mut().reset(deadline);
+        }
+        // Pending now; it wakes this task at the deadline, and the next read checks again.
+        let _ = self.idle_timer.as_mut().poll(cx);
+        false
+    }
+}
+
+/// The calls of one gRPC connection, for its idle timeout (SRV-CONN-06).
+#[derive(Debug)]
+pub struct Activity {
+    base: Instant,
+    calls: AtomicUsize,
+    /// Milliseconds after `base` of the last call's start or end.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            base: Instant::now(),
+            calls: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// A call starts; it ends when the guard is dropped.
+    fn begin(self: &Arc<Self>) -> CallGuard {
+        self.calls.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        CallGuard(self.clone())
+    }
+
+    /// Since when no call has been open, or `None` while one is.
+    fn idle_since(&self) -> Option<Instant> {
+        (self.calls.load(Ordering::Acquire) == 0)
+            .then(|| self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// One open call of a connection.
+#[derive(Debug)]
+pub struct CallGuard(Arc<Activity>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.calls.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What tonic puts in each request's extensions for a [`Conn`]: its TCP addresses, and its
+/// call count for [`CountCallsLayer`].
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The TCP addresses.
+    pub tcp: TcpConnectInfo,
+    activity: Arc<Activity>,
+}
+
+/// A tower layer for the gRPC server: counts each connection's open calls, from the request
+/// until its response body is dropped, so an idle connection can be told apart from one with
+/// a long stream (SRV-CONN-06).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CountCallsLayer;
+
+impl<S> tower_layer::Layer<S> for CountCallsLayer {
+    type Service = CountCalls<S>;
+
+    fn layer(&self, inner: S) -> CountCalls<S> {
+        CountCalls(inner)
+    }
+}
+
+/// The service [`CountCallsLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct CountCalls<S>(S);
+
+impl<S, B, RB> tonic::codegen::Service<http::Request<B>> for CountCalls<S>
+where
+    S: tonic::codegen::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<CountedBody<RB>>;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let call = req
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|c| c.activity.begin());
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            Ok(resp.map(|body| CountedBody { body, _call: call }))
+        })
+    }
+}
+
+/// A response body that holds its call open until it is dropped.
+#[derive(Debug)]
+pub struct CountedBody<B> {
+    body: B,
+    _call: Option<CallGuard>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 impl AsyncRead for Conn {
@@ -381,6 +549,10 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.idle(cx) {
+            // End of stream: hyper closes the connection.
+            return Poll::Ready(Ok(()));
+        }
         if self.replay > 0 {
             let from = HTTP2_PREFACE.len() - self.replay;
             let n = self.replay.min(buf.remaining());
@@ -423,10 +595,13 @@ impl AsyncWrite for Conn {
 }
 
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo {
+            tcp: self.stream.connect_info(),
+            activity: self.activity.clone(),
+        }
     }
 }
 
@@ -462,7 +637,11 @@ pub fn grpc_incoming(listener: TcpListener, gate: Gate) -> ReceiverStream<io::Re
                         let conn = Conn {
                             stream,
                             replay: HTTP2_PREFACE.len(),
-                            _slot: slot,
+                            activity: Activity::new(),
+                            idle_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                            idle_closed: false,
+                            peer,
+                            slot,
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }

@@ -106,6 +106,10 @@ struct ServeArgs {
     /// Concurrent calls (HTTP/2 streams) on one gRPC connection.
     #[arg(long, env = "VEIL_MAX_CONCURRENT_STREAMS", default_value_t = defaults().max_concurrent_streams)]
     max_concurrent_streams: u32,
+    /// Milliseconds a gRPC connection may stay open with no call (a Subscribe stream is a
+    /// call) before it is closed.
+    #[arg(long, env = "VEIL_IDLE_TIMEOUT_MS", default_value_t = defaults().idle_timeout.as_millis() as u64)]
+    idle_timeout_ms: u64,
 }
 
 /// The key service's defaults, shown by `--help`.
@@ -213,6 +217,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
         max_concurrent_streams: args.max_concurrent_streams,
+        idle_timeout: Duration::from_millis(args.idle_timeout_ms),
     };
     cfg.keys = args.role.contains(&Role::Keys);
     cfg.sfu_engine = match args.sfu_engine {

@@ -1,4 +1,4 @@
-//! SRV-CONN-01..05: TCP connections that never speak cannot exhaust the server (issue 22,
+//! SRV-CONN-01..06: TCP connections that never speak, or no longer call, cannot exhaust the server (issue 22,
 //! defect 4). Before, none of them was ever closed, and 1,100 of them under a 1024-descriptor
 //! limit made every new call time out. Each test floods the real binary with silent
 //! connections from other loopback addresses (127.0.0.2 …) while a client on 127.0.0.1 makes
@@ -187,4 +187,30 @@ async fn eleven_hundred_silent_connections_under_1024_descriptors_do_not_stop_re
     // The server is fine afterwards.
     service_info(&server).await;
     drop(creator);
+}
+
+/// SRV-CONN-06: a connection whose calls are over is closed after the idle timeout, and its
+/// client's next call simply reconnects; a connection holding a Subscribe stream (one long
+/// call) stays open and keeps delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_and_a_stream_keeps_its_own_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), &["--idle-timeout-ms", "1000"], None);
+    let mut alice = crate::race::RawMember::creator(&server, "ward", "alice").await;
+    let mut idle = KeyClient::connect(&server.url, &server.token("ward", "bob"), "ward")
+        .await
+        .unwrap();
+    idle.service_info().await.unwrap();
+    let open = r#"veil_server_connections{listener="grpc"}"#;
+    let closed = r#"veil_server_connections_refused_total{listener="grpc",reason="idle_timeout"}"#;
+    assert_eq!(metric(&server.scrape().await, open), 2);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let m = server.scrape().await;
+    assert_eq!(metric(&m, closed), 1, "{m}");
+    assert_eq!(metric(&m, open), 1, "{m}");
+    // The idle client's next call reconnects by itself.
+    idle.service_info().await.unwrap();
+    // alice's stream outlived the timeout: bob joins, and the commit reaches her over it.
+    let bob = crate::race::RawMember::external(&server, "ward", "bob").await;
+    alice.catch_up(bob.s.epoch().unwrap()).await;
 }
