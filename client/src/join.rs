@@ -124,10 +124,18 @@ fn status_line(room: &str, s: &RoomStats, c: &Counts) -> String {
     line
 }
 
+/// How reconnecting goes: the failed attempts and the last one's error (shortened).
 fn attempts(l: &LinkStatus) -> String {
-    match l.attempts {
-        0 => String::new(),
-        n => format!(" (attempt {n})"),
+    match &l.last_error {
+        None => String::new(),
+        Some(e) => {
+            let mut e = e.clone();
+            if let Some((i, _)) = e.char_indices().nth(80) {
+                e.truncate(i);
+                e.push('…');
+            }
+            format!(" ({} failed, last: {e})", l.attempts)
+        }
     }
 }
 

@@ -685,7 +685,7 @@ impl Actor {
                     }
                     Err(e) if retryable(&e) => {
                         self.link_lost(e.to_string());
-                        self.link.attempts += 1;
+                        self.link.failed(e.to_string());
                         self.publish_status(false);
                         tracing::debug!(error = %e, attempt = self.link.attempts, "resubscribing failed");
                         continue;
@@ -734,7 +734,7 @@ impl Actor {
         if self.link.is_up() {
             return;
         }
-        let attempts = self.link.attempts;
+        let attempts = self.link.attempts + 1;
         let down_for = self.lost_at.take().map_or(Duration::ZERO, |t| t.elapsed());
         tracing::info!(attempts, ?down_for, "the key service's room stream is back");
         self.link.restore();

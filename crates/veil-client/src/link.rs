@@ -36,7 +36,7 @@ pub enum LinkEvent {
     },
     /// The link is back.
     Restored {
-        /// Reconnection attempts it took.
+        /// Reconnection attempts it took (the last one succeeded).
         attempts: u32,
         /// How long it was down.
         down_for: Duration,
@@ -46,11 +46,14 @@ pub enum LinkEvent {
 /// The state of one link, for the statistics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkStatus {
-    /// `None` while the link is up; while it is down, why it was lost (the reason of the loss,
-    /// not of the failed attempts since, which are logged).
+    /// `None` while the link is up; while it is down, why it was lost (the reason of the loss;
+    /// the failed attempts' are in `last_error`).
     pub lost: Option<String>,
-    /// Reconnection attempts since the loss (0 while up).
+    /// Failed reconnection attempts since the loss (0 while up).
     pub attempts: u32,
+    /// Why the last attempt failed (`None` while up, or before the first attempt failed):
+    /// e.g. an expired token, which no number of attempts will fix.
+    pub last_error: Option<String>,
     /// How many times the link was lost since joining.
     pub losses: u32,
 }
@@ -67,14 +70,22 @@ impl LinkStatus {
         if self.lost.is_none() {
             self.losses += 1;
             self.attempts = 0;
+            self.last_error = None;
             self.lost = Some(reason);
         }
+    }
+
+    /// Record a failed attempt.
+    pub(crate) fn failed(&mut self, error: String) {
+        self.attempts += 1;
+        self.last_error = Some(error);
     }
 
     /// Record that the link is back.
     pub(crate) fn restore(&mut self) {
         self.lost = None;
         self.attempts = 0;
+        self.last_error = None;
     }
 }
 
@@ -181,12 +192,14 @@ mod tests {
         let mut s = LinkStatus::default();
         assert!(s.is_up());
         s.lose("stream ended".into());
-        s.attempts = 3;
+        s.failed("refused".into());
+        s.failed("token expired".into());
         s.lose("again".into());
-        assert_eq!(s.losses, 1);
+        assert_eq!((s.losses, s.attempts), (1, 2));
         assert_eq!(s.lost.as_deref(), Some("stream ended"));
+        assert_eq!(s.last_error.as_deref(), Some("token expired"));
         s.restore();
         assert!(s.is_up());
-        assert_eq!((s.losses, s.attempts), (1, 0));
+        assert_eq!((s.losses, s.attempts, s.last_error), (1, 0, None));
     }
 }

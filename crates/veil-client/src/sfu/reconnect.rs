@@ -99,14 +99,16 @@ pub(super) async fn supervise(
         let opened = loop {
             tokio::time::sleep(backoff.next_delay(jitter())).await;
             connection = connection.wrapping_add(1);
-            link.send_modify(|s| s.attempts += 1);
             match open(&p, packetization, connection, RECONNECT_WAIT).await {
                 Ok(o) => break o,
-                Err(e) => tracing::info!(
-                    attempt = backoff.attempts(),
-                    error = %e,
-                    "reconnecting to the SFU failed; retrying"
-                ),
+                Err(e) => {
+                    tracing::info!(
+                        attempt = backoff.attempts(),
+                        error = %e,
+                        "reconnecting to the SFU failed; retrying"
+                    );
+                    link.send_modify(|s| s.failed(e.to_string()));
+                }
             }
         };
         if opened.packetization != packetization {
