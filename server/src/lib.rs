@@ -1,16 +1,15 @@
-//! `veil-server`: Veil's key-distribution service, the MLS Delivery Service and Authentication
-//! Service of a call (specs/key-service.md).
+//! `veil-server`: one process that composes Veil's two server roles behind one gRPC listener
+//! and one metrics endpoint:
 //!
-//! - It stores KeyPackages, orders commits (exactly one per epoch), fans commits, proposals
-//!   and Welcomes out over server streams, keeps the newest GroupInfo for external joins, and
-//!   proposes the removal of members who left or vanished (MLS external sender).
-//! - It validates every commit against the room's public state with openmls `PublicGroup`, so
-//!   a buggy or hostile client cannot fork a room. It is never a member: its only private key
-//!   is its external-sender signature key.
-//! - State lives in SQLite (WAL, one file under the data directory) behind [`store::Store`].
+//! - the key-distribution service ([`veil_keys`]: the MLS Delivery and Authentication Service
+//!   of a call, specs/key-service.md), with its SQLite store under the data directory;
+//! - the blind SFU ([`veil_sfu`], specs/sfu.md), on either of its shells ([`SfuEngine`]).
 //!
-//! Decisions are in [`room`] (synchronous); [`service`] is the tonic shell. Run it with
-//! [`run`], or as the `veil-server` binary:
+//! What belongs to the process stays here: [`ServerConfig`] and [`run`]/[`spawn`], the
+//! private data directory ([`datadir`], KDS-SEC-02), the connection gate of every listener
+//! ([`listen`], SRV-CONN-01..06) and the metrics/health HTTP endpoint ([`metrics`]). A
+//! participant the SFU timed out is handed to the key service as a departure (KDS-REM-01).
+//! Run it with [`run`], or as the `veil-server` binary:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), veil_server::ServerError> {
@@ -23,20 +22,14 @@
 #![deny(missing_docs)]
 
 pub mod datadir;
-pub mod error;
 pub mod listen;
 pub mod metrics;
-pub mod names;
-pub mod room;
-pub mod service;
-pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use error::KdsError;
-pub use service::{Config, KeyService};
+pub use veil_keys::{Config, KdsError, KeyService};
 use tokio::net::TcpListener;
 use veil_auth::{TokenKey, Verifier};
 use veil_proto::keys::v1::key_service_server::KeyServiceServer;
@@ -242,9 +235,9 @@ pub async fn run(
         cfg.data_dir.join(datadir::DB_FILE)
     };
     datadir::check_private(&cfg.data_dir)?;
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(veil_keys::Metrics::default());
     let svc = if cfg.keys {
-        let store = Arc::new(store::SqliteStore::open(&db)?);
+        let store = Arc::new(veil_keys::store::SqliteStore::open(&db)?);
         let svc = KeyService::new(store, verifier.clone(), cfg.kds.clone(), metrics.clone())?;
         svc.start();
         Some(svc)

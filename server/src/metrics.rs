@@ -1,124 +1,11 @@
-//! Prometheus metrics of the key service, and a small HTTP endpoint serving them with a health
-//! check (`GET /metrics`, `GET /healthz`).
+//! The process's metrics and health endpoint: one OpenMetrics exposition for every role this
+//! process runs (the key service's `veil_keys_*`, the SFU's `veil_sfu_*`, the connection gate's
+//! `veil_server_*`), served over a small HTTP listener (`GET /metrics`, `GET /healthz`).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
-
-/// Label set for rejections.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Rejection {
-    /// The RPC.
-    pub rpc: &'static str,
-    /// [`KdsError::reason`](crate::KdsError::reason).
-    pub reason: &'static str,
-}
-
-/// The key service's metrics.
-#[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
-    /// Rooms in memory (a room leaves memory when idle, KDS-GC-01).
-    pub rooms: Gauge,
-    /// Rooms deleted: every member departed, or `DeleteRoom` (KDS-GC-02/03).
-    pub rooms_deleted: Counter,
-    /// Members over all rooms.
-    pub members: Gauge,
-    /// Open Subscribe streams.
-    pub streams: Gauge<i64, AtomicI64>,
-    /// Accepted commits.
-    pub commits: Counter,
-    /// Commits acknowledged again (identical retries).
-    pub duplicate_commits: Counter,
-    /// Remove proposals the service sent.
-    pub proposals: Counter,
-    /// Welcomes delivered to the log.
-    pub welcomes: Counter,
-    /// KeyPackages stored.
-    pub key_packages_published: Counter,
-    /// KeyPackages handed out.
-    pub key_packages_claimed: Counter,
-    /// Rejected requests by RPC and reason (`rpc="SendCommit"` are the rejected commits).
-    pub rejected: Family<Rejection, Counter>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("veil_keys");
-        let m = Self {
-            rooms: Gauge::default(),
-            rooms_deleted: Counter::default(),
-            members: Gauge::default(),
-            streams: Gauge::default(),
-            commits: Counter::default(),
-            duplicate_commits: Counter::default(),
-            proposals: Counter::default(),
-            welcomes: Counter::default(),
-            key_packages_published: Counter::default(),
-            key_packages_claimed: Counter::default(),
-            rejected: Family::default(),
-            registry: Registry::default(),
-        };
-        registry.register("rooms", "Rooms in memory", m.rooms.clone());
-        registry.register(
-            "rooms_deleted",
-            "Rooms deleted (every member departed, or DeleteRoom)",
-            m.rooms_deleted.clone(),
-        );
-        registry.register("members", "Members over all rooms", m.members.clone());
-        registry.register("streams", "Open Subscribe streams", m.streams.clone());
-        registry.register("commits", "Accepted commits", m.commits.clone());
-        registry.register(
-            "duplicate_commits",
-            "Identical commit retries acknowledged again",
-            m.duplicate_commits.clone(),
-        );
-        registry.register(
-            "proposals",
-            "Remove proposals sent as external sender",
-            m.proposals.clone(),
-        );
-        registry.register(
-            "welcomes",
-            "Welcomes stored for delivery",
-            m.welcomes.clone(),
-        );
-        registry.register(
-            "key_packages_published",
-            "KeyPackages stored",
-            m.key_packages_published.clone(),
-        );
-        registry.register(
-            "key_packages_claimed",
-            "KeyPackages handed out",
-            m.key_packages_claimed.clone(),
-        );
-        registry.register(
-            "rejected",
-            "Rejected requests by RPC and reason",
-            m.rejected.clone(),
-        );
-        Self { registry, ..m }
-    }
-}
-
-impl Metrics {
-    /// The text exposition format.
-    #[must_use]
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-}
 
 /// Join OpenMetrics expositions into one: each ends with `# EOF`, which may appear only once,
 /// at the end.
@@ -176,21 +63,13 @@ pub async fn serve_http(listener: TcpListener, gate: crate::listen::Gate, metric
     }
 }
 
-/// Count a rejection.
-pub fn reject(metrics: &Metrics, rpc: &'static str, reason: &'static str) {
-    metrics
-        .rejected
-        .get_or_create(&Rejection { rpc, reason })
-        .inc();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn two_roles_make_one_exposition_with_one_eof() {
-        let keys = Metrics::default();
+        let keys = veil_keys::Metrics::default();
         keys.commits.inc();
         let sfu =
             "# HELP veil_sfu_rooms Rooms.\n# TYPE veil_sfu_rooms gauge\nveil_sfu_rooms 2\n# EOF\n";

@@ -47,7 +47,7 @@ impl Server {
             .arg(dir)
             .arg("--departure-grace-ms")
             .arg(grace_ms.to_string())
-            .env("RUST_LOG", "veil_server=debug,info")
+            .env("RUST_LOG", "veil_server=debug,veil_keys=debug,info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -91,7 +91,7 @@ impl Server {
             .arg(dir)
             .args(extra);
         let mut child = cmd
-            .env("RUST_LOG", "veil_server=debug,info")
+            .env("RUST_LOG", "veil_server=debug,veil_keys=debug,info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()

@@ -1,0 +1,15 @@
+//! `veil-keys`: Veil's key-distribution service, the MLS Delivery Service and Authentication
+//! Service of a call (specs/key-service.md).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod metrics;
+pub mod names;
+pub mod room;
+pub mod service;
+pub mod store;
+
+pub use error::KdsError;
+pub use metrics::Metrics;
+pub use service::{Config, KeyService};
