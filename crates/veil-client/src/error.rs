@@ -44,6 +44,10 @@ pub enum ClientError {
     /// Something did not happen in time.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A link to the server is lost and being reconnected in the background: try again once
+    /// it is back (`RoomEvent::Reconnected`).
+    #[error("reconnecting to the {0}")]
+    Reconnecting(crate::link::Link),
 }
 
 impl ClientError {

@@ -682,6 +682,7 @@ impl Actor {
                         self.stream = Some(s);
                         self.retry_at = None;
                         self.link_restored();
+                        self.backoff.reset();
                     }
                     Err(e) if retryable(&e) => {
                         self.link_lost(e.to_string());
@@ -702,10 +703,14 @@ impl Actor {
                     tracing::debug!(status = %s, "room stream broke; resubscribing");
                     self.stream = None;
                     // A refusal (e.g. the room is gone) is not a lost link: the resubscription
-                    // reports it.
+                    // returns it. Either way the next attempt waits its turn, so a stream that
+                    // keeps failing cannot spin.
                     let e = crate::keys::from_status(s);
                     if retryable(&e) {
                         self.link_lost(format!("the room's stream broke: {e}"));
+                    } else {
+                        let wait = self.backoff.next_delay(jitter());
+                        self.retry_at = Some(tokio::time::Instant::now() + wait);
                     }
                 }
                 None => {

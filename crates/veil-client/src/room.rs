@@ -421,7 +421,8 @@ impl Room {
     ///
     /// # Errors
     /// [`ClientError::Mls`] (`NotSending` before this member's first epoch, or after removal);
-    /// [`ClientError::Transport`].
+    /// [`ClientError::Transport`]; [`ClientError::Reconnecting`] while the SFU session is
+    /// being reconnected (the frame is lost, as on a broken network).
     pub async fn publish_audio(
         &self,
         frame: &[u8],
@@ -442,7 +443,8 @@ impl Room {
                 Some(level),
             )?
         };
-        self.audio.0.send(&pkts).await
+        let r = self.audio.0.send(&pkts).await;
+        self.sent(r)
     }
 
     /// Publish one encoded video frame (VP8).
@@ -505,7 +507,20 @@ impl Room {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             tx.send(&mut self.session.lock(), frame, timestamp, key_frame, None)?
         };
-        self.video.0.send_layer(layer, &pkts).await
+        let r = self.video.0.send_layer(layer, &pkts).await;
+        self.sent(r)
+    }
+
+    /// A send that failed because the SFU session is being reconnected says so.
+    fn sent(&self, r: Result<(), ClientError>) -> Result<(), ClientError> {
+        match r {
+            Err(ClientError::Transport(_))
+                if self.sfu.as_ref().is_some_and(|s| !s.link().is_up()) =>
+            {
+                Err(ClientError::Reconnecting(Link::Sfu))
+            }
+            r => r,
+        }
     }
 
     /// Ask the SFU for simulcast layer `rid` of another participant's `track` (a

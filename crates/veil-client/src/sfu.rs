@@ -277,7 +277,7 @@ impl SfuSession {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .ok_or_else(|| ClientError::Unavailable("reconnecting to the SFU".into()))
+            .ok_or(ClientError::Reconnecting(crate::link::Link::Sfu))
     }
 
     /// The session's link: up, or lost and being reconnected.
@@ -297,7 +297,7 @@ impl SfuSession {
     ///
     /// # Errors
     /// [`ClientError::Transport`]; [`ClientError::Config`] for a bad index;
-    /// [`ClientError::Unavailable`] while reconnecting.
+    /// [`ClientError::Reconnecting`] while reconnecting.
     pub async fn ext_ids(&self, i: usize) -> Result<ExtIds, ClientError> {
         self.conn()?.ext_ids(i).await
     }
@@ -329,7 +329,7 @@ impl SfuSession {
     ///
     /// # Errors
     /// [`ClientError::Config`] for a bad index or a track without a mid yet;
-    /// [`ClientError::Unavailable`] while reconnecting.
+    /// [`ClientError::Reconnecting`] while reconnecting.
     pub async fn mid(&self, i: usize) -> Result<String, ClientError> {
         self.conn()?.mid(i).await
     }
@@ -339,7 +339,7 @@ impl SfuSession {
     /// over a reconnection (track names are per connection).
     ///
     /// # Errors
-    /// [`ClientError::Stopped`] when the session has ended; [`ClientError::Unavailable`]
+    /// [`ClientError::Stopped`] when the session has ended; [`ClientError::Reconnecting`]
     /// while reconnecting.
     pub async fn set_layer(&self, track: &str, rid: &str) -> Result<(), ClientError> {
         self.conn()?
