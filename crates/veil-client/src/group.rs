@@ -684,6 +684,12 @@ impl Actor {
                         self.link_restored();
                         self.backoff.reset();
                     }
+                    // Only members replay (KDS-FAN-04): refused with the token that subscribed
+                    // before, a member that resumes from its epoch was removed meanwhile.
+                    Err(ClientError::Refused {
+                        code: Code::PermissionDenied,
+                        ..
+                    }) if from.is_some() => return Err(ClientError::Removed),
                     Err(e) if retryable(&e) => {
                         self.link_lost(e.to_string());
                         self.link.failed(e.to_string());
