@@ -1,70 +1,48 @@
-//! One room's public MLS state and the commit-acceptance rules (specs/key-service.md §3-§4).
-//! Synchronous: the service calls it under the room's lock, from a blocking task. The state is
-//! an openmls `PublicGroup` over an in-memory store whose bytes are persisted with every change,
-//! so a room reloads after a restart at exactly the epoch the database acknowledged. No secret
-//! of the group is here: `PublicGroup` holds the tree's public keys and the group context only.
+//! One room's public MLS state and the rules for changing it (specs/key-service.md §3-§4, §8).
+//!
+//! Synchronous and free of I/O but for the [`Store`] it is handed: the service calls it under
+//! the room's lock, from a blocking task. The state is an openmls `PublicGroup` over an
+//! in-memory store whose bytes are persisted with every change, so a room reloads after a
+//! restart at exactly the epoch the database acknowledged (KDS-DUR-03). No secret of the group
+//! is here: `PublicGroup` holds the tree's public keys and the group context only.
+//!
+//! - [`RoomState::create`]: a room from its creator's epoch-0 GroupInfo (KDS-GI-01,
+//!   KDS-ROOM-01/02; `group_info`).
+//! - [`RoomState::check_commit`]: a commit, checked step by step in the order of §4 (one
+//!   function per check in `validate`, KDS-VAL-*, KDS-ORD-*, KDS-LIM-02, KDS-REM-03,
+//!   KDS-ROOM-02, KDS-GI-02), applied to a copy of the state.
+//! - [`RoomState::depart`]: the service's Remove proposals for members who left
+//!   (KDS-REM-01/02).
+//! - [`check_key_package`]: an uploaded KeyPackage (KDS-KP-01).
+
+mod group_info;
+mod key;
+mod key_package;
+mod snapshot;
+#[cfg(test)]
+pub(crate) mod testkit;
+mod validate;
 
 use std::collections::BTreeSet;
 
 use openmls::group::PublicGroup;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;
-use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::{OpenMlsRustCrypto, RustCrypto};
 use sha2::{Digest, Sha256};
 
+pub use key::{CIPHERSUITE, SERVICE_IDENTITY, ServiceKey};
+pub use key_package::check_key_package;
+
 use crate::error::KdsError;
 use crate::store::{Event, EventKind, RoomRecord, Store};
-
-/// The MLS cipher suite rooms must use.
-pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-
-/// The service's MLS identity as external sender.
-pub const SERVICE_IDENTITY: &[u8] = b"veil-key-service";
-
-/// The service's own key: its only private key (KDS-SEC-01).
-pub struct ServiceKey {
-    signer: SignatureKeyPair,
-}
-
-impl core::fmt::Debug for ServiceKey {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ServiceKey")
-            .field("public", &self.signer.public())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServiceKey {
-    /// Load the service's key pair from `store`, creating it on first start.
-    ///
-    /// # Errors
-    /// Storage errors; a stored key that does not parse.
-    pub fn load_or_create(store: &dyn Store) -> Result<Self, KdsError> {
-        const KEY: &str = "external_sender_key";
-        let fresh = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm())
-            .map_err(|e| KdsError::Internal(format!("key generation: {e:?}")))?;
-        let fresh = serde_json::to_vec(&fresh).map_err(|e| KdsError::Internal(e.to_string()))?;
-        let stored = store.meta_init(KEY, &fresh)?;
-        let signer = serde_json::from_slice(&stored)
-            .map_err(|e| KdsError::Storage(format!("stored service key: {e}")))?;
-        Ok(Self { signer })
-    }
-
-    /// The Ed25519 public key rooms list as external sender.
-    #[must_use]
-    pub fn public(&self) -> &[u8] {
-        self.signer.public()
-    }
-
-    fn external_sender(&self) -> ExternalSender {
-        ExternalSender::new(
-            SignaturePublicKey::from(self.signer.public().to_vec()),
-            BasicCredential::new(SERVICE_IDENTITY.to_vec()).into(),
-        )
-    }
-}
+use group_info::{public_group_from, validate_group_info, validate_new_room};
+use snapshot::{restore_storage, snapshot};
+use validate::{
+    Adds, Epoch, validate_authenticated_data, validate_committer, validate_external_sender,
+    validate_is_commit, validate_one_leaf_per_identity, validate_public_message,
+};
 
 fn parse(what: &'static str, bytes: &[u8]) -> Result<MlsMessageIn, KdsError> {
     MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| KdsError::Malformed {
@@ -84,105 +62,7 @@ fn internal(e: impl core::fmt::Debug) -> KdsError {
     KdsError::Internal(format!("{e:?}"))
 }
 
-/// Parse a GroupInfo with its ratchet tree and build the public group it describes, verifying
-/// the signer's signature and the tree (KDS-GI-01).
-fn public_group_from(
-    crypto: &RustCrypto,
-    room: &str,
-    group_info: &[u8],
-) -> Result<(PublicGroup, MemoryStorage), KdsError> {
-    let MlsMessageBodyIn::GroupInfo(vgi) = parse("group_info", group_info)?.extract() else {
-        return Err(KdsError::Malformed {
-            what: "group_info",
-            why: "not a GroupInfo message".into(),
-        });
-    };
-    check_group(room, vgi.group_id())?;
-    let tree = vgi
-        .extensions()
-        .ratchet_tree()
-        .ok_or_else(|| KdsError::Malformed {
-            what: "group_info",
-            why: "no ratchet_tree extension (create groups with use_ratchet_tree_extension)".into(),
-        })?
-        .ratchet_tree()
-        .clone();
-    let storage = MemoryStorage::default();
-    let (pg, _) = PublicGroup::from_external(crypto, &storage, tree, vgi, ProposalStore::new())
-        .map_err(|e| KdsError::Invalid(format!("group_info: {e:?}")))?;
-    Ok((pg, storage))
-}
-
-/// KDS-GI-02: `group_info` describes exactly `pg` (group context and ratchet tree, byte for
-/// byte), carries `external_pub`, and is signed by the leaf it names. `pg`'s tree was validated
-/// commit by commit, so this equals rebuilding a `PublicGroup` from the GroupInfo (KDS-GI-01)
-/// without verifying every leaf's signature again.
-fn check_group_info(
-    crypto: &RustCrypto,
-    room: &str,
-    pg: &PublicGroup,
-    group_info: &[u8],
-) -> Result<(), KdsError> {
-    let malformed = |why: &str| KdsError::Malformed {
-        what: "group_info",
-        why: why.to_owned(),
-    };
-    if group_info.is_empty() {
-        return Err(malformed(
-            "every commit must come with the new epoch's GroupInfo",
-        ));
-    }
-    let MlsMessageBodyIn::GroupInfo(vgi) = parse("group_info", group_info)?.extract() else {
-        return Err(malformed("not a GroupInfo message"));
-    };
-    check_group(room, vgi.group_id())?;
-    if vgi.group_context() != pg.group_context() {
-        return Err(KdsError::Invalid(
-            "the GroupInfo's group context is not the one the commit creates".into(),
-        ));
-    }
-    let tree = vgi
-        .extensions()
-        .ratchet_tree()
-        .ok_or_else(|| malformed("no ratchet_tree extension"))?
-        .ratchet_tree()
-        .tls_serialize_detached()
-        .map_err(internal)?;
-    let ours = pg
-        .export_ratchet_tree()
-        .tls_serialize_detached()
-        .map_err(internal)?;
-    if tree != ours {
-        return Err(KdsError::Invalid(
-            "the GroupInfo's ratchet tree is not the one the commit creates".into(),
-        ));
-    }
-    if vgi.extensions().external_pub().is_none() {
-        return Err(malformed(
-            "no external_pub extension: external joiners could not use it",
-        ));
-    }
-    // GroupInfoTBS ends with the signer's leaf index (RFC 9420 §12.4.3).
-    let tbs = vgi.unsigned_payload().map_err(internal)?;
-    let signer = tbs
-        .len()
-        .checked_sub(4)
-        .and_then(|at| tbs.get(at..))
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(u32::from_be_bytes)
-        .ok_or_else(|| malformed("truncated"))?;
-    let leaf = pg.leaf(LeafNodeIndex::new(signer)).ok_or_else(|| {
-        KdsError::Invalid(format!("the GroupInfo's signer {signer} is not a member"))
-    })?;
-    let key = OpenMlsSignaturePublicKey::from_signature_key(
-        leaf.signature_key().clone(),
-        CIPHERSUITE.signature_algorithm(),
-    );
-    vgi.verify(crypto, &key)
-        .map_err(|_| KdsError::Invalid("the GroupInfo's signature does not verify".into()))?;
-    Ok(())
-}
-
+/// The group id of a message is the room's name (KDS-VAL-01, KDS-GI-01/02).
 fn check_group(room: &str, group: &GroupId) -> Result<(), KdsError> {
     if group.as_slice() == room.as_bytes() {
         Ok(())
@@ -192,57 +72,6 @@ fn check_group(room: &str, group: &GroupId) -> Result<(), KdsError> {
             group: String::from_utf8_lossy(group.as_slice()).into_owned(),
         })
     }
-}
-
-/// The public group's storage as bytes: `count:u32` then, sorted by key, `len:u32 key len:u32
-/// value` (big-endian). Sorting makes equal states serialise equally.
-fn snapshot(storage: &MemoryStorage) -> Result<Vec<u8>, KdsError> {
-    let values = storage
-        .values
-        .read()
-        .map_err(|_| KdsError::Internal("room storage lock poisoned".into()))?;
-    let mut entries: Vec<(&Vec<u8>, &Vec<u8>)> = values.iter().collect();
-    entries.sort();
-    let len = |n: usize| u32::try_from(n).map_err(|_| KdsError::Internal("entry too big".into()));
-    let mut out = Vec::new();
-    out.extend_from_slice(&len(entries.len())?.to_be_bytes());
-    for (k, v) in entries {
-        out.extend_from_slice(&len(k.len())?.to_be_bytes());
-        out.extend_from_slice(k);
-        out.extend_from_slice(&len(v.len())?.to_be_bytes());
-        out.extend_from_slice(v);
-    }
-    Ok(out)
-}
-
-fn restore_storage(mut bytes: &[u8]) -> Result<MemoryStorage, KdsError> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], KdsError> {
-        if b.len() < n {
-            return Err(KdsError::Storage("room state is truncated".into()));
-        }
-        let (head, tail) = b.split_at(n);
-        *b = tail;
-        Ok(head)
-    }
-    fn take_len(b: &mut &[u8]) -> Result<usize, KdsError> {
-        let raw: [u8; 4] = take(b, 4)?.try_into().unwrap_or_default();
-        Ok(u32::from_be_bytes(raw) as usize)
-    }
-    let count = take_len(&mut bytes)?;
-    let mut map = std::collections::HashMap::with_capacity(count.min(1 << 16));
-    for _ in 0..count {
-        let k = take_len(&mut bytes)?;
-        let k = take(&mut bytes, k)?.to_vec();
-        let v = take_len(&mut bytes)?;
-        let v = take(&mut bytes, v)?.to_vec();
-        map.insert(k, v);
-    }
-    if !bytes.is_empty() {
-        return Err(KdsError::Storage("room state has trailing bytes".into()));
-    }
-    Ok(MemoryStorage {
-        values: std::sync::RwLock::new(map),
-    })
 }
 
 /// A commit the room accepted, not yet written.
@@ -309,9 +138,10 @@ impl core::fmt::Debug for RoomState {
 }
 
 impl RoomState {
-    /// Start tracking `room` from its creator's epoch-0 GroupInfo (KDS-ROOM-01..03): the
-    /// GroupInfo verifies, names the room, lists `key` as external sender, and its only member
-    /// is `creator`.
+    /// Start tracking `room` from its creator's epoch-0 GroupInfo: the GroupInfo verifies and
+    /// names the room (KDS-GI-01), the group is at epoch 0 in Veil's cipher suite with
+    /// `creator` as its only member (KDS-ROOM-01), and it lists `key` as external sender
+    /// (KDS-ROOM-02). One room per name (KDS-ROOM-03) is the store's to enforce.
     ///
     /// # Errors
     /// [`KdsError::Malformed`], [`KdsError::Invalid`], [`KdsError::WrongGroup`],
@@ -324,38 +154,14 @@ impl RoomState {
     ) -> Result<Self, KdsError> {
         let crypto = RustCrypto::default();
         let (pg, storage) = public_group_from(&crypto, room, group_info)?;
-        if pg.ciphersuite() != CIPHERSUITE {
-            return Err(KdsError::Invalid(format!(
-                "cipher suite {:?}; rooms use {CIPHERSUITE:?}",
-                pg.ciphersuite()
-            )));
-        }
-        let epoch = pg.group_context().epoch().as_u64();
-        if epoch != 0 {
-            return Err(KdsError::Invalid(format!(
-                "a room is created from its epoch-0 GroupInfo, this one is of epoch {epoch}"
-            )));
-        }
-        let members: Vec<Member> = pg.members().collect();
-        let [only] = members.as_slice() else {
-            return Err(KdsError::Invalid(format!(
-                "a new room has exactly one member (its creator), this GroupInfo has {}",
-                members.len()
-            )));
-        };
-        let id = identity_of(&only.credential)?;
-        if id != creator {
-            return Err(KdsError::PermissionDenied(format!(
-                "the group's creator is {id:?} but the token is for {creator:?}"
-            )));
-        }
-        let sender_index = Self::find_sender_index(&pg, key)?;
+        validate_new_room(&pg, creator)?;
+        let sender_index = validate_external_sender(&pg, key)?;
         Ok(Self {
             name: room.to_owned(),
             crypto,
+            epoch: pg.group_context().epoch().as_u64(),
             pg,
             storage,
-            epoch,
             next_seq: 1,
             group_info: group_info.to_vec(),
             sender_index,
@@ -364,21 +170,8 @@ impl RoomState {
         })
     }
 
-    fn find_sender_index(pg: &PublicGroup, key: &ServiceKey) -> Result<u32, KdsError> {
-        let ours = key.external_sender();
-        pg.group_context()
-            .extensions()
-            .external_senders()
-            .and_then(|senders| senders.iter().position(|s| *s == ours))
-            .and_then(|i| u32::try_from(i).ok())
-            .ok_or_else(|| {
-                KdsError::ExternalSenderMissing(
-                    "the group context must list the key service as external sender (GetServiceInfo gives its key and identity)".into(),
-                )
-            })
-    }
-
-    /// Reload a room from its stored record.
+    /// Reload a room from its stored record (KDS-DUR-03): the stored epoch, its queued
+    /// Remove proposals, and their members counted as departed.
     ///
     /// # Errors
     /// [`KdsError::Storage`] if the record does not parse.
@@ -387,7 +180,7 @@ impl RoomState {
         let pg = PublicGroup::load(&storage, &GroupId::from_slice(record.room.as_bytes()))
             .map_err(|e| KdsError::Storage(format!("room {}: {e:?}", record.room)))?
             .ok_or_else(|| KdsError::Storage(format!("room {} has no group state", record.room)))?;
-        let sender_index = Self::find_sender_index(&pg, key)?;
+        let sender_index = validate_external_sender(&pg, key)?;
         let proposed = pg
             .queued_proposals(&storage)
             .map_err(internal)?
@@ -490,11 +283,12 @@ impl RoomState {
         Ok((pg, storage))
     }
 
-    /// Validate a commit from `identity` against the room (KDS-ORD-*, KDS-VAL-*). Nothing
-    /// changes until the caller persists [`Accepted`] and adopts `next`.
+    /// Validate a commit from `sent.identity` against the room, running the checks of
+    /// specs/key-service.md §4 in order (the functions of `validate`, one per check). Nothing
+    /// changes until the caller persists [`Accepted`] and adopts `next` (KDS-DUR-01).
     ///
     /// # Errors
-    /// See specs/key-service.md §4 for each check and its error.
+    /// The first check that fails; see specs/key-service.md §4 for each check and its error.
     pub fn check_commit(
         &self,
         store: &dyn Store,
@@ -502,186 +296,80 @@ impl RoomState {
         sent: &SentCommit<'_>,
         max_authenticated_data: usize,
     ) -> Result<CommitOutcome, KdsError> {
-        let SentCommit {
-            identity,
-            commit,
-            welcome,
-            group_info,
-        } = *sent;
-        // KDS-VAL-01: a PublicMessage of this group.
-        let pm = parse("commit", commit)?
-            .try_into_protocol_message()
-            .map_err(|e| KdsError::Malformed {
-                what: "commit",
-                why: format!("not a handshake message: {e:?}"),
-            })?;
-        check_group(&self.name, pm.group_id())?;
-        if !matches!(pm, ProtocolMessage::PublicMessage(_)) {
-            return Err(KdsError::Invalid(
-                "commits must be PublicMessages (PURE_PLAINTEXT wire format policy) so the service can validate them".into(),
-            ));
-        }
-        // KDS-ORD-01: exactly one commit per epoch; an identical retry is acknowledged.
+        let pm = validate_public_message(&self.name, sent.commit)?;
         let message_epoch = pm.epoch().as_u64();
-        if message_epoch < self.epoch {
-            if let Some(won) = store.commit_at(&self.name, message_epoch)?
-                && won.actor == identity
-                && won.hash.as_deref() == Some(&Sha256::digest(commit)[..])
-            {
-                return Ok(CommitOutcome::Duplicate { epoch: self.epoch });
-            }
-            return Err(KdsError::StaleEpoch {
-                message_epoch,
-                room_epoch: self.epoch,
-            });
+        if self.validate_epoch(store, &pm, sent.identity, sent.commit)? == Epoch::Duplicate {
+            return Ok(CommitOutcome::Duplicate { epoch: self.epoch });
         }
-        if message_epoch > self.epoch {
-            return Err(KdsError::Invalid(format!(
-                "the commit claims epoch {message_epoch}, but the room is only at epoch {}",
-                self.epoch
-            )));
-        }
-        // KDS-VAL-02: openmls validates signature, sender, proposals and path.
-        let processed = self
-            .pg
-            .process_message(&self.crypto, pm)
-            .map_err(|e| KdsError::Invalid(format!("{e:?}")))?;
-        // KDS-LIM-02: signed bytes nobody needs are not kept in the log for every replay.
-        if processed.aad().len() > max_authenticated_data {
-            return Err(KdsError::TooLarge {
-                what: "commit authenticated_data",
-                len: processed.aad().len(),
-                cap: max_authenticated_data,
-            });
-        }
-        // KDS-VAL-03: the committer is the token's identity.
-        let committer = identity_of(processed.credential())?;
-        if committer != identity {
-            return Err(KdsError::PermissionDenied(format!(
-                "the commit is signed by {committer:?} but the token is for {identity:?}"
-            )));
-        }
-        let external = matches!(processed.sender(), Sender::NewMemberCommit);
-        let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
-            return Err(KdsError::Invalid(
-                "not a commit: members send proposals only inside commits".into(),
-            ));
-        };
-        // KDS-VAL-04: every added KeyPackage was handed out by this service for this room.
-        let mut recipients = Vec::new();
-        let mut consumed = Vec::new();
-        for add in staged.add_proposals() {
-            let kp = add.add_proposal().key_package();
-            let id = identity_of(kp.leaf_node().credential())?;
-            let hash = kp.hash_ref(&self.crypto).map_err(internal)?;
-            match store.claimed_key_package(&self.name, hash.as_slice())? {
-                Some(owner) if owner == id => {}
-                _ => {
-                    return Err(KdsError::PermissionDenied(format!(
-                        "the commit adds {id:?} with a KeyPackage this room never handed out (ClaimKeyPackage)"
-                    )));
-                }
-            }
-            consumed.push(hash.as_slice().to_vec());
-            recipients.push(id);
-        }
-        if recipients.is_empty() != welcome.is_empty() {
-            return Err(KdsError::Malformed {
-                what: "welcome",
-                why: if recipients.is_empty() {
-                    "the commit adds nobody but a Welcome was sent".into()
-                } else {
-                    "the commit adds members but no Welcome was sent".into()
-                },
-            });
-        }
-        if !welcome.is_empty() {
-            let MlsMessageBodyIn::Welcome(_) = parse("welcome", welcome)?.extract() else {
-                return Err(KdsError::Malformed {
-                    what: "welcome",
-                    why: "not a Welcome message".into(),
-                });
-            };
-        }
-        // KDS-REM-03: a member's commit carries the service's pending removals.
-        if !external {
-            let removed: BTreeSet<u32> = staged
-                .remove_proposals()
-                .map(|r| r.remove_proposal().removed().u32())
-                .collect();
-            let missing: Vec<String> = self
-                .departed
-                .iter()
-                .filter(|id| {
-                    self.leaf_of(id)
-                        .is_some_and(|l| !removed.contains(&l.u32()))
-                })
-                .cloned()
-                .collect();
-            if !missing.is_empty() {
-                return Err(KdsError::RemovalsPending(missing));
-            }
-        }
-
+        let processed = self.validate_with_openmls(pm)?;
+        validate_authenticated_data(&processed, max_authenticated_data)?;
+        let committer = validate_committer(&processed, sent.identity)?;
+        let commit = validate_is_commit(processed)?;
+        let adds = self.validate_adds(store, &commit.staged, sent.welcome)?;
+        self.validate_removals(&commit)?;
         // Apply to a copy; the room changes only after the write.
         let (mut pg, storage) = self.clone_state()?;
-        pg.merge_commit(&storage, *staged).map_err(internal)?;
-        // KDS-VAL-05: one leaf per identity.
-        let mut seen = BTreeSet::new();
-        for m in pg.members() {
-            let id = identity_of(&m.credential)?;
-            if !seen.insert(id.clone()) {
-                return Err(KdsError::StillMember(id));
-            }
-        }
-        // KDS-ROOM-02: the service stays external sender.
-        let sender_index = Self::find_sender_index(&pg, key)?;
-        // KDS-GI-02: the GroupInfo verifies and describes the new epoch.
-        check_group_info(&self.crypto, &self.name, &pg, group_info)?;
-
-        let new_epoch = pg.group_context().epoch().as_u64();
-        let mut next = Self {
+        pg.merge_commit(&storage, *commit.staged)
+            .map_err(internal)?;
+        validate_one_leaf_per_identity(&pg)?;
+        let sender_index = validate_external_sender(&pg, key)?;
+        validate_group_info(&self.crypto, &self.name, &pg, sent.group_info)?;
+        let next = Self {
             name: self.name.clone(),
             crypto: RustCrypto::default(),
+            epoch: pg.group_context().epoch().as_u64(),
             pg,
             storage,
-            epoch: new_epoch,
             next_seq: self.next_seq,
-            group_info: group_info.to_vec(),
+            group_info: sent.group_info.to_vec(),
             sender_index,
             departed: self.departed.clone(),
             proposed: BTreeSet::new(),
         };
+        next.accept(key, sent, message_epoch, committer, adds)
+            .map(|a| CommitOutcome::Accept(Box::new(a)))
+    }
+
+    /// The log entries of a commit that passed every check, `self` being the state it makes:
+    /// the commit, a Welcome per added member, and the removals still due (KDS-REM-02).
+    fn accept(
+        mut self,
+        key: &ServiceKey,
+        sent: &SentCommit<'_>,
+        message_epoch: u64,
+        committer: String,
+        adds: Adds,
+    ) -> Result<Accepted, KdsError> {
         let mut events = vec![Event {
-            seq: next.take_seq(),
+            seq: self.take_seq(),
             kind: EventKind::Commit,
             epoch: message_epoch,
             actor: committer,
             recipient: None,
-            message: commit.to_vec(),
-            hash: Some(Sha256::digest(commit).to_vec()),
+            message: sent.commit.to_vec(),
+            hash: Some(Sha256::digest(sent.commit).to_vec()),
         }];
-        for r in recipients {
+        for r in adds.recipients {
             events.push(Event {
-                seq: next.take_seq(),
+                seq: self.take_seq(),
                 kind: EventKind::Welcome,
-                epoch: new_epoch,
-                actor: identity.to_owned(),
+                epoch: self.epoch,
+                actor: sent.identity.to_owned(),
                 recipient: Some(r),
-                message: welcome.to_vec(),
+                message: sent.welcome.to_vec(),
                 hash: None,
             });
         }
         // KDS-REM-02: external proposals are bound to one epoch: re-issue the ones still due.
         let still_members: BTreeSet<String> =
-            next.members().into_iter().map(|(_, id)| id).collect();
-        next.departed.retain(|id| still_members.contains(id));
-        events.extend(next.propose_due(key)?);
-        Ok(CommitOutcome::Accept(Box::new(Accepted {
-            next,
+            self.members().into_iter().map(|(_, id)| id).collect();
+        self.departed.retain(|id| still_members.contains(id));
+        events.extend(self.propose_due(key)?);
+        Ok(Accepted {
+            next: self,
             events,
-            consumed,
-        })))
+            consumed: adds.consumed,
+        })
     }
 
     fn take_seq(&mut self) -> u64 {
@@ -703,6 +391,8 @@ impl RoomState {
         self.propose_due(key)
     }
 
+    /// KDS-REM-01/02: sign, queue and log a Remove for each departed member without one in
+    /// this epoch.
     fn propose_due(&mut self, key: &ServiceKey) -> Result<Vec<Event>, KdsError> {
         let due: Vec<(String, LeafNodeIndex)> = self
             .departed
@@ -749,35 +439,223 @@ impl RoomState {
     }
 }
 
-/// Validate an uploaded KeyPackage (KDS-KP-01): it parses, verifies, uses the room's cipher
-/// suite, and its credential is `identity`. Returns its hash reference and whether it is a
-/// last-resort KeyPackage.
-///
-/// # Errors
-/// [`KdsError::Malformed`], [`KdsError::Invalid`], [`KdsError::PermissionDenied`].
-pub fn check_key_package(bytes: &[u8], identity: &str) -> Result<(Vec<u8>, bool), KdsError> {
-    let crypto = RustCrypto::default();
-    let MlsMessageBodyIn::KeyPackage(kp) = parse("key_package", bytes)?.extract() else {
-        return Err(KdsError::Malformed {
-            what: "key_package",
-            why: "not a KeyPackage message".into(),
-        });
-    };
-    let kp = kp
-        .validate(&crypto, ProtocolVersion::Mls10)
-        .map_err(|e| KdsError::Invalid(format!("key_package: {e:?}")))?;
-    if kp.ciphersuite() != CIPHERSUITE {
-        return Err(KdsError::Invalid(format!(
-            "key_package uses {:?}; rooms use {CIPHERSUITE:?}",
-            kp.ciphersuite()
-        )));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use testkit::{Member, ROOM, Service};
+    use tonic::Code;
+
+    // --- create (KDS-ROOM-01/02, KDS-GI-01) ---------------------------------------------------
+
+    #[test]
+    fn kds_room_01_a_room_starts_from_its_creators_epoch_0_group_info() {
+        let svc = Service::new();
+        let mut alice = Member::new("alice");
+        let gi = alice.create(ROOM, &[svc.sender()]);
+        let room = RoomState::create(ROOM, &gi, "alice", &svc.key).unwrap();
+        assert_eq!(room.name(), ROOM);
+        assert_eq!(room.epoch(), 0);
+        assert_eq!(room.last_seq(), 0);
+        assert_eq!(room.group_info(), gi);
+        assert_eq!(room.members(), vec![(0, "alice".to_owned())]);
+        assert!(room.is_member("alice") && !room.is_member("bob"));
+        assert!(!room.all_departed());
     }
-    let id = identity_of(kp.leaf_node().credential())?;
-    if id != identity {
-        return Err(KdsError::PermissionDenied(format!(
-            "the KeyPackage is for {id:?} but the token is for {identity:?}"
-        )));
+
+    #[test]
+    fn kds_room_01_create_refuses_what_is_not_the_creators_new_group() {
+        let svc = Service::new();
+        let key = &svc.key;
+        let e = RoomState::create(ROOM, b"garbage", "alice", key).unwrap_err();
+        assert!(matches!(e, KdsError::Malformed { .. }), "{e}");
+        let gi = Member::new("alice").create("other", &[svc.sender()]);
+        let e = RoomState::create(ROOM, &gi, "alice", key).unwrap_err();
+        assert!(matches!(e, KdsError::WrongGroup { .. }), "{e}");
+        let gi = Member::new("alice").create(ROOM, &[svc.sender()]);
+        let e = RoomState::create(ROOM, &gi, "mallory", key).unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     }
-    let hash = kp.hash_ref(&crypto).map_err(internal)?;
-    Ok((hash.as_slice().to_vec(), kp.last_resort()))
+
+    #[test]
+    fn kds_room_02_a_group_without_the_service_as_external_sender_is_refused() {
+        let svc = Service::new();
+        let gi = Member::new("alice").create(ROOM, &[]);
+        let e = RoomState::create(ROOM, &gi, "alice", &svc.key).unwrap_err();
+        assert!(matches!(e, KdsError::ExternalSenderMissing(_)), "{e}");
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        // Another service's key is not this one's.
+        let gi = Member::new("alice").create(ROOM, &[Service::new().sender()]);
+        let e = RoomState::create(ROOM, &gi, "alice", &svc.key).unwrap_err();
+        assert!(matches!(e, KdsError::ExternalSenderMissing(_)), "{e}");
+    }
+
+    // --- check_commit ---------------------------------------------------------------------------
+
+    #[test]
+    fn an_accepted_commit_logs_the_commit_then_its_welcomes_and_changes_nothing_yet() {
+        let svc = Service::new();
+        let mut alice = Member::new("alice");
+        let room = svc.room(&mut alice);
+        let bob = Member::new("bob");
+        let add = alice.add(&[svc.claim(&bob, "alice")]);
+        let before = room.record().unwrap();
+        let Accepted { next, events, .. } = svc.accepted(&room, &add.by("alice"));
+        assert_eq!(
+            room.record().unwrap(),
+            before,
+            "the room waits for the write"
+        );
+        assert_eq!(next.epoch(), 1);
+        assert_eq!(next.last_seq(), 2);
+        assert_eq!(next.group_info(), add.group_info);
+        assert_eq!(
+            next.members(),
+            vec![(0, "alice".to_owned()), (1, "bob".to_owned())]
+        );
+        let shape: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.seq,
+                    e.kind,
+                    e.epoch,
+                    e.actor.as_str(),
+                    e.recipient.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (1, EventKind::Commit, 0, "alice", None),
+                (2, EventKind::Welcome, 1, "alice", Some("bob")),
+            ]
+        );
+        assert_eq!(events[0].message, add.commit);
+        assert_eq!(
+            events[0].hash.as_deref(),
+            Some(&Sha256::digest(&add.commit)[..])
+        );
+    }
+
+    // --- departures (KDS-REM-01/02, KDS-GC-02) ------------------------------------------------
+
+    #[test]
+    fn kds_rem_01_a_departure_is_proposed_once_per_epoch() {
+        let svc = Service::new();
+        let (mut room, mut alice, _bob) = svc.room_of_two();
+        let events = svc.depart(&mut room, "bob");
+        let shape: Vec<_> = events
+            .iter()
+            .map(|e| (e.seq, e.kind, e.epoch, e.actor.as_str()))
+            .collect();
+        assert_eq!(shape, [(3, EventKind::Proposal, 1, "bob")]);
+        // A member processes the service's Remove: it is valid MLS from the external sender.
+        alice.process(&events[0].message);
+        assert!(svc.depart(&mut room, "bob").is_empty(), "already proposed");
+        assert!(svc.depart(&mut room, "nobody").is_empty(), "not a member");
+        assert_eq!(room.last_seq(), 3);
+    }
+
+    #[test]
+    fn kds_rem_02_removals_still_due_are_proposed_again_in_the_next_epoch() {
+        let svc = Service::new();
+        let (mut room, _alice, _bob) = svc.room_of_two();
+        svc.depart(&mut room, "bob");
+        // A joiner's external commit may not carry the removal (KDS-REM-03 exempts it).
+        let join = Member::new("carol").join_external(room.group_info());
+        let Accepted { next, events, .. } = svc.accepted(&room, &join.by("carol"));
+        let shape: Vec<_> = events
+            .iter()
+            .map(|e| (e.seq, e.kind, e.epoch, e.actor.as_str()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (4, EventKind::Commit, 1, "carol"),
+                (5, EventKind::Proposal, 2, "bob"),
+            ]
+        );
+        assert_eq!(next.proposed, next.departed);
+    }
+
+    #[test]
+    fn kds_gc_02_a_room_is_over_once_every_member_departed() {
+        let svc = Service::new();
+        let (mut room, _alice, _bob) = svc.room_of_two();
+        assert!(!room.all_departed());
+        svc.depart(&mut room, "bob");
+        assert!(!room.all_departed(), "alice is still here");
+        svc.depart(&mut room, "alice");
+        assert!(room.all_departed());
+
+        let mut solo = svc_room_of_one(&svc);
+        assert!(!solo.all_departed());
+        svc.depart(&mut solo, "zoe");
+        assert!(solo.all_departed(), "a creator who never came back");
+    }
+
+    fn svc_room_of_one(svc: &Service) -> RoomState {
+        let mut zoe = Member::new("zoe");
+        let gi = zoe.create("solo", &[svc.sender()]);
+        let room = RoomState::create("solo", &gi, "zoe", &svc.key).unwrap();
+        svc.store.create_room(&room.record().unwrap()).unwrap();
+        room
+    }
+
+    // --- restore (KDS-DUR-03) -----------------------------------------------------------------
+
+    #[test]
+    fn kds_dur_03_a_restored_room_is_the_room_that_was_stored() {
+        let svc = Service::new();
+        let (mut room, mut alice, _bob) = svc.room_of_two();
+        let proposal = svc.depart(&mut room, "bob");
+
+        let stored = svc.store.room(ROOM).unwrap().unwrap();
+        assert_eq!(stored, room.record().unwrap());
+        let restored = RoomState::restore(&stored, &svc.key).unwrap();
+        assert_eq!(restored.record().unwrap(), stored);
+        assert_eq!(restored.epoch(), 1);
+        assert_eq!(restored.last_seq(), 3);
+        assert_eq!(restored.members(), room.members());
+        assert_eq!(restored.group_info(), room.group_info());
+        // The queued Remove came back with its departure.
+        assert_eq!(restored.departed, room.departed);
+        assert_eq!(restored.proposed, room.proposed);
+        let mut restored = restored;
+        assert!(
+            svc.depart(&mut restored, "bob").is_empty(),
+            "not proposed twice"
+        );
+
+        // It goes on where the old one stopped: the removal is still owed, by a commit that
+        // carries the proposal the old room sent.
+        let e = svc
+            .check(&restored, &alice.self_update().by("alice"))
+            .unwrap_err();
+        assert!(matches!(e, KdsError::RemovalsPending(_)), "{e}");
+        alice.discard();
+        alice.process(&proposal[0].message);
+        svc.commit(&mut restored, &alice.commit_pending().by("alice"));
+        assert_eq!(restored.members(), vec![(0, "alice".to_owned())]);
+        assert_eq!(restored.epoch(), 2);
+    }
+
+    #[test]
+    fn kds_dur_03_a_damaged_record_does_not_load() {
+        let svc = Service::new();
+        let mut alice = Member::new("alice");
+        let room = svc.room(&mut alice);
+        let mut rec = room.record().unwrap();
+        rec.public_state.pop();
+        let e = RoomState::restore(&rec, &svc.key).unwrap_err();
+        assert!(matches!(e, KdsError::Storage(_)), "{e}");
+        // A record of another room's name finds no group in the state.
+        let rec = RoomRecord {
+            room: "other".into(),
+            ..room.record().unwrap()
+        };
+        let e = RoomState::restore(&rec, &svc.key).unwrap_err();
+        assert!(matches!(e, KdsError::Storage(_)), "{e}");
+    }
 }
