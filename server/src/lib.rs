@@ -29,9 +29,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use veil_keys::{Config, KdsError, KeyService};
 use tokio::net::TcpListener;
 use veil_auth::{TokenKey, Verifier};
+pub use veil_keys::{Config, KdsError, KeyService};
 use veil_proto::keys::v1::key_service_server::KeyServiceServer;
 
 /// Why the server could not start or stopped.
