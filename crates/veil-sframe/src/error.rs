@@ -74,12 +74,43 @@ pub enum SframeError {
     /// A value does not fit in the bits the MLS KID layout gives it (RFC 9605 §5.2).
     #[error("{field} {value} does not fit in the {bits} bits the KID layout reserves for it")]
     KidOverflow {
-        /// `"sender index"`, `"context"` or `"layout"`.
+        /// `"sender index"` or `"context"`.
         field: &'static str,
         /// The value that did not fit.
         value: u64,
         /// Bits available.
         bits: u32,
+    },
+    /// An MLS KID layout that leaves no context bit or no epoch bit (RFC 9605 §5.2,
+    /// `specs/sframe.md` §4).
+    #[error(
+        "KID layout E = {epoch_bits}, S = {index_bits} is invalid: E must be at least 1 and \
+         E + S at most 63, so one context bit remains"
+    )]
+    InvalidKidLayout {
+        /// `E`, as passed.
+        epoch_bits: u32,
+        /// `S`, as passed.
+        index_bits: u32,
+    },
+    /// Key bytes longer than any cipher suite's key.
+    #[error(
+        "key material of {len} bytes is longer than any SFrame suite's key ({max} bytes); pass \
+         the suite's Nk bytes"
+    )]
+    KeyTooLong {
+        /// Supplied length.
+        len: usize,
+        /// The longest `AEAD.Nk` of any suite.
+        max: usize,
+    },
+    /// A payload range whose start lies after its end.
+    #[error("payload range {start}..{end} is reversed; pass start <= end")]
+    InvalidPayloadRange {
+        /// Range start.
+        start: usize,
+        /// Range end.
+        end: usize,
     },
     /// The caller's output buffer is too small.
     #[error("buffer too small for the SFrame {what}: need {needed} bytes, have {got}")]

@@ -64,7 +64,7 @@ fn expand_with(
     let n = label(SALT_LABEL, kid, suite, &mut lbl);
     expand(&lbl[..n], &mut salt[..])
         .map_err(|_| SframeError::Backend("HKDF-Expand rejected the salt length"))?;
-    Ok(KeyMaterial::new(&key[..suite.key_len()], &salt))
+    KeyMaterial::new(&key[..suite.key_len()], &salt)
 }
 
 /// Derive `sframe_key` and `sframe_salt` for `kid` from `base_key` (RFC 9605 §4.4.2, SF-KDF-01).
@@ -132,16 +132,18 @@ pub struct MlsKidLayout {
 
 impl MlsKidLayout {
     /// A layout with `epoch_bits` (E) and `index_bits` (S). At least one bit must remain for
-    /// the context, and E must be at least 1 so consecutive epochs get distinct KIDs.
+    /// the context, and E must be at least 1 so consecutive epochs get distinct KIDs
+    /// (`specs/sframe.md` §4: `1 <= E` and `E + S <= 63`).
     ///
     /// # Errors
-    /// [`SframeError::KidOverflow`] with field `"layout"` if `E + S > 63` or `E == 0`.
+    /// [`SframeError::InvalidKidLayout`] if `E + S > 63` or `E == 0`. Any pair of `u32`s is
+    /// accepted as input: the sum is taken in 64 bits, so it cannot overflow.
     pub const fn new(epoch_bits: u32, index_bits: u32) -> Result<Self> {
-        if epoch_bits == 0 || epoch_bits + index_bits > 63 {
-            return Err(SframeError::KidOverflow {
-                field: "layout",
-                value: (epoch_bits + index_bits) as u64,
-                bits: 63,
+        // Widen before adding: `u32::MAX + 1` must be refused, not wrap to a small layout.
+        if epoch_bits == 0 || epoch_bits as u64 + index_bits as u64 > 63 {
+            return Err(SframeError::InvalidKidLayout {
+                epoch_bits,
+                index_bits,
             });
         }
         Ok(Self {
@@ -304,5 +306,47 @@ mod tests {
         assert_ne!(k0, k1);
         assert_ne!(m0, m1);
         assert!(mls_sender_key(suite, &[0u8; 15], l, 0, 0, 5).is_err());
+    }
+
+    // Caller input never panics (issue 19): every (E, S) pair is accepted or refused with a
+    // typed error, and the layouts that were valid before pack and split as before.
+    proptest::proptest! {
+        #[test]
+        fn any_layout_is_accepted_or_refused_without_panicking(e: u32, s: u32) {
+            let got = MlsKidLayout::new(e, s);
+            let valid = e >= 1 && u64::from(e) + u64::from(s) <= 63;
+            proptest::prop_assert_eq!(got.is_ok(), valid);
+            if !valid {
+                proptest::prop_assert_eq!(
+                    got,
+                    Err(SframeError::InvalidKidLayout { epoch_bits: e, index_bits: s })
+                );
+            }
+        }
+
+        #[test]
+        fn valid_layouts_pack_and_split(
+            e in 1u32..=63,
+            s in 0u32..=62,
+            ctx: u64,
+            idx: u32,
+            epoch: u64,
+        ) {
+            proptest::prop_assume!(e + s <= 63);
+            let l = MlsKidLayout::new(e, s).unwrap();
+            let (ctx, idx) = (ctx >> (e + s), if s >= 32 { idx } else { idx & ((1 << s) - 1) });
+            let kid = l.kid(ctx, idx, epoch).unwrap();
+            proptest::prop_assert_eq!(
+                l.split(kid),
+                (ctx, u64::from(idx), epoch & ((1 << e) - 1))
+            );
+        }
+
+        #[test]
+        fn any_group_size_gets_a_layout_or_an_error(e: u32, n: u64) {
+            if let Ok(l) = MlsKidLayout::for_group(e, n) {
+                proptest::prop_assert!(u128::from(n) <= 1u128 << l.index_bits());
+            }
+        }
     }
 }

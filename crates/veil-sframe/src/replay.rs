@@ -180,4 +180,22 @@ mod tests {
             Err(SframeError::TooOld { .. })
         ));
     }
+
+    // Caller input never panics (issue 19): any size is clamped to 1..=128 (specs/sframe.md
+    // §5), and a window of a valid size refuses replays as before.
+    proptest::proptest! {
+        #[test]
+        fn any_size_is_clamped_and_the_window_works(
+            size: u32,
+            ctrs in proptest::collection::vec(proptest::num::u64::ANY, 1..64),
+        ) {
+            let mut w = ReplayWindow::new(size);
+            proptest::prop_assert_eq!(w.size(), size.clamp(1, MAX_REPLAY_WINDOW));
+            for c in ctrs {
+                if accept(&mut w, c).is_ok() {
+                    proptest::prop_assert!(w.check(1, c).is_err());
+                }
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::error::{Result, SframeError};
 use crate::suite::NONCE_LEN;
 
 /// Longest `sframe_key` of any suite (CTR-HMAC: 16 + 32 bytes).
@@ -74,19 +75,26 @@ pub struct KeyMaterial {
 }
 
 impl KeyMaterial {
-    /// Key material from raw bytes (e.g. a known-answer test). `key` must be at most 48 bytes.
+    /// Key material from raw bytes (e.g. a known-answer test). `key` must be at most 48 bytes,
+    /// the longest `AEAD.Nk` of any suite (`specs/sframe.md` §2); whether it fits a given suite
+    /// is checked when a key is built from it.
     ///
-    /// # Panics
-    /// If `key` is longer than 48 bytes, the longest `AEAD.Nk` of any suite.
-    #[must_use]
-    pub fn new(key: &[u8], salt: &[u8; NONCE_LEN]) -> Self {
+    /// # Errors
+    /// [`SframeError::KeyTooLong`] if `key` is longer than 48 bytes.
+    pub fn new(key: &[u8], salt: &[u8; NONCE_LEN]) -> Result<Self> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(SframeError::KeyTooLong {
+                len: key.len(),
+                max: MAX_KEY_LEN,
+            });
+        }
         let mut m = Self {
             key: [0u8; MAX_KEY_LEN],
             key_len: key.len(),
             salt: *salt,
         };
         m.key[..key.len()].copy_from_slice(key);
-        m
+        Ok(m)
     }
 
     /// `sframe_key` (`AEAD.Nk` bytes). Secret.
@@ -125,7 +133,7 @@ mod tests {
         let d = format!("{s:?}");
         assert!(!d.to_lowercase().contains("ab"), "{d}");
         assert!(d.contains("16 bytes"));
-        let m = KeyMaterial::new(&[0xCD; 16], &[0xEF; 12]);
+        let m = KeyMaterial::new(&[0xCD; 16], &[0xEF; 12]).unwrap();
         let d = format!("{m:?}");
         assert!(
             !d.to_lowercase().contains("cd") && !d.to_lowercase().contains("ef"),
@@ -138,5 +146,24 @@ mod tests {
         assert_eq!(Secret::from_slice(b"abc"), Secret::from_slice(b"abc"));
         assert_ne!(Secret::from_slice(b"abc"), Secret::from_slice(b"abd"));
         assert_ne!(Secret::from_slice(b"abc"), Secret::from_slice(b"abcd"));
+    }
+
+    // Caller input never panics (issue 19): a key longer than 48 bytes is a typed error.
+    proptest::proptest! {
+        #[test]
+        fn key_material_of_any_length_is_accepted_or_refused(
+            key in proptest::collection::vec(proptest::num::u8::ANY, 0..100),
+        ) {
+            match KeyMaterial::new(&key, &[1; NONCE_LEN]) {
+                Ok(m) => {
+                    proptest::prop_assert!(key.len() <= MAX_KEY_LEN);
+                    proptest::prop_assert_eq!(m.key(), &key[..]);
+                }
+                Err(e) => proptest::prop_assert_eq!(
+                    e,
+                    SframeError::KeyTooLong { len: key.len(), max: MAX_KEY_LEN }
+                ),
+            }
+        }
     }
 }

@@ -155,8 +155,9 @@ impl SenderKey {
     /// `tag_len` bytes beyond the (possibly moved) payload.
     ///
     /// # Errors
-    /// [`SframeError::BufferTooSmall`], [`SframeError::CounterExhausted`],
-    /// [`SframeError::MetadataTooLarge`].
+    /// [`SframeError::BufferTooSmall`] (also for a range beyond `buf`),
+    /// [`SframeError::InvalidPayloadRange`] for a reversed range,
+    /// [`SframeError::CounterExhausted`], [`SframeError::MetadataTooLarge`].
     pub fn encrypt_in_place(
         &mut self,
         metadata: &[u8],
@@ -166,9 +167,20 @@ impl SenderKey {
         let tag_len = self.suite.tag_len();
         let header = SframeHeader::new(self.kid, self.next_ctr);
         let hlen = header.encoded_len();
-        let pt_len = payload.len();
+        if payload.start > payload.end {
+            return Err(SframeError::InvalidPayloadRange {
+                start: payload.start,
+                end: payload.end,
+            });
+        }
+        let pt_len = payload.end - payload.start;
         let start = payload.start.saturating_sub(hlen);
-        let end = start + hlen + pt_len + tag_len;
+        // `start + hlen` is at most `max(payload.start, hlen)`; the rest may overflow for a
+        // range near `usize::MAX`, which no buffer can hold anyway.
+        let end = (start + hlen)
+            .checked_add(pt_len)
+            .and_then(|e| e.checked_add(tag_len))
+            .unwrap_or(usize::MAX);
         if payload.end > buf.len() || end > buf.len() {
             return Err(SframeError::BufferTooSmall {
                 what: "encrypted frame",
@@ -195,5 +207,49 @@ impl SenderKey {
             tag,
         )?;
         Ok(start..end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KeyStore;
+
+    fn pair() -> (SenderKey, KeyStore) {
+        let suite = CipherSuite::AesGcm128Sha256;
+        let tx = SenderKey::from_base_key(suite, 7, b"base").unwrap();
+        let mut rx = KeyStore::new();
+        rx.insert_base_key(suite, 7, b"base").unwrap();
+        (tx, rx)
+    }
+
+    // Caller input never panics (issue 19): any payload range, reversed or beyond the buffer
+    // or near `usize::MAX`, is encrypted or refused with a typed error, and a frame encrypted
+    // from a valid range decrypts to the plaintext.
+    proptest::proptest! {
+        #[test]
+        fn any_payload_range_is_encrypted_or_refused(
+            len in 0usize..200,
+            start in proptest::prop_oneof![0usize..220, proptest::num::usize::ANY],
+            end in proptest::prop_oneof![0usize..220, proptest::num::usize::ANY],
+        ) {
+            let (mut tx, mut rx) = pair();
+            let mut buf: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let before = buf.clone();
+            match tx.encrypt_in_place(b"m", &mut buf, start..end) {
+                Ok(frame) => {
+                    let d = rx.decrypt_in_place(b"m", &mut buf[frame]).unwrap();
+                    proptest::prop_assert_eq!(&*d.plaintext, &before[start..end]);
+                }
+                Err(e) => proptest::prop_assert!(
+                    matches!(
+                        e,
+                        SframeError::BufferTooSmall { .. }
+                            | SframeError::InvalidPayloadRange { .. }
+                    ),
+                    "{e:?}"
+                ),
+            }
+        }
     }
 }

@@ -81,7 +81,8 @@ impl KeyStore {
         }
     }
 
-    /// Use a replay window of `size` counters (1..=128) for keys inserted from now on.
+    /// Use a replay window of `size` counters for keys inserted from now on; any `size` is
+    /// clamped to 1..=128 (`specs/sframe.md` §5), as [`ReplayWindow::new`] does.
     #[must_use]
     pub fn with_replay_window(mut self, size: u32) -> Self {
         self.replay_window = size;
@@ -291,5 +292,30 @@ impl KeyStore {
         let hlen = header.encoded_len();
         out.copy_within(hlen..hlen + len, 0);
         Ok((header, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sender::SenderKey;
+
+    // Caller input never panics (issue 19): any window size is clamped to 1..=128, and frames
+    // still decrypt once and only once.
+    proptest::proptest! {
+        #[test]
+        fn any_replay_window_size_decrypts_each_frame_once(size: u32, frames in 1usize..20) {
+            let suite = CipherSuite::AesGcm128Sha256;
+            let mut tx = SenderKey::from_base_key(suite, 3, b"base").unwrap();
+            let mut rx = KeyStore::new().with_replay_window(size);
+            rx.insert_base_key(suite, 3, b"base").unwrap();
+            for _ in 0..frames {
+                let mut out = [0u8; 64];
+                let n = tx.encrypt(b"", b"frame", &mut out).unwrap();
+                let mut again = out;
+                proptest::prop_assert!(rx.decrypt_in_place(b"", &mut out[..n]).is_ok());
+                proptest::prop_assert!(rx.decrypt_in_place(b"", &mut again[..n]).is_err());
+            }
+        }
     }
 }

@@ -92,7 +92,7 @@ fn all_5_sframe_vectors_derive_encrypt_and_decrypt() {
         let want_salt: [u8; 12] = hex_field(c, "sframe_salt").try_into().unwrap();
         assert_eq!(
             m,
-            KeyMaterial::new(&hex_field(c, "sframe_key"), &want_salt),
+            KeyMaterial::new(&hex_field(c, "sframe_key"), &want_salt).unwrap(),
             "{suite}"
         );
         assert_eq!(
