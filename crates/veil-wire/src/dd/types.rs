@@ -57,11 +57,20 @@ impl<T: Copy + Default, const N: usize> Default for SmallList<T, N> {
 }
 
 impl<T: Copy + Default, const N: usize> SmallList<T, N> {
+    /// Most items a list can hold: `N`, but never more than 255 (the length is a `u8`).
+    pub const CAPACITY: usize = if N < 255 { N } else { 255 };
+
     /// A list holding `items`.
     ///
     /// # Errors
-    /// [`WireError::InvalidArgument`] if more than `N` items are given.
+    /// [`WireError::InvalidArgument`] if more than [`CAPACITY`](Self::CAPACITY) items are given.
     pub fn from_slice(items: &[T]) -> Result<Self> {
+        if items.len() > Self::CAPACITY {
+            return Err(WireError::InvalidArgument {
+                what: "dependency descriptor list",
+                reason: "more items than the list holds (32 DTIs or chains, 16 fdiffs)",
+            });
+        }
         let mut l = Self::default();
         for &i in items {
             l.push(i)?;
@@ -70,7 +79,7 @@ impl<T: Copy + Default, const N: usize> SmallList<T, N> {
     }
 
     pub(crate) fn push(&mut self, v: T) -> Result<()> {
-        if usize::from(self.len) >= N {
+        if usize::from(self.len) >= Self::CAPACITY {
             return Err(WireError::Malformed {
                 what: "dependency descriptor",
                 reason: "more entries than Veil's bound for this list",
@@ -174,17 +183,23 @@ impl TemplateStructure {
         }
     }
 
-    /// The template id of template index `i`.
+    /// The template id of template index `i` (ids are 6 bits and wrap; the offset is taken
+    /// mod 64 too, as the wire carries only its low 6 bits).
     #[must_use]
     pub fn template_id(&self, index: usize) -> u8 {
-        ((usize::from(self.template_id_offset) + index) % MAX_TEMPLATES) as u8
+        let offset = usize::from(self.template_id_offset) % MAX_TEMPLATES;
+        ((offset + index % MAX_TEMPLATES) % MAX_TEMPLATES) as u8
     }
 
-    /// The template index of template id `id`, if the structure has it.
+    /// The template index of template id `id`, if the structure has it. Ids of 64 and above
+    /// are never valid (6-bit ids, RTP-DD-04).
     #[must_use]
     pub fn template_index(&self, id: u8) -> Option<usize> {
-        let idx = (usize::from(id) + MAX_TEMPLATES - usize::from(self.template_id_offset))
-            % MAX_TEMPLATES;
+        if usize::from(id) >= MAX_TEMPLATES {
+            return None;
+        }
+        let offset = usize::from(self.template_id_offset) % MAX_TEMPLATES;
+        let idx = (usize::from(id) + MAX_TEMPLATES - offset) % MAX_TEMPLATES;
         (idx < self.templates.len()).then_some(idx)
     }
 
@@ -305,5 +320,62 @@ impl TemplateStructure {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::dd::DependencyDescriptor;
+
+    // Caller input never panics (issue 19): lists refuse more items than they hold with
+    // `InvalidArgument`; any template id or offset (a caller-built structure may carry one
+    // above 63) maps to a template or to `None`, and ids round-trip for valid structures.
+    proptest! {
+        #[test]
+        fn lists_of_any_length(n in 0usize..300) {
+            let items = vec![7u16; n];
+            match Fdiffs::from_slice(&items) {
+                Ok(l) => prop_assert_eq!(l.as_slice(), &items[..]),
+                Err(e) => {
+                    prop_assert!(n > MAX_FDIFFS);
+                    prop_assert!(matches!(e, WireError::InvalidArgument { .. }), "{e:?}");
+                }
+            }
+            let big = vec![1u8; n];
+            match SmallList::<u8, 300>::from_slice(&big) {
+                Ok(l) => prop_assert_eq!(l.len(), n),
+                Err(_) => prop_assert!(n > 255),
+            }
+        }
+
+        #[test]
+        fn any_template_id_and_offset(
+            offset: u8,
+            count in 1usize..=MAX_TEMPLATES,
+            id: u8,
+            index: usize,
+        ) {
+            let mut s = TemplateStructure::single_layer(64, 64, 1);
+            s.templates = vec![s.templates[0]; count];
+            s.template_id_offset = offset;
+            let _ = s.template_id(index);
+            if let Some(i) = s.template_index(id) {
+                prop_assert!(id < 64 && i < count);
+                prop_assert_eq!(s.template_id(i), id);
+            }
+            let s = Arc::new(s);
+            let d = DependencyDescriptor::new(true, true, id, 1, &s);
+            prop_assert_eq!(d.is_ok(), s.template_index(id).is_some());
+            if offset < 64 {
+                for i in 0..count {
+                    prop_assert_eq!(s.template_index(s.template_id(i)), Some(i));
+                }
+            }
+        }
     }
 }

@@ -279,3 +279,109 @@ impl<'a> Iterator for Fragments<'a> {
 }
 
 impl ExactSizeIterator for Fragments<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn format() -> impl Strategy<Value = PacketFormat> {
+        prop_oneof![
+            Just(PacketFormat::Vp8),
+            Just(PacketFormat::Opus),
+            Just(PacketFormat::Sframe)
+        ]
+    }
+
+    fn push_all(r: &mut Reassembler, p: &Packetizer, frame: &[u8], ts: u32) -> Result<usize> {
+        let vp8 = Vp8Descriptor::default();
+        let mut buf = vec![0u8; 4096];
+        let frags = p.packetize(frame, Some(&vp8))?;
+        let n = frags.len();
+        for (i, f) in frags.enumerate() {
+            let len = f.write_to(&mut buf)?;
+            let _ = r.push(RtpIn {
+                seq: ts as u16 * 64 + i as u16,
+                timestamp: ts,
+                marker: f.marker,
+                payload: &buf[..len],
+                start: None,
+                end: None,
+            });
+        }
+        Ok(n)
+    }
+
+    // Caller input never panics (issue 19): any payload budget is accepted or refused with
+    // `InvalidArgument` (RTP-PKT-01, specs/rtp.md), any frame cap is honoured, and what a valid
+    // packetizer splits comes back whole.
+    proptest! {
+        #[test]
+        fn any_payload_budget_and_frame_cap(
+            fmt in format(),
+            max_payload in prop_oneof![0usize..64, 64usize..1500, Just(usize::MAX)],
+            max_frame in prop_oneof![0usize..4096, Just(usize::MAX)],
+            len in 0usize..3000,
+        ) {
+            let min = match fmt {
+                PacketFormat::Vp8 => MAX_VP8_DESCRIPTOR_LEN + 1,
+                PacketFormat::Opus => 1,
+                PacketFormat::Sframe => 2,
+            };
+            let p = match Packetizer::new(fmt, max_payload) {
+                Ok(p) => p.with_max_frame(max_frame),
+                Err(e) => {
+                    prop_assert!(max_payload < min);
+                    prop_assert!(matches!(e, WireError::InvalidArgument { .. }), "{e:?}");
+                    return Ok(());
+                }
+            };
+            let frame: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut r = Reassembler::new(fmt);
+            match push_all(&mut r, &p, &frame, 1) {
+                Ok(_) => match r.poll() {
+                    Some(Output::Complete(f)) => prop_assert_eq!(f.data, frame),
+                    other => prop_assert!(false, "{other:?}"),
+                },
+                Err(e) => {
+                    prop_assert!(matches!(e, WireError::InvalidArgument { .. }), "{e:?}");
+                    prop_assert!(
+                        len > max_frame || (fmt == PacketFormat::Opus && len > max_payload)
+                    );
+                }
+            }
+        }
+
+        // Any bounds (zero, huge) are safe; generous bounds still deliver every frame.
+        #[test]
+        fn any_reassembler_bounds(
+            max_pending_frames in prop_oneof![0usize..4, Just(usize::MAX)],
+            max_frame_bytes in prop_oneof![0usize..2000, Just(usize::MAX)],
+            max_packets_per_frame in prop_oneof![0usize..4, Just(usize::MAX)],
+            reorder_window in prop_oneof![0u64..4, Just(u64::MAX)],
+            lens in proptest::collection::vec(0usize..2500, 1..6),
+        ) {
+            let cfg = ReassemblerConfig {
+                max_pending_frames,
+                max_frame_bytes,
+                max_packets_per_frame,
+                reorder_window,
+            };
+            let p = Packetizer::new(PacketFormat::Sframe, 1000).unwrap();
+            let mut r = Reassembler::with_config(PacketFormat::Sframe, cfg);
+            let generous = max_frame_bytes == usize::MAX
+                && max_packets_per_frame == usize::MAX
+                && max_pending_frames > 0;
+            for (i, len) in lens.iter().enumerate() {
+                push_all(&mut r, &p, &vec![9u8; *len], i as u32).unwrap();
+                match r.poll() {
+                    Some(Output::Complete(f)) => prop_assert_eq!(f.data.len(), *len),
+                    other => prop_assert!(!generous, "{other:?}"),
+                }
+                while r.poll().is_some() {}
+            }
+            r.flush();
+        }
+    }
+}
