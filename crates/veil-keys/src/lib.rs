@@ -1,5 +1,4 @@
-//! `veil-keys`: Veil's key-distribution service, the MLS Delivery Service and Authentication
-//! Service of a call (specs/key-service.md).
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
