@@ -37,11 +37,12 @@ pub struct KeyConfig {
     pub context: u64,
     /// Previous epochs whose keys are kept (default 3).
     pub max_retained_epochs: usize,
-    /// How long a previous epoch's keys are kept after the next epoch is installed (default 2 s).
+    /// How long a previous epoch's keys are kept after the next epoch is installed (default 2 s;
+    /// the deadline saturates, so `Duration::MAX` leaves only `max_retained_epochs`).
     pub retention: Duration,
-    /// Frames held for an epoch not yet known (default 256).
+    /// Frames held for an epoch not yet known (default 256; 0 holds none).
     pub max_held_frames: usize,
-    /// Bytes held for an epoch not yet known (default 4 MiB).
+    /// Bytes held for an epoch not yet known (default 4 MiB); a larger frame is not held.
     pub max_held_bytes: usize,
     /// How long a frame is held before it is dropped (default 2 s).
     pub max_hold: Duration,
@@ -67,10 +68,16 @@ impl KeyConfig {
     /// The KID layout of this configuration.
     ///
     /// # Errors
-    /// [`MlsError::Config`] if `E + S` leaves no context bit or `E` is 0.
+    /// [`MlsError::Config`] if `E + S` leaves no context bit or `E` is 0, or `context` does
+    /// not fit the bits the layout leaves for it (`specs/key-schedule.md` §1).
     pub fn layout(&self) -> Result<MlsKidLayout, MlsError> {
-        MlsKidLayout::new(self.epoch_bits, self.index_bits)
-            .map_err(|e| MlsError::Config(e.to_string()))
+        let layout = MlsKidLayout::new(self.epoch_bits, self.index_bits)
+            .map_err(|e| MlsError::Config(e.to_string()))?;
+        // Checked here, once, rather than at the first epoch.
+        layout
+            .kid(self.context, 0, 0)
+            .map_err(|e| MlsError::Config(e.to_string()))?;
+        Ok(layout)
     }
 }
 
@@ -270,13 +277,15 @@ impl EpochKeys {
         }
         // The previous epoch becomes retained, with a deadline (MLS-KEY-02).
         if let Some((old, kids)) = self.current.take() {
+            // Saturating: a `retention` of `Duration::MAX` means "until the count bound".
+            let deadline = now.saturating_add(self.cfg.retention);
             for &kid in &kids {
-                self.store.set_expiry(kid, now + self.cfg.retention);
+                self.store.set_expiry(kid, deadline);
             }
             self.retained.push_back(Retained {
                 epoch: old,
                 kids,
-                deadline: now + self.cfg.retention,
+                deadline,
             });
         }
         let kids = self.store.insert_mls_epoch(
@@ -436,17 +445,22 @@ impl EpochKeys {
         self.expire(now);
         let kid = SframeHeader::parse(buf).map_err(SframeError::from)?.0.kid;
         let (ctx, idx, bits) = self.layout.split(kid);
+        let size = buf.len().saturating_add(metadata.len());
         if !self.removed
             && !self.store.contains(kid)
             && ctx == self.cfg.context
             && self.is_ahead(bits)
+            // A frame the bounds could never hold (0 frames, or larger than the byte bound)
+            // is not held; it fails below as an unknown KID.
+            && self.cfg.max_held_frames > 0
+            && size <= self.cfg.max_held_bytes
         {
-            if self.held.len() >= self.cfg.max_held_frames
-                || self.held_bytes + buf.len() + metadata.len() > self.cfg.max_held_bytes
+            while self.held.len() >= self.cfg.max_held_frames
+                || self.held_bytes + size > self.cfg.max_held_bytes
             {
                 self.drop_oldest_held();
             }
-            self.held_bytes += buf.len() + metadata.len();
+            self.held_bytes += size;
             self.held.push_back(HeldFrame {
                 frame: buf.to_vec(),
                 metadata: metadata.to_vec(),
@@ -617,5 +631,63 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    // Caller input never panics (issue 19): any KeyConfig is refused with `MlsError::Config`
+    // or runs (specs/key-schedule.md §2, §5); a valid one still holds and releases frames,
+    // within its bounds.
+    proptest::proptest! {
+        #[test]
+        fn any_key_config_is_refused_or_runs(
+            epoch_bits in proptest::prop_oneof![0u32..12, proptest::num::u32::ANY],
+            index_bits in proptest::prop_oneof![0u32..64, proptest::num::u32::ANY],
+            context in proptest::prop_oneof![0u64..4, proptest::num::u64::ANY],
+            max_retained_epochs in proptest::prop_oneof![0usize..4, proptest::strategy::Just(usize::MAX)],
+            retention in proptest::prop_oneof![
+                proptest::strategy::Just(Duration::ZERO),
+                proptest::strategy::Just(Duration::MAX)
+            ],
+            max_held_frames in proptest::prop_oneof![0usize..3, proptest::strategy::Just(usize::MAX)],
+            max_held_bytes in proptest::prop_oneof![0usize..200, proptest::strategy::Just(usize::MAX)],
+        ) {
+            let cfg = KeyConfig {
+                epoch_bits,
+                index_bits,
+                context,
+                max_retained_epochs,
+                retention,
+                max_held_frames,
+                max_held_bytes,
+                max_hold: Duration::MAX,
+                ..KeyConfig::default()
+            };
+            let Ok(mut k) = EpochKeys::new(cfg) else {
+                let sum = u64::from(epoch_bits) + u64::from(index_bits);
+                proptest::prop_assert!(
+                    epoch_bits == 0 || sum > 63 || context >> (64 - sum) != 0
+                );
+                return Ok(());
+            };
+            let layout = cfg.layout().unwrap();
+            let seal_at = |epoch: u64| {
+                let (kid, m) =
+                    mls_sender_key(cfg.suite, &SECRET_B, layout, context, 0, epoch).unwrap();
+                seal(&mut SenderKey::new(cfg.suite, kid, &m, default_backend()).unwrap(), b"f")
+            };
+            let now = Duration::from_secs(1);
+            k.install_epoch(0, &SECRET_A, &[0], Some(0), now).unwrap();
+            // Epoch 1 is ahead by one only if the epoch space has more than two values.
+            let mut early = seal_at(1);
+            let held = matches!(
+                k.decrypt_in_place(b"", &mut early, now),
+                Ok(Received::Held)
+            );
+            proptest::prop_assert!(k.held_frames() <= max_held_frames);
+            let released = k.install_epoch(1, &SECRET_B, &[0], Some(0), now).unwrap();
+            proptest::prop_assert_eq!(released.len(), usize::from(held));
+            k.install_epoch(2, &SECRET_A, &[0], Some(0), now.saturating_add(retention))
+                .unwrap();
+            k.expire(Duration::MAX);
+        }
     }
 }
