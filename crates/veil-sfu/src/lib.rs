@@ -10,6 +10,6 @@ pub mod shell;
 
 pub use error::SfuError;
 pub use shell::{
-    IceCandidate, LeaveReason, Permissions, RoomEvent, Session, Sfu, SfuConfig, SignalEvent, Tap,
-    TappedPacket, TrackInfo,
+    IceCandidate, LeaveReason, MAX_QUEUE, Permissions, RoomEvent, Session, Sfu, SfuConfig,
+    SignalEvent, Tap, TappedPacket, TrackInfo,
 };

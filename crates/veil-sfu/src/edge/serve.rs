@@ -31,7 +31,7 @@ use crate::grpc::Backend;
 use crate::shell::metrics::Reason;
 use crate::shell::{
     IceCandidate, LeaveReason, Metrics, Permissions, RoomEvent, Session, SfuConfig, SignalEvent,
-    TrackInfo,
+    TrackInfo, queue_len,
 };
 
 /// Datagrams read in one turn before the thread looks at commands and timers again.
@@ -386,7 +386,7 @@ impl Driver {
         let (c, answer) = self
             .rooms
             .join(now, &room, &identity, offer, permissions.publish)?;
-        let (tx, events) = mpsc::channel(self.config.event_queue.max(1));
+        let (tx, events) = mpsc::channel(queue_len(self.config.event_queue));
         let others: Vec<ConnId> = self.in_room(&room).collect();
         self.people.insert(
             c,

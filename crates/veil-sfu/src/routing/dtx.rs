@@ -231,3 +231,41 @@ mod tests {
         assert_eq!(count("talk"), 2);
     }
 }
+
+// Caller input never panics (issue 19): any value the constructor takes, however far out
+// of range, gives a working object; ordinary values behave as the unit tests above show.
+#[cfg(test)]
+mod caller_input {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..10_000).prop_map(Duration::from_millis)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_threshold_hangover_and_clock_rate(
+            silence_level: u8,
+            hangover in any_duration(),
+            clock_rate: u32,
+            packets in proptest::collection::vec(
+                (any::<bool>(), any::<u8>(), any::<u16>(), any::<u32>()),
+                1..40,
+            ),
+        ) {
+            let mut g = SilenceGate::new(Dtx { silence_level, hangover });
+            for (voice, level, seq, ts) in packets {
+                let level = AudioLevel { voice, level };
+                let dropped = g.drop_packet(7, Some(level), seq, ts, clock_rate);
+                // Voice, or anything louder than the threshold, is never dropped (SFU-DTX-02).
+                prop_assert!(!dropped || !(voice || level.level < silence_level));
+            }
+        }
+    }
+}

@@ -74,3 +74,23 @@ impl ExtMap {
         Ok(write_block(&els[..n], out)?)
     }
 }
+
+// Caller input never panics (issue 19): any list of id pairs, duplicates included, builds a
+// map; the last pair for an id wins.
+#[cfg(test)]
+mod caller_input {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_pairs(pairs in proptest::collection::vec(any::<(u8, u8)>(), 0..300)) {
+            let m = ExtMap::new(&pairs);
+            for (from, _) in &pairs {
+                let last = pairs.iter().rev().find(|p| p.0 == *from).map(|p| p.1);
+                prop_assert_eq!(m.map_id(*from), last);
+            }
+        }
+    }
+}

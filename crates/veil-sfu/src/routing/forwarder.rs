@@ -335,3 +335,43 @@ mod tests {
         );
     }
 }
+
+// Caller input never panics (issue 19): any value the constructor takes, however far out
+// of range, gives a working object; ordinary values behave as the unit tests above show.
+#[cfg(test)]
+mod caller_input {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..10_000).prop_map(Duration::from_millis)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_clock_rate_and_gap(
+            out_ssrc: u32,
+            clock_rate: u32,
+            packets in proptest::collection::vec(
+                (0u8..3, any::<u16>(), any::<u32>(), any_duration()),
+                1..40,
+            ),
+        ) {
+            let mut f = LayerForwarder::new(out_ssrc, clock_rate);
+            for (i, (layer, seq, ts, now)) in packets.into_iter().enumerate() {
+                f.set_target(Some(layer));
+                if let Decision::Forward { ssrc, .. } = f.on_packet(layer, seq, ts, None, now) {
+                    prop_assert_eq!(ssrc, out_ssrc);
+                }
+                if i % 5 == 4 {
+                    f.skip(layer, seq);
+                }
+            }
+        }
+    }
+}

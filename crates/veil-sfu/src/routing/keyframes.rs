@@ -109,3 +109,37 @@ mod tests {
         assert!(k.request(2, 500 * MS));
     }
 }
+
+// Caller input never panics (issue 19): any value the constructor takes, however far out
+// of range, gives a working object; ordinary values behave as the unit tests above show.
+#[cfg(test)]
+mod caller_input {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..10_000).prop_map(Duration::from_millis)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_min_interval(
+            min_interval in any_duration(),
+            asks in proptest::collection::vec((0u32..3, any_duration()), 1..40),
+        ) {
+            let mut k = KeyFrameRequests::new(min_interval);
+            let first = asks[0];
+            prop_assert!(k.request(first.0, first.1));
+            for (ssrc, now) in asks {
+                k.request(ssrc, now);
+            }
+            let s = k.stats();
+            prop_assert_eq!(s.requested, s.sent + s.suppressed);
+        }
+    }
+}

@@ -343,3 +343,52 @@ mod tests {
         assert!(layers.iter().all(|l| *l == 1), "{layers:?}");
     }
 }
+
+// Caller input never panics (issue 19): any value the constructor takes, however far out
+// of range, gives a working object; ordinary values behave as the unit tests above show.
+#[cfg(test)]
+mod caller_input {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..10_000).prop_map(Duration::from_millis)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_request_policy_and_rates(
+            requested: u8,
+            headroom in prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(-1.0), 0.0f64..3.0],
+            keep in prop_oneof![Just(f64::NAN), Just(0.0), 0.0f64..2.0],
+            hold in any_duration(),
+            steps in proptest::collection::vec(
+                (
+                    any_duration(),
+                    proptest::option::of(any::<u64>()),
+                    proptest::collection::vec(any::<u64>(), 0..4),
+                ),
+                1..30,
+            ),
+        ) {
+            let policy = LayerPolicy {
+                up_headroom: headroom,
+                keep_fraction: keep,
+                up_hold: hold,
+                down_hold: hold,
+                up_cooldown: hold,
+            };
+            let mut c = LayerChoice::new(requested, policy);
+            for (now, estimate, rates) in steps {
+                let chosen = c.update(now, estimate, &rates);
+                prop_assert!(chosen <= requested);
+                prop_assert!(rates.is_empty() || usize::from(chosen) < rates.len());
+            }
+        }
+    }
+}

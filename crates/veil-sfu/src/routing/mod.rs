@@ -23,6 +23,9 @@
 //! - [`ExtMap`] rewrites header-extension ids from the publisher's leg to each subscriber's
 //!   (SFU-EXT-01..02).
 //!
+//! - [`TokenBucket`] cuts a flooding publisher to its [`RateLimit`] at the door, before any
+//!   routing (SFU-LIVE-04).
+//!
 //! - [`Room`] ties them together for one room: participants, published tracks, subscriptions,
 //!   and the verdict on every packet (SFU-ROOM-01..02).
 //!

@@ -81,3 +81,37 @@ mod tests {
         }
     }
 }
+
+// Caller input never panics (issue 19): any value the constructor takes, however far out
+// of range, gives a working object; ordinary values behave as the unit tests above show.
+#[cfg(test)]
+mod caller_input {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..10_000).prop_map(Duration::from_millis)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_rate_and_burst(
+            packets_per_second in prop_oneof![
+                Just(f64::NAN), Just(f64::INFINITY), Just(-1.0), 0.0f64..1e6
+            ],
+            burst in prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(-1.0), 0.0f64..1e4],
+            times in proptest::collection::vec(any_duration(), 1..40),
+        ) {
+            let limit = RateLimit { packets_per_second, burst };
+            let mut b = TokenBucket::default();
+            for now in times {
+                b.take(limit, now);
+            }
+        }
+    }
+}

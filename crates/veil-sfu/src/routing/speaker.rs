@@ -166,3 +166,41 @@ mod tests {
         assert_eq!(s.current(), None);
     }
 }
+
+// Caller input never panics (issue 19): any value the constructor takes, however far out
+// of range, gives a working object; ordinary values behave as the unit tests above show.
+#[cfg(test)]
+mod caller_input {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..10_000).prop_map(Duration::from_millis)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_window_margin_and_hold(
+            window in any_duration(),
+            margin in prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(-1.0), 0.0f64..50.0],
+            hold in any_duration(),
+            packets in proptest::collection::vec((0u64..4, 0u8..=127, any_duration()), 0..40),
+        ) {
+            let mut s = ActiveSpeaker::new(window, margin, hold);
+            for (p, level, now) in packets {
+                s.on_audio(p, AudioLevel { voice: level < 127, level }, now);
+                if let Some(w) = s.update(now) {
+                    prop_assert!(w < 4);
+                }
+                if level == 0 {
+                    s.remove(p);
+                }
+            }
+        }
+    }
+}

@@ -10,6 +10,17 @@ use super::Sfu;
 use crate::error::SfuError;
 use crate::routing::{Dtx, MediaKind, RateLimit};
 
+/// The longest queue an [`SfuConfig`] may ask for (`subscriber_queue`, `event_queue`) and the
+/// largest [`Tap`](super::Tap) capacity: larger values are clamped to it (`specs/sfu.md`,
+/// SFU-LIVE-03). A zero is clamped to 1, since a channel cannot hold nothing.
+pub const MAX_QUEUE: usize = 1 << 16;
+
+/// `n` clamped to 1..=[`MAX_QUEUE`]: tokio refuses a zero-length channel, and a queue longer
+/// than this is memory a stalled reader could make the SFU hold.
+pub(crate) fn queue_len(n: usize) -> usize {
+    n.clamp(1, MAX_QUEUE)
+}
+
 /// Configuration of an [`Sfu`]. Every timeout is configuration (a test or a relay may need
 /// other values), not a constant.
 #[derive(Debug, Clone)]
@@ -32,11 +43,12 @@ pub struct SfuConfig {
     pub connect_timeout: Duration,
     /// How long the SFU waits for its own candidates before answering.
     pub gather_timeout: Duration,
-    /// Packets queued per subscription before drops (SFU-LIVE-03).
+    /// Packets queued per subscription before drops (SFU-LIVE-03). Clamped to
+    /// 1..=[`MAX_QUEUE`].
     pub subscriber_queue: usize,
     /// Signalling events queued per participant. A participant that lets this many pile up
     /// unread is removed (`LeaveReason::SlowSignalling`, SFU-LIVE-05), so a stalled client
-    /// cannot grow the SFU's memory.
+    /// cannot grow the SFU's memory. Clamped to 1..=[`MAX_QUEUE`].
     pub event_queue: usize,
     /// Participants per room.
     pub max_participants: usize,

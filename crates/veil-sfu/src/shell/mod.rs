@@ -38,8 +38,10 @@ use webrtc::peer_connection::{RTCIceCandidateInit, RTCSessionDescription};
 
 use crate::error::SfuError;
 use crate::routing::{ParticipantId, Room, TrackId};
+pub(crate) use api::queue_len;
 pub use api::{
-    IceCandidate, LeaveReason, Permissions, RoomEvent, Session, SfuConfig, SignalEvent, TrackInfo,
+    IceCandidate, LeaveReason, MAX_QUEUE, Permissions, RoomEvent, Session, SfuConfig, SignalEvent,
+    TrackInfo,
 };
 pub use metrics::{DropKind, Metrics};
 use participant::Participant;

@@ -28,7 +28,7 @@ use webrtc::rtp_transceiver::RtpSender;
 use super::metrics::RtxCount;
 use super::sdp::{FORWARDED_URIS, SdpInfo};
 use super::{
-    LeaveReason, Permissions, RoomShell, Session, Shared, SignalEvent, media, peer,
+    LeaveReason, Permissions, RoomShell, Session, Shared, SignalEvent, media, peer, queue_len,
     remove_participant, track_name,
 };
 use crate::error::SfuError;
@@ -336,7 +336,7 @@ impl Participant {
                 .iter()
                 .filter_map(|h| Some((h.uri.as_str(), u8::try_from(h.id).ok()?)))
                 .collect();
-            let (tx, rx) = mpsc::channel(shared.config.subscriber_queue);
+            let (tx, rx) = mpsc::channel(queue_len(shared.config.subscriber_queue));
             let now = shared.now();
             let (local, out_ssrc, rid) = {
                 let subs = self.subs();
@@ -556,7 +556,7 @@ pub(super) async fn connect(
             return Err(e);
         }
     };
-    let (events, rx) = mpsc::channel(cfg.event_queue.max(1));
+    let (events, rx) = mpsc::channel(queue_len(cfg.event_queue));
     let ext_ids = info.ext_ids();
     let p = Arc::new(Participant {
         id,

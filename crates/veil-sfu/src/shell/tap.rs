@@ -65,10 +65,12 @@ pub struct Tap {
 
 impl Tap {
     /// A tap whose subscribers may fall `capacity` packets behind before they lose some.
+    /// `capacity` is clamped to 1..=[`MAX_QUEUE`](super::MAX_QUEUE): the channel allocates
+    /// every slot up front, and tokio refuses zero or more than `usize::MAX / 2`.
     #[must_use]
     pub fn new(capacity: usize) -> Self {
         Self {
-            tx: broadcast::channel(capacity.max(1)).0,
+            tx: broadcast::channel(super::queue_len(capacity)).0,
         }
     }
 
@@ -87,5 +89,42 @@ impl Tap {
     pub(crate) fn record(&self, packet: TappedPacket) {
         // No receiver: nothing to do.
         let _ = self.tx.send(packet);
+    }
+}
+
+// Caller input never panics (issue 19): tokio's broadcast channel panics on a capacity of 0 or
+// above `usize::MAX / 2` and allocates every slot at once; the tap clamps to 1..=MAX_QUEUE.
+#[cfg(test)]
+mod caller_input {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::shell::MAX_QUEUE;
+
+    proptest! {
+        #[test]
+        fn any_capacity(capacity in prop_oneof![0usize..4, Just(usize::MAX / 2 + 1), Just(usize::MAX)]) {
+            let tap = Tap::new(capacity);
+            let mut rx = tap.subscribe();
+            prop_assert!(tap.listening());
+            let packet = TappedPacket {
+                room: "r".into(),
+                publisher: "p".into(),
+                track: "t".into(),
+                kind: crate::routing::MediaKind::Audio,
+                ssrc: 1,
+                seq: 1,
+                timestamp: 1,
+                marker: false,
+                payload: Bytes::new(),
+            };
+            tap.record(packet);
+            prop_assert_eq!(rx.try_recv().unwrap().seq, 1);
+        }
+
+        #[test]
+        fn queue_lengths_are_clamped(n: usize) {
+            prop_assert_eq!(crate::shell::queue_len(n), n.clamp(1, MAX_QUEUE));
+        }
     }
 }
