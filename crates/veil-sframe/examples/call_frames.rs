@@ -1,4 +1,6 @@
-//! Veil's main job until the servers exist: a three-member call's frames, end to end.
+//! A three-member call's frames end to end, in one process and without servers: SFrame,
+//! packetization, a lossy network and reassembly. (`veil demo` runs a call through the real key
+//! service and SFU.)
 //!
 //! ```text
 //! cargo run --release -p veil-sframe --example call_frames [-- [FILE.ivf] [--ietf] [--loss PCT]]
