@@ -221,3 +221,47 @@ impl Deref for VerifiedClaims {
         &self.claims
     }
 }
+
+// Caller input never panics (issue 19): any mint time, lifetime, leeway and clock reading is
+// handled with saturating arithmetic (AUTH-11, AUTH-12 in specs/auth.md), and a token inside
+// its lifetime still verifies.
+#[cfg(test)]
+mod caller_input {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::claims::{Claims, Grants};
+
+    fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..1_000_000).prop_map(Duration::from_secs)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_times_ttl_and_leeway(
+            issued_at in prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+            ttl in any_duration(),
+            leeway in any_duration(),
+            now in prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+        ) {
+            let key = TokenKey::new("k", vec![7u8; crate::MIN_SECRET_LEN]).unwrap();
+            let claims = Claims::new("alice", "room", Grants::participant(), issued_at, ttl);
+            prop_assert_eq!(claims.expires, issued_at.saturating_add(ttl.as_secs()));
+            let v = Verifier::new([key.clone()]).unwrap().with_leeway(leeway);
+            prop_assert_eq!(v.leeway().as_secs(), leeway.as_secs());
+            let Ok(token) = key.mint(&claims) else {
+                // Only an empty lifetime is refused (AUTH-11).
+                prop_assert!(claims.expires <= claims.not_before);
+                return Ok(());
+            };
+            let ok = v.verify(&token, now).is_ok();
+            if now >= issued_at && now < claims.expires {
+                prop_assert!(ok);
+            }
+        }
+    }
+}
