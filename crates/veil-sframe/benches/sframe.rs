@@ -4,17 +4,31 @@
 //!
 //! One run measures, for AES_128_GCM_SHA256_128 and frames of 100 B, 1 KiB, 10 KiB and 100 KiB:
 //! Veil's SFrame encrypt/decrypt through each backend, the raw AEAD seal/open of the same backend
-//! on the same bytes (the ceiling), and the `sframe` crate (RustCrypto backend, its
-//! allocation-free view API with reused buffers). `scripts/bench_table.py` turns the results into
-//! the table in BENCHMARKS.md.
+//! on the same bytes (the ceiling), and the `sframe` crate on both of the same backends
+//! (RustCrypto and ring, its allocation-free view API with reused buffers), so every
+//! "× sframe crate" ratio compares Veil with the `sframe` crate on one AEAD library.
+//! `scripts/bench_table.py` turns the results into the table in BENCHMARKS.md.
+//!
+//! The `sframe` crate compiles exactly one backend per build (its features are exclusive, and
+//! Cargo unifies them), so its ring backend comes in as a port through the crate's generic key
+//! types: see `support/sframe_ring.rs`, which checks at start-up that the port gives the built-in
+//! backend's bytes.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
+use sframe::crypto::{AeadDecrypt, AeadEncrypt, KeyDerivation};
 use sframe::frame::{EncryptedFrameView, MediaFrameView, MonotonicCounter};
-use sframe::key::{DecryptionKey, EncryptionKey};
+use sframe::key::{DecryptionKey, EncryptionKey, GenericDecryptionKey, GenericEncryptionKey};
 use veil_sframe::{AeadBackend, CipherSuite, KeyStore, SenderKey, derive_key_material};
+
+#[path = "support/sframe_ring.rs"]
+mod sframe_ring;
+use sframe_ring::{RingDecryptionKey, RingEncryptionKey};
 
 const SIZES: [usize; 4] = [100, 1024, 10 * 1024, 100 * 1024];
 const SUITE: CipherSuite = CipherSuite::AesGcm128Sha256;
@@ -61,6 +75,7 @@ fn batched<S>(
 }
 
 fn encrypt(c: &mut Criterion) {
+    sframe_ring::check_matches_builtin(KID, BASE);
     let mut g = c.benchmark_group("encrypt");
     for size in SIZES {
         g.throughput(Throughput::Bytes(size as u64));
@@ -94,19 +109,39 @@ fn encrypt(c: &mut Criterion) {
                 },
             );
         }
+        let pt = vec![7u8; size];
         let key =
             EncryptionKey::derive_from(sframe::CipherSuite::AesGcm128Sha256, KID, BASE).unwrap();
-        let mut counter = MonotonicCounter::default();
-        let pt = vec![7u8; size];
-        let mut out: Vec<u8> = Vec::with_capacity(size + 64);
-        g.bench_function(BenchmarkId::new("sframe-crate/rustcrypto", size), |b| {
-            b.iter(|| {
-                let f = MediaFrameView::try_new(&mut counter, black_box(&pt)).unwrap();
-                black_box(f.encrypt_into(&key, &mut out).unwrap());
-            });
-        });
+        crate_encrypt(&mut g, "rustcrypto", size, &key, &pt);
+        let key = RingEncryptionKey::derive_from(sframe::CipherSuite::AesGcm128Sha256, KID, BASE)
+            .unwrap();
+        crate_encrypt(&mut g, "ring", size, &key, &pt);
     }
     g.finish();
+}
+
+/// The `sframe` crate's encrypt on `backend`: `encrypt_into` with a reused buffer.
+fn crate_encrypt<A, D>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    backend: &str,
+    size: usize,
+    key: &GenericEncryptionKey<A, D>,
+    pt: &[u8],
+) where
+    A: AeadEncrypt<Secret = D::Secret>,
+    D: KeyDerivation,
+{
+    let mut counter = MonotonicCounter::default();
+    let mut out: Vec<u8> = Vec::with_capacity(size + 64);
+    g.bench_function(
+        BenchmarkId::new(format!("sframe-crate/{backend}"), size),
+        |b| {
+            b.iter(|| {
+                let f = MediaFrameView::try_new(&mut counter, black_box(pt)).unwrap();
+                black_box(f.encrypt_into(key, &mut out).unwrap());
+            });
+        },
+    );
 }
 
 fn decrypt(c: &mut Criterion) {
@@ -181,20 +216,42 @@ fn decrypt(c: &mut Criterion) {
                 },
             );
         }
-        let ekey =
-            EncryptionKey::derive_from(sframe::CipherSuite::AesGcm128Sha256, KID, BASE).unwrap();
-        let dkey =
-            DecryptionKey::derive_from(sframe::CipherSuite::AesGcm128Sha256, KID, BASE).unwrap();
-        let mut counter = MonotonicCounter::default();
-        let pt = vec![5u8; size];
-        let frames: Vec<Vec<u8>> = (0..batch)
-            .map(|_| {
-                let media = MediaFrameView::try_new(&mut counter, &pt).unwrap();
-                media.encrypt(&ekey).unwrap().sframe_cipher_text().to_vec()
-            })
-            .collect();
-        let mut out: Vec<u8> = Vec::with_capacity(size + 64);
-        g.bench_function(BenchmarkId::new("sframe-crate/rustcrypto", size), |b| {
+        let suite = sframe::CipherSuite::AesGcm128Sha256;
+        let ekey = EncryptionKey::derive_from(suite, KID, BASE).unwrap();
+        let dkey = DecryptionKey::derive_from(suite, KID, BASE).unwrap();
+        crate_decrypt(&mut g, "rustcrypto", size, batch, &ekey, &dkey);
+        let ekey = RingEncryptionKey::derive_from(suite, KID, BASE).unwrap();
+        let dkey = RingDecryptionKey::derive_from(suite, KID, BASE).unwrap();
+        crate_decrypt(&mut g, "ring", size, batch, &ekey, &dkey);
+    }
+    g.finish();
+}
+
+/// The `sframe` crate's decrypt on `backend`: `decrypt_into` with a reused buffer, over a batch
+/// of distinct frames as Veil's decrypt sees.
+fn crate_decrypt<A, D>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    backend: &str,
+    size: usize,
+    batch: usize,
+    ekey: &GenericEncryptionKey<A, D>,
+    dkey: &GenericDecryptionKey<A, D>,
+) where
+    A: AeadEncrypt<Secret = D::Secret> + AeadDecrypt<Secret = D::Secret>,
+    D: KeyDerivation,
+{
+    let mut counter = MonotonicCounter::default();
+    let pt = vec![5u8; size];
+    let frames: Vec<Vec<u8>> = (0..batch)
+        .map(|_| {
+            let media = MediaFrameView::try_new(&mut counter, &pt).unwrap();
+            media.encrypt(ekey).unwrap().sframe_cipher_text().to_vec()
+        })
+        .collect();
+    let mut out: Vec<u8> = Vec::with_capacity(size + 64);
+    g.bench_function(
+        BenchmarkId::new(format!("sframe-crate/{backend}"), size),
+        |b| {
             b.iter_custom(|iters| {
                 batched(
                     iters,
@@ -203,13 +260,12 @@ fn decrypt(c: &mut Criterion) {
                     |_| {},
                     |out, i| {
                         let f = EncryptedFrameView::try_new(black_box(&frames[i])).unwrap();
-                        black_box(f.decrypt_into(&dkey, out).unwrap());
+                        black_box(f.decrypt_into(dkey, out).unwrap());
                     },
                 )
             });
-        });
-    }
-    g.finish();
+        },
+    );
 }
 
 fn config() -> Criterion {
