@@ -1,0 +1,25 @@
+//! Dev-only helpers shared by Veil's integration tests and benches; never a normal dependency
+//! of a shipped crate (`publish = false`).
+//!
+//! - [`token`]: access tokens minted now, with every grant or chosen ones.
+//! - [`server`] (feature `server`): `veil-server` in this process on loopback, or as a child
+//!   process given its binary (`env!("CARGO_BIN_EXE_veil-server")` exists only in the server's
+//!   own tests and benches, so callers pass the path).
+//! - [`webrtc`] (feature `webrtc`): the webrtc-rs test peer's event handler and loopback
+//!   helpers.
+//! - [`policy`] (feature `policy`): the one table of crates each server-side crate must not
+//!   link (SFU-BLIND-01..02, KDS-SEC-01, AUTH-DEP-01) and the `cargo tree -e normal` walk that
+//!   checks it.
+//!
+//! A crate's integration tests and benches may use this kit even though it depends on that
+//! crate (they link the same library); its unit tests must not, or two copies of its types
+//! would meet.
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "policy")]
+pub mod policy;
+#[cfg(feature = "server")]
+pub mod server;
+pub mod token;
+#[cfg(feature = "webrtc")]
+pub mod webrtc;
