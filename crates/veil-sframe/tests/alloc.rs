@@ -3,6 +3,7 @@
 //! A counting global allocator wraps the system allocator for this test binary only.
 #![allow(unsafe_code)]
 
+#[path = "sframe/common.rs"]
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

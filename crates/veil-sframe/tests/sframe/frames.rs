@@ -1,7 +1,7 @@
 //! Frame-level behaviour: replay (SF-RPL-01..04), tampering (SF-AEAD-04), counters (SF-KEY-04),
 //! key lifetime (SF-KEY-01..03), in-place layouts and MLS epochs (SF-MLS-01..02).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Interop with the independent `sframe` crate (2.x, RustCrypto backend) in both directions, for
 //! every suite both implement, random frame sizes 0–64 KiB and random KIDs/CTRs (SF-INT-01).
 
-mod common;
+use crate::common;
 
 use common::backends;
 use rand::rngs::StdRng;

@@ -1,6 +1,6 @@
 //! Commit races and epoch switches under load (MLS-SES-04, MLS-KEY-04, MLS-KEY-05).
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;

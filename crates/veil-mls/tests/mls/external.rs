@@ -1,7 +1,7 @@
 //! Joining by external commit from a published GroupInfo (MLS-SES-08), and the key service as
 //! an MLS external sender proposing the removal of a participant who left (MLS-SES-07).
 
-mod common;
+use crate::common;
 
 use common::{NOW, Room};
 use openmls::prelude::tls_codec::Serialize as _;

@@ -1,7 +1,7 @@
 //! Groups of 2, 3 and 50: every member derives the same SFrame keys per epoch, so a frame from
 //! any member decrypts at every other member (MLS-KEY-01, MLS-SES-02, MLS-SES-06).
 
-mod common;
+use crate::common;
 
 use common::Room;
 

@@ -1,7 +1,7 @@
 //! RFC 9605 known-answer tests from `vectors/sframe/test-vectors.json` (the cisco/sframe
 //! vectors; nobody here wrote them). Checks SF-HDR-01..03, SF-KDF-01, SF-AEAD-01..03.
 
-mod common;
+use crate::common;
 
 use common::{backends, hex_field, read_json};
 use veil_sframe::backend::Aad;

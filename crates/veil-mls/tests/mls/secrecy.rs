@@ -1,7 +1,7 @@
 //! Forward secrecy and post-join secrecy (MLS-SEC-01..02): a removed member decrypts nothing of
 //! later epochs, a joiner nothing of earlier ones, and old epochs stop decrypting once retired.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

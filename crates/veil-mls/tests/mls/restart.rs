@@ -1,6 +1,6 @@
 //! A member keeps its MLS state in SQLite, restarts mid-call, and continues (MLS-SES-09).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;
