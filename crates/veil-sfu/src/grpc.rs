@@ -214,7 +214,7 @@ pub fn code(e: &SfuError) -> Code {
         | SfuError::SpoofedSsrc { .. }
         | SfuError::TooManyLayers(_)
         | SfuError::UnknownLayer(_)
-        | SfuError::Sdp(_)
+        | SfuError::Sdp { .. }
         | SfuError::Protocol(_) => Code::InvalidArgument,
         SfuError::Unauthenticated(_) => Code::Unauthenticated,
         SfuError::PermissionDenied(_) => Code::PermissionDenied,
@@ -227,7 +227,11 @@ pub fn code(e: &SfuError) -> Code {
         SfuError::Limit(_) | SfuError::RateLimited(_) => Code::ResourceExhausted,
         SfuError::Timeout(_) => Code::DeadlineExceeded,
         SfuError::Closed => Code::Unavailable,
-        _ => Code::Internal,
+        SfuError::Config(_)
+        | SfuError::BadAddress { .. }
+        | SfuError::Io { .. }
+        | SfuError::WebRtc { .. }
+        | SfuError::WebRtcState(_) => Code::Internal,
     }
 }
 
@@ -424,8 +428,8 @@ async fn handle<B: Backend>(
     use pb::signal_event::Event as E;
     use pb::signal_request::Request as R;
     match m.request {
-        None => Err(SfuError::Protocol("empty request".into())),
-        Some(R::Join(_)) => Err(SfuError::Protocol("already joined".into())),
+        None => Err(SfuError::Protocol("empty request")),
+        Some(R::Join(_)) => Err(SfuError::Protocol("already joined")),
         Some(R::Offer(d)) => {
             let sdp = sfu.offer(room, identity, &d.sdp).await?;
             Ok(Some(E::Answer(pb::SessionDescription { sdp })))

@@ -78,11 +78,14 @@ pub use serve::EdgeSfu;
 fn local_sdp(pc: &RTCPeerConnection) -> Result<String, SfuError> {
     pc.local_description()
         .map(|d| d.sdp)
-        .ok_or_else(|| SfuError::Negotiation("no local description".into()))
+        .ok_or_else(|| SfuError::WebRtcState("no local description"))
 }
 
 fn rtc_error(what: &'static str) -> impl Fn(rtc::shared::error::Error) -> SfuError + Copy {
-    move |e| SfuError::WebRtc(format!("edge {what}: {e}"))
+    move |e| SfuError::WebRtc {
+        what,
+        source: Box::new(e),
+    }
 }
 
 /// A connection of the edge.

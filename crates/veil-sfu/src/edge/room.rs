@@ -263,8 +263,7 @@ impl EdgeRooms {
         publish: bool,
     ) -> Result<(ConnId, String), SfuError> {
         let sdp = SdpInfo::parse(
-            &RTCSessionDescription::offer(offer.to_owned())
-                .map_err(|e| SfuError::Sdp(e.to_string()))?,
+            &RTCSessionDescription::offer(offer.to_owned()).map_err(SfuError::sdp("offer"))?,
         )?;
         let (id, answer) = self.edge.accept(now, offer)?;
         let r = match self.by_name.get(room) {
@@ -380,14 +379,11 @@ impl EdgeRooms {
             .ok_or_else(|| SfuError::NoSuchTrack(track_name(track)))?;
         if p.publisher == subscriber {
             return Err(SfuError::Protocol(
-                "a participant cannot subscribe to its own track".into(),
+                "a participant cannot subscribe to its own track",
             ));
         }
         if room.legs.contains_key(&(subscriber, track)) {
-            return Err(SfuError::Protocol(format!(
-                "already subscribed to {}",
-                track_name(track)
-            )));
+            return Err(SfuError::Protocol("already subscribed to this track"));
         }
         let kind = p.kind;
         let out_ssrc = out_ssrc(track);
@@ -441,12 +437,11 @@ impl EdgeRooms {
     pub fn offer(&mut self, now: Instant, id: ConnId, sdp: &str) -> Result<String, SfuError> {
         if self.member(id)?.offering {
             return Err(SfuError::Negotiation(
-                "the SFU's offer waits for its answer: answer it first".into(),
+                "the SFU's offer waits for its answer: answer it first",
             ));
         }
         let info = SdpInfo::parse(
-            &RTCSessionDescription::offer(sdp.to_owned())
-                .map_err(|e| SfuError::Sdp(e.to_string()))?,
+            &RTCSessionDescription::offer(sdp.to_owned()).map_err(SfuError::sdp("offer"))?,
         )?;
         let answer = self.edge.accept_offer(now, id, sdp)?;
         if let Some(m) = self.members.get_mut(&id) {
@@ -463,7 +458,7 @@ impl EdgeRooms {
     pub fn answer(&mut self, now: Instant, id: ConnId, sdp: &str) -> Result<(), SfuError> {
         if !self.member(id)?.offering {
             return Err(SfuError::Negotiation(
-                "no offer from the SFU waits for an answer".into(),
+                "no offer from the SFU waits for an answer",
             ));
         }
         self.edge.answer(now, id, sdp)?;

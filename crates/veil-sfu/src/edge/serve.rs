@@ -74,20 +74,26 @@ impl EdgeSfu {
         let addr = config.udp_addrs.first().ok_or_else(|| {
             SfuError::Config("no UDP address to bind (udp_addrs is empty)".into())
         })?;
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|e| SfuError::Config(format!("UDP address {addr:?} is not ip:port: {e}")))?;
+        let addr: SocketAddr = addr.parse().map_err(|source| SfuError::BadAddress {
+            addr: addr.clone(),
+            source,
+        })?;
         if addr.ip().is_unspecified() {
             return Err(SfuError::Config(format!(
                 "UDP address {addr} is unspecified: the edge offers its bound address as its one \
                  candidate, so bind the address participants reach"
             )));
         }
-        let socket = std::net::UdpSocket::bind(addr)
-            .map_err(|e| SfuError::Config(format!("cannot bind UDP {addr}: {e}")))?;
+        let socket = std::net::UdpSocket::bind(addr).map_err(|source| SfuError::Io {
+            what: format!("cannot bind UDP {addr}"),
+            source,
+        })?;
         socket
             .set_nonblocking(true)
-            .map_err(|e| SfuError::Config(format!("UDP {addr}: {e}")))?;
+            .map_err(|source| SfuError::Io {
+                what: format!("UDP {addr}"),
+                source,
+            })?;
         let buffers = socket2::SockRef::from(&socket);
         let _ = buffers.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = buffers.set_send_buffer_size(SOCKET_BUFFER);
@@ -95,9 +101,10 @@ impl EdgeSfu {
             buffers.recv_buffer_size().unwrap_or(0),
             buffers.send_buffer_size().unwrap_or(0),
         );
-        let local = socket
-            .local_addr()
-            .map_err(|e| SfuError::Config(format!("UDP {addr}: {e}")))?;
+        let local = socket.local_addr().map_err(|source| SfuError::Io {
+            what: format!("UDP {addr}"),
+            source,
+        })?;
         let metrics = Arc::new(Metrics::default());
         let (events, _) = broadcast::channel(1024);
         let (commands, rx) = mpsc::channel(1024);
@@ -132,7 +139,10 @@ impl EdgeSfu {
                     }
                 });
             })
-            .map_err(|e| SfuError::Config(format!("cannot start the edge's thread: {e}")))?;
+            .map_err(|source| SfuError::Io {
+                what: "cannot start the edge's thread".into(),
+                source,
+            })?;
         info!(
             %local,
             recv_buffer = granted.0,

@@ -104,7 +104,27 @@ impl DropKind {
             SfuError::UnknownTrack(_) | SfuError::UnknownParticipant(_) => Self::UnknownTrack,
             SfuError::TooManyLayers(_) | SfuError::UnknownLayer(_) => Self::Layer,
             SfuError::RateLimited(_) => Self::RateLimited,
-            _ => Self::Metadata,
+            // Everything else is not a packet refusal of the routing core; a malformed packet
+            // is the closest kind. Listed, not wildcarded, so a new variant must be classified.
+            SfuError::Metadata(_)
+            | SfuError::UnknownSsrc(_)
+            | SfuError::Sdp { .. }
+            | SfuError::Unauthenticated(_)
+            | SfuError::PermissionDenied(_)
+            | SfuError::NoSuchTrack(_)
+            | SfuError::NotSubscribed(_)
+            | SfuError::AlreadyJoined { .. }
+            | SfuError::NotJoined { .. }
+            | SfuError::Negotiation(_)
+            | SfuError::Protocol(_)
+            | SfuError::Limit(_)
+            | SfuError::Config(_)
+            | SfuError::BadAddress { .. }
+            | SfuError::Io { .. }
+            | SfuError::WebRtc { .. }
+            | SfuError::WebRtcState(_)
+            | SfuError::Timeout(_)
+            | SfuError::Closed => Self::Metadata,
         }
     }
 }

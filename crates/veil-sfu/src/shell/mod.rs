@@ -263,8 +263,8 @@ impl Sfu {
         offer: &str,
         permissions: Permissions,
     ) -> Result<Session, SfuError> {
-        let desc = RTCSessionDescription::offer(offer.to_owned())
-            .map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let desc =
+            RTCSessionDescription::offer(offer.to_owned()).map_err(SfuError::sdp("offer"))?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let r = {
             let mut rooms = self.shared.rooms();
@@ -348,7 +348,7 @@ impl Sfu {
             ..Default::default()
         })
         .await
-        .map_err(|e| SfuError::Sdp(e.to_string()))
+        .map_err(SfuError::sdp("candidate"))
     }
 
     /// A new offer from `identity` (e.g. to publish another track); returns the answer.
@@ -394,7 +394,7 @@ impl Sfu {
         };
         if publisher == p.id {
             return Err(SfuError::Protocol(
-                "a participant cannot subscribe to its own track".into(),
+                "a participant cannot subscribe to its own track",
             ));
         }
         if p.add_subscription(tid, track, publisher, kind, codec)

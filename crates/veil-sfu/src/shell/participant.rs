@@ -123,7 +123,7 @@ impl Participant {
             .pc
             .local_description()
             .await
-            .ok_or(SfuError::WebRtc("no local description".into()))?
+            .ok_or(SfuError::WebRtcState("no local description"))?
             .sdp;
         n.offer_pending = true;
         self.send(SignalEvent::Offer { sdp });
@@ -134,17 +134,15 @@ impl Participant {
         let n = self.negotiation.lock().await;
         if n.offer_pending {
             return Err(SfuError::Negotiation(
-                "the SFU's offer waits for an answer: answer it first (the SFU is the impolite peer)"
-                    .into(),
+                "the SFU's offer waits for an answer: answer it first (the SFU is the impolite peer)",
             ));
         }
-        let desc = RTCSessionDescription::offer(sdp.to_owned())
-            .map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let desc = RTCSessionDescription::offer(sdp.to_owned()).map_err(SfuError::sdp("offer"))?;
         let info = SdpInfo::parse(&desc)?;
         self.pc
             .set_remote_description(desc)
             .await
-            .map_err(|e| SfuError::Sdp(e.to_string()))?;
+            .map_err(SfuError::sdp("offer"))?;
         *self.remote_sdp() = info;
         let answer = self
             .pc
@@ -160,7 +158,7 @@ impl Participant {
             .pc
             .local_description()
             .await
-            .ok_or(SfuError::WebRtc("no local description".into()))?
+            .ok_or(SfuError::WebRtcState("no local description"))?
             .sdp)
     }
 
@@ -173,15 +171,15 @@ impl Participant {
         let mut n = self.negotiation.lock().await;
         if !n.offer_pending {
             return Err(SfuError::Negotiation(
-                "no offer of the SFU waits for an answer".into(),
+                "no offer of the SFU waits for an answer",
             ));
         }
-        let desc = RTCSessionDescription::answer(sdp.to_owned())
-            .map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let desc =
+            RTCSessionDescription::answer(sdp.to_owned()).map_err(SfuError::sdp("answer"))?;
         self.pc
             .set_remote_description(desc)
             .await
-            .map_err(|e| SfuError::Sdp(e.to_string()))?;
+            .map_err(SfuError::sdp("answer"))?;
         n.offer_pending = false;
         let again = std::mem::take(&mut n.again);
         drop(n);
@@ -250,7 +248,7 @@ impl Participant {
             .sender()
             .await
             .map_err(SfuError::webrtc("sender"))?
-            .ok_or(SfuError::WebRtc("transceiver without sender".into()))?;
+            .ok_or(SfuError::WebRtcState("transceiver without sender"))?;
         let mut subs = self.subs();
         let rid = None;
         subs.insert(
@@ -529,7 +527,7 @@ pub(super) async fn connect(
     let answer = async {
         pc.set_remote_description(offer)
             .await
-            .map_err(|e| SfuError::Sdp(e.to_string()))?;
+            .map_err(SfuError::sdp("offer"))?;
         let answer = pc
             .create_answer(None)
             .await
@@ -544,7 +542,7 @@ pub(super) async fn connect(
         Ok::<_, SfuError>(
             pc.local_description()
                 .await
-                .ok_or(SfuError::WebRtc("no local description".into()))?
+                .ok_or(SfuError::WebRtcState("no local description"))?
                 .sdp,
         )
     }

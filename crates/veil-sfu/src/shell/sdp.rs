@@ -43,7 +43,9 @@ impl SdpInfo {
     /// # Errors
     /// [`SfuError::Sdp`] if webrtc-rs cannot parse it.
     pub fn parse(desc: &RTCSessionDescription) -> Result<Self, SfuError> {
-        let parsed = desc.unmarshal().map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let parsed = desc
+            .unmarshal()
+            .map_err(SfuError::sdp("session description"))?;
         let mut info = SdpInfo::default();
         for m in &parsed.media_descriptions {
             let mut s = MediaSection {
