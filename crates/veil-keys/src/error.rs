@@ -1,28 +1,53 @@
 //! The key service's one error type, grouped by who is at fault, and its gRPC status mapping
 //! (specs/key-service.md §6: every code and what the client should do).
+//!
+//! An error caused by another keeps it as its [`source`](std::error::Error::source) (openmls,
+//! tls_codec, rusqlite, serde_json, tokio): `Malformed`, `Invalid`, `Storage` and `Internal` carry
+//! a `why` of their own and, when there is one, the cause. The message names both, because a
+//! status carries only the message to the client.
 
 use tonic::{Code, Status};
+
+/// The error that caused a [`KdsError`], boxed so that openmls's and rusqlite's versions stay
+/// out of this crate's API: downcast it (e.g. to `openmls::prelude::ProcessMessageError` or
+/// `rusqlite::Error`) to read it.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `": {cause}"`, or nothing: how a message names its cause.
+fn cause(source: &Option<Cause>) -> String {
+    source
+        .as_ref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default()
+}
 
 /// Why a key-service call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KdsError {
     // --- the caller's credentials -----------------------------------------------------------
-    /// No usable access token.
+    /// No usable access token: none, or not a `Bearer` header.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The access token does not verify (expired, bad signature, …); the source is
+    /// `veil-auth`'s reason.
+    #[error("{0}")]
+    Token(#[source] veil_auth::AuthError),
     /// A valid token that does not allow this call.
     #[error("{0}")]
     PermissionDenied(String),
 
     // --- the caller's input -----------------------------------------------------------------
     /// Bytes that are not the expected MLS message.
-    #[error("malformed {what}: {why}")]
+    #[error("malformed {what}: {why}{}", cause(.source))]
     Malformed {
         /// Which field.
         what: &'static str,
         /// What is wrong.
         why: String,
+        /// The decoder's error, if a decoder refused the bytes.
+        #[source]
+        source: Option<Cause>,
     },
     /// A field over its size cap.
     #[error("{what} is {len} bytes; the limit is {cap} bytes")]
@@ -50,9 +75,16 @@ pub enum KdsError {
         /// What is wrong, without echoing the value.
         why: &'static str,
     },
-    /// openmls refused the message against the room's public group state.
-    #[error("rejected by MLS validation: {0}")]
-    Invalid(String),
+    /// The message fails MLS validation against the room's public group state: openmls refused
+    /// it (the openmls error is the source), or one of the service's own checks did (no source).
+    #[error("rejected by MLS validation: {why}{}", cause(.source))]
+    Invalid {
+        /// What is wrong.
+        why: String,
+        /// openmls's error, if openmls refused it.
+        #[source]
+        source: Option<Cause>,
+    },
 
     // --- state the caller must catch up with --------------------------------------------------
     /// The commit is for an epoch that already has a commit (KDS-ORD-01): rebase.
@@ -127,12 +159,24 @@ pub enum KdsError {
     Lagged,
 
     // --- ours -------------------------------------------------------------------------------
-    /// The database failed; nothing was changed.
-    #[error("storage error (nothing was changed): {0}")]
-    Storage(String),
+    /// The database failed, or holds what does not parse; nothing was changed.
+    #[error("storage error (nothing was changed): {why}{}", cause(.source))]
+    Storage {
+        /// What was being done or read.
+        why: String,
+        /// The cause (e.g. a `rusqlite::Error`), if there is one.
+        #[source]
+        source: Option<Cause>,
+    },
     /// A bug.
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("internal error: {why}{}", cause(.source))]
+    Internal {
+        /// What failed.
+        why: String,
+        /// The cause, if there is one.
+        #[source]
+        source: Option<Cause>,
+    },
 }
 
 impl KdsError {
@@ -140,12 +184,12 @@ impl KdsError {
     #[must_use]
     pub fn code(&self) -> Code {
         match self {
-            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::Unauthenticated(_) | Self::Token(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Malformed { .. }
             | Self::TooLarge { .. }
             | Self::WrongGroup { .. }
-            | Self::Invalid(_)
+            | Self::Invalid { .. }
             | Self::BadName { .. } => Code::InvalidArgument,
             Self::StaleEpoch { .. } | Self::EpochTaken { .. } => Code::Aborted,
             Self::RemovalsPending(_) | Self::StillMember(_) | Self::ExternalSenderMissing(_) => {
@@ -158,7 +202,7 @@ impl KdsError {
                 Code::ResourceExhausted
             }
             Self::Lagged => Code::Unavailable,
-            Self::Storage(_) | Self::Internal(_) => Code::Internal,
+            Self::Storage { .. } | Self::Internal { .. } => Code::Internal,
         }
     }
 
@@ -166,12 +210,12 @@ impl KdsError {
     #[must_use]
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Unauthenticated(_) | Self::Token(_) => "unauthenticated",
             Self::PermissionDenied(_) => "permission_denied",
             Self::Malformed { .. } => "malformed",
             Self::TooLarge { .. } => "too_large",
             Self::WrongGroup { .. } => "wrong_group",
-            Self::Invalid(_) => "invalid",
+            Self::Invalid { .. } => "invalid",
             Self::BadName { .. } => "bad_name",
             Self::TooManyStreams { .. } => "too_many_streams",
             Self::NotMember { .. } => "not_member",
@@ -185,8 +229,75 @@ impl KdsError {
             Self::NoKeyPackage(_) => "no_key_package",
             Self::TooManyKeyPackages { .. } => "too_many_key_packages",
             Self::Lagged => "lagged",
-            Self::Storage(_) => "storage",
-            Self::Internal(_) => "internal",
+            Self::Storage { .. } => "storage",
+            Self::Internal { .. } => "internal",
+        }
+    }
+}
+
+/// Constructors: `why` alone for a fault the service finds itself, `why` and the cause for one
+/// another library reports.
+impl KdsError {
+    pub(crate) fn malformed_by(
+        what: &'static str,
+        why: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Malformed {
+            what,
+            why: why.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub(crate) fn invalid(why: impl Into<String>) -> Self {
+        Self::Invalid {
+            why: why.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn invalid_by(
+        why: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Invalid {
+            why: why.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub(crate) fn storage(why: impl Into<String>) -> Self {
+        Self::Storage {
+            why: why.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn storage_by(
+        why: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Storage {
+            why: why.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub(crate) fn internal(why: impl Into<String>) -> Self {
+        Self::Internal {
+            why: why.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn internal_by(
+        why: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Internal {
+            why: why.into(),
+            source: Some(Box::new(source)),
         }
     }
 }
@@ -220,5 +331,55 @@ impl From<KdsError> for Status {
             s.metadata_mut().insert(EPOCH_METADATA, v);
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use tonic::Code;
+
+    use super::KdsError;
+
+    #[test]
+    fn a_database_that_cannot_open_keeps_the_rusqlite_error() {
+        let e = crate::store::SqliteStore::open("/nonexistent/veil/keys.db").unwrap_err();
+        assert!(matches!(e, KdsError::Storage { .. }), "{e}");
+        let source = e.source().expect("the rusqlite error is kept");
+        assert!(source.is::<rusqlite::Error>(), "{source:?}");
+        assert!(e.to_string().ends_with(&source.to_string()), "{e}");
+        assert_eq!((e.code(), e.reason()), (Code::Internal, "storage"));
+    }
+
+    #[test]
+    fn undecodable_bytes_keep_the_decoder_error() {
+        let e = crate::room::check_key_package(b"\x00\x01garbage", "alice").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KdsError::Malformed {
+                    what: "key_package",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let source = e.source().expect("the tls_codec error is kept");
+        assert!(
+            source.is::<openmls::prelude::tls_codec::Error>(),
+            "{source:?}"
+        );
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_check_of_the_service_itself_has_no_source() {
+        let e = KdsError::invalid("the commit claims epoch 3, but the room is only at epoch 1");
+        assert!(e.source().is_none());
+        assert_eq!(
+            e.to_string(),
+            "rejected by MLS validation: the commit claims epoch 3, but the room is only at epoch 1"
+        );
     }
 }

@@ -136,7 +136,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, KdsError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| KdsError::Internal(format!("task failed: {e}")))?
+        .map_err(|e| KdsError::internal_by("blocking task", e))?
 }
 
 /// The wire form of a log event (moved, not copied: a replay page is sent once).
@@ -293,7 +293,7 @@ impl KeyService {
             .inner
             .verifier
             .verify(token, now_secs())
-            .map_err(|e| KdsError::Unauthenticated(e.to_string()))?
+            .map_err(KdsError::Token)?
             .into_claims();
         // KDS-LIM-03: the token's names follow AUTH-10 (the verifier checked them); the
         // request's room follows the same rule before it is compared or echoed.
@@ -564,6 +564,7 @@ impl KeyServiceApi for KeyService {
                 return Err(KdsError::Malformed {
                     what: "key_packages",
                     why: format!("send 1 to {max} KeyPackages, not {}", r.key_packages.len()),
+                    source: None,
                 });
             }
             for kp in &r.key_packages {
@@ -854,6 +855,7 @@ impl KeyServiceApi for KeyService {
                         return Err(KdsError::Malformed {
                             what: "from_epoch",
                             why: format!("{e} is ahead of the room's epoch {}", st.epoch()),
+                            source: None,
                         });
                     }
                     // KDS-FAN-04: the log is the members' to replay.

@@ -27,7 +27,7 @@ impl EventKind {
             1 => Ok(Self::Commit),
             2 => Ok(Self::Proposal),
             3 => Ok(Self::Welcome),
-            _ => Err(KdsError::Storage(format!("unknown event kind {v}"))),
+            _ => Err(KdsError::storage(format!("unknown event kind {v}"))),
         }
     }
 }
@@ -192,7 +192,7 @@ pub struct SqliteStore {
 }
 
 fn db(e: rusqlite::Error) -> KdsError {
-    KdsError::Storage(e.to_string())
+    KdsError::storage_by("SQLite", e)
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -205,7 +205,7 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 }
 
 fn to_i64(v: u64) -> Result<i64, KdsError> {
-    i64::try_from(v).map_err(|_| KdsError::Storage(format!("{v} does not fit SQLite INTEGER")))
+    i64::try_from(v).map_err(|_| KdsError::storage(format!("{v} does not fit SQLite INTEGER")))
 }
 
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, i64, Event)> {
@@ -226,8 +226,8 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, i64, Eve
 }
 
 fn finish_event((seq, kind, epoch, mut e): (i64, i64, i64, Event)) -> Result<Event, KdsError> {
-    e.seq = u64::try_from(seq).map_err(|_| KdsError::Storage("negative seq".into()))?;
-    e.epoch = u64::try_from(epoch).map_err(|_| KdsError::Storage("negative epoch".into()))?;
+    e.seq = u64::try_from(seq).map_err(|_| KdsError::storage("negative seq"))?;
+    e.epoch = u64::try_from(epoch).map_err(|_| KdsError::storage("negative epoch"))?;
     e.kind = EventKind::from_i64(kind)?;
     Ok(e)
 }
@@ -243,8 +243,8 @@ fn finish_room(
 ) -> Result<RoomRecord, KdsError> {
     Ok(RoomRecord {
         room,
-        epoch: u64::try_from(epoch).map_err(|_| KdsError::Storage("negative epoch".into()))?,
-        next_seq: u64::try_from(next_seq).map_err(|_| KdsError::Storage("negative seq".into()))?,
+        epoch: u64::try_from(epoch).map_err(|_| KdsError::storage("negative epoch"))?,
+        next_seq: u64::try_from(next_seq).map_err(|_| KdsError::storage("negative seq"))?,
         group_info,
         public_state,
     })

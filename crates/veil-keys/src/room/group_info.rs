@@ -23,6 +23,7 @@ pub(super) fn public_group_from(
         return Err(KdsError::Malformed {
             what: "group_info",
             why: "not a GroupInfo message".into(),
+            source: None,
         });
     };
     check_group(room, vgi.group_id())?;
@@ -32,12 +33,13 @@ pub(super) fn public_group_from(
         .ok_or_else(|| KdsError::Malformed {
             what: "group_info",
             why: "no ratchet_tree extension (create groups with use_ratchet_tree_extension)".into(),
+            source: None,
         })?
         .ratchet_tree()
         .clone();
     let storage = MemoryStorage::default();
     let (pg, _) = PublicGroup::from_external(crypto, &storage, tree, vgi, ProposalStore::new())
-        .map_err(|e| KdsError::Invalid(format!("group_info: {e:?}")))?;
+        .map_err(|e| KdsError::invalid_by("group_info", e))?;
     Ok((pg, storage))
 }
 
@@ -45,20 +47,20 @@ pub(super) fn public_group_from(
 /// the creator (the token's identity) as its only member.
 pub(super) fn validate_new_room(pg: &PublicGroup, creator: &str) -> Result<(), KdsError> {
     if pg.ciphersuite() != CIPHERSUITE {
-        return Err(KdsError::Invalid(format!(
+        return Err(KdsError::invalid(format!(
             "cipher suite {:?}; rooms use {CIPHERSUITE:?}",
             pg.ciphersuite()
         )));
     }
     let epoch = pg.group_context().epoch().as_u64();
     if epoch != 0 {
-        return Err(KdsError::Invalid(format!(
+        return Err(KdsError::invalid(format!(
             "a room is created from its epoch-0 GroupInfo, this one is of epoch {epoch}"
         )));
     }
     let members: Vec<Member> = pg.members().collect();
     let [only] = members.as_slice() else {
-        return Err(KdsError::Invalid(format!(
+        return Err(KdsError::invalid(format!(
             "a new room has exactly one member (its creator), this GroupInfo has {}",
             members.len()
         )));
@@ -85,6 +87,7 @@ pub(super) fn validate_group_info(
     let malformed = |why: &str| KdsError::Malformed {
         what: "group_info",
         why: why.to_owned(),
+        source: None,
     };
     if group_info.is_empty() {
         return Err(malformed(
@@ -96,8 +99,8 @@ pub(super) fn validate_group_info(
     };
     check_group(room, vgi.group_id())?;
     if vgi.group_context() != pg.group_context() {
-        return Err(KdsError::Invalid(
-            "the GroupInfo's group context is not the one the commit creates".into(),
+        return Err(KdsError::invalid(
+            "the GroupInfo's group context is not the one the commit creates",
         ));
     }
     let tree = vgi
@@ -112,8 +115,8 @@ pub(super) fn validate_group_info(
         .tls_serialize_detached()
         .map_err(internal)?;
     if tree != ours {
-        return Err(KdsError::Invalid(
-            "the GroupInfo's ratchet tree is not the one the commit creates".into(),
+        return Err(KdsError::invalid(
+            "the GroupInfo's ratchet tree is not the one the commit creates",
         ));
     }
     if vgi.extensions().external_pub().is_none() {
@@ -131,14 +134,14 @@ pub(super) fn validate_group_info(
         .map(u32::from_be_bytes)
         .ok_or_else(|| malformed("truncated"))?;
     let leaf = pg.leaf(LeafNodeIndex::new(signer)).ok_or_else(|| {
-        KdsError::Invalid(format!("the GroupInfo's signer {signer} is not a member"))
+        KdsError::invalid(format!("the GroupInfo's signer {signer} is not a member"))
     })?;
     let key = OpenMlsSignaturePublicKey::from_signature_key(
         leaf.signature_key().clone(),
         CIPHERSUITE.signature_algorithm(),
     );
     vgi.verify(crypto, &key)
-        .map_err(|_| KdsError::Invalid("the GroupInfo's signature does not verify".into()))?;
+        .map_err(|_| KdsError::invalid("the GroupInfo's signature does not verify"))?;
     Ok(())
 }
 
@@ -189,7 +192,7 @@ mod tests {
         let mut gi = Member::new("alice").create(ROOM, &[]);
         *gi.last_mut().unwrap() ^= 1; // the signature closes the message
         let e = public_group_from(&crypto, ROOM, &gi).unwrap_err();
-        assert!(matches!(e, KdsError::Invalid(_)), "{e}");
+        assert!(matches!(e, KdsError::Invalid { .. }), "{e}");
     }
 
     #[test]
@@ -219,7 +222,7 @@ mod tests {
         let (pg, _) = public_group_from(&RustCrypto::default(), ROOM, &alice.group_info()).unwrap();
         let e = validate_new_room(&pg, "alice").unwrap_err();
         assert!(
-            matches!(&e, KdsError::Invalid(m) if m.contains("this one is of epoch 1")),
+            matches!(&e, KdsError::Invalid { why: m, .. } if m.contains("this one is of epoch 1")),
             "{e}"
         );
     }
@@ -234,7 +237,7 @@ mod tests {
         let (pg, _) = public_group_from(&RustCrypto::default(), ROOM, &gi).unwrap();
         let e = validate_new_room(&pg, "alice").unwrap_err();
         assert!(
-            matches!(&e, KdsError::Invalid(m) if m.contains("rooms use")),
+            matches!(&e, KdsError::Invalid { why: m, .. } if m.contains("rooms use")),
             "{e}"
         );
     }
@@ -264,6 +267,7 @@ mod tests {
             KdsError::Malformed {
                 what: "group_info",
                 why,
+                ..
             } => why,
             e => panic!("{e}"),
         };
@@ -292,7 +296,7 @@ mod tests {
         };
         let e = refused(&svc, &room, &stale.by("alice"));
         assert!(
-            matches!(&e, KdsError::Invalid(m) if m.contains("group context")),
+            matches!(&e, KdsError::Invalid { why: m, .. } if m.contains("group context")),
             "{e}"
         );
         // Another room's.
@@ -313,7 +317,7 @@ mod tests {
         *up.group_info.last_mut().unwrap() ^= 1;
         let e = refused(&svc, &room, &up.by("alice"));
         assert!(
-            matches!(&e, KdsError::Invalid(m) if m.contains("signature does not verify")),
+            matches!(&e, KdsError::Invalid { why: m, .. } if m.contains("signature does not verify")),
             "{e}"
         );
     }

@@ -34,11 +34,12 @@ impl ServiceKey {
     pub fn load_or_create(store: &dyn Store) -> Result<Self, KdsError> {
         const KEY: &str = "external_sender_key";
         let fresh = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm())
-            .map_err(|e| KdsError::Internal(format!("key generation: {e:?}")))?;
-        let fresh = serde_json::to_vec(&fresh).map_err(|e| KdsError::Internal(e.to_string()))?;
+            .map_err(|e| KdsError::internal_by("key generation", e))?;
+        let fresh = serde_json::to_vec(&fresh)
+            .map_err(|e| KdsError::internal_by("encoding the service key", e))?;
         let stored = store.meta_init(KEY, &fresh)?;
         let signer = serde_json::from_slice(&stored)
-            .map_err(|e| KdsError::Storage(format!("stored service key: {e}")))?;
+            .map_err(|e| KdsError::storage_by("stored service key", e))?;
         Ok(Self { signer })
     }
 

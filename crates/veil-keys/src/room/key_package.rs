@@ -18,13 +18,14 @@ pub fn check_key_package(bytes: &[u8], identity: &str) -> Result<(Vec<u8>, bool)
         return Err(KdsError::Malformed {
             what: "key_package",
             why: "not a KeyPackage message".into(),
+            source: None,
         });
     };
     let kp = kp
         .validate(&crypto, ProtocolVersion::Mls10)
-        .map_err(|e| KdsError::Invalid(format!("key_package: {e:?}")))?;
+        .map_err(|e| KdsError::invalid(format!("key_package: {e:?}")))?;
     if kp.ciphersuite() != CIPHERSUITE {
-        return Err(KdsError::Invalid(format!(
+        return Err(KdsError::invalid(format!(
             "key_package uses {:?}; rooms use {CIPHERSUITE:?}",
             kp.ciphersuite()
         )));
@@ -89,7 +90,7 @@ mod tests {
         let p256 = Member::with_suite("bob", Ciphersuite::MLS_128_DHKEMP256_AES128GCM_SHA256_P256);
         let e = check_key_package(&p256.key_package(false), "bob").unwrap_err();
         assert!(
-            matches!(&e, KdsError::Invalid(m) if m.contains("rooms use")),
+            matches!(&e, KdsError::Invalid { why: m, .. } if m.contains("rooms use")),
             "{e}"
         );
     }

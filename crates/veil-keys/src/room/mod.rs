@@ -45,21 +45,20 @@ use validate::{
 };
 
 fn parse(what: &'static str, bytes: &[u8]) -> Result<MlsMessageIn, KdsError> {
-    MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| KdsError::Malformed {
-        what,
-        why: e.to_string(),
-    })
+    MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| KdsError::malformed_by(what, "not a TLS-encoded MLS message", e))
 }
 
 fn identity_of(credential: &Credential) -> Result<String, KdsError> {
     let basic = BasicCredential::try_from(credential.clone())
-        .map_err(|e| KdsError::Invalid(format!("credential is not a BasicCredential: {e:?}")))?;
+        .map_err(|e| KdsError::invalid_by("credential is not a BasicCredential", e))?;
     String::from_utf8(basic.identity().to_vec())
-        .map_err(|_| KdsError::Invalid("credential identity is not UTF-8".into()))
+        .map_err(|_| KdsError::invalid("credential identity is not UTF-8"))
 }
 
-fn internal(e: impl core::fmt::Debug) -> KdsError {
-    KdsError::Internal(format!("{e:?}"))
+/// An openmls or tls_codec failure on the service's own data: a bug, named by the error's type.
+fn internal<E: std::error::Error + Send + Sync + 'static>(e: E) -> KdsError {
+    KdsError::internal_by(std::any::type_name::<E>(), e)
 }
 
 /// The group id of a message is the room's name (KDS-VAL-01, KDS-GI-01/02).
@@ -178,8 +177,8 @@ impl RoomState {
     pub fn restore(record: &RoomRecord, key: &ServiceKey) -> Result<Self, KdsError> {
         let storage = restore_storage(&record.public_state)?;
         let pg = PublicGroup::load(&storage, &GroupId::from_slice(record.room.as_bytes()))
-            .map_err(|e| KdsError::Storage(format!("room {}: {e:?}", record.room)))?
-            .ok_or_else(|| KdsError::Storage(format!("room {} has no group state", record.room)))?;
+            .map_err(|e| KdsError::storage_by(format!("room {}", record.room), e))?
+            .ok_or_else(|| KdsError::storage(format!("room {} has no group state", record.room)))?;
         let sender_index = validate_external_sender(&pg, key)?;
         let proposed = pg
             .queued_proposals(&storage)
@@ -279,7 +278,7 @@ impl RoomState {
         let storage = restore_storage(&snapshot(&self.storage)?)?;
         let pg = PublicGroup::load(&storage, self.pg.group_id())
             .map_err(internal)?
-            .ok_or_else(|| KdsError::Internal("cloned room state has no group".into()))?;
+            .ok_or_else(|| KdsError::internal("cloned room state has no group"))?;
         Ok((pg, storage))
     }
 
@@ -419,7 +418,7 @@ impl RoomState {
                 .process_message(&self.crypto, pm)
                 .map_err(internal)?;
             let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
-                return Err(KdsError::Internal("own proposal did not process".into()));
+                return Err(KdsError::internal("own proposal did not process"));
             };
             self.pg
                 .add_proposal(&self.storage, *queued)
@@ -649,13 +648,13 @@ mod tests {
         let mut rec = room.record().unwrap();
         rec.public_state.pop();
         let e = RoomState::restore(&rec, &svc.key).unwrap_err();
-        assert!(matches!(e, KdsError::Storage(_)), "{e}");
+        assert!(matches!(e, KdsError::Storage { .. }), "{e}");
         // A record of another room's name finds no group in the state.
         let rec = RoomRecord {
             room: "other".into(),
             ..room.record().unwrap()
         };
         let e = RoomState::restore(&rec, &svc.key).unwrap_err();
-        assert!(matches!(e, KdsError::Storage(_)), "{e}");
+        assert!(matches!(e, KdsError::Storage { .. }), "{e}");
     }
 }

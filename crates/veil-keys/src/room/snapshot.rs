@@ -12,10 +12,10 @@ pub(super) fn snapshot(storage: &MemoryStorage) -> Result<Vec<u8>, KdsError> {
     let values = storage
         .values
         .read()
-        .map_err(|_| KdsError::Internal("room storage lock poisoned".into()))?;
+        .map_err(|_| KdsError::internal("room storage lock poisoned"))?;
     let mut entries: Vec<(&Vec<u8>, &Vec<u8>)> = values.iter().collect();
     entries.sort();
-    let len = |n: usize| u32::try_from(n).map_err(|_| KdsError::Internal("entry too big".into()));
+    let len = |n: usize| u32::try_from(n).map_err(|_| KdsError::internal("entry too big"));
     let mut out = Vec::new();
     out.extend_from_slice(&len(entries.len())?.to_be_bytes());
     for (k, v) in entries {
@@ -34,7 +34,7 @@ pub(super) fn snapshot(storage: &MemoryStorage) -> Result<Vec<u8>, KdsError> {
 pub(super) fn restore_storage(mut bytes: &[u8]) -> Result<MemoryStorage, KdsError> {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], KdsError> {
         if b.len() < n {
-            return Err(KdsError::Storage("room state is truncated".into()));
+            return Err(KdsError::storage("room state is truncated"));
         }
         let (head, tail) = b.split_at(n);
         *b = tail;
@@ -54,7 +54,7 @@ pub(super) fn restore_storage(mut bytes: &[u8]) -> Result<MemoryStorage, KdsErro
         map.insert(k, v);
     }
     if !bytes.is_empty() {
-        return Err(KdsError::Storage("room state has trailing bytes".into()));
+        return Err(KdsError::storage("room state has trailing bytes"));
     }
     Ok(MemoryStorage {
         values: std::sync::RwLock::new(map),
@@ -102,7 +102,7 @@ mod tests {
         for cut in 0..bytes.len() {
             let e = restore_storage(&bytes[..cut]).unwrap_err();
             assert!(
-                matches!(&e, KdsError::Storage(m) if m.contains("truncated")),
+                matches!(&e, KdsError::Storage { why: m, .. } if m.contains("truncated")),
                 "{cut}: {e}"
             );
         }
@@ -110,7 +110,7 @@ mod tests {
         long.push(0);
         let e = restore_storage(&long).unwrap_err();
         assert!(
-            matches!(&e, KdsError::Storage(m) if m.contains("trailing")),
+            matches!(&e, KdsError::Storage { why: m, .. } if m.contains("trailing")),
             "{e}"
         );
     }

@@ -34,14 +34,11 @@ pub(super) fn validate_public_message(
 ) -> Result<ProtocolMessage, KdsError> {
     let pm = parse("commit", commit)?
         .try_into_protocol_message()
-        .map_err(|e| KdsError::Malformed {
-            what: "commit",
-            why: format!("not a handshake message: {e:?}"),
-        })?;
+        .map_err(|e| KdsError::malformed_by("commit", "not a handshake message", e))?;
     check_group(room, pm.group_id())?;
     if !matches!(pm, ProtocolMessage::PublicMessage(_)) {
-        return Err(KdsError::Invalid(
-            "commits must be PublicMessages (PURE_PLAINTEXT wire format policy) so the service can validate them".into(),
+        return Err(KdsError::invalid(
+            "commits must be PublicMessages (PURE_PLAINTEXT wire format policy) so the service can validate them",
         ));
     }
     Ok(pm)
@@ -82,7 +79,7 @@ impl RoomState {
             });
         }
         if message_epoch > self.epoch {
-            return Err(KdsError::Invalid(format!(
+            return Err(KdsError::invalid(format!(
                 "the commit claims epoch {message_epoch}, but the room is only at epoch {}",
                 self.epoch
             )));
@@ -98,7 +95,7 @@ impl RoomState {
     ) -> Result<ProcessedMessage, KdsError> {
         self.pg
             .process_message(&self.crypto, pm)
-            .map_err(|e| KdsError::Invalid(format!("{e:?}")))
+            .map_err(|e| KdsError::invalid_by("openmls refused the commit", e))
     }
 
     /// KDS-VAL-04: every added KeyPackage was handed out by `ClaimKeyPackage` in this room
@@ -133,6 +130,7 @@ impl RoomState {
                 } else {
                     "the commit adds members but no Welcome was sent".into()
                 },
+                source: None,
             });
         }
         if !welcome.is_empty() {
@@ -140,6 +138,7 @@ impl RoomState {
                 return Err(KdsError::Malformed {
                     what: "welcome",
                     why: "not a Welcome message".into(),
+                    source: None,
                 });
             };
         }
@@ -221,8 +220,8 @@ pub(super) struct Commit {
 pub(super) fn validate_is_commit(processed: ProcessedMessage) -> Result<Commit, KdsError> {
     let external = matches!(processed.sender(), Sender::NewMemberCommit);
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
-        return Err(KdsError::Invalid(
-            "not a commit: members send proposals only inside commits".into(),
+        return Err(KdsError::invalid(
+            "not a commit: members send proposals only inside commits",
         ));
     };
     Ok(Commit { staged, external })
@@ -334,7 +333,7 @@ mod tests {
         };
         let e = refused(&svc, &room, &private.by("alice"));
         assert!(
-            matches!(&e, KdsError::Invalid(m) if m.contains("must be PublicMessages")),
+            matches!(&e, KdsError::Invalid { why: m, .. } if m.contains("must be PublicMessages")),
             "{e}"
         );
     }
@@ -388,7 +387,7 @@ mod tests {
         let ahead = alice.self_update();
         let e = refused(&svc, &room, &ahead.by("alice"));
         assert!(
-            matches!(&e, KdsError::Invalid(m) if m.contains("claims epoch 1, but the room is only at epoch 0")),
+            matches!(&e, KdsError::Invalid { why: m, .. } if m.contains("claims epoch 1, but the room is only at epoch 0")),
             "{e}"
         );
     }
@@ -430,8 +429,15 @@ mod tests {
         eve.create(ROOM, &[svc.sender()]);
         let forged = eve.self_update();
         let e = refused(&svc, &room, &forged.by("alice"));
-        assert!(matches!(e, KdsError::Invalid(_)), "{e}");
+        assert!(matches!(e, KdsError::Invalid { .. }), "{e}");
         assert_eq!(e.code(), Code::InvalidArgument);
+        // The openmls error is kept as the source, and the message names it.
+        let source = std::error::Error::source(&e).expect("openmls's error is kept");
+        assert!(
+            source.is::<openmls::prelude::PublicProcessMessageError>(),
+            "{source:?}"
+        );
+        assert!(e.to_string().ends_with(&source.to_string()), "{e}");
     }
 
     #[test]
@@ -445,7 +451,7 @@ mod tests {
         };
         let e = refused(&svc, &room, &proposal.by("alice"));
         assert!(
-            matches!(&e, KdsError::Invalid(m) if m.contains("not a commit")),
+            matches!(&e, KdsError::Invalid { why: m, .. } if m.contains("not a commit")),
             "{e}"
         );
     }
@@ -569,6 +575,7 @@ mod tests {
             KdsError::Malformed {
                 what: "welcome",
                 why,
+                ..
             } => why,
             e => panic!("{e}"),
         };
