@@ -25,15 +25,7 @@ pub(crate) fn from_status(s: Status) -> ClientError {
             message: s.message().to_owned(),
         },
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
-            // "transport error" alone says little: name the cause chain.
-            let mut why = s.message().to_owned();
-            let mut src = std::error::Error::source(&s);
-            while let Some(e) = src {
-                why.push_str(": ");
-                why.push_str(&e.to_string());
-                src = e.source();
-            }
-            ClientError::Unavailable(why)
+            ClientError::Unavailable(s)
         }
         code => ClientError::Refused {
             code,
@@ -58,7 +50,7 @@ impl KeyClient {
     /// [`ClientError::Config`] for a bad URL or token.
     pub async fn connect(url: &str, token: &str, room: &str) -> Result<Self, ClientError> {
         let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| ClientError::Config(format!("service URL {url:?}: {e}")))?
+            .map_err(|e| ClientError::config_by(format!("service URL {url:?}"), e))?
             .connect_timeout(std::time::Duration::from_secs(5))
             .http2_keep_alive_interval(std::time::Duration::from_secs(10))
             .keep_alive_while_idle(true);
@@ -67,7 +59,7 @@ impl KeyClient {
         let channel = endpoint.connect_lazy();
         let auth = format!("Bearer {token}")
             .parse()
-            .map_err(|_| ClientError::Config("the token is not ASCII".into()))?;
+            .map_err(|_| ClientError::config("the token is not ASCII"))?;
         Ok(Self {
             rpc: KeyServiceClient::new(channel)
                 .max_decoding_message_size(16 << 20)

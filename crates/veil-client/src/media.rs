@@ -265,7 +265,7 @@ impl TrackSender {
             (MediaKind::Video, Packetization::Browser) => PacketFormat::Vp8,
         };
         let packetizer = Packetizer::new(format, MAX_PAYLOAD)
-            .map_err(|e| ClientError::Config(format!("packetizer: {e}")))?;
+            .map_err(|e| ClientError::config_by("packetizer", e))?;
         Ok(Self {
             kind,
             packetizer,
@@ -333,7 +333,7 @@ impl TrackSender {
         self.buf
             .resize(frame.len() + session.keys().max_overhead(), 0);
         let n = session.encrypt_frame(b"", frame, &mut self.buf)?;
-        let wire = |e: veil_wire::WireError| ClientError::Config(format!("packetize: {e}"));
+        let wire = |e: veil_wire::WireError| ClientError::config_by("packetize", e);
         let vp8 = Vp8Descriptor {
             picture_id: Some(self.picture_id & 0x7fff),
             ..Default::default()

@@ -306,7 +306,7 @@ impl Room {
         let (frames_tx, frames) = mpsc::channel(4096);
         let mut released = group
             .take_released()
-            .ok_or_else(|| ClientError::Config("released frames already taken".into()))?;
+            .ok_or_else(|| ClientError::config("released frames already taken"))?;
         let received = std::sync::Arc::new(StdMutex::new(HashMap::new()));
         let stats = received.clone();
         let ssrc_tracks = std::sync::Arc::new(StdMutex::new(HashMap::new()));
@@ -458,7 +458,7 @@ impl Room {
         key_frame: bool,
     ) -> Result<(), ClientError> {
         if self.video.1.len() != 1 {
-            return Err(ClientError::Config(format!(
+            return Err(ClientError::config(format!(
                 "this room publishes {} simulcast layers: use publish_video_layers",
                 self.video.1.len()
             )));
@@ -481,7 +481,7 @@ impl Room {
         key_frame: bool,
     ) -> Result<(), ClientError> {
         if frames.len() != self.video.1.len() {
-            return Err(ClientError::Config(format!(
+            return Err(ClientError::config(format!(
                 "{} frames for {} simulcast layers",
                 frames.len(),
                 self.video.1.len()
@@ -514,7 +514,7 @@ impl Room {
     /// A send that failed because the SFU session is being reconnected says so.
     fn sent(&self, r: Result<(), ClientError>) -> Result<(), ClientError> {
         match r {
-            Err(ClientError::Transport(_))
+            Err(ClientError::Transport { .. })
                 if self.sfu.as_ref().is_some_and(|s| !s.link().is_up()) =>
             {
                 Err(ClientError::Reconnecting(Link::Sfu))

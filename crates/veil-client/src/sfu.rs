@@ -29,7 +29,6 @@ use webrtc::peer_connection::{
 use webrtc::rtp_transceiver::RtpSender;
 
 use crate::error::ClientError;
-use crate::keys::from_status;
 use crate::link::{LinkEvent, LinkStatus};
 use crate::media::{ExtIds, MediaKind, Packetization};
 use crate::transport::{LocalTrack, RemotePacket, negotiated_ext_ids, peer_connection, read_track};
@@ -195,7 +194,7 @@ const WAIT: Duration = Duration::from_secs(15);
 const RECONNECT_WAIT: Duration = Duration::from_secs(5);
 
 fn transport(what: &str) -> impl FnOnce(webrtc::error::Error) -> ClientError + '_ {
-    move |e| ClientError::Transport(format!("{what}: {e}"))
+    move |e| ClientError::transport_by(what, e)
 }
 
 async fn wait_true(
@@ -227,8 +226,8 @@ impl SfuSession {
     /// incoming media. A session lost later is opened again in the background ([`link`](Self::link)).
     ///
     /// # Errors
-    /// [`ClientError::Refused`] (e.g. a token without the needed grants),
-    /// [`ClientError::Transport`], [`ClientError::Timeout`].
+    /// [`ClientError::SfuRefused`] (e.g. a token without the needed grants),
+    /// [`ClientError::SfuUnavailable`], [`ClientError::Transport`], [`ClientError::Timeout`].
     pub async fn connect(
         url: &str,
         token: &str,
@@ -383,7 +382,7 @@ impl Conn {
     fn sender(&self, i: usize) -> Result<&Arc<dyn RtpSender>, ClientError> {
         self.senders
             .get(i)
-            .ok_or_else(|| ClientError::Config(format!("no published track {i}")))
+            .ok_or_else(|| ClientError::config(format!("no published track {i}")))
     }
 
     async fn ext_ids(&self, i: usize) -> Result<ExtIds, ClientError> {
@@ -400,7 +399,7 @@ impl Conn {
                 return Ok(mid);
             }
         }
-        Err(ClientError::Config(format!(
+        Err(ClientError::config(format!(
             "published track {i} has no mid"
         )))
     }
@@ -476,24 +475,27 @@ async fn negotiate(
     let offer_sdp = pc
         .local_description()
         .await
-        .ok_or_else(|| ClientError::Transport("no local offer".into()))?
+        .ok_or_else(|| ClientError::transport("no local offer"))?
         .sdp;
 
     let url = &p.url;
     let mut client = tokio::time::timeout(wait, SfuClient::connect(url.clone()))
         .await
         .map_err(|_| ClientError::Timeout(format!("connect {url}")))?
-        .map_err(|e| ClientError::Unavailable(format!("connect {url}: {e}")))?;
+        .map_err(|e| ClientError::SfuUnavailable {
+            what: format!("connect {url}"),
+            source: Box::new(e),
+        })?;
     let (requests, rx) = mpsc::channel(64);
     let mut req = Request::new(ReceiverStream::new(rx));
     let auth = format!("Bearer {}", p.token)
         .parse()
-        .map_err(|_| ClientError::Config("the token is not ASCII".into()))?;
+        .map_err(|_| ClientError::config("the token is not ASCII"))?;
     req.metadata_mut().insert("authorization", auth);
     let mut events = tokio::time::timeout(wait, client.signal(req))
         .await
         .map_err(|_| ClientError::Timeout("the SFU's signalling stream".into()))?
-        .map_err(from_status)?
+        .map_err(|s| ClientError::from_sfu_status("open the signalling stream", s))?
         .into_inner();
     let send = |id: u32, r: R| pb::SignalRequest {
         id,
@@ -520,11 +522,11 @@ async fn negotiate(
             .await
             .map_err(|_| ClientError::Timeout("Joined from the SFU".into()))?
             .ok_or(ClientError::Stopped)?
-            .map_err(from_status)?;
+            .map_err(|s| ClientError::from_sfu_status("join", s))?;
         match ev.event {
             Some(E::Joined(j)) => break j,
             Some(E::RequestFailed(f)) => {
-                return Err(ClientError::Refused {
+                return Err(ClientError::SfuRefused {
                     code: tonic::Code::from(f.code),
                     message: f.message,
                 });
@@ -547,7 +549,7 @@ async fn negotiate(
     .map(|s| *s)
     .map_err(|_| ClientError::Stopped)?;
     if up != RTCPeerConnectionState::Connected {
-        return Err(ClientError::Transport(format!(
+        return Err(ClientError::transport(format!(
             "the connection to the SFU went {up} while connecting"
         )));
     }
@@ -599,7 +601,7 @@ async fn signalling(
             None => match events.next().await {
                 Some(Ok(pb::SignalEvent { event: Some(e) })) => e,
                 Some(Ok(_)) => continue,
-                Some(Err(s)) => return Err(from_status(s)),
+                Some(Err(s)) => return Err(ClientError::from_sfu_status("signalling", s)),
                 None => return Ok(()),
             },
         };
@@ -638,7 +640,7 @@ async fn signalling(
                 let sdp = pc
                     .local_description()
                     .await
-                    .ok_or_else(|| ClientError::Transport("no local answer".into()))?
+                    .ok_or_else(|| ClientError::transport("no local answer"))?
                     .sdp;
                 next_id += 1;
                 let r = pb::SignalRequest {

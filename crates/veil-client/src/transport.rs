@@ -27,7 +27,7 @@ use crate::media::{ExtIds, MediaKind, RtpOut};
 pub use veil_rtc::{AUDIO_LEVEL_URI, DD_URI, MID_URI, OPUS_PT, RID_URI, VP8_PT};
 
 fn rtc_err(what: &str) -> impl FnOnce(webrtc::error::Error) -> ClientError + '_ {
-    move |e| ClientError::Transport(format!("{what}: {e}"))
+    move |e| ClientError::transport_by(what, e)
 }
 
 fn codec(kind: MediaKind) -> RTCRtpCodec {
@@ -228,7 +228,7 @@ impl LocalTrack {
     /// As [`send`](Self::send); [`ClientError::Config`] for a layer the track does not have.
     pub async fn send_layer(&self, layer: usize, packets: &[RtpOut]) -> Result<(), ClientError> {
         let ssrc = *self.ssrcs.get(layer).ok_or_else(|| {
-            ClientError::Config(format!(
+            ClientError::config(format!(
                 "layer {layer} of a track with {} layers",
                 self.ssrcs.len()
             ))
@@ -268,7 +268,7 @@ pub fn to_rtp(p: &RtpOut, ssrc: u32, pt: u8) -> Result<rtc::rtp::Packet, ClientE
     for (id, data) in exts {
         header
             .set_extension(*id, Bytes::copy_from_slice(data))
-            .map_err(|e| ClientError::Transport(format!("header extension {id}: {e}")))?;
+            .map_err(|e| ClientError::transport_by(format!("header extension {id}"), e))?;
     }
     Ok(rtc::rtp::Packet {
         header,
