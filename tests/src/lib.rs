@@ -1,14 +1,15 @@
 //! Helpers for Veil's end-to-end tests: a real `veil-server` (key service and blind SFU) in
-//! this process on loopback, with a fresh SQLite file, and tokens from its key.
+//! this process on loopback, with a fresh SQLite file, and tokens from its key (both from
+//! veil-testkit), plus the frames and waits the calls share.
 #![forbid(unsafe_code)]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use std::collections::BTreeMap;
 
-use veil_auth::{Claims, Grants, TokenKey};
 use veil_client::media::MediaKind;
 use veil_client::room::{Room, RoomConfig};
+use veil_testkit::server::InProcess;
 
 /// A running server.
 #[derive(Debug)]
@@ -20,8 +21,7 @@ pub struct Server {
     /// Every packet the SFU receives, as it receives it (SFU-TAP-01): what a curious SFU
     /// operator could record.
     pub tap: veil_sfu::Tap,
-    key: TokenKey,
-    _dir: tempfile::TempDir,
+    server: InProcess,
 }
 
 impl Server {
@@ -30,21 +30,18 @@ impl Server {
     /// # Panics
     /// If the server cannot start.
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key = TokenKey::generate("e2e").unwrap();
-        let mut cfg = veil_server::ServerConfig::loopback(dir.path().to_owned(), key.clone());
-        cfg.kds.departure_grace = Duration::from_secs(2);
         let tap = veil_sfu::Tap::new(1 << 16);
-        cfg.sfu.as_mut().expect("loopback runs the SFU").tap = Some(tap.clone());
-        cfg.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-        let bound = veil_server::spawn(cfg).await.unwrap();
-        let addr = bound.grpc;
+        let server = InProcess::start("e2e", |cfg| {
+            cfg.kds.departure_grace = Duration::from_secs(2);
+            cfg.sfu.as_mut().expect("loopback runs the SFU").tap = Some(tap.clone());
+            cfg.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        })
+        .await;
         Self {
-            url: format!("http://{addr}"),
-            metrics: bound.metrics.expect("a metrics listener"),
+            url: server.url.clone(),
+            metrics: server.bound.metrics.expect("a metrics listener"),
             tap,
-            key,
-            _dir: dir,
+            server,
         }
     }
 
@@ -54,19 +51,7 @@ impl Server {
     /// Never for valid names.
     #[must_use]
     pub fn token(&self, room: &str, identity: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        self.key
-            .mint(&Claims::new(
-                identity,
-                room,
-                Grants::all(),
-                now,
-                Duration::from_secs(600),
-            ))
-            .unwrap()
+        self.server.token(room, identity, Duration::from_secs(600))
     }
 
     /// A room configuration for `identity`.

@@ -224,19 +224,24 @@ pub fn check(rule: &Rule) {
         );
     }
     for c in &t.crates {
-        let bad =
-            banned.contains(&c.as_str()) || banned_prefixes.iter().any(|p| c.starts_with(p));
-        assert!(!bad, "{id}: {package} links the banned crate {c}:\n{}", t.text);
+        let bad = banned.contains(&c.as_str()) || banned_prefixes.iter().any(|p| c.starts_with(p));
+        assert!(
+            !bad,
+            "{id}: {package} links the banned crate {c}:\n{}",
+            t.text
+        );
     }
     if let Some(via) = crypto_only_via {
-        let importer_ok = |p: &str| {
-            p.starts_with("rtc-") || via.contains(&p) || CRYPTO.contains(&p)
-        };
+        let importer_ok =
+            |p: &str| p.starts_with("rtc-") || via.contains(&p) || CRYPTO.contains(&p);
         let mut seen = 0;
         for (parent, child) in &t.edges {
             if CRYPTO.contains(&child.as_str()) {
                 seen += 1;
-                assert_ne!(parent, package, "{id}: {package} depends on {child} directly");
+                assert_ne!(
+                    parent, package,
+                    "{id}: {package} depends on {child} directly"
+                );
                 assert!(
                     importer_ok(parent),
                     "{id}: {parent} brings the crypto crate {child} into {package}:\n{}",

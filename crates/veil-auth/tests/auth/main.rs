@@ -3,7 +3,6 @@
 
 mod algorithms;
 mod common;
-mod deps;
 mod errors;
 mod interop;
 mod keyfile;

@@ -1,0 +1,8 @@
+//! Veil's end-to-end tests, one binary: the real server (key service and blind SFU) in this process and SDK clients on loopback; one behaviour per module.
+
+mod call;
+mod events;
+mod late_joiner;
+mod membership;
+mod policy;
+mod simulcast;
