@@ -10,62 +10,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use veil_auth::{Claims, Grants, TokenKey};
 use veil_client::group::{Group, GroupConfig};
 use veil_client::media::{
     FrameCounter, MediaKind, Packetization, ReceivedFrame, TrackReceiver, TrackSender,
     split_held_tag,
 };
 use veil_client::transport::{LocalTrack, negotiated_ext_ids};
+use veil_testkit::server::InProcess;
 
 use crate::common::{connect, peer};
 
-struct Service {
-    url: String,
-    key: TokenKey,
-    _dir: tempfile::TempDir,
+/// The real server in this process, its departure grace cut to 2 s.
+async fn start() -> InProcess {
+    InProcess::start("test", |cfg| {
+        cfg.kds.departure_grace = Duration::from_secs(2)
+    })
+    .await
 }
 
-impl Service {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let key = TokenKey::generate("test").unwrap();
-        let mut cfg = veil_server::ServerConfig::loopback(dir.path().to_owned(), key.clone());
-        cfg.kds.departure_grace = Duration::from_secs(2);
-        let addr = veil_server::spawn(cfg).await.unwrap().grpc;
-        Self {
-            url: format!("http://{addr}"),
-            key,
-            _dir: dir,
-        }
-    }
-
-    fn cfg(&self, identity: &str) -> GroupConfig {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let token = self
-            .key
-            .mint(&Claims::new(
-                identity,
-                "call",
-                Grants::all(),
-                now,
-                Duration::from_secs(600),
-            ))
-            .unwrap();
-        let mut c = GroupConfig::new(&self.url, &token, "call", identity);
-        c.proposal_commit_delay = Duration::from_millis(50);
-        c
-    }
+fn cfg(svc: &InProcess, identity: &str) -> GroupConfig {
+    let token = svc.token("call", identity, Duration::from_secs(600));
+    let mut c = GroupConfig::new(&svc.url, &token, "call", identity);
+    c.proposal_commit_delay = Duration::from_millis(50);
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_frame_is_lost_while_the_membership_changes() {
-    let svc = Service::start().await;
-    let alice = Group::create(svc.cfg("alice")).await.unwrap();
-    let mut bob = Group::join_external(svc.cfg("bob")).await.unwrap();
+    let svc = start().await;
+    let alice = Group::create(cfg(&svc, "alice")).await.unwrap();
+    let mut bob = Group::join_external(cfg(&svc, "bob")).await.unwrap();
     bob.wait(Duration::from_secs(10), |s| s.epoch == Some(1))
         .await
         .unwrap();
@@ -155,10 +129,10 @@ async fn no_frame_is_lost_while_the_membership_changes() {
 
     // Membership changes while media flows.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let carol = Group::await_welcome(svc.cfg("carol")).await.unwrap();
+    let carol = Group::await_welcome(cfg(&svc, "carol")).await.unwrap();
     alice.add(&["carol"]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let dave = Group::join_external(svc.cfg("dave")).await.unwrap();
+    let dave = Group::join_external(cfg(&svc, "dave")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
     bob.self_update().await.unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
