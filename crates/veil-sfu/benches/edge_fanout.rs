@@ -41,13 +41,11 @@ use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::Metrics;
 use veil_sfu::shell::peer::{self, OPUS_PT};
 use veil_sfu::{Sfu, SfuConfig, SignalEvent};
+use veil_testkit::webrtc::{Events, Handler, OnTrack, loopback_addrs};
 use webrtc::media_stream::track_local::TrackLocal as _;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
-    RTCPeerConnectionState,
-};
+use webrtc::peer_connection::{PeerConnection, PeerConnectionBuilder, RTCPeerConnectionState};
 
 const WAIT: Duration = Duration::from_secs(20);
 const PUBLISHER_SSRC: u32 = 0x00C0_FFEE;
@@ -185,48 +183,32 @@ fn io_turn(s: &mut impl SansIo, sock: &std::net::UdpSocket, buf: &mut [u8], now:
 
 // ---- the forwarder on async webrtc-rs (the shell's structure) ---------------------------
 
-struct Handler {
-    gathered: watch::Sender<bool>,
-    state: watch::Sender<RTCPeerConnectionState>,
-    /// The forwarder's publisher leg: where its packets go.
-    fan_out: Option<FanOut>,
-    /// A peer's subscriber leg: what it counts.
-    count: Option<Arc<AtomicU64>>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
-        if s == RTCIceGatheringState::Complete {
-            let _ = self.gathered.send(true);
-        }
-    }
-
-    async fn on_connection_state_change(&self, s: RTCPeerConnectionState) {
-        let _ = self.state.send(s);
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let (fan_out, count) = (self.fan_out.clone(), self.count.clone());
-        tokio::spawn(async move {
-            while let Some(ev) = track.poll().await {
-                let TrackRemoteEvent::OnRtpPacket(p) = ev else {
-                    continue;
-                };
-                if let Some(c) = &count {
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(f) = &fan_out {
-                    for (ssrc, q) in f.lock().unwrap().iter() {
-                        let mut copy = p.clone();
-                        copy.header.ssrc = *ssrc;
-                        copy.header.payload_type = OPUS_PT;
-                        let _ = q.try_send(copy);
+/// The forwarder's publisher leg (`fan_out`: where its packets go) or a peer's subscriber leg
+/// (`count`: what it counts).
+fn on_track(fan_out: Option<FanOut>, count: Option<Arc<AtomicU64>>) -> OnTrack {
+    Box::new(move |track: Arc<dyn TrackRemote>| {
+        let (fan_out, count) = (fan_out.clone(), count.clone());
+        Box::pin(async move {
+            tokio::spawn(async move {
+                while let Some(ev) = track.poll().await {
+                    let TrackRemoteEvent::OnRtpPacket(p) = ev else {
+                        continue;
+                    };
+                    if let Some(c) = &count {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(f) = &fan_out {
+                        for (ssrc, q) in f.lock().unwrap().iter() {
+                            let mut copy = p.clone();
+                            copy.header.ssrc = *ssrc;
+                            copy.header.payload_type = OPUS_PT;
+                            let _ = q.try_send(copy);
+                        }
                     }
                 }
-            }
-        });
-    }
+            });
+        })
+    })
 }
 
 struct Pc {
@@ -236,21 +218,15 @@ struct Pc {
 }
 
 async fn pc(fan_out: Option<FanOut>, count: Option<Arc<AtomicU64>>) -> Pc {
-    let (gathered_tx, gathered) = watch::channel(false);
-    let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+    let (handler, Events { gathered, state }) = Handler::new(Some(on_track(fan_out, count)));
     let mut me = peer::media_engine().unwrap();
     let registry = peer::interceptors(&mut me).unwrap();
     let pc: Arc<dyn PeerConnection> = Arc::new(
         PeerConnectionBuilder::new()
             .with_media_engine(me)
             .with_interceptor_registry(registry)
-            .with_handler(Arc::new(Handler {
-                gathered: gathered_tx,
-                state: state_tx,
-                fan_out,
-                count,
-            }))
-            .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+            .with_handler(handler)
+            .with_udp_addrs(loopback_addrs())
             .build()
             .await
             .unwrap(),

@@ -29,12 +29,14 @@ use veil_sfu::shell::Metrics;
 use veil_sfu::shell::peer::{self, OPUS_PT, VP8_PT};
 use veil_sfu::shell::sdp::{AUDIO_LEVEL_URI, DD_URI, MID_URI, RID_URI};
 use veil_sfu::{Permissions, RoomEvent, Sfu, SignalEvent};
+pub use veil_testkit::webrtc::answer_offer;
+use veil_testkit::webrtc::{Events, Handler, OnTrack, loopback_addrs};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, RTCPeerConnectionState,
+    RTCSessionDescription,
 };
 use webrtc::rtp_transceiver::{RtpSender, RtpTransceiver};
 
@@ -83,16 +85,6 @@ impl Shell for EdgeSfu {
     }
 }
 
-/// Apply `offer` on `pc` and return its answer, applied too.
-pub async fn answer_offer(pc: &Arc<dyn PeerConnection>, offer: String) -> String {
-    pc.set_remote_description(RTCSessionDescription::offer(offer).unwrap())
-        .await
-        .unwrap();
-    let answer = pc.create_answer(None).await.unwrap();
-    pc.set_local_description(answer).await.unwrap();
-    pc.local_description().await.unwrap().sdp
-}
-
 /// Wait until `room`'s participants are `expected`.
 pub async fn roster_becomes(sfu: &impl Shell, room: &str, expected: &[&str]) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -137,50 +129,36 @@ pub struct Received {
     pub packet: rtp::Packet,
 }
 
-struct Handler {
-    gathered: watch::Sender<bool>,
-    state: watch::Sender<RTCPeerConnectionState>,
+/// A remote track's packets, named by the track's id, into `tracks`; the track itself into
+/// `remotes` before the handler returns.
+fn on_track(
     tracks: mpsc::UnboundedSender<Received>,
     remotes: Arc<Mutex<HashMap<String, Arc<dyn TrackRemote>>>>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
-        if s == RTCIceGatheringState::Complete {
-            let _ = self.gathered.send(true);
-        }
-    }
-
-    async fn on_connection_state_change(&self, s: RTCPeerConnectionState) {
-        let _ = self.state.send(s);
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let name = track.track_id().await;
-        self.remotes
-            .lock()
-            .await
-            .insert(name.clone(), track.clone());
-        let tx = self.tracks.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = track.poll().await {
-                match ev {
-                    TrackRemoteEvent::OnRtpPacket(packet) => {
-                        let r = Received {
-                            track: name.clone(),
-                            packet,
-                        };
-                        if tx.send(r).is_err() {
-                            return;
+) -> OnTrack {
+    Box::new(move |track: Arc<dyn TrackRemote>| {
+        let (tx, remotes) = (tracks.clone(), remotes.clone());
+        Box::pin(async move {
+            let name = track.track_id().await;
+            remotes.lock().await.insert(name.clone(), track.clone());
+            tokio::spawn(async move {
+                while let Some(ev) = track.poll().await {
+                    match ev {
+                        TrackRemoteEvent::OnRtpPacket(packet) => {
+                            let r = Received {
+                                track: name.clone(),
+                                packet,
+                            };
+                            if tx.send(r).is_err() {
+                                return;
+                            }
                         }
+                        TrackRemoteEvent::OnEnded => return,
+                        _ => {}
                     }
-                    TrackRemoteEvent::OnEnded => return,
-                    _ => {}
                 }
-            }
-        });
-    }
+            });
+        })
+    })
 }
 
 /// Extension URIs a test publisher registers before Veil's, so that its extension ids differ
@@ -345,16 +323,10 @@ impl Peer {
     }
 
     async fn build(room: &str, identity: &str, shift_ids: bool, log: Option<RtcpLog>) -> Peer {
-        let (gathered_tx, gathered) = watch::channel(false);
-        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
         let (tracks_tx, received) = mpsc::unbounded_channel();
         let remotes = Arc::new(Mutex::new(HashMap::new()));
-        let handler = Arc::new(Handler {
-            gathered: gathered_tx,
-            state: state_tx,
-            tracks: tracks_tx,
-            remotes: remotes.clone(),
-        });
+        let (handler, Events { gathered, state }) =
+            Handler::new(Some(on_track(tracks_tx, remotes.clone())));
         let mut me = media_engine(shift_ids);
         let mut registry = peer::interceptors(&mut me).unwrap();
         if let Some(log) = log {
@@ -372,7 +344,7 @@ impl Peer {
                 .with_media_engine(me)
                 .with_interceptor_registry(registry)
                 .with_handler(handler)
-                .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+                .with_udp_addrs(loopback_addrs())
                 .build()
                 .await
                 .unwrap(),

@@ -2,13 +2,13 @@
 //! publish, subscribe and leave through the gRPC service, with Veil access tokens.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Code, Request, Streaming};
-use veil_auth::{Claims, Grants, TokenKey, Verifier};
+use veil_auth::{TokenKey, Verifier};
 use veil_proto::sfu::v1 as pb;
 use veil_proto::sfu::v1::sfu_client::SfuClient;
 use veil_sfu::edge::EdgeSfu;
@@ -35,24 +35,14 @@ async fn serve<B: Backend>(sfu: B, key: &TokenKey) -> SocketAddr {
 }
 
 fn token(key: &TokenKey, identity: &str, room: &str, publish: bool, subscribe: bool) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let grants = Grants {
-        join: true,
-        create: false,
-        publish,
-        subscribe,
-    };
-    key.mint(&Claims::new(
-        identity,
+    veil_testkit::token::mint_with(
+        key,
         room,
-        grants,
-        now,
+        identity,
+        veil_testkit::token::joiner(publish, subscribe),
+        0,
         Duration::from_secs(600),
-    ))
-    .unwrap()
+    )
 }
 
 /// A signalling stream: requests in, events out.
