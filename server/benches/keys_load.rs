@@ -8,15 +8,16 @@
 //! `cargo bench -p veil-server --bench keys_load` (add `-- --quick` for a short run).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tokio_stream::StreamExt as _;
-use veil_auth::{Claims, Grants, TokenKey};
+use veil_auth::TokenKey;
 use veil_client::group::{Group, GroupConfig};
 use veil_client::keys::KeyClient;
 use veil_mls::{CallSession, KeyConfig};
 use veil_proto::keys::v1::room_event::Event as Ev;
+use veil_testkit::server::InProcess;
 
 struct Bench {
     url: String,
@@ -25,19 +26,7 @@ struct Bench {
 
 impl Bench {
     fn token(&self, room: &str, id: &str) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        self.key
-            .mint(&Claims::new(
-                id,
-                room,
-                Grants::all(),
-                now,
-                Duration::from_secs(3600),
-            ))
-            .unwrap()
+        veil_testkit::token::mint(&self.key, room, id, Duration::from_secs(3600))
     }
 
     fn cfg(&self, room: &str, id: &str) -> GroupConfig {
@@ -66,14 +55,13 @@ fn row(name: &str, h: &Histogram<u64>, extra: &str) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let dir = tempfile::tempdir().unwrap();
-    let key = TokenKey::generate("bench").unwrap();
-    let mut cfg = veil_server::ServerConfig::loopback(dir.path().to_owned(), key.clone());
-    cfg.kds.departure_grace = Duration::from_secs(3600);
-    let addr = veil_server::spawn(cfg).await.unwrap().grpc;
+    let server = InProcess::start("bench", |cfg| {
+        cfg.kds.departure_grace = Duration::from_secs(3600);
+    })
+    .await;
     let b = Arc::new(Bench {
-        url: format!("http://{addr}"),
-        key,
+        url: server.url.clone(),
+        key: server.key.clone(),
     });
 
     println!("| measurement | samples | p50 | p99 | max | notes |");

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -40,19 +40,19 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use veil_auth::{Claims, Grants, TokenKey};
+use veil_auth::TokenKey;
 use veil_proto::sfu::v1 as pb;
 use veil_proto::sfu::v1::sfu_client::SfuClient;
 use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::peer::{self, OPUS_PT, VP8_PT};
 use veil_sfu::shell::sdp::{AUDIO_LEVEL_URI, DD_URI, MID_URI, RID_URI};
+use veil_testkit::webrtc::{Events, Handler, OnTrack, loopback_addrs};
 use veil_wire::dd::{DependencyDescriptor, TemplateStructure};
 use webrtc::media_stream::track_local::TrackLocal as _;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
-    RTCPeerConnectionState, RTCSessionDescription,
+    PeerConnection, PeerConnectionBuilder, RTCPeerConnectionState, RTCSessionDescription,
 };
 
 use pb::signal_event::Event as E;
@@ -234,39 +234,23 @@ async fn publish(out: Out, idx: usize, stats: Arc<Stats>, stop: Arc<AtomicBool>)
 
 // ---- webrtc-rs peers -------------------------------------------------------------------------
 
-struct Handler {
-    gathered: watch::Sender<bool>,
-    state: watch::Sender<RTCPeerConnectionState>,
-    /// Subscribers: their index and the run's counters.
-    sink: Option<(usize, Arc<Stats>)>,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Handler {
-    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
-        if s == RTCIceGatheringState::Complete {
-            let _ = self.gathered.send(true);
-        }
-    }
-
-    async fn on_connection_state_change(&self, s: RTCPeerConnectionState) {
-        let _ = self.state.send(s);
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let Some((sub, stats)) = self.sink.clone() else {
-            return;
-        };
-        tokio::spawn(async move {
-            while let Some(ev) = track.poll().await {
-                match ev {
-                    TrackRemoteEvent::OnRtpPacket(p) => stats.receive(sub, &p.payload),
-                    TrackRemoteEvent::OnEnded => return,
-                    _ => {}
+/// Subscribers (`sink`: their index and the run's counters) count what they receive.
+fn on_track(sink: Option<(usize, Arc<Stats>)>) -> Option<OnTrack> {
+    let (sub, stats) = sink?;
+    Some(Box::new(move |track: Arc<dyn TrackRemote>| {
+        let stats = stats.clone();
+        Box::pin(async move {
+            tokio::spawn(async move {
+                while let Some(ev) = track.poll().await {
+                    match ev {
+                        TrackRemoteEvent::OnRtpPacket(p) => stats.receive(sub, &p.payload),
+                        TrackRemoteEvent::OnEnded => return,
+                        _ => {}
+                    }
                 }
-            }
-        });
-    }
+            });
+        })
+    }))
 }
 
 /// A webrtc-rs peer with Veil's codecs, extensions and interceptors, and its signalling stream.
@@ -282,20 +266,15 @@ struct Client {
 
 impl Client {
     async fn new(sink: Option<(usize, Arc<Stats>)>) -> Client {
-        let (gathered_tx, gathered) = watch::channel(false);
-        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let (handler, Events { gathered, state }) = Handler::new(on_track(sink));
         let mut me = peer::media_engine().unwrap();
         let registry = peer::interceptors(&mut me).unwrap();
         let pc: Arc<dyn PeerConnection> = Arc::new(
             PeerConnectionBuilder::new()
                 .with_media_engine(me)
                 .with_interceptor_registry(registry)
-                .with_handler(Arc::new(Handler {
-                    gathered: gathered_tx,
-                    state: state_tx,
-                    sink,
-                }))
-                .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+                .with_handler(handler)
+                .with_udp_addrs(loopback_addrs())
                 .build()
                 .await
                 .unwrap(),
@@ -632,24 +611,14 @@ async fn join_subscriber(
 }
 
 fn token(key: &TokenKey, identity: &str, room: &str, publish: bool, subscribe: bool) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let grants = Grants {
-        join: true,
-        create: false,
-        publish,
-        subscribe,
-    };
-    key.mint(&Claims::new(
-        identity,
+    veil_testkit::token::mint_with(
+        key,
         room,
-        grants,
-        now,
+        identity,
+        veil_testkit::token::joiner(publish, subscribe),
+        0,
         Duration::from_secs(3600),
-    ))
-    .unwrap()
+    )
 }
 
 // ---- processes and CPU time ------------------------------------------------------------------

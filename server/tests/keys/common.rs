@@ -2,28 +2,38 @@
 //! mint tokens with its embedded key, drive it with veil-client members.
 #![allow(dead_code)]
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use veil_auth::{Claims, Grants, TokenKey};
+use veil_auth::{Grants, TokenKey};
 use veil_client::group::{Group, GroupConfig, GroupStatus};
+use veil_testkit::server::{ChildServer, private, under_shell};
+use veil_testkit::token::mint_with;
 
 /// A running server process.
 pub struct Server {
-    child: Child,
+    child: ChildServer,
     pub url: String,
     pub metrics: String,
     pub dir: PathBuf,
     grace_ms: u64,
 }
 
-/// The server refuses a data directory other users can read (specs/auth.md §4.1), and a
-/// `tempfile` directory follows the umask: make it the owner's.
-fn private(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+/// This build's `veil-server` binary.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_veil-server"))
+}
+
+/// The server's log, appended to `dir/server.log`.
+fn log(dir: &Path) -> Stdio {
+    Stdio::from(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap(),
+    )
 }
 
 impl Server {
@@ -35,98 +45,52 @@ impl Server {
     /// Start on `port` (0 = any free port).
     pub fn start_on(dir: &Path, grace_ms: u64, port: u16) -> Self {
         private(dir);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("server.log"))
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_veil-server"))
-            .args(["serve", "--metrics-listen", "127.0.0.1:0", "--listen"])
+        let mut cmd = Command::new(binary());
+        cmd.args(["serve", "--metrics-listen", "127.0.0.1:0", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(dir)
             .arg("--departure-grace-ms")
             .arg(grace_ms.to_string())
             .env("RUST_LOG", "veil_server=debug,veil_keys=debug,info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let grab = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-                .to_owned()
-        };
-        Self {
-            url: format!("http://{}", grab("grpc=")),
-            metrics: grab("metrics="),
-            child,
-            dir: dir.to_owned(),
-            grace_ms,
-        }
+            .stderr(log(dir));
+        Self::spawned(cmd, dir, grace_ms)
     }
 
     /// Start on a free port with `extra` flags, under `ulimit -n nofile` if given (a hard
     /// limit too: the server cannot raise it).
     pub fn start_with(dir: &Path, extra: &[&str], nofile: Option<u32>) -> Self {
         private(dir);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("server.log"))
-            .unwrap();
-        let mut cmd = Command::new("sh");
         let limit = nofile.map_or_else(String::new, |n| format!("ulimit -n {n}; "));
-        cmd.arg("-c")
-            .arg(format!(r#"{limit}exec "$@""#))
-            .arg("sh")
-            .arg(env!("CARGO_BIN_EXE_veil-server"))
-            .args(["serve", "--metrics-listen", "127.0.0.1:0"])
+        let mut cmd = under_shell(&limit, binary());
+        cmd.args(["serve", "--metrics-listen", "127.0.0.1:0"])
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
-            .args(extra);
-        let mut child = cmd
+            .args(extra)
             .env("RUST_LOG", "veil_server=debug,veil_keys=debug,info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let grab = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .unwrap_or_else(|| {
-                    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-                    panic!("no {k} in {line:?}; the server's log:\n{log}")
-                })
-                .to_owned()
-        };
+            .stderr(log(dir));
+        Self::spawned(cmd, dir, 10_000)
+    }
+
+    fn spawned(cmd: Command, dir: &Path, grace_ms: u64) -> Self {
+        let child = ChildServer::spawn(cmd, Some(&dir.join("server.log")));
         Self {
-            url: format!("http://{}", grab("grpc=")),
-            metrics: grab("metrics="),
+            url: format!("http://{}", child.grpc),
+            metrics: child.metrics.clone().expect("a metrics listener"),
             child,
             dir: dir.to_owned(),
-            grace_ms: 10_000,
+            grace_ms,
         }
     }
 
     /// The server's process id (for its memory figures in `/proc`).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.child.id()
     }
 
     /// SIGKILL, no shutdown.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 
     /// The gRPC port.
@@ -162,18 +126,7 @@ impl Server {
     /// A token with chosen grants, issued `age` seconds ago, valid for `ttl` seconds.
     pub fn token_with(&self, room: &str, identity: &str, g: Grants, age: u64, ttl: u64) -> String {
         let key = TokenKey::load_or_create(self.dir.join("token.key"), "embedded").unwrap();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        key.mint(&Claims::new(
-            identity,
-            room,
-            g,
-            now - age,
-            Duration::from_secs(ttl),
-        ))
-        .unwrap()
+        mint_with(&key, room, identity, g, age, Duration::from_secs(ttl))
     }
 
     pub fn config(&self, room: &str, identity: &str) -> GroupConfig {

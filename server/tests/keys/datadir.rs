@@ -18,13 +18,8 @@ fn mode(p: &Path) -> u32 {
 
 /// `veil-server <args…>` under `umask 022`, the common default that made `veil.db` 0644.
 fn under_umask_022(args: &[&str]) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg(r#"umask 022; exec "$@""#)
-        .arg("sh")
-        .arg(env!("CARGO_BIN_EXE_veil-server"))
-        .args(args)
-        .env("RUST_LOG", "warn");
+    let mut c = veil_testkit::server::under_shell("umask 022; ", crate::common::binary());
+    c.args(args).env("RUST_LOG", "warn");
     c
 }
 

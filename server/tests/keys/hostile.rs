@@ -282,18 +282,7 @@ async fn hostile_requests_get_their_status_and_change_nothing() {
     t.check("empty token", Some(Code::Unauthenticated), &before, r);
     let forged = {
         let k = TokenKey::generate("embedded").unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        k.mint(&veil_auth::Claims::new(
-            "alice",
-            room,
-            Grants::all(),
-            now,
-            std::time::Duration::from_secs(600),
-        ))
-        .unwrap()
+        veil_testkit::token::mint(&k, room, "alice", std::time::Duration::from_secs(600))
     };
     let r = send(
         client(&server, &forged, room).await,
