@@ -49,9 +49,9 @@ pub enum ServerError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The token key could not be loaded or created.
+    /// The token key could not be loaded, created or parsed; `veil-auth`'s reason is the source.
     #[error("token key: {0}")]
-    TokenKey(String),
+    TokenKey(#[source] veil_auth::AuthError),
     /// The gRPC transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -203,7 +203,7 @@ pub const EMBEDDED_KEY_ID: &str = "embedded";
 pub fn embedded_token_key(data_dir: &std::path::Path) -> Result<TokenKey, ServerError> {
     datadir::prepare_dir(data_dir)?;
     let key = TokenKey::load_or_create(data_dir.join(TOKEN_KEY_FILE), EMBEDDED_KEY_ID)
-        .map_err(|e| ServerError::TokenKey(e.to_string()))?;
+        .map_err(ServerError::TokenKey)?;
     datadir::check_private(data_dir)?;
     Ok(key)
 }
@@ -228,7 +228,7 @@ pub async fn run(
         datadir::prepare_dir(&cfg.data_dir)?;
         cfg.token_keys.clone()
     };
-    let verifier = Verifier::new(keys).map_err(|e| ServerError::TokenKey(e.to_string()))?;
+    let verifier = Verifier::new(keys).map_err(ServerError::TokenKey)?;
     let db = if cfg.keys {
         datadir::create_db_file(&cfg.data_dir)?
     } else {

@@ -204,7 +204,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     cfg.token_keys = args
         .token_key
         .iter()
-        .map(|k| TokenKey::parse(k).map_err(|e| ServerError::TokenKey(e.to_string())))
+        .map(|k| TokenKey::parse(k).map_err(ServerError::TokenKey))
         .collect::<Result<_, _>>()?;
     cfg.kds.departure_grace = Duration::from_millis(args.departure_grace_ms);
     cfg.kds.max_message_bytes = args.max_message_bytes;
