@@ -2,12 +2,12 @@
 //! of a shipped crate (`publish = false`).
 //!
 //! - [`token`]: access tokens minted now, with every grant or chosen ones.
-//! - [`server`] (feature `server`): `veil-server` in this process on loopback, or as a child
+//! - `server` (feature `server`): `veil-server` in this process on loopback, or as a child
 //!   process given its binary (`env!("CARGO_BIN_EXE_veil-server")` exists only in the server's
 //!   own tests and benches, so callers pass the path).
-//! - [`webrtc`] (feature `webrtc`): the webrtc-rs test peer's event handler and loopback
+//! - `webrtc` (feature `webrtc`): the webrtc-rs test peer's event handler and loopback
 //!   helpers.
-//! - [`policy`] (feature `policy`): the one table of crates each server-side crate must not
+//! - `policy` (feature `policy`): the one table of crates each server-side crate must not
 //!   link (SFU-BLIND-01..02, KDS-SEC-01, AUTH-DEP-01) and the `cargo tree -e normal` walk that
 //!   checks it.
 //!
