@@ -270,10 +270,10 @@ pub async fn run(
     if let (Some(svc), Some(mut events)) = (&svc, room_events) {
         let svc = svc.clone();
         tokio::spawn(async move {
-            use veil_sfu::{LeaveReason, RoomEvent};
+            use veil_sfu::{LeaveReason, ParticipantEvent};
             loop {
                 match events.recv().await {
-                    Ok(RoomEvent::ParticipantLeft {
+                    Ok(ParticipantEvent::ParticipantLeft {
                         room,
                         identity,
                         reason: LeaveReason::Timeout | LeaveReason::NeverConnected,

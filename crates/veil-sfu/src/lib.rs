@@ -10,6 +10,6 @@ pub mod shell;
 
 pub use error::SfuError;
 pub use shell::{
-    IceCandidate, LeaveReason, MAX_QUEUE, Permissions, RoomEvent, Session, Sfu, SfuConfig,
+    IceCandidate, LeaveReason, MAX_QUEUE, ParticipantEvent, Permissions, Session, Sfu, SfuConfig,
     SignalEvent, Tap, TappedPacket, TrackInfo,
 };

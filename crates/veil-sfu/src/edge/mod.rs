@@ -71,7 +71,7 @@ use crate::shell::peer;
 
 mod room;
 mod serve;
-pub use room::{EdgeRooms, RoomEvent as EdgeRoomEvent, parse_track_name, track_name};
+pub use room::{EdgeRoomEvent, EdgeRooms, parse_track_name, track_name};
 pub use serve::EdgeSfu;
 
 /// The local description `pc` has just set, as SDP.
@@ -133,7 +133,7 @@ macro_rules! sans_io {
     };
 }
 sans_io!(Edge, (ConnId, EdgeEvent));
-sans_io!(EdgeRooms, room::RoomEvent);
+sans_io!(EdgeRooms, room::EdgeRoomEvent);
 
 /// What a connection did.
 #[derive(Debug)]

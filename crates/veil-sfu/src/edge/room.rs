@@ -15,7 +15,7 @@
 //! per participant. A change while that offer waits (a second subscription, a departed
 //! publisher) is remembered, and one new offer covering all of them follows the answer. A
 //! participant's own offer while the edge's waits is refused ([`SfuError::Negotiation`]).
-//! Every offer from the edge comes out as [`RoomEvent::Offer`].
+//! Every offer from the edge comes out as [`EdgeRoomEvent::Offer`].
 //!
 //! [`crate::edge::EdgeSfu`] serves this over `veil.sfu.v1` (access tokens, signalling events).
 
@@ -45,7 +45,7 @@ const ESTIMATE_PERIOD: Duration = Duration::from_millis(100);
 
 /// What happened in the rooms. Connections are unique over all rooms.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoomEvent {
+pub enum EdgeRoomEvent {
     /// A participant's connection is up.
     Connected(ConnId),
     /// A track was published.
@@ -97,7 +97,7 @@ struct Published {
     kind: MediaKind,
 }
 
-struct Leg {
+struct Subscription {
     sender: RTCRtpSenderId,
     out_ssrc: u32,
     /// The edge has offered it: the next answer settles it. A leg added while an offer waits
@@ -108,18 +108,18 @@ struct Leg {
 }
 
 /// One room: its core, and which of the edge's tracks and senders are its.
-struct RoomState {
+struct EdgeRoom {
     name: String,
     core: Room,
     /// (publisher, its track id) → the core's track.
     track_ids: HashMap<(ConnId, String), TrackId>,
     published: HashMap<TrackId, Published>,
-    legs: HashMap<(ConnId, TrackId), Leg>,
+    legs: HashMap<(ConnId, TrackId), Subscription>,
     members: usize,
 }
 
 /// A participant.
-struct Member {
+struct Participant {
     room: usize,
     identity: String,
     /// Its offer, as parsed (extension ids, tracks, rids).
@@ -141,10 +141,10 @@ pub struct EdgeRooms {
     metrics: Arc<Metrics>,
     epoch: Instant,
     /// Indexed by the members' `room`; an emptied room leaves `None` until its slot is reused.
-    rooms: Vec<Option<RoomState>>,
+    rooms: Vec<Option<EdgeRoom>>,
     by_name: HashMap<String, usize>,
-    members: HashMap<ConnId, Member>,
-    events: VecDeque<RoomEvent>,
+    members: HashMap<ConnId, Participant>,
+    events: VecDeque<EdgeRoomEvent>,
     next_estimate: Instant,
 }
 
@@ -221,11 +221,11 @@ impl EdgeRooms {
         now.saturating_duration_since(self.epoch)
     }
 
-    fn member(&self, id: ConnId) -> Result<&Member, SfuError> {
+    fn member(&self, id: ConnId) -> Result<&Participant, SfuError> {
         self.members.get(&id).ok_or(SfuError::Closed)
     }
 
-    fn room_of(&mut self, id: ConnId) -> Result<&mut RoomState, SfuError> {
+    fn room_of(&mut self, id: ConnId) -> Result<&mut EdgeRoom, SfuError> {
         let r = self.member(id)?.room;
         self.rooms
             .get_mut(r)
@@ -272,7 +272,7 @@ impl EdgeRooms {
                 let mut core = Room::new(self.config.key_frame_interval);
                 core.set_dtx(self.config.dtx);
                 core.set_rate_limit(self.config.rate_limit);
-                let state = RoomState {
+                let state = EdgeRoom {
                     name: room.to_owned(),
                     core,
                     track_ids: HashMap::new(),
@@ -299,7 +299,7 @@ impl EdgeRooms {
         state.members += 1;
         self.members.insert(
             id,
-            Member {
+            Participant {
                 room: r,
                 identity: identity.to_owned(),
                 sdp,
@@ -321,17 +321,17 @@ impl EdgeRooms {
         self.room_of(id).ok()?.core.active_speaker().map(conn)
     }
 
-    /// The tracks published in `id`'s room, as [`RoomEvent::Published`] would have told them
+    /// The tracks published in `id`'s room, as [`EdgeRoomEvent::Published`] would have told them
     /// (a joiner is told).
     #[must_use]
-    pub fn published(&mut self, id: ConnId) -> Vec<RoomEvent> {
+    pub fn published(&mut self, id: ConnId) -> Vec<EdgeRoomEvent> {
         let Ok(r) = self.member(id).map(|m| m.room) else {
             return Vec::new();
         };
         let Some(room) = self.rooms.get(r).and_then(Option::as_ref) else {
             return Vec::new();
         };
-        let mut out: Vec<RoomEvent> = room
+        let mut out: Vec<EdgeRoomEvent> = room
             .track_ids
             .iter()
             .filter_map(|((publisher, name), &track)| {
@@ -343,7 +343,7 @@ impl EdgeRooms {
                     .section_of_track(name)
                     .map(|s| s.send_rids.clone())
                     .unwrap_or_default();
-                Some(RoomEvent::Published {
+                Some(EdgeRoomEvent::Published {
                     publisher: *publisher,
                     track,
                     kind: p.kind,
@@ -353,14 +353,14 @@ impl EdgeRooms {
             })
             .collect();
         out.sort_by_key(|e| match e {
-            RoomEvent::Published { track, .. } => track.0,
+            EdgeRoomEvent::Published { track, .. } => track.0,
             _ => 0,
         });
         out
     }
 
-    /// Start sending `track` to `subscriber`. The edge offers ([`RoomEvent::Offer`]) now, or
-    /// after the answer to the offer that waits; [`RoomEvent::Subscribed`] follows the answer.
+    /// Start sending `track` to `subscriber`. The edge offers ([`EdgeRoomEvent::Offer`]) now, or
+    /// after the answer to the offer that waits; [`EdgeRoomEvent::Subscribed`] follows the answer.
     ///
     /// # Errors
     /// [`SfuError::Closed`] for a connection that is gone; [`SfuError::NoSuchTrack`] for a
@@ -398,7 +398,7 @@ impl EdgeRooms {
         )?;
         self.room_of(subscriber)?.legs.insert(
             (subscriber, track),
-            Leg {
+            Subscription {
                 sender,
                 out_ssrc,
                 offered: false,
@@ -424,7 +424,7 @@ impl EdgeRooms {
                 }
             }
         }
-        self.events.push_back(RoomEvent::Offer { to: id, sdp });
+        self.events.push_back(EdgeRoomEvent::Offer { to: id, sdp });
         Ok(())
     }
 
@@ -450,8 +450,8 @@ impl EdgeRooms {
         Ok(answer)
     }
 
-    /// Participant `id`'s answer to the edge's last [`RoomEvent::Offer`]: forwarding starts on
-    /// every leg it negotiated ([`RoomEvent::Subscribed`]).
+    /// Participant `id`'s answer to the edge's last [`EdgeRoomEvent::Offer`]: forwarding starts on
+    /// every leg it negotiated ([`EdgeRoomEvent::Subscribed`]).
     ///
     /// # Errors
     /// [`SfuError::Negotiation`] if no offer waits; what [`Edge::answer`] returns.
@@ -520,7 +520,7 @@ impl EdgeRooms {
             let ssrcs = room.core.subscribe(pid(subscriber), track, s, since)?;
             leg.live = true;
             self.metrics.subscriptions.inc();
-            self.events.push_back(RoomEvent::Subscribed {
+            self.events.push_back(EdgeRoomEvent::Subscribed {
                 subscriber,
                 track,
                 ssrc: leg.out_ssrc,
@@ -531,7 +531,7 @@ impl EdgeRooms {
     }
 
     /// Stop sending `track` to `subscriber`. The edge offers a session without it
-    /// ([`RoomEvent::Offer`]).
+    /// ([`EdgeRoomEvent::Offer`]).
     ///
     /// # Errors
     /// [`SfuError::Closed`]; [`SfuError::NotSubscribed`]; what [`Edge::remove_track`] and
@@ -601,7 +601,7 @@ impl EdgeRooms {
     }
 
     /// Remove participant `id` (it leaves, or the shell gives up on it): its connection
-    /// closes, and [`RoomEvent::Left`] follows with everything a departure brings.
+    /// closes, and [`EdgeRoomEvent::Left`] follows with everything a departure brings.
     pub fn remove(&mut self, now: Instant, id: ConnId) {
         self.edge.close(id);
         self.route(now);
@@ -659,7 +659,7 @@ impl EdgeRooms {
     }
 
     /// The next thing that happened in the rooms.
-    pub fn poll_event(&mut self) -> Option<RoomEvent> {
+    pub fn poll_event(&mut self) -> Option<EdgeRoomEvent> {
         self.events.pop_front()
     }
 
@@ -667,7 +667,7 @@ impl EdgeRooms {
     fn route(&mut self, now: Instant) {
         while let Some((id, ev)) = self.edge.poll_event() {
             match ev {
-                EdgeEvent::Connected => self.events.push_back(RoomEvent::Connected(id)),
+                EdgeEvent::Connected => self.events.push_back(EdgeRoomEvent::Connected(id)),
                 EdgeEvent::Closed => self.leave(now, id),
                 EdgeEvent::TrackOpen {
                     track,
@@ -742,7 +742,7 @@ impl EdgeRooms {
                     },
                 );
                 self.metrics.tracks.inc();
-                self.events.push_back(RoomEvent::Published {
+                self.events.push_back(EdgeRoomEvent::Published {
                     publisher,
                     track: tid,
                     kind,
@@ -839,7 +839,7 @@ impl EdgeRooms {
         }
         if let Some(speaker) = routed.active_speaker {
             self.events
-                .push_back(RoomEvent::ActiveSpeaker(conn(speaker)));
+                .push_back(EdgeRoomEvent::ActiveSpeaker(conn(speaker)));
         }
         ask_key_frames(
             &mut self.edge,
@@ -896,7 +896,7 @@ impl EdgeRooms {
                     renegotiate.push(s);
                 }
             }
-            self.events.push_back(RoomEvent::Unpublished {
+            self.events.push_back(EdgeRoomEvent::Unpublished {
                 publisher: id,
                 track: *t,
             });
@@ -908,7 +908,7 @@ impl EdgeRooms {
         for s in renegotiate {
             let _ = self.renegotiate(now, s);
         }
-        self.events.push_back(RoomEvent::Left(id));
+        self.events.push_back(EdgeRoomEvent::Left(id));
     }
 }
 
@@ -930,7 +930,7 @@ fn ask_key_frames(
     edge: &mut Edge,
     metrics: &Metrics,
     now: Instant,
-    room: &RoomState,
+    room: &EdgeRoom,
     track: TrackId,
     ssrcs: impl IntoIterator<Item = u32>,
 ) {

@@ -25,13 +25,13 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::ConnId;
-use super::room::{EdgeRooms, RoomEvent as Happened, parse_track_name, track_name};
+use super::room::{EdgeRoomEvent as Happened, EdgeRooms, parse_track_name, track_name};
 use crate::error::SfuError;
 use crate::grpc::Backend;
 use crate::shell::metrics::Reason;
 use crate::shell::{
-    IceCandidate, LeaveReason, Metrics, Permissions, RoomEvent, Session, SfuConfig, SignalEvent,
-    TrackInfo, queue_len,
+    IceCandidate, LeaveReason, Metrics, ParticipantEvent, Permissions, Session, SfuConfig,
+    SignalEvent, TrackInfo, queue_len,
 };
 
 /// Datagrams read in one turn before the thread looks at commands and timers again.
@@ -51,7 +51,7 @@ type Command = Box<dyn FnOnce(&mut Driver, Instant) + Send>;
 pub struct EdgeSfu {
     commands: mpsc::Sender<Command>,
     metrics: Arc<Metrics>,
-    events: broadcast::Sender<RoomEvent>,
+    events: broadcast::Sender<ParticipantEvent>,
     local: SocketAddr,
 }
 
@@ -171,7 +171,7 @@ impl EdgeSfu {
 
     /// Room events from now on.
     #[must_use]
-    pub fn room_events(&self) -> broadcast::Receiver<RoomEvent> {
+    pub fn room_events(&self) -> broadcast::Receiver<ParticipantEvent> {
         self.events.subscribe()
     }
 
@@ -351,7 +351,7 @@ impl Backend for EdgeSfu {
 }
 
 /// A participant, as the shell knows it.
-struct Person {
+struct Participant {
     room: String,
     identity: String,
     permissions: Permissions,
@@ -366,8 +366,8 @@ struct Person {
 struct Driver {
     rooms: EdgeRooms,
     config: SfuConfig,
-    room_events: broadcast::Sender<RoomEvent>,
-    people: HashMap<ConnId, Person>,
+    room_events: broadcast::Sender<ParticipantEvent>,
+    people: HashMap<ConnId, Participant>,
     by_identity: HashMap<(String, String), ConnId>,
     packetization: HashMap<String, i32>,
     /// Participants whose event queue overflowed (SFU-LIVE-05), to remove.
@@ -400,7 +400,7 @@ impl Driver {
         let others: Vec<ConnId> = self.in_room(&room).collect();
         self.people.insert(
             c,
-            Person {
+            Participant {
                 room: room.clone(),
                 identity: identity.clone(),
                 permissions,
@@ -436,7 +436,7 @@ impl Driver {
         info!(room, identity, c, "participant joined the edge");
         let _ = self
             .room_events
-            .send(RoomEvent::ParticipantJoined { room, identity });
+            .send(ParticipantEvent::ParticipantJoined { room, identity });
         Ok(Session { answer, events })
     }
 
@@ -605,7 +605,7 @@ impl Driver {
             })
             .inc();
         info!(room = %p.room, identity = %p.identity, reason = reason.label(), "participant left the edge");
-        let _ = self.room_events.send(RoomEvent::ParticipantLeft {
+        let _ = self.room_events.send(ParticipantEvent::ParticipantLeft {
             room: p.room,
             identity: p.identity,
             reason,

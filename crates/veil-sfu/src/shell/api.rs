@@ -116,7 +116,7 @@ impl LeaveReason {
 /// Room-level events, for the key service (e.g. to propose the MLS removal of a participant
 /// who left or vanished).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoomEvent {
+pub enum ParticipantEvent {
     /// A participant joined.
     ParticipantJoined {
         /// Room.

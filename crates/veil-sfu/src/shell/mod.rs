@@ -15,7 +15,7 @@
 //!   connection and offers; the subscriber answers ([`Sfu::answer`]). Only then, with the
 //!   payload type and extension ids that leg negotiated, does forwarding start (SFU-ROOM-02).
 //! - **Leave.** [`Sfu::leave`], or the transport goes silent (ICE disconnected, then failed),
-//!   or it never connects: the participant is removed and a [`RoomEvent::ParticipantLeft`] is
+//!   or it never connects: the participant is removed and a [`ParticipantEvent::ParticipantLeft`] is
 //!   broadcast (SFU-LIVE-01..02).
 
 mod api;
@@ -40,8 +40,8 @@ use crate::error::SfuError;
 use crate::routing::{ParticipantId, Room, TrackId};
 pub(crate) use api::queue_len;
 pub use api::{
-    IceCandidate, LeaveReason, MAX_QUEUE, Permissions, RoomEvent, Session, SfuConfig, SignalEvent,
-    TrackInfo,
+    IceCandidate, LeaveReason, MAX_QUEUE, ParticipantEvent, Permissions, Session, SfuConfig,
+    SignalEvent, TrackInfo,
 };
 pub use metrics::{DropKind, Metrics};
 use participant::Participant;
@@ -57,7 +57,7 @@ struct Published {
 
 /// One room: the routing core and the shell's maps, under one lock that is never held across
 /// an await.
-struct RoomState {
+struct RoomShellState {
     core: Room,
     participants: HashMap<ParticipantId, Arc<Participant>>,
     by_identity: HashMap<String, ParticipantId>,
@@ -68,14 +68,14 @@ struct RoomState {
 
 struct RoomShell {
     name: String,
-    state: Mutex<RoomState>,
+    state: Mutex<RoomShellState>,
     /// The room's payload packetization, an opaque label (`veil.sfu.v1.Packetization`) set by
     /// the first participant that names one (SFU-ROOM-03). 0: none yet.
     packetization: std::sync::atomic::AtomicI32,
 }
 
 impl RoomShell {
-    fn lock(&self) -> MutexGuard<'_, RoomState> {
+    fn lock(&self) -> MutexGuard<'_, RoomShellState> {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -86,7 +86,7 @@ struct Shared {
     config: SfuConfig,
     metrics: Metrics,
     rooms: Mutex<HashMap<String, Arc<RoomShell>>>,
-    events: broadcast::Sender<RoomEvent>,
+    events: broadcast::Sender<ParticipantEvent>,
     epoch: Instant,
     next_id: AtomicU64,
 }
@@ -149,7 +149,7 @@ impl Sfu {
 
     /// Room events from now on.
     #[must_use]
-    pub fn room_events(&self) -> broadcast::Receiver<RoomEvent> {
+    pub fn room_events(&self) -> broadcast::Receiver<ParticipantEvent> {
         self.shared.events.subscribe()
     }
 
@@ -274,7 +274,7 @@ impl Sfu {
                     Arc::new(RoomShell {
                         name: room.to_owned(),
                         packetization: std::sync::atomic::AtomicI32::new(0),
-                        state: Mutex::new(RoomState {
+                        state: Mutex::new(RoomShellState {
                             core: {
                                 let mut core = Room::new(self.shared.config.key_frame_interval);
                                 core.set_dtx(self.shared.config.dtx);
@@ -308,10 +308,13 @@ impl Sfu {
         match participant::connect(&self.shared, &r, id, identity, desc, permissions).await {
             Ok(session) => {
                 self.shared.metrics.participants.inc();
-                let _ = self.shared.events.send(RoomEvent::ParticipantJoined {
-                    room: room.to_owned(),
-                    identity: identity.to_owned(),
-                });
+                let _ = self
+                    .shared
+                    .events
+                    .send(ParticipantEvent::ParticipantJoined {
+                        room: room.to_owned(),
+                        identity: identity.to_owned(),
+                    });
                 info!(room, identity, id, "participant joined");
                 Ok(session)
             }
@@ -560,7 +563,7 @@ async fn remove_participant(
     info!(room, identity = %p.identity, id, reason = reason.label(), "participant left");
     // Clean up first, announce last: whoever hears the event sees the SFU without it.
     remove_room_if_empty(shared, room);
-    let _ = shared.events.send(RoomEvent::ParticipantLeft {
+    let _ = shared.events.send(ParticipantEvent::ParticipantLeft {
         room: room.to_owned(),
         identity: p.identity.clone(),
         reason,

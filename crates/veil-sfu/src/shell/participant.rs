@@ -35,7 +35,7 @@ use crate::error::SfuError;
 use crate::routing::{ExtMap, MediaKind, ParticipantId, Subscribe, TrackId};
 
 /// One subscription on this participant's connection.
-pub(super) struct Sub {
+pub(super) struct Subscription {
     pub(super) local: Arc<TrackLocalStaticRTP>,
     sender: Arc<dyn RtpSender>,
     out_ssrc: u32,
@@ -64,7 +64,7 @@ pub(super) struct Participant {
     shared: Weak<Shared>,
     room: Weak<RoomShell>,
     negotiation: tokio::sync::Mutex<Negotiation>,
-    subs: Mutex<HashMap<TrackId, Sub>>,
+    subs: Mutex<HashMap<TrackId, Subscription>>,
     /// The participant's last SDP (its track ids, rids and extension ids).
     pub(super) remote: Mutex<SdpInfo>,
     pub(super) permissions: Permissions,
@@ -88,7 +88,7 @@ impl Participant {
         }
     }
 
-    fn subs(&self) -> MutexGuard<'_, HashMap<TrackId, Sub>> {
+    fn subs(&self) -> MutexGuard<'_, HashMap<TrackId, Subscription>> {
         self.subs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -253,7 +253,7 @@ impl Participant {
         let rid = None;
         subs.insert(
             tid,
-            Sub {
+            Subscription {
                 local,
                 sender,
                 out_ssrc,
@@ -423,7 +423,7 @@ impl Participant {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let subs: Vec<(TrackId, Sub)> = self.subs().drain().collect();
+        let subs: Vec<(TrackId, Subscription)> = self.subs().drain().collect();
         for (tid, s) in subs {
             if !s.tasks.is_empty() {
                 self.forget_subscription(shared, room, tid);

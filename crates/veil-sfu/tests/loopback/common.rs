@@ -28,7 +28,7 @@ use veil_sfu::routing::MediaKind;
 use veil_sfu::shell::Metrics;
 use veil_sfu::shell::peer::{self, OPUS_PT, VP8_PT};
 use veil_sfu::shell::sdp::{AUDIO_LEVEL_URI, DD_URI, MID_URI, RID_URI};
-use veil_sfu::{Permissions, RoomEvent, Sfu, SignalEvent};
+use veil_sfu::{ParticipantEvent, Permissions, Sfu, SignalEvent};
 pub use veil_testkit::webrtc::answer_offer;
 use veil_testkit::webrtc::{Events, Handler, OnTrack, loopback_addrs};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -50,7 +50,7 @@ pub trait Shell: Backend {
     /// Its metrics.
     fn counters(&self) -> &Metrics;
     /// Its room events from now on.
-    fn events(&self) -> broadcast::Receiver<RoomEvent>;
+    fn events(&self) -> broadcast::Receiver<ParticipantEvent>;
     /// Spoofed packets rejected in `room`.
     async fn spoofs(&self, room: &str) -> u64;
 }
@@ -62,7 +62,7 @@ impl Shell for Sfu {
     fn counters(&self) -> &Metrics {
         self.metrics()
     }
-    fn events(&self) -> broadcast::Receiver<RoomEvent> {
+    fn events(&self) -> broadcast::Receiver<ParticipantEvent> {
         self.room_events()
     }
     async fn spoofs(&self, room: &str) -> u64 {
@@ -77,7 +77,7 @@ impl Shell for EdgeSfu {
     fn counters(&self) -> &Metrics {
         self.metrics()
     }
-    fn events(&self) -> broadcast::Receiver<RoomEvent> {
+    fn events(&self) -> broadcast::Receiver<ParticipantEvent> {
         self.room_events()
     }
     async fn spoofs(&self, room: &str) -> u64 {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::{MediaKind, RateLimit};
 use veil_sfu::shell::DropKind;
-use veil_sfu::{LeaveReason, Permissions, RoomEvent, Sfu, SfuConfig, SignalEvent};
+use veil_sfu::{LeaveReason, ParticipantEvent, Permissions, Sfu, SfuConfig, SignalEvent};
 
 use crate::common::*;
 
@@ -205,7 +205,7 @@ async fn deaf(sfu: impl Shell) {
     }
     let left = tokio::time::timeout(WAIT, async {
         loop {
-            if let Ok(RoomEvent::ParticipantLeft {
+            if let Ok(ParticipantEvent::ParticipantLeft {
                 identity, reason, ..
             }) = room_events.recv().await
                 && identity == "alice"

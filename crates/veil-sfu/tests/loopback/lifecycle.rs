@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
-use veil_sfu::{LeaveReason, RoomEvent, Sfu, SfuConfig, SignalEvent};
+use veil_sfu::{LeaveReason, ParticipantEvent, Sfu, SfuConfig, SignalEvent};
 
 use crate::common::*;
 
@@ -103,7 +103,7 @@ async fn unsubscribe_resubscribe_and_leave_with(sfu: impl Shell) {
     assert_eq!(reason, LeaveReason::Left);
     let left = tokio::time::timeout(WAIT, async {
         loop {
-            if let RoomEvent::ParticipantLeft {
+            if let ParticipantEvent::ParticipantLeft {
                 identity, reason, ..
             } = room_events.recv().await.unwrap()
             {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
-use veil_sfu::{LeaveReason, Permissions, RoomEvent, Sfu, SfuConfig, SignalEvent};
+use veil_sfu::{LeaveReason, ParticipantEvent, Permissions, Sfu, SfuConfig, SignalEvent};
 use webrtc::peer_connection::RTCSessionDescription;
 
 use crate::common::*;
@@ -117,7 +117,7 @@ async fn vanished_peer(sfu: impl Shell) {
     let left = tokio::time::timeout(WAIT, async {
         loop {
             match room_events.recv().await.unwrap() {
-                RoomEvent::ParticipantLeft {
+                ParticipantEvent::ParticipantLeft {
                     room: r,
                     identity,
                     reason,
@@ -184,7 +184,7 @@ async fn never_connects(sfu: impl Shell) {
         .unwrap();
     let left = tokio::time::timeout(WAIT, async {
         loop {
-            if let RoomEvent::ParticipantLeft {
+            if let ParticipantEvent::ParticipantLeft {
                 identity, reason, ..
             } = events.recv().await.unwrap()
             {
