@@ -79,7 +79,7 @@ struct ServeArgs {
         default_value = "keys,sfu"
     )]
     role: Vec<Role>,
-    /// UDP addresses the SFU's WebRTC legs bind (port 0: any); their host candidates.
+    /// UDP addresses the SFU's WebRTC connections bind (port 0: any); their host candidates.
     #[arg(
         long,
         env = "VEIL_SFU_UDP",

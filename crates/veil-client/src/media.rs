@@ -47,7 +47,7 @@ pub enum Packetization {
     Ietf,
 }
 
-/// Header-extension ids negotiated on the sending leg.
+/// Header-extension ids negotiated on the sending connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ExtIds {
     /// `urn:ietf:params:rtp-hdrext:ssrc-audio-level`.

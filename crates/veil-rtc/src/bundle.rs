@@ -1,11 +1,11 @@
-//! The app-ward end of every leg's chain as one interceptor (specs/sfu.md §"The interceptor
+//! The app-ward end of every connection's chain as one interceptor (specs/sfu.md §"The interceptor
 //! chain", SFU-PERF-01).
 //!
 //! webrtc-rs 0.21.1's chain hands every packet to every interceptor: each takes it into its own
 //! queue and gives it back, and a profile of the SFU put a tenth of its time in moving packets
-//! between those queues. Five of a leg's interceptors never change an outbound packet: the NACK
-//! generator, the transport-cc receiver, the receiver reports and [`KeyFrameRequestTap`] pass it
-//! straight through, and the sender reports only count it. [`Bundle`] runs the five as one: an
+//! between those queues. Five of a connection's interceptors never change an outbound packet: the
+//! NACK generator, the transport-cc receiver, the receiver reports and [`KeyFrameRequestTap`] pass
+//! it straight through, and the sender reports only count it. [`Bundle`] runs the five as one: an
 //! outbound packet goes to the sender reports alone (one queue instead of five), and everything
 //! else (inbound packets, timers, stream bindings, the RTCP each one generates) reaches each
 //! member as the chain would have delivered it.
@@ -264,7 +264,7 @@ mod tests {
         out
     }
 
-    /// Two seconds of a leg that sends one stream and receives one with every seventh packet
+    /// Two seconds of a connection that sends one stream and receives one with every seventh packet
     /// lost, sender reports and PLIs: the bundle emits exactly what the five interceptors emit
     /// as separate links of webrtc-rs's chain, step by step.
     #[test]

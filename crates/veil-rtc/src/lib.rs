@@ -1,4 +1,4 @@
-//! Veil's WebRTC profile on webrtc-rs 0.21.1: what every leg between a Veil client and the
+//! Veil's WebRTC profile on webrtc-rs 0.21.1: what every connection between a Veil client and the
 //! blind SFU negotiates, in one place, so both ends agree by construction.
 //!
 //! - **Codecs:** Opus (PT 111) and VP8 (PT 96), with the RTCP feedback each hop answers: NACK,
@@ -95,7 +95,7 @@ pub fn rtx_codec() -> RTCRtpCodec {
     }
 }
 
-/// The codec of `kind` as every Veil leg negotiates it.
+/// The codec of `kind` as every Veil connection negotiates it.
 #[must_use]
 pub fn codec(kind: RtpCodecKind) -> RTCRtpCodec {
     let fb = |typ: &str, parameter: &str| RTCPFeedback {
@@ -193,8 +193,8 @@ pub fn interceptors_with(
     // webrtc-rs's defaults (`register_default_interceptors`: `configure_nack`,
     // `configure_simulcast_extension_headers`, `configure_twcc_receiver_only`,
     // `configure_rtcp_reports`), registered into `me` as they do, with two changes:
-    // - no NACK responder: the RtxInterceptor keeps the leg's only retransmission history and
-    //   answers NACKs itself (rtx::responder);
+    // - no NACK responder: the RtxInterceptor keeps the connection's only retransmission history
+    //   and answers NACKs itself (rtx::responder);
     // - the NACK generator, transport-cc receiver and both reports run in one Bundle with the
     //   KeyFrameRequestTap, so that an outbound packet is handed over once, not five times.
     for parameter in ["", "pli"] {
@@ -228,7 +228,7 @@ pub fn interceptors_with(
         .with(bundle::BUNDLE_SLOT, Bundle::default()))
 }
 
-/// How often ICE connectivity checks go out while a leg connects. webrtc-rs's default is
+/// How often ICE connectivity checks go out while a connection is set up. webrtc-rs's default is
 /// 200 ms, and the answering side's first check waits for it: every join paid ~200 ms
 /// (BENCHMARKS.md, the call bench).
 pub const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);

@@ -19,7 +19,7 @@
 //!   SFU's core) would get a retransmitted packet it cannot place. [`RtxResponder`] keeps each
 //!   recently sent packet (its extensions copied inline, its payload by reference) and answers
 //!   NACKs itself, with the original's extensions and `rid` renamed to `rrid` (RFC 8852 §3.2),
-//!   as Chromium sends them. It is the leg's only retransmission history: webrtc-rs's
+//!   as Chromium sends them. It is the connection's only retransmission history: webrtc-rs's
 //!   responder, which cloned every packet into a second one, is not in the chain
 //!   ([`crate::interceptors_with`]).
 //!
@@ -42,13 +42,14 @@ use crate::{MID_URI, RID_URI, RRID_URI};
 
 /// Where [`RtxInterceptor`] sits: the NACK responder's slot (4 000), whose job it does.
 /// Wire-ward of the NACK generator (7 000), so that it unwraps a retransmission on the way in
-/// before the generator looks for gaps; app-ward of the transport-cc numbering (2 000) on SFU
-/// legs, which numbers a retransmission like any packet once [`CountRtx`] binds the RTX SSRC
+/// before the generator looks for gaps; app-ward of the transport-cc numbering (2 000) on the SFU's
+/// connections, which numbers a retransmission like any packet once [`CountRtx`] binds the RTX SSRC
 /// there (webrtc-rs binds only the primary streams).
 pub const RTX_SLOT: usize = 4_000;
 
-/// How many streams learned from packets (rid → SSRC, RTX SSRC → primary) one leg keeps. A leg
-/// carries a few streams; the cap keeps a peer that invents rids from growing the maps.
+/// How many streams learned from packets (rid → SSRC, RTX SSRC → primary) one connection keeps.
+/// A connection carries a few streams; the cap keeps a peer that invents rids from growing the
+/// maps.
 pub const MAX_LEARNED_STREAMS: usize = 64;
 
 /// How many recently sent packets [`RtxResponder`] keeps per stream: webrtc-rs's NACK send
@@ -84,7 +85,7 @@ pub enum Demuxed {
     Unresolved,
 }
 
-/// The extension ids a leg negotiated for `mid`, `rid` and `rrid`.
+/// The extension ids a connection negotiated for `mid`, `rid` and `rrid`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamIdExtensions {
     /// `urn:ietf:params:rtp-hdrext:sdes:mid`.
@@ -137,7 +138,7 @@ pub struct RtxDemux {
 }
 
 impl RtxDemux {
-    /// A demultiplexer for a leg with these extension ids (more are learned from bindings).
+    /// A demultiplexer for a connection with these extension ids (more are learned from bindings).
     #[must_use]
     pub fn new(ids: StreamIdExtensions) -> Self {
         Self {

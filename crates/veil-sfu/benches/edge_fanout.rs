@@ -183,8 +183,8 @@ fn io_turn(s: &mut impl SansIo, sock: &std::net::UdpSocket, buf: &mut [u8], now:
 
 // ---- the forwarder on async webrtc-rs (the shell's structure) ---------------------------
 
-/// The forwarder's publisher leg (`fan_out`: where its packets go) or a peer's subscriber leg
-/// (`count`: what it counts).
+/// The forwarder's publisher connection (`fan_out`: where its packets go) or a peer's subscriber
+/// connection (`count`: what it counts).
 fn on_track(fan_out: Option<FanOut>, count: Option<Arc<AtomicU64>>) -> OnTrack {
     Box::new(move |track: Arc<dyn TrackRemote>| {
         let (fan_out, count) = (fan_out.clone(), count.clone());

@@ -1,10 +1,10 @@
 //! Retransmissions counted by congestion control (specs/sfu.md §"Congestion control per
-//! subscriber leg", SFU-BWE-05).
+//! subscriber connection", SFU-BWE-05).
 //!
-//! webrtc-rs 0.21.1 binds only a leg's primary streams to its interceptors, so its transport-cc
-//! numbering and GCC's send history both skip packets on an RTX SSRC: a retransmission left
-//! without a transport-wide number, the receiver's feedback never named it, and GCC took the
-//! leg's rate for lower than it was. [`CountRtx`] wraps either of the two and binds each
+//! webrtc-rs 0.21.1 binds only a connection's primary streams to its interceptors, so its
+//! transport-cc numbering and GCC's send history both skip packets on an RTX SSRC: a retransmission
+//! left without a transport-wide number, the receiver's feedback never named it, and GCC took the
+//! connection's rate for lower than it was. [`CountRtx`] wraps either of the two and binds each
 //! stream's RTX SSRC beside the stream, with the same negotiated extensions.
 
 use std::time::Instant;

@@ -1,5 +1,5 @@
-//! Outbound retransmission, sans I/O: one history of what a leg sent, and the answer to a NACK
-//! from it (specs/sfu.md §"RTX per hop", SFU-RTX-01, SFU-RTX-05).
+//! Outbound retransmission, sans I/O: one history of what a connection sent, and the answer to a
+//! NACK from it (specs/sfu.md §"RTX per hop", SFU-RTX-01, SFU-RTX-05).
 //!
 //! webrtc-rs 0.21.1's NACK responder clones every packet it sends into its own buffer and answers
 //! with RTX packets that carry no header extension, so Veil used to keep a second history of each
@@ -178,7 +178,7 @@ pub enum Resend {
     /// The stream keeps a history, but not of this packet: older than the history, never sent,
     /// or overwritten. Nothing is sent.
     Missing,
-    /// The NACK names no stream this leg sends with NACK negotiated.
+    /// The NACK names no stream this connection sends with NACK negotiated.
     Untracked,
     /// The stream has resent as many packets as it sent (SFU-RTX-06). Nothing is sent.
     Limited,
@@ -279,7 +279,8 @@ impl RtxResponder {
     /// The retransmission of packet `seq` of stream `ssrc` (SFU-RTX-01): with the RTX SSRC, the
     /// RTX stream's next sequence number and payload type, the original sequence number (OSN)
     /// in front of the payload (RFC 4588 §4), and the original's timestamp, marker and header
-    /// extensions, `rid` renamed `rrid` (RFC 8852 §3.2) or dropped where the leg has no `rrid`.
+    /// extensions, `rid` renamed `rrid` (RFC 8852 §3.2) or dropped where the connection has no
+    /// `rrid`.
     pub fn resend(&mut self, ssrc: u32, seq: u16) -> Resend {
         let Some(stream) = self.streams.get_mut(&ssrc) else {
             return Resend::Untracked;
@@ -340,7 +341,7 @@ impl RtxResponder {
     }
 
     /// Every retransmission `nack` asks for, in the order it names them, and what became of
-    /// each number it named (for streams this leg keeps a history of). A NACK can name some
+    /// each number it named (for streams this connection keeps a history of). A NACK can name some
     /// 6 000 numbers; each costs a map lookup and a slot check, and a packet only within the
     /// budget (SFU-RTX-06).
     pub fn answer(
@@ -467,7 +468,7 @@ mod tests {
         resent(&mut r, 1, 600);
     }
 
-    /// A leg that negotiated no `rrid` gets its retransmissions without the `rid`, and the
+    /// A connection that negotiated no `rrid` gets its retransmissions without the `rid`, and the
     /// extension block still marshals.
     #[test]
     fn without_rrid_the_rid_is_dropped() {

@@ -7,10 +7,10 @@
 //!   what they send, sends RTP on tracks it adds (renegotiating with an offer of its own) and
 //!   carries key-frame requests both ways;
 //! - [`EdgeRooms`] runs every room's routing core on one edge, sans I/O;
-//! - [`EdgeSfu`] drives it from one thread with the signalling API of the task-per-leg
+//! - [`EdgeSfu`] drives it from one thread with the signalling API of the task-per-connection
 //!   [`Sfu`](crate::Sfu); `veil-server` serves it by default (`--sfu-engine edge`).
 //!
-//! `benches/edge_fanout.rs` measures the edge against the task-per-leg shell in one process;
+//! `benches/edge_fanout.rs` measures the edge against the task-per-connection shell in one process;
 //! `veil-server`'s `sfu_load` measures both servers.
 //!
 //! Writes are batched: [`Edge::write_rtp`] only queues into the connection; the next

@@ -7,9 +7,9 @@
 //! them); every packet goes through [`Room::on_rtp`], and its copies are rewritten per
 //! subscriber (`shell::media::rewrite`, the same rules) and written to their connections.
 //! Subscribing adds a track to the subscriber's connection and renegotiates; once the answer
-//! is in, the core forwards with the payload type and extension ids that leg negotiated.
-//! Key-frame requests go both ways through the core's policy, each leg's GCC estimate feeds the
-//! core's layer choice, and the SFU's metrics count what happens.
+//! is in, the core forwards with the payload type and extension ids that subscription negotiated.
+//! Key-frame requests go both ways through the core's policy, each connection's GCC estimate feeds
+//! the core's layer choice, and the SFU's metrics count what happens.
 //!
 //! **Negotiation** (SFU-EDGE-11). The edge is the impolite peer: it has at most one offer out
 //! per participant. A change while that offer waits (a second subscription, a departed
@@ -40,7 +40,7 @@ use crate::shell::peer;
 use crate::shell::sdp::{FORWARDED_URIS, SdpInfo};
 use crate::shell::{DropKind, Metrics, SfuConfig, TappedPacket};
 
-/// How often each leg's estimate is handed to the core (as the async shell does).
+/// How often each connection's estimate is handed to the core (as the async shell does).
 const ESTIMATE_PERIOD: Duration = Duration::from_millis(100);
 
 /// What happened in the rooms. Connections are unique over all rooms.
@@ -100,8 +100,8 @@ struct Published {
 struct Subscription {
     sender: RTCRtpSenderId,
     out_ssrc: u32,
-    /// The edge has offered it: the next answer settles it. A leg added while an offer waits
-    /// is not in that offer.
+    /// The edge has offered it: the next answer settles it. A subscription added while an offer
+    /// waits is not in that offer.
     offered: bool,
     /// Forwarding has started (the subscriber answered).
     live: bool,
@@ -451,7 +451,7 @@ impl EdgeRooms {
     }
 
     /// Participant `id`'s answer to the edge's last [`EdgeRoomEvent::Offer`]: forwarding starts on
-    /// every leg it negotiated ([`EdgeRoomEvent::Subscribed`]).
+    /// every subscription it negotiated ([`EdgeRoomEvent::Subscribed`]).
     ///
     /// # Errors
     /// [`SfuError::Negotiation`] if no offer waits; what [`Edge::answer`] returns.
@@ -476,7 +476,7 @@ impl EdgeRooms {
         Ok(())
     }
 
-    /// Start forwarding on `subscriber`'s legs that its answer settled.
+    /// Start forwarding on `subscriber`'s subscriptions that its answer settled.
     fn start_legs(&mut self, now: Instant, subscriber: ConnId) -> Result<(), SfuError> {
         let since = self.since(now);
         let r = self.member(subscriber)?.room;
@@ -558,7 +558,7 @@ impl EdgeRooms {
 
     /// Ask for `rid` (None: the first layer) of `track` for `subscriber`. The switch happens
     /// at the layer's next key frame, which the room asks the publisher for (SFU-KF-03); the
-    /// leg's estimate may hold a lower layer (SFU-BWE-03).
+    /// connection's estimate may hold a lower layer (SFU-BWE-03).
     ///
     /// # Errors
     /// [`SfuError::Closed`], [`SfuError::UnknownTrack`], [`SfuError::NotSubscribed`].
@@ -623,7 +623,7 @@ impl EdgeRooms {
         self.route(now);
     }
 
-    /// Run the timers that are due, and hand each leg's estimate to the core.
+    /// Run the timers that are due, and hand each connection's estimate to the core.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.edge.handle_timeout(now);
         if now >= self.next_estimate {

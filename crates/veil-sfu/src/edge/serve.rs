@@ -1,5 +1,5 @@
 //! [`EdgeSfu`]: the SFU's rooms on one UDP socket ([`EdgeRooms`]), driven by one thread, with
-//! the same signalling API as the task-per-leg [`Sfu`](crate::Sfu).
+//! the same signalling API as the task-per-connection [`Sfu`](crate::Sfu).
 //!
 //! One OS thread owns the socket and the rooms (a single-threaded tokio runtime: the socket,
 //! the timers and the command queue). Signalling calls ([`Backend::join_with`],

@@ -9,7 +9,7 @@
 //! (or louder than the threshold) ends the silence and is forwarded at once.
 //!
 //! Silence is measured in the stream's own RTP time, not arrival time: a burst or a stall on
-//! the publisher's leg does not change what is dropped. Packets without an audio level are
+//! the publisher's connection does not change what is dropped. Packets without an audio level are
 //! always forwarded: nothing says they are silent.
 //!
 //! A publisher may already do DTX itself (Opus DTX: one comfort-noise packet every 400 ms
@@ -212,7 +212,7 @@ mod tests {
         for _ in 0..20 {
             send(&mut g, SILENT, 1, 960, "silence");
         }
-        // Three packets lost on the publisher's leg: 4 numbers, 4 × 20 ms. Still silence.
+        // Three packets lost on the publisher's connection: 4 numbers, 4 × 20 ms. Still silence.
         send(&mut g, SILENT, 4, 4 * 960, "after loss");
         // The sender's DTX: one packet per 400 ms (19,200 ticks).
         for _ in 0..5 {

@@ -1,16 +1,16 @@
 //! Per-subscriber header-extension rewriting (SFU-EXT-01..02).
 //!
-//! Each leg negotiates its own `a=extmap` ids, and webrtc-rs writes only extensions negotiated on
-//! the leg it sends on. So before forwarding, the SFU maps every element from the publisher's id
-//! to the subscriber's id for the same URI. It drops elements the subscriber did not negotiate,
-//! and writes the block again in the smallest form that fits. Element data is copied unchanged.
-//! The DD in particular is forwarded as it came.
+//! Each connection negotiates its own `a=extmap` ids, and webrtc-rs writes only extensions
+//! negotiated on the connection it sends on. So before forwarding, the SFU maps every element from
+//! the publisher's id to the subscriber's id for the same URI. It drops elements the subscriber did
+//! not negotiate, and writes the block again in the smallest form that fits. Element data is copied
+//! unchanged. The DD in particular is forwarded as it came.
 
 use veil_wire::ext::{Extension, Extensions, write_block};
 
 use crate::error::SfuError;
 
-/// Publisher id → subscriber id, for the URIs both legs negotiated.
+/// Publisher id → subscriber id, for the URIs both connections negotiated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtMap {
     map: [Option<u8>; 256],

@@ -3,9 +3,9 @@
 //! The SFU cannot change a layer's bitrate: the publisher's encoder sets it. What it can do is
 //! pick, per subscriber, which layer to forward. [`RateMeter`] measures each layer's bitrate from
 //! packet sizes over a one-second window; [`LayerChoice`] picks the highest layer at or below the
-//! subscriber's requested one whose measured bitrate fits the subscriber's share of its leg's
-//! estimate, with hysteresis so that it does not flap. The [`LayerForwarder`] then switches at
-//! the chosen layer's next key frame, as for any other switch (SFU-FWD-02).
+//! subscriber's requested one whose measured bitrate fits the subscriber's share of its
+//! connection's estimate, with hysteresis so that it does not flap. The [`LayerForwarder`] then
+//! switches at the chosen layer's next key frame, as for any other switch (SFU-FWD-02).
 //!
 //! Sans-I/O: time is passed in, nothing here reads a clock.
 //!
@@ -170,9 +170,9 @@ impl LayerChoice {
         self.chosen
     }
 
-    /// Decide at `now`, given the subscriber's share of its leg's estimate (None: no estimate,
-    /// e.g. no congestion-control feedback yet) and each layer's measured bitrate (0: the layer
-    /// sent nothing in the window). Returns the chosen layer.
+    /// Decide at `now`, given the subscriber's share of its connection's estimate (None: no
+    /// estimate, e.g. no congestion-control feedback yet) and each layer's measured bitrate (0: the
+    /// layer sent nothing in the window). Returns the chosen layer.
     pub fn update(&mut self, now: Duration, estimate: Option<u64>, rates: &[u64]) -> u8 {
         let req = usize::from(self.requested).min(rates.len().saturating_sub(1));
         let Some(est) = estimate.filter(|_| rates.iter().any(|r| *r > 0)) else {

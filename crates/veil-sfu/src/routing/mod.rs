@@ -8,8 +8,8 @@
 //!   output, and it rewrites SSRC, sequence numbers and timestamps into one continuous
 //!   stream (SFU-FWD-01..06).
 //!
-//! - [`LayerChoice`] picks that layer from the subscriber's request and its share of its leg's
-//!   bandwidth estimate; [`RateMeter`] measures each layer's bitrate (SFU-BWE-02..04).
+//! - [`LayerChoice`] picks that layer from the subscriber's request and its share of its
+//!   connection's bandwidth estimate; [`RateMeter`] measures each layer's bitrate (SFU-BWE-02..04).
 //!
 //! - [`KeyFrameRequests`] throttles the SFU's own key-frame requests per publisher stream
 //!   (SFU-KF-01..02).
@@ -20,7 +20,7 @@
 //! - [`ActiveSpeaker`] picks the active speaker from audio levels (SFU-SPK-01..02), and
 //!   [`SsrcOwners`] rejects SSRCs spoofed from another participant (SFU-SEC-01).
 //!
-//! - [`ExtMap`] rewrites header-extension ids from the publisher's leg to each subscriber's
+//! - [`ExtMap`] rewrites header-extension ids from the publisher's connection to each subscriber's
 //!   (SFU-EXT-01..02).
 //!
 //! - [`TokenBucket`] cuts a flooding publisher to its [`RateLimit`] at the door, before any

@@ -47,14 +47,14 @@ pub struct Publish {
     pub rids: Vec<Vec<u8>>,
 }
 
-/// One subscriber leg of a track, as negotiated with the subscriber.
+/// One subscription to a track, as negotiated with the subscriber.
 #[derive(Debug, Clone)]
 pub struct Subscribe {
     /// The SSRC the subscriber receives this track on (one per subscriber and track).
     pub out_ssrc: u32,
-    /// The payload type negotiated for the track's codec on the subscriber's leg.
+    /// The payload type negotiated for the track's codec on the subscriber's connection.
     pub payload_type: u8,
-    /// Header-extension ids from the publisher's leg to the subscriber's.
+    /// Header-extension ids from the publisher's connection to the subscriber's.
     pub ext: ExtMap,
     /// The layer wanted, by rid (None: the track's first layer).
     pub rid: Option<Vec<u8>>,
@@ -72,7 +72,7 @@ pub struct Forward {
     pub seq: u16,
     /// Rewritten timestamp.
     pub timestamp: u32,
-    /// The subscriber leg's payload type.
+    /// The payload type on the subscriber's connection.
     pub payload_type: u8,
     /// Publisher → subscriber extension ids.
     pub ext: Arc<ExtMap>,
@@ -102,7 +102,7 @@ struct Participant {
     streams: StreamRegistry,
     tracks: Vec<TrackId>,
     subscriptions: Vec<TrackId>,
-    /// Its leg's bandwidth estimate, and each of its video subscriptions' share of it
+    /// Its connection's bandwidth estimate, and each of its video subscriptions' share of it
     /// (SFU-BWE-03).
     estimate: Option<u64>,
     video_share: Option<u64>,
@@ -187,7 +187,7 @@ impl Room {
         self.rate_limit = limit;
     }
 
-    /// Admit a participant whose leg negotiated these extension ids.
+    /// Admit a participant whose connection negotiated these extension ids.
     pub fn add_participant(&mut self, id: ParticipantId, ids: ExtIds) {
         self.participants.insert(
             id,
@@ -427,10 +427,11 @@ impl Room {
         self.layer_policy = policy;
     }
 
-    /// The send-side bandwidth estimate of `subscriber`'s leg, in bits per second (None: none
-    /// yet, e.g. no transport-cc feedback). Each of its video subscriptions gets an equal share
-    /// of what its audio subscriptions leave; the layer choice acts on it with the next packet
-    /// of each track (SFU-BWE-03). Call it periodically: the shares follow the measured rates.
+    /// The send-side bandwidth estimate of `subscriber`'s connection, in bits per second (None:
+    /// none yet, e.g. no transport-cc feedback). Each of its video subscriptions gets an equal
+    /// share of what its audio subscriptions leave; the layer choice acts on it with the next
+    /// packet of each track (SFU-BWE-03). Call it periodically: the shares follow the measured
+    /// rates.
     pub fn set_estimate(
         &mut self,
         subscriber: ParticipantId,
@@ -451,7 +452,7 @@ impl Room {
         p.video_share = estimate.map(|e| e.saturating_sub(audio) / videos.max(1));
     }
 
-    /// The estimate last given for `subscriber`'s leg.
+    /// The estimate last given for `subscriber`'s connection.
     #[must_use]
     pub fn estimate(&self, subscriber: ParticipantId) -> Option<u64> {
         self.participants.get(&subscriber)?.estimate

@@ -8,7 +8,7 @@ use veil_wire::ext::Extensions;
 
 use crate::error::SfuError;
 
-/// Negotiated header-extension ids of one publisher leg (from its SDP `a=extmap` lines).
+/// Negotiated header-extension ids of one publisher's connection (from its SDP `a=extmap` lines).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExtIds {
     /// `urn:ietf:params:rtp-hdrext:sdes:mid`.
@@ -72,7 +72,7 @@ pub struct StreamRegistry {
 }
 
 impl StreamRegistry {
-    /// A registry for a leg with these extension ids.
+    /// A registry for a connection with these extension ids.
     #[must_use]
     pub fn new(ids: ExtIds) -> Self {
         Self {

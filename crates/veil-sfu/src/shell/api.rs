@@ -30,12 +30,12 @@ pub struct SfuConfig {
     pub udp_addrs: Vec<String>,
     /// At most one key-frame request per publisher stream per this interval (SFU-KF-01).
     pub key_frame_interval: Duration,
-    /// No packet at all (media, RTCP or ICE consent checks) for this long: the leg is
+    /// No packet at all (media, RTCP or ICE consent checks) for this long: the connection is
     /// disconnected (SFU-LIVE-01).
     pub silence_timeout: Duration,
     /// Disconnected for this long: the participant is removed (SFU-LIVE-01).
     pub departure_grace: Duration,
-    /// How often ICE consent checks go out on an idle leg (must be well below
+    /// How often ICE consent checks go out on an idle connection (must be well below
     /// `silence_timeout`).
     pub keepalive_interval: Duration,
     /// A participant whose connection is not up this long after joining is removed
@@ -170,7 +170,7 @@ pub enum SignalEvent {
     Subscribed {
         /// The track.
         track: String,
-        /// The SSRC on this participant's leg.
+        /// The SSRC on this participant's connection.
         ssrc: u32,
     },
     /// Another participant joined.

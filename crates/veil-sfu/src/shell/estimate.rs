@@ -1,4 +1,4 @@
-//! Carries each leg's bandwidth estimate from webrtc-rs's interceptor chain into the routing
+//! Carries each connection's bandwidth estimate from webrtc-rs's interceptor chain into the routing
 //! core and the metrics (SFU-BWE-01, SFU-BWE-03).
 
 use std::sync::Weak;
@@ -11,11 +11,11 @@ use super::peer::Estimate;
 use super::{RoomShell, Shared};
 use crate::routing::ParticipantId;
 
-/// How often a leg's estimate is handed to the core. GCC changes its target at most every
+/// How often a connection's estimate is handed to the core. GCC changes its target at most every
 /// 200 ms (rate-control interval) and on feedback, which comes about every 100 ms.
 pub(super) const ESTIMATE_PERIOD: Duration = Duration::from_millis(100);
 
-/// Hand `estimate` of participant `id`'s leg to the core every [`ESTIMATE_PERIOD`] until the
+/// Hand `estimate` of participant `id`'s connection to the core every [`ESTIMATE_PERIOD`] until the
 /// participant is gone.
 pub(super) async fn follow(
     shared: Weak<Shared>,

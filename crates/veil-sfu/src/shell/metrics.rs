@@ -179,7 +179,7 @@ pub struct Rtx {
     pub outcome: &'static str,
 }
 
-/// Counts what every leg's [`veil_rtc::RtxInterceptor`] does into [`Metrics::rtx`].
+/// Counts what every connection's [`veil_rtc::RtxInterceptor`] does into [`Metrics::rtx`].
 #[derive(Debug, Clone)]
 pub struct RtxCount(pub Family<Rtx, Counter>);
 
@@ -259,7 +259,7 @@ pub struct Metrics {
     pub publisher_key_frame_requests: Counter,
     /// The layer each subscriber receives per track (-1: none yet).
     pub subscriber_layer: Family<SubscriberTrack, Gauge>,
-    /// The send-side bandwidth estimate of each subscriber's leg, in bits per second
+    /// The send-side bandwidth estimate of each subscriber's connection, in bits per second
     /// (SFU-BWE-01).
     pub subscriber_estimate: Family<Subscriber, Gauge>,
     /// Participants who left, by reason.

@@ -6,14 +6,15 @@
 //!
 //! - **Join.** The participant offers (its published tracks in it); the SFU answers with its
 //!   host candidates already gathered (it has no STUN or TURN, so gathering is immediate), and
-//!   takes the participant's trickled candidates. Every leg negotiates Opus, VP8, audio level,
-//!   DD, transport-cc, mid/rid/repaired-rid and `extmap-allow-mixed` (SFU-NEG-01).
+//!   takes the participant's trickled candidates. Every connection negotiates Opus, VP8, audio
+//!   level, DD, transport-cc, mid/rid/repaired-rid and `extmap-allow-mixed` (SFU-NEG-01).
 //! - **Publish.** Each published track is read by one task. Its packets go through
 //!   [`Room::on_rtp`](crate::routing::Room::on_rtp) and the copies are queued to subscribers
 //!   (bounded queues; a full queue drops and counts, SFU-LIVE-03).
 //! - **Subscribe.** The SFU adds a send-only transceiver with its own SSRC to the subscriber's
 //!   connection and offers; the subscriber answers ([`Sfu::answer`]). Only then, with the
-//!   payload type and extension ids that leg negotiated, does forwarding start (SFU-ROOM-02).
+//!   payload type and extension ids that subscription negotiated, does forwarding start
+//!   (SFU-ROOM-02).
 //! - **Leave.** [`Sfu::leave`], or the transport goes silent (ICE disconnected, then failed),
 //!   or it never connects: the participant is removed and a [`ParticipantEvent::ParticipantLeft`] is
 //!   broadcast (SFU-LIVE-01..02).

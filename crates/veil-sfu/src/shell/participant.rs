@@ -203,7 +203,7 @@ impl Participant {
         if self.subs().contains_key(&tid) {
             return Ok(false);
         }
-        // Distinct from every other outgoing stream's SSRC and RTX SSRC on this leg.
+        // Distinct from every other outgoing stream's SSRC and RTX SSRC on this connection.
         let out_ssrc = loop {
             let s = StdRng::from_os_rng().next_u32();
             // `rtx_ssrc` is its own inverse: one comparison covers both directions.
@@ -595,7 +595,7 @@ pub(super) async fn connect(
         }
         st.participants.insert(id, p);
     }
-    // The leg's bandwidth estimate drives its layer choice (SFU-BWE-01, SFU-BWE-03).
+    // The connection's bandwidth estimate drives its layer choice (SFU-BWE-01, SFU-BWE-03).
     tokio::spawn(super::estimate::follow(
         Arc::downgrade(shared),
         Arc::downgrade(room),

@@ -1,5 +1,5 @@
 //! How the SFU's webrtc-rs peer connections are built: codecs, header extensions, interceptors
-//! and ICE timers. Veil peers (and the tests' peers) build theirs the same way, so every leg
+//! and ICE timers. Veil peers (and the tests' peers) build theirs the same way, so every connection
 //! negotiates the same set.
 
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use veil_rtc::RtxInterceptor;
 use veil_rtc::rtx::{CountRtx, RtxObserver};
 pub use veil_rtc::{KeyFrameRequestTap, MIME_OPUS, MIME_VP8, OPUS_PT, VP8_PT};
 
-/// The codec of `kind` as every Veil leg negotiates it ([`veil_rtc::codec`]).
+/// The codec of `kind` as every Veil connection negotiates it ([`veil_rtc::codec`]).
 #[must_use]
 pub fn codec(kind: MediaKind) -> RTCRtpCodec {
     veil_rtc::codec(rtp_kind(kind))
@@ -40,7 +40,7 @@ pub(crate) fn rtp_kind(kind: MediaKind) -> RtpCodecKind {
 /// (audio), the dependency descriptor (video); the default interceptors add mid, rid and
 /// repaired rid (video) and transport-cc (SFU-NEG-01). webrtc-rs puts `a=extmap-allow-mixed` in
 /// every offer and echoes it in answers, so the two-byte form that DD key frames need is
-/// allowed on every leg.
+/// allowed on every connection.
 ///
 /// # Errors
 /// [`SfuError::WebRtc`] if webrtc-rs refuses a registration.
@@ -57,23 +57,23 @@ pub fn interceptors(me: &mut MediaEngine) -> Result<Registry, SfuError> {
     veil_rtc::interceptors(me).map_err(SfuError::webrtc("interceptors"))
 }
 
-/// Where GCC starts on a subscriber leg, before any feedback, in bits per second. Above a
+/// Where GCC starts on a subscriber's connection, before any feedback, in bits per second. Above a
 /// typical top layer, so that a subscriber starts on the layer it asked for and GCC backs off
 /// from there if the path cannot carry it (SFU-BWE-01).
 pub const ESTIMATE_INITIAL: f64 = 1_500_000.0;
-/// GCC's floor on a subscriber leg (audio and the lowest layer still go out).
+/// GCC's floor on a subscriber's connection (audio and the lowest layer still go out).
 pub const ESTIMATE_MIN: f64 = 50_000.0;
-/// GCC's ceiling on a subscriber leg.
+/// GCC's ceiling on a subscriber's connection.
 pub const ESTIMATE_MAX: f64 = 20_000_000.0;
 
-/// The send-side bandwidth estimate of one leg, as GCC last computed it from the remote's
+/// The send-side bandwidth estimate of one connection, as GCC last computed it from the remote's
 /// transport-cc feedback (SFU-BWE-01). Cheap to clone; all clones read the same value.
 #[derive(Debug, Clone, Default)]
 pub struct Estimate(Arc<AtomicU64>);
 
 impl Estimate {
-    /// The estimate in bits per second, or None until the first feedback arrived (a leg whose
-    /// remote sends no transport-cc feedback never has one).
+    /// The estimate in bits per second, or None until the first feedback arrived (a connection
+    /// whose remote sends no transport-cc feedback never has one).
     #[must_use]
     pub fn bits_per_second(&self) -> Option<u64> {
         match self.0.load(Ordering::Relaxed) {
@@ -118,7 +118,7 @@ impl BandwidthEstimator for PublishedGcc {
 }
 
 /// The SFU's own chain: [`interceptors`] (its RTX interceptor reporting to `rtx`) plus
-/// send-side congestion control on the leg (SFU-BWE-01): the TWCC sender numbers every departing RTP packet with the transport-wide
+/// send-side congestion control on the connection (SFU-BWE-01): the TWCC sender numbers every departing RTP packet with the transport-wide
 /// sequence number, and the congestion-control interceptor keeps the send history, resolves the
 /// remote's transport-cc feedback against it, and drives GCC, whose target goes to `estimate`.
 ///
@@ -153,7 +153,7 @@ pub fn sfu_interceptors(
     )
 }
 
-/// ICE timers of a leg (SFU-LIVE-01): the agent marks the leg disconnected after
+/// ICE timers of a connection (SFU-LIVE-01): the agent marks the connection disconnected after
 /// `silence` without any packet (a live peer sends STUN consent checks every `keepalive`), and
 /// failed after a further `grace`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +168,7 @@ pub struct IceTimers {
 
 /// The SFU's peer connection to one participant: Veil's codecs, extensions and interceptors,
 /// with congestion control on what the SFU sends ([`sfu_interceptors`]), bound to `udp_addrs`
-/// (e.g. `["127.0.0.1:0"]`), with no ICE servers: host candidates only. Returns the leg's
+/// (e.g. `["127.0.0.1:0"]`), with no ICE servers: host candidates only. Returns the connection's
 /// [`Estimate`] too. Retransmissions are reported to `rtx`.
 ///
 /// # Errors

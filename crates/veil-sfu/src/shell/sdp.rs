@@ -11,8 +11,8 @@ use crate::routing::ExtIds;
 pub use veil_rtc::{AUDIO_LEVEL_URI, DD_URI, MID_URI, RID_URI, RRID_URI, TRANSPORT_CC_URI};
 
 /// The extensions whose data the SFU forwards end to end (SFU-EXT-03). Everything else is per
-/// hop (transport-cc, abs-send-time), per leg (mid, rid, repaired rid) or unknown, and is not
-/// forwarded.
+/// hop (transport-cc, abs-send-time), per connection (mid, rid, repaired rid) or unknown, and is
+/// not forwarded.
 pub const FORWARDED_URIS: [&str; 2] = [DD_URI, AUDIO_LEVEL_URI];
 
 /// One `m=` section.
