@@ -114,7 +114,7 @@ struct EdgeRoom {
     /// (publisher, its track id) → the core's track.
     track_ids: HashMap<(ConnId, String), TrackId>,
     published: HashMap<TrackId, Published>,
-    legs: HashMap<(ConnId, TrackId), Subscription>,
+    subscriptions: HashMap<(ConnId, TrackId), Subscription>,
     members: usize,
 }
 
@@ -277,7 +277,7 @@ impl EdgeRooms {
                     core,
                     track_ids: HashMap::new(),
                     published: HashMap::new(),
-                    legs: HashMap::new(),
+                    subscriptions: HashMap::new(),
                     members: 0,
                 };
                 let r = match self.rooms.iter().position(Option::is_none) {
@@ -382,7 +382,7 @@ impl EdgeRooms {
                 "a participant cannot subscribe to its own track",
             ));
         }
-        if room.legs.contains_key(&(subscriber, track)) {
+        if room.subscriptions.contains_key(&(subscriber, track)) {
             return Err(SfuError::Protocol("already subscribed to this track"));
         }
         let kind = p.kind;
@@ -396,7 +396,7 @@ impl EdgeRooms {
             rtx,
             peer::codec(kind),
         )?;
-        self.room_of(subscriber)?.legs.insert(
+        self.room_of(subscriber)?.subscriptions.insert(
             (subscriber, track),
             Subscription {
                 sender,
@@ -419,8 +419,8 @@ impl EdgeRooms {
         if let Some(m) = self.members.get_mut(&id) {
             m.offering = true;
             if let Some(room) = self.rooms.get_mut(m.room).and_then(Option::as_mut) {
-                for ((s, _), leg) in &mut room.legs {
-                    leg.offered |= *s == id;
+                for ((s, _), subscription) in &mut room.subscriptions {
+                    subscription.offered |= *s == id;
                 }
             }
         }
@@ -469,7 +469,7 @@ impl EdgeRooms {
             }
             None => false,
         };
-        self.start_legs(now, id)?;
+        self.start_subscriptions(now, id)?;
         if again {
             self.renegotiate(now, id)?;
         }
@@ -477,14 +477,14 @@ impl EdgeRooms {
     }
 
     /// Start forwarding on `subscriber`'s subscriptions that its answer settled.
-    fn start_legs(&mut self, now: Instant, subscriber: ConnId) -> Result<(), SfuError> {
+    fn start_subscriptions(&mut self, now: Instant, subscriber: ConnId) -> Result<(), SfuError> {
         let since = self.since(now);
         let r = self.member(subscriber)?.room;
         let Some(room) = self.rooms.get_mut(r).and_then(Option::as_mut) else {
             return Ok(());
         };
         let pending: Vec<TrackId> = room
-            .legs
+            .subscriptions
             .iter()
             .filter(|((s, _), l)| *s == subscriber && l.offered && !l.live)
             .map(|((_, t), _)| *t)
@@ -495,10 +495,11 @@ impl EdgeRooms {
             };
             let publisher = p.publisher;
             let mime = peer::codec(p.kind).mime_type;
-            let Some(leg) = room.legs.get_mut(&(subscriber, track)) else {
+            let Some(subscription) = room.subscriptions.get_mut(&(subscriber, track)) else {
                 continue;
             };
-            let Some((payload_type, sub_ids)) = self.edge.negotiated(subscriber, leg.sender, &mime)
+            let Some((payload_type, sub_ids)) =
+                self.edge.negotiated(subscriber, subscription.sender, &mime)
             else {
                 continue;
             };
@@ -512,18 +513,18 @@ impl EdgeRooms {
                 })
                 .collect();
             let s = Subscribe {
-                out_ssrc: leg.out_ssrc,
+                out_ssrc: subscription.out_ssrc,
                 payload_type,
                 ext: ExtMap::new(&pairs),
                 rid: None,
             };
             let ssrcs = room.core.subscribe(pid(subscriber), track, s, since)?;
-            leg.live = true;
+            subscription.live = true;
             self.metrics.subscriptions.inc();
             self.events.push_back(EdgeRoomEvent::Subscribed {
                 subscriber,
                 track,
-                ssrc: leg.out_ssrc,
+                ssrc: subscription.out_ssrc,
             });
             ask_key_frames(&mut self.edge, &self.metrics, now, room, track, ssrcs);
         }
@@ -543,16 +544,16 @@ impl EdgeRooms {
         track: TrackId,
     ) -> Result<(), SfuError> {
         let room = self.room_of(subscriber)?;
-        let leg = room
-            .legs
+        let subscription = room
+            .subscriptions
             .remove(&(subscriber, track))
             .ok_or(SfuError::NotSubscribed(track.0))?;
         room.core.unsubscribe(pid(subscriber), track);
         let name = room.name.clone();
         if let Some(m) = self.members.get(&subscriber) {
-            forget_leg(&self.metrics, &name, &m.identity, track, leg.live);
+            forget_subscription(&self.metrics, &name, &m.identity, track, subscription.live);
         }
-        self.edge.remove_track(subscriber, leg.sender)?;
+        self.edge.remove_track(subscriber, subscription.sender)?;
         self.renegotiate(now, subscriber)
     }
 
@@ -814,10 +815,13 @@ impl EdgeRooms {
         }
         for f in &routed.forwards {
             let sub = conn(f.subscriber);
-            let Some(leg) = room.legs.get(&(sub, tid)) else {
+            let Some(subscription) = room.subscriptions.get(&(sub, tid)) else {
                 continue;
             };
-            match self.edge.write_rtp(now, sub, leg.sender, rewrite(p, f)) {
+            match self
+                .edge
+                .write_rtp(now, sub, subscription.sender, rewrite(p, f))
+            {
                 Ok(()) => {
                     counters.forwarded.inc();
                     counters.forwarded_bytes.inc_by(p.payload.len() as u64);
@@ -871,10 +875,10 @@ impl EdgeRooms {
             .collect();
         room.published.retain(|_, p| p.publisher != id);
         let metrics = &*self.metrics;
-        room.legs.retain(|(s, t), leg| {
+        room.subscriptions.retain(|(s, t), subscription| {
             let own = *s == id;
             if own {
-                forget_leg(metrics, &room.name, &m.identity, *t, leg.live);
+                forget_subscription(metrics, &room.name, &m.identity, *t, subscription.live);
             }
             !own
         });
@@ -883,15 +887,15 @@ impl EdgeRooms {
         let mut renegotiate = Vec::new();
         for t in &gone {
             let subs: Vec<(ConnId, RTCRtpSenderId, bool)> = room
-                .legs
+                .subscriptions
                 .iter()
                 .filter(|((_, lt), _)| lt == t)
                 .map(|((s, _), l)| (*s, l.sender, l.live))
                 .collect();
             for (s, sender, live) in subs {
-                room.legs.remove(&(s, *t));
+                room.subscriptions.remove(&(s, *t));
                 let identity = self.members.get(&s).map_or("", |sub| sub.identity.as_str());
-                forget_leg(metrics, &room.name, identity, *t, live);
+                forget_subscription(metrics, &room.name, identity, *t, live);
                 if self.edge.remove_track(s, sender).is_ok() && !renegotiate.contains(&s) {
                     renegotiate.push(s);
                 }
@@ -913,7 +917,13 @@ impl EdgeRooms {
 }
 
 /// A subscription is gone: count it if it was live, and drop its layer gauge.
-fn forget_leg(metrics: &Metrics, room: &str, subscriber: &str, track: TrackId, live: bool) {
+fn forget_subscription(
+    metrics: &Metrics,
+    room: &str,
+    subscriber: &str,
+    track: TrackId,
+    live: bool,
+) {
     if live {
         metrics.subscriptions.dec();
     }
