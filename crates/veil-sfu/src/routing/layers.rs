@@ -351,14 +351,7 @@ mod caller_input {
     use proptest::prelude::*;
 
     use super::*;
-
-    fn any_duration() -> impl Strategy<Value = Duration> {
-        prop_oneof![
-            Just(Duration::ZERO),
-            Just(Duration::MAX),
-            (0u64..10_000).prop_map(Duration::from_millis)
-        ]
-    }
+    use crate::routing::caller_input::any_duration;
 
     proptest! {
         #[test]

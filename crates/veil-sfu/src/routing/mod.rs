@@ -31,6 +31,22 @@
 //!
 //! Nothing here reads a payload byte: packets are described by [`PacketMeta`].
 
+/// Strategies shared by the routing core's "caller input never panics" property tests.
+#[cfg(test)]
+mod caller_input {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    /// Zero, the largest duration, and ordinary ones up to 10 s.
+    pub(crate) fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..10_000).prop_map(Duration::from_millis)
+        ]
+    }
+}
 mod dtx;
 mod extmap;
 mod forwarder;
