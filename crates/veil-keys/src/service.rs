@@ -986,9 +986,7 @@ impl Feed {
             };
             match next {
                 None => {
-                    let _ = self
-                        .tx
-                        .try_send(Err(KdsError::RoomDeleted(self.room.clone()).into()));
+                    self.end_deleted();
                     return;
                 }
                 Some(Ok(e)) => {
@@ -1011,24 +1009,31 @@ impl Feed {
     /// A place in the client's queue, once there is one; `None` once the client is gone or the
     /// room was deleted (then the stream ends with `NOT_FOUND`).
     async fn reserve(&mut self) -> Option<mpsc::OwnedPermit<Result<pb::RoomEvent, Status>>> {
-        tokio::select! {
-            r = self.tx.clone().reserve_owned() => r.ok(),
-            _ = self.deleted.wait_for(|d| *d) => {
-                let _ = self.tx.try_send(Err(KdsError::RoomDeleted(self.room.clone()).into()));
-                None
-            }
-        }
+        let reserved = tokio::select! {
+            r = self.tx.clone().reserve_owned() => Some(r.ok()),
+            _ = self.deleted.wait_for(|d| *d) => None,
+        };
+        reserved.unwrap_or_else(|| {
+            self.end_deleted();
+            None
+        })
     }
 
     /// Queue one item, waiting while the client's queue is full; false once the client is
     /// gone or the room was deleted (then the stream ends with `NOT_FOUND`).
     async fn send(&mut self, item: Result<pb::RoomEvent, Status>) -> bool {
-        tokio::select! {
-            r = self.tx.send(item) => r.is_ok(),
-            _ = self.deleted.wait_for(|d| *d) => {
-                let _ = self.tx.try_send(Err(KdsError::RoomDeleted(self.room.clone()).into()));
-                false
-            }
-        }
+        let Some(permit) = self.reserve().await else {
+            return false;
+        };
+        permit.send(item);
+        true
+    }
+
+    /// End the stream with `NOT_FOUND`: the room was deleted (KDS-GC-03). A full queue drops
+    /// the status; the stream ends all the same.
+    fn end_deleted(&self) {
+        let _ = self
+            .tx
+            .try_send(Err(KdsError::RoomDeleted(self.room.clone()).into()));
     }
 }
