@@ -306,15 +306,15 @@ impl KdsError {
 pub const EPOCH_METADATA: &str = "veil-room-epoch";
 
 /// Longest status message the service sends, in bytes (KDS-LIM-03): a client with default gRPC
-/// limits must always be able to read why it was refused.
-pub const MAX_STATUS_MESSAGE_BYTES: usize = 512;
+/// limits must always be able to read why it was refused. The SFU's limit is the same one.
+pub use veil_proto::status::MAX_MESSAGE_BYTES as MAX_STATUS_MESSAGE_BYTES;
 
 impl KdsError {
     /// The message as sent and logged: at most [`MAX_STATUS_MESSAGE_BYTES`], clipped on a
     /// character boundary, so no client-chosen string is ever echoed whole (KDS-LIM-03).
     #[must_use]
     pub fn clipped(&self) -> String {
-        crate::names::clip(&self.to_string(), MAX_STATUS_MESSAGE_BYTES)
+        veil_proto::status::clip(&self.to_string())
     }
 }
 

@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod status;
 
 /// Key distribution (`veil.keys.v1`).
 pub mod keys {

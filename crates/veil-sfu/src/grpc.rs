@@ -235,23 +235,11 @@ pub fn code(e: &SfuError) -> Code {
     }
 }
 
-/// Longest status message sent, in bytes: track ids and other client-chosen strings in an
-/// error are clipped so a client with default gRPC limits always reads why (specs/sfu.md
-/// "Errors", SFU-ERR-01; the key service's KDS-LIM-03).
-const MAX_STATUS_MESSAGE_BYTES: usize = 512;
-
+/// The status of an error, its message clipped as the key service's are: track ids and other
+/// client-chosen strings cannot make it unreadable to a client with default gRPC limits
+/// (specs/sfu.md "Errors", SFU-ERR-01; the key service's KDS-LIM-03).
 fn status(e: &SfuError) -> Status {
-    let mut msg = e.to_string();
-    if msg.len() > MAX_STATUS_MESSAGE_BYTES {
-        let full = msg.len();
-        let mut end = MAX_STATUS_MESSAGE_BYTES - 40;
-        while !msg.is_char_boundary(end) {
-            end -= 1;
-        }
-        msg.truncate(end);
-        msg.push_str(&format!("… ({full} bytes clipped)"));
-    }
-    Status::new(code(e), msg)
+    Status::new(code(e), veil_proto::status::clip(&e.to_string()))
 }
 
 fn now_secs() -> u64 {
@@ -516,7 +504,7 @@ mod tests {
         let s = status(&SfuError::NoSuchTrack("é".repeat(10_000)));
         assert_eq!(s.code(), Code::NotFound);
         assert!(
-            s.message().len() <= MAX_STATUS_MESSAGE_BYTES,
+            s.message().len() <= veil_proto::status::MAX_MESSAGE_BYTES,
             "{}",
             s.message().len()
         );
