@@ -131,6 +131,7 @@ pub struct Group {
     status: watch::Receiver<GroupStatus>,
     task: JoinHandle<Result<(), ClientError>>,
     session: SharedSession,
+    frame_keys: veil_mls::FrameKeys,
     released: Option<mpsc::UnboundedReceiver<Released>>,
     link_events: broadcast::Sender<LinkEvent>,
 }
@@ -263,6 +264,14 @@ impl Group {
     #[must_use]
     pub fn session(&self) -> SharedSession {
         self.session.clone()
+    }
+
+    /// The frame path's handle on this member's SFrame keys (swapped atomically at every
+    /// epoch; never the MLS group): encrypt with it, and decrypt with a
+    /// [`FrameKeys::decryptor`](veil_mls::FrameKeys::decryptor) per receiver.
+    #[must_use]
+    pub fn frame_keys(&self) -> veil_mls::FrameKeys {
+        self.frame_keys.clone()
     }
 
     /// Frames that were held for an epoch not known yet and decrypted once its commit arrived
@@ -411,6 +420,7 @@ impl Actor {
         let (tx, rx) = mpsc::channel(16);
         let status = self.status.subscribe();
         let session = self.session.clone();
+        let frame_keys = self.s().frame_keys();
         let released = self.released_rx.take();
         let link_events = self.link_events.clone();
         let task = tokio::spawn(self.run(rx));
@@ -419,6 +429,7 @@ impl Actor {
             status,
             task,
             session,
+            frame_keys,
             released,
             link_events,
         }

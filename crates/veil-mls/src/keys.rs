@@ -4,7 +4,8 @@
 //! On every epoch the member gives [`EpochKeys::install_epoch`] the epoch's exporter secret
 //! (`MLS-Exporter("SFrame 1.0 Base Key", "", Nk)`) and the leaf indices of the members. It:
 //!
-//! 1. derives every member's sender key (RFC 9605 §5.2) and installs it for receiving;
+//! 1. publishes the epoch to the frame path ([`crate::ring`]); each receiver derives a
+//!    member's key (RFC 9605 §5.2) on that member's first frame of the epoch;
 //! 2. switches the local sender to the new epoch (call it only after the commit is merged);
 //! 3. keeps the previous epochs' keys for at most `max_retained_epochs` epochs **and** at most
 //!    `retention` time, so frames in flight still decrypt; then retires them (zeroized);
@@ -14,15 +15,12 @@
 //! ahead, is **held** instead of dropped. Holding is bounded by count, bytes and age, and an
 //! evicted frame is counted.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
-use veil_sframe::{
-    CipherSuite, KeyStore, MlsKidLayout, SenderKey, SframeError, default_backend, mls_sender_key,
-};
-use veil_wire::SframeHeader;
+use veil_sframe::{CipherSuite, MlsKidLayout};
 
 use crate::error::MlsError;
+use crate::ring::{FrameDecryptor, FrameKeys, KeyRing};
 
 /// How a member turns epochs into SFrame keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +116,8 @@ pub struct KeyStats {
     pub epochs_installed: u64,
     /// Epoch key sets retired (by count or by time).
     pub epochs_retired: u64,
+    /// Senders' keys derived, each on its sender's first frame of an epoch (MLS-KEY-08).
+    pub keys_derived: u64,
     /// Frames held for an unknown epoch.
     pub held: u64,
     /// Held frames released (decrypted) when their epoch arrived.
@@ -128,44 +128,19 @@ pub struct KeyStats {
     pub max_held: usize,
 }
 
-struct Retained {
-    epoch: u64,
-    kids: Vec<u64>,
-    deadline: Duration,
-}
-
-struct HeldFrame {
-    frame: Vec<u8>,
-    metadata: Vec<u8>,
-    tag: u64,
-    epoch_bits: u64,
-    since: Duration,
-}
-
-/// The SFrame keys of one member across epochs.
+/// The SFrame keys of one member across epochs: a [`KeyRing`] and one [`FrameDecryptor`] over
+/// it, for callers that keep both in one place (tests, tools, a single-threaded member). The
+/// SDK's frame path instead takes [`frames`](Self::frames) and a decryptor per receiver.
 pub struct EpochKeys {
-    cfg: KeyConfig,
-    layout: MlsKidLayout,
-    store: KeyStore,
-    sender: Option<SenderKey>,
-    current: Option<(u64, Vec<u64>)>,
-    retained: VecDeque<Retained>,
-    held: VecDeque<HeldFrame>,
-    held_bytes: usize,
-    stats: KeyStats,
-    /// Removed from the group: no later epoch will come, so nothing is held (MLS-SEC-05).
-    removed: bool,
+    ring: KeyRing,
+    rx: FrameDecryptor,
 }
 
 impl core::fmt::Debug for EpochKeys {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("EpochKeys")
-            .field("epoch", &self.current.as_ref().map(|c| c.0))
-            .field(
-                "retained",
-                &self.retained.iter().map(|r| r.epoch).collect::<Vec<_>>(),
-            )
-            .field("held", &self.held.len())
+            .field("epochs", &self.installed_epochs())
+            .field("held", &self.rx.held_frames())
             .finish_non_exhaustive()
     }
 }
@@ -176,69 +151,69 @@ impl EpochKeys {
     /// # Errors
     /// [`MlsError::Config`] for an impossible KID layout.
     pub fn new(cfg: KeyConfig) -> Result<Self, MlsError> {
-        Ok(Self {
-            layout: cfg.layout()?,
-            cfg,
-            store: KeyStore::with_backend(default_backend()),
-            sender: None,
-            current: None,
-            retained: VecDeque::new(),
-            held: VecDeque::new(),
-            held_bytes: 0,
-            removed: false,
-            stats: KeyStats::default(),
-        })
+        let ring = KeyRing::new(cfg)?;
+        let rx = ring.frames().decryptor();
+        Ok(Self { ring, rx })
+    }
+
+    /// The frame path's handle on these keys (MLS-KEY-07).
+    #[must_use]
+    pub fn frames(&self) -> FrameKeys {
+        self.ring.frames()
     }
 
     /// The configuration.
     #[must_use]
     pub fn config(&self) -> &KeyConfig {
-        &self.cfg
+        self.ring.config()
     }
 
     /// The KID layout.
     #[must_use]
     pub fn layout(&self) -> MlsKidLayout {
-        self.layout
+        self.ring.layout()
     }
 
     /// The current epoch, once one is installed.
     #[must_use]
     pub fn epoch(&self) -> Option<u64> {
-        self.current.as_ref().map(|c| c.0)
+        self.ring.frames().epoch()
     }
 
     /// Epochs whose keys are still installed, newest first (current, then retained).
     #[must_use]
     pub fn installed_epochs(&self) -> Vec<u64> {
-        self.current
-            .iter()
-            .map(|c| c.0)
-            .chain(self.retained.iter().rev().map(|r| r.epoch))
-            .collect()
+        self.ring.frames().snapshot().epochs()
     }
 
     /// Frames held right now.
     #[must_use]
     pub fn held_frames(&self) -> usize {
-        self.held.len()
+        self.rx.held_frames()
     }
 
     /// Counters.
     #[must_use]
     pub fn stats(&self) -> KeyStats {
-        self.stats
+        let (r, d) = (self.ring.stats(), self.rx.stats());
+        KeyStats {
+            epochs_installed: r.epochs_installed,
+            epochs_retired: r.epochs_retired,
+            keys_derived: d.keys_derived,
+            held: d.held,
+            released: d.released,
+            held_dropped: d.held_dropped,
+            max_held: d.max_held,
+        }
     }
 
     /// The local sender's KID, if this member sends.
     #[must_use]
     pub fn sender_kid(&self) -> Option<u64> {
-        self.sender.as_ref().map(SenderKey::kid)
+        self.ring.frames().sender_kid()
     }
 
-    /// Install `epoch` (MLS-KEY-01..03): `exporter_secret` is the epoch's
-    /// `MLS-Exporter("SFrame 1.0 Base Key", "", Nk)`, `members` the leaf indices in the group,
-    /// `own` this member's leaf index (None for a receive-only observer). Returns the held frames
+    /// Install `epoch` (MLS-KEY-01..04): see [`KeyRing::install_epoch`]. Returns the held frames
     /// of this epoch, decrypted.
     ///
     /// # Errors
@@ -252,136 +227,31 @@ impl EpochKeys {
         own: Option<u32>,
         now: Duration,
     ) -> Result<Vec<Released>, MlsError> {
-        let (suite, ctx) = (self.cfg.suite, self.cfg.context);
-        self.removed = false;
-        // Derive first so a bad input changes nothing.
-        let sender = match own {
-            Some(i) => {
-                let (kid, m) = mls_sender_key(suite, exporter_secret, self.layout, ctx, i, epoch)?;
-                Some(SenderKey::new(suite, kid, &m, default_backend())?)
-            }
-            None => None,
-        };
-        // Validate every leaf index against the layout before touching any state (MLS-KEY-03).
-        // Deriving the keys twice (once to validate) would double the cost of a rekey.
-        for &m in members {
-            self.layout.kid(ctx, m, epoch)?;
-        }
-        if exporter_secret.len() != suite.key_len() {
-            return Err(SframeError::InvalidKeyLength {
-                what: "MLS exporter secret",
-                expected: suite.key_len(),
-                got: exporter_secret.len(),
-            }
-            .into());
-        }
-        // The previous epoch becomes retained, with a deadline (MLS-KEY-02).
-        if let Some((old, kids)) = self.current.take() {
-            // Saturating: a `retention` of `Duration::MAX` means "until the count bound".
-            let deadline = now.saturating_add(self.cfg.retention);
-            for &kid in &kids {
-                self.store.set_expiry(kid, deadline);
-            }
-            self.retained.push_back(Retained {
-                epoch: old,
-                kids,
-                deadline,
-            });
-        }
-        let kids = self.store.insert_mls_epoch(
-            suite,
-            exporter_secret,
-            self.layout,
-            ctx,
-            epoch,
-            members.iter().copied(),
-        )?;
-        // A retained epoch with the same low bits lost its KIDs to the new epoch (RFC 9605 §5.2).
-        for r in &mut self.retained {
-            r.kids.retain(|k| !kids.contains(k));
-        }
-        self.current = Some((epoch, kids));
-        self.sender = sender; // switch only now, after the commit was merged (MLS-KEY-04)
-        self.stats.epochs_installed += 1;
-        while self.retained.len() > self.cfg.max_retained_epochs {
-            self.retire_oldest();
-        }
-        self.expire(now);
-        Ok(self.release_held(epoch))
-    }
-
-    fn retire_oldest(&mut self) {
-        if let Some(r) = self.retained.pop_front() {
-            for kid in r.kids {
-                self.store.retire(kid);
-            }
-            self.stats.epochs_retired += 1;
-        }
+        self.ring
+            .install_epoch(epoch, exporter_secret, members, own, now)?;
+        self.rx.refresh(now);
+        Ok(self.rx.take_released())
     }
 
     /// Retire retained epochs past their deadline and drop frames held too long (MLS-KEY-02,
     /// MLS-KEY-05). Call it periodically; every other method calls it too.
     pub fn expire(&mut self, now: Duration) {
-        while self.retained.front().is_some_and(|r| r.deadline <= now) {
-            self.retire_oldest();
-        }
-        self.store.expire(now);
-        while self
-            .held
-            .front()
-            .is_some_and(|h| now.saturating_sub(h.since) > self.cfg.max_hold)
-        {
-            self.drop_oldest_held();
-        }
-    }
-
-    fn drop_oldest_held(&mut self) {
-        if let Some(h) = self.held.pop_front() {
-            self.held_bytes -= h.frame.len() + h.metadata.len();
-            self.stats.held_dropped += 1;
-        }
-    }
-
-    fn release_held(&mut self, epoch: u64) -> Vec<Released> {
-        let low = epoch & ((1u64 << self.cfg.epoch_bits) - 1);
-        let (ready, keep): (VecDeque<_>, VecDeque<_>) =
-            self.held.drain(..).partition(|h| h.epoch_bits == low);
-        self.held = keep;
-        let mut out = Vec::new();
-        for mut h in ready {
-            self.held_bytes -= h.frame.len() + h.metadata.len();
-            match self.store.decrypt_in_place(&h.metadata, &mut h.frame) {
-                Ok(d) => {
-                    let sender = self.layout.split(d.header.kid).1 as u32;
-                    out.push(Released {
-                        sender,
-                        metadata: h.metadata,
-                        tag: h.tag,
-                        plaintext: d.plaintext.to_vec(),
-                    });
-                    self.stats.released += 1;
-                }
-                Err(_) => self.stats.held_dropped += 1,
-            }
-        }
-        out
+        self.ring.expire(now);
+        self.rx.refresh(now);
     }
 
     /// Stop sending: drop the sender key (zeroized). Called when this member is removed, so
     /// it cannot keep sending under the epoch it was removed from (MLS-SEC-03).
     pub fn stop_sending(&mut self) {
-        self.sender = None;
+        self.ring.stop_sending();
     }
 
     /// This member was removed: stop sending, drop every held frame, and hold no more. Frames
     /// of later epochs then fail with an unknown key instead of waiting for a commit that will
     /// never reach this member (MLS-SEC-05). Installing an epoch (a rejoin) undoes it.
     pub fn removed(&mut self) {
-        self.stop_sending();
-        while !self.held.is_empty() {
-            self.drop_oldest_held();
-        }
-        self.removed = true;
+        self.ring.removed();
+        self.rx.refresh(Duration::ZERO);
     }
 
     /// Encrypt `plaintext` as this member in the current epoch into `out`; returns the length.
@@ -394,25 +264,13 @@ impl EpochKeys {
         plaintext: &[u8],
         out: &mut [u8],
     ) -> Result<usize, MlsError> {
-        let s = self.sender.as_mut().ok_or(MlsError::NotSending)?;
-        Ok(s.encrypt(metadata, plaintext, out)?)
+        self.ring.frames().encrypt(metadata, plaintext, out)
     }
 
     /// Upper bound of the bytes [`encrypt`](Self::encrypt) adds.
     #[must_use]
     pub fn max_overhead(&self) -> usize {
-        veil_sframe::MAX_HEADER_LEN + self.cfg.suite.tag_len()
-    }
-
-    /// Whether the low epoch bits `bits` are ahead of the current epoch by less than half the
-    /// epoch space (so not a stale epoch that wrapped; exactly half is ambiguous and refused).
-    fn is_ahead(&self, bits: u64) -> bool {
-        let Some((cur, _)) = &self.current else {
-            return true;
-        };
-        let space = 1u64 << self.cfg.epoch_bits;
-        let d = (bits + space - (cur & (space - 1))) % space;
-        d > 0 && d < space / 2
+        veil_sframe::MAX_HEADER_LEN + self.config().suite.tag_len()
     }
 
     /// Decrypt a frame in place, or hold it if it names a newer epoch (MLS-KEY-05).
@@ -442,48 +300,15 @@ impl EpochKeys {
         now: Duration,
         tag: u64,
     ) -> Result<Received<'a>, MlsError> {
-        self.expire(now);
-        let kid = SframeHeader::parse(buf).map_err(SframeError::from)?.0.kid;
-        let (ctx, idx, bits) = self.layout.split(kid);
-        let size = buf.len().saturating_add(metadata.len());
-        if !self.removed
-            && !self.store.contains(kid)
-            && ctx == self.cfg.context
-            && self.is_ahead(bits)
-            // A frame the bounds could never hold (0 frames, or larger than the byte bound)
-            // is not held; it fails below as an unknown KID.
-            && self.cfg.max_held_frames > 0
-            && size <= self.cfg.max_held_bytes
-        {
-            while self.held.len() >= self.cfg.max_held_frames
-                || self.held_bytes + size > self.cfg.max_held_bytes
-            {
-                self.drop_oldest_held();
-            }
-            self.held_bytes += size;
-            self.held.push_back(HeldFrame {
-                frame: buf.to_vec(),
-                metadata: metadata.to_vec(),
-                tag,
-                epoch_bits: bits,
-                since: now,
-            });
-            self.stats.held += 1;
-            self.stats.max_held = self.stats.max_held.max(self.held.len());
-            return Ok(Received::Held);
-        }
-        let d = self.store.decrypt_in_place(metadata, buf)?;
-        Ok(Received::Plaintext {
-            sender: idx as u32,
-            epoch_bits: bits,
-            plaintext: d.plaintext,
-        })
+        self.ring.expire(now);
+        self.rx.decrypt_in_place(metadata, buf, now, tag)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use veil_sframe::{SenderKey, SframeError, default_backend, mls_sender_key};
 
     const SECRET_A: [u8; 16] = [1; 16];
     const SECRET_B: [u8; 16] = [2; 16];

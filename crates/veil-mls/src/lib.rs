@@ -4,12 +4,14 @@
 
 pub mod error;
 pub mod keys;
+pub mod ring;
 pub mod session;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 pub use error::MlsError;
 pub use keys::{EpochKeys, KeyConfig, KeyStats, Received, Released};
+pub use ring::{DecryptorStats, FrameDecryptor, FrameKeys, KeyRing, KeySet, RingStats};
 pub use session::{
     CallSession, CommitOut, MLS_CIPHERSUITE, Processed, Provider, SFRAME_EXPORTER_LABEL,
 };

@@ -609,6 +609,14 @@ impl<P: Provider> CallSession<P> {
         &self.keys
     }
 
+    /// The frame path's handle on this member's keys: every epoch this session installs is
+    /// published to it with one atomic swap, so frames are encrypted and decrypted (with a
+    /// [`FrameKeys::decryptor`] per receiver) without touching the session (MLS-KEY-07).
+    #[must_use]
+    pub fn frame_keys(&self) -> crate::ring::FrameKeys {
+        self.keys.frames()
+    }
+
     /// Encrypt a frame as this member in the current epoch.
     ///
     /// # Errors

@@ -7,8 +7,9 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-/// Veil's member-side, key-holding crates: SFrame keys, MLS member sessions, the client SDK.
-pub const MEMBER_SIDE: &[&str] = &["veil-sframe", "veil-mls", "veil-client"];
+/// Veil's member-side, key-holding crates: SFrame keys, MLS member sessions, the call core,
+/// the client SDK.
+pub const MEMBER_SIDE: &[&str] = &["veil-sframe", "veil-mls", "veil-call", "veil-client"];
 
 /// Crates that implement ciphers, MACs, hashes or key agreement (SFU-BLIND-02).
 pub const CRYPTO: &[&str] = &[
