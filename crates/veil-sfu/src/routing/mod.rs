@@ -11,6 +11,11 @@
 //! - [`LayerChoice`] picks that layer from the subscriber's request and its share of its
 //!   connection's bandwidth estimate; [`RateMeter`] measures each layer's bitrate (SFU-BWE-02..04).
 //!
+//! - [`SvcSelector`] thins a scalable stream (AV1/VP9 SVC, VP8 temporal layers) per subscriber
+//!   to one dependency-descriptor decode target, switching only where the descriptor allows and
+//!   renumbering across the dropped frames; [`SvcRates`] and [`ScalableChoice`] pick the decode
+//!   target from the bandwidth estimate, temporal layers first (SFU-SVC-01..08).
+//!
 //! - [`KeyFrameRequests`] throttles the SFU's own key-frame requests per publisher stream
 //!   (SFU-KF-01..02).
 //!
@@ -57,6 +62,7 @@ mod room;
 mod speaker;
 mod ssrc;
 mod streams;
+mod svc;
 
 pub use dtx::{Dtx, MAX_PACKET_DURATION, SilenceGate};
 pub use extmap::ExtMap;
@@ -70,3 +76,6 @@ pub use room::{
 pub use speaker::ActiveSpeaker;
 pub use ssrc::SsrcOwners;
 pub use streams::{ExtIds, Ingested, PacketMeta, StreamRegistry};
+pub use svc::{
+    Rung, ScalableChoice, SvcDecision, SvcDrop, SvcLayer, SvcRates, SvcSelector, SvcStats,
+};
