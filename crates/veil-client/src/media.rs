@@ -3,6 +3,11 @@
 //! header extensions; SSRC and payload type are the transport's); a [`TrackReceiver`]
 //! reassembles packets into frames and decrypts them.
 //!
+//! Neither touches the MLS session: a sender encrypts with the member's [`FrameKeys`] and a
+//! receiver decrypts with a [`FrameDecryptor`], both swapped atomically at every epoch, so a
+//! commit being created (tens of milliseconds in a large group) never delays a frame
+//! (MLS-KEY-07).
+//!
 //! Packetization follows specs/rtp.md: by default the browser-compatible form (VP8 payload
 //! descriptor in front of the ciphertext, or one Opus frame per packet), or the IETF SFrame
 //! payload format. Video packets carry the AV1 dependency descriptor (DD) on every packet, with
@@ -14,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use veil_mls::{CallSession, MlsError, Provider, Received};
+use veil_mls::{FrameDecryptor, FrameKeys, MlsError, Received};
 use veil_wire::audio_level::AudioLevel;
 use veil_wire::dd::{DependencyDescriptor, TemplateStructure};
 use veil_wire::packetize::{
@@ -149,7 +154,8 @@ pub struct ReceiveStats {
     pub frames: u64,
     /// Frames decrypted at once.
     pub decrypted: u64,
-    /// Frames held for an epoch not known yet (they come back through the session).
+    /// Frames held for an epoch not known yet (they come back from the decryptor's
+    /// [`take_released`](FrameDecryptor::take_released) once it is published).
     pub held: u64,
     /// Frames that lost packets.
     pub incomplete: u64,
@@ -297,20 +303,21 @@ impl TrackSender {
         self
     }
 
-    /// Encrypt `frame` under `session`'s current sender key and packetize it. `key_frame`
-    /// matters for video (DD template and structure); `audio_level` (0..=127 -dBov) for audio.
+    /// Encrypt `frame` under the member's current sender key (`keys`, never the MLS session's
+    /// lock) and packetize it. `key_frame` matters for video (DD template and structure);
+    /// `audio_level` (0..=127 -dBov) for audio.
     ///
     /// # Errors
     /// [`ClientError::Mls`] (e.g. `NotSending` before the first epoch); packetization errors.
-    pub fn send<P: Provider>(
+    pub fn send(
         &mut self,
-        session: &mut CallSession<P>,
+        keys: &FrameKeys,
         frame: &[u8],
         timestamp: u32,
         key_frame: bool,
         audio_level: Option<(bool, u8)>,
     ) -> Result<Vec<RtpOut>, ClientError> {
-        let out = self.encrypt_and_packetize(session, frame, timestamp, key_frame, audio_level);
+        let out = self.encrypt_and_packetize(keys, frame, timestamp, key_frame, audio_level);
         match &out {
             Ok(pkts) => {
                 self.stats.frames += 1;
@@ -322,17 +329,16 @@ impl TrackSender {
         out
     }
 
-    fn encrypt_and_packetize<P: Provider>(
+    fn encrypt_and_packetize(
         &mut self,
-        session: &mut CallSession<P>,
+        keys: &FrameKeys,
         frame: &[u8],
         timestamp: u32,
         key_frame: bool,
         audio_level: Option<(bool, u8)>,
     ) -> Result<Vec<RtpOut>, ClientError> {
-        self.buf
-            .resize(frame.len() + session.keys().max_overhead(), 0);
-        let n = session.encrypt_frame(b"", frame, &mut self.buf)?;
+        self.buf.resize(frame.len() + keys.max_overhead(), 0);
+        let n = keys.encrypt(b"", frame, &mut self.buf)?;
         let wire = |e: veil_wire::WireError| ClientError::config_by("packetize", e);
         let vp8 = Vp8Descriptor {
             picture_id: Some(self.picture_id & 0x7fff),
@@ -402,7 +408,8 @@ impl TrackSender {
 }
 
 /// The tag a [`TrackReceiver`] gives a held frame: the track's tag and the frame's RTP
-/// timestamp, which [`split_held_tag`] recovers from a released frame.
+/// timestamp, which [`split_held_tag`] recovers from a released frame
+/// ([`FrameDecryptor::take_released`]).
 #[must_use]
 pub fn held_tag(track: u32, timestamp: u32) -> u64 {
     (u64::from(track) << 32) | u64::from(timestamp)
@@ -435,7 +442,8 @@ pub enum ReceivedFrame {
         /// The encoded frame as the sender's encoder produced it.
         data: Vec<u8>,
     },
-    /// Held for an epoch whose commit has not arrived (returned later by the session).
+    /// Held for an epoch whose commit has not arrived (returned later by the decryptor's
+    /// [`take_released`](FrameDecryptor::take_released), tagged with [`held_tag`]).
     Held,
     /// Lost.
     Lost(FrameLoss),
@@ -485,7 +493,7 @@ impl TrackReceiver {
     }
 
     /// Tag this track's held frames with `track` (see [`held_tag`]), so a frame released later
-    /// by the session can be put back on its track.
+    /// by a decryptor that several tracks share can be put back on its track.
     #[must_use]
     pub fn with_track_tag(mut self, track: u32) -> Self {
         self.track_tag = track;
@@ -521,12 +529,13 @@ impl TrackReceiver {
         });
     }
 
-    /// Decrypt every frame completed so far.
-    pub fn drain<P: Provider>(
-        &mut self,
-        session: &mut CallSession<P>,
-        now: Duration,
-    ) -> Vec<ReceivedFrame> {
+    /// Decrypt every frame completed so far with `decryptor` (this receiver's replay windows;
+    /// one decryptor may serve several tracks). `now` is the member's monotonic clock, for key
+    /// retention and how long frames are held. A frame of an epoch not published yet comes
+    /// out as [`ReceivedFrame::Held`]; it comes back, decrypted and tagged with [`held_tag`],
+    /// from [`FrameDecryptor::take_released`] after a later `drain` or
+    /// [`refresh`](FrameDecryptor::refresh).
+    pub fn drain(&mut self, decryptor: &mut FrameDecryptor, now: Duration) -> Vec<ReceivedFrame> {
         let mut out = Vec::new();
         while let Some(o) = self.reassembler.poll() {
             let st = &mut self.stats;
@@ -534,7 +543,7 @@ impl TrackReceiver {
                 Output::Complete(mut f) => {
                     st.frames += 1;
                     let tag = held_tag(self.track_tag, f.timestamp);
-                    match session.decrypt_frame_tagged(b"", &mut f.data, now, tag) {
+                    match decryptor.decrypt_in_place(b"", &mut f.data, now, tag) {
                         Ok(Received::Plaintext {
                             sender, plaintext, ..
                         }) => {
@@ -572,8 +581,10 @@ impl TrackReceiver {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Mutex, mpsc};
+
     use super::*;
-    use veil_mls::KeyConfig;
+    use veil_mls::{CallSession, KeyConfig};
     use veil_wire::dd::DdLatch;
 
     const T0: Duration = Duration::ZERO;
@@ -588,6 +599,12 @@ mod tests {
         alice.confirm_commit(T0).unwrap();
         bob.join_welcome(&out.welcome.unwrap(), T0).unwrap();
         (alice, bob)
+    }
+
+    /// Alice's frame keys and a decryptor of Bob's: the frame path of a two-member call.
+    fn frame_path() -> (FrameKeys, FrameDecryptor) {
+        let (alice, bob) = pair();
+        (alice.frame_keys(), bob.frame_keys().decryptor())
     }
 
     const EXT: ExtIds = ExtIds {
@@ -606,7 +623,7 @@ mod tests {
     #[test]
     fn video_frames_arrive_decrypted_with_dd_on_every_packet() {
         for p in [Packetization::Browser, Packetization::Ietf] {
-            let (mut alice, mut bob) = pair();
+            let (alice, mut bob) = frame_path();
             let mut tx =
                 TrackSender::new(MediaKind::Video, p, EXT, 65530, FrameCounter::default()).unwrap();
             let mut rx = TrackReceiver::new(MediaKind::Video, p);
@@ -616,7 +633,7 @@ mod tests {
                 let key = i % 5 == 0;
                 let f = frame(300 + usize::from(i) * 700, i);
                 let ts = 90_000 + u32::from(i) * 3000;
-                let mut pkts = tx.send(&mut alice, &f, ts, key, None).unwrap();
+                let mut pkts = tx.send(&alice, &f, ts, key, None).unwrap();
                 assert!(pkts.len() > 1 || f.len() < MAX_PAYLOAD);
                 assert!(pkts.last().unwrap().marker);
                 for (j, pkt) in pkts.iter().enumerate() {
@@ -662,7 +679,7 @@ mod tests {
 
     #[test]
     fn audio_carries_its_level_and_a_tampered_frame_is_lost() {
-        let (mut alice, mut bob) = pair();
+        let (alice, mut bob) = frame_path();
         let mut tx = TrackSender::new(
             MediaKind::Audio,
             Packetization::Browser,
@@ -673,9 +690,7 @@ mod tests {
         .unwrap();
         let mut rx = TrackReceiver::new(MediaKind::Audio, Packetization::Browser);
         let f = frame(120, 3);
-        let pkts = tx
-            .send(&mut alice, &f, 960, false, Some((true, 30)))
-            .unwrap();
+        let pkts = tx.send(&alice, &f, 960, false, Some((true, 30))).unwrap();
         assert_eq!(pkts.len(), 1);
         assert_eq!(pkts[0].extensions, vec![(1, vec![0x80 | 30])]);
         let mut bad = pkts[0].payload.clone();
@@ -686,7 +701,7 @@ mod tests {
             [ReceivedFrame::Lost(FrameLoss::Undecryptable(_))]
         ));
         let pkts = tx
-            .send(&mut alice, &f, 1920, false, Some((false, 127)))
+            .send(&alice, &f, 1920, false, Some((false, 127)))
             .unwrap();
         rx.push(pkts[0].seq, 1920, true, &pkts[0].payload);
         assert_eq!(
@@ -746,8 +761,8 @@ mod tests {
     #[test]
     fn frames_without_a_sender_key_are_refused_and_counted() {
         // Not in a group yet: no sender key.
-        let mut lonely = CallSession::new(b"carol", KeyConfig::default()).unwrap();
-        let (mut alice, _) = pair();
+        let lonely = CallSession::new(b"carol", KeyConfig::default()).unwrap();
+        let (alice, _) = frame_path();
         let mut tx = TrackSender::new(
             MediaKind::Audio,
             Packetization::Browser,
@@ -757,16 +772,14 @@ mod tests {
         )
         .unwrap();
         assert!(
-            tx.send(&mut lonely, &frame(80, 1), 960, false, None)
+            tx.send(&lonely.frame_keys(), &frame(80, 1), 960, false, None)
                 .is_err()
         );
         assert!(
-            tx.send(&mut lonely, &frame(80, 2), 1920, false, None)
+            tx.send(&lonely.frame_keys(), &frame(80, 2), 1920, false, None)
                 .is_err()
         );
-        let pkts = tx
-            .send(&mut alice, &frame(80, 3), 2880, false, None)
-            .unwrap();
+        let pkts = tx.send(&alice, &frame(80, 3), 2880, false, None).unwrap();
         assert_eq!(
             tx.stats(),
             SendStats {
@@ -782,7 +795,7 @@ mod tests {
 
     #[test]
     fn simulcast_layers_share_one_frame_counter() {
-        let (mut alice, _) = pair();
+        let (alice, _) = frame_path();
         let counter = FrameCounter::default();
         let mut layers: Vec<TrackSender> = [(320, 180), (640, 360), (1280, 720)]
             .into_iter()
@@ -807,7 +820,7 @@ mod tests {
         for i in 0..4u32 {
             for (l, tx) in layers.iter_mut().enumerate() {
                 let pkts = tx
-                    .send(&mut alice, &frame(500, 1), i * 3000, i == 0, None)
+                    .send(&alice, &frame(500, 1), i * 3000, i == 0, None)
                     .unwrap();
                 let dd = latches[l].parse(&ext(&pkts[0], 11).unwrap()).unwrap();
                 numbers.push(dd.frame_number);
@@ -830,7 +843,7 @@ mod tests {
 
     #[test]
     fn a_simulcast_layer_announces_mid_and_rid_on_its_first_packets_and_key_frames() {
-        let (mut alice, _) = pair();
+        let (alice, _) = frame_path();
         let mut tx = TrackSender::new(
             MediaKind::Video,
             Packetization::Browser,
@@ -845,7 +858,7 @@ mod tests {
             // Small frames: one packet each. A key frame at 0 and 50.
             let key = i.is_multiple_of(50);
             let pkts = tx
-                .send(&mut alice, &frame(200, 1), i * 3000, key, None)
+                .send(&alice, &frame(200, 1), i * 3000, key, None)
                 .unwrap();
             assert_eq!(pkts.len(), 1);
             let (mid, rid) = (ext(&pkts[0], 2), ext(&pkts[0], 3));
@@ -858,5 +871,107 @@ mod tests {
         let mut want: Vec<u32> = (0..ANNOUNCE_PACKETS).collect();
         want.push(50);
         assert_eq!(announced, want);
+    }
+
+    #[test]
+    fn frames_flow_while_another_thread_holds_the_sessions_for_a_commit() {
+        // MLS-KEY-07: the frame path never takes the session's lock, so a commit created under
+        // it (here: both members' sessions locked by another thread until every frame is
+        // through) delays no frame. A regression that locks would time out, not hang.
+        let (alice, bob) = pair();
+        let (keys, mut decryptor) = (alice.frame_keys(), bob.frame_keys().decryptor());
+        let (alice, bob) = (Arc::new(Mutex::new(alice)), Arc::new(Mutex::new(bob)));
+        let (locked_tx, locked_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let mls = {
+            let (alice, bob) = (alice.clone(), bob.clone());
+            std::thread::spawn(move || {
+                let mut a = alice.lock().unwrap();
+                let mut b = bob.lock().unwrap();
+                let out = a.self_update().unwrap();
+                locked_tx.send(()).unwrap();
+                done_rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("the frame path finished while the sessions were locked");
+                a.confirm_commit(T0).unwrap();
+                b.process(&out.commit, T0).unwrap();
+            })
+        };
+        locked_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let mut tx = TrackSender::new(
+            MediaKind::Audio,
+            Packetization::Browser,
+            EXT,
+            0,
+            FrameCounter::default(),
+        )
+        .unwrap();
+        let mut rx = TrackReceiver::new(MediaKind::Audio, Packetization::Browser);
+        let mut exchange = |i: u32| {
+            let f = frame(100, i as u8);
+            let pkts = tx
+                .send(&keys, &f, i * 960, false, Some((true, 30)))
+                .unwrap();
+            for p in &pkts {
+                rx.push(p.seq, p.timestamp, p.marker, &p.payload);
+            }
+            assert_eq!(
+                rx.drain(&mut decryptor, T0),
+                vec![ReceivedFrame::Frame {
+                    sender: 0,
+                    timestamp: i * 960,
+                    data: f
+                }],
+                "frame {i}"
+            );
+        };
+        for i in 0..50 {
+            exchange(i);
+        }
+        assert!(
+            alice.try_lock().is_err() && bob.try_lock().is_err(),
+            "the sessions were locked throughout"
+        );
+        done_tx.send(()).unwrap();
+        mls.join().unwrap();
+        // The commit is merged at both: the same handles moved to its epoch.
+        assert_eq!(keys.epoch(), Some(2));
+        exchange(50);
+    }
+
+    #[test]
+    fn a_frame_of_an_epoch_not_yet_published_comes_back_on_its_track_when_it_is() {
+        let (mut alice, mut bob) = pair();
+        let keys = alice.frame_keys();
+        let mut decryptor = bob.frame_keys().decryptor();
+        // Alice is on epoch 2 before Bob processed its commit.
+        let out = alice.self_update().unwrap();
+        alice.confirm_commit(T0).unwrap();
+        let mut tx = TrackSender::new(
+            MediaKind::Video,
+            Packetization::Browser,
+            EXT,
+            0,
+            FrameCounter::default(),
+        )
+        .unwrap();
+        let mut rx = TrackReceiver::new(MediaKind::Video, Packetization::Browser).with_track_tag(7);
+        let f = frame(3000, 9);
+        for p in tx.send(&keys, &f, 12_345, true, None).unwrap() {
+            rx.push(p.seq, p.timestamp, p.marker, &p.payload);
+        }
+        assert_eq!(rx.drain(&mut decryptor, T0), vec![ReceivedFrame::Held]);
+        assert_eq!((rx.stats().held, decryptor.held_frames()), (1, 1));
+        decryptor.refresh(T0);
+        assert!(decryptor.take_released().is_empty());
+        bob.process(&out.commit, T0).unwrap();
+        // No packet arrives: refreshing on the key change releases it, with its track and
+        // RTP timestamp in the tag.
+        decryptor.refresh(T0);
+        let released = decryptor.take_released();
+        assert_eq!(released.len(), 1);
+        assert_eq!(split_held_tag(released[0].tag), (7, 12_345));
+        assert_eq!((released[0].sender, &released[0].plaintext), (0, &f));
+        assert_eq!(decryptor.held_frames(), 0);
     }
 }

@@ -7,11 +7,13 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex as StdMutex;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use veil_mls::{FrameKeys, Released};
 
 use crate::error::ClientError;
-use crate::group::{Group, GroupConfig, GroupStatus, SharedSession};
+use crate::group::{Group, GroupConfig, GroupStatus};
 use crate::link::{Link, LinkEvent, LinkStatus};
 use crate::media::{
     FrameCounter, MediaKind, Packetization, ReceiveStats, ReceivedFrame, SendStats, TrackReceiver,
@@ -189,7 +191,9 @@ pub struct RoomStats {
 pub struct Room {
     group: Group,
     sfu: Option<SfuSession>,
-    session: SharedSession,
+    /// The member's SFrame keys for the publish path: never the MLS session's lock, so a
+    /// commit being created does not delay a frame (MLS-KEY-07).
+    keys: FrameKeys,
     audio: (LocalTrack, StdMutex<TrackSender>),
     /// One sender per simulcast layer (one without simulcast).
     video: (LocalTrack, Vec<StdMutex<TrackSender>>),
@@ -225,8 +229,10 @@ impl Room {
     /// # Errors
     /// Key-service, SFU, WebRTC or MLS errors.
     pub async fn join(cfg: RoomConfig) -> Result<Self, ClientError> {
-        let mut group = Group::join_or_create(cfg.group.clone()).await?;
-        let session = group.session();
+        let group = Group::join_or_create(cfg.group.clone()).await?;
+        // The frame path's clock (key retention, held frames, jitter): from the room's start.
+        let start = Instant::now();
+        let keys = group.frame_keys();
         let id = cfg.group.identity.clone();
         let audio = LocalTrack::new(
             MediaKind::Audio,
@@ -304,26 +310,30 @@ impl Room {
             video.clone(),
         ));
         let (frames_tx, frames) = mpsc::channel(4096);
-        let mut released = group
-            .take_released()
-            .ok_or_else(|| ClientError::config("released frames already taken"))?;
         let received = std::sync::Arc::new(StdMutex::new(HashMap::new()));
         let stats = received.clone();
         let ssrc_tracks = std::sync::Arc::new(StdMutex::new(HashMap::new()));
         let ssrcs = ssrc_tracks.clone();
-        let s = session.clone();
+        // One decryptor for every received track: the replay windows and derived keys of this
+        // receiver, and the frames it holds for an epoch not published yet.
+        let mut decryptor = keys.decryptor();
+        let mut key_changes = group.watch_status();
         let task = tokio::spawn(async move {
+            let now = || start.elapsed();
             // The current connection's receivers, by the SFU's track name.
             let mut receivers: HashMap<String, (u32, TrackReceiver, String, MediaKind)> =
                 HashMap::new();
             // Every receiver's track, publisher and kind by tag, for frames released when
-            // their commit arrives (even after a reconnection replaced the receiver).
+            // their epoch is published (even after a reconnection replaced the receiver).
             let mut by_tag: HashMap<u32, (String, String, MediaKind)> = HashMap::new();
             let mut next_tag = 0u32;
             let mut connection = 0u32;
             // Closed when the membership task ends (e.g. this member was removed); media keeps
             // flowing (and failing to decrypt) regardless.
-            let mut released_open = true;
+            let mut keys_open = true;
+            // Retired epochs' keys and frames held too long expire even when nothing arrives.
+            let mut expiry = tokio::time::interval(REFRESH_INTERVAL);
+            expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     m = media.recv() => {
@@ -350,27 +360,33 @@ impl Room {
                             packet.timestamp,
                             packet.marker,
                             &packet.payload,
-                            Some(s.now()),
+                            Some(now()),
                         );
                         ssrcs
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .entry(packet.ssrc)
                             .or_insert_with(|| track.clone());
-                        let out = {
-                            let mut g = s.lock();
-                            rx.drain(&mut g, s.now())
-                        };
+                        let out = rx.drain(&mut decryptor, now());
                         stats
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .insert(track.clone(), rx.stats().clone());
+                        // Frames held earlier and released by this drain's catching up with
+                        // the keys come first: they were received before this one.
+                        let (who, kind) = (who.clone(), *kind);
+                        if deliver_released(decryptor.take_released(), &by_tag, &frames_tx)
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
                         for f in out {
                             if let ReceivedFrame::Frame { timestamp, data, .. } = f {
                                 let rf = RemoteFrame {
                                     participant: who.clone(),
                                     track: track.clone(),
-                                    kind: *kind,
+                                    kind,
                                     timestamp,
                                     frame: data,
                                 };
@@ -380,21 +396,27 @@ impl Room {
                             }
                         }
                     }
-                    r = released.recv(), if released_open => {
-                        let Some(r) = r else {
-                            released_open = false;
+                    changed = key_changes.changed(), if keys_open => {
+                        if changed.is_err() {
+                            keys_open = false;
                             continue;
-                        };
-                        let (tag, timestamp) = split_held_tag(r.tag);
-                        let Some((track, who, kind)) = by_tag.get(&tag) else { continue };
-                        let rf = RemoteFrame {
-                            participant: who.clone(),
-                            track: track.clone(),
-                            kind: *kind,
-                            timestamp,
-                            frame: r.plaintext,
-                        };
-                        if frames_tx.send(rf).await.is_err() {
+                        }
+                        // A new epoch was published: frames held for it come out now, without
+                        // waiting for the next packet.
+                        decryptor.refresh(now());
+                        if deliver_released(decryptor.take_released(), &by_tag, &frames_tx)
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    _ = expiry.tick() => {
+                        decryptor.refresh(now());
+                        if deliver_released(decryptor.take_released(), &by_tag, &frames_tx)
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -404,7 +426,7 @@ impl Room {
         Ok(Self {
             group,
             sfu: Some(sfu),
-            session,
+            keys,
             audio: (audio, StdMutex::new(audio_tx)),
             video: (video, video_tx),
             frames,
@@ -435,13 +457,7 @@ impl Room {
                 .1
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            tx.send(
-                &mut self.session.lock(),
-                frame,
-                timestamp,
-                false,
-                Some(level),
-            )?
+            tx.send(&self.keys, frame, timestamp, false, Some(level))?
         };
         let r = self.audio.0.send(&pkts).await;
         self.sent(r)
@@ -505,7 +521,7 @@ impl Room {
             let mut tx = self.video.1[layer]
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            tx.send(&mut self.session.lock(), frame, timestamp, key_frame, None)?
+            tx.send(&self.keys, frame, timestamp, key_frame, None)?
         };
         let r = self.video.0.send_layer(layer, &pkts).await;
         self.sent(r)
@@ -623,6 +639,35 @@ impl Room {
         self.events_task.abort();
         self.group.leave().await
     }
+}
+
+/// How often the receive task catches up with the keys when nothing else woke it: retired
+/// epochs' keys and frames held too long expire on time.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Hand frames that were held for an epoch not published yet, and decrypted once it was, to
+/// the application, on the track their tag names ([`split_held_tag`]). `Err` when the
+/// application dropped the room.
+async fn deliver_released(
+    released: Vec<Released>,
+    by_tag: &HashMap<u32, (String, String, MediaKind)>,
+    out: &mpsc::Sender<RemoteFrame>,
+) -> Result<(), ()> {
+    for r in released {
+        let (tag, timestamp) = split_held_tag(r.tag);
+        let Some((track, who, kind)) = by_tag.get(&tag) else {
+            continue;
+        };
+        let rf = RemoteFrame {
+            participant: who.clone(),
+            track: track.clone(),
+            kind: *kind,
+            timestamp,
+            frame: r.plaintext,
+        };
+        out.send(rf).await.map_err(|_| ())?;
+    }
+    Ok(())
 }
 
 /// The SFU's room events, the group's epoch changes and both links' losses and returns, as

@@ -3,9 +3,9 @@
 //!
 //! The SFU's tap (SFU-TAP-01) records alice's packets as the SFU received them, before and
 //! after dave joins: exactly what an adversary who recorded the call and later got dave's
-//! keys would hold. Dave's own session then decrypts none of the packets sent before his
-//! join, and every packet sent after it: the same captured path, so the contrast is the
-//! epoch, not the plumbing.
+//! keys would hold. Dave's own keys (a receiver of his frame keys) then decrypt none of the
+//! packets sent before his join, and every packet sent after it: the same captured path, so
+//! the contrast is the epoch, not the plumbing.
 
 use std::time::Duration;
 
@@ -116,8 +116,11 @@ async fn late_joiner(packetization: Packetization) {
 
     // The recording: every frame alice sent from BASE on, as the SFU saw it.
     let recorded = tapped_audio(&mut tap, all).await;
-    let session = dave.group().session();
-    let replay = |before: bool| {
+    // One receiver of dave's keys, with its own replay windows (MLS-KEY-08), on the SDK's
+    // clock convention (time since this receiver started).
+    let mut decryptor = dave.group().frame_keys().decryptor();
+    let start = std::time::Instant::now();
+    let mut replay = |before: bool| {
         let mut rx = TrackReceiver::new(MediaKind::Audio, packetization);
         let mut out = Vec::new();
         for p in recorded
@@ -125,7 +128,7 @@ async fn late_joiner(packetization: Packetization) {
             .filter(|p| (p.timestamp < BASE + BEFORE * 960) == before)
         {
             rx.push(p.seq, p.timestamp, p.marker, &p.payload);
-            out.extend(rx.drain(&mut session.lock(), session.now()));
+            out.extend(rx.drain(&mut decryptor, start.elapsed()));
         }
         (out, rx.stats().clone())
     };
@@ -143,18 +146,14 @@ async fn late_joiner(packetization: Packetization) {
     );
     assert!(out.iter().all(|f| matches!(f, ReceivedFrame::Lost(_))));
 
-    // After the join: the same recording path finds dave's key for every frame. Each one
-    // either decrypts now, byte-identical, or is refused as a replay of the copy dave already
-    // decrypted live (the replay check comes after the key lookup, SF-RPL-01): between the
-    // two, dave holds all 30.
+    // After the join: the same recording path finds dave's key for every frame and decrypts
+    // it, byte-identical to what alice sent and to what dave heard live (this receiver's
+    // replay windows are its own, not those of the room's receive path).
     let (out, stats) = replay(false);
     assert_eq!(stats.frames, u64::from(AFTER), "{stats:?}");
-    let replays = stats.decrypt_failures.get("replay").copied().unwrap_or(0);
-    assert_eq!(stats.decrypted + replays, u64::from(AFTER), "{stats:?}");
-    let mut plaintexts: std::collections::BTreeMap<u32, Vec<u8>> = dave_heard
-        .range(BASE + BEFORE * 960..)
-        .map(|(ts, f)| (*ts, f.clone()))
-        .collect();
+    assert_eq!(stats.decrypted, u64::from(AFTER), "{stats:?}");
+    assert!(stats.decrypt_failures.is_empty(), "{stats:?}");
+    let mut plaintexts = std::collections::BTreeMap::new();
     for f in out {
         if let ReceivedFrame::Frame {
             timestamp, data, ..
@@ -168,8 +167,21 @@ async fn late_joiner(packetization: Packetization) {
     }
     assert_eq!(plaintexts.len(), AFTER as usize);
     for i in BEFORE..BEFORE + AFTER {
-        assert_eq!(plaintexts.get(&(BASE + i * 960)), Some(&audio_frame(0, i)));
+        let ts = BASE + i * 960;
+        assert_eq!(plaintexts.get(&ts), Some(&audio_frame(0, i)));
+        if let Some(live) = dave_heard.get(&ts) {
+            assert_eq!(live, &audio_frame(0, i), "frame {ts} as dave heard it live");
+        }
     }
+    // The same receiver refuses the recording a second time: every frame is a replay (the
+    // replay check comes after the key lookup, SF-RPL-01).
+    let (_, stats) = replay(false);
+    assert_eq!(stats.decrypted, 0, "{stats:?}");
+    assert_eq!(
+        stats.decrypt_failures.get("replay").copied(),
+        Some(u64::from(AFTER)),
+        "{stats:?}"
+    );
     for r in rooms {
         r.leave().await.unwrap();
     }

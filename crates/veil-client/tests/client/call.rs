@@ -39,7 +39,7 @@ fn cfg(svc: &InProcess, identity: &str) -> GroupConfig {
 async fn no_frame_is_lost_while_the_membership_changes() {
     let svc = start().await;
     let alice = Group::create(cfg(&svc, "alice")).await.unwrap();
-    let mut bob = Group::join_external(cfg(&svc, "bob")).await.unwrap();
+    let bob = Group::join_external(cfg(&svc, "bob")).await.unwrap();
     bob.wait(Duration::from_secs(10), |s| s.epoch == Some(1))
         .await
         .unwrap();
@@ -58,7 +58,7 @@ async fn no_frame_is_lost_while_the_membership_changes() {
 
     // Alice's media loop: one 80-byte frame every 5 ms until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
-    let alice_session = alice.session();
+    let alice_keys = alice.frame_keys();
     let sending = {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -75,11 +75,9 @@ async fn no_frame_is_lost_while_the_membership_changes() {
             while !stop.load(Ordering::Relaxed) {
                 ts += 960;
                 let frame: Vec<u8> = (0..80u32).map(|j| (ts / 960 + j) as u8).collect();
-                let pkts = {
-                    let mut s = alice_session.lock();
-                    tx.send(&mut s, &frame, ts, false, Some((true, 50)))
-                        .unwrap()
-                };
+                let pkts = tx
+                    .send(&alice_keys, &frame, ts, false, Some((true, 50)))
+                    .unwrap();
                 audio.send(&pkts).await.unwrap();
                 sent.insert(ts, frame);
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -88,11 +86,15 @@ async fn no_frame_is_lost_while_the_membership_changes() {
         })
     };
 
-    // Bob's media loop: reassemble, decrypt, and collect released frames.
-    let bob_session = bob.session();
-    let mut released = bob.take_released().unwrap();
+    // Bob's media loop: reassemble, decrypt, and collect released frames, on Bob's frame keys
+    // (never his MLS session): held frames come back when a packet arrives after their epoch
+    // was published, or when the epoch change itself wakes the loop.
+    let mut decryptor = bob.frame_keys().decryptor();
+    let mut key_changes = bob.watch_status();
+    let start = std::time::Instant::now();
     let receiving = tokio::spawn(async move {
         let mut rx = TrackReceiver::new(MediaKind::Audio, Packetization::Browser).with_track_tag(7);
+        let mut keys_open = true;
         let mut got = BTreeMap::new();
         let mut held = 0;
         let mut lost = Vec::new();
@@ -101,10 +103,7 @@ async fn no_frame_is_lost_while_the_membership_changes() {
                 p = incoming.recv() => {
                     let Some((_, p)) = p else { break };
                     rx.push(p.seq, p.timestamp, p.marker, &p.payload);
-                    let frames = {
-                        let mut s = bob_session.lock();
-                        rx.drain(&mut s, bob_session.now())
-                    };
+                    let frames = rx.drain(&mut decryptor, start.elapsed());
                     for f in frames {
                         match f {
                             ReceivedFrame::Frame { timestamp, data, .. } => {
@@ -115,13 +114,16 @@ async fn no_frame_is_lost_while_the_membership_changes() {
                         }
                     }
                 }
-                r = released.recv() => {
-                    let Some(r) = r else { break };
-                    let (track, ts) = split_held_tag(r.tag);
-                    assert_eq!(track, 7);
-                    got.insert(ts, r.plaintext);
+                changed = key_changes.changed(), if keys_open => {
+                    keys_open = changed.is_ok();
+                    decryptor.refresh(start.elapsed());
                 }
                 () = tokio::time::sleep(Duration::from_secs(3)) => break,
+            }
+            for r in decryptor.take_released() {
+                let (track, ts) = split_held_tag(r.tag);
+                assert_eq!(track, 7);
+                got.insert(ts, r.plaintext);
             }
         }
         (got, held, lost)

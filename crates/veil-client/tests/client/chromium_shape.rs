@@ -194,7 +194,7 @@ fn a_single_stream_has_chromiums_dd_shape() {
     let c = chromium.values().next().unwrap();
     assert_shape("Chromium", c);
 
-    let mut alice = session();
+    let alice = session().frame_keys();
     let mut tx = TrackSender::new(
         MediaKind::Video,
         Packetization::Browser,
@@ -208,7 +208,7 @@ fn a_single_stream_has_chromiums_dd_shape() {
     for i in 0..200u32 {
         let key = i % 100 == 0;
         let p = tx
-            .send(&mut alice, &frame(i, key), i * 3000, key, None)
+            .send(&alice, &frame(i, key), i * 3000, key, None)
             .unwrap();
         ours.extend(to_pkts(1, p));
     }
@@ -246,7 +246,7 @@ fn simulcast_layers_share_one_frame_counter_as_chromiums_do() {
     let c = numbers(&packets);
     assert_eq!(c.iter().collect::<HashSet<_>>().len(), c.len(), "Chromium");
 
-    let mut alice = session();
+    let alice = session().frame_keys();
     let counter = FrameCounter::default();
     let mut layers: Vec<TrackSender> = [(160u32, 120u32), (320, 240), (640, 480)]
         .into_iter()
@@ -267,7 +267,7 @@ fn simulcast_layers_share_one_frame_counter_as_chromiums_do() {
         let key = i % 50 == 0;
         for (l, tx) in layers.iter_mut().enumerate() {
             let p = tx
-                .send(&mut alice, &frame(i, key), i * 3000, key, None)
+                .send(&alice, &frame(i, key), i * 3000, key, None)
                 .unwrap();
             ours.extend(to_pkts(10 + l as u32, p));
         }

@@ -17,7 +17,8 @@ use crate::common::{T0, connect, group, peer};
 type Frames = Vec<(u32, Vec<u8>)>;
 
 async fn call(packetization: Packetization) {
-    let (mut alice, mut bob) = group();
+    let (alice, bob) = group();
+    let (alice, mut bob) = (alice.frame_keys(), bob.frame_keys().decryptor());
     let (rx_tx, mut incoming) = mpsc::channel(4096);
     let mut a = peer(None).await;
     let mut b = peer(Some(rx_tx)).await;
@@ -57,7 +58,7 @@ async fn call(packetization: Packetization) {
     for i in 0..40u32 {
         let f: Vec<u8> = (0..120 + i).map(|j| (i * 7 + j) as u8).collect();
         let pkts = atx
-            .send(&mut alice, &f, i * 960, false, Some((true, 40)))
+            .send(&alice, &f, i * 960, false, Some((true, 40)))
             .unwrap();
         audio.send(&pkts).await.unwrap();
         sent_audio.push((i * 960, f));
@@ -65,7 +66,7 @@ async fn call(packetization: Packetization) {
             let len = 400 + (i as usize * 997) % 6000;
             let f: Vec<u8> = (0..len).map(|j| (j as u32 ^ i) as u8).collect();
             let key = i % 20 == 0;
-            let pkts = vtx.send(&mut alice, &f, i * 1500, key, None).unwrap();
+            let pkts = vtx.send(&alice, &f, i * 1500, key, None).unwrap();
             video.send(&pkts).await.unwrap();
             sent_video.push((i * 1500, f));
         }
