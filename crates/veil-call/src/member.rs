@@ -1132,3 +1132,7 @@ fn new_op(id: Option<CommandId>, kind: Kind, deadline: Duration) -> Op {
         key_packages: Vec::new(),
     }
 }
+
+#[cfg(test)]
+#[path = "member_tests.rs"]
+mod tests;
