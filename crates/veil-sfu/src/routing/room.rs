@@ -13,8 +13,9 @@ use crate::error::SfuError;
 use crate::routing::{
     ActiveSpeaker, Decision, DropReason, Dtx, ExtIds, ExtMap, KeyFrameRequests, KeyFrameStats,
     LayerChoice, LayerForwarder, LayerPolicy, PacketMeta, RateLimit, RateMeter, SilenceGate,
-    SsrcOwners, StreamRegistry, TokenBucket,
+    SsrcOwners, StreamRegistry, SvcDecision, SvcDrop, SvcLayer, SvcSelector, TokenBucket,
 };
+use veil_wire::dd::DependencyDescriptor;
 
 /// A participant, numbered by the shell.
 pub type ParticipantId = u64;
@@ -78,6 +79,9 @@ pub struct Forward {
     pub ext: Arc<ExtMap>,
     /// Whether this packet starts a new layer for the subscriber.
     pub switched: bool,
+    /// The marker bit for the subscriber: the packet's own, or set where a thinned scalable
+    /// stream's temporal unit ends for this subscriber (SFU-SVC-06).
+    pub marker: bool,
 }
 
 /// What to do with one published packet.
@@ -133,6 +137,70 @@ struct Subscription {
     choice: LayerChoice,
     payload_type: u8,
     ext: Arc<ExtMap>,
+    /// Thins the forwarded simulcast layer to one decode target (SFU-SVC-09), once the stream
+    /// showed a structure with more than one.
+    svc: SvcSelector,
+    svc_active: bool,
+}
+
+impl Subscription {
+    /// Thin what the layer forwarder forwards (SFU-SVC-09): `seq` is the forwarder's output
+    /// number, `switched` whether it just started a simulcast layer. A stream that never showed
+    /// more than one decode target passes unchanged; once one has, every packet goes through
+    /// the selector, so its numbering stays one sequence.
+    fn thin(
+        &mut self,
+        dd: Option<&DependencyDescriptor>,
+        seq: u16,
+        marker: bool,
+        switched: bool,
+    ) -> Result<(u16, bool), SvcDrop> {
+        if !self.svc_active {
+            let scalable = dd
+                .and_then(DependencyDescriptor::structure)
+                .is_some_and(|s| s.decode_target_count > 1);
+            if !scalable {
+                return Ok((seq, marker));
+            }
+            self.svc_active = true;
+        }
+        if switched {
+            // Another simulcast layer: another stream, starting at its key frame.
+            self.svc.reset_stream();
+        }
+        let verdict = match dd {
+            Some(d) => self.svc.on_packet(seq, marker, d),
+            None => self.svc.skip(seq),
+        };
+        match verdict {
+            SvcDecision::Forward { seq, marker, .. } => Ok((seq, marker)),
+            SvcDecision::Drop(r) => Err(r),
+        }
+    }
+
+    /// Whether the selector waits for a key frame: nothing decodable, or a spatial switch that
+    /// only a key frame allows (SFU-SVC-04, SFU-SVC-09).
+    fn svc_wants_key_frame(&self) -> bool {
+        if !self.svc_active {
+            return false;
+        }
+        let current = self.svc.current();
+        self.svc.needs_key_frame()
+            || self
+                .svc
+                .switch_pending()
+                .is_some_and(|p| current.is_none_or(|c| c.spatial != p.spatial))
+    }
+}
+
+/// How a thinned packet's drop is counted, with the reasons the shells already count.
+fn svc_drop_reason(r: SvcDrop) -> DropReason {
+    match r {
+        SvcDrop::NotInTarget | SvcDrop::Undecodable => DropReason::NotSelected,
+        SvcDrop::WaitingForSwitch => DropReason::WaitingForKeyFrame,
+        SvcDrop::TooOld => DropReason::LateAfterSkip,
+        SvcDrop::NoStructure => DropReason::NoDependencyDescriptor,
+    }
 }
 
 /// The routing state of one room (SFU-ROOM-01..02).
@@ -331,6 +399,8 @@ impl Room {
                 choice: LayerChoice::new(layer, self.layer_policy),
                 payload_type: s.payload_type,
                 ext: Arc::new(s.ext),
+                svc: SvcSelector::new(SvcLayer::ALL),
+                svc_active: false,
             },
         );
         if !t.subscribers.contains(&subscriber) {
@@ -384,6 +454,40 @@ impl Room {
             return Ok(Vec::new());
         }
         Ok(self.want_key_frame(track, layer, now).into_iter().collect())
+    }
+
+    /// Cap the spatial and temporal layer `subscriber` gets of a scalable `track` (AV1/VP9
+    /// SVC, VP8 temporal layers), within the simulcast layer it gets (SFU-SVC-09). The decode
+    /// target follows where the dependency descriptor allows; a spatial switch that needs a key
+    /// frame asks the publisher for one with the track's next packet (throttled, SFU-KF-01).
+    /// [`SvcLayer::ALL`] (the default) forwards everything.
+    ///
+    /// # Errors
+    /// [`SfuError::NotSubscribed`].
+    pub fn set_svc_layer(
+        &mut self,
+        subscriber: ParticipantId,
+        track: TrackId,
+        cap: SvcLayer,
+    ) -> Result<(), SfuError> {
+        let sub = self
+            .subs
+            .get_mut(&(subscriber, track))
+            .ok_or(SfuError::NotSubscribed(track.0))?;
+        sub.svc.set_target(cap);
+        Ok(())
+    }
+
+    /// The spatial and temporal layer forwarded to `subscriber` of a scalable `track` (None:
+    /// not thinned, or waiting for a switch point) and its cap (SFU-SVC-09).
+    #[must_use]
+    pub fn svc_layers(
+        &self,
+        subscriber: ParticipantId,
+        track: TrackId,
+    ) -> Option<(Option<SvcLayer>, SvcLayer)> {
+        let s = self.subs.get(&(subscriber, track))?;
+        Some((s.svc.current(), s.svc.target()))
     }
 
     /// The layer forwarded to `subscriber` and the layer it asked for.
@@ -581,13 +685,36 @@ impl Room {
                 sub.forwarder
                     .on_packet(out.layer, meta.seq, meta.timestamp, ing.dd.as_ref(), now)
             };
-            match decision {
+            // A scalable stream is thinned to the subscriber's decode target (SFU-SVC-09).
+            let decision = match decision {
                 Decision::Forward {
                     ssrc,
                     seq,
                     timestamp,
                     switched,
-                } => out.forwards.push(Forward {
+                } if t.kind == MediaKind::Video => {
+                    let thinned = sub.thin(ing.dd.as_ref(), seq, meta.marker, switched);
+                    if sub.svc_wants_key_frame()
+                        && !out.key_frame_requests.contains(&meta.ssrc)
+                        && self.key_frames.request(meta.ssrc, now)
+                    {
+                        out.key_frame_requests.push(meta.ssrc);
+                    }
+                    match thinned {
+                        Ok((seq, marker)) => Ok((ssrc, seq, timestamp, switched, marker)),
+                        Err(r) => Err(svc_drop_reason(r)),
+                    }
+                }
+                Decision::Forward {
+                    ssrc,
+                    seq,
+                    timestamp,
+                    switched,
+                } => Ok((ssrc, seq, timestamp, switched, meta.marker)),
+                Decision::Drop(reason) => Err(reason),
+            };
+            match decision {
+                Ok((ssrc, seq, timestamp, switched, marker)) => out.forwards.push(Forward {
                     subscriber: *s,
                     ssrc,
                     seq,
@@ -595,8 +722,9 @@ impl Room {
                     payload_type: sub.payload_type,
                     ext: sub.ext.clone(),
                     switched,
+                    marker,
                 }),
-                Decision::Drop(reason) => {
+                Err(reason) => {
                     // A subscriber waits for a key frame on this layer: keep asking, throttled
                     // (SFU-KF-01, SFU-KF-03).
                     if reason == DropReason::WaitingForKeyFrame
@@ -1113,5 +1241,126 @@ mod tests {
         };
         let routed = r.on_rtp(1, t, &meta, Duration::from_secs(2)).unwrap();
         assert_eq!(routed.forwards.len(), 2);
+    }
+
+    /// SFU-SVC-09: Chromium's AV1 L3T3_KEY track through the room: each subscriber gets its
+    /// own decode target on contiguous numbers, and a spatial step down that needs a key frame
+    /// asks the publisher for one.
+    #[test]
+    fn a_scalable_track_is_thinned_per_subscriber() {
+        const DD: &str = "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
+        let v = veil_vectors::chromium("av1_l3t3key_sframe_raw_dd.json");
+        let ids = ExtIds {
+            dd: veil_vectors::ext_id(&v, DD),
+            ..ExtIds::default()
+        };
+        let mut r = Room::new(500 * MS);
+        for p in 1..=4 {
+            r.add_participant(p, ids);
+        }
+        let t = r
+            .publish(
+                1,
+                Publish {
+                    kind: MediaKind::Video,
+                    clock_rate: 90_000,
+                    rids: vec![],
+                },
+            )
+            .unwrap();
+        for p in 2..=4 {
+            r.subscribe(p, t, sub(0x20 + p as u32), Duration::ZERO)
+                .unwrap();
+        }
+        r.set_svc_layer(3, t, SvcLayer::new(0, 0)).unwrap();
+        r.set_svc_layer(4, t, SvcLayer::new(1, 1)).unwrap();
+        let packets: Vec<&serde_json::Value> = v["packets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["pt"].as_u64() == Some(45))
+            .collect();
+        let mut reader = StreamRegistry::new(ids);
+        let ts0 = packets[0]["ts"].as_u64().unwrap();
+        let mut got: HashMap<ParticipantId, Vec<(usize, u16)>> = HashMap::new();
+        let mut dds = Vec::new();
+        let mut requests_after_change = 0;
+        let change = packets.len() / 2;
+        for (i, p) in packets.iter().enumerate() {
+            if i == change {
+                r.set_svc_layer(2, t, SvcLayer::new(0, 2)).unwrap();
+            }
+            let body = hex::decode(p["ext_block_hex"].as_str().unwrap()).unwrap();
+            let ts = p["ts"].as_u64().unwrap();
+            let meta = PacketMeta {
+                ssrc: p["ssrc"].as_u64().unwrap() as u32,
+                seq: p["seq"].as_u64().unwrap() as u16,
+                timestamp: ts as u32,
+                marker: p["marker"].as_u64() == Some(1),
+                ext_profile: Some(
+                    u16::from_str_radix(
+                        p["ext_profile"].as_str().unwrap().trim_start_matches("0x"),
+                        16,
+                    )
+                    .unwrap(),
+                ),
+                ext_body: &body,
+                len: 1200,
+            };
+            let now = Duration::from_millis((ts - ts0) / 90);
+            dds.push(reader.ingest(&meta).unwrap().dd.unwrap());
+            let routed = r.on_rtp(1, t, &meta, now).unwrap();
+            if i >= change && routed.key_frame_requests.contains(&meta.ssrc) {
+                requests_after_change += 1;
+            }
+            for f in &routed.forwards {
+                got.entry(f.subscriber).or_default().push((i, f.seq));
+            }
+        }
+        for (sub, out) in &got {
+            assert!(
+                out.windows(2).all(|w| w[1].1 == w[0].1.wrapping_add(1)),
+                "subscriber {sub}: numbers not contiguous"
+            );
+        }
+        // Subscriber 3: S0T0 only, every packet of every S0T0 frame.
+        let s0t0: Vec<usize> = (0..dds.len())
+            .filter(|&i| dds[i].spatial_id() == 0 && dds[i].temporal_id() == 0)
+            .collect();
+        assert_eq!(got[&3].iter().map(|g| g.0).collect::<Vec<_>>(), s0t0);
+        assert_eq!(
+            r.svc_layers(3, t),
+            Some((Some(SvcLayer::new(0, 0)), SvcLayer::new(0, 0)))
+        );
+        // Subscriber 4: exactly the frames of decode target S1T1 (index 4).
+        let s1t1: Vec<usize> = (0..dds.len())
+            .filter(|&i| dds[i].dti(4) != Some(veil_wire::dd::Dti::NotPresent))
+            .collect();
+        assert_eq!(got[&4].iter().map(|g| g.0).collect::<Vec<_>>(), s1t1);
+        // Subscriber 2 asked for nothing: S1T2 on Chromium's first key frame (S2 not active
+        // yet), then S2T2, which in a KEY structure leaves out the lower layers' delta frames.
+        let s2t2: Vec<usize> = (0..change)
+            .filter(|&i| {
+                dds[i].frame_number <= 2 || dds[i].dti(8) != Some(veil_wire::dd::Dti::NotPresent)
+            })
+            .collect();
+        let first_half: Vec<usize> = got[&2]
+            .iter()
+            .map(|g| g.0)
+            .filter(|&i| i < change)
+            .collect();
+        assert_eq!(first_half, s2t2);
+        // Then it asked for S0T2: a spatial step down in a KEY structure waits for a key frame,
+        // which the room asks for (throttled); the capture has none, so it keeps S2T2.
+        assert_eq!(
+            r.svc_layers(2, t),
+            Some((Some(SvcLayer::new(2, 2)), SvcLayer::new(0, 2)))
+        );
+        assert!(requests_after_change >= 2, "{requests_after_change}");
+        assert!(
+            got[&2]
+                .iter()
+                .all(|g| g.0 < change || dds[g.0].spatial_id() == 2)
+        );
     }
 }
