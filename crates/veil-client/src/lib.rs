@@ -3,9 +3,11 @@
 //! frame with SFrame before RTP packetization, and decrypts every frame it receives.
 //!
 //! - [`room::Room`]: join, `publish_audio`/`publish_video`, `next_frame`, stats, leave.
-//! - [`group::Group`]: the MLS member running in the background: creates or joins the room
-//!   (Welcome or external commit), processes commits and proposals in order, commits the
-//!   service's Remove proposals, rebases lost commit races, resumes after reconnects.
+//! - [`group::Group`]: the tokio shell around the call core's sans-I/O member
+//!   ([`veil_call::Member`]), which creates or joins the room (Welcome or external commit),
+//!   processes commits and proposals in order, commits the service's Remove proposals, rebases
+//!   lost commit races and resumes after reconnects. The shell makes the RPCs, feeds the event
+//!   stream and runs the timers; MLS work runs on tokio's blocking pool.
 //! - [`media`]: the frame path without I/O: SFrame-encrypt and packetize frames into RTP
 //!   packets (with the dependency descriptor and audio level), reassemble and decrypt them.
 //! - [`sfu`], [`transport`], [`keys`]: the SFU signalling client, the webrtc-rs edge, the

@@ -230,8 +230,11 @@ impl Room {
     /// Key-service, SFU, WebRTC or MLS errors.
     pub async fn join(cfg: RoomConfig) -> Result<Self, ClientError> {
         let group = Group::join_or_create(cfg.group.clone()).await?;
-        // The frame path's clock (key retention, held frames, jitter): from the room's start.
-        let start = Instant::now();
+        // The frame path's clock (key retention, held frames, jitter): the member's, on which
+        // its keys' retention deadlines are set (specs/key-schedule.md §9).
+        let start = Instant::now()
+            .checked_sub(group.now())
+            .unwrap_or_else(Instant::now);
         let keys = group.frame_keys();
         let id = cfg.group.identity.clone();
         let audio = LocalTrack::new(

@@ -1,5 +1,5 @@
-//! The frame path's side of the key schedule (checks MLS-KEY-07..10 of
-//! `specs/key-schedule.md`): frames never wait for MLS.
+//! The frame path's side of the key schedule (checks MLS-KEY-07..09 of
+//! `specs/key-schedule.md` §9): frames never wait for MLS.
 //!
 //! - A [`KeyRing`] belongs to the member (the MLS side). At every epoch it publishes a new,
 //!   immutable [`KeySet`] (the epoch's exporter secret, its members' leaf indices, the previous
