@@ -12,8 +12,9 @@ use std::time::Duration;
 use crate::error::SfuError;
 use crate::routing::{
     ActiveSpeaker, Decision, DropReason, Dtx, ExtIds, ExtMap, KeyFrameRequests, KeyFrameStats,
-    LayerChoice, LayerForwarder, LayerPolicy, PacketMeta, RateLimit, RateMeter, SilenceGate,
-    SsrcOwners, StreamRegistry, SvcDecision, SvcDrop, SvcLayer, SvcSelector, TokenBucket,
+    LayerChoice, LayerForwarder, LayerPolicy, PacketMeta, RateLimit, RateMeter, Rung,
+    ScalableChoice, SilenceGate, SsrcOwners, StreamRegistry, SvcDecision, SvcDrop, SvcLayer,
+    SvcRates, SvcSelector, TokenBucket,
 };
 use veil_wire::dd::DependencyDescriptor;
 
@@ -129,6 +130,8 @@ struct Track {
     subscribers: Vec<ParticipantId>,
     /// Each layer's bitrate (SFU-BWE-02).
     meters: [RateMeter; MAX_LAYERS],
+    /// Each layer's decode targets' bitrates, once it showed more than one (SFU-SVC-08).
+    svc_rates: [SvcRates; MAX_LAYERS],
 }
 
 #[derive(Debug)]
@@ -141,6 +144,10 @@ struct Subscription {
     /// showed a structure with more than one.
     svc: SvcSelector,
     svc_active: bool,
+    /// The subscriber's cap on the spatial and temporal layer (`Room::set_svc_layer`).
+    svc_cap: SvcLayer,
+    /// The rung of a scalable track's ladder the estimate allows (SFU-SVC-08).
+    rung: ScalableChoice,
 }
 
 impl Subscription {
@@ -191,6 +198,33 @@ impl Subscription {
                 .switch_pending()
                 .is_some_and(|p| current.is_none_or(|c| c.spatial != p.spatial))
     }
+}
+
+/// The rungs of `t`'s ladder (SFU-SVC-08): each simulcast layer's decode targets, or the layer
+/// as one rung where it showed none; empty unless some layer is scalable.
+fn svc_ladder(t: &Track, now: Duration) -> Vec<Rung> {
+    let layers = t.rids.len().clamp(1, MAX_LAYERS);
+    let per_layer: Vec<Vec<Rung>> = (0..layers)
+        .map(|l| t.svc_rates[l].rungs(l as u8, now))
+        .collect();
+    if per_layer.iter().all(Vec::is_empty) {
+        return Vec::new();
+    }
+    per_layer
+        .into_iter()
+        .enumerate()
+        .flat_map(|(l, rungs)| {
+            if rungs.is_empty() {
+                vec![Rung {
+                    simulcast: l as u8,
+                    layer: SvcLayer::ALL,
+                    bits_per_second: t.meters[l].bits_per_second(now),
+                }]
+            } else {
+                rungs
+            }
+        })
+        .collect()
 }
 
 /// How a thinned packet's drop is counted, with the reasons the shells already count.
@@ -302,6 +336,7 @@ impl Room {
                 key_frame_pending: [false; MAX_LAYERS],
                 subscribers: Vec::new(),
                 meters: Default::default(),
+                svc_rates: Default::default(),
             },
         );
         Ok(id)
@@ -401,6 +436,8 @@ impl Room {
                 ext: Arc::new(s.ext),
                 svc: SvcSelector::new(SvcLayer::ALL),
                 svc_active: false,
+                svc_cap: SvcLayer::ALL,
+                rung: ScalableChoice::new(self.layer_policy),
             },
         );
         if !t.subscribers.contains(&subscriber) {
@@ -474,6 +511,7 @@ impl Room {
             .subs
             .get_mut(&(subscriber, track))
             .ok_or(SfuError::NotSubscribed(track.0))?;
+        sub.svc_cap = cap;
         sub.svc.set_target(cap);
         Ok(())
     }
@@ -487,7 +525,17 @@ impl Room {
         track: TrackId,
     ) -> Option<(Option<SvcLayer>, SvcLayer)> {
         let s = self.subs.get(&(subscriber, track))?;
-        Some((s.svc.current(), s.svc.target()))
+        Some((s.svc.current(), s.svc_cap))
+    }
+
+    /// The rungs of a scalable `track`'s quality ladder with their measured bitrates, lowest
+    /// first: per simulcast layer, per spatial layer, per temporal layer (SFU-SVC-08). Empty
+    /// for a track that never showed more than one decode target.
+    #[must_use]
+    pub fn svc_rungs(&self, track: TrackId, now: Duration) -> Vec<Rung> {
+        self.tracks
+            .get(&track)
+            .map_or_else(Vec::new, |t| svc_ladder(t, now))
     }
 
     /// The layer forwarded to `subscriber` and the layer it asked for.
@@ -635,6 +683,11 @@ impl Room {
         t.layer_ssrc[layer] = Some(meta.ssrc);
         t.ssrc_layer.insert(meta.ssrc, layer as u8);
         t.meters[layer].add(now, meta.len);
+        if let Some(dd) = ing.dd.as_ref()
+            && dd.structure().is_some_and(|s| s.decode_target_count > 1)
+        {
+            t.svc_rates[layer].add(dd, now, meta.len);
+        }
         if ing.dd.as_ref().is_some_and(|d| d.is_key_frame_start()) {
             self.key_frames.key_frame_seen(meta.ssrc);
         }
@@ -666,12 +719,29 @@ impl Room {
                 *r = m.bits_per_second(now);
             }
         }
+        // A scalable track's ladder: temporal layers go before spatial ones, and both before a
+        // simulcast layer (SFU-SVC-08).
+        let ladder = if t.kind == MediaKind::Video {
+            svc_ladder(t, now)
+        } else {
+            Vec::new()
+        };
         let mut chosen_layers: Vec<u8> = Vec::new();
         for s in &t.subscribers {
             let Some(sub) = self.subs.get_mut(&(*s, track)) else {
                 continue;
             };
-            if t.kind == MediaKind::Video && layers > 1 {
+            if !ladder.is_empty() {
+                let share = self.participants.get(s).and_then(|p| p.video_share);
+                let cap = (sub.choice.requested(), sub.svc_cap);
+                if let Some(rung) = sub.rung.update(now, share, &ladder, cap).map(|i| ladder[i]) {
+                    sub.svc.set_target(rung.layer);
+                    if sub.forwarder.target() != Some(rung.simulcast) {
+                        sub.forwarder.set_target(Some(rung.simulcast));
+                        chosen_layers.push(rung.simulcast);
+                    }
+                }
+            } else if t.kind == MediaKind::Video && layers > 1 {
                 let share = self.participants.get(s).and_then(|p| p.video_share);
                 let chosen = sub.choice.update(now, share, &rates[..layers]);
                 if sub.forwarder.target() != Some(chosen) {
@@ -1362,5 +1432,121 @@ mod tests {
                 .iter()
                 .all(|g| g.0 < change || dds[g.0].spatial_id() == 2)
         );
+    }
+
+    /// SFU-SVC-08: Chromium's VP8 simulcast L1T3 through the room: a congested subscriber of
+    /// f loses f's top temporal layer(s) before it is moved down to h, on one contiguous
+    /// sequence.
+    #[test]
+    fn congestion_drops_temporal_layers_before_a_simulcast_layer() {
+        const DD: &str = "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
+        let v = veil_vectors::chromium("sim_vp8_l1t3_sframe_dd.json");
+        let ids = ExtIds {
+            rid: veil_vectors::ext_id(&v, "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"),
+            dd: veil_vectors::ext_id(&v, DD),
+            ..ExtIds::default()
+        };
+        let mut r = Room::new(500 * MS);
+        r.add_participant(1, ids);
+        r.add_participant(2, ids);
+        let t = r
+            .publish(
+                1,
+                Publish {
+                    kind: MediaKind::Video,
+                    clock_rate: 90_000,
+                    rids: vec![b"q".to_vec(), b"h".to_vec(), b"f".to_vec()],
+                },
+            )
+            .unwrap();
+        r.subscribe(
+            2,
+            t,
+            Subscribe {
+                rid: Some(b"f".to_vec()),
+                ..sub(0x22)
+            },
+            Duration::ZERO,
+        )
+        .unwrap();
+        let packets: Vec<&serde_json::Value> = v["packets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["pt"].as_u64() == Some(96))
+            .collect();
+        let n = packets.len() as u64;
+        let at = |i: usize| Duration::from_millis(i as u64 * 10_000 / n);
+        let mut reader = StreamRegistry::new(ids);
+        let congested = packets.len() * 4 / 10;
+        let mut estimate = None;
+        let mut out = Vec::new();
+        for (i, p) in packets.iter().enumerate() {
+            let now = at(i);
+            if i == congested {
+                let rungs = r.svc_rungs(t, now);
+                let f = |tid: u8| {
+                    rungs
+                        .iter()
+                        .find(|g| g.simulcast == 2 && g.layer == SvcLayer::new(0, tid))
+                        .unwrap()
+                        .bits_per_second
+                };
+                assert_eq!(rungs.len(), 9, "{rungs:?}");
+                let est = f(2) * 7 / 10;
+                assert!(f(0) <= est, "{rungs:?}");
+                estimate = Some(est);
+            }
+            if i % 10 == 0 {
+                r.set_estimate(2, estimate, now);
+            }
+            let body = hex::decode(p["ext_block_hex"].as_str().unwrap()).unwrap();
+            let meta = PacketMeta {
+                ssrc: p["ssrc"].as_u64().unwrap() as u32,
+                seq: p["seq"].as_u64().unwrap() as u16,
+                timestamp: p["ts"].as_u64().unwrap() as u32,
+                marker: p["marker"].as_u64() == Some(1),
+                ext_profile: Some(
+                    u16::from_str_radix(
+                        p["ext_profile"].as_str().unwrap().trim_start_matches("0x"),
+                        16,
+                    )
+                    .unwrap(),
+                ),
+                ext_body: &body,
+                len: 1000,
+            };
+            let ing = reader.ingest(&meta).unwrap();
+            let routed = r.on_rtp(1, t, &meta, now).unwrap();
+            for f in &routed.forwards {
+                out.push((i, f.seq, ing.rid.clone(), ing.dd.clone().unwrap()));
+            }
+        }
+        assert!(out.windows(2).all(|w| w[1].1 == w[0].1.wrapping_add(1)));
+        assert!(
+            out.iter().all(|o| o.2.as_deref() == Some(&b"f"[..])),
+            "f throughout"
+        );
+        assert_eq!(r.layers(2, t), Some((Some(2), 2)));
+        // Before the congestion every f frame; some time after it, no T2 frame any more.
+        let before: Vec<u8> = out
+            .iter()
+            .filter(|o| o.0 < congested)
+            .map(|o| o.3.temporal_id())
+            .collect();
+        assert!(before.contains(&2));
+        let late = congested + packets.len() / 5;
+        let after: Vec<u8> = out
+            .iter()
+            .filter(|o| o.0 > late)
+            .map(|o| o.3.temporal_id())
+            .collect();
+        assert!(
+            !after.is_empty() && after.iter().all(|t| *t < 2),
+            "{after:?}"
+        );
+        let (current, cap) = r.svc_layers(2, t).unwrap();
+        assert_eq!(cap, SvcLayer::ALL);
+        assert!(current.is_some_and(|c| c.temporal < 2), "{current:?}");
     }
 }
