@@ -1040,6 +1040,88 @@ mod tests {
         assert!(out[0].3, "switched at the key frame");
     }
 
+    /// L2T1 full SVC: decode targets S0 and S0+S1; S1 references S0 in every unit, and S0
+    /// frames are part of both chains.
+    fn l2t1_full() -> Arc<TemplateStructure> {
+        let s = TemplateStructure {
+            template_id_offset: 0,
+            decode_target_count: 2,
+            chain_count: 2,
+            templates: vec![
+                tpl(0, 0, "SS", &[], &[0, 0]),
+                tpl(0, 0, "SR", &[2], &[2, 1]),
+                tpl(1, 0, "-S", &[1], &[1, 1]),
+                tpl(1, 0, "-R", &[1, 2], &[1, 1]),
+            ],
+            decode_target_protected_by: vec![0, 1],
+            resolutions: None,
+        };
+        s.validate().unwrap();
+        Arc::new(s)
+    }
+
+    /// SFU-SVC-03, -04 in a full-SVC structure: S0's frames are all part of S1's target, so a
+    /// step down needs no switch point, whether asked for or forced by a broken S1 chain (the
+    /// selector then falls back to S0 instead of waiting, and a key frame brings S1 back).
+    #[test]
+    fn full_svc_steps_down_at_once_and_falls_back_on_a_broken_chain() {
+        let s = l2t1_full();
+        let mut seq = 0;
+        let mut pkts = Vec::new();
+        for k in 0..12u16 {
+            let key = k == 0 || k == 9;
+            pkts.extend(frame(&s, &mut seq, 2 * k, u8::from(!key), 1, key, false));
+            pkts.extend(frame(
+                &s,
+                &mut seq,
+                2 * k + 1,
+                if key { 2 } else { 3 },
+                2,
+                false,
+                true,
+            ));
+        }
+        // Asked down at frame 6: S0 from frame 6 on, S1's frame 7 already dropped.
+        let mut sel = SvcSelector::new(SvcLayer::ALL);
+        let mut sent = Vec::new();
+        for p in &pkts {
+            if p.dd.frame_number == 6 && p.dd.start_of_frame {
+                sel.set_target(SvcLayer::new(0, 0));
+            }
+            if let SvcDecision::Forward { .. } = sel.on_packet(p.seq, p.marker, &p.dd)
+                && p.dd.start_of_frame
+            {
+                sent.push(p.dd.frame_number);
+            }
+        }
+        assert_eq!(sent, [0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 18, 20, 22]);
+
+        // S1's frame 9 lost: frame 10's chain 1 shows it; S0 goes on, S1 waits for the key
+        // unit at 18, and the selector says a switch (a key frame) is pending meanwhile.
+        let mut sel = SvcSelector::new(SvcLayer::ALL);
+        let mut sent = Vec::new();
+        let mut pending_at_12 = None;
+        for p in pkts.iter().filter(|p| p.dd.frame_number != 9) {
+            if let SvcDecision::Forward { .. } = sel.on_packet(p.seq, p.marker, &p.dd)
+                && p.dd.start_of_frame
+            {
+                sent.push(p.dd.frame_number);
+            }
+            if p.dd.frame_number == 12 {
+                pending_at_12 = Some((sel.switch_pending(), sel.needs_key_frame()));
+            }
+        }
+        assert_eq!(
+            sent,
+            [
+                0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 18, 19, 20, 21, 22, 23
+            ]
+        );
+        assert_eq!(pending_at_12, Some((Some(SvcLayer::new(1, 0)), false)));
+        assert_eq!(sel.current(), Some(SvcLayer::new(1, 0)));
+        assert_eq!(sel.stats().chain_breaks, 1);
+    }
+
     /// SFU-SVC-04: a frame of the decode target's chain lost upstream breaks the target: later
     /// frames are dropped (not sent undecodable) and a key frame is asked for; the next key
     /// frame repairs it.
