@@ -721,7 +721,7 @@ impl Room {
         }
         // A scalable track's ladder: temporal layers go before spatial ones, and both before a
         // simulcast layer (SFU-SVC-08).
-        let ladder = if t.kind == MediaKind::Video {
+        let ladder = if t.kind == MediaKind::Video && !t.subscribers.is_empty() {
             svc_ladder(t, now)
         } else {
             Vec::new()

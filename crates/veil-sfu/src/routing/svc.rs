@@ -651,7 +651,11 @@ impl SvcRates {
         let Some(s) = dd.structure() else {
             return;
         };
-        if self.structure.as_ref().is_none_or(|x| **x != **s) {
+        if self
+            .structure
+            .as_ref()
+            .is_none_or(|x| !Arc::ptr_eq(x, s) && **x != **s)
+        {
             self.structure = Some(s.clone());
             self.meters = vec![RateMeter::default(); usize::from(s.decode_target_count)];
         }
