@@ -410,7 +410,9 @@ impl<P: Provider> Member<P> {
             self.op.as_ref().and_then(op_time),
             self.rejoin.as_ref().and_then(op_time),
             stream,
-            self.commit_at,
+            // Due only between commands (MEM-PROP-01): while one runs, a past time would wake
+            // the shell again and again until it ends.
+            self.commit_at.filter(|_| self.op.is_none()),
             self.next_tick,
         ]
         .into_iter()

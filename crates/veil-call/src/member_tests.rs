@@ -1026,3 +1026,49 @@ fn an_added_member_joins_by_the_welcome_sent_to_it_alone() {
     net.assert_in_step();
     assert_eq!(net.members[1].status().members, ["alice", "bob", "carol"]);
 }
+
+/// MEM-PROP-01, regression (simulator seed 61): a proposal commit that falls due while a
+/// command runs waits for it without asking to be woken in the past (the shell would spin
+/// until the command ended), and is made as soon as the command ends.
+#[test]
+fn a_proposal_commit_due_during_a_command_waits_without_a_past_wake_up() {
+    let mut net = Net::room_of(&["alice", "bob", "carol"]);
+    let t = net.tick_all(Duration::from_secs(1));
+    // Alice's command waits on the service (nobody named dave published a KeyPackage).
+    let add = net.members[0].command(Command::Add(vec!["dave".into()]), t);
+    let (claim, req) = one_request(&mut net.members[0]);
+    assert_eq!(
+        req,
+        Request::ClaimKeyPackage {
+            identity: "dave".into()
+        }
+    );
+    // Carol leaves; alice, rank 0, would commit the removal at once.
+    net.members[2].command(Command::Leave, t);
+    let (rid, req) = one_request(&mut net.members[2]);
+    let (reply, events) = net.kds.handle("carol", &req);
+    net.members[2].handle_reply(rid, reply, t);
+    let sid = net.streams[&0];
+    net.members[0].handle_event(sid, service_event(&events[0]), t);
+    assert_eq!(net.members[0].poll_request(), None, "one command at a time");
+    for _ in 0..3 {
+        let at = net.members[0].poll_timeout().unwrap();
+        assert!(at > t, "woken at {at:?}, not after {t:?}");
+        net.members[0].handle_timeout(t);
+    }
+    let (reply, _) = net.kds.handle(
+        "alice",
+        &Request::ClaimKeyPackage {
+            identity: "dave".into(),
+        },
+    );
+    net.members[0].handle_reply(claim, reply, t + MS);
+    let ev = drain(&mut net.members[0]);
+    assert!(
+        matches!(dones(&ev).as_slice(), [(id, Err(_))] if *id == add),
+        "{ev:?}"
+    );
+    let (_, req) = one_request(&mut net.members[0]);
+    let (reply, _) = net.kds.handle("alice", &req);
+    assert_eq!(reply, Reply::CommitAccepted { epoch: 3 });
+}
