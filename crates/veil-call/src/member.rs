@@ -1088,6 +1088,21 @@ impl<P: Provider> Member<P> {
                 self.removals.insert(removes);
                 self.schedule_proposal_commit(now);
             }
+            ServiceEvent::Synced { epoch } if self.joined && self.s.epoch() == Some(epoch) => {
+                // MEM-RST-01: the replay is over and the room is at our epoch, so a pending
+                // commit an earlier process left in the stored state never reached the room
+                // (no commit of ours is in flight while events are processed): drop it, and a
+                // restored member that still cannot send commits its self-update now.
+                if let Err(e) = self.s.discard_commit() {
+                    self.stop(Some(e.into()));
+                    return;
+                }
+                if self.frames.sender_kid().is_none()
+                    && !self.queue.iter().any(|(_, k)| *k == Kind::SelfUpdate)
+                {
+                    self.queue.push_back((None, Kind::SelfUpdate));
+                }
+            }
             ServiceEvent::Welcome { message } if !self.joined && self.rejoin.is_none() => {
                 match self.s.join_welcome(&message, now) {
                     Ok(_) => {

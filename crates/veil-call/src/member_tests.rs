@@ -351,7 +351,7 @@ fn dones(events: &[Event]) -> Vec<(CommandId, Result<Option<u64>, String>)> {
         .collect()
 }
 
-fn one_request(m: &mut Member) -> (RequestId, Request) {
+fn one_request<P: Provider>(m: &mut Member<P>) -> (RequestId, Request) {
     let r = m.poll_request().expect("a request");
     assert_eq!(m.poll_request(), None, "only one request");
     r
@@ -1071,4 +1071,96 @@ fn a_proposal_commit_due_during_a_command_waits_without_a_past_wake_up() {
     let (_, req) = one_request(&mut net.members[0]);
     let (reply, _) = net.kds.handle("alice", &req);
     assert_eq!(reply, Reply::CommitAccepted { epoch: 3 });
+}
+
+/// Answer the requests of `m`, a member outside `net`, until it asks nothing more: its stream
+/// is `stream`; its commits' events reach `net`'s members too.
+fn serve_alone(
+    net: &mut Net,
+    m: &mut Member<SqliteProvider>,
+    stream: &mut Option<RequestId>,
+    now: Duration,
+) {
+    let who = m.cfg.identity.clone();
+    while let Some((rid, req)) = m.poll_request() {
+        let (reply, events) = net.kds.handle(&who, &req);
+        if matches!(req, Request::Subscribe { .. }) && reply == Reply::Subscribed {
+            m.handle_reply(rid, reply, now);
+            *stream = Some(rid);
+            for e in &events {
+                m.handle_event(rid, service_event(e), now);
+            }
+            let epoch = net.kds.epoch();
+            m.handle_event(rid, ServiceEvent::Synced { epoch }, now);
+        } else {
+            m.handle_reply(rid, reply, now);
+            if let Some(sid) = *stream {
+                for e in events.iter().filter(|e| e.kind != EventKind::Welcome) {
+                    m.handle_event(sid, service_event(e), now);
+                }
+            }
+            net.fan_out(&events, None, now);
+        }
+    }
+}
+
+/// MEM-RST-01, regression (simulator seed 162): a process that died after making a commit the
+/// service never got leaves it pending in the stored state; the restored member drops it once
+/// the replay shows the room still at its epoch, and makes its self-update then, so it sends
+/// frames again without waiting for another member's commit.
+#[test]
+fn a_restored_member_drops_a_commit_the_room_never_got_and_self_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alice.db");
+    let mut net = Net::room_of(&["bob"]);
+    let session = CallSession::with_provider(
+        SqliteProvider::open(&path).unwrap(),
+        b"alice",
+        KeyConfig::default(),
+    )
+    .unwrap();
+    let mut alice = Member::with_session(cfg("alice"), session, 1);
+    let mut stream = None;
+    alice.command(Command::JoinExternal, Duration::ZERO);
+    serve_alone(&mut net, &mut alice, &mut stream, Duration::ZERO);
+    assert_eq!(net.kds.epoch(), 1);
+    net.assert_in_step();
+    // Alice's self-update is made, then her process dies before the service gets it.
+    let t = Duration::from_secs(1);
+    alice.command(Command::SelfUpdate, t);
+    let (_, req) = one_request(&mut alice);
+    assert!(matches!(req, Request::SendCommit { .. }));
+    let sig = alice.session().signature_public_key();
+    drop(alice);
+
+    let t = Duration::from_secs(2);
+    let restored = CallSession::restore(
+        SqliteProvider::open(&path).unwrap(),
+        b"alice",
+        &sig,
+        ROOM.as_bytes(),
+        KeyConfig::default(),
+        t,
+    )
+    .unwrap();
+    let mut alice = Member::with_session(cfg("alice"), restored, 2);
+    let keys = alice.frame_keys();
+    alice.handle_timeout(t);
+    let mut stream = None;
+    serve_alone(&mut net, &mut alice, &mut stream, t);
+    assert_eq!(net.kds.epoch(), 2, "alice's new self-update went through");
+    assert_eq!(alice.status().epoch, Some(2));
+    assert_eq!(
+        alice.status().epoch_authenticator,
+        net.members[0].status().epoch_authenticator
+    );
+    let mut out = [0u8; 64];
+    let n = keys
+        .encrypt(b"", b"frame", &mut out)
+        .expect("alice sends again");
+    let mut d = net.members[0].frame_keys().decryptor();
+    assert!(matches!(
+        d.decrypt_in_place(b"", &mut out[..n], t, 0),
+        Ok(veil_mls::Received::Plaintext { .. })
+    ));
 }
