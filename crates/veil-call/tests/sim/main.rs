@@ -19,6 +19,7 @@
 //! VEIL_SIM_SEEDS=10000 cargo test -p veil-call --release --test sim   # many more
 //! VEIL_SIM_FIRST=5000 VEIL_SIM_SEEDS=1000 cargo test ...      # seeds 5000..6000
 //! VEIL_SIM_SEED=1234 cargo test -p veil-call --test sim       # one seed, with its trace
+//! VEIL_SIM_LIST=1 cargo test -p veil-call --test sim -- --nocapture  # seeds whose commands failed
 //! ```
 //!
 //! A failing seed prints a one-line reproduction and its trace, and the test fails.
@@ -47,6 +48,7 @@ fn seeded_calls_converge_and_keep_epochs_apart() {
             ((first..first + n).collect(), false)
         }
     };
+    let list = std::env::var_os("VEIL_SIM_LIST").is_some();
     let started = Instant::now();
     let mut total = world::Stats::default();
     let mut failed = Vec::new();
@@ -65,6 +67,9 @@ fn seeded_calls_converge_and_keep_epochs_apart() {
                     .unwrap_or("?")
             )),
         };
+        if list && !w.stats.failures.is_empty() {
+            eprintln!("seed {seed}: commands that failed: {:?}", w.stats.failures);
+        }
         total.add(&w.stats);
         if let Some(e) = &error {
             eprintln!("seed {seed} FAILED: {e}");

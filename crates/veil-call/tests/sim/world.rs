@@ -172,6 +172,17 @@ fn label(cmd: &Command) -> &'static str {
     }
 }
 
+fn describe(ev: &ServiceEvent) -> String {
+    match ev {
+        ServiceEvent::Commit { epoch, .. } => format!("the commit of epoch {epoch}"),
+        ServiceEvent::Proposal { epoch, removes, .. } => {
+            format!("the proposal of epoch {epoch} to remove {removes}")
+        }
+        ServiceEvent::Welcome { .. } => "a Welcome".into(),
+        ServiceEvent::Synced { epoch } => format!("Synced at {epoch}"),
+    }
+}
+
 fn error_kind(e: &CallError) -> String {
     match e {
         CallError::Service(Failure::Unavailable(_)) => "service: unavailable".into(),
@@ -427,6 +438,8 @@ impl World {
             }
             if self.rng.chance(rate::DROP) {
                 self.stats.drops += 1;
+                let name = self.peers[p].name.clone();
+                self.note(format!("net: {name}'s stream loses {}", describe(&ev)));
                 if let Some(s) = self.subs.get_mut(&p) {
                     s.2 = true;
                 }
