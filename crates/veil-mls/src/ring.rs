@@ -15,13 +15,14 @@
 //! Sans-I/O: no clock is read; `now` is the caller's monotonic time.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use veil_sframe::{
-    KeyStore, MlsKidLayout, Secret, SenderKey, SframeError, default_backend, derive_key_material,
-    mls_sender_key,
+    EpochKdf, KeyMaterial, KeyStore, MlsKidLayout, Secret, SenderKey, SframeError, default_backend,
+    derive_key_material, mls_sender_key,
 };
 use veil_wire::SframeHeader;
 
@@ -35,6 +36,9 @@ struct EpochSecret {
     base: Secret,
     /// Leaf indices, sorted.
     members: Vec<u32>,
+    /// Key material the member derived ahead for the senders heard in the previous epoch, so a
+    /// receiver's first frame of a speaker costs a table lookup, not an HKDF (MLS-KEY-09).
+    ahead: Vec<(u32, KeyMaterial)>,
 }
 
 #[derive(Clone)]
@@ -98,9 +102,36 @@ struct Shared {
     cfg: KeyConfig,
     layout: MlsKidLayout,
     set: ArcSwap<KeySet>,
+    /// One bit per leaf index (the first [`SPEAKER_BITS`]): set by a receiver that derived
+    /// that sender's key, taken by the member at the next install. Atomics, not a lock: the
+    /// frame path never waits for the member.
+    speakers: Vec<AtomicU64>,
 }
 
+/// Leaf indices whose senders are tracked for keys derived ahead.
+const SPEAKER_BITS: usize = 4096;
+
 impl Shared {
+    fn heard(&self, index: u64) {
+        if let Some(w) = self.speakers.get((index / 64) as usize) {
+            w.fetch_or(1 << (index % 64), Ordering::Relaxed);
+        }
+    }
+
+    /// The senders heard since the last call, and forget them.
+    fn take_speakers(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (i, w) in self.speakers.iter().enumerate() {
+            let mut bits = w.swap(0, Ordering::Relaxed);
+            while bits != 0 {
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                out.push((i * 64) as u32 + b);
+            }
+        }
+        out
+    }
+
     fn epoch_mask(&self) -> u64 {
         (1u64 << self.cfg.epoch_bits) - 1
     }
@@ -234,6 +265,7 @@ impl KeyRing {
                     cfg,
                     layout,
                     set: ArcSwap::from_pointee(set),
+                    speakers: (0..SPEAKER_BITS / 64).map(|_| AtomicU64::new(0)).collect(),
                 }),
             },
             stats: RingStats::default(),
@@ -324,10 +356,25 @@ impl KeyRing {
         let mut sorted = members.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
+        // The senders heard in the previous epoch will most likely speak in this one: derive
+        // their material here, on the member's time, not on a receiver's first frame.
+        let speakers = self.shared().take_speakers();
+        let kdf = (!speakers.is_empty()).then(|| EpochKdf::new(cfg.suite, exporter_secret));
+        let mut ahead = Vec::with_capacity(speakers.len());
+        for i in speakers {
+            if Some(i) == own || sorted.binary_search(&i).is_err() {
+                continue;
+            }
+            if let Some(kdf) = &kdf {
+                let kid = layout.kid(cfg.context, i, epoch)?;
+                ahead.push((i, kdf.material(kid)?));
+            }
+        }
         let secret = Arc::new(EpochSecret {
             epoch,
             base: Secret::from_slice(exporter_secret),
             members: sorted,
+            ahead,
         });
         let old = self.shared().set.load_full();
         let mask = self.shared().epoch_mask();
@@ -406,6 +453,8 @@ impl KeyRing {
 pub struct DecryptorStats {
     /// Senders' keys derived on their first frame of an epoch.
     pub keys_derived: u64,
+    /// Senders' keys installed from material the member derived ahead (MLS-KEY-09).
+    pub keys_ahead: u64,
     /// Frames held for an unknown epoch.
     pub held: u64,
     /// Held frames released (decrypted) when their epoch arrived.
@@ -602,8 +651,16 @@ impl FrameDecryptor {
         {
             return false;
         }
-        let Ok(material) = derive_key_material(cfg.suite, kid, slot.secret.base.expose()) else {
+        let Ok(idx) = u32::try_from(idx) else {
             return false;
+        };
+        let ahead = slot.secret.ahead.iter().find(|(i, _)| *i == idx);
+        let material = match ahead {
+            Some((_, m)) => m.clone(),
+            None => match derive_key_material(cfg.suite, kid, slot.secret.base.expose()) {
+                Ok(m) => m,
+                Err(_) => return false,
+            },
         };
         if self.store.insert(cfg.suite, kid, &material).is_err() {
             return false;
@@ -612,7 +669,12 @@ impl FrameDecryptor {
             self.store.set_expiry(kid, d);
         }
         self.derived.insert(kid, epoch);
-        self.stats.keys_derived += 1;
+        self.shared.heard(u64::from(idx));
+        if ahead.is_some() {
+            self.stats.keys_ahead += 1;
+        } else {
+            self.stats.keys_derived += 1;
+        }
         true
     }
 
@@ -734,6 +796,51 @@ mod tests {
             );
         }
         assert_eq!((rx.stats().keys_derived, rx.installed_keys()), (1, 1));
+    }
+
+    #[test]
+    fn the_member_derives_ahead_the_keys_of_senders_heard_in_the_previous_epoch() {
+        // MLS-KEY-09: member 7 spoke in epoch 1, so epoch 2 carries its material and a
+        // receiver's first frame of it derives nothing; member 8, silent before, is derived
+        // lazily. Both decrypt (the material is the RFC's).
+        let cfg = KeyConfig::default();
+        let mut ring = KeyRing::new(cfg).unwrap();
+        let members: Vec<u32> = (0..10).collect();
+        ring.install_epoch(1, &A, &members, Some(0), Duration::ZERO)
+            .unwrap();
+        let mut rx = ring.frames().decryptor();
+        assert_eq!(
+            open(&mut rx, &seal(&A, 1, 7, &cfg, 0), Duration::ZERO).unwrap(),
+            Some(7)
+        );
+        ring.install_epoch(2, &B, &members, Some(0), Duration::ZERO)
+            .unwrap();
+        let mut other = ring.frames().decryptor();
+        for rx in [&mut rx, &mut other] {
+            let before = rx.stats();
+            assert_eq!(
+                open(rx, &seal(&B, 2, 7, &cfg, 0), Duration::ZERO).unwrap(),
+                Some(7)
+            );
+            assert_eq!(
+                open(rx, &seal(&B, 2, 8, &cfg, 0), Duration::ZERO).unwrap(),
+                Some(8)
+            );
+            let after = rx.stats();
+            assert_eq!(after.keys_ahead - before.keys_ahead, 1);
+            assert_eq!(after.keys_derived - before.keys_derived, 1);
+        }
+        // Heard in epoch 2: 7 and 8 are both ahead in epoch 3; the member's own leaf never is.
+        assert!(ring.frames().encrypt(b"", b"x", &mut [0u8; 64]).is_ok());
+        ring.install_epoch(3, &A, &members, Some(0), Duration::ZERO)
+            .unwrap();
+        let ahead: Vec<u32> = ring.frames().snapshot().epochs[0]
+            .secret
+            .ahead
+            .iter()
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(ahead, vec![7, 8]);
     }
 
     #[test]
