@@ -67,8 +67,9 @@ fn seeded_calls_converge_and_keep_epochs_apart() {
                     .unwrap_or("?")
             )),
         };
-        if list && !w.stats.failures.is_empty() {
-            eprintln!("seed {seed}: commands that failed: {:?}", w.stats.failures);
+        if list && (!w.stats.failures.is_empty() || w.stats.resyncs > 0) {
+            let (f, r) = (&w.stats.failures, w.stats.resyncs);
+            eprintln!("seed {seed}: commands that failed: {f:?}; resyncs: {r}");
         }
         total.add(&w.stats);
         if let Some(e) = &error {

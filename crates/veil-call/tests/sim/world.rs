@@ -58,6 +58,8 @@ pub(crate) struct Stats {
     pub(crate) epochs: u64,
     pub(crate) stale: u64,
     pub(crate) restarts: u64,
+    /// Commands a restart abandoned (their process died before they ended).
+    pub(crate) abandoned: u64,
     pub(crate) duplicates: u64,
     pub(crate) drops: u64,
     pub(crate) breaks: u64,
@@ -82,6 +84,7 @@ impl Stats {
         self.epochs += o.epochs;
         self.stale += o.stale;
         self.restarts += o.restarts;
+        self.abandoned += o.abandoned;
         self.duplicates += o.duplicates;
         self.drops += o.drops;
         self.breaks += o.breaks;
@@ -109,6 +112,8 @@ struct Peer {
     stopped: Option<Option<String>>,
     leaving: bool,
     removal_asked: bool,
+    /// Between a restart's death and its new process.
+    dead: bool,
     /// The first epoch the service counted it a member in.
     joined_at: Option<u64>,
     /// The first epoch after it was in the group (removed, or left).
@@ -253,6 +258,7 @@ impl World {
             stopped: None,
             leaving: false,
             removal_asked: false,
+            dead: false,
             joined_at: None,
             gone_from: None,
             seen_epoch: None,
@@ -395,7 +401,9 @@ impl World {
     }
 
     fn live(&self, p: usize) -> bool {
-        self.peers[p].stopped.is_none() && self.peers[p].m.status().epoch.is_some()
+        !self.peers[p].dead
+            && self.peers[p].stopped.is_none()
+            && self.peers[p].m.status().epoch.is_some()
     }
 
     /// (d) at the moment a member's epoch changes: its frame decrypts at once at every member
@@ -616,10 +624,11 @@ impl World {
                 busy = true;
             }
             for p in 0..self.peers.len() {
-                if self.peers[p]
-                    .m
-                    .poll_timeout()
-                    .is_some_and(|t| t <= self.now)
+                if !self.peers[p].dead
+                    && self.peers[p]
+                        .m
+                        .poll_timeout()
+                        .is_some_and(|t| t <= self.now)
                 {
                     self.peers[p].m.handle_timeout(self.now);
                     self.drain(p);
@@ -641,6 +650,7 @@ impl World {
             let next = self
                 .peers
                 .iter()
+                .filter(|p| !p.dead)
                 .filter_map(|p| p.m.poll_timeout())
                 .chain(self.q.next_time())
                 .min();
@@ -655,13 +665,23 @@ impl World {
     }
 
     /// Restart member `p` from its stored state (MEM-RST-01): the process dies with whatever
-    /// it had in flight; a new one restores the session from its SQLite file.
-    fn restart(&mut self, p: usize) {
+    /// it had in flight (requests already sent may still reach the service), and after
+    /// `downtime` a new one restores the session from its SQLite file.
+    fn restart(&mut self, p: usize, downtime: Duration) {
         let name = self.peers[p].name.clone();
-        self.note(format!("{name}: restarts"));
+        self.note(format!("{name}: dies, back in {downtime:?}"));
         self.stats.restarts += 1;
         let sig = self.peers[p].m.session().signature_public_key();
         self.subs.remove(&p);
+        {
+            let peer = &mut self.peers[p];
+            // Nothing reaches the dead process; its commands never end and nobody waits.
+            peer.life += 1;
+            peer.dead = true;
+            self.stats.abandoned += peer.pending.len() as u64;
+            peer.pending.clear();
+        }
+        self.run_until(self.now + downtime, false);
         let provider = SqliteProvider::open(&self.peers[p].db).expect("the state file");
         let s = match CallSession::restore(
             provider,
@@ -677,13 +697,12 @@ impl World {
                 return;
             }
         };
+        self.note(format!("{name}: restored in epoch {:?}", s.epoch()));
         let seed = self.rng.next();
         let peer = &mut self.peers[p];
         peer.m = Member::with_session(cfg(&name), s, seed);
-        peer.life += 1;
+        peer.dead = false;
         peer.dec = peer.m.frame_keys().decryptor();
-        // Commands of the dead process never end; nobody waits for them.
-        peer.pending.clear();
         peer.seen_epoch = None;
     }
 
@@ -914,7 +933,14 @@ impl World {
                 }
                 let at = self.now + Duration::from_millis(self.rng.range(0, 150));
                 self.run_until(at, false);
-                self.restart(p);
+                // Mostly a real restart's downtime; sometimes at once, while the dead
+                // process's last requests are still on their way.
+                let down = if self.rng.chance(250) {
+                    self.rng.range(0, MAX_DELAY_MS)
+                } else {
+                    self.rng.range(200, 3000)
+                };
+                self.restart(p, Duration::from_millis(down));
                 self.finish_step("a restart")
             }
             _ => {
