@@ -43,9 +43,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use veil_auth::TokenKey;
 use veil_proto::sfu::v1 as pb;
 use veil_proto::sfu::v1::sfu_client::SfuClient;
+use veil_sfu::connection::peer::{self, OPUS_PT, VP8_PT};
+use veil_sfu::connection::sdp::{AUDIO_LEVEL_URI, DD_URI, MID_URI, RID_URI};
 use veil_sfu::routing::MediaKind;
-use veil_sfu::shell::peer::{self, OPUS_PT, VP8_PT};
-use veil_sfu::shell::sdp::{AUDIO_LEVEL_URI, DD_URI, MID_URI, RID_URI};
 use veil_testkit::webrtc::{Events, Handler, OnTrack, loopback_addrs};
 use veil_wire::dd::{DependencyDescriptor, TemplateStructure};
 use webrtc::media_stream::track_local::TrackLocal as _;
@@ -841,44 +841,23 @@ async fn measure(
     }
 }
 
-/// The `veil-server` binary of this build, and its row label, serving the SFU with `engine`.
-fn this_server(engine: &str) -> (std::path::PathBuf, String) {
+/// The `veil-server` binary of this build, and its row label.
+fn this_server() -> (std::path::PathBuf, String) {
     (
         env!("CARGO_BIN_EXE_veil-server").into(),
-        format!("veil-server SFU ({engine})"),
+        "veil-server SFU".to_owned(),
     )
 }
 
-/// `--engines edge,tasks` (the default: both, in that order): the SFU shells to measure.
-fn engines() -> Vec<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == "--engines").map_or_else(
-        || vec!["edge".to_owned(), "tasks".to_owned()],
-        |i| {
-            args.get(i + 1)
-                .expect("--engines edge,tasks")
-                .split(',')
-                .map(str::to_owned)
-                .collect()
-        },
-    )
-}
-
-/// Run one point through `server`; `engine` is passed as `--sfu-engine` (None: the binary's
-/// default, for a `--compare` build that may predate the flag).
-async fn run_sfu(
-    sc: &Scenario,
-    n: usize,
-    server: &(std::path::PathBuf, String),
-    engine: Option<&str>,
-) -> Measured {
+/// Run one point through `server`.
+async fn run_sfu(sc: &Scenario, n: usize, server: &(std::path::PathBuf, String)) -> Measured {
     let dir = tempfile::tempdir().unwrap();
     let secret = "42".repeat(32);
     let key = TokenKey::parse(&format!("bench:{secret}")).unwrap();
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
     let data = dir.path().join("data");
     let token_key = format!("bench:{secret}");
-    let mut args = vec![
+    let args = [
         "serve",
         "--role",
         "sfu",
@@ -891,9 +870,6 @@ async fn run_sfu(
         "--token-key",
         &token_key,
     ];
-    if let Some(e) = engine {
-        args.extend(["--sfu-engine", e]);
-    }
     let (child, line) = spawn_pinned(sc.pinned, &server.0, &args, Stdio::from(log)).await;
     let field = |k: &str| {
         line.split_whitespace()
@@ -1201,16 +1177,12 @@ async fn bench(quick: bool, pinned: bool) {
             pinned,
             tick,
         };
-        let mut sfus = Vec::new();
-        for engine in engines() {
-            let m = run_sfu(&sc, n, &this_server(&engine), Some(&engine)).await;
-            let rate = row(&sc, &m);
-            sfus.push((rate, m));
-        }
+        let m = run_sfu(&sc, n, &this_server()).await;
+        let sfus = [(row(&sc, &m), m)];
         let other = match compare() {
             Some(bin) => {
                 let label = format!("veil-server SFU ({})", bin.display());
-                let m = run_sfu(&sc, n, &(bin, label), None).await;
+                let m = run_sfu(&sc, n, &(bin, label)).await;
                 Some((row(&sc, &m), m))
             }
             None => None,

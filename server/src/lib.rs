@@ -3,7 +3,8 @@
 //!
 //! - the key-distribution service ([`veil_keys`]: the MLS Delivery and Authentication Service
 //!   of a call, specs/key-service.md), with its SQLite store under the data directory;
-//! - the blind SFU ([`veil_sfu`], specs/sfu.md), on either of its shells ([`SfuEngine`]).
+//! - the blind SFU ([`veil_sfu`], specs/sfu.md): every participant's media on one UDP port
+//!   ([`veil_sfu::EdgeSfu`]).
 //!
 //! What belongs to the process stays here: [`ServerConfig`] and [`run`]/[`spawn`], the
 //! private data directory ([`datadir`], KDS-SEC-02), the connection gate of every listener
@@ -76,16 +77,6 @@ pub enum ServerError {
     },
 }
 
-/// How the SFU moves media (specs/sfu.md, "Two shells").
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum SfuEngine {
-    /// Every participant on one UDP port, one thread driving all connections (`EdgeSfu`).
-    #[default]
-    Edge,
-    /// A UDP port, a webrtc-rs connection and its tasks per participant (`Sfu`).
-    Tasks,
-}
-
 /// Everything [`run`] needs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -103,8 +94,6 @@ pub struct ServerConfig {
     pub keys: bool,
     /// Serve the blind SFU (`veil.sfu.v1`) with this configuration.
     pub sfu: Option<veil_sfu::SfuConfig>,
-    /// Which of the SFU's shells serves it.
-    pub sfu_engine: SfuEngine,
     /// Connection caps and the handshake timeout of every listener (SRV-CONN-01..05).
     pub limits: listen::ConnLimits,
 }
@@ -122,7 +111,6 @@ impl ServerConfig {
             kds: Config::default(),
             keys: true,
             sfu: Some(veil_sfu::SfuConfig::default()),
-            sfu_engine: SfuEngine::default(),
             limits: listen::ConnLimits::default(),
         }
     }
@@ -244,27 +232,13 @@ pub async fn run(
     } else {
         None
     };
-    // One of the two shells serves the SFU; the other stays `None`.
-    let (tasks, edge) = match (cfg.sfu.clone(), cfg.sfu_engine) {
-        (None, _) => (None, None),
-        (Some(c), SfuEngine::Tasks) => (Some(veil_sfu::Sfu::new(c)), None),
-        (Some(c), SfuEngine::Edge) => (None, Some(veil_sfu::edge::EdgeSfu::new(c)?)),
-    };
-    let room_events = tasks
-        .as_ref()
-        .map(veil_sfu::Sfu::room_events)
-        .or_else(|| edge.as_ref().map(veil_sfu::edge::EdgeSfu::room_events));
-    let sfu_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>> = match (&tasks, &edge) {
-        (Some(s), _) => {
-            let s = s.clone();
-            Some(Arc::new(move || s.metrics().encode()))
-        }
-        (None, Some(e)) => {
-            let e = e.clone();
-            Some(Arc::new(move || e.metrics().encode()))
-        }
-        (None, None) => None,
-    };
+    let sfu = cfg.sfu.clone().map(veil_sfu::EdgeSfu::new).transpose()?;
+    let room_events = sfu.as_ref().map(veil_sfu::EdgeSfu::room_events);
+    let sfu_metrics = sfu
+        .clone()
+        .map(|s| -> Arc<dyn Fn() -> String + Send + Sync> {
+            Arc::new(move || s.metrics().encode())
+        });
     // One process, both roles: a participant the SFU timed out is one the key service should
     // remove from the group (KDS-REM-01), without waiting for its key-service stream to drop.
     if let (Some(svc), Some(mut events)) = (&svc, room_events) {
@@ -340,19 +314,12 @@ pub async fn run(
         }
         None => None,
     };
-    let tasks_api =
-        tasks.map(|s| veil_sfu::grpc::SfuService::new(s, verifier.clone()).into_server());
-    let edge_api = edge.map(|s| veil_sfu::grpc::SfuService::new(s, verifier).into_server());
-    let sfu = match (&tasks_api, &edge_api) {
-        (Some(_), _) => "tasks",
-        (None, Some(_)) => "edge",
-        (None, None) => "off",
-    };
+    let sfu_api = sfu.map(|s| veil_sfu::grpc::SfuService::new(s, verifier).into_server());
     tracing::info!(
         %grpc,
         metrics = ?metrics_addr,
         keys = keys_api.is_some(),
-        sfu,
+        sfu = sfu_api.is_some(),
         db = %db.display(),
         "veil-server listening"
     );
@@ -369,8 +336,7 @@ pub async fn run(
         .layer(listen::CountCallsLayer)
         .add_service(health_svc)
         .add_optional_service(keys_api)
-        .add_optional_service(tasks_api)
-        .add_optional_service(edge_api)
+        .add_optional_service(sfu_api)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -79,7 +79,9 @@ struct ServeArgs {
         default_value = "keys,sfu"
     )]
     role: Vec<Role>,
-    /// UDP addresses the SFU's WebRTC connections bind (port 0: any); their host candidates.
+    /// The UDP address the SFU binds (port 0: any): every participant's media on that one port.
+    /// It is the SFU's only candidate, so it must be the address participants reach; of a
+    /// list, the first is bound.
     #[arg(
         long,
         env = "VEIL_SFU_UDP",
@@ -87,11 +89,6 @@ struct ServeArgs {
         default_value = "127.0.0.1:0"
     )]
     sfu_udp: Vec<String>,
-    /// How the SFU moves media: `edge` (every participant on the first `--sfu-udp` address,
-    /// one thread) or `tasks` (a port and a webrtc-rs connection with its tasks per
-    /// participant).
-    #[arg(long, env = "VEIL_SFU_ENGINE", default_value = "edge")]
-    sfu_engine: Engine,
     /// Milliseconds a new connection has to send its first bytes (the HTTP/2 preface; on the
     /// metrics listener, its request) before it is closed.
     #[arg(long, env = "VEIL_HANDSHAKE_TIMEOUT_MS", default_value_t = defaults().handshake_timeout.as_millis() as u64)]
@@ -120,14 +117,6 @@ fn kds_defaults() -> veil_server::Config {
 /// The connection limits' defaults, shown by `--help`.
 fn defaults() -> veil_server::listen::ConnLimits {
     veil_server::listen::ConnLimits::default()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Engine {
-    /// One UDP port for every participant.
-    Edge,
-    /// A UDP port and tasks per participant.
-    Tasks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -220,10 +209,6 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         idle_timeout: Duration::from_millis(args.idle_timeout_ms),
     };
     cfg.keys = args.role.contains(&Role::Keys);
-    cfg.sfu_engine = match args.sfu_engine {
-        Engine::Edge => veil_server::SfuEngine::Edge,
-        Engine::Tasks => veil_server::SfuEngine::Tasks,
-    };
     cfg.sfu = args.role.contains(&Role::Sfu).then(|| veil_sfu::SfuConfig {
         udp_addrs: args.sfu_udp.clone(),
         ..veil_sfu::SfuConfig::default()

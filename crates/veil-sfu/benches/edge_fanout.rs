@@ -1,30 +1,21 @@
-//! The SFU's two edges side by side (a bench binary, not a timed test): what forwarding one
-//! packet to one subscriber costs on the async webrtc-rs edge the shell uses today, and on the
-//! sans-I/O one-socket [`Edge`], measured in the same run.
+//! What forwarding one packet to one subscriber costs on the SFU's one-socket edge (a bench
+//! binary, not a timed test), bare and with the whole SFU on it, measured in the same run.
 //!
 //! - One publisher (a webrtc-rs peer) sends `--pps` packets a second of `--size` bytes on one
 //!   track; `--subscribers` webrtc-rs peers each receive every one of them.
 //! - The forwarder under test runs on its own thread ("fwd"), pinned to CPU 0; the peers run on
 //!   CPU 1. Its CPU time is read from `/proc/self/task/*/stat` (every thread named "fwd").
-//! - `async`: one webrtc-rs `PeerConnection` (own socket, own driver task) per participant, one
-//!   reader task for the publisher's track, one bounded queue and writer task per subscriber:
-//!   the structure of the SFU's shell, without its routing core.
-//! - `edge`: one UDP socket and one [`Edge`]; each packet is written to every subscriber's
-//!   connection, and each connection is drained once per received packet.
-//! - Both rewrite the same fields (SSRC, payload type) and use the same interceptor chain
-//!   (`shell::peer::interceptors`; the SFU adds congestion control on top in both cases).
-//! - `sfu`: the SFU itself ([`veil_sfu::Sfu`], the async shell with its routing core, metrics
-//!   and congestion control), joined and subscribed through its in-process API.
-//! - `room`: the same routing core on the edge ([`EdgeRooms`], with congestion control).
-//!
-//! The first pair measures the edge against the async structure; the second pair is the whole
-//! SFU on either edge.
+//! - `edge`: one UDP socket and one [`Edge`]; each packet is rewritten (SSRC, payload type) and
+//!   written to every subscriber's connection, and each connection is drained once per
+//!   received packet. No routing core: the floor the SFU stands on.
+//! - `room`: the SFU's rooms on the edge ([`EdgeRooms`], with its routing core, metrics and
+//!   congestion control), joined and subscribed through its sans-I/O API.
 //!
 //! `cargo bench -p veil-sfu --bench edge_fanout` (`-- --subscribers 20 --pps 1000 --size 1000`;
 //! `-- --only edge` runs one forwarder, e.g. under `perf`)
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,11 +27,10 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{mpsc, oneshot, watch};
+use veil_sfu::connection::peer::{self, OPUS_PT};
 use veil_sfu::edge::{Edge, EdgeEvent, EdgeRoomEvent, EdgeRooms, SansIo};
 use veil_sfu::routing::MediaKind;
-use veil_sfu::shell::Metrics;
-use veil_sfu::shell::peer::{self, OPUS_PT};
-use veil_sfu::{Sfu, SfuConfig, SignalEvent};
+use veil_sfu::{Metrics, SfuConfig};
 use veil_testkit::webrtc::{Events, Handler, OnTrack, loopback_addrs};
 use webrtc::media_stream::track_local::TrackLocal as _;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -59,9 +49,6 @@ enum Cmd {
     /// Subscriber `n`'s answer to that offer.
     Answer(usize, String, oneshot::Sender<()>),
 }
-
-/// The async forwarder's subscriber queues: (outgoing SSRC, queue).
-type FanOut = Arc<Mutex<Vec<(u32, mpsc::Sender<rtp::Packet>)>>>;
 
 fn out_ssrc(n: usize) -> u32 {
     0x5000_0000 + n as u32
@@ -181,29 +168,17 @@ fn io_turn(s: &mut impl SansIo, sock: &std::net::UdpSocket, buf: &mut [u8], now:
     }
 }
 
-// ---- the forwarder on async webrtc-rs (the shell's structure) ---------------------------
+// ---- the peers and the measurement ---------------------------------------------------------
 
-/// The forwarder's publisher connection (`fan_out`: where its packets go) or a peer's subscriber
-/// connection (`count`: what it counts).
-fn on_track(fan_out: Option<FanOut>, count: Option<Arc<AtomicU64>>) -> OnTrack {
+/// A peer's subscriber connection counts what it receives in `count`.
+fn on_track(count: Option<Arc<AtomicU64>>) -> OnTrack {
     Box::new(move |track: Arc<dyn TrackRemote>| {
-        let (fan_out, count) = (fan_out.clone(), count.clone());
+        let count = count.clone();
         Box::pin(async move {
             tokio::spawn(async move {
                 while let Some(ev) = track.poll().await {
-                    let TrackRemoteEvent::OnRtpPacket(p) = ev else {
-                        continue;
-                    };
-                    if let Some(c) = &count {
+                    if let (TrackRemoteEvent::OnRtpPacket(_), Some(c)) = (ev, &count) {
                         c.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Some(f) = &fan_out {
-                        for (ssrc, q) in f.lock().unwrap().iter() {
-                            let mut copy = p.clone();
-                            copy.header.ssrc = *ssrc;
-                            copy.header.payload_type = OPUS_PT;
-                            let _ = q.try_send(copy);
-                        }
                     }
                 }
             });
@@ -217,8 +192,8 @@ struct Pc {
     state: watch::Receiver<RTCPeerConnectionState>,
 }
 
-async fn pc(fan_out: Option<FanOut>, count: Option<Arc<AtomicU64>>) -> Pc {
-    let (handler, Events { gathered, state }) = Handler::new(Some(on_track(fan_out, count)));
+async fn pc(count: Option<Arc<AtomicU64>>) -> Pc {
+    let (handler, Events { gathered, state }) = Handler::new(Some(on_track(count)));
     let mut me = peer::media_engine().unwrap();
     let registry = peer::interceptors(&mut me).unwrap();
     let pc: Arc<dyn PeerConnection> = Arc::new(
@@ -283,49 +258,7 @@ fn sendonly() -> Option<RTCRtpTransceiverInit> {
     })
 }
 
-async fn run_async(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
-    let fan_out = Arc::new(Mutex::new(Vec::new()));
-    let mut pcs: Vec<Pc> = Vec::new();
-    while let Some(cmd) = cmds.recv().await {
-        match cmd {
-            Cmd::Join(offer, reply) => {
-                let first = pcs.is_empty();
-                let mut p = pc(first.then(|| fan_out.clone()), None).await;
-                let offer = RTCSessionDescription::offer(offer).unwrap();
-                p.pc.set_remote_description(offer).await.unwrap();
-                let answer = p.pc.create_answer(None).await.unwrap();
-                p.pc.set_local_description(answer).await.unwrap();
-                let _ = reply.send(p.local_sdp().await);
-                pcs.push(p);
-            }
-            Cmd::Subscribe(n, reply) => {
-                let track = audio_track("fwd", out_ssrc(n));
-                let p = &mut pcs[n];
-                p.pc.add_transceiver_from_track(track.clone(), sendonly())
-                    .await
-                    .unwrap();
-                // The shell's queue per subscription, and its writer task.
-                let (tx, mut rx) = mpsc::channel::<rtp::Packet>(512);
-                tokio::spawn(async move {
-                    while let Some(pkt) = rx.recv().await {
-                        let _ = track.write_rtp(pkt).await;
-                    }
-                });
-                fan_out.lock().unwrap().push((out_ssrc(n), tx));
-                let offer = p.pc.create_offer(None).await.unwrap();
-                p.pc.set_local_description(offer).await.unwrap();
-                let _ = reply.send(p.pc.local_description().await.unwrap().sdp);
-            }
-            Cmd::Answer(n, sdp, reply) => {
-                let answer = RTCSessionDescription::answer(sdp).unwrap();
-                pcs[n].pc.set_remote_description(answer).await.unwrap();
-                let _ = reply.send(());
-            }
-        }
-    }
-}
-
-// ---- the whole SFU: on the edge, and on async webrtc-rs -------------------------------------
+// ---- the whole SFU on the edge ----------------------------------------------------------
 
 fn run_room(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -373,47 +306,6 @@ fn run_room(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     }
 }
 
-async fn run_sfu(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
-    let sfu = Sfu::new(SfuConfig::default());
-    let room = "bench";
-    // Each participant's SFU offers, from its event stream (drained, as a client must).
-    let mut offers: Vec<mpsc::UnboundedReceiver<String>> = Vec::new();
-    while let Some(cmd) = cmds.recv().await {
-        match cmd {
-            Cmd::Join(offer, reply) => {
-                let n = offers.len();
-                let mut session = sfu.join(room, &format!("p{n}"), &offer).await.unwrap();
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(async move {
-                    while let Some(ev) = session.events.recv().await {
-                        if let SignalEvent::Offer { sdp } = ev {
-                            let _ = tx.send(sdp);
-                        }
-                    }
-                });
-                offers.push(rx);
-                let _ = reply.send(std::mem::take(&mut session.answer));
-            }
-            Cmd::Subscribe(n, reply) => {
-                let track = loop {
-                    if let Some(t) = sfu.tracks(room).into_iter().next() {
-                        break t.track;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                };
-                sfu.subscribe(room, &format!("p{n}"), &track).await.unwrap();
-                let _ = reply.send(offers[n].recv().await.unwrap());
-            }
-            Cmd::Answer(n, sdp, reply) => {
-                sfu.answer(room, &format!("p{n}"), &sdp).await.unwrap();
-                let _ = reply.send(());
-            }
-        }
-    }
-}
-
-// ---- the peers and the measurement ---------------------------------------------------------
-
 struct Args {
     subscribers: usize,
     pps: u64,
@@ -451,24 +343,15 @@ async fn measure(mode: &'static str, a: &Args) -> (f64, f64) {
         .name("fwd".to_owned())
         .spawn(move || {
             pin("thread", 0);
-            let rt = || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .thread_name("fwd-blocking")
-                    .build()
-                    .unwrap()
-            };
             match mode {
                 "edge" => run_edge(rx),
-                "room" => run_room(rx),
-                "sfu" => rt().block_on(run_sfu(rx)),
-                _ => rt().block_on(run_async(rx)),
+                _ => run_room(rx),
             }
         })
         .unwrap();
 
     // The publisher.
-    let mut publisher = pc(None, None).await;
+    let mut publisher = pc(None).await;
     let track = audio_track("mic", PUBLISHER_SSRC);
     publisher
         .pc
@@ -486,8 +369,7 @@ async fn measure(mode: &'static str, a: &Args) -> (f64, f64) {
         .unwrap();
     publisher.connected().await;
 
-    // Send at the rate from now on (the whole SFU publishes a track when its first packet
-    // arrives), until every subscriber receives; then measure a window.
+    // Send at the rate from now on (the SFU publishes a track when its first packet arrives), until every subscriber receives; then measure a window.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
         let (stop, size, pps) = (stop.clone(), a.size, a.pps);
@@ -524,7 +406,7 @@ async fn measure(mode: &'static str, a: &Args) -> (f64, f64) {
     let mut subs = Vec::new();
     for n in 1..=a.subscribers {
         let count = Arc::new(AtomicU64::new(0));
-        let mut s = pc(None, Some(count.clone())).await;
+        let mut s = pc(Some(count.clone())).await;
         s.pc.create_data_channel("veil", None).await.unwrap();
         let offer = s.pc.create_offer(None).await.unwrap();
         s.pc.set_local_description(offer).await.unwrap();
@@ -564,7 +446,7 @@ async fn measure(mode: &'static str, a: &Args) -> (f64, f64) {
     }
     let _ = publisher.pc.close().await;
     drop(cmds);
-    // The edge thread ends with the command channel; the async one with its runtime.
+    // The forwarder's thread ends with the command channel.
     let _ = tokio::task::spawn_blocking(move || fwd.join()).await;
     ((r1 - r0) as f64 / secs, (c1 - c0) / secs)
 }
@@ -590,9 +472,7 @@ fn main() {
     println!("|---|---|---|---|");
     let mut per = Vec::new();
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
-    for mode in [
-        "async", "edge", "async", "edge", "sfu", "room", "sfu", "room",
-    ] {
+    for mode in ["edge", "room", "edge", "room"] {
         if only.as_deref().is_some_and(|o| o != mode) {
             continue;
         }
@@ -608,12 +488,8 @@ fn main() {
     if only.is_none() {
         println!();
         println!(
-            "edge / async, packets per CPU-second (mean of 2 runs each): {:.2}×",
-            mean("edge") / mean("async")
-        );
-        println!(
-            "room / sfu (the whole SFU on either edge): {:.2}×",
-            mean("room") / mean("sfu")
+            "room / edge, packets per CPU-second (mean of 2 runs each): {:.2}×",
+            mean("room") / mean("edge")
         );
     }
 }

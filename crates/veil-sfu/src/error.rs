@@ -147,9 +147,6 @@ pub enum SfuError {
     /// one); there is no error to keep.
     #[error("WebRTC: {0}")]
     WebRtcState(&'static str),
-    /// Something did not happen in time.
-    #[error("timed out: {0}")]
-    Timeout(&'static str),
     /// The participant's connection is closed.
     #[error("connection closed")]
     Closed,
@@ -187,7 +184,7 @@ mod tests {
     use super::SfuError;
     use crate::edge::EdgeSfu;
     use crate::grpc::code;
-    use crate::shell::SfuConfig;
+    use crate::session::SfuConfig;
 
     fn edge_on(addr: &str) -> SfuError {
         EdgeSfu::new(SfuConfig {

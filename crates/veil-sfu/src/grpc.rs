@@ -2,7 +2,7 @@
 //! session, behind the same access tokens as the key service (SFU-AUTH-01..03).
 //!
 //! ```no_run
-//! # async fn serve(sfu: veil_sfu::Sfu, verifier: veil_auth::Verifier) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn serve(sfu: veil_sfu::EdgeSfu, verifier: veil_auth::Verifier) -> Result<(), Box<dyn std::error::Error>> {
 //! use veil_sfu::grpc::SfuService;
 //! tonic::transport::Server::builder()
 //!     .add_service(SfuService::new(sfu, verifier).into_server())
@@ -24,17 +24,15 @@ use veil_auth::{GrantKind, Verifier};
 use veil_proto::sfu::v1 as pb;
 use veil_proto::sfu::v1::sfu_server::{Sfu as SfuRpc, SfuServer};
 
-#[cfg(doc)]
 use crate::edge::EdgeSfu;
 use crate::error::SfuError;
 use crate::routing::MediaKind;
-use crate::shell::{IceCandidate, LeaveReason, Permissions, Session, Sfu, SignalEvent};
+use crate::session::{IceCandidate, LeaveReason, Permissions, Session, SignalEvent};
 
-/// What the gRPC service asks of an SFU: the signalling calls of one participant. Both shells
-/// serve it: [`Sfu`] (a connection and its tasks per participant; its inherent methods say
-/// more) and [`EdgeSfu`] (every participant on one socket). Every call but `join_with` names a
-/// participant that joined, or fails with [`SfuError::NotJoined`]; a stopped SFU fails with
-/// [`SfuError::Closed`].
+/// What the gRPC service asks of an SFU: the signalling calls of one participant.
+/// [`EdgeSfu`] (every participant on one socket) serves it; the trait is the seam the service
+/// and the tests drive it through. Every call but `join_with` names a participant that joined,
+/// or fails with [`SfuError::NotJoined`]; a stopped SFU fails with [`SfuError::Closed`].
 pub trait Backend: Clone + Send + Sync + 'static {
     /// Admit `identity` to `room` with its offer: the answer and the participant's events. The
     /// caller has checked the access token.
@@ -128,56 +126,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), SfuError>> + Send;
 }
 
-impl Backend for Sfu {
-    async fn join_with(
-        &self,
-        room: &str,
-        identity: &str,
-        offer: &str,
-        permissions: Permissions,
-    ) -> Result<Session, SfuError> {
-        Sfu::join_with(self, room, identity, offer, permissions).await
-    }
-    async fn settle_packetization(&self, room: &str, proposal: i32) -> i32 {
-        Sfu::settle_packetization(self, room, proposal)
-    }
-    async fn offer(&self, room: &str, identity: &str, sdp: &str) -> Result<String, SfuError> {
-        Sfu::offer(self, room, identity, sdp).await
-    }
-    async fn answer(&self, room: &str, identity: &str, sdp: &str) -> Result<(), SfuError> {
-        Sfu::answer(self, room, identity, sdp).await
-    }
-    async fn add_ice_candidate(
-        &self,
-        room: &str,
-        identity: &str,
-        c: IceCandidate,
-    ) -> Result<(), SfuError> {
-        Sfu::add_ice_candidate(self, room, identity, c).await
-    }
-    async fn subscribe(&self, room: &str, identity: &str, track: &str) -> Result<(), SfuError> {
-        Sfu::subscribe(self, room, identity, track).await
-    }
-    async fn unsubscribe(&self, room: &str, identity: &str, track: &str) -> Result<(), SfuError> {
-        Sfu::unsubscribe(self, room, identity, track).await
-    }
-    async fn set_layer_preference(
-        &self,
-        room: &str,
-        identity: &str,
-        track: &str,
-        rid: Option<&str>,
-    ) -> Result<(), SfuError> {
-        Sfu::set_layer_preference(self, room, identity, track, rid).await
-    }
-    async fn leave(&self, room: &str, identity: &str) -> Result<(), SfuError> {
-        Sfu::leave(self, room, identity).await
-    }
-}
-
-/// The gRPC face of an SFU ([`Sfu`] by default, or [`EdgeSfu`]).
+/// The gRPC face of an SFU ([`EdgeSfu`]).
 #[derive(Clone)]
-pub struct SfuService<B = Sfu> {
+pub struct SfuService<B = EdgeSfu> {
     sfu: B,
     verifier: Arc<Verifier>,
 }
@@ -225,7 +176,6 @@ pub fn code(e: &SfuError) -> Code {
         SfuError::NotSubscribed(_) | SfuError::Negotiation(_) => Code::FailedPrecondition,
         SfuError::AlreadyJoined { .. } => Code::AlreadyExists,
         SfuError::Limit(_) | SfuError::RateLimited(_) => Code::ResourceExhausted,
-        SfuError::Timeout(_) => Code::DeadlineExceeded,
         SfuError::Closed => Code::Unavailable,
         SfuError::Config(_)
         | SfuError::BadAddress { .. }

@@ -2,14 +2,16 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod connection;
 pub mod edge;
 pub mod error;
 pub mod grpc;
 pub mod routing;
-pub mod shell;
+pub mod session;
 
+pub use edge::EdgeSfu;
 pub use error::SfuError;
-pub use shell::{
-    IceCandidate, LeaveReason, MAX_QUEUE, ParticipantEvent, Permissions, Session, Sfu, SfuConfig,
-    SignalEvent, Tap, TappedPacket, TrackInfo,
+pub use session::{
+    DropKind, IceCandidate, LeaveReason, MAX_QUEUE, Metrics, ParticipantEvent, Permissions,
+    Session, SfuConfig, SignalEvent, Tap, TappedPacket, TrackInfo,
 };

@@ -7,11 +7,11 @@
 //!   what they send, sends RTP on tracks it adds (renegotiating with an offer of its own) and
 //!   carries key-frame requests both ways;
 //! - [`EdgeRooms`] runs every room's routing core on one edge, sans I/O;
-//! - [`EdgeSfu`] drives it from one thread with the signalling API of the task-per-connection
-//!   [`Sfu`](crate::Sfu); `veil-server` serves it by default (`--sfu-engine edge`).
+//! - [`EdgeSfu`] drives it from one thread with the SFU's signalling API
+//!   ([`crate::grpc::Backend`]); `veil-server` serves it.
 //!
-//! `benches/edge_fanout.rs` measures the edge against the task-per-connection shell in one process;
-//! `veil-server`'s `sfu_load` measures both servers.
+//! `benches/edge_fanout.rs` measures the edge's fan-out in one process; `veil-server`'s
+//! `sfu_load` measures the server.
 //!
 //! Writes are batched: [`Edge::write_rtp`] only queues into the connection; the next
 //! [`Edge::poll_transmit`] (or [`Edge::poll_event`]) drains each touched connection once.
@@ -65,9 +65,9 @@ use rtc::stun::textattrs::Username;
 use veil_rtc::rtx::RtxObserver;
 use webrtc::peer_connection::SettingEngineBuilder;
 
+use crate::connection::peer;
 use crate::error::SfuError;
 use crate::routing::{MediaKind, RateLimit, TokenBucket};
-use crate::shell::peer;
 
 mod room;
 mod serve;

@@ -1,12 +1,10 @@
 //! The SFU's rooms on the edge: one routing core ([`Room`]) per room, every participant of
 //! every room on the one [`Edge`], sans I/O.
 //!
-//! This is what the async shell does per room (`shell::media`, `shell::participant`), on one
-//! socket and without tasks: a participant joins a room with an offer; the tracks it sends are
+//! One socket and no tasks: a participant joins a room with an offer; the tracks it sends are
 //! published to its room's core as their streams open (rids bound as the stream announces
 //! them); every packet goes through [`Room::on_rtp`], and its copies are rewritten per
-//! subscriber (`shell::media::rewrite`, the same rules) and written to their connections.
-//! Subscribing adds a track to the subscriber's connection and renegotiates; once the answer
+//! subscriber (`connection::packet::rewrite`) and written to their connections. Subscribing adds a track to the subscriber's connection and renegotiates; once the answer
 //! is in, the core forwards with the payload type and extension ids that subscription negotiated.
 //! Key-frame requests go both ways through the core's policy, each connection's GCC estimate feeds
 //! the core's layer choice, and the SFU's metrics count what happens.
@@ -30,17 +28,18 @@ use veil_rtc::rtx_ssrc;
 use webrtc::peer_connection::RTCSessionDescription;
 
 use super::{ConnId, Edge, EdgeEvent};
+use crate::connection::packet::{packet_meta, rewrite};
+use crate::connection::peer;
+use crate::connection::sdp::{FORWARDED_URIS, SdpInfo};
 use crate::error::SfuError;
 use crate::routing::{
     ExtMap, MediaKind, ParticipantId, Publish, RateLimit, Room, Subscribe, TrackId,
 };
-use crate::shell::media::{packet_meta, rewrite};
-use crate::shell::metrics::{RtxCount, Subscriber, SubscriberTrack};
-use crate::shell::peer;
-use crate::shell::sdp::{FORWARDED_URIS, SdpInfo};
-use crate::shell::{DropKind, Metrics, SfuConfig, TappedPacket};
+use crate::session::metrics::{RtxCount, Subscriber, SubscriberTrack};
+use crate::session::{DropKind, Metrics, SfuConfig, TappedPacket};
 
-/// How often each connection's estimate is handed to the core (as the async shell does).
+/// How often each connection's estimate is handed to the core. GCC changes its target at most
+/// every 200 ms (rate-control interval) and on feedback, which comes about every 100 ms.
 const ESTIMATE_PERIOD: Duration = Duration::from_millis(100);
 
 /// What happened in the rooms. Connections are unique over all rooms.

@@ -1,5 +1,5 @@
-//! [`EdgeSfu`]: the SFU's rooms on one UDP socket ([`EdgeRooms`]), driven by one thread, with
-//! the same signalling API as the task-per-connection [`Sfu`](crate::Sfu).
+//! [`EdgeSfu`]: the SFU's rooms on one UDP socket ([`EdgeRooms`]), driven by one thread, behind
+//! the SFU's signalling API ([`Backend`]).
 //!
 //! One OS thread owns the socket and the rooms (a single-threaded tokio runtime: the socket,
 //! the timers and the command queue). Signalling calls ([`Backend::join_with`],
@@ -8,11 +8,10 @@
 //! [`SignalEvent`]s before the call returns. Nothing is shared with the thread but the metrics
 //! and the room-event channel, so no lock is taken per packet.
 //!
-//! The participant's lifetime (SFU-LIVE-01, 02, 05) is the same as in the async shell: a
-//! connection not up `connect_timeout` after the join is removed (`never_connected`); a silent
-//! one is disconnected after `silence_timeout` and removed after a further
-//! `departure_grace` (`timeout`); a participant that leaves its `event_queue` full is removed
-//! (`slow_signalling`).
+//! The participant's lifetime (SFU-LIVE-01, 02, 05): a connection not up `connect_timeout`
+//! after the join is removed (`never_connected`); a silent one is disconnected after
+//! `silence_timeout` and removed after a further `departure_grace` (`timeout`); a participant
+//! that leaves its `event_queue` full is removed (`slow_signalling`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,8 +27,8 @@ use super::ConnId;
 use super::room::{EdgeRoomEvent as Happened, EdgeRooms, parse_track_name, track_name};
 use crate::error::SfuError;
 use crate::grpc::Backend;
-use crate::shell::metrics::Reason;
-use crate::shell::{
+use crate::session::metrics::Reason;
+use crate::session::{
     IceCandidate, LeaveReason, Metrics, ParticipantEvent, Permissions, Session, SfuConfig,
     SignalEvent, TrackInfo, queue_len,
 };

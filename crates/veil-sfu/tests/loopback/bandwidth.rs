@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use rtc::rtp;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use veil_sfu::shell::peer::VP8_PT;
-use veil_sfu::{Sfu, SfuConfig};
+use veil_sfu::connection::peer::VP8_PT;
+use veil_sfu::{EdgeSfu, Permissions, SfuConfig};
 use webrtc::media_stream::track_local::TrackLocal;
 
 use crate::common::*;
@@ -140,7 +140,7 @@ fn share(log: &Log, since: Instant, tag: u8) -> (f64, usize) {
     (n as f64 / recent.len().max(1) as f64, recent.len())
 }
 
-fn estimate(sfu: &Sfu, who: &str) -> Option<u64> {
+fn estimate(sfu: &EdgeSfu, who: &str) -> Option<u64> {
     let text = sfu.metrics().encode();
     let prefix =
         format!("veil_sfu_subscriber_estimate_bps{{room=\"{ROOM}\",subscriber=\"{who}\"}} ");
@@ -149,9 +149,9 @@ fn estimate(sfu: &Sfu, who: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+async fn wait_for(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) -> Duration {
     let start = Instant::now();
-    while !cond() {
+    while !cond().await {
         assert!(
             start.elapsed() < limit,
             "timed out after {limit:?} waiting for {what}"
@@ -165,10 +165,11 @@ async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lifted() {
     init_tracing();
-    let sfu = Sfu::new(SfuConfig {
+    let sfu = EdgeSfu::new(SfuConfig {
         key_frame_interval: Duration::from_millis(100),
         ..SfuConfig::default()
-    });
+    })
+    .unwrap();
     let mut alice = Peer::new(ROOM, "alice", true).await;
     // Layers as `Simulcast` declares them; this test sends its own shape of traffic on them.
     let cam = Simulcast::add(&alice).await;
@@ -229,7 +230,10 @@ async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lif
             }
         })
     };
-    eventually("the SFU to see the track", || sfu.tracks(ROOM).len() == 1).await;
+    eventually("the SFU to see the track", || {
+        sfu.metrics().tracks.get() == 1
+    })
+    .await;
 
     // Bob: straight to the SFU. Carol: through the capped relay.
     let mut bob = Peer::new(ROOM, "bob", false).await;
@@ -237,7 +241,10 @@ async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lif
     let t = bob.track_named("alice", "cam").await;
     let mut carol = Peer::new(ROOM, "carol", false).await;
     let offer = carol.offer().await;
-    let session = sfu.join(ROOM, "carol", &offer).await.unwrap();
+    let session = sfu
+        .join_with(ROOM, "carol", &offer, Permissions::ALL)
+        .await
+        .unwrap();
     let sfu_port = candidate_port(&session.answer);
     let relay = Relay::start(SocketAddr::from(([127, 0, 0, 1], sfu_port)), CAP_BPS).await;
     let relay_port = relay.port();
@@ -256,19 +263,19 @@ async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lif
             .unwrap();
     }
     let (bob_log, carol_log) = (record(bob), record(carol));
-    let layer = |who: &str| sfu.layer(ROOM, who, &t);
+    let layer = async |who: &str| sfu.layer(ROOM, who, &t).await;
 
     // Capped: carol ends up below f, bob on f.
     let down = wait_for(
         "carol below f and bob on f",
         Duration::from_secs(60),
-        || layer("carol").is_some_and(|l| l < 2) && layer("bob") == Some(2),
+        async || layer("carol").await.is_some_and(|l| l < 2) && layer("bob").await == Some(2),
     )
     .await;
     let capped_estimate = estimate(&sfu, "carol");
     eprintln!(
         "capped at {CAP_BPS} bit/s: carol on layer {:?} after {down:?}, her estimate {capped_estimate:?}, bob's {:?}; relay dropped {}",
-        layer("carol"),
+        layer("carol").await,
         estimate(&sfu, "bob"),
         relay.shaper.dropped.load(Ordering::Relaxed),
     );
@@ -298,8 +305,8 @@ async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lif
 
     // Lifted: carol moves up to f.
     relay.shaper.rate.store(0, Ordering::Relaxed);
-    let up = wait_for("carol back on f", Duration::from_secs(90), || {
-        layer("carol") == Some(2)
+    let up = wait_for("carol back on f", Duration::from_secs(90), async || {
+        layer("carol").await == Some(2)
     })
     .await;
     eprintln!(

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use veil_sfu::routing::MediaKind;
-use veil_sfu::{Sfu, SfuConfig, SignalEvent};
+use veil_sfu::{EdgeSfu, Permissions, SfuConfig, SignalEvent, TrackInfo};
 
 use crate::common::*;
 
@@ -73,12 +73,14 @@ const VIEWER: &str = r#"<!doctype html><title>veil sfu viewer</title><body><scri
 
 /// A few lines of HTTP between the pages and the SFU (the SFU's gRPC is for Veil clients).
 struct Shim {
-    sfu: Sfu,
+    sfu: EdgeSfu,
     room: &'static str,
     /// The viewer's events, polled by its page.
     viewer: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<SignalEvent>>>,
     /// The viewer page's latest stats (JSON).
     stats: tokio::sync::watch::Sender<String>,
+    /// Whether the viewer's subscription is live (its answer is in).
+    subscribed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Serve the pages and their signalling.
@@ -136,7 +138,7 @@ async fn handle(stream: TcpStream, shim: &Shim) {
         "/view" => ok("text/html", VIEWER.to_owned()),
         p if p.starts_with("/offer/") => {
             let who = &p["/offer/".len()..];
-            match sfu.join(room, who, &body).await {
+            match sfu.join_with(room, who, &body, Permissions::ALL).await {
                 Ok(mut session) => {
                     let answer = std::mem::take(&mut session.answer);
                     if who == "viewer" {
@@ -158,6 +160,9 @@ async fn handle(stream: TcpStream, shim: &Shim) {
                     loop {
                         match events.recv().await {
                             Some(SignalEvent::Offer { sdp }) => return Some(sdp),
+                            Some(SignalEvent::Subscribed { .. }) => {
+                                let _ = shim.subscribed.send(true);
+                            }
                             Some(_) => {}
                             None => return None,
                         }
@@ -191,8 +196,8 @@ async fn handle(stream: TcpStream, shim: &Shim) {
 }
 
 /// The SFU, the signalling shim on a loopback port, and the base URL of its pages.
-async fn start(room: &'static str) -> (Sfu, Arc<Shim>, String) {
-    let sfu = Sfu::new(SfuConfig::default());
+async fn start(room: &'static str) -> (EdgeSfu, Arc<Shim>, String) {
+    let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let shim = Arc::new(Shim {
@@ -200,6 +205,7 @@ async fn start(room: &'static str) -> (Sfu, Arc<Shim>, String) {
         room,
         viewer: tokio::sync::Mutex::new(None),
         stats: tokio::sync::watch::channel(String::new()).0,
+        subscribed: tokio::sync::watch::channel(false).0,
     });
     tokio::spawn(serve(listener, shim.clone()));
     (sfu, shim, url)
@@ -253,19 +259,28 @@ impl Drop for Browser {
     }
 }
 
-/// Chromium's published video track, once the SFU has it.
-async fn published_video(sfu: &Sfu, room: &str) -> veil_sfu::TrackInfo {
-    for _ in 0..300 {
-        if let Some(t) = sfu
-            .tracks(room)
-            .into_iter()
-            .find(|t| t.publisher == "chromium" && t.kind == MediaKind::Video)
-        {
-            return t;
+/// Chromium's published video track, as `watcher` (in the room before Chromium) hears of it.
+async fn published_video(watcher: &mut Peer) -> TrackInfo {
+    let published = async {
+        loop {
+            let ev = watcher
+                .events
+                .recv()
+                .await
+                .expect("the watcher's events ended");
+            match ev {
+                SignalEvent::TrackPublished(t)
+                    if t.publisher == "chromium" && t.kind == MediaKind::Video =>
+                {
+                    return t;
+                }
+                other => watcher.backlog.push(other),
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("Chromium published no video track in 30 s");
+    };
+    tokio::time::timeout(Duration::from_secs(30), published)
+        .await
+        .expect("Chromium published no video track in 30 s")
 }
 
 fn chromium() -> String {
@@ -278,13 +293,12 @@ async fn chromium_simulcast_reaches_a_subscriber_through_the_sfu() {
     init_tracing();
     let room = "browser";
     let (sfu, _shim, url) = start(room).await;
-    let browser = Browser::open(&format!("{url}/pub"), "browser-pub");
-    let video = published_video(&sfu, room).await;
-    assert_eq!(video.rids, ["q", "h", "f"], "the layers Chromium offered");
-
     let mut bob = Peer::new(room, "bob", false).await;
     bob.join(&sfu).await;
-    let track = bob.track_named("chromium", &video.publisher_track_id).await;
+    let browser = Browser::open(&format!("{url}/pub"), "browser-pub");
+    let video = published_video(&mut bob).await;
+    assert_eq!(video.rids, ["q", "h", "f"], "the layers Chromium offered");
+    let track = video.track;
     bob.subscribe(&sfu, &track).await;
     let dd = remote_ext_ids(&bob.pc).await.dd.expect("DD towards bob");
 
@@ -350,7 +364,7 @@ async fn chromium_simulcast_reaches_a_subscriber_through_the_sfu() {
         "contiguous sequence numbers: {lo}..={hi} lacks {missing:?}"
     );
     assert_eq!(m.rtx("in", "unresolved"), 0, "Chromium's RTX all resolved");
-    assert_eq!(m.drops(veil_sfu::shell::DropKind::SpoofedSsrc), 0);
+    assert_eq!(m.drops(veil_sfu::session::DropKind::SpoofedSsrc), 0);
 }
 
 /// Browser to browser through the SFU: one Chromium publishes three layers, another views one,
@@ -360,16 +374,24 @@ async fn a_browser_decodes_what_a_browser_publishes_through_the_sfu() {
     init_tracing();
     let room = "browsers";
     let (sfu, shim, url) = start(room).await;
+    let mut watcher = Peer::new(room, "watcher", false).await;
+    watcher.join(&sfu).await;
     let _publisher = Browser::open(&format!("{url}/pub"), "browsers-pub");
-    let video = published_video(&sfu, room).await;
+    let video = published_video(&mut watcher).await;
     let _viewer = Browser::open(&format!("{url}/view"), "browsers-view");
     for _ in 0..300 {
-        if sfu.participants(room).iter().any(|p| p == "viewer") {
+        if sfu.participants(room).await.iter().any(|p| p == "viewer") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut subscribed = shim.subscribed.subscribe();
     sfu.subscribe(room, "viewer", &video.track).await.unwrap();
+    // A layer is chosen for a live subscription: once the viewer has answered.
+    tokio::time::timeout(WAIT, subscribed.wait_for(|s| *s))
+        .await
+        .expect("the viewer never answered the SFU's offer")
+        .unwrap();
 
     // The viewer's stats: frames decoded and the width of the last one.
     let mut stats = shim.stats.subscribe();

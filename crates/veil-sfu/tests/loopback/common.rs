@@ -1,5 +1,4 @@
-//! Real webrtc-rs peers on loopback talking to a real SFU, either shell (no ICE servers, no
-//! mocks).
+//! Real webrtc-rs peers on loopback talking to a real SFU (no ICE servers, no mocks).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -21,14 +20,13 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use tokio::net::UdpSocket;
-use tokio::sync::{Mutex, broadcast, mpsc, watch};
+use tokio::sync::{Mutex, mpsc, watch};
+use veil_sfu::connection::peer::{self, OPUS_PT, VP8_PT};
+use veil_sfu::connection::sdp::{AUDIO_LEVEL_URI, DD_URI, MID_URI, RID_URI};
 use veil_sfu::edge::EdgeSfu;
-use veil_sfu::grpc::Backend;
+pub use veil_sfu::grpc::Backend;
 use veil_sfu::routing::MediaKind;
-use veil_sfu::shell::Metrics;
-use veil_sfu::shell::peer::{self, OPUS_PT, VP8_PT};
-use veil_sfu::shell::sdp::{AUDIO_LEVEL_URI, DD_URI, MID_URI, RID_URI};
-use veil_sfu::{ParticipantEvent, Permissions, Sfu, SignalEvent};
+use veil_sfu::{Permissions, SignalEvent};
 pub use veil_testkit::webrtc::answer_offer;
 use veil_testkit::webrtc::{Events, Handler, OnTrack, loopback_addrs};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -43,53 +41,11 @@ use webrtc::rtp_transceiver::{RtpSender, RtpTransceiver};
 /// Generous bound for anything that should take well under a second on an idle machine.
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// Either SFU shell, as the tests drive and inspect it.
-pub trait Shell: Backend {
-    /// The identities in `room`, sorted.
-    async fn roster(&self, room: &str) -> Vec<String>;
-    /// Its metrics.
-    fn counters(&self) -> &Metrics;
-    /// Its room events from now on.
-    fn events(&self) -> broadcast::Receiver<ParticipantEvent>;
-    /// Spoofed packets rejected in `room`.
-    async fn spoofs(&self, room: &str) -> u64;
-}
-
-impl Shell for Sfu {
-    async fn roster(&self, room: &str) -> Vec<String> {
-        self.participants(room)
-    }
-    fn counters(&self) -> &Metrics {
-        self.metrics()
-    }
-    fn events(&self) -> broadcast::Receiver<ParticipantEvent> {
-        self.room_events()
-    }
-    async fn spoofs(&self, room: &str) -> u64 {
-        Sfu::spoofs(self, room)
-    }
-}
-
-impl Shell for EdgeSfu {
-    async fn roster(&self, room: &str) -> Vec<String> {
-        self.participants(room).await
-    }
-    fn counters(&self) -> &Metrics {
-        self.metrics()
-    }
-    fn events(&self) -> broadcast::Receiver<ParticipantEvent> {
-        self.room_events()
-    }
-    async fn spoofs(&self, room: &str) -> u64 {
-        EdgeSfu::spoofs(self, room).await
-    }
-}
-
 /// Wait until `room`'s participants are `expected`.
-pub async fn roster_becomes(sfu: &impl Shell, room: &str, expected: &[&str]) {
+pub async fn roster_becomes(sfu: &EdgeSfu, room: &str, expected: &[&str]) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let now = sfu.roster(room).await;
+        let now = sfu.participants(room).await;
         if now == expected {
             return;
         }
@@ -573,7 +529,7 @@ pub fn dd(frame_number: u16, key: bool) -> Bytes {
 /// The extension ids the SFU's offer gave this peer's receive legs.
 pub async fn remote_ext_ids(pc: &Arc<dyn PeerConnection>) -> veil_sfu::routing::ExtIds {
     let desc = pc.remote_description().await.unwrap();
-    veil_sfu::shell::sdp::SdpInfo::parse(&desc)
+    veil_sfu::connection::sdp::SdpInfo::parse(&desc)
         .unwrap()
         .ext_ids()
 }

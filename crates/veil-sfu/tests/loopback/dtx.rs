@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use veil_sfu::SfuConfig;
+use veil_sfu::connection::sdp::AUDIO_LEVEL_URI;
 use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
-use veil_sfu::shell::DropKind;
-use veil_sfu::shell::sdp::AUDIO_LEVEL_URI;
-use veil_sfu::{Sfu, SfuConfig};
+use veil_sfu::session::DropKind;
 
 use crate::common::*;
 
@@ -25,22 +25,7 @@ const HANGOVER: u16 = 10;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous() {
-    silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous_with(Sfu::new(
-        SfuConfig::default(),
-    ))
-    .await;
-}
-
-/// The same on the one-socket edge.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous_on_the_edge() {
-    silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous_with(
-        EdgeSfu::new(SfuConfig::default()).unwrap(),
-    )
-    .await;
-}
-
-async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous_with(sfu: impl Shell) {
+    let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
     init_tracing();
     let room = "dtx";
     let mut alice = Peer::new(room, "alice", true).await;
@@ -53,7 +38,7 @@ async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous_with(sf
     // Talk until the SFU has seen the track (the first packets may beat the SRTP context).
     let mut seq = 1000u16;
     for _ in 0..1000 {
-        if sfu.counters().tracks.get() > 0 {
+        if sfu.metrics().tracks.get() > 0 {
             break;
         }
         mic.send(
@@ -102,7 +87,7 @@ async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous_with(sf
     let want: Vec<u16> = (0..TALK + HANGOVER).chain(dtx.start..total).collect();
     let dropped = u64::from(SILENCE - HANGOVER);
     eventually("the silence drops to be counted", || {
-        sfu.counters().drops(DropKind::Silence) >= dropped
+        sfu.metrics().drops(DropKind::Silence) >= dropped
     })
     .await;
 
@@ -153,7 +138,7 @@ async fn silent_audio_is_not_forwarded_and_the_sequence_stays_contiguous_with(sf
             "packet {i}"
         );
     }
-    assert_eq!(sfu.counters().drops(DropKind::Silence), dropped);
+    assert_eq!(sfu.metrics().drops(DropKind::Silence), dropped);
     eprintln!(
         "{} of {total} packets forwarded, {dropped} silent ones dropped; seq {}..={}",
         got.len(),

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use veil_sfu::connection::peer::{self, OPUS_PT};
 use veil_sfu::edge::{ConnId, Edge, EdgeEvent, EdgeRoomEvent, EdgeRooms, SansIo};
 use veil_sfu::routing::MediaKind;
-use veil_sfu::shell::metrics::RtxCount;
-use veil_sfu::shell::peer::{self, OPUS_PT};
-use veil_sfu::shell::{Metrics, SfuConfig};
+use veil_sfu::session::metrics::RtxCount;
+use veil_sfu::session::{Metrics, SfuConfig};
 
 use crate::chromium::{Browser, PUBLISHER, read_request, respond};
 use crate::common::*;

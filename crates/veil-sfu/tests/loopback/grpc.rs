@@ -11,10 +11,10 @@ use tonic::{Code, Request, Streaming};
 use veil_auth::{TokenKey, Verifier};
 use veil_proto::sfu::v1 as pb;
 use veil_proto::sfu::v1::sfu_client::SfuClient;
+use veil_sfu::SfuConfig;
 use veil_sfu::edge::EdgeSfu;
 use veil_sfu::grpc::{Backend, SfuService};
 use veil_sfu::routing::MediaKind;
-use veil_sfu::{Sfu, SfuConfig};
 use webrtc::peer_connection::RTCSessionDescription;
 
 use crate::common::*;
@@ -155,16 +155,7 @@ impl Signal {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_session_publishes_subscribes_and_leaves() {
-    a_session_publishes_subscribes_and_leaves(Sfu::new(SfuConfig::default())).await;
-}
-
-/// The same session through the one-socket edge (SFU-EDGE-12).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grpc_session_on_the_edge_publishes_subscribes_and_leaves() {
-    a_session_publishes_subscribes_and_leaves(EdgeSfu::new(SfuConfig::default()).unwrap()).await;
-}
-
-async fn a_session_publishes_subscribes_and_leaves(sfu: impl Shell) {
+    let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
     init_tracing();
     let key = TokenKey::generate("test").unwrap();
     let addr = serve(sfu.clone(), &key).await;
@@ -262,7 +253,7 @@ async fn a_session_publishes_subscribes_and_leaves(sfu: impl Shell) {
     assert_eq!((who.as_str(), why), ("bob", pb::LeaveReason::Left as i32));
     roster_becomes(&sfu, room, &["alice"]).await;
     // The gauges follow: alice and her track are left, bob's subscription is gone with him.
-    let m = sfu.counters();
+    let m = sfu.metrics();
     assert_eq!(
         (m.rooms.get(), m.participants.get(), m.tracks.get()),
         (1, 1, 1)
@@ -275,7 +266,7 @@ async fn a_session_publishes_subscribes_and_leaves(sfu: impl Shell) {
         "{}",
         m.encode()
     );
-    // His gauges go too (the task shell drops his estimate's on its next 100 ms tick).
+    // His gauges go too.
     eventually("bob's gauges to go", || {
         !m.encode().contains("subscriber=\"bob\"")
     })
@@ -285,15 +276,7 @@ async fn a_session_publishes_subscribes_and_leaves(sfu: impl Shell) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_refuses_missing_wrong_and_powerless_tokens() {
-    refuses_missing_wrong_and_powerless_tokens(Sfu::new(SfuConfig::default())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_on_the_edge_refuses_missing_wrong_and_powerless_tokens() {
-    refuses_missing_wrong_and_powerless_tokens(EdgeSfu::new(SfuConfig::default()).unwrap()).await;
-}
-
-async fn refuses_missing_wrong_and_powerless_tokens(sfu: impl Shell) {
+    let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
     init_tracing();
     let key = TokenKey::generate("test").unwrap();
     let other = TokenKey::generate("other").unwrap();
@@ -339,7 +322,7 @@ async fn refuses_missing_wrong_and_powerless_tokens(sfu: impl Shell) {
         s.next(|_| Some(())).await.unwrap_err().code(),
         Code::InvalidArgument
     );
-    assert!(sfu.roster(room).await.is_empty());
+    assert!(sfu.participants(room).await.is_empty());
 }
 
 /// A codec that sends the bytes it is given and returns the bytes it receives, to put
@@ -426,7 +409,7 @@ async fn undecodable_signalling_requests_are_invalid_argument() {
     use prost::Message as _;
     init_tracing();
     let key = TokenKey::generate("test").unwrap();
-    let sfu = Sfu::new(SfuConfig::default());
+    let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
     let addr = serve(sfu.clone(), &key).await;
     let room = "decode";
     let t = token(&key, "eve", room, true, true);

@@ -9,25 +9,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
-use veil_sfu::{LeaveReason, ParticipantEvent, Sfu, SfuConfig, SignalEvent};
+use veil_sfu::{LeaveReason, ParticipantEvent, SfuConfig, SignalEvent};
 
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_resubscribe_and_leave() {
-    unsubscribe_resubscribe_and_leave_with(Sfu::new(SfuConfig::default())).await;
-}
-
-/// The same on the one-socket edge.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsubscribe_resubscribe_and_leave_on_the_edge() {
-    unsubscribe_resubscribe_and_leave_with(EdgeSfu::new(SfuConfig::default()).unwrap()).await;
-}
-
-async fn unsubscribe_resubscribe_and_leave_with(sfu: impl Shell) {
+    let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
     init_tracing();
     let room = "lifecycle";
-    let mut room_events = sfu.events();
+    let mut room_events = sfu.room_events();
     let mut alice = Peer::new(room, "alice", true).await;
     let mic = Arc::new(alice.add_track(MediaKind::Audio, 0xA1, "mic").await);
     alice.join(&sfu).await;
@@ -50,7 +41,7 @@ async fn unsubscribe_resubscribe_and_leave_with(sfu: impl Shell) {
             }
         })
     };
-    eventually("alice's track", || sfu.counters().tracks.get() == 1).await;
+    eventually("alice's track", || sfu.metrics().tracks.get() == 1).await;
 
     let mut bob = Peer::new(room, "bob", false).await;
     bob.join(&sfu).await;
@@ -64,11 +55,11 @@ async fn unsubscribe_resubscribe_and_leave_with(sfu: impl Shell) {
     // Unsubscribe: forwarding stops at once (the core forgets the subscription before the call
     // returns), and the SFU renegotiates the m-section away (bob answers in the background).
     sfu.unsubscribe(room, "bob", &track).await.unwrap();
-    let frozen = sfu.counters().forwarded("audio");
-    assert_eq!(sfu.counters().subscriptions.get(), 0);
+    let frozen = sfu.metrics().forwarded("audio");
+    assert_eq!(sfu.metrics().subscriptions.get(), 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        sfu.counters().forwarded("audio"),
+        sfu.metrics().forwarded("audio"),
         frozen,
         "packets forwarded after unsubscribe"
     );
@@ -80,7 +71,7 @@ async fn unsubscribe_resubscribe_and_leave_with(sfu: impl Shell) {
     // Subscribe again: a new leg, packets flow again.
     bob.subscribe(&sfu, &track).await;
     eventually("packets after resubscribing", || {
-        sfu.counters().forwarded("audio") > frozen
+        sfu.metrics().forwarded("audio") > frozen
     })
     .await;
 
@@ -114,11 +105,11 @@ async fn unsubscribe_resubscribe_and_leave_with(sfu: impl Shell) {
     .await
     .unwrap();
     assert_eq!(left, ("alice".to_owned(), LeaveReason::Left));
-    assert_eq!(sfu.roster(room).await, ["bob"]);
+    assert_eq!(sfu.participants(room).await, ["bob"]);
     assert_eq!(
         (
-            sfu.counters().tracks.get(),
-            sfu.counters().subscriptions.get()
+            sfu.metrics().tracks.get(),
+            sfu.metrics().subscriptions.get()
         ),
         (0, 0)
     );

@@ -17,15 +17,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use veil_sfu::connection::sdp::DD_URI;
 use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
-use veil_sfu::shell::sdp::DD_URI;
-use veil_sfu::{Permissions, Sfu, SfuConfig};
+use veil_sfu::{Permissions, SfuConfig};
 
 use crate::common::*;
 
 /// Alice publishes video, bob subscribes; one of them reaches the SFU through a lossy relay.
-async fn run(sfu: impl Shell, lossy_publisher: bool) {
+async fn run(sfu: EdgeSfu, lossy_publisher: bool) {
     init_tracing();
     let room = if lossy_publisher {
         "nack-up"
@@ -62,7 +62,7 @@ async fn run(sfu: impl Shell, lossy_publisher: bool) {
     // Frame numbers run on from these announcing key frames.
     let mut announced = 0u16;
     for i in 0..1000u16 {
-        if sfu.counters().tracks.get() > 0 {
+        if sfu.metrics().tracks.get() > 0 {
             break;
         }
         video
@@ -154,7 +154,7 @@ async fn run(sfu: impl Shell, lossy_publisher: bool) {
         "{rtx} RTX packets for {dropped} losses"
     );
     // The SFU's own account of it, on /metrics.
-    let m = sfu.counters();
+    let m = sfu.metrics();
     if lossy_publisher {
         let arrived = rtx - lossy.rtx_dropped.load(Ordering::Relaxed);
         assert_eq!(m.rtx("in", "unwrapped"), arrived, "{}", m.encode());
@@ -164,26 +164,14 @@ async fn run(sfu: impl Shell, lossy_publisher: bool) {
     }
 }
 
-/// SFU-NACK-01.
+/// SFU-NACK-01: RTX towards a subscriber from the SFU's own history of that leg.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losses_towards_a_subscriber_are_repaired_by_the_sfu() {
-    run(Sfu::new(SfuConfig::default()), false).await;
-}
-
-/// SFU-NACK-01 on the one-socket edge: RTX towards a subscriber from the edge's own history.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losses_towards_a_subscriber_are_repaired_by_the_edge() {
     run(EdgeSfu::new(SfuConfig::default()).unwrap(), false).await;
 }
 
 /// SFU-NACK-02.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losses_from_a_publisher_are_repaired_on_its_leg() {
-    run(Sfu::new(SfuConfig::default()), true).await;
-}
-
-/// SFU-NACK-02 on the one-socket edge.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losses_from_a_publisher_are_repaired_on_its_leg_to_the_edge() {
     run(EdgeSfu::new(SfuConfig::default()).unwrap(), true).await;
 }

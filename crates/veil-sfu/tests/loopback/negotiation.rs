@@ -4,8 +4,8 @@
 //! here). The answer must accept DD, audio level, transport-cc, mid, rid and repaired rid under
 //! the browser's ids, allow mixed one- and two-byte extensions, and receive the three layers.
 
-use veil_sfu::shell::sdp::SdpInfo;
-use veil_sfu::{Sfu, SfuConfig};
+use veil_sfu::connection::sdp::SdpInfo;
+use veil_sfu::{EdgeSfu, Permissions, SfuConfig};
 use webrtc::peer_connection::RTCSessionDescription;
 
 use crate::common::*;
@@ -61,8 +61,11 @@ fn chromium_offer() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_answer_to_a_chromium_offer_keeps_what_a_blind_sfu_needs() {
     init_tracing();
-    let sfu = Sfu::new(SfuConfig::default());
-    let session = sfu.join("neg", "chrome", &chromium_offer()).await.unwrap();
+    let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
+    let session = sfu
+        .join_with("neg", "chrome", &chromium_offer(), Permissions::ALL)
+        .await
+        .unwrap();
     let answer = session.answer;
     let info = SdpInfo::parse(&RTCSessionDescription::answer(answer.clone()).unwrap()).unwrap();
     let ids = info.ext_ids();
@@ -104,24 +107,36 @@ async fn the_sfu_renegotiates_as_the_impolite_peer() {
     use veil_sfu::routing::MediaKind;
     use veil_sfu::{SfuError, SignalEvent};
     init_tracing();
-    let sfu = Sfu::new(SfuConfig::default());
+    let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
     let room = "glare";
     let mut alice = Peer::new(room, "alice", true).await;
     let mic = alice.add_track(MediaKind::Audio, 0xA1, "mic").await;
     alice.join(&sfu).await;
     for i in 0..1000u16 {
-        if !sfu.tracks(room).is_empty() {
+        if sfu.metrics().tracks.get() > 0 {
             break;
         }
         mic.send(i, 0, false, &[], payload(1, 50)).await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let track = sfu.tracks(room)[0].track.clone();
 
     // Bob's signalling by hand.
     let mut bob = Peer::new(room, "bob", false).await;
     let offer = bob.offer().await;
-    let mut session = sfu.join(room, "bob", &offer).await.unwrap();
+    let mut session = sfu
+        .join_with(room, "bob", &offer, Permissions::ALL)
+        .await
+        .unwrap();
+    let track = loop {
+        match tokio::time::timeout(WAIT, session.events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            SignalEvent::TrackPublished(t) => break t.track,
+            _ => continue,
+        }
+    };
     bob.pc
         .set_remote_description(RTCSessionDescription::answer(session.answer.clone()).unwrap())
         .await

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use veil_sfu::connection::sdp::{AUDIO_LEVEL_URI, DD_URI};
 use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
-use veil_sfu::shell::sdp::{AUDIO_LEVEL_URI, DD_URI};
-use veil_sfu::{Sfu, SfuConfig, SignalEvent};
+use veil_sfu::{SfuConfig, SignalEvent};
 use veil_wire::audio_level::AudioLevel;
 
 use crate::common::*;
@@ -19,20 +19,7 @@ const PACKETS: u16 = 60;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_and_extensions_reach_every_subscriber_unchanged() {
-    payloads_and_extensions_reach_every_subscriber_unchanged_with(Sfu::new(SfuConfig::default()))
-        .await;
-}
-
-/// The same on the one-socket edge.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payloads_and_extensions_reach_every_subscriber_unchanged_on_the_edge() {
-    payloads_and_extensions_reach_every_subscriber_unchanged_with(
-        EdgeSfu::new(SfuConfig::default()).unwrap(),
-    )
-    .await;
-}
-
-async fn payloads_and_extensions_reach_every_subscriber_unchanged_with(sfu: impl Shell) {
+    let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
     init_tracing();
     let room = "payload";
     let mut alice = Peer::new(room, "alice", true).await;
@@ -61,7 +48,7 @@ async fn payloads_and_extensions_reach_every_subscriber_unchanged_with(sfu: impl
     // The very first packets may arrive before the SFU's SRTP context is ready: keep sending
     // until it has seen both tracks.
     for i in 0..1000u16 {
-        if sfu.counters().tracks.get() == 2 {
+        if sfu.metrics().tracks.get() == 2 {
             break;
         }
         audio
@@ -72,7 +59,7 @@ async fn payloads_and_extensions_reach_every_subscriber_unchanged_with(sfu: impl
             .await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(sfu.counters().tracks.get(), 2, "the SFU saw both tracks");
+    assert_eq!(sfu.metrics().tracks.get(), 2, "the SFU saw both tracks");
 
     let mut subs = Vec::new();
     for name in ["bob", "carol", "dave"] {
@@ -162,7 +149,7 @@ async fn payloads_and_extensions_reach_every_subscriber_unchanged_with(sfu: impl
             "ids happened to match: rewriting untested"
         );
     }
-    let m = sfu.counters();
+    let m = sfu.metrics();
     assert!(m.forwarded("audio") >= 3 * u64::from(PACKETS));
     assert!(m.forwarded("video") >= 3 * u64::from(PACKETS));
     assert!(m.encode().contains("veil_sfu_forwarded_bytes_total"));

@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use veil_sfu::SfuConfig;
+use veil_sfu::connection::sdp::AUDIO_LEVEL_URI;
 use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
-use veil_sfu::shell::sdp::AUDIO_LEVEL_URI;
-use veil_sfu::{Sfu, SfuConfig};
 
 use crate::common::*;
 
@@ -18,17 +18,7 @@ const LEN: usize = 80;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_are_per_hop_and_never_cross_the_sfu() {
-    reports_are_per_hop_and_never_cross_the_sfu_with(Sfu::new(SfuConfig::default())).await;
-}
-
-/// The same on the one-socket edge.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reports_are_per_hop_and_never_cross_the_sfu_on_the_edge() {
-    reports_are_per_hop_and_never_cross_the_sfu_with(EdgeSfu::new(SfuConfig::default()).unwrap())
-        .await;
-}
-
-async fn reports_are_per_hop_and_never_cross_the_sfu_with(sfu: impl Shell) {
+    let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
     init_tracing();
     let room = "rtcp";
     let (mut alice, alice_log) = Peer::with_rtcp_log(room, "alice", true).await;
@@ -49,7 +39,7 @@ async fn reports_are_per_hop_and_never_cross_the_sfu_with(sfu: impl Shell) {
         *seq += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    while sfu.counters().tracks.get() == 0 {
+    while sfu.metrics().tracks.get() == 0 {
         assert!(seq < 1000, "the SFU never saw the track");
         send(&mut seq).await;
     }

@@ -6,29 +6,39 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use veil_sfu::{Sfu, SfuConfig};
+use veil_sfu::{EdgeSfu, SfuConfig, SignalEvent};
 
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_switches_layers_at_key_frames_as_one_stream() {
     init_tracing();
-    let sfu = Sfu::new(SfuConfig {
+    let sfu = EdgeSfu::new(SfuConfig {
         key_frame_interval: Duration::from_millis(100),
         ..SfuConfig::default()
-    });
+    })
+    .unwrap();
     let room = "simulcast";
     let mut alice = Peer::new(room, "alice", true).await;
     let cam = Simulcast::add(&alice).await;
     alice.join(&sfu).await;
     let sender = cam.start().await;
     let (stop, announce) = (cam.stop.clone(), cam.announce.clone());
-    eventually("the SFU to see the track", || sfu.tracks(room).len() == 1).await;
-    assert_eq!(sfu.tracks(room)[0].rids, SIMULCAST_RIDS);
+    eventually("the SFU to see the track", || {
+        sfu.metrics().tracks.get() == 1
+    })
+    .await;
 
     let mut bob = Peer::new(room, "bob", false).await;
     bob.join(&sfu).await;
-    let t = bob.track_named("alice", "cam").await;
+    let info = bob
+        .next_event("TrackPublished", |e| match e {
+            SignalEvent::TrackPublished(t) if t.publisher == "alice" => Some(t.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(info.rids, SIMULCAST_RIDS);
+    let t = info.track;
     bob.subscribe(&sfu, &t).await;
     // From now on packets carry no mid/rid: the SFU maps them through what it latched.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -47,7 +57,7 @@ async fn a_subscriber_switches_layers_at_key_frames_as_one_stream() {
     stop.store(true, Ordering::Relaxed);
     sender.await.unwrap();
     rx.assert_one_stream(b"qfh");
-    assert_eq!(sfu.layer(room, "bob", &t), Some(1));
+    assert_eq!(sfu.layer(room, "bob", &t).await, Some(1));
     assert!(
         sfu.metrics()
             .encode()

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use veil_sfu::edge::EdgeSfu;
 use veil_sfu::routing::MediaKind;
-use veil_sfu::{LeaveReason, ParticipantEvent, Permissions, Sfu, SfuConfig, SignalEvent};
+use veil_sfu::{LeaveReason, ParticipantEvent, Permissions, SfuConfig, SignalEvent};
 use webrtc::peer_connection::RTCSessionDescription;
 
 use crate::common::*;
@@ -59,36 +59,19 @@ pub(crate) fn spawn_alice(
     })
 }
 
+/// The edge's connections are ICE-lite: only the participant's consent checks (every 2 s from
+/// webrtc-rs) prove it alive, so the silence must be longer than that (SFU-EDGE-06).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_peer_is_timed_out_and_the_room_is_told() {
-    vanished_peer(Sfu::new(SfuConfig {
-        silence_timeout: Duration::from_secs(1),
+    let sfu = EdgeSfu::new(SfuConfig {
+        silence_timeout: Duration::from_secs(3),
         departure_grace: Duration::from_secs(1),
-        keepalive_interval: Duration::from_millis(250),
         ..SfuConfig::default()
-    }))
-    .await;
-}
-
-/// The same on the edge. Its legs are ICE-lite: only the participant's consent checks (every
-/// 2 s from webrtc-rs) prove it alive, so the silence must be longer (SFU-EDGE-06).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vanished_peer_is_timed_out_on_the_edge_and_the_room_is_told() {
-    vanished_peer(
-        EdgeSfu::new(SfuConfig {
-            silence_timeout: Duration::from_secs(3),
-            departure_grace: Duration::from_secs(1),
-            ..SfuConfig::default()
-        })
-        .unwrap(),
-    )
-    .await;
-}
-
-async fn vanished_peer(sfu: impl Shell) {
+    })
+    .unwrap();
     init_tracing();
     let room = "vanish";
-    let mut room_events = sfu.events();
+    let mut room_events = sfu.room_events();
 
     let (offer_tx, offer_rx) = oneshot::channel();
     let (answer_tx, answer_rx) = oneshot::channel();
@@ -145,8 +128,8 @@ async fn vanished_peer(sfu: impl Shell) {
         matches!(e, SignalEvent::TrackUnpublished { track: t } if *t == track).then_some(())
     })
     .await;
-    assert_eq!(sfu.roster(room).await, ["bob"]);
-    let m = sfu.counters();
+    assert_eq!(sfu.participants(room).await, ["bob"]);
+    let m = sfu.metrics();
     assert_eq!((m.participants.get(), m.tracks.get()), (1, 0));
 }
 
@@ -154,28 +137,13 @@ async fn vanished_peer(sfu: impl Shell) {
 /// removed after `connect_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_that_never_connects_is_removed() {
-    never_connects(Sfu::new(SfuConfig {
+    let sfu = EdgeSfu::new(SfuConfig {
         connect_timeout: Duration::from_secs(1),
         ..SfuConfig::default()
-    }))
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_participant_that_never_connects_to_the_edge_is_removed() {
-    never_connects(
-        EdgeSfu::new(SfuConfig {
-            connect_timeout: Duration::from_secs(1),
-            ..SfuConfig::default()
-        })
-        .unwrap(),
-    )
-    .await;
-}
-
-async fn never_connects(sfu: impl Shell) {
+    })
+    .unwrap();
     init_tracing();
-    let mut events = sfu.events();
+    let mut events = sfu.room_events();
     let mut ghost = Peer::new("never", "ghost", false).await;
     let offer = ghost.offer().await;
     let mut session = sfu
@@ -203,6 +171,6 @@ async fn never_connects(sfu: impl Shell) {
         }
     };
     assert_eq!(closed, LeaveReason::NeverConnected);
-    assert!(sfu.roster("never").await.is_empty());
-    assert_eq!(sfu.counters().rooms.get(), 0);
+    assert!(sfu.participants("never").await.is_empty());
+    assert_eq!(sfu.metrics().rooms.get(), 0);
 }

@@ -1,4 +1,4 @@
-//! What the shell reads from a participant's SDP: per media section its kind, mid, track id and
+//! What the SFU reads from a participant's SDP: per media section its kind, mid, track id and
 //! simulcast rids, and the negotiated header-extension ids.
 
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ pub struct MediaSection {
     pub send_rids: Vec<String>,
 }
 
-/// The parts of one SDP the shell uses.
+/// The parts of one SDP the SFU uses.
 #[derive(Debug, Clone, Default)]
 pub struct SdpInfo {
     /// Media sections in order.

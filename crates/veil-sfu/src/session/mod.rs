@@ -1,18 +1,28 @@
-//! The shell's public types: configuration, events, and what join returns.
+//! What the SFU's signalling API speaks and how the SFU reports: its configuration
+//! ([`SfuConfig`]), a participant's [`Session`], [`Permissions`] and [`SignalEvent`]s, the room
+//! events for the key service ([`ParticipantEvent`]), the Prometheus [`Metrics`], and the
+//! operator's [`Tap`]. [`crate::edge::EdgeSfu`] implements the API ([`crate::grpc::Backend`]);
+//! [`crate::grpc`] serves it as `veil.sfu.v1`.
 
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 #[cfg(doc)]
-use super::Sfu;
-#[cfg(doc)]
 use crate::error::SfuError;
+#[cfg(doc)]
+use crate::grpc::Backend;
 use crate::routing::{Dtx, MediaKind, RateLimit};
 
-/// The longest queue an [`SfuConfig`] may ask for (`subscriber_queue`, `event_queue`) and the
-/// largest [`Tap`](super::Tap) capacity: larger values are clamped to it (`specs/sfu.md`,
-/// SFU-LIVE-03). A zero is clamped to 1, since a channel cannot hold nothing.
+pub mod metrics;
+mod tap;
+
+pub use metrics::{DropKind, Metrics};
+pub use tap::{Tap, TappedPacket};
+
+/// The longest queue an [`SfuConfig`] may ask for (`event_queue`) and the largest [`Tap`]
+/// capacity: larger values are clamped to it (`specs/sfu.md`, SFU-LIVE-05). A zero is clamped
+/// to 1, since a channel cannot hold nothing.
 pub const MAX_QUEUE: usize = 1 << 16;
 
 /// `n` clamped to 1..=[`MAX_QUEUE`]: tokio refuses a zero-length channel, and a queue longer
@@ -21,12 +31,12 @@ pub(crate) fn queue_len(n: usize) -> usize {
     n.clamp(1, MAX_QUEUE)
 }
 
-/// Configuration of an [`Sfu`]. Every timeout is configuration (a test or a relay may need
-/// other values), not a constant.
+/// Configuration of the SFU ([`crate::edge::EdgeSfu::new`]). Every timeout is configuration (a
+/// test or a relay may need other values), not a constant.
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
-    /// Local UDP addresses each participant's connection binds (port 0: any). Its host
-    /// candidates are these addresses.
+    /// The SFU binds the first of these (every participant on that one UDP port), and offers
+    /// it as its only candidate: it must be the address participants reach.
     pub udp_addrs: Vec<String>,
     /// At most one key-frame request per publisher stream per this interval (SFU-KF-01).
     pub key_frame_interval: Duration,
@@ -41,11 +51,6 @@ pub struct SfuConfig {
     /// A participant whose connection is not up this long after joining is removed
     /// (SFU-LIVE-02).
     pub connect_timeout: Duration,
-    /// How long the SFU waits for its own candidates before answering.
-    pub gather_timeout: Duration,
-    /// Packets queued per subscription before drops (SFU-LIVE-03). Clamped to
-    /// 1..=[`MAX_QUEUE`].
-    pub subscriber_queue: usize,
     /// Signalling events queued per participant. A participant that lets this many pile up
     /// unread is removed (`LeaveReason::SlowSignalling`, SFU-LIVE-05), so a stalled client
     /// cannot grow the SFU's memory. Clamped to 1..=[`MAX_QUEUE`].
@@ -53,7 +58,7 @@ pub struct SfuConfig {
     /// Participants per room.
     pub max_participants: usize,
     /// Hand every received packet to this tap (SFU-TAP-01); `None` (the default) in production.
-    pub tap: Option<super::Tap>,
+    pub tap: Option<Tap>,
     /// Drop silent audio after a hangover, from its audio level (SFU-DTX-01..03); `None`
     /// forwards every audio packet. On by default: digital silence (level 127, no voice) after
     /// 200 ms.
@@ -72,8 +77,6 @@ impl Default for SfuConfig {
             departure_grace: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(15),
-            gather_timeout: Duration::from_secs(5),
-            subscriber_queue: 512,
             event_queue: 1024,
             max_participants: 64,
             tap: None,
@@ -86,7 +89,7 @@ impl Default for SfuConfig {
 /// Why a participant left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LeaveReason {
-    /// It said so ([`Sfu::leave`]).
+    /// It said so ([`Backend::leave`]).
     Left,
     /// Its transport went silent and did not come back (ICE disconnected, then failed).
     Timeout,
@@ -138,7 +141,7 @@ pub enum ParticipantEvent {
 /// A published track, as subscribers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackInfo {
-    /// The SFU's name for it (`t<n>`): the argument of [`Sfu::subscribe`], and the msid track
+    /// The SFU's name for it (`t<n>`): the argument of [`Backend::subscribe`], and the msid track
     /// id of the subscriber's m-section.
     pub track: String,
     /// The publisher's identity.
@@ -154,7 +157,7 @@ pub struct TrackInfo {
 /// Events for one participant, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignalEvent {
-    /// The SFU renegotiates (after subscribe or unsubscribe): answer with [`Sfu::answer`].
+    /// The SFU renegotiates (after subscribe or unsubscribe): answer with [`Backend::answer`].
     Offer {
         /// SDP.
         sdp: String,
@@ -203,7 +206,7 @@ pub struct Permissions {
     /// Send media: without it, the participant's tracks are not published and their packets
     /// are dropped (`not_permitted`).
     pub publish: bool,
-    /// Receive media: without it, [`Sfu::subscribe`] fails with
+    /// Receive media: without it, [`Backend::subscribe`] fails with
     /// [`SfuError::PermissionDenied`].
     pub subscribe: bool,
 }
@@ -216,7 +219,7 @@ impl Permissions {
     };
 }
 
-/// What [`Sfu::join`] returns.
+/// What [`Backend::join_with`] returns.
 #[derive(Debug)]
 pub struct Session {
     /// The SFU's answer, with its candidates.

@@ -1,6 +1,6 @@
-//! How the SFU's webrtc-rs peer connections are built: codecs, header extensions, interceptors
-//! and ICE timers. Veil peers (and the tests' peers) build theirs the same way, so every connection
-//! negotiates the same set.
+//! How the SFU's connections are built: codecs, header extensions, interceptors (with
+//! congestion control on what the SFU sends) and ICE timers. Veil peers (and the tests' peers)
+//! build theirs the same way, so every connection negotiates the same set.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,10 +11,7 @@ use rtc::interceptor::{
     TwccSenderBuilder,
 };
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
-use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, Registry,
-    SettingEngineBuilder,
-};
+use webrtc::peer_connection::{MediaEngine, Registry};
 
 use crate::error::SfuError;
 use crate::routing::MediaKind;
@@ -164,40 +161,4 @@ pub struct IceTimers {
     pub grace: Duration,
     /// Consent checks this often.
     pub keepalive: Duration,
-}
-
-/// The SFU's peer connection to one participant: Veil's codecs, extensions and interceptors,
-/// with congestion control on what the SFU sends ([`sfu_interceptors`]), bound to `udp_addrs`
-/// (e.g. `["127.0.0.1:0"]`), with no ICE servers: host candidates only. Returns the connection's
-/// [`Estimate`] too. Retransmissions are reported to `rtx`.
-///
-/// # Errors
-/// [`SfuError::WebRtc`].
-pub async fn peer_connection(
-    handler: Arc<dyn PeerConnectionEventHandler>,
-    udp_addrs: Vec<String>,
-    timers: IceTimers,
-    rtx: Arc<dyn RtxObserver>,
-) -> Result<(Arc<dyn PeerConnection>, Estimate), SfuError> {
-    let mut me = media_engine()?;
-    let estimate = Estimate::default();
-    let registry = sfu_interceptors(&mut me, &estimate, rtx)?;
-    let se = SettingEngineBuilder::new().with_ice_timeouts(
-        Some(timers.silence),
-        Some(timers.grace),
-        Some(timers.keepalive),
-    );
-    // Veil's ICE check pacing: the answering side's first connectivity check waits one check
-    // interval, and webrtc-rs's 200 ms default was most of every join.
-    let se = veil_rtc::setting_engine(se);
-    let pc = PeerConnectionBuilder::new()
-        .with_media_engine(me)
-        .with_interceptor_registry(registry)
-        .with_setting_engine(se)
-        .with_handler(handler)
-        .with_udp_addrs(udp_addrs)
-        .build()
-        .await
-        .map_err(SfuError::webrtc("peer connection"))?;
-    Ok((Arc::new(pc), estimate))
 }

@@ -31,8 +31,6 @@ pub enum DropKind {
     WaitingForKeyFrame,
     /// A switch refused because the stream has no DD.
     NoDependencyDescriptor,
-    /// The subscriber's send queue was full (a slow subscriber; SFU-LIVE-03).
-    QueueFull,
     /// webrtc-rs refused to send it.
     WriteFailed,
     /// Its sender may not publish (no `publish` grant).
@@ -51,7 +49,7 @@ pub enum DropKind {
 
 impl DropKind {
     /// Every reason, in declaration order (`kind as usize` indexes it).
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 15] = [
         Self::SpoofedSsrc,
         Self::Metadata,
         Self::UnknownTrack,
@@ -61,7 +59,6 @@ impl DropKind {
         Self::NotSelected,
         Self::WaitingForKeyFrame,
         Self::NoDependencyDescriptor,
-        Self::QueueFull,
         Self::WriteFailed,
         Self::NotPermitted,
         Self::Silence,
@@ -83,7 +80,6 @@ impl DropKind {
             Self::NotSelected => "not_selected",
             Self::WaitingForKeyFrame => "waiting_for_key_frame",
             Self::NoDependencyDescriptor => "no_dependency_descriptor",
-            Self::QueueFull => "queue_full",
             Self::WriteFailed => "write_failed",
             Self::NotPermitted => "not_permitted",
             Self::Silence => "silence",
@@ -123,7 +119,6 @@ impl DropKind {
             | SfuError::Io { .. }
             | SfuError::WebRtc { .. }
             | SfuError::WebRtcState(_)
-            | SfuError::Timeout(_)
             | SfuError::Closed => Self::Metadata,
         }
     }

@@ -99,7 +99,7 @@ mod caller_input {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::shell::MAX_QUEUE;
+    use crate::session::MAX_QUEUE;
 
     proptest! {
         #[test]
@@ -124,7 +124,7 @@ mod caller_input {
 
         #[test]
         fn queue_lengths_are_clamped(n: usize) {
-            prop_assert_eq!(crate::shell::queue_len(n), n.clamp(1, MAX_QUEUE));
+            prop_assert_eq!(crate::session::queue_len(n), n.clamp(1, MAX_QUEUE));
         }
     }
 }
