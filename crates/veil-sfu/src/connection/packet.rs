@@ -87,7 +87,8 @@ pub(crate) fn rewrite(p: &rtp::Packet, f: &Forward) -> rtp::Packet {
             version: 2,
             padding: false,
             extension: !extensions.is_empty(),
-            marker: p.header.marker,
+            // The packet's own, or the end of a thinned temporal unit (SFU-SVC-06).
+            marker: f.marker,
             payload_type: f.payload_type,
             sequence_number: f.seq,
             timestamp: f.timestamp,
@@ -98,5 +99,45 @@ pub(crate) fn rewrite(p: &rtp::Packet, f: &Forward) -> rtp::Packet {
             extensions_padding,
         },
         payload: p.payload.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::routing::ExtMap;
+
+    #[test]
+    fn the_subscribers_copy_carries_the_cores_marker() {
+        // SFU-SVC-06: a thinned scalable stream ends the subscriber's temporal unit where the
+        // publisher's packet had no marker, and a packet that did is no longer the unit's end.
+        let mut p = rtp::Packet::default();
+        p.header.sequence_number = 7;
+        p.payload = vec![1, 2, 3].into();
+        for (publisher, core) in [(false, true), (true, false), (true, true)] {
+            p.header.marker = publisher;
+            let f = Forward {
+                subscriber: 1,
+                ssrc: 42,
+                seq: 100,
+                timestamp: 9000,
+                payload_type: 96,
+                ext: Arc::new(ExtMap::new(&[])),
+                switched: false,
+                marker: core,
+            };
+            let out = rewrite(&p, &f);
+            assert_eq!(out.header.marker, core);
+            assert_eq!(
+                (
+                    out.header.ssrc,
+                    out.header.sequence_number,
+                    &out.payload[..]
+                ),
+                (42, 100, &[1u8, 2, 3][..])
+            );
+        }
     }
 }
