@@ -12,6 +12,7 @@ use veil_keys::store::{Event as LogEvent, EventKind, SqliteStore, Store as _};
 use veil_mls::{KeyConfig, SqliteProvider};
 
 use super::*;
+use crate::io::Code;
 
 const ROOM: &str = "standup";
 const MS: Duration = Duration::from_millis(1);
@@ -387,6 +388,79 @@ fn create_fetches_the_service_key_registers_epoch_0_and_subscribes() {
             from_epoch: Some(0)
         }
     );
+}
+
+/// MEM-JOIN-04: a creator whose `CreateRoom` reply was lost is told on its retry that the room
+/// exists; the room's GroupInfo is its own, so it is in (found by the simulator, seed 60).
+#[test]
+fn a_create_whose_reply_was_lost_recognises_its_own_room() {
+    let mut kds = Kds::new();
+    let mut a = member("alice");
+    let id = a.command(Command::Create, Duration::ZERO);
+    let (rid, _) = one_request(&mut a);
+    a.handle_reply(rid, kds.info(), MS);
+    let (rid, req) = one_request(&mut a);
+    // The service creates the room; its reply is lost.
+    let (reply, _) = kds.handle("alice", &req);
+    assert_eq!(reply, Reply::Ok);
+    a.handle_reply(
+        rid,
+        Reply::Failed(Failure::Unavailable("lost".into())),
+        2 * MS,
+    );
+    let at = a.poll_timeout().expect("a retry");
+    a.handle_timeout(at);
+    let (rid, again) = one_request(&mut a);
+    assert_eq!(again, req, "the retry sends the same GroupInfo");
+    let (reply, _) = kds.handle("alice", &again);
+    assert!(matches!(
+        reply,
+        Reply::Failed(Failure::Refused {
+            code: Code::AlreadyExists,
+            ..
+        })
+    ));
+    a.handle_reply(rid, reply, at);
+    let (rid, req) = one_request(&mut a);
+    assert_eq!(req, Request::GroupInfo);
+    let (reply, _) = kds.handle("alice", &req);
+    a.handle_reply(rid, reply, at);
+    assert_eq!(dones(&drain(&mut a)), [(id, Ok(Some(0)))]);
+    assert_eq!(a.status().epoch, Some(0));
+    assert!(matches!(
+        one_request(&mut a).1,
+        Request::Subscribe {
+            from_epoch: Some(0)
+        }
+    ));
+}
+
+/// MEM-JOIN-04: a plain `Create` of a room someone else made fails with ALREADY_EXISTS and
+/// leaves no group behind.
+#[test]
+fn a_create_of_someone_elses_room_fails_and_keeps_no_group() {
+    let mut net = Net::room_of(&["alice"]);
+    let mut b = member("bob");
+    let id = b.command(Command::Create, Duration::ZERO);
+    let (rid, _) = one_request(&mut b);
+    b.handle_reply(rid, net.kds.info(), MS);
+    let (rid, req) = one_request(&mut b);
+    let (reply, _) = net.kds.handle("bob", &req);
+    b.handle_reply(rid, reply, MS);
+    let (rid, req) = one_request(&mut b);
+    assert_eq!(req, Request::GroupInfo);
+    let (reply, _) = net.kds.handle("bob", &req);
+    b.handle_reply(rid, reply, MS);
+    let done = dones(&drain(&mut b));
+    assert_eq!((done.len(), done[0].0), (1, id));
+    assert!(
+        done[0]
+            .1
+            .as_ref()
+            .is_err_and(|e| e.contains("AlreadyExists")),
+        "{done:?}"
+    );
+    assert_eq!((b.status().epoch, b.session().epoch()), (None, None));
 }
 
 /// JoinOrCreate (KDS-ROOM-03 on the service's side) on a room that does not exist (GroupInfo NOT_FOUND) creates it.
