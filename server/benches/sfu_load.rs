@@ -12,7 +12,10 @@
 //!   process's monotonic clock. Subscribers record the added latency (send → receipt, both in
 //!   this process) in an HdrHistogram; loss is what was sent in the window and never arrived.
 //! - The relay baseline (this binary re-run with `--relay`) forwards every publisher datagram
-//!   to every subscriber socket: no SRTP, no routing, all three layers.
+//!   to every subscriber socket: no SRTP, no routing, all three layers, one `recv_from` and one
+//!   `send_to` per datagram. The batched relay (`--relay-batched`, measured in the same run)
+//!   does the same forwarding with the edge's batched I/O (`quinn-udp`: `recvmmsg`, and UDP GSO
+//!   for equal-sized runs to one subscriber), so the limit the SFU is held to stays honest.
 //! - The server (or relay) is pinned to CPU 0 and this load generator to CPU 1 (`taskset`).
 //!   Server CPU time is utime + stime of the child from `/proc/<pid>/stat` over the window.
 //!
@@ -945,9 +948,14 @@ fn log_summary(log: &str) -> String {
         .join(", ")
 }
 
-async fn run_relay(sc: &Scenario) -> Measured {
+async fn run_relay(sc: &Scenario, batched: bool) -> Measured {
     let exe = std::env::current_exe().unwrap();
-    let (child, line) = spawn_pinned(sc.pinned, &exe, &["--relay"], Stdio::inherit()).await;
+    let mode = if batched {
+        "--relay-batched"
+    } else {
+        "--relay"
+    };
+    let (child, line) = spawn_pinned(sc.pinned, &exe, &[mode], Stdio::inherit()).await;
     let relay: SocketAddr = line
         .strip_prefix("relay ")
         .and_then(|a| a.parse().ok())
@@ -990,7 +998,11 @@ async fn run_relay(sc: &Scenario) -> Measured {
     drop(child);
     let expected = stats.total_sent() * sc.subscribers as u64;
     Measured {
-        path: "plain UDP relay".to_owned(),
+        path: if batched {
+            "batched UDP relay".to_owned()
+        } else {
+            "plain UDP relay".to_owned()
+        },
         stats,
         expected,
         w,
@@ -1019,6 +1031,104 @@ fn relay() {
             let _ = sock.send_to(&buf[..n], to);
         }
     }
+}
+
+/// The relay with the edge's batched I/O (specs/sfu.md SFU-EDGE-15): the same forwarding, but
+/// datagrams are read with `recvmmsg` (up to 32 a call) and what one read produced is sent
+/// grouped per subscriber, consecutive datagrams of equal size (the last may be shorter) as one
+/// UDP GSO send (`quinn-udp`). Runs until killed.
+fn relay_batched() {
+    use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    println!("relay {}", sock.local_addr().unwrap());
+    let state = UdpSocketState::new((&sock).into()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let sock = UdpSocket::from_std(sock).unwrap();
+        let mut subscribers: Vec<SocketAddr> = Vec::new();
+        // 64 KiB each: a GRO read (the kernel's coalescing, on) may hold several datagrams.
+        let mut bufs = vec![vec![0u8; 1 << 16]; 32];
+        let mut meta = vec![RecvMeta::default(); 32];
+        let mut gso: Vec<u8> = Vec::with_capacity(65_536);
+        let mut media: Vec<(usize, usize, usize)> = Vec::new();
+        loop {
+            if sock.readable().await.is_err() {
+                continue;
+            }
+            let got = {
+                let mut slices: Vec<std::io::IoSliceMut<'_>> = bufs
+                    .iter_mut()
+                    .map(|b| std::io::IoSliceMut::new(b))
+                    .collect();
+                sock.try_io(tokio::io::Interest::READABLE, || {
+                    state.recv(UdpSockRef::from(&sock), &mut slices, &mut meta)
+                })
+            };
+            let Ok(n) = got else { continue };
+            // (buffer, start, length) of each media datagram, in the order read.
+            media.clear();
+            for (b, m) in meta[..n].iter().enumerate() {
+                let stride = if m.stride == 0 { m.len } else { m.stride };
+                let mut at = 0;
+                while at < m.len {
+                    let len = stride.min(m.len - at);
+                    if len == 1 {
+                        if !subscribers.contains(&m.addr) {
+                            subscribers.push(m.addr);
+                        }
+                    } else {
+                        media.push((b, at, len));
+                    }
+                    at += len;
+                }
+            }
+            let max = state.max_gso_segments().max(1);
+            for to in &subscribers {
+                let mut i = 0;
+                while i < media.len() {
+                    let size = media[i].2;
+                    let mut j = i + 1;
+                    while j < media.len() && j - i < max && media[j].2 == size {
+                        j += 1;
+                    }
+                    if j < media.len() && j - i < max && media[j].2 < size {
+                        j += 1;
+                    }
+                    let contents: &[u8] = if j - i == 1 {
+                        let (b, at, len) = media[i];
+                        &bufs[b][at..at + len]
+                    } else {
+                        gso.clear();
+                        for &(b, at, len) in &media[i..j] {
+                            gso.extend_from_slice(&bufs[b][at..at + len]);
+                        }
+                        &gso
+                    };
+                    let t = Transmit {
+                        destination: *to,
+                        ecn: None,
+                        contents,
+                        segment_size: (j - i > 1).then_some(size),
+                        src_ip: None,
+                    };
+                    loop {
+                        match sock.try_io(tokio::io::Interest::WRITABLE, || {
+                            state.try_send(UdpSockRef::from(&sock), &t)
+                        }) {
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                let _ = sock.writable().await;
+                            }
+                            _ => break,
+                        }
+                    }
+                    i = j;
+                }
+            }
+        }
+    });
 }
 
 // ---- output ----------------------------------------------------------------------------------
@@ -1053,6 +1163,10 @@ fn row(sc: &Scenario, m: &Measured) -> f64 {
 fn main() {
     if std::env::args().any(|a| a == "--relay") {
         relay();
+        return;
+    }
+    if std::env::args().any(|a| a == "--relay-batched") {
+        relay_batched();
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
@@ -1187,15 +1301,20 @@ async fn bench(quick: bool, pinned: bool) {
             }
             None => None,
         };
-        let relay = run_relay(&sc).await;
+        let relay = run_relay(&sc, false).await;
         let b = row(&sc, &relay);
+        let batched = run_relay(&sc, true).await;
+        let bb = row(&sc, &batched);
         for (a, sfu) in &sfus {
             notes.push(format!(
                 "{publishers}×{subscribers} {}: forwards {:.0} % of the relay's packets per \
-                 CPU-second (relay/SFU {:.1}×); warm-up {:.1} s / {:.1} s; SFU counter {}{}",
+                 CPU-second (relay/SFU {:.1}×), {:.0} % of the batched relay's (batched/SFU \
+                 {:.1}×); warm-up {:.1} s / {:.1} s; SFU counter {}{}",
                 sfu.path,
                 100.0 * a / b,
                 b / a,
+                100.0 * a / bb,
+                bb / a,
                 sfu.w.warm_up.as_secs_f64(),
                 relay.w.warm_up.as_secs_f64(),
                 sfu.w.counter.map_or_else(
@@ -1230,6 +1349,7 @@ async fn bench(quick: bool, pinned: bool) {
             notes.extend(warnings(&sc, m));
         }
         notes.extend(warnings(&sc, &relay));
+        notes.extend(warnings(&sc, &batched));
     }
     println!();
     for n in notes {

@@ -69,6 +69,7 @@ use crate::connection::peer;
 use crate::error::SfuError;
 use crate::routing::{MediaKind, RateLimit, TokenBucket};
 
+mod io;
 mod room;
 mod serve;
 pub use room::{EdgeRoomEvent, EdgeRooms, parse_track_name, track_name};

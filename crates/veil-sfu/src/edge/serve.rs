@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::ConnId;
+use super::io::BatchIo;
 use super::room::{EdgeRoomEvent as Happened, EdgeRooms, parse_track_name, track_name};
 use crate::error::SfuError;
 use crate::grpc::Backend;
@@ -33,7 +34,7 @@ use crate::session::{
     SignalEvent, TrackInfo, queue_len,
 };
 
-/// Datagrams read in one turn before the thread looks at commands and timers again.
+/// Datagrams read (and handled) in one turn before the thread looks at commands and timers again.
 const READ_BATCH: usize = 64;
 /// The socket buffers asked for: every participant's bursts (a key frame from each publisher
 /// at once) land in one receive buffer. The kernel grants at most `net.core.rmem_max` /
@@ -104,6 +105,13 @@ impl EdgeSfu {
             what: format!("UDP {addr}"),
             source,
         })?;
+        // Batched I/O (SFU-EDGE-15): what the kernel offers (GSO, GRO) is probed here.
+        let state =
+            quinn_udp::UdpSocketState::new((&socket).into()).map_err(|source| SfuError::Io {
+                what: format!("UDP {addr}"),
+                source,
+            })?;
+        let (gso, gro) = (state.max_gso_segments(), state.gro_segments());
         let metrics = Arc::new(Metrics::default());
         let (events, _) = broadcast::channel(1024);
         let (commands, rx) = mpsc::channel(1024);
@@ -133,7 +141,7 @@ impl EdgeSfu {
                 };
                 rt.block_on(async move {
                     match UdpSocket::from_std(socket) {
-                        Ok(socket) => run(driver, socket, rx).await,
+                        Ok(socket) => run(driver, BatchIo::new(socket, state), rx).await,
                         Err(e) => warn!(error = %e, "the edge's socket did not register"),
                     }
                 });
@@ -146,6 +154,8 @@ impl EdgeSfu {
             %local,
             recv_buffer = granted.0,
             send_buffer = granted.1,
+            gso_segments = gso,
+            gro_segments = gro,
             "SFU edge listening"
         );
         Ok(Self {
@@ -657,14 +667,19 @@ impl Driver {
 }
 
 /// The SFU's thread: datagrams, commands and timers, until every [`EdgeSfu`] is dropped.
-async fn run(mut d: Driver, socket: UdpSocket, mut commands: mpsc::Receiver<Command>) {
-    let mut buf = vec![0u8; 2048];
+///
+/// One pass: what the last turn produced is sent (SFU-EDGE-15: grouped per destination, as GSO
+/// segments where the kernel has them), then the thread waits for a command, datagrams or a
+/// timer. Datagrams are drained in batches (`recvmmsg`, GRO) and every one read is handled
+/// before anything is sent.
+async fn run(mut d: Driver, mut io: BatchIo, mut commands: mpsc::Receiver<Command>) {
     loop {
         let now = Instant::now();
         d.deliver(now);
         while let Some((to, datagram)) = d.rooms.poll_transmit() {
-            send(&socket, to, &datagram).await;
+            io.queue(to, datagram);
         }
+        io.flush().await;
         let due = d
             .rooms
             .poll_timeout()
@@ -675,15 +690,9 @@ async fn run(mut d: Driver, socket: UdpSocket, mut commands: mpsc::Receiver<Comm
                 Some(c) => c(&mut d, Instant::now()),
                 None => return,
             },
-            r = socket.recv_from(&mut buf) => {
-                if let Ok((n, from)) = r {
-                    d.feed(from, &buf[..n]);
-                    for _ in 1..READ_BATCH {
-                        let Ok((n, from)) = socket.try_recv_from(&mut buf) else {
-                            break;
-                        };
-                        d.feed(from, &buf[..n]);
-                    }
+            r = io.readable() => {
+                if r.is_ok() {
+                    io.drain(READ_BATCH, |from, datagram| d.feed(from, datagram));
                 }
             }
             () = tokio::time::sleep_until(due.into()) => {}
@@ -696,17 +705,5 @@ async fn run(mut d: Driver, socket: UdpSocket, mut commands: mpsc::Receiver<Comm
             }
             d.sweep(now);
         }
-    }
-}
-
-async fn send(socket: &UdpSocket, to: SocketAddr, datagram: &[u8]) {
-    match socket.try_send_to(datagram, to) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            if let Err(e) = socket.send_to(datagram, to).await {
-                debug!(%to, error = %e, "send");
-            }
-        }
-        Err(e) => debug!(%to, error = %e, "send"),
     }
 }
