@@ -387,14 +387,22 @@ impl Shell {
             .expect("the member is back after each call")
     }
 
-    /// Run `f` on the member on tokio's blocking pool (MLS work never blocks an async
-    /// worker), with the shell's clock.
+    /// Run `f` on the member with the shell's clock, never blocking an async worker: on a
+    /// multi-threaded runtime this worker becomes a blocking thread for the call
+    /// (`block_in_place`: the runtime moves its other tasks to another worker, and nothing
+    /// crosses threads); on a current-thread runtime the member goes to the blocking pool.
     async fn with<R: Send + 'static>(
         &mut self,
         f: impl FnOnce(&mut Member, Duration) -> R + Send + 'static,
     ) -> R {
-        let mut m = self.member.take().expect("one call at a time");
         let now = self.start.elapsed();
+        if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            let m = self.member.as_mut().expect("one call at a time");
+            return tokio::task::block_in_place(|| f(m, now));
+        }
+        let mut m = self.member.take().expect("one call at a time");
         let (m, r) = tokio::task::spawn_blocking(move || {
             let r = f(&mut m, now);
             (m, r)
