@@ -276,8 +276,8 @@ impl EpochKeys {
     /// Decrypt a frame in place, or hold it if it names a newer epoch (MLS-KEY-05).
     ///
     /// # Errors
-    /// Any [`SframeError`] for a frame that can be neither decrypted nor held (unknown sender in
-    /// a known epoch, a retired epoch, a forgery, a replay).
+    /// Any [`SframeError`](veil_sframe::SframeError) for a frame that can be neither decrypted
+    /// nor held (unknown sender in a known epoch, a retired epoch, a forgery, a replay).
     pub fn decrypt_in_place<'a>(
         &mut self,
         metadata: &[u8],

@@ -611,7 +611,8 @@ impl<P: Provider> CallSession<P> {
 
     /// The frame path's handle on this member's keys: every epoch this session installs is
     /// published to it with one atomic swap, so frames are encrypted and decrypted (with a
-    /// [`FrameKeys::decryptor`] per receiver) without touching the session (MLS-KEY-07).
+    /// [`FrameKeys::decryptor`](crate::ring::FrameKeys::decryptor) per receiver) without
+    /// touching the session (MLS-KEY-07).
     #[must_use]
     pub fn frame_keys(&self) -> crate::ring::FrameKeys {
         self.keys.frames()
