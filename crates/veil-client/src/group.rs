@@ -6,8 +6,8 @@
 //! cannot be processed) is the member's. This shell only moves bytes and runs timers: it
 //! makes the RPCs the member asks for and hands it their replies, feeds it the room's event
 //! stream, and wakes it at the time it names. MLS work (commit creation, processing, external
-//! joins) runs on tokio's blocking pool, never on an async worker; frames never touch it
-//! (they use [`Group::frame_keys`]).
+//! joins) never blocks an async worker (`block_in_place`, or the blocking pool on a
+//! current-thread runtime); frames never touch it (they use [`Group::frame_keys`]).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher as _, Hasher as _};
@@ -306,7 +306,7 @@ enum Completed {
 
 /// The background task: the member, and the I/O it asks for.
 struct Shell {
-    /// Out only while it works on tokio's blocking pool.
+    /// Out only while it works on tokio's blocking pool (current-thread runtimes).
     member: Option<Member>,
     client: KeyClient,
     start: Instant,

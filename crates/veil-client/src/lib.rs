@@ -7,7 +7,7 @@
 //!   ([`veil_call::Member`]), which creates or joins the room (Welcome or external commit),
 //!   processes commits and proposals in order, commits the service's Remove proposals, rebases
 //!   lost commit races and resumes after reconnects. The shell makes the RPCs, feeds the event
-//!   stream and runs the timers; MLS work runs on tokio's blocking pool.
+//!   stream and runs the timers; MLS work never blocks an async worker.
 //! - [`media`]: the frame path without I/O: SFrame-encrypt and packetize frames into RTP
 //!   packets (with the dependency descriptor and audio level), reassemble and decrypt them.
 //! - [`sfu`], [`transport`], [`keys`]: the SFU signalling client, the webrtc-rs edge, the
