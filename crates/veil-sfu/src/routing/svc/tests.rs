@@ -1,4 +1,3 @@
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use veil_wire::dd::{ChainDiffs, Dtis, Fdiffs, FrameDependencies, Resolution};
