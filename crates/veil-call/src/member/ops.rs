@@ -28,21 +28,20 @@ impl<P: Provider> Member<P> {
         }
         self.phase = Phase::Stopped;
         let removed = matches!(error, Some(CallError::Removed));
+        // A member that asked to leave and is removed first (the commit of its own removal
+        // overtook the reply to `Leave`) has left: that is the leave's success (MEM-LEAVE-01).
+        let outcome = |kind: &Kind| match (removed, kind) {
+            (true, Kind::Leave) => Ok(None),
+            (true, _) => Err(CallError::Removed),
+            (false, _) => Err(CallError::Stopped),
+        };
         for op in [self.op.take(), self.rejoin.take()].into_iter().flatten() {
-            let e = if removed {
-                CallError::Removed
-            } else {
-                CallError::Stopped
-            };
-            self.finish(op, Err(e));
+            let r = outcome(&op.kind);
+            self.finish(op, r);
         }
         while let Some((id, kind)) = self.queue.pop_front() {
-            let e = if removed {
-                CallError::Removed
-            } else {
-                CallError::Stopped
-            };
-            self.finish(new_op(id, kind, Duration::ZERO), Err(e));
+            let r = outcome(&kind);
+            self.finish(new_op(id, kind, Duration::ZERO), r);
         }
         self.deferred.clear();
         self.commit_at = None;

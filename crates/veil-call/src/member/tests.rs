@@ -924,6 +924,37 @@ fn a_departure_is_committed_at_once_by_the_lowest_rank_and_later_by_the_others()
     net.assert_in_step();
 }
 
+/// MEM-LEAVE-01: the commit of a leaver's own removal can reach it before the reply to its
+/// `Leave`; it has left all the same, so the leave succeeds (it was `Removed` before).
+#[test]
+fn a_leave_overtaken_by_the_commit_of_its_removal_succeeds() {
+    let mut net = Net::room_of(&["alice", "bob"]);
+    let t = net.tick_all(Duration::from_secs(1));
+    let id = net.members[1].command(Command::Leave, t);
+    let (rid, req) = one_request(&mut net.members[1]);
+    assert_eq!(req, Request::Leave);
+    // The service proposes bob's removal; alice commits it at once; the commit reaches bob
+    // while his Leave reply is still on its way.
+    let (reply, events) = net.kds.handle("bob", &req);
+    net.fan_out(&events, None, t);
+    let (crid, commit) = one_request(&mut net.members[0]);
+    let (creply, cevents) = net.kds.handle("alice", &commit);
+    net.members[0].handle_reply(crid, creply, t + MS);
+    net.fan_out(&cevents, None, t + MS);
+    let ev = drain(&mut net.members[1]);
+    assert_eq!(dones(&ev), [(id, Ok(None))], "{ev:?}");
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::Stopped {
+            error: Some(CallError::Removed)
+        }
+    )));
+    // The late reply changes nothing.
+    net.members[1].handle_reply(rid, reply, t + 2 * MS);
+    assert!(drain(&mut net.members[1]).is_empty());
+    assert_eq!(net.members[0].status().members, ["alice"]);
+}
+
 /// MEM-PROP-01: a member further down the ranks commits the removal itself when the ones before
 /// it did not (they are away).
 #[test]
