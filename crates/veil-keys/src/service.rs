@@ -848,36 +848,13 @@ impl KeyServiceApi for KeyService {
             let (rx, plan) = blocking(move || {
                 let st = lock(&h2.state);
                 let rx = h2.events.subscribe();
-                let up_to = st.last_seq();
-                let member = st.is_member(&identity);
-                let (welcome, from) = match r.from_epoch {
-                    Some(e) if e > st.epoch() => {
-                        return Err(KdsError::Malformed {
-                            what: "from_epoch",
-                            why: format!("{e} is ahead of the room's epoch {}", st.epoch()),
-                            source: None,
-                        });
-                    }
-                    // KDS-FAN-04: the log is the members' to replay.
-                    Some(_) if !member => return Err(KdsError::NotMember { identity }),
-                    Some(e) => (None, Some(e)),
-                    None if member => {
-                        match inner.store.latest_welcome(&r.room, &identity, up_to)? {
-                            Some(w) => {
-                                let from = w.epoch;
-                                (Some(w), Some(from))
-                            }
-                            None => (None, None),
-                        }
-                    }
-                    None => (None, None),
-                };
+                let start = st.replay_start(inner.store.as_ref(), &identity, r.from_epoch)?;
                 let plan = Replay {
                     room: r.room,
-                    welcome,
-                    from,
-                    up_to,
-                    epoch: st.epoch(),
+                    welcome: start.welcome,
+                    from: start.from,
+                    up_to: start.up_to,
+                    epoch: start.epoch,
                 };
                 Ok((rx, plan))
             })

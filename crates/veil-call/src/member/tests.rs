@@ -198,28 +198,13 @@ impl Kds {
                 (Reply::Ok, events)
             }
             Request::Subscribe { from_epoch } => {
-                let st = self.room()?;
-                let member = st.is_member(who);
-                let up_to = st.last_seq();
-                let (welcome, from) = match *from_epoch {
-                    Some(_) if !member => {
-                        return Err(KdsError::NotMember {
-                            identity: who.into(),
-                        });
-                    }
-                    Some(e) => (None, Some(e)),
-                    None if member => match self.store.latest_welcome(ROOM, who, up_to)? {
-                        Some(w) => {
-                            let from = w.epoch;
-                            (Some(w), Some(from))
-                        }
-                        None => (None, None),
-                    },
-                    None => (None, None),
-                };
-                let mut replay: Vec<LogEvent> = welcome.into_iter().collect();
-                if let Some(from) = from {
-                    replay.extend(self.store.log_page(ROOM, from, 0, up_to, usize::MAX)?);
+                let start = self.room()?.replay_start(&self.store, who, *from_epoch)?;
+                let mut replay: Vec<LogEvent> = start.welcome.into_iter().collect();
+                if let Some(from) = start.from {
+                    replay.extend(
+                        self.store
+                            .log_page(ROOM, from, 0, start.up_to, usize::MAX)?,
+                    );
                 }
                 (Reply::Subscribed, replay)
             }

@@ -223,41 +223,19 @@ impl SimService {
                 }
             }
             Request::Subscribe { from_epoch } => {
-                let st = self.room()?;
-                let member = st.is_member(who);
-                let up_to = st.last_seq();
-                // KDS-FAN-02/03/04, as `subscribe` plans its replay.
-                let (welcome, from) = match *from_epoch {
-                    Some(e) if e > st.epoch() => {
-                        return Err(KdsError::Malformed {
-                            what: "from_epoch",
-                            why: format!("{e} is ahead of the room's epoch {}", st.epoch()),
-                            source: None,
-                        });
-                    }
-                    Some(_) if !member => {
-                        return Err(KdsError::NotMember {
-                            identity: who.into(),
-                        });
-                    }
-                    Some(e) => (None, Some(e)),
-                    None if member => match self.store.latest_welcome(ROOM, who, up_to)? {
-                        Some(w) => {
-                            let from = w.epoch;
-                            (Some(w), Some(from))
-                        }
-                        None => (None, None),
-                    },
-                    None => (None, None),
-                };
-                let mut replay: Vec<Event> = welcome.into_iter().collect();
-                if let Some(from) = from {
-                    replay.extend(self.store.log_page(ROOM, from, 0, up_to, usize::MAX)?);
+                // KDS-FAN-02/03/04, as the service's `subscribe` plans its replay.
+                let start = self.room()?.replay_start(&self.store, who, *from_epoch)?;
+                let mut replay: Vec<Event> = start.welcome.into_iter().collect();
+                if let Some(from) = start.from {
+                    replay.extend(
+                        self.store
+                            .log_page(ROOM, from, 0, start.up_to, usize::MAX)?,
+                    );
                 }
                 Handled {
                     reply: Reply::Subscribed,
                     appended: Vec::new(),
-                    replay: Some((replay, st.epoch())),
+                    replay: Some((replay, start.epoch)),
                 }
             }
         })

@@ -109,6 +109,19 @@ pub enum CommitOutcome {
     },
 }
 
+/// Where a subscription's replay starts ([`RoomState::replay_start`]).
+#[derive(Debug)]
+pub struct ReplayStart {
+    /// The subscriber's newest Welcome, to send first.
+    pub welcome: Option<Event>,
+    /// Then the log from this epoch on, up to `up_to`; `None` for live events only.
+    pub from: Option<u64>,
+    /// The last log position the replay covers: live events follow it.
+    pub up_to: u64,
+    /// The room's epoch when the stream opened (`Synced`).
+    pub epoch: u64,
+}
+
 /// One room: its public group and log position.
 pub struct RoomState {
     name: String,
@@ -250,6 +263,55 @@ impl RoomState {
             .members()
             .filter_map(|m| Some((m.index.u32(), identity_of(&m.credential).ok()?)))
             .collect()
+    }
+
+    /// Plan the replay of a `Subscribe` by `identity` resuming after `from_epoch`
+    /// (KDS-FAN-02..04): a member replays from the epoch it names; a member that names none
+    /// gets its newest Welcome and the log from that Welcome's epoch; a non-member gets live
+    /// events only, and may not name an epoch. Call it under the room's lock, so that the
+    /// replay ends exactly where live events begin.
+    ///
+    /// # Errors
+    /// [`KdsError::Malformed`] for an epoch ahead of the room's; [`KdsError::NotMember`] for a
+    /// non-member naming one; storage errors.
+    pub fn replay_start(
+        &self,
+        store: &dyn Store,
+        identity: &str,
+        from_epoch: Option<u64>,
+    ) -> Result<ReplayStart, KdsError> {
+        let up_to = self.last_seq();
+        let member = self.is_member(identity);
+        let (welcome, from) = match from_epoch {
+            Some(e) if e > self.epoch => {
+                return Err(KdsError::Malformed {
+                    what: "from_epoch",
+                    why: format!("{e} is ahead of the room's epoch {}", self.epoch),
+                    source: None,
+                });
+            }
+            // KDS-FAN-04: the log is the members' to replay.
+            Some(_) if !member => {
+                return Err(KdsError::NotMember {
+                    identity: identity.to_owned(),
+                });
+            }
+            Some(e) => (None, Some(e)),
+            None if member => match store.latest_welcome(&self.name, identity, up_to)? {
+                Some(w) => {
+                    let from = w.epoch;
+                    (Some(w), Some(from))
+                }
+                None => (None, None),
+            },
+            None => (None, None),
+        };
+        Ok(ReplayStart {
+            welcome,
+            from,
+            up_to,
+            epoch: self.epoch,
+        })
     }
 
     /// Whether every member has departed (left, or gone past the grace): nobody is left to
