@@ -641,19 +641,19 @@ impl FrameDecryptor {
         if ctx != cfg.context {
             return false;
         }
+        let Ok(idx) = u32::try_from(idx) else {
+            return false;
+        };
         let Some(slot) = self.set.slot_for_bits(bits, mask) else {
             return false;
         };
         let epoch = slot.secret.epoch;
         if slot.retire_at.is_some_and(|d| d <= now)
             || self.derived.get(&kid) == Some(&epoch)
-            || u32::try_from(idx).map_or(true, |i| slot.secret.members.binary_search(&i).is_err())
+            || slot.secret.members.binary_search(&idx).is_err()
         {
             return false;
         }
-        let Ok(idx) = u32::try_from(idx) else {
-            return false;
-        };
         let ahead = slot.secret.ahead.iter().find(|(i, _)| *i == idx);
         let material = match ahead {
             Some((_, m)) => m.clone(),
