@@ -10,7 +10,6 @@
 //! current-thread runtime); frames never touch it (they use [`Group::frame_keys`]).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher as _, Hasher as _};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -95,7 +94,7 @@ impl Group {
     async fn start(cfg: GroupConfig, first: Command) -> Result<Self, ClientError> {
         let client = KeyClient::connect(&cfg.url, &cfg.token, &cfg.room).await?;
         let session = CallSession::new(cfg.identity.as_bytes(), cfg.keys)?;
-        let member = Member::with_session(cfg.member(), session, seed());
+        let member = Member::with_session(cfg.member(), session, crate::link::random_u64());
         let frame_keys = member.frame_keys();
         let (status_tx, status) = watch::channel(GroupStatus::default());
         let link_events = broadcast::channel(16).0;
@@ -286,13 +285,6 @@ impl Group {
             ))),
         }
     }
-}
-
-/// A seed for the member's retry jitter (the standard library's randomly keyed hasher).
-fn seed() -> u64 {
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
 }
 
 /// A request the shell finished: its reply, or the event stream it opened.

@@ -6,15 +6,19 @@ use std::hash::{BuildHasher as _, Hasher as _};
 
 pub use veil_call::link::{Backoff, Link, LinkEvent, LinkStatus};
 
-/// A random number in `[0, 1)` for the jitter (from the standard library's randomly keyed
-/// hasher: good enough to spread retries, and no dependency).
+/// 64 random bits from the standard library's randomly keyed hasher: good enough to spread
+/// retries (the jitter, the call core's seed), and no dependency. Never for keys.
+pub(crate) fn random_u64() -> u64 {
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+/// A random number in `[0, 1)` for the jitter ([`random_u64`]).
 #[must_use]
 pub fn jitter() -> f64 {
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
     // 53 random bits make an exact f64 in [0, 1).
-    (bits >> 11) as f64 / (1u64 << 53) as f64
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
