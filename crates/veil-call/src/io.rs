@@ -55,6 +55,17 @@ pub enum Request {
     },
 }
 
+impl From<veil_mls::CommitOut> for Request {
+    /// `SendCommit` with a commit's messages (an absent Welcome or GroupInfo is empty).
+    fn from(out: veil_mls::CommitOut) -> Self {
+        Self::SendCommit {
+            commit: out.commit,
+            welcome: out.welcome.unwrap_or_default(),
+            group_info: out.group_info.unwrap_or_default(),
+        }
+    }
+}
+
 /// The result of a [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {

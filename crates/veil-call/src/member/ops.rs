@@ -230,12 +230,7 @@ impl<P: Provider> Member<P> {
             }
         };
         op.made_in = self.s.epoch().unwrap_or(0);
-        let req = Request::SendCommit {
-            commit: out.commit,
-            welcome: out.welcome.unwrap_or_default(),
-            group_info: out.group_info.unwrap_or_default(),
-        };
-        self.send(op, req);
+        self.send(op, out.into());
         Ok(Flow::Going)
     }
 
@@ -347,14 +342,7 @@ impl<P: Provider> Member<P> {
                 // Theirs: join it, from the GroupInfo in hand.
                 op.kind = Kind::Join;
                 let out = self.s.join_external(&group_info, now)?;
-                self.send(
-                    op,
-                    Request::SendCommit {
-                        commit: out.commit,
-                        welcome: out.welcome.unwrap_or_default(),
-                        group_info: out.group_info.unwrap_or_default(),
-                    },
-                );
+                self.send(op, out.into());
                 Ok(None)
             }
             (
@@ -369,14 +357,7 @@ impl<P: Provider> Member<P> {
             }
             (Request::GroupInfo, Reply::GroupInfo { group_info, .. }) => {
                 let out = self.s.join_external(&group_info, now)?;
-                self.send(
-                    op,
-                    Request::SendCommit {
-                        commit: out.commit,
-                        welcome: out.welcome.unwrap_or_default(),
-                        group_info: out.group_info.unwrap_or_default(),
-                    },
-                );
+                self.send(op, out.into());
                 Ok(None)
             }
             (Request::ClaimKeyPackage { .. }, Reply::KeyPackage(kp)) => {
