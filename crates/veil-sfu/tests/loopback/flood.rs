@@ -228,46 +228,8 @@ async fn a_participant_that_does_not_read_its_events_is_removed() {
 async fn bursts_reach_every_subscriber_with_nothing_queued_per_subscriber() {
     init_tracing();
     let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
-    let room = "queue";
-    let mut alice = Peer::new(room, "alice", true).await;
-    let cam = alice.add_track(MediaKind::Video, 0x5100_0001, "cam").await;
-    alice.join(&sfu).await;
-    let mut seq = 0u16;
-    for _ in 0..50 {
-        cam.send(seq, 0, true, &[], payload(0, 300)).await;
-        seq += 1;
-        if sfu.metrics().tracks.get() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    eventually("the track", || sfu.metrics().tracks.get() > 0).await;
-    let mut subs = Vec::new();
-    for name in ["bob", "carol"] {
-        let mut p = Peer::new(room, name, false).await;
-        p.join(&sfu).await;
-        let t = p.track_named("alice", "cam").await;
-        p.subscribe(&sfu, &t).await;
-        subs.push(p);
-    }
-    // Until both receive, then drain.
-    for p in &mut subs {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            cam.send(seq, 3000 * u32::from(seq), true, &[], payload(0, 300))
-                .await;
-            seq += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if p.received.try_recv().is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "a subscriber never received");
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for p in &mut subs {
-        while p.received.try_recv().is_ok() {}
-    }
+    let (_alice, cam, mut seq, mut subs) =
+        camera_and_subscribers(&sfu, "queue", 0x5100_0001, &["bob", "carol"], 300).await;
     let m = sfu.metrics();
     let forwarded_before = m.forwarded("video");
     let failed_before = m.drops(DropKind::WriteFailed);
@@ -349,45 +311,9 @@ async fn bursts_reach_every_subscriber_with_nothing_queued_per_subscriber() {
 async fn batched_sends_reach_every_subscriber_once_and_in_order() {
     init_tracing();
     let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
-    let room = "batched";
-    let mut alice = Peer::new(room, "alice", true).await;
-    let cam = alice.add_track(MediaKind::Video, 0x5200_0001, "cam").await;
-    alice.join(&sfu).await;
-    let mut seq = 0u16;
-    for _ in 0..50 {
-        cam.send(seq, 0, true, &[], payload(0, 400)).await;
-        seq += 1;
-        if sfu.metrics().tracks.get() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    eventually("the track", || sfu.metrics().tracks.get() > 0).await;
-    let mut subs = Vec::new();
-    for name in ["bob", "carol", "dave", "erin", "frank", "grace"] {
-        let mut p = Peer::new(room, name, false).await;
-        p.join(&sfu).await;
-        let t = p.track_named("alice", "cam").await;
-        p.subscribe(&sfu, &t).await;
-        subs.push(p);
-    }
-    for p in &mut subs {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            cam.send(seq, 3000 * u32::from(seq), true, &[], payload(0, 400))
-                .await;
-            seq += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if p.received.try_recv().is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "a subscriber never received");
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for p in &mut subs {
-        while p.received.try_recv().is_ok() {}
-    }
+    let names = ["bob", "carol", "dave", "erin", "frank", "grace"];
+    let (_alice, cam, mut seq, mut subs) =
+        camera_and_subscribers(&sfu, "batched", 0x5200_0001, &names, 400).await;
     let m = sfu.metrics();
     let forwarded_before = m.forwarded("video");
     let failed_before = m.drops(DropKind::WriteFailed);
@@ -433,4 +359,57 @@ async fn batched_sends_reach_every_subscriber_once_and_in_order() {
             p.identity
         );
     }
+}
+
+/// The start of a burst test: alice publishes a camera (`ssrc`) in `room`, and `names` join
+/// and subscribe to it; packets of `size` bytes go out until every subscriber has received one,
+/// then every queue is drained. Returns alice (keep her), her track, the next sequence number,
+/// and the subscribers.
+async fn camera_and_subscribers(
+    sfu: &EdgeSfu,
+    room: &str,
+    ssrc: u32,
+    names: &[&str],
+    size: usize,
+) -> (Peer, LocalTrack, u16, Vec<Peer>) {
+    let mut alice = Peer::new(room, "alice", true).await;
+    let cam = alice.add_track(MediaKind::Video, ssrc, "cam").await;
+    alice.join(sfu).await;
+    let mut seq = 0u16;
+    for _ in 0..50 {
+        cam.send(seq, 0, true, &[], payload(0, size)).await;
+        seq += 1;
+        if sfu.metrics().tracks.get() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually("the track", || sfu.metrics().tracks.get() > 0).await;
+    let mut subs = Vec::new();
+    for name in names {
+        let mut p = Peer::new(room, name, false).await;
+        p.join(sfu).await;
+        let t = p.track_named("alice", "cam").await;
+        p.subscribe(sfu, &t).await;
+        subs.push(p);
+    }
+    // Until each receives, then drain.
+    for p in &mut subs {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            cam.send(seq, 3000 * u32::from(seq), true, &[], payload(0, size))
+                .await;
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if p.received.try_recv().is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a subscriber never received");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for p in &mut subs {
+        while p.received.try_recv().is_ok() {}
+    }
+    (alice, cam, seq, subs)
 }
