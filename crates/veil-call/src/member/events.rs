@@ -46,6 +46,20 @@ impl<P: Provider> Member<P> {
     }
 
     pub(super) fn publish_status(&mut self) {
+        // Members and the authenticator change only with the group, hence with the session's
+        // epoch: unless this key moved, the status is what was published (no member list to
+        // rebuild on every input of a 1000-member room).
+        let key = (
+            self.s.epoch(),
+            self.joined,
+            self.resyncs,
+            self.acknowledged.len(),
+            self.link.clone(),
+        );
+        if self.status_key.as_ref() == Some(&key) {
+            return;
+        }
+        self.status_key = Some(key);
         let s = self.status();
         if s != self.last_status {
             self.last_status = s.clone();

@@ -187,6 +187,10 @@ struct Op {
     key_packages: Vec<Vec<u8>>,
 }
 
+/// The session's epoch, whether joined, resyncs, acknowledged commits and the stream's link:
+/// the status changes only when one of these does.
+type StatusKey = (Option<u64>, bool, u32, usize, LinkStatus);
+
 /// The request back-off of a command: 50 ms doubling to 1 s.
 const REQUEST_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 /// A commit rebased this many times in a row gives up (MEM-CMT-04).
@@ -249,6 +253,8 @@ pub struct Member<P: Provider = OpenMlsRustCrypto> {
     resyncs: u32,
     acknowledged: Vec<u64>,
     last_status: Status,
+    /// What the last published status was computed from ([`Member::publish_status`]).
+    status_key: Option<StatusKey>,
     jitter: Jitter,
 }
 
@@ -310,6 +316,7 @@ impl<P: Provider> Member<P> {
             resyncs: 0,
             acknowledged: Vec::new(),
             last_status: Status::default(),
+            status_key: None,
             jitter: Jitter(seed),
         };
         if joined {
