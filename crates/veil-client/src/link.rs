@@ -14,7 +14,8 @@ pub(crate) fn random_u64() -> u64 {
         .finish()
 }
 
-/// A random number in `[0, 1)` for the jitter ([`random_u64`]).
+/// A random number in `[0, 1)` for the jitter (from the standard library's randomly keyed
+/// hasher: good enough to spread retries, and no dependency).
 #[must_use]
 pub fn jitter() -> f64 {
     // 53 random bits make an exact f64 in [0, 1).
