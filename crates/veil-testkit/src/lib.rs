@@ -10,12 +10,16 @@
 //! - `policy` (feature `policy`): the one table of crates each server-side crate must not
 //!   link (SFU-BLIND-01..02, KDS-SEC-01, AUTH-DEP-01) and the `cargo tree -e normal` walk that
 //!   checks it.
+//! - `browser` (feature `browser`): headless Chromium driven over the DevTools protocol, to
+//!   open Veil's web page in a real browser, read values from it and take screenshots.
 //!
 //! A crate's integration tests and benches may use this kit even though it depends on that
 //! crate (they link the same library); its unit tests must not, or two copies of its types
 //! would meet.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "browser")]
+pub mod browser;
 #[cfg(feature = "policy")]
 pub mod policy;
 #[cfg(feature = "server")]
