@@ -174,7 +174,8 @@ impl Chromium {
     /// microphone and no prompt for them, loopback ICE candidates without mDNS, autoplay, no
     /// background networking, `--remote-debugging-port=0` and a new profile directory, then
     /// `extra_args`. Waits up to 30 s for the DevTools endpoint Chromium prints on stderr and
-    /// connects to it.
+    /// connects to it. A failure's `Display` says how to get a Chromium (`apt install chromium`,
+    /// or `VEIL_CHROMIUM`): panic with it (`panic!("{e}")`) rather than `unwrap`'s `Debug`.
     pub async fn launch(extra_args: &[&str]) -> Result<Chromium, BrowserError> {
         let binary = std::env::var("VEIL_CHROMIUM").unwrap_or_else(|_| "chromium".to_owned());
         let launch_error = |detail: String| BrowserError::Launch {
@@ -218,7 +219,10 @@ impl Chromium {
             None
         })
         .await;
-        let tail = Vec::from(tail).join("\n");
+        let tail = match Vec::from(tail).join("\n") {
+            tail if tail.is_empty() => "(none)".to_owned(),
+            tail => tail,
+        };
         let url = match found {
             Ok(Some(url)) => url,
             Ok(None) => {

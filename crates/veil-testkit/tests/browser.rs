@@ -47,8 +47,16 @@ async fn serve() -> String {
     url
 }
 
+/// Chromium, or a panic whose text says how to get one (`BrowserError`'s `Display`, where
+/// `unwrap` would print its `Debug`).
+async fn launch() -> Chromium {
+    Chromium::launch(&[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 async fn open() -> (Chromium, Page) {
-    let chromium = Chromium::launch(&[]).await.unwrap();
+    let chromium = launch().await;
     let page = chromium.open(&serve().await).await.unwrap();
     (chromium, page)
 }
@@ -175,7 +183,7 @@ async fn a_screenshot_is_a_png_of_the_size_asked_for() {
 
 #[tokio::test]
 async fn failed_loads_closed_tabs_and_a_dropped_browser_are_errors() {
-    let chromium = Chromium::launch(&[]).await.unwrap();
+    let chromium = launch().await;
     // A loopback port nobody listens on.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let refused = format!("http://{}/", closed.local_addr().unwrap());
