@@ -16,15 +16,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     let fds = protox::compile(&files, [&root])?;
+    // Without `transport` (the browser build) the clients have no `connect`: callers hand them
+    // a gRPC-Web service.
+    let transport = std::env::var_os("CARGO_FEATURE_TRANSPORT").is_some();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(false)
+        .build_transport(transport)
         .compile_fds(fds.clone())?;
     let server_out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("server");
     std::fs::create_dir_all(&server_out)?;
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)
+        .build_transport(transport)
         .codec_path("crate::codec::ProstCodec")
         .extern_path(".veil.keys.v1", "crate::keys::v1")
         .extern_path(".veil.sfu.v1", "crate::sfu::v1")

@@ -1,5 +1,7 @@
 //! The gRPC service `veil.sfu.v1.Sfu`: one bidirectional `Signal` stream per participant
-//! session, behind the same access tokens as the key service (SFU-AUTH-01..03).
+//! session, behind the same access tokens as the key service (SFU-AUTH-01..03). Browsers,
+//! whose gRPC-Web cannot stream requests, run the same session as an `Open` stream plus one
+//! `Send` call per further request (SFU-WEB-01, specs/browser.md §3).
 //!
 //! ```no_run
 //! # async fn serve(sfu: veil_sfu::EdgeSfu, verifier: veil_auth::Verifier) -> Result<(), Box<dyn std::error::Error>> {
@@ -11,13 +13,14 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::debug;
 use veil_auth::{GrantKind, Verifier};
@@ -131,7 +134,19 @@ pub trait Backend: Clone + Send + Sync + 'static {
 pub struct SfuService<B = EdgeSfu> {
     sfu: B,
     verifier: Arc<Verifier>,
+    /// The sessions of `Open` streams, by session name (SFU-WEB-01).
+    open: Arc<Mutex<HashMap<String, OpenSession>>>,
 }
+
+/// The request side of an `Open` session, fed by `Send`.
+struct OpenSession {
+    identity: String,
+    requests: mpsc::Sender<Result<pb::SignalRequest, Status>>,
+}
+
+/// Requests of an `Open` session that may wait unread; beyond it `Send` fails with
+/// RESOURCE_EXHAUSTED (SFU-WEB-01).
+const OPEN_QUEUE: usize = 64;
 
 impl<B> core::fmt::Debug for SfuService<B> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -146,7 +161,16 @@ impl<B: Backend> SfuService<B> {
         Self {
             sfu,
             verifier: Arc::new(verifier),
+            open: Arc::default(),
         }
+    }
+
+    /// The token's claims (SFU-AUTH-01): it must verify before anything else happens.
+    fn claims<T>(&self, req: &Request<T>) -> Result<veil_auth::VerifiedClaims, Status> {
+        let token = token(req).map_err(|e| status(&e))?;
+        self.verifier
+            .verify(&token, now_secs())
+            .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
     /// The tonic service, to add to a `tonic::transport::Server` router.
@@ -226,15 +250,81 @@ impl<B: Backend> SfuRpc for SfuService<B> {
         &self,
         req: Request<Streaming<pb::SignalRequest>>,
     ) -> Result<Response<EventStream>, Status> {
-        let token = token(&req).map_err(|e| status(&e))?;
-        // SFU-AUTH-01: the token must verify before anything else happens.
-        let claims = self
-            .verifier
-            .verify(&token, now_secs())
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let claims = self.claims(&req)?;
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(session(self.sfu.clone(), claims, req.into_inner(), tx));
+        tokio::spawn(session(
+            self.sfu.clone(),
+            claims,
+            req.into_inner(),
+            tx,
+            None,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type OpenStream = EventStream;
+
+    /// SFU-WEB-01: the session of a client that cannot stream requests. Its further requests
+    /// come through `send`, under a name of 128 random bits that only this identity may use.
+    async fn open(&self, req: Request<pb::SignalRequest>) -> Result<Response<EventStream>, Status> {
+        let claims = self.claims(&req)?;
+        let name = {
+            use rand::{RngCore as _, SeedableRng as _};
+            let mut rng = rand::rngs::StdRng::from_os_rng();
+            format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
+        };
+        let (requests, queued) = mpsc::channel(OPEN_QUEUE);
+        let first = tokio_stream::once(Ok(req.into_inner()));
+        let inbound = first.chain(ReceiverStream::new(queued));
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                name.clone(),
+                OpenSession {
+                    identity: claims.identity.clone(),
+                    requests,
+                },
+            );
+        let (tx, rx) = mpsc::channel(256);
+        let (sfu, open) = (self.sfu.clone(), self.open.clone());
+        tokio::spawn(async move {
+            session(sfu, claims, inbound, tx, Some(name.clone())).await;
+            open.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&name);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn send(
+        &self,
+        req: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
+        let claims = self.claims(&req)?;
+        let pb::SendRequest { session, request } = req.into_inner();
+        let request = request.ok_or_else(|| Status::invalid_argument("`request` is missing"))?;
+        // Another identity's session is as unknown as a made-up name: no oracle.
+        let unknown = || {
+            Status::not_found(format!(
+                "no open signalling session {session:?} for this token"
+            ))
+        };
+        let requests = self
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&session)
+            .filter(|s| s.identity == claims.identity)
+            .map(|s| s.requests.clone())
+            .ok_or_else(unknown)?;
+        match requests.try_send(Ok(request)) {
+            Ok(()) => Ok(Response::new(pb::SendResponse {})),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Status::resource_exhausted(format!(
+                "the session's {OPEN_QUEUE} queued requests are not read yet: wait for their replies"
+            ))),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(unknown()),
+        }
     }
 }
 
@@ -245,22 +335,25 @@ fn ev(event: pb::signal_event::Event) -> Result<pb::SignalEvent, Status> {
 }
 
 /// One participant session: `Join` first, then requests and events until either side ends it.
+/// `inbound` is a `Signal` stream's requests, or an `Open` call's `Join` followed by what
+/// `Send` delivers; `name` is the latter's session name, told in `Joined`.
 async fn session<B: Backend>(
     sfu: B,
     claims: veil_auth::VerifiedClaims,
-    mut inbound: Streaming<pb::SignalRequest>,
+    mut inbound: impl Stream<Item = Result<pb::SignalRequest, Status>> + Unpin + Send,
     tx: Tx,
+    name: Option<String>,
 ) {
     use pb::signal_request::Request as R;
-    let first = match inbound.message().await {
-        Ok(Some(m)) => m,
+    let first = match inbound.next().await {
+        Some(Ok(m)) => m,
         // PROTO-DEC-01: a request that does not decode ends the stream with the decoder's
         // INVALID_ARGUMENT, not with OK.
-        Err(s) => {
+        Some(Err(s)) => {
             let _ = tx.send(Err(s)).await;
             return;
         }
-        Ok(None) => return,
+        None => return,
     };
     let Some(R::Join(join)) = first.request else {
         let _ = tx
@@ -299,6 +392,7 @@ async fn session<B: Backend>(
         answer_sdp: std::mem::take(&mut s.answer),
         identity: identity.clone(),
         packetization: sfu.settle_packetization(&room, join.packetization).await,
+        session: name.unwrap_or_default(),
     };
     if tx
         .send(ev(pb::signal_event::Event::Joined(joined)))
@@ -310,6 +404,8 @@ async fn session<B: Backend>(
     }
     loop {
         tokio::select! {
+            // The client stopped reading (an `Open` stream has no request side that ends).
+            () = tx.closed() => break,
             e = s.events.recv() => match e {
                 Some(SignalEvent::Closed { .. }) | None => {
                     let reason = match e { Some(SignalEvent::Closed { reason }) => reason, _ => LeaveReason::Closed };
@@ -324,8 +420,8 @@ async fn session<B: Backend>(
                     }
                 }
             },
-            m = inbound.message() => match m {
-                Ok(Some(m)) => {
+            m = inbound.next() => match m {
+                Some(Ok(m)) => {
                     let id = m.id;
                     match handle(&sfu, &room, &identity, m).await {
                         Ok(Some(reply)) => {
@@ -343,10 +439,10 @@ async fn session<B: Backend>(
                     }
                 }
                 // SFU-AUTH-03: the session ends with its stream.
-                Ok(None) => break,
+                None => break,
                 // PROTO-DEC-01: an undecodable request ends it with INVALID_ARGUMENT; a broken
                 // transport, with its own status (nobody reads it).
-                Err(s) => {
+                Some(Err(s)) => {
                     let _ = tx.send(Err(s)).await;
                     break;
                 }
