@@ -11,7 +11,9 @@ pub mod sqlite;
 
 pub use error::MlsError;
 pub use keys::{EpochKeys, KeyConfig, KeyStats, Received, Released};
-pub use ring::{DecryptorStats, FrameDecryptor, FrameKeys, KeyRing, KeySet, RingStats};
+pub use ring::{
+    DecryptorStats, EpochExport, FrameDecryptor, FrameKeys, KeyRing, KeySet, RingStats,
+};
 pub use session::{
     CallSession, CommitOut, MLS_CIPHERSUITE, Processed, Provider, SFRAME_EXPORTER_LABEL,
 };

@@ -221,6 +221,51 @@ impl FrameKeys {
     pub fn decryptor(&self) -> FrameDecryptor {
         FrameDecryptor::new(self.shared.clone())
     }
+
+    /// The current epoch as [`KeyRing::install_epoch`] takes it, for a frame path that shares
+    /// no memory with the member (MLS-KEY-11): a browser runs SFrame in an
+    /// `RTCRtpScriptTransform` worker, with a [`KeyRing`] of its own fed from the page's
+    /// member at every epoch (specs/browser.md §4). `None` before an epoch is installed.
+    /// The copy of the secret is zeroized when the export is dropped.
+    #[must_use]
+    pub fn export_current(&self) -> Option<EpochExport> {
+        let set = self.shared.set.load();
+        let current = set.epochs.first().filter(|s| s.retire_at.is_none())?;
+        let own = set.sender.as_ref().map(|s| {
+            let kid = s.lock().unwrap_or_else(PoisonError::into_inner).kid();
+            self.shared.layout.split(kid).1 as u32
+        });
+        Some(EpochExport {
+            epoch: current.secret.epoch,
+            secret: zeroize::Zeroizing::new(current.secret.base.expose().to_vec()),
+            members: current.secret.members.clone(),
+            own,
+        })
+    }
+}
+
+/// One epoch's keying input, exported from a member's [`FrameKeys`] for a [`KeyRing`] in
+/// another address space ([`FrameKeys::export_current`]). Never logged: `Debug` leaves the
+/// secret out.
+pub struct EpochExport {
+    /// The epoch.
+    pub epoch: u64,
+    /// The epoch's `MLS-Exporter("SFrame 1.0 Base Key", "", Nk)`.
+    pub secret: zeroize::Zeroizing<Vec<u8>>,
+    /// The group's leaf indices, sorted.
+    pub members: Vec<u32>,
+    /// The exporting member's own leaf index, while it sends.
+    pub own: Option<u32>,
+}
+
+impl core::fmt::Debug for EpochExport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("EpochExport")
+            .field("epoch", &self.epoch)
+            .field("members", &self.members)
+            .field("own", &self.own)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Counters of a [`KeyRing`].
@@ -776,6 +821,48 @@ mod tests {
             Received::Plaintext { sender, .. } => Ok(Some(sender)),
             Received::Held => Ok(None),
         }
+    }
+
+    #[test]
+    fn an_exported_epoch_keys_a_ring_in_another_address_space() {
+        // MLS-KEY-11: a worker's ring fed from the member's export encrypts as the member
+        // would, and the member's receivers read it; nothing exported before an epoch.
+        let cfg = KeyConfig::default();
+        let mut member = KeyRing::new(cfg).unwrap();
+        assert!(member.frames().export_current().is_none());
+        member
+            .install_epoch(7, &A, &[0, 3, 9], Some(3), Duration::ZERO)
+            .unwrap();
+        let export = member.frames().export_current().unwrap();
+        assert_eq!(
+            (export.epoch, export.members.as_slice(), export.own),
+            (7, &[0, 3, 9][..], Some(3))
+        );
+        assert_eq!(&export.secret[..], &A[..]);
+        assert!(!format!("{export:?}").contains("secret"), "{export:?}");
+        let mut worker = KeyRing::new(cfg).unwrap();
+        worker
+            .install_epoch(
+                export.epoch,
+                &export.secret,
+                &export.members,
+                export.own,
+                Duration::ZERO,
+            )
+            .unwrap();
+        let mut out = vec![0u8; 64];
+        let n = worker.frames().encrypt(b"", b"frame", &mut out).unwrap();
+        let mut rx = member.frames().decryptor();
+        assert_eq!(open(&mut rx, &out[..n], Duration::ZERO).unwrap(), Some(3));
+        // The worker receives the others' frames of the epoch.
+        let mut wrx = worker.frames().decryptor();
+        assert_eq!(
+            open(&mut wrx, &seal(&A, 7, 9, &cfg, 0), Duration::ZERO).unwrap(),
+            Some(9)
+        );
+        // A receive-only member exports no own leaf.
+        member.stop_sending();
+        assert_eq!(member.frames().export_current().unwrap().own, None);
     }
 
     #[test]
