@@ -27,9 +27,11 @@ pub mod error;
 pub mod io;
 pub mod link;
 pub mod member;
+pub mod safety;
 
 pub use error::CallError;
 pub use io::{Code, CommandId, Failure, Reply, Request, RequestId, ServiceEvent};
 pub use link::{Backoff, Link, LinkEvent, LinkStatus};
 pub use member::{Command, Event, Member, MemberConfig, Status};
+pub use safety::safety_code;
 pub use veil_mls::{FrameDecryptor, FrameKeys, KeyConfig};
