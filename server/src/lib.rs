@@ -8,7 +8,9 @@
 //!
 //! What belongs to the process stays here: [`ServerConfig`] and [`run`]/[`spawn`], the
 //! private data directory ([`datadir`], KDS-SEC-02), the connection gate of every listener
-//! ([`listen`], SRV-CONN-01..06) and the metrics/health HTTP endpoint ([`metrics`]). A
+//! ([`listen`], SRV-CONN-01..06), the metrics/health HTTP endpoint ([`metrics`]), and the web
+//! listener ([`web`]): the browser client's page and both services over gRPC-Web
+//! (specs/browser.md). A
 //! participant the SFU timed out is handed to the key service as a departure (KDS-REM-01).
 //! Run it with [`run`], or as the `veil-server` binary:
 //!
@@ -25,6 +27,7 @@
 pub mod datadir;
 pub mod listen;
 pub mod metrics;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,6 +87,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Metrics and health over HTTP (`/metrics`, `/healthz`); `None` turns it off.
     pub metrics_listen: Option<SocketAddr>,
+    /// The browser page and gRPC-Web (HTTP/1.1, [`web`]); `None` turns it off.
+    pub web_listen: Option<SocketAddr>,
     /// Directory for `veil.db` and the embedded token key.
     pub data_dir: PathBuf,
     /// Token keys to accept; empty means the embedded key in `data_dir/token.key`.
@@ -99,13 +104,14 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Embedded defaults: gRPC on 127.0.0.1:7443, metrics on 127.0.0.1:9464, state and token
-    /// key under `data_dir`.
+    /// Embedded defaults: gRPC on 127.0.0.1:7443, the page on 127.0.0.1:7480, metrics on
+    /// 127.0.0.1:9464, state and token key under `data_dir`.
     #[must_use]
     pub fn embedded(data_dir: PathBuf) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            web_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7480))),
             data_dir,
             token_keys: Vec::new(),
             kds: Config::default(),
@@ -117,8 +123,8 @@ impl ServerConfig {
 }
 
 impl ServerConfig {
-    /// For tests, benches and demos in one process: both roles on a free loopback port, no
-    /// metrics listener, tokens signed with `key`, state under `data_dir`. Every client comes
+    /// For tests, benches and demos in one process: both roles on a free loopback port (the
+    /// page on another), no metrics listener, tokens signed with `key`, state under `data_dir`. Every client comes
     /// from 127.0.0.1, so the per-address cap is the total cap.
     #[must_use]
     pub fn loopback(data_dir: PathBuf, key: TokenKey) -> Self {
@@ -126,6 +132,7 @@ impl ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: None,
+            web_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             token_keys: vec![key],
             limits: listen::ConnLimits {
                 max_connections_per_ip: embedded.limits.max_connections,
@@ -175,6 +182,8 @@ pub struct BoundAddrs {
     pub grpc: SocketAddr,
     /// Metrics/health HTTP, if enabled.
     pub metrics: Option<SocketAddr>,
+    /// The page and gRPC-Web, if enabled.
+    pub web: Option<SocketAddr>,
 }
 
 /// The file under the data directory that holds the embedded token key.
@@ -299,6 +308,19 @@ pub async fn run(
         None => None,
     };
 
+    let web_listener = match cfg.web_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Io {
+                    what: format!("bind web {addr}"),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let web_addr = web_listener.as_ref().and_then(|l| l.local_addr().ok());
+
     let (health, health_svc) = tonic_health::server::health_reporter();
     // Three message fields of max_message_bytes plus framing; beyond it tonic refuses the
     // request with OUT_OF_RANGE before it is decoded (KDS-LIM-01).
@@ -317,6 +339,7 @@ pub async fn run(
     let sfu_api = sfu.map(|s| veil_sfu::grpc::SfuService::new(s, verifier).into_server());
     tracing::info!(
         %grpc,
+        web = ?web_addr,
         metrics = ?metrics_addr,
         keys = keys_api.is_some(),
         sfu = sfu_api.is_some(),
@@ -326,10 +349,31 @@ pub async fn run(
     ready(BoundAddrs {
         grpc,
         metrics: metrics_addr,
+        web: web_addr,
+    });
+    // One shutdown for both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let web_server = web_listener.map(|l| {
+        let routes = web::routes(keys_api.clone(), sfu_api.clone());
+        tonic::transport::Server::builder()
+            .accept_http1(true)
+            .layer(listen::CountCallsLayer)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                listen::web_incoming(l, gate.clone()),
+                stopped(stop_rx.clone()),
+            )
     });
     // SRV-CONN-01/02: connections under the caps, handed to tonic once their preface arrived.
     let incoming = listen::grpc_incoming(listener, gate);
-    tonic::transport::Server::builder()
+    let grpc_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
@@ -337,7 +381,12 @@ pub async fn run(
         .add_service(health_svc)
         .add_optional_service(keys_api)
         .add_optional_service(sfu_api)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
+    match web_server {
+        Some(web_server) => {
+            tokio::try_join!(grpc_server, web_server)?;
+        }
+        None => grpc_server.await?,
+    }
     Ok(())
 }

@@ -388,6 +388,8 @@ pub struct Conn {
     idle_closed: bool,
     peer: SocketAddr,
     slot: Slot,
+    /// The listener's name in the refusal counters.
+    listener: &'static str,
 }
 
 impl Conn {
@@ -401,7 +403,9 @@ impl Conn {
         if Instant::now() >= deadline {
             if !self.idle_closed {
                 self.idle_closed = true;
-                self.slot.gate.refused("grpc", "idle_timeout", self.peer);
+                self.slot
+                    .gate
+                    .refused(self.listener, "idle_timeout", self.peer);
             }
             return true;
         }
@@ -609,12 +613,27 @@ impl Connected for Conn {
 /// gate's caps, and handed on once their HTTP/2 preface arrived (SRV-CONN-01/02). The accept
 /// loop ends when the stream is dropped.
 pub fn grpc_incoming(listener: TcpListener, gate: Gate) -> ReceiverStream<io::Result<Conn>> {
+    incoming(listener, gate, "grpc")
+}
+
+/// The connections of the web listener (the page and gRPC-Web over HTTP/1.1, SRV-WEB-01):
+/// the gRPC listener's caps and timers, handed on once a first byte arrived (it is not
+/// consumed), since an HTTP/1 request has no fixed preface.
+pub fn web_incoming(listener: TcpListener, gate: Gate) -> ReceiverStream<io::Result<Conn>> {
+    incoming(listener, gate, "web")
+}
+
+fn incoming(
+    listener: TcpListener,
+    gate: Gate,
+    name: &'static str,
+) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
             let (mut stream, peer, slot) = tokio::select! {
                 () = tx.closed() => return,
-                c = gate.accept(&listener, "grpc") => c,
+                c = gate.accept(&listener, name) => c,
             };
             let (tx, gate) = (tx.clone(), gate.clone());
             tokio::spawn(async move {
@@ -624,31 +643,39 @@ pub fn grpc_incoming(listener: TcpListener, gate: Gate) -> ReceiverStream<io::Re
                 let mut preface = [0u8; HTTP2_PREFACE.len()];
                 let wait = gate.limits().handshake_timeout;
                 let (waiting, evicted) = slot.handshake();
+                let http2 = name == "grpc";
                 let read = tokio::select! {
-                    r = tokio::time::timeout(wait, stream.read_exact(&mut preface)) => r,
+                    r = tokio::time::timeout(wait, async {
+                        if http2 {
+                            stream.read_exact(&mut preface).await.map(|_| true)
+                        } else {
+                            stream.peek(&mut preface[..1]).await.map(|n| n > 0)
+                        }
+                    }) => r,
                     _ = evicted => {
-                        gate.refused("grpc", "evicted", peer);
+                        gate.refused(name, "evicted", peer);
                         return;
                     }
                 };
                 drop(waiting);
                 match read {
-                    Ok(Ok(_)) if &preface == HTTP2_PREFACE => {
+                    Ok(Ok(true)) if !http2 || &preface == HTTP2_PREFACE => {
                         let conn = Conn {
                             stream,
-                            replay: HTTP2_PREFACE.len(),
+                            replay: if http2 { HTTP2_PREFACE.len() } else { 0 },
                             activity: Activity::new(),
                             idle_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
                             idle_closed: false,
                             peer,
                             slot,
+                            listener: name,
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }
-                    Ok(Ok(_)) => gate.refused("grpc", "bad_preface", peer),
+                    Ok(Ok(true)) => gate.refused(name, "bad_preface", peer),
                     // The peer closed or reset: nothing to count.
-                    Ok(Err(_)) => {}
-                    Err(_) => gate.refused("grpc", "handshake_timeout", peer),
+                    Ok(Ok(false) | Err(_)) => {}
+                    Err(_) => gate.refused(name, "handshake_timeout", peer),
                 }
             });
         }
