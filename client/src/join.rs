@@ -113,6 +113,10 @@ fn status_line(room: &str, s: &RoomStats, c: &Counts) -> String {
         s.video_sent.frames,
         c.frames_in,
     );
+    // The safety code people compare aloud (MEM-SAFE-01): the same in every client of the epoch.
+    if let Some(a) = &s.group.epoch_authenticator {
+        line.push_str(&format!(" | safety {}", veil_call::safety_code(a)));
+    }
     if c.publish_errors > 0 {
         line.push_str(&format!(" | publish errors {}", c.publish_errors));
     }

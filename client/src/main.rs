@@ -62,6 +62,9 @@ struct ServerArgs {
     /// gRPC listen address.
     #[arg(long, env = "VEIL_LISTEN", default_value = "127.0.0.1:7443")]
     listen: std::net::SocketAddr,
+    /// Web listen address: the browser page and gRPC-Web (`off` for none).
+    #[arg(long, env = "VEIL_WEB_LISTEN", default_value = "127.0.0.1:7480", value_parser = parse_web_listen)]
+    web_listen: Option<std::net::SocketAddr>,
     /// Room to print a join token for.
     #[arg(long, default_value = "demo")]
     room: String,
@@ -161,9 +164,23 @@ fn token_subject(token: &str) -> Result<(String, String), String> {
     Ok((s.sub, s.room))
 }
 
+fn parse_web_listen(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:7480, nor `off`: {e}"))
+}
+
 async fn server(args: ServerArgs) -> Result<(), String> {
     let mut cfg = veil_server::ServerConfig::embedded(args.data_dir.clone());
     cfg.listen = args.listen;
+    cfg.web_listen = args.web_listen;
+    // Two people can open these links in browsers, beside alice's `veil join`.
+    let guests =
+        ["bob", "carol"].map(|who| mint(&args.data_dir, &args.room, who, 86_400).map(|t| (who, t)));
+    let guests: Vec<(&str, String)> = guests.into_iter().collect::<Result<_, _>>()?;
     cfg.metrics_listen = Some(std::net::SocketAddr::new(args.listen.ip(), 0));
     let token = mint(&args.data_dir, &args.room, "alice", 86_400)?;
     let room = args.room.clone();
@@ -198,8 +215,19 @@ async fn server(args: ServerArgs) -> Result<(), String> {
             );
             let _ = writeln!(
                 out,
-                "Another participant: veil token --data-dir {data_dir} --room {room} --identity bob"
+                "Another participant: veil token --data-dir {data_dir} --room {room} --identity dave"
             );
+            if let Some(web) = a.web {
+                let _ = writeln!(out, "\nOr join from a browser (camera and microphone):\n");
+                for (who, token) in &guests {
+                    let link = veil_server::web::room_link(web, &room, token);
+                    let _ = writeln!(out, "  as {who}: {link}");
+                }
+                let _ = writeln!(
+                    out,
+                    "\nEveryone in the call sees the same safety code; compare it aloud."
+                );
+            }
             let _ = out.flush();
         },
         async {
