@@ -24,6 +24,14 @@
 //! `-- --compare PATH` also runs each point through another `veil-server` binary (a build of
 //! another commit), right after this build's row: an A/B comparison in one run, since this
 //! machine's figures drift more between runs than a small change moves them.
+//!
+//! Workers (specs/sfu.md SFU-WRK-01..03): `-- --workers 1,2 --rooms 2` runs each point as two
+//! rooms of P×S through this build with `--sfu-workers 1`, then `--sfu-workers 2`, in one run.
+//! An N-worker server may use CPUs 0..N-1 (the load generator stays on CPU 1, so on a 2-core
+//! machine the second worker shares its core with the generator). Each row also gives every
+//! edge worker thread's CPU (`sfu-edge-N`, from `/proc/<pid>/task`), and the notes compare the
+//! worker counts: forwarded packets per second and per CPU-second, and the busiest thread's
+//! share. The relays run only for one room.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -104,21 +112,28 @@ struct Stats {
     /// Packets sent in the window, per stream id.
     sent: Vec<AtomicU64>,
     received: AtomicU64,
-    /// Per subscriber: the stream ids seen since the warm-up last cleared them (bit mask).
+    /// Per subscriber: the stream ids of its room seen since the warm-up last cleared them
+    /// (bit mask of the id modulo `room_streams`).
     seen: Vec<AtomicU64>,
+    /// Stream ids per room: a subscriber receives only its own room's.
+    room_streams: usize,
     latency: Mutex<Histogram<u64>>,
 }
 
 impl Stats {
-    fn new(publishers: usize, subscribers: usize) -> Arc<Stats> {
+    /// Counters for `rooms` rooms of `publishers` × `subscribers` each.
+    fn new(rooms: usize, publishers: usize, subscribers: usize) -> Arc<Stats> {
         Arc::new(Stats {
             start: AtomicU64::new(u64::MAX),
             end: AtomicU64::new(u64::MAX),
-            sent: (0..publishers * STREAMS_PER_PUBLISHER)
+            sent: (0..rooms * publishers * STREAMS_PER_PUBLISHER)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             received: AtomicU64::new(0),
-            seen: (0..subscribers).map(|_| AtomicU64::new(0)).collect(),
+            seen: (0..rooms * subscribers)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            room_streams: publishers * STREAMS_PER_PUBLISHER,
             latency: Mutex::new(Histogram::new(3).unwrap()),
         })
     }
@@ -140,7 +155,8 @@ impl Stats {
         }
         let stream = u32::from_be_bytes(p[0..4].try_into().unwrap());
         let sent = u64::from_be_bytes(p[8..16].try_into().unwrap());
-        self.seen[subscriber].fetch_or(1 << (stream % 64), Ordering::Relaxed);
+        let local = stream as usize % self.room_streams;
+        self.seen[subscriber].fetch_or(1 << (local % 64), Ordering::Relaxed);
         if self.in_window(sent) {
             self.received.fetch_add(1, Ordering::Relaxed);
             let _ = self
@@ -636,6 +652,25 @@ fn cpu_seconds(pid: &str, tick: f64) -> f64 {
     ticks as f64 / tick
 }
 
+/// (worker index, CPU seconds) of each edge worker thread of `pid` (named `sfu-edge-N`),
+/// by index.
+fn edge_threads(pid: &str, tick: f64) -> Vec<(usize, f64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(usize, f64)> = tasks
+        .flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let w = comm.trim().strip_prefix("sfu-edge-")?.parse().ok()?;
+            let tid = t.file_name().into_string().ok()?;
+            Some((w, cpu_seconds(&format!("{pid}/task/{tid}"), tick)))
+        })
+        .collect();
+    out.sort_by_key(|(w, _)| *w);
+    out
+}
+
 fn clock_tick() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -646,16 +681,17 @@ fn clock_tick() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// A child process pinned to CPU 0 (if there is a second CPU), killed when dropped.
+/// A child process pinned to `cpus` (a `taskset` list; `None`: not pinned), killed when
+/// dropped.
 async fn spawn_pinned(
-    pinned: bool,
+    cpus: Option<&str>,
     program: &std::path::Path,
     args: &[&str],
     stderr: Stdio,
 ) -> (tokio::process::Child, String) {
-    let mut cmd = if pinned {
+    let mut cmd = if let Some(cpus) = cpus {
         let mut c = tokio::process::Command::new("taskset");
-        c.args(["-c", "0"]).arg(program);
+        c.args(["-c", cpus]).arg(program);
         c
     } else {
         tokio::process::Command::new(program)
@@ -697,15 +733,22 @@ async fn metric(addr: Option<SocketAddr>, name: &str) -> Option<f64> {
 // ---- runs ------------------------------------------------------------------------------------
 
 struct Scenario {
+    /// Per room.
     publishers: usize,
     subscribers: usize,
+    /// Rooms of `publishers` × `subscribers` each (`--rooms`); the relay rows run one.
+    rooms: usize,
     window: Duration,
     pinned: bool,
     tick: f64,
+    /// CPUs on this machine.
+    cpus: usize,
 }
 
 struct Measured {
     path: String,
+    /// Rooms it carried.
+    rooms: usize,
     stats: Arc<Stats>,
     expected: u64,
     w: Window,
@@ -724,6 +767,9 @@ struct Window {
     busy: [f64; 2],
     /// Datagrams the kernel dropped for full UDP receive buffers (system-wide).
     udp_drops: u64,
+    /// CPU seconds of each of the server's edge worker threads (`sfu-edge-*`) over the
+    /// window, by worker index; empty for the relays.
+    edge_threads: Vec<f64>,
 }
 
 /// (busy, total) jiffies of CPU 0 and CPU 1 from `/proc/stat`.
@@ -781,7 +827,8 @@ async fn measure(
             s.store(0, Ordering::Relaxed);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if (0..sc.subscribers).all(|s| stats.seen[s].load(Ordering::Relaxed) & want(s) == want(s)) {
+        let subscribers = stats.seen.len();
+        if (0..subscribers).all(|s| stats.seen[s].load(Ordering::Relaxed) & want(s) == want(s)) {
             passed += 1;
             if passed == 2 {
                 break;
@@ -790,7 +837,7 @@ async fn measure(
         }
         passed = 0;
         if t.elapsed() > WARM_UP {
-            let missing: Vec<(usize, u32)> = (0..sc.subscribers)
+            let missing: Vec<(usize, u32)> = (0..subscribers)
                 .map(|s| {
                     (
                         s,
@@ -812,10 +859,12 @@ async fn measure(
     tokio::time::sleep(Duration::from_micros(start - now_us())).await;
     let (s0, g0) = (cpu_seconds(pid, sc.tick), cpu_seconds("self", sc.tick));
     let (j0, d0) = (cpu_jiffies(), udp_rcvbuf_errors());
+    let t0 = edge_threads(pid, sc.tick);
     let c0 = metric(metrics, "veil_sfu_forwarded_packets_total").await;
     tokio::time::sleep(Duration::from_micros(end.saturating_sub(now_us()))).await;
     let (s1, g1) = (cpu_seconds(pid, sc.tick), cpu_seconds("self", sc.tick));
     let (j1, d1) = (cpu_jiffies(), udp_rcvbuf_errors());
+    let t1 = edge_threads(pid, sc.tick);
     let c1 = metric(metrics, "veil_sfu_forwarded_packets_total").await;
     if std::env::var_os("SFU_LOAD_METRICS").is_some()
         && let Some(addr) = metrics
@@ -841,6 +890,13 @@ async fn measure(
         warm_up,
         busy: [busy(0), busy(1)],
         udp_drops: d1 - d0,
+        edge_threads: t1
+            .iter()
+            .map(|(w, c)| {
+                let before = t0.iter().find(|(v, _)| v == w).map_or(0.0, |(_, c)| *c);
+                c - before
+            })
+            .collect(),
     }
 }
 
@@ -852,15 +908,31 @@ fn this_server() -> (std::path::PathBuf, String) {
     )
 }
 
-/// Run one point through `server`.
-async fn run_sfu(sc: &Scenario, n: usize, server: &(std::path::PathBuf, String)) -> Measured {
+/// The CPUs a server child may use: CPU 0, or with `--workers N` CPUs 0..N-1 (as many as the
+/// machine has); the load generator stays on CPU 1.
+fn server_cpus(sc: &Scenario, workers: Option<usize>) -> Option<String> {
+    sc.pinned.then(|| {
+        let n = workers.unwrap_or(1).clamp(1, sc.cpus);
+        (0..n).map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+    })
+}
+
+/// Run one point through `server`, with `--sfu-workers workers` if given (else the server's
+/// default).
+async fn run_sfu(
+    sc: &Scenario,
+    n: usize,
+    server: &(std::path::PathBuf, String),
+    workers: Option<usize>,
+) -> Measured {
     let dir = tempfile::tempdir().unwrap();
     let secret = "42".repeat(32);
     let key = TokenKey::parse(&format!("bench:{secret}")).unwrap();
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
     let data = dir.path().join("data");
     let token_key = format!("bench:{secret}");
-    let args = [
+    let workers_arg = workers.map(|w| w.to_string());
+    let mut args = vec![
         "serve",
         "--role",
         "sfu",
@@ -873,7 +945,11 @@ async fn run_sfu(sc: &Scenario, n: usize, server: &(std::path::PathBuf, String))
         "--token-key",
         &token_key,
     ];
-    let (child, line) = spawn_pinned(sc.pinned, &server.0, &args, Stdio::from(log)).await;
+    if let Some(w) = &workers_arg {
+        args.extend(["--sfu-workers", w]);
+    }
+    let cpus = server_cpus(sc, workers);
+    let (child, line) = spawn_pinned(cpus.as_deref(), &server.0, &args, Stdio::from(log)).await;
     let field = |k: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(k))
@@ -882,18 +958,22 @@ async fn run_sfu(sc: &Scenario, n: usize, server: &(std::path::PathBuf, String))
     let grpc = field("grpc=").expect("grpc address");
     let metrics = field("metrics=");
     let pid = child.id().unwrap().to_string();
-    let room = format!("load{n}");
-    let stats = Stats::new(sc.publishers, sc.subscribers);
+    let stats = Stats::new(sc.rooms, sc.publishers, sc.subscribers);
     let stop = Arc::new(AtomicBool::new(false));
 
+    // Room r has publishers r·P.. and subscribers r·S..; ids, SSRCs and stream ids are global.
     let mut senders = Vec::new();
-    for p in 0..sc.publishers {
-        let out = join_publisher(grpc, &key, &room, p).await;
-        senders.push(tokio::spawn(publish(out, p, stats.clone(), stop.clone())));
+    for r in 0..sc.rooms {
+        let room = format!("load{n}-{r}");
+        for p in r * sc.publishers..(r + 1) * sc.publishers {
+            let out = join_publisher(grpc, &key, &room, p).await;
+            senders.push(tokio::spawn(publish(out, p, stats.clone(), stop.clone())));
+        }
+        for s in r * sc.subscribers..(r + 1) * sc.subscribers {
+            join_subscriber(grpc, &key, &room, s, sc.publishers, stats.clone()).await;
+        }
     }
-    for s in 0..sc.subscribers {
-        join_subscriber(grpc, &key, &room, s, sc.publishers, stats.clone()).await;
-    }
+    // A subscriber's mask, in its room's stream ids (`Stats::room_streams`).
     let want = |s: usize| {
         (0..sc.publishers)
             .map(|p| {
@@ -907,9 +987,10 @@ async fn run_sfu(sc: &Scenario, n: usize, server: &(std::path::PathBuf, String))
     for s in senders {
         let _ = s.await;
     }
-    let expected = (0..sc.subscribers)
+    let expected = (0..sc.rooms * sc.subscribers)
         .map(|s| {
-            (0..sc.publishers)
+            let r = s / sc.subscribers;
+            (r * sc.publishers..(r + 1) * sc.publishers)
                 .map(|p| {
                     let b = p * STREAMS_PER_PUBLISHER;
                     stats.sent[b].load(Ordering::Relaxed)
@@ -925,7 +1006,12 @@ async fn run_sfu(sc: &Scenario, n: usize, server: &(std::path::PathBuf, String))
     }
     let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
     Measured {
-        path: server.1.clone(),
+        path: match workers {
+            Some(1) => format!("{} (1 worker)", server.1),
+            Some(w) => format!("{} ({w} workers)", server.1),
+            None => server.1.clone(),
+        },
+        rooms: sc.rooms,
         stats,
         expected,
         w,
@@ -955,13 +1041,14 @@ async fn run_relay(sc: &Scenario, batched: bool) -> Measured {
     } else {
         "--relay"
     };
-    let (child, line) = spawn_pinned(sc.pinned, &exe, &[mode], Stdio::inherit()).await;
+    let cpus = sc.pinned.then_some("0");
+    let (child, line) = spawn_pinned(cpus, &exe, &[mode], Stdio::inherit()).await;
     let relay: SocketAddr = line
         .strip_prefix("relay ")
         .and_then(|a| a.parse().ok())
         .expect("relay address");
     let pid = child.id().unwrap().to_string();
-    let stats = Stats::new(sc.publishers, sc.subscribers);
+    let stats = Stats::new(1, sc.publishers, sc.subscribers);
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for s in 0..sc.subscribers {
@@ -1003,6 +1090,7 @@ async fn run_relay(sc: &Scenario, batched: bool) -> Measured {
         } else {
             "plain UDP relay".to_owned()
         },
+        rooms: 1,
         stats,
         expected,
         w,
@@ -1140,11 +1228,19 @@ fn row(sc: &Scenario, m: &Measured) -> f64 {
     let loss = m.expected.saturating_sub(received) as f64 / m.expected.max(1) as f64;
     let h = m.stats.latency.lock().unwrap();
     let ms = |q: f64| format!("{:.2} ms", h.value_at_quantile(q) as f64 / 1000.0);
+    let threads = if m.w.edge_threads.is_empty() {
+        "–".to_owned()
+    } else {
+        m.w.edge_threads
+            .iter()
+            .map(|c| format!("{:.0} %", 100.0 * c / secs))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
     println!(
-        "| {} | {}×{} | {:.0} | {:.0} | {:.0} % | {:.0} | {} | {} | {} | {:.3} % | {:.0} % | {:.0} % / {:.0} % |",
+        "| {} | {} | {:.0} | {:.0} | {:.0} % | {:.0} | {} | {} | {} | {:.3} % | {:.0} % | {:.0} % / {:.0} % | {threads} |",
         m.path,
-        sc.publishers,
-        sc.subscribers,
+        point(sc, m.rooms),
         m.stats.total_sent() as f64 / secs,
         received as f64 / secs,
         100.0 * m.w.server_cpu / secs,
@@ -1158,6 +1254,15 @@ fn row(sc: &Scenario, m: &Measured) -> f64 {
         100.0 * m.w.busy[1],
     );
     per_cpu
+}
+
+/// `P×S`, or `R×(P×S)` for R rooms.
+fn point(sc: &Scenario, rooms: usize) -> String {
+    if rooms == 1 {
+        format!("{}×{}", sc.publishers, sc.subscribers)
+    } else {
+        format!("{rooms}×({}×{})", sc.publishers, sc.subscribers)
+    }
 }
 
 fn main() {
@@ -1193,13 +1298,18 @@ fn warnings(sc: &Scenario, m: &Measured) -> Vec<String> {
     let (server, generator) = (m.w.server_cpu / secs, m.w.generator_cpu / secs);
     let mut out = Vec::new();
     let mut say = |what: String| {
-        out.push(format!(
-            "{}×{} {}: {what}",
-            sc.publishers, sc.subscribers, m.path
-        ));
+        out.push(format!("{} {}: {what}", point(sc, m.rooms), m.path));
     };
-    let other = [m.w.busy[0] - server, m.w.busy[1] - generator];
-    if other.iter().any(|o| *o > 0.2) {
+    // A server on both CPUs (`--workers 2`) shows in both busy figures: compare the sums.
+    let other = if m.w.edge_threads.len() > 1 {
+        m.w.busy[0] + m.w.busy[1] - server - generator
+    } else {
+        (m.w.busy[0] - server).max(m.w.busy[1] - generator)
+    };
+    // The server saturates when one edge thread does, whatever the process total.
+    let thread = m.w.edge_threads.iter().fold(0.0f64, |a, c| a.max(c / secs));
+    let server = server.min(1.0).max(thread);
+    if other > 0.2 {
         say(format!(
             "other processes shared the cores (CPU 0 / CPU 1 {:.0} % / {:.0} % busy, of which \
              the server {:.0} % and the generator {:.0} %): a noisy row, latency most of all",
@@ -1227,6 +1337,28 @@ fn warnings(sc: &Scenario, m: &Measured) -> Vec<String> {
         ));
     }
     out
+}
+
+/// `--workers 1,2`: run each point through this build once per worker count
+/// (`--sfu-workers`), the server on CPUs 0..N-1; without it, once with the server's default.
+fn workers() -> Vec<Option<usize>> {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(i) = args.iter().position(|a| a == "--workers") else {
+        return vec![None];
+    };
+    args.get(i + 1)
+        .expect("--workers N,N")
+        .split(',')
+        .map(|w| Some(w.parse().expect("--workers N,N")))
+        .collect()
+}
+
+/// `--rooms R`: each point is R rooms of P×S (default 1); the relays run only for one room.
+fn rooms() -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--rooms")
+        .map_or(1, |i| args[i + 1].parse().expect("--rooms R"))
 }
 
 /// `--compare PATH`: another `veil-server` binary to measure beside this build's.
@@ -1268,8 +1400,11 @@ async fn bench(quick: bool, pinned: bool) {
     let tick = clock_tick();
     let window = Duration::from_secs(if quick { 4 } else { 10 });
     let points = points(quick);
+    let (workers, rooms) = (workers(), rooms());
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     println!(
-        "server (SFU or relay) on CPU 0, load generator on CPU 1: {}; window {} s per row",
+        "server (SFU or relay) on CPU 0 (an SFU with --workers N on CPUs 0..N-1), load generator \
+         on CPU 1: {}; window {} s per row; {rooms} room(s) per point",
         if pinned {
             "pinned"
         } else {
@@ -1279,44 +1414,59 @@ async fn bench(quick: bool, pinned: bool) {
     );
     println!();
     println!(
-        "| path | P×S | offered pps | forwarded pps | server CPU | forwarded pkts / server CPU-s | latency p50 | p99 | max | loss | generator CPU | CPU 0 / CPU 1 busy (all processes) |"
+        "| path | P×S | offered pps | forwarded pps | server CPU | forwarded pkts / server CPU-s | latency p50 | p99 | max | loss | generator CPU | CPU 0 / CPU 1 busy (all processes) | edge threads |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut notes = Vec::new();
     for (n, (publishers, subscribers)) in points.into_iter().enumerate() {
         let sc = Scenario {
             publishers,
             subscribers,
+            rooms,
             window,
             pinned,
             tick,
+            cpus,
         };
-        let m = run_sfu(&sc, n, &this_server()).await;
-        let sfus = [(row(&sc, &m), m)];
+        let mut sfus = Vec::new();
+        for (k, &w) in workers.iter().enumerate() {
+            let m = run_sfu(&sc, n * workers.len() + k, &this_server(), w).await;
+            sfus.push((row(&sc, &m), m));
+        }
         let other = match compare() {
             Some(bin) => {
                 let label = format!("veil-server SFU ({})", bin.display());
-                let m = run_sfu(&sc, n, &(bin, label)).await;
+                let m = run_sfu(&sc, n, &(bin, label), None).await;
                 Some((row(&sc, &m), m))
             }
             None => None,
         };
-        let relay = run_relay(&sc, false).await;
-        let b = row(&sc, &relay);
-        let batched = run_relay(&sc, true).await;
-        let bb = row(&sc, &batched);
+        // The relays forward one room's schedule.
+        let relays = if rooms == 1 {
+            let relay = run_relay(&sc, false).await;
+            let b = row(&sc, &relay);
+            let batched = run_relay(&sc, true).await;
+            let bb = row(&sc, &batched);
+            Some(((b, relay), (bb, batched)))
+        } else {
+            None
+        };
+        let at = point(&sc, rooms);
         for (a, sfu) in &sfus {
+            let vs_relays = relays.as_ref().map_or_else(String::new, |((b, _), (bb, _))| {
+                format!(
+                    "forwards {:.0} % of the relay's packets per CPU-second (relay/SFU {:.1}×), \
+                     {:.0} % of the batched relay's (batched/SFU {:.1}×); ",
+                    100.0 * a / b,
+                    b / a,
+                    100.0 * a / bb,
+                    bb / a,
+                )
+            });
             notes.push(format!(
-                "{publishers}×{subscribers} {}: forwards {:.0} % of the relay's packets per \
-                 CPU-second (relay/SFU {:.1}×), {:.0} % of the batched relay's (batched/SFU \
-                 {:.1}×); warm-up {:.1} s / {:.1} s; SFU counter {}{}",
+                "{at} {}: {vs_relays}warm-up {:.1} s; SFU counter {}{}",
                 sfu.path,
-                100.0 * a / b,
-                b / a,
-                100.0 * a / bb,
-                bb / a,
                 sfu.w.warm_up.as_secs_f64(),
-                relay.w.warm_up.as_secs_f64(),
                 sfu.w.counter.map_or_else(
                     || "n/a (veil-server's /metrics does not export veil_sfu_*)".to_owned(),
                     |c| format!("{:.0} in the window", c)
@@ -1328,17 +1478,10 @@ async fn bench(quick: bool, pinned: bool) {
                 },
             ));
         }
-        if let [(a, first), (b, second), ..] = sfus.as_slice() {
-            notes.push(format!(
-                "{publishers}×{subscribers}: {} / {}: {:.2}× the packets per CPU-second",
-                first.path,
-                second.path,
-                a / b
-            ));
-        }
+        notes.extend(scaling(&sc, &sfus));
         if let (Some((o, m)), Some((a, first))) = (&other, sfus.first()) {
             notes.push(format!(
-                "{publishers}×{subscribers}: {} / {}: {:.2}× the packets per CPU-second",
+                "{at}: {} / {}: {:.2}× the packets per CPU-second",
                 first.path,
                 m.path,
                 a / o
@@ -1348,11 +1491,42 @@ async fn bench(quick: bool, pinned: bool) {
         for (_, m) in &sfus {
             notes.extend(warnings(&sc, m));
         }
-        notes.extend(warnings(&sc, &relay));
-        notes.extend(warnings(&sc, &batched));
+        if let Some(((_, relay), (_, batched))) = &relays {
+            notes.extend(warnings(&sc, relay));
+            notes.extend(warnings(&sc, batched));
+        }
     }
     println!();
     for n in notes {
         println!("- {n}");
     }
+}
+
+/// The worker rows of one point side by side: forwarded packets per second and per CPU-second,
+/// the busiest edge thread, and what the busiest thread's share says the process could
+/// forward before that thread's core saturates (forwarded pps / its share of one core).
+fn scaling(sc: &Scenario, sfus: &[(f64, Measured)]) -> Vec<String> {
+    if sfus.len() < 2 {
+        return Vec::new();
+    }
+    let secs = sc.window.as_secs_f64();
+    let parts: Vec<String> = sfus
+        .iter()
+        .map(|(per_cpu, m)| {
+            let pps = m.stats.received.load(Ordering::Relaxed) as f64 / secs;
+            let busiest = m.w.edge_threads.iter().fold(0.0f64, |a, c| a.max(c / secs));
+            format!(
+                "{}: {pps:.0} pps, {per_cpu:.0} per CPU-s, busiest edge thread {:.0} % \
+                 (≈ {:.0} pps when it saturates)",
+                m.path,
+                100.0 * busiest,
+                pps / busiest.max(1e-9)
+            )
+        })
+        .collect();
+    vec![format!(
+        "{}: {}",
+        point(sc, sfus[0].1.rooms),
+        parts.join("; ")
+    )]
 }

@@ -79,9 +79,9 @@ struct ServeArgs {
         default_value = "keys,sfu"
     )]
     role: Vec<Role>,
-    /// The UDP address the SFU binds (port 0: any): every participant's media on that one port.
-    /// It is the SFU's only candidate, so it must be the address participants reach; of a
-    /// list, the first is bound.
+    /// The UDP address the SFU binds (port 0: any), one port per worker (`--sfu-workers`).
+    /// A room's worker port is its participants' only candidate, so the address must be the
+    /// one participants reach; of a list, the first is bound.
     #[arg(
         long,
         env = "VEIL_SFU_UDP",
@@ -89,6 +89,12 @@ struct ServeArgs {
         default_value = "127.0.0.1:0"
     )]
     sfu_udp: Vec<String>,
+    /// SFU worker threads, each its own edge on its own UDP port (the `--sfu-udp` port plus
+    /// the worker's index, or any free port for port 0); a room lives on one worker. Default:
+    /// one per available core.
+    #[arg(long, env = "VEIL_SFU_WORKERS", default_value_t = veil_sfu::SfuConfig::default().workers,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    sfu_workers: usize,
     /// Milliseconds a new connection has to send its first bytes (the HTTP/2 preface; on the
     /// metrics listener, its request) before it is closed.
     #[arg(long, env = "VEIL_HANDSHAKE_TIMEOUT_MS", default_value_t = defaults().handshake_timeout.as_millis() as u64)]
@@ -211,6 +217,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     cfg.keys = args.role.contains(&Role::Keys);
     cfg.sfu = args.role.contains(&Role::Sfu).then(|| veil_sfu::SfuConfig {
         udp_addrs: args.sfu_udp.clone(),
+        workers: args.sfu_workers,
         ..veil_sfu::SfuConfig::default()
     });
     let shutdown = async {

@@ -7,8 +7,9 @@
 //!   what they send, sends RTP on tracks it adds (renegotiating with an offer of its own) and
 //!   carries key-frame requests both ways;
 //! - [`EdgeRooms`] runs every room's routing core on one edge, sans I/O;
-//! - [`EdgeSfu`] drives it from one thread with the SFU's signalling API
-//!   ([`crate::grpc::Backend`]); `veil-server` serves it.
+//! - [`EdgeSfu`] runs `workers` of them, each on its own port and thread, a room on one
+//!   (SFU-WRK-01..03), behind the SFU's signalling API ([`crate::grpc::Backend`]);
+//!   `veil-server` serves it.
 //!
 //! `benches/edge_fanout.rs` measures the edge's fan-out in one process; `veil-server`'s
 //! `sfu_load` measures the server.
@@ -70,6 +71,7 @@ use crate::error::SfuError;
 use crate::routing::{MediaKind, RateLimit, TokenBucket};
 
 mod io;
+mod placement;
 mod room;
 mod serve;
 pub use room::{EdgeRoomEvent, EdgeRooms, parse_track_name, track_name};

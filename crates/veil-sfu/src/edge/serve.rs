@@ -1,12 +1,16 @@
-//! [`EdgeSfu`]: the SFU's rooms on one UDP socket ([`EdgeRooms`]), driven by one thread, behind
-//! the SFU's signalling API ([`Backend`]).
+//! [`EdgeSfu`]: the SFU's rooms on `workers` edges ([`EdgeRooms`]), each on its own UDP port
+//! and driven by its own thread, behind the SFU's signalling API ([`Backend`]).
 //!
-//! One OS thread owns the socket and the rooms (a single-threaded tokio runtime: the socket,
-//! the timers and the command queue). Signalling calls ([`Backend::join_with`],
-//! [`Backend::subscribe`], …) are closures sent to that thread, run between datagrams, and
-//! answered on a oneshot; what they change in the rooms turns into each participant's
-//! [`SignalEvent`]s before the call returns. Nothing is shared with the thread but the metrics
-//! and the room-event channel, so no lock is taken per packet.
+//! A worker is one OS thread owning one socket and the rooms placed on it (a single-threaded
+//! tokio runtime: the socket, the timers and the command queue). A room lives on one worker
+//! ([`Placement`], SFU-WRK-01..03): its first joiner places it on the least-loaded worker, and
+//! the SDP answer's one candidate is that worker's port. Signalling calls
+//! ([`Backend::join_with`], [`Backend::subscribe`], …) look up the room's worker, are sent to
+//! its thread as closures, run between datagrams, and are answered on a oneshot; what they
+//! change in the rooms turns into each participant's [`SignalEvent`]s before the call
+//! returns. The workers share nothing per packet: the placement's lock is taken per signalling
+//! call and per join or departure, and the metrics (atomic counters) and the room-event channel
+//! are the only other things shared.
 //!
 //! The participant's lifetime (SFU-LIVE-01, 02, 05): a connection not up `connect_timeout`
 //! after the join is removed (`never_connected`); a silent one is disconnected after
@@ -16,7 +20,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -25,6 +29,7 @@ use tracing::{debug, error, info, warn};
 
 use super::ConnId;
 use super::io::BatchIo;
+use super::placement::Placement;
 use super::room::{EdgeRoomEvent as Happened, EdgeRooms, parse_track_name, track_name};
 use crate::error::SfuError;
 use crate::grpc::Backend;
@@ -45,31 +50,129 @@ const SWEEP_PERIOD: Duration = Duration::from_millis(250);
 
 type Command = Box<dyn FnOnce(&mut Driver, Instant) + Send>;
 
-/// The blind SFU with every participant on one UDP port (`veil_sfu::edge`). Cheap to clone;
-/// all clones are the same SFU; the thread ends when the last clone is dropped.
+/// The room → worker map, shared by the signalling calls and the workers.
+type Shared = Arc<Mutex<Placement>>;
+
+fn lock(p: &Mutex<Placement>) -> MutexGuard<'_, Placement> {
+    // The map is consistent after every statement that holds the lock; a panic elsewhere
+    // while it was held leaves nothing half done.
+    p.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One worker as the signalling side sees it: its thread's queue and its socket's address.
+struct Worker {
+    commands: mpsc::Sender<Command>,
+    local: SocketAddr,
+}
+
+/// A joiner's place in its room's worker, given back unless the join succeeds
+/// ([`Seat::keep`]): a join refused, or abandoned before its worker ran it (the caller went
+/// away, the worker is gone), leaves the placement as it was (SFU-WRK-03).
+struct Seat {
+    placement: Shared,
+    room: String,
+    kept: bool,
+}
+
+impl Seat {
+    /// The participant joined: the seat is its until it leaves ([`Driver::left`]).
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if !self.kept {
+            lock(&self.placement).release(&self.room);
+        }
+    }
+}
+
+/// The blind SFU: rooms spread over worker threads, each with its own UDP port
+/// (`veil_sfu::edge`). Cheap to clone; all clones are the same SFU; the workers end when the
+/// last clone is dropped.
 #[derive(Clone)]
 pub struct EdgeSfu {
-    commands: mpsc::Sender<Command>,
+    workers: Arc<[Worker]>,
+    placement: Shared,
     metrics: Arc<Metrics>,
     events: broadcast::Sender<ParticipantEvent>,
-    local: SocketAddr,
 }
 
 impl core::fmt::Debug for EdgeSfu {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("EdgeSfu")
-            .field("local", &self.local)
+            .field("local", &self.local_addrs())
             .finish_non_exhaustive()
     }
 }
 
+/// A bound, non-blocking socket with its buffers and batched-I/O state.
+struct Bound {
+    socket: std::net::UdpSocket,
+    state: quinn_udp::UdpSocketState,
+    local: SocketAddr,
+}
+
+fn bind(addr: SocketAddr) -> Result<Bound, SfuError> {
+    let io = |source| SfuError::Io {
+        what: format!("UDP {addr}"),
+        source,
+    };
+    let socket = std::net::UdpSocket::bind(addr).map_err(|source| SfuError::Io {
+        what: format!("cannot bind UDP {addr}"),
+        source,
+    })?;
+    socket.set_nonblocking(true).map_err(io)?;
+    let buffers = socket2::SockRef::from(&socket);
+    let _ = buffers.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = buffers.set_send_buffer_size(SOCKET_BUFFER);
+    let granted = (
+        buffers.recv_buffer_size().unwrap_or(0),
+        buffers.send_buffer_size().unwrap_or(0),
+    );
+    let local = socket.local_addr().map_err(io)?;
+    // Batched I/O (SFU-EDGE-15): what the kernel offers (GSO, GRO) is probed here.
+    let state = quinn_udp::UdpSocketState::new((&socket).into()).map_err(io)?;
+    info!(
+        %local,
+        recv_buffer = granted.0,
+        send_buffer = granted.1,
+        gso_segments = state.max_gso_segments(),
+        gro_segments = state.gro_segments(),
+        "SFU edge worker listening"
+    );
+    Ok(Bound {
+        socket,
+        state,
+        local,
+    })
+}
+
+/// The address worker `i` binds: `base`'s port plus `i`, or any port if `base`'s is 0.
+fn worker_addr(base: SocketAddr, i: usize) -> Result<SocketAddr, SfuError> {
+    if base.port() == 0 {
+        return Ok(base);
+    }
+    let port = u16::try_from(usize::from(base.port()) + i).map_err(|_| {
+        SfuError::Config(format!(
+            "UDP {base}: worker {i} would need port {}, past 65535",
+            usize::from(base.port()) + i
+        ))
+    })?;
+    Ok(SocketAddr::new(base.ip(), port))
+}
+
 impl EdgeSfu {
-    /// Bind the first of `config.udp_addrs` and start the SFU's thread. The address must be
-    /// the one participants reach (it is the only candidate the SFU offers), so an unspecified
-    /// address (`0.0.0.0`) is refused.
+    /// Bind one UDP port per worker on the first of `config.udp_addrs` (its port plus the
+    /// worker's index, or any free port for port 0) and start the workers' threads. The
+    /// address must be the one participants reach (a room's worker port is the only candidate
+    /// its participants are offered), so an unspecified address (`0.0.0.0`) is refused.
     ///
     /// # Errors
-    /// [`SfuError::Config`] if there is no address, it is unspecified, or it cannot be bound.
+    /// [`SfuError::Config`] if there is no address, it is unspecified, `workers` is 0, or the
+    /// ports run past 65535; [`SfuError::Io`] if a port cannot be bound or a thread started.
     pub fn new(config: SfuConfig) -> Result<Self, SfuError> {
         let addr = config.udp_addrs.first().ok_or_else(|| {
             SfuError::Config("no UDP address to bind (udp_addrs is empty)".into())
@@ -84,92 +187,55 @@ impl EdgeSfu {
                  candidate, so bind the address participants reach"
             )));
         }
-        let socket = std::net::UdpSocket::bind(addr).map_err(|source| SfuError::Io {
-            what: format!("cannot bind UDP {addr}"),
-            source,
-        })?;
-        socket
-            .set_nonblocking(true)
-            .map_err(|source| SfuError::Io {
-                what: format!("UDP {addr}"),
-                source,
-            })?;
-        let buffers = socket2::SockRef::from(&socket);
-        let _ = buffers.set_recv_buffer_size(SOCKET_BUFFER);
-        let _ = buffers.set_send_buffer_size(SOCKET_BUFFER);
-        let granted = (
-            buffers.recv_buffer_size().unwrap_or(0),
-            buffers.send_buffer_size().unwrap_or(0),
-        );
-        let local = socket.local_addr().map_err(|source| SfuError::Io {
-            what: format!("UDP {addr}"),
-            source,
-        })?;
-        // Batched I/O (SFU-EDGE-15): what the kernel offers (GSO, GRO) is probed here.
-        let state =
-            quinn_udp::UdpSocketState::new((&socket).into()).map_err(|source| SfuError::Io {
-                what: format!("UDP {addr}"),
-                source,
-            })?;
-        let (gso, gro) = (state.max_gso_segments(), state.gro_segments());
+        if config.workers == 0 {
+            return Err(SfuError::Config("workers must be at least 1".into()));
+        }
         let metrics = Arc::new(Metrics::default());
         let (events, _) = broadcast::channel(1024);
-        let (commands, rx) = mpsc::channel(1024);
-        let now = Instant::now();
-        let driver = Driver {
-            rooms: EdgeRooms::new(local, config.clone(), metrics.clone(), now),
-            config,
-            room_events: events.clone(),
-            people: HashMap::new(),
-            by_identity: HashMap::new(),
-            packetization: HashMap::new(),
-            slow: Vec::new(),
-            next_sweep: now + SWEEP_PERIOD,
-        };
-        std::thread::Builder::new()
-            .name("veil-sfu-edge".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        warn!(error = %e, "the edge's runtime did not start");
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    match UdpSocket::from_std(socket) {
-                        Ok(socket) => run(driver, BatchIo::new(socket, state), rx).await,
-                        Err(e) => warn!(error = %e, "the edge's socket did not register"),
-                    }
-                });
-            })
-            .map_err(|source| SfuError::Io {
-                what: "cannot start the edge's thread".into(),
-                source,
-            })?;
-        info!(
-            %local,
-            recv_buffer = granted.0,
-            send_buffer = granted.1,
-            gso_segments = gso,
-            gro_segments = gro,
-            "SFU edge listening"
-        );
+        let placement: Shared = Arc::new(Mutex::new(Placement::new(config.workers)));
+        let mut workers = Vec::with_capacity(config.workers);
+        for i in 0..config.workers {
+            let bound = bind(worker_addr(addr, i)?)?;
+            workers.push(spawn(
+                i,
+                bound,
+                config.clone(),
+                metrics.clone(),
+                events.clone(),
+                placement.clone(),
+            )?);
+        }
         Ok(Self {
-            commands,
+            workers: workers.into(),
+            placement,
             metrics,
             events,
-            local,
         })
     }
 
-    /// The UDP address every participant connects to.
+    /// The first worker's UDP address (the only one with `workers` = 1).
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        self.workers[0].local
+    }
+
+    /// Every worker's UDP address, by worker index.
+    #[must_use]
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.workers.iter().map(|w| w.local).collect()
+    }
+
+    /// The UDP address of the worker serving `room` (the candidate its participants are
+    /// offered); `None` while nobody is in it or joining it (SFU-WRK-03).
+    #[must_use]
+    pub fn room_addr(&self, room: &str) -> Option<SocketAddr> {
+        self.worker_of(room).map(|w| self.workers[w].local)
+    }
+
+    /// Participants (and joins in flight) per worker, by worker index.
+    #[must_use]
+    pub fn worker_load(&self) -> Vec<usize> {
+        lock(&self.placement).load().to_vec()
     }
 
     /// The metrics.
@@ -184,9 +250,14 @@ impl EdgeSfu {
         self.events.subscribe()
     }
 
-    /// Run `f` on the SFU's thread; its result, once the events it caused are delivered.
+    fn worker_of(&self, room: &str) -> Option<usize> {
+        lock(&self.placement).worker_of(room)
+    }
+
+    /// Run `f` on worker `w`'s thread; its result, once the events it caused are delivered.
     async fn call<T: Send + 'static>(
         &self,
+        w: usize,
         f: impl FnOnce(&mut Driver, Instant) -> T + Send + 'static,
     ) -> Result<T, SfuError> {
         let (tx, rx) = oneshot::channel();
@@ -195,14 +266,27 @@ impl EdgeSfu {
             d.deliver(now);
             let _ = tx.send(r);
         });
-        self.commands
+        self.workers[w]
+            .commands
             .send(command)
             .await
             .map_err(|_| SfuError::Closed)?;
         rx.await.map_err(|_| SfuError::Closed)
     }
 
-    /// Run `f` on participant `identity` of `room`.
+    /// Run `f` on `room`'s worker, if the room is placed.
+    async fn in_room<T: Send + 'static>(
+        &self,
+        room: &str,
+        f: impl FnOnce(&mut Driver, Instant) -> T + Send + 'static,
+    ) -> Option<T> {
+        let w = self.worker_of(room)?;
+        self.call(w, f).await.ok()
+    }
+
+    /// Run `f` on participant `identity` of `room`. The room is looked up, then the call
+    /// queued on its worker: a room that empties in between (and is placed afresh) answers
+    /// `NotJoined`, as a participant that left would.
     async fn on<T: Send + 'static>(
         &self,
         room: &str,
@@ -210,11 +294,16 @@ impl EdgeSfu {
         f: impl FnOnce(&mut Driver, Instant, ConnId) -> Result<T, SfuError> + Send + 'static,
     ) -> Result<T, SfuError> {
         let key = (room.to_owned(), identity.to_owned());
-        self.call(move |d, now| {
-            let c = *d.by_identity.get(&key).ok_or_else(|| SfuError::NotJoined {
-                room: key.0.clone(),
-                identity: key.1.clone(),
-            })?;
+        let not_joined =
+            |(room, identity): (String, String)| SfuError::NotJoined { room, identity };
+        let Some(w) = self.worker_of(room) else {
+            return Err(not_joined(key));
+        };
+        self.call(w, move |d, now| {
+            let c = *d
+                .by_identity
+                .get(&key)
+                .ok_or_else(|| not_joined(key.clone()))?;
             f(d, now, c)
         })
         .await?
@@ -231,20 +320,20 @@ impl EdgeSfu {
 
     /// Spoofed packets rejected in `room` (SFU-SEC-01).
     pub async fn spoofs(&self, room: &str) -> u64 {
-        let room = room.to_owned();
-        self.call(move |d, _| d.rooms.spoofs(&room))
+        let r = room.to_owned();
+        self.in_room(room, move |d, _| d.rooms.spoofs(&r))
             .await
             .unwrap_or(0)
     }
 
     /// Identities in `room`, sorted.
     pub async fn participants(&self, room: &str) -> Vec<String> {
-        let room = room.to_owned();
-        self.call(move |d, _| {
+        let r = room.to_owned();
+        self.in_room(room, move |d, _| {
             let mut v: Vec<String> = d
                 .by_identity
                 .keys()
-                .filter(|(r, _)| *r == room)
+                .filter(|(room, _)| *room == r)
                 .map(|(_, i)| i.clone())
                 .collect();
             v.sort();
@@ -255,8 +344,63 @@ impl EdgeSfu {
     }
 }
 
-/// The signalling calls, run on the SFU's thread; what they change in the rooms is delivered
-/// as events before they return.
+/// Start worker `index`: its thread owns `bound` and the rooms placed on it.
+fn spawn(
+    index: usize,
+    bound: Bound,
+    config: SfuConfig,
+    metrics: Arc<Metrics>,
+    room_events: broadcast::Sender<ParticipantEvent>,
+    placement: Shared,
+) -> Result<Worker, SfuError> {
+    let Bound {
+        socket,
+        state,
+        local,
+    } = bound;
+    let (commands, rx) = mpsc::channel(1024);
+    let now = Instant::now();
+    let driver = Driver {
+        rooms: EdgeRooms::new(local, config.clone(), metrics, now),
+        config,
+        room_events,
+        placement,
+        people: HashMap::new(),
+        by_identity: HashMap::new(),
+        packetization: HashMap::new(),
+        slow: Vec::new(),
+        next_sweep: now + SWEEP_PERIOD,
+    };
+    // `sfu-edge-N`: short enough for the kernel's 15-byte thread names (`top -H`, `perf`).
+    std::thread::Builder::new()
+        .name(format!("sfu-edge-{index}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!(error = %e, "the edge's runtime did not start");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match UdpSocket::from_std(socket) {
+                    Ok(socket) => run(driver, BatchIo::new(socket, state), rx).await,
+                    Err(e) => warn!(error = %e, "the edge's socket did not register"),
+                }
+            });
+        })
+        .map_err(|source| SfuError::Io {
+            what: "cannot start the edge's thread".into(),
+            source,
+        })?;
+    Ok(Worker { commands, local })
+}
+
+/// The signalling calls, run on the thread of the room's worker; what they change in the rooms
+/// is delivered as events before they return.
 impl Backend for EdgeSfu {
     async fn join_with(
         &self,
@@ -265,18 +409,36 @@ impl Backend for EdgeSfu {
         offer: &str,
         permissions: Permissions,
     ) -> Result<Session, SfuError> {
+        // The room's worker, or the least-loaded one for a new room (SFU-WRK-01, 02); the
+        // seat goes back unless the join succeeds.
+        let (w, seat) = {
+            let mut placement = lock(&self.placement);
+            let w = placement.reserve(room);
+            let seat = Seat {
+                placement: self.placement.clone(),
+                room: room.to_owned(),
+                kept: false,
+            };
+            (w, seat)
+        };
         let (room, identity, offer) = (room.to_owned(), identity.to_owned(), offer.to_owned());
-        self.call(move |d, now| d.join(now, room, identity, &offer, permissions))
-            .await?
+        self.call(w, move |d, now| {
+            let joined = d.join(now, room, identity, &offer, permissions);
+            if joined.is_ok() {
+                seat.keep();
+            }
+            joined
+        })
+        .await?
     }
 
     async fn settle_packetization(&self, room: &str, proposal: i32) -> i32 {
-        let room = room.to_owned();
-        self.call(move |d, _| {
-            if d.rooms.len(&room) == 0 {
+        let r = room.to_owned();
+        self.in_room(room, move |d, _| {
+            if d.rooms.len(&r) == 0 {
                 return proposal;
             }
-            let p = d.packetization.entry(room).or_insert(0);
+            let p = d.packetization.entry(r).or_insert(0);
             if *p == 0 {
                 *p = proposal;
             }
@@ -371,11 +533,13 @@ struct Participant {
     leaving: Option<LeaveReason>,
 }
 
-/// What the SFU's thread owns.
+/// What a worker's thread owns.
 struct Driver {
     rooms: EdgeRooms,
     config: SfuConfig,
     room_events: broadcast::Sender<ParticipantEvent>,
+    /// Where a departed participant's place is given back (SFU-WRK-03).
+    placement: Shared,
     people: HashMap<ConnId, Participant>,
     by_identity: HashMap<(String, String), ConnId>,
     packetization: HashMap<String, i32>,
@@ -420,9 +584,12 @@ impl Driver {
             },
         );
         self.by_identity.insert((room.clone(), identity.clone()), c);
+        // Each worker counts its own rooms into the shared gauge: a room is on one worker.
         let m = self.rooms.metrics();
         m.participants.inc();
-        m.rooms.set(self.rooms.rooms() as i64);
+        if self.rooms.len(&room) == 1 {
+            m.rooms.inc();
+        }
         for ev in self.rooms.published(c) {
             if let Some(info) = self.track_info(&ev) {
                 self.send(c, SignalEvent::TrackPublished(info));
@@ -602,12 +769,13 @@ impl Driver {
                 },
             );
         }
+        let m = self.rooms.metrics();
         if self.rooms.len(&p.room) == 0 {
             self.packetization.remove(&p.room);
+            m.rooms.dec();
         }
-        let m = self.rooms.metrics();
+        lock(&self.placement).release(&p.room);
         m.participants.dec();
-        m.rooms.set(self.rooms.rooms() as i64);
         m.left
             .get_or_create(&Reason {
                 reason: reason.label(),
@@ -666,7 +834,7 @@ impl Driver {
     }
 }
 
-/// The SFU's thread: datagrams, commands and timers, until every [`EdgeSfu`] is dropped.
+/// A worker's thread: datagrams, commands and timers, until every [`EdgeSfu`] is dropped.
 ///
 /// One pass: what the last turn produced is sent (SFU-EDGE-15: grouped per destination, as GSO
 /// segments where the kernel has them), then the thread waits for a command, datagrams or a
@@ -705,5 +873,25 @@ async fn run(mut d: Driver, mut io: BatchIo, mut commands: mpsc::Receiver<Comman
             }
             d.sweep(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_ports_follow_the_base_port_or_are_any() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(worker_addr(any, 3).unwrap(), any);
+        let base: SocketAddr = "10.0.0.1:7000".parse().unwrap();
+        assert_eq!(worker_addr(base, 0).unwrap(), base);
+        assert_eq!(
+            worker_addr(base, 15).unwrap(),
+            "10.0.0.1:7015".parse::<SocketAddr>().unwrap()
+        );
+        let top: SocketAddr = "10.0.0.1:65535".parse().unwrap();
+        assert!(worker_addr(top, 0).is_ok());
+        assert!(matches!(worker_addr(top, 1), Err(SfuError::Config(_))));
     }
 }

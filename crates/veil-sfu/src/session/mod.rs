@@ -35,9 +35,13 @@ pub(crate) fn queue_len(n: usize) -> usize {
 /// test or a relay may need other values), not a constant.
 #[derive(Debug, Clone)]
 pub struct SfuConfig {
-    /// The SFU binds the first of these (every participant on that one UDP port), and offers
-    /// it as its only candidate: it must be the address participants reach.
+    /// The SFU binds the first of these, and offers it as its only candidate: it must be the
+    /// address participants reach. Each worker binds its own port on that address: with port
+    /// 0 each takes any free port; with port `p`, worker `i` binds `p + i` (SFU-WRK-01).
     pub udp_addrs: Vec<String>,
+    /// Worker threads, each its own edge on its own UDP port; a room lives on one
+    /// (SFU-WRK-01..03). At least 1; by default one per available core.
+    pub workers: usize,
     /// At most one key-frame request per publisher stream per this interval (SFU-KF-01).
     pub key_frame_interval: Duration,
     /// No packet at all (media, RTCP or ICE consent checks) for this long: the connection is
@@ -72,6 +76,7 @@ impl Default for SfuConfig {
     fn default() -> Self {
         Self {
             udp_addrs: vec!["127.0.0.1:0".to_owned()],
+            workers: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             key_frame_interval: Duration::from_millis(300),
             silence_timeout: Duration::from_secs(5),
             departure_grace: Duration::from_secs(5),

@@ -24,3 +24,4 @@ mod rtcp;
 mod simulcast;
 mod spoof;
 mod vanish;
+mod workers;
