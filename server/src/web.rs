@@ -45,16 +45,22 @@ pub fn routes(
         .into_axum_router()
         .route("/", get(page))
         .route("/room/{room}", get(page))
-        .route("/assets/{file}", get(page));
+        .route("/assets/{file}", get(page))
+        // Not the gRPC listener's `UNIMPLEMENTED` with 200: this listener serves a browser.
+        .fallback(not_found);
     Routes::from(router)
+}
+
+async fn not_found() -> Response {
+    let mut r = Response::new(Body::from("not found\n"));
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
 }
 
 /// One of the page's files, or 404 (SRV-WEB-03).
 async fn page(req: Request) -> Response {
     let Some(a) = veil_page::asset(req.uri().path()) else {
-        let mut r = Response::new(Body::from("not found\n"));
-        *r.status_mut() = StatusCode::NOT_FOUND;
-        return r;
+        return not_found().await;
     };
     let mut r = Response::new(Body::from(a.body));
     let h = r.headers_mut();

@@ -464,3 +464,137 @@ async fn undecodable_signalling_requests_are_invalid_argument() {
     assert!(is_malformed(&s), "within a session: {s:?}");
     roster_becomes(&sfu, room, &[]).await;
 }
+
+fn authed<T>(msg: T, token: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// SFU-WEB-01: a browser's session over `Open` and `Send` (gRPC-Web has no client streaming).
+/// The session's name is bound to the token's identity; `Send`'s outcome arrives on the
+/// `Open` stream; dropping the stream ends the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_session_takes_its_requests_through_send() {
+    let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
+    init_tracing();
+    let key = TokenKey::generate("test").unwrap();
+    let addr = serve(sfu.clone(), &key).await;
+    let room = "web";
+    let alice_token = token(&key, "alice", room, true, true);
+    let mut client = SfuClient::connect(format!("http://{addr}")).await.unwrap();
+
+    let mut alice = Peer::new(room, "alice", true).await;
+    let join = |offer_sdp| pb::SignalRequest {
+        id: 0,
+        request: Some(R::Join(pb::Join {
+            room: room.to_owned(),
+            offer_sdp,
+            packetization: pb::Packetization::Browser as i32,
+        })),
+    };
+    let mut events = client
+        .open(authed(join(alice.offer().await), &alice_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let joined = match events.message().await.unwrap() {
+        Some(pb::SignalEvent {
+            event: Some(E::Joined(j)),
+        }) => j,
+        other => panic!("expected joined, got {other:?}"),
+    };
+    assert_eq!(joined.identity, "alice");
+    assert_eq!(joined.session.len(), 32, "{}", joined.session);
+    assert!(joined.session.bytes().all(|b| b.is_ascii_hexdigit()));
+    alice
+        .pc
+        .set_remote_description(RTCSessionDescription::answer(joined.answer_sdp).unwrap())
+        .await
+        .unwrap();
+    alice.connected().await;
+
+    let send = |session: &str, id: u32, request: Option<R>| pb::SendRequest {
+        session: session.to_owned(),
+        request: Some(pb::SignalRequest { id, request }).filter(|_| id != 0),
+    };
+    let subscribe = || {
+        Some(R::Subscribe(pb::Subscribe {
+            track: "t999".into(),
+        }))
+    };
+    // Another identity cannot use alice's session, nor can anyone use a made-up one: both are
+    // simply not found.
+    let bob_token = token(&key, "bob", room, true, true);
+    let s = client
+        .send(authed(send(&joined.session, 7, subscribe()), &bob_token))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::NotFound, "{s:?}");
+    let s = client
+        .send(authed(send(&"0".repeat(32), 7, subscribe()), &alice_token))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::NotFound, "{s:?}");
+    let s = client
+        .send(authed(send(&joined.session, 0, None), &alice_token))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    let s = client
+        .send(Request::new(send(&joined.session, 7, subscribe())))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+
+    // A request the SFU refuses is accepted by Send; its failure arrives on the stream.
+    client
+        .send(authed(send(&joined.session, 42, subscribe()), &alice_token))
+        .await
+        .unwrap();
+    let failed = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.message().await.unwrap() {
+                Some(pb::SignalEvent {
+                    event: Some(E::RequestFailed(f)),
+                }) => return f,
+                Some(_) => {}
+                None => panic!("the stream ended"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(failed.id, 42);
+    assert_eq!(failed.code, Code::NotFound as i32, "{failed:?}");
+
+    // Closing the stream ends the session: its name stops working and alice can join again.
+    drop(events);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = client
+            .send(authed(send(&joined.session, 8, subscribe()), &alice_token))
+            .await;
+        if r.as_ref().is_err_and(|s| s.code() == Code::NotFound) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session outlived its stream: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut again = Peer::new(room, "alice", true).await;
+    let mut events = client
+        .open(authed(join(again.offer().await), &alice_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        events.message().await.unwrap(),
+        Some(pb::SignalEvent {
+            event: Some(E::Joined(_))
+        })
+    ));
+}
