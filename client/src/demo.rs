@@ -3,6 +3,10 @@
 //! loopback; everyone publishes synthetic audio (50 frames/s) and video (30 frames/s, a key
 //! frame every 2 s); one participant joins a third of the way in and one leaves at two thirds.
 //! At the end it prints one row per participant.
+//!
+//! `veil demo --browser` ([`browser`]) is the call for a person instead: the server with its
+//! page, and one native participant publishing real VP8 and Opus (Chromium's, from
+//! `vectors/chromium-media`, which browsers can decode); it prints the links to open.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -251,4 +255,70 @@ pub(crate) async fn run(participants: usize, seconds: u64) -> Result<(), String>
         ));
     }
     Ok(())
+}
+
+/// Chromium's VP8 and Opus (vectors/chromium-media): what a browser can decode.
+const CAMERA: &[u8] = include_bytes!("../../vectors/chromium-media/camera-160x90.ivf");
+const MICROPHONE: &[u8] = include_bytes!("../../vectors/chromium-media/microphone.ogg");
+
+/// `veil demo --browser`: the server (with its web listener on `web`), a native participant
+/// ("alice") publishing real media, and links for two people to open in browsers. Runs for
+/// `seconds`, or until Ctrl-C.
+pub(crate) async fn browser(web: std::net::SocketAddr, seconds: Option<u64>) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let key = TokenKey::generate("demo").map_err(|e| e.to_string())?;
+    let mut cfg = veil_server::ServerConfig::loopback(dir.path().to_owned(), key.clone());
+    cfg.kds.departure_grace = Duration::from_secs(2);
+    cfg.web_listen = Some(web);
+    let bound = veil_server::spawn(cfg).await.map_err(|e| e.to_string())?;
+    let web = bound.web.ok_or("the web listener did not start")?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let token = |name: &str| {
+        key.mint(&Claims::new(
+            name,
+            "demo",
+            Grants::all(),
+            now,
+            Duration::from_secs(86_400),
+        ))
+        .map_err(|e| e.to_string())
+    };
+    let media = dir.path().join("media");
+    std::fs::create_dir_all(&media).map_err(|e| e.to_string())?;
+    let (video, audio) = (media.join("camera.ivf"), media.join("microphone.ogg"));
+    std::fs::write(&video, CAMERA).map_err(|e| e.to_string())?;
+    std::fs::write(&audio, MICROPHONE).map_err(|e| e.to_string())?;
+
+    crate::join::say!(
+        "Veil demo for browsers: server on http://{}, page on http://{web}\n",
+        bound.grpc
+    );
+    crate::join::say!(
+        "Open one of these in a browser (Chromium or Chrome), allow camera and microphone:\n"
+    );
+    for who in ["bob", "carol"] {
+        crate::join::say!(
+            "  as {who}: {}",
+            veil_server::web::room_link(web, "demo", &token(who)?)
+        );
+    }
+    crate::join::say!(
+        "\nalice, a native participant, publishes a looping clip; everyone shows the same safety code.\n"
+    );
+    crate::join::run(crate::join::Join {
+        url: format!("http://{}", bound.grpc),
+        room: "demo".into(),
+        token: token("alice")?,
+        identity: "alice".into(),
+        seconds,
+        publish: crate::join::Publish::Files {
+            video: Some(video),
+            audio: Some(audio),
+        },
+        save: None,
+    })
+    .await
 }

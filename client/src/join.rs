@@ -197,6 +197,16 @@ impl Status {
     }
 }
 
+/// `println!` that a closed stdout cannot stop: a participant keeps going when whoever read its
+/// output went away.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+pub(crate) use say;
+
 pub(crate) async fn run(args: Join) -> Result<(), String> {
     // Different participants publish different synthetic bytes.
     let seed = args
@@ -216,12 +226,12 @@ pub(crate) async fn run(args: Join) -> Result<(), String> {
     let mut room = Room::join(cfg).await.map_err(|e| e.to_string())?;
     let mut events = room.events();
     let mut events_open = true;
-    println!("joined room {:?} as {:?}", args.room, args.identity);
+    say!("joined room {:?} as {:?}", args.room, args.identity);
     if !names.is_empty() {
-        println!("publishing {}", names.join(" and "));
+        say!("publishing {}", names.join(" and "));
     }
     if let Some(dir) = &args.save {
-        println!("saving others' media to {}", dir.display());
+        say!("saving others' media to {}", dir.display());
     }
 
     let status = Status {
@@ -341,11 +351,11 @@ pub(crate) async fn run(args: Join) -> Result<(), String> {
                     s.skipped
                 ));
             }
-            println!("saved {}: {}", s.participant, parts.join(", "));
+            say!("saved {}: {}", s.participant, parts.join(", "));
         }
     }
     result?;
     left?;
-    println!("left room {:?}", args.room);
+    say!("left room {:?}", args.room);
     Ok(())
 }

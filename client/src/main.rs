@@ -49,9 +49,16 @@ struct DemoArgs {
     /// Participants at the start (one more joins a third of the way in).
     #[arg(long, default_value_t = 3)]
     participants: usize,
-    /// Length of the call in seconds.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    /// Length of the call in seconds (default 10; with --browser, until Ctrl-C).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// A call to join from a browser instead: the server with its page, and a native
+    /// participant publishing real VP8 and Opus; prints the links to open.
+    #[arg(long)]
+    browser: bool,
+    /// With --browser: the web listener's address.
+    #[arg(long, default_value = "127.0.0.1:7480", requires = "browser")]
+    web_listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, clap::Args)]
@@ -285,7 +292,8 @@ async fn main() -> std::process::ExitCode {
         Cmd::Server(a) => server(a).await,
         Cmd::Token(a) => mint(&a.data_dir, &a.room, &a.identity, a.ttl).map(|t| println!("{t}")),
         Cmd::Join(a) => join(a).await,
-        Cmd::Demo(a) => demo::run(a.participants.max(2), a.seconds.max(3)).await,
+        Cmd::Demo(a) if a.browser => demo::browser(a.web_listen, a.seconds).await,
+        Cmd::Demo(a) => demo::run(a.participants.max(2), a.seconds.unwrap_or(10).max(3)).await,
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

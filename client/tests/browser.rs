@@ -116,7 +116,7 @@ async fn stats(page: &Page) -> Value {
 
 /// Wait until `page` decodes video and audio from each of `from` and its worker decrypted
 /// them with no failure; the stats then.
-async fn decoding(page: &Page, from: &[&str], metrics: std::net::SocketAddr) -> Value {
+async fn decoding(page: &Page, from: &[&str], metrics: Option<std::net::SocketAddr>) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let s = stats(page).await;
@@ -140,8 +140,11 @@ async fn decoding(page: &Page, from: &[&str], metrics: std::net::SocketAddr) -> 
 }
 
 /// The SFU's routing counters, for a failure's message.
-async fn sfu_metrics(addr: std::net::SocketAddr) -> String {
+async fn sfu_metrics(addr: Option<std::net::SocketAddr>) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Some(addr) = addr else {
+        return "(no metrics listener)".into();
+    };
     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
     c.write_all(b"GET /metrics HTTP/1.1\r\nhost: veil\r\nconnection: close\r\n\r\n")
         .await
@@ -203,7 +206,7 @@ async fn browsers_and_a_native_participant_share_an_encrypted_call() {
     })
     .await;
     let web = server.bound.web.expect("the web listener");
-    let metrics = server.bound.metrics.expect("the metrics listener");
+    let metrics = server.bound.metrics;
     let token = |who: &str| server.token(ROOM, who, Duration::from_secs(600));
 
     // Every packet the SFU receives, from before anyone joins.
@@ -404,4 +407,68 @@ async fn browsers_and_a_native_participant_share_an_encrypted_call() {
     }
     let final_line = out.lines().rev().find(|l| l.starts_with("room ")).unwrap();
     assert!(final_line.contains("decrypt failures 0"), "{final_line}");
+}
+
+/// `veil demo --browser` prints links a person opens; from one, a browser joins the call and
+/// decodes the native participant's video and audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_demo_prints_a_link_that_joins_its_call() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args([
+            "demo",
+            "--browser",
+            "--web-listen",
+            "127.0.0.1:0",
+            "--seconds",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop_std();
+    let out = child.0.stdout.take().unwrap();
+    // Read the link, then stop reading: the demo keeps running with nobody reading its output.
+    let link = tokio::task::spawn_blocking(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.trim().strip_prefix("as bob: ").map(str::to_owned))
+    })
+    .await
+    .unwrap()
+    .expect("veil demo --browser prints a link for bob");
+    assert!(link.contains("/room/demo#token="), "{link}");
+    let browser = Chromium::launch(&[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let page = browser.open(&format!("{link}&probe=1")).await.unwrap();
+    page.wait_for("window.veil && window.veil.ready", WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("the demo page did not join: {e}\n{:#?}", page.console()));
+    let s = decoding(&page, &["alice"], None).await;
+    assert_eq!(failures(&s), vec![], "{s:#}");
+    assert_eq!(
+        s["status"]["members"].as_array().map(Vec::len),
+        Some(2),
+        "{s:#}"
+    );
+}
+
+/// A child killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+trait SpawnKilled {
+    fn kill_on_drop_std(&mut self) -> Killed;
+}
+
+impl SpawnKilled for Command {
+    fn kill_on_drop_std(&mut self) -> Killed {
+        Killed(self.spawn().unwrap())
+    }
 }
