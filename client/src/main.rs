@@ -71,7 +71,7 @@ struct ServerArgs {
     listen: std::net::SocketAddr,
     /// Web listen address: the browser page and gRPC-Web (`off` for none).
     #[arg(long, env = "VEIL_WEB_LISTEN", default_value = "127.0.0.1:7480", value_parser = parse_web_listen)]
-    web_listen: Option<std::net::SocketAddr>,
+    web_listen: WebListen,
     /// Room to print a join token for.
     #[arg(long, default_value = "demo")]
     room: String,
@@ -171,19 +171,23 @@ fn token_subject(token: &str) -> Result<(String, String), String> {
     Ok((s.sub, s.room))
 }
 
-fn parse_web_listen(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+/// `--web-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct WebListen(Option<std::net::SocketAddr>);
+
+fn parse_web_listen(s: &str) -> Result<WebListen, String> {
     if s == "off" {
-        return Ok(None);
+        return Ok(WebListen(None));
     }
     s.parse()
-        .map(Some)
+        .map(|a| WebListen(Some(a)))
         .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:7480, nor `off`: {e}"))
 }
 
 async fn server(args: ServerArgs) -> Result<(), String> {
     let mut cfg = veil_server::ServerConfig::embedded(args.data_dir.clone());
     cfg.listen = args.listen;
-    cfg.web_listen = args.web_listen;
+    cfg.web_listen = args.web_listen.0;
     // Two people can open these links in browsers, beside alice's `veil join`.
     let guests =
         ["bob", "carol"].map(|who| mint(&args.data_dir, &args.room, who, 86_400).map(|t| (who, t)));

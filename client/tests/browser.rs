@@ -74,12 +74,23 @@ impl Native {
         })
     }
 
-    /// Ctrl-C, as a person ends `veil join`; the whole output once it has left.
+    /// Ctrl-C, as a person ends `veil join`; the whole output once it has left (within 30 s).
     fn stop(mut self) -> String {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
-        let status = self.child.wait().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "veil join did not leave within 30 s of Ctrl-C:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         std::thread::sleep(Duration::from_millis(200));
         let out = self.output();
         assert!(status.success(), "veil join failed: {status}\n{out}");

@@ -47,6 +47,12 @@ struct ServeArgs {
     /// Turn the metrics endpoint off.
     #[arg(long)]
     no_metrics: bool,
+    /// Web listen address: the browser page and both services over gRPC-Web (HTTP/1.1).
+    #[arg(long, env = "VEIL_WEB_LISTEN", default_value = "127.0.0.1:7480")]
+    web_listen: SocketAddr,
+    /// Turn the web listener (the browser page) off.
+    #[arg(long)]
+    no_web: bool,
     /// Token keys `id:secret` (secret in base64url or hex, at least 32 bytes), comma-separated;
     /// default: the embedded key in the data directory.
     #[arg(long, env = "VEIL_TOKEN_KEYS", value_delimiter = ',')]
@@ -196,6 +202,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     let mut cfg = ServerConfig::embedded(args.data_dir);
     cfg.listen = args.listen;
     cfg.metrics_listen = (!args.no_metrics).then_some(args.metrics_listen);
+    cfg.web_listen = (!args.no_web).then_some(args.web_listen);
     cfg.token_keys = args
         .token_key
         .iter()

@@ -76,7 +76,14 @@ impl Server {
             .unwrap();
         let mut child = Kill(
             veil()
-                .args(["server", "--room", room, "--listen"])
+                .args([
+                    "server",
+                    "--room",
+                    room,
+                    "--web-listen",
+                    "127.0.0.1:0",
+                    "--listen",
+                ])
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--data-dir")
                 .arg(dir)

@@ -46,14 +46,21 @@ impl Server {
     pub fn start_on(dir: &Path, grace_ms: u64, port: u16) -> Self {
         private(dir);
         let mut cmd = Command::new(binary());
-        cmd.args(["serve", "--metrics-listen", "127.0.0.1:0", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(dir)
-            .arg("--departure-grace-ms")
-            .arg(grace_ms.to_string())
-            .env("RUST_LOG", "veil_server=debug,veil_keys=debug,info")
-            .stderr(log(dir));
+        cmd.args([
+            "serve",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--web-listen",
+            "127.0.0.1:0",
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--departure-grace-ms")
+        .arg(grace_ms.to_string())
+        .env("RUST_LOG", "veil_server=debug,veil_keys=debug,info")
+        .stderr(log(dir));
         Self::spawned(cmd, dir, grace_ms)
     }
 
@@ -63,12 +70,18 @@ impl Server {
         private(dir);
         let limit = nofile.map_or_else(String::new, |n| format!("ulimit -n {n}; "));
         let mut cmd = under_shell(&limit, binary());
-        cmd.args(["serve", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(extra)
-            .env("RUST_LOG", "veil_server=debug,veil_keys=debug,info")
-            .stderr(log(dir));
+        cmd.args([
+            "serve",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--web-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "veil_server=debug,veil_keys=debug,info")
+        .stderr(log(dir));
         Self::spawned(cmd, dir, 10_000)
     }
 

@@ -29,6 +29,7 @@ fn serve_args(dir: &Path) -> Vec<String> {
         "--listen",
         "127.0.0.1:0",
         "--no-metrics",
+        "--no-web",
         "--sfu-udp",
         "127.0.0.1:0",
         "--data-dir",
