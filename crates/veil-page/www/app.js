@@ -321,23 +321,27 @@ async function collectStats() {
   return out;
 }
 
+/** Text for innerHTML: names come from other people's tokens. */
+function esc(v) {
+  return String(v).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
 function drawStats(s) {
   const body = $('#stats-body');
   if ($('#stats').hidden) return;
-  const fail = (f) => Object.entries(f || {}).map(([k, v]) => `${k} ${v}`).join(', ') || '0';
+  const fail = (f) => esc(Object.entries(f || {}).map(([k, v]) => `${k} ${v}`).join(', ') || '0');
   const rows = (s.transforms || []).filter((t) => t.side === 'recv').map((t) => {
     const track = state.tracks.get(t.track);
     const ib = s.inbound.find((i) => i.track === t.track) || {};
     const layer = ib.width ? `${ib.width}×${ib.height}` : '';
-    return `<tr><td>${track ? track.publisher : '?'}</td><td>${t.kind}</td><td>${t.decrypted}</td><td>${fail(t.failures)}</td><td>${layer}</td><td>${Math.round((ib.bitrate || 0) / 1000)}</td><td>${ib.packetsLost || 0}</td></tr>`;
+    return `<tr><td>${esc(track ? track.publisher : '?')}</td><td>${esc(t.kind)}</td><td>${esc(t.decrypted)}</td><td>${fail(t.failures)}</td><td>${esc(layer)}</td><td>${Math.round((ib.bitrate || 0) / 1000)}</td><td>${esc(ib.packetsLost || 0)}</td></tr>`;
   }).join('');
-  const sent = (s.transforms || []).filter((t) => t.side === 'send').map((t) => `${t.kind}: ${t.encrypted} encrypted${Object.keys(t.byRid).filter(Boolean).length ? ' (' + Object.entries(t.byRid).map(([r, n]) => `${r} ${n}`).join(', ') + ')' : ''}`).join('<br>');
+  const sent = (s.transforms || []).filter((t) => t.side === 'send').map((t) => esc(`${t.kind}: ${t.encrypted} encrypted${Object.keys(t.byRid).filter(Boolean).length ? ' (' + Object.entries(t.byRid).map(([r, n]) => `${r} ${n}`).join(', ') + ')' : ''}`)).join('<br>');
   body.innerHTML = `
-    <div>epoch <b>${s.status ? s.status.epoch : '—'}</b> · RTT ${s.rtt == null ? '—' : Math.round(s.rtt * 1000) + ' ms'}</div>
+    <div>epoch <b>${esc(s.status ? s.status.epoch : '—')}</b> · RTT ${s.rtt == null ? '—' : Math.round(s.rtt * 1000) + ' ms'}</div>
     <h3>Received</h3>
     <table><tr><th>from</th><th>kind</th><th>decrypted</th><th>failures</th><th>layer</th><th>kbit/s</th><th>lost</th></tr>${rows}</table>
     <h3>Sent</h3><div>${sent || '—'}</div>`;
-  body.querySelectorAll('td').forEach((td) => { td.textContent = td.textContent; });
 }
 
 // ---- start ----------------------------------------------------------------------------------
