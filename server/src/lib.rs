@@ -10,8 +10,8 @@
 //! private data directory ([`datadir`], KDS-SEC-02), the connection gate of every listener
 //! ([`listen`], SRV-CONN-01..06), the metrics/health HTTP endpoint ([`metrics`]), and the web
 //! listener ([`web`]): the browser client's page and both services over gRPC-Web
-//! (specs/browser.md). A
-//! participant the SFU timed out is handed to the key service as a departure (KDS-REM-01).
+//! (specs/browser.md). A participant the SFU timed out is handed to the key service as a
+//! departure (KDS-REM-01).
 //! Run it with [`run`], or as the `veil-server` binary:
 //!
 //! ```no_run
@@ -124,8 +124,8 @@ impl ServerConfig {
 
 impl ServerConfig {
     /// For tests, benches and demos in one process: both roles on a free loopback port (the
-    /// page on another), no metrics listener, tokens signed with `key`, state under `data_dir`. Every client comes
-    /// from 127.0.0.1, so the per-address cap is the total cap.
+    /// page on another), no metrics listener, tokens signed with `key`, state under
+    /// `data_dir`. Every client comes from 127.0.0.1, so the per-address cap is the total cap.
     #[must_use]
     pub fn loopback(data_dir: PathBuf, key: TokenKey) -> Self {
         let embedded = Self::embedded(data_dir);
