@@ -34,6 +34,8 @@ struct View {
     status: Status,
     /// `(leaf index, identity)` of every member.
     leaves: Vec<(u32, String)>,
+    /// This member's leaf index in the group.
+    own_leaf: Option<u32>,
     /// Why the member stopped (`Some("")`: it left).
     stopped: Option<String>,
     on_update: Option<Function>,
@@ -185,7 +187,8 @@ fn status_json(v: &View, frames: &FrameKeys) -> String {
         .iter()
         .map(|(leaf, id)| serde_json::json!({ "leaf": leaf, "identity": id }))
         .collect();
-    let own = frames.export_current().and_then(|e| e.own);
+    // Shown while this member sends, as the worker's key blob says.
+    let own = frames.sender_kid().and(v.own_leaf);
     serde_json::json!({
         "epoch": s.epoch,
         "safetyCode": s.epoch_authenticator.as_deref().map(safety_code),
@@ -208,15 +211,12 @@ fn notify(view: &Rc<RefCell<View>>, frames: &FrameKeys) {
     let (f, json, blob) = {
         let mut v = view.borrow_mut();
         let Some(f) = v.on_update.clone() else { return };
-        let export = frames.export_current();
-        let blob = match &export {
-            Some(e) if v.exported != Some(e.epoch) => {
-                v.exported = Some(e.epoch);
-                let b = encode_epoch(e);
-                Some(Uint8Array::from(&b[..]))
-            }
-            _ => None,
-        };
+        // The secret is copied out only for an epoch the page has not had yet.
+        let fresh = frames.epoch().is_some_and(|e| v.exported != Some(e));
+        let blob = fresh.then(|| frames.export_current()).flatten().map(|e| {
+            v.exported = Some(e.epoch);
+            Uint8Array::from(&encode_epoch(&e)[..])
+        });
         (f, status_json(&v, frames), blob)
     };
     // The callback runs with no borrow held: it may call `status()`.
@@ -348,6 +348,7 @@ impl Shell {
             match ev {
                 Event::Status(s) => {
                     let mut v = self.view.borrow_mut();
+                    v.own_leaf = self.member.session().own_index();
                     v.leaves = self
                         .member
                         .session()
