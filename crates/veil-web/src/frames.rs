@@ -211,8 +211,13 @@ impl FrameCrypto {
             Ok(Received::Plaintext {
                 sender, plaintext, ..
             }) => {
+                // The plaintext lies inside `buf`: keep that range instead of copying it out.
+                let (at, len) = (plaintext.as_ptr() as usize, plaintext.len());
+                let start = at - buf.as_ptr() as usize;
+                buf.truncate(start + len);
+                buf.drain(..start);
                 self.stats.decrypted += 1;
-                Ok(Opened::Plaintext(plaintext.to_vec(), sender))
+                Ok(Opened::Plaintext(buf, sender))
             }
             Ok(Received::Held) => {
                 self.stats.held += 1;
