@@ -613,20 +613,23 @@ impl Connected for Conn {
 /// gate's caps, and handed on once their HTTP/2 preface arrived (SRV-CONN-01/02). The accept
 /// loop ends when the stream is dropped.
 pub fn grpc_incoming(listener: TcpListener, gate: Gate) -> ReceiverStream<io::Result<Conn>> {
-    incoming(listener, gate, "grpc")
+    incoming(listener, gate, "grpc", true)
 }
 
 /// The connections of the web listener (the page and gRPC-Web over HTTP/1.1, SRV-WEB-01):
 /// the gRPC listener's caps and timers, handed on once a first byte arrived (it is not
 /// consumed), since an HTTP/1 request has no fixed preface.
 pub fn web_incoming(listener: TcpListener, gate: Gate) -> ReceiverStream<io::Result<Conn>> {
-    incoming(listener, gate, "web")
+    incoming(listener, gate, "web", false)
 }
 
+/// Admitted connections of the listener `name` (its counters' label); `http2`: one waits for
+/// the HTTP/2 preface, else for any first byte.
 fn incoming(
     listener: TcpListener,
     gate: Gate,
     name: &'static str,
+    http2: bool,
 ) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -643,7 +646,6 @@ fn incoming(
                 let mut preface = [0u8; HTTP2_PREFACE.len()];
                 let wait = gate.limits().handshake_timeout;
                 let (waiting, evicted) = slot.handshake();
-                let http2 = name == "grpc";
                 let read = tokio::select! {
                     r = tokio::time::timeout(wait, async {
                         if http2 {
