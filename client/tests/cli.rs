@@ -1,6 +1,9 @@
 //! The `veil` command end to end on loopback, with real processes and sockets: `veil server`,
-//! `veil token`, `veil join` and `veil demo`. One binary; one behaviour per module under `cli/`.
+//! `veil token`, `veil join` and `veil demo`, and browsers joining calls (`browser`). One
+//! binary; one behaviour per module under `cli/`.
 
+#[path = "cli/browser.rs"]
+mod browser;
 #[path = "cli/common.rs"]
 mod common;
 #[path = "cli/demo.rs"]

@@ -13,7 +13,7 @@
 //! Chromium is `$VEIL_CHROMIUM` or `chromium` on the PATH (`.ci/run` installs Debian's).
 
 use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,12 +23,14 @@ use veil_sfu::routing::MediaKind;
 use veil_testkit::browser::{Chromium, Page};
 use veil_testkit::server::InProcess;
 
+use crate::common::{Kill, veil};
+
 const ROOM: &str = "browsers";
 const WAIT: Duration = Duration::from_secs(60);
 
 /// `veil join` as alice, its stdout lines collected as they come.
 struct Native {
-    child: Child,
+    child: Kill,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
@@ -37,7 +39,7 @@ impl Native {
         // Real VP8 and Opus (Chromium's, vectors/chromium-media): browsers must decode them.
         let media =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../vectors/chromium-media");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
+        let mut child = veil()
             .args(["join", "--room", ROOM, "--url", url, "--token", token])
             .arg("--video")
             .arg(media.join("camera-160x90.ivf"))
@@ -57,7 +59,10 @@ impl Native {
                 l.lock().unwrap().push(line);
             }
         });
-        Self { child, lines }
+        Self {
+            child: Kill(child),
+            lines,
+        }
     }
 
     fn output(&self) -> String {
@@ -77,11 +82,11 @@ impl Native {
     /// Ctrl-C, as a person ends `veil join`; the whole output once it has left (within 30 s).
     fn stop(mut self) -> String {
         let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args(["-INT", &self.child.0.id().to_string()])
             .status();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
+            if let Some(s) = self.child.0.try_wait().unwrap() {
                 break s;
             }
             assert!(
@@ -95,13 +100,6 @@ impl Native {
         let out = self.output();
         assert!(status.success(), "veil join failed: {status}\n{out}");
         out
-    }
-}
-
-impl Drop for Native {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -424,7 +422,7 @@ async fn browsers_and_a_native_participant_share_an_encrypted_call() {
 /// decodes the native participant's video and audio.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_browser_demo_prints_a_link_that_joins_its_call() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
+    let mut child = veil()
         .args([
             "demo",
             "--browser",
@@ -435,7 +433,9 @@ async fn the_browser_demo_prints_a_link_that_joins_its_call() {
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop_std();
+        .spawn()
+        .map(Kill)
+        .unwrap();
     let out = child.0.stdout.take().unwrap();
     // Read the link, then stop reading: the demo keeps running with nobody reading its output.
     let link = tokio::task::spawn_blocking(move || {
@@ -462,24 +462,4 @@ async fn the_browser_demo_prints_a_link_that_joins_its_call() {
         Some(2),
         "{s:#}"
     );
-}
-
-/// A child killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-trait SpawnKilled {
-    fn kill_on_drop_std(&mut self) -> Killed;
-}
-
-impl SpawnKilled for Command {
-    fn kill_on_drop_std(&mut self) -> Killed {
-        Killed(self.spawn().unwrap())
-    }
 }
