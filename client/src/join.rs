@@ -247,10 +247,14 @@ pub(crate) async fn run(args: Join) -> Result<(), String> {
     let never = start + Duration::from_secs(100 * 365 * 86_400);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // One Ctrl-C listener for the whole loop: a listener made anew in each turn misses a
+    // signal that arrives between turns, and the participant would not leave.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     let result = loop {
         let due = schedule.due().map(|d| media_zero + d);
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = &mut ctrl_c => break Ok(()),
             () = tokio::time::sleep_until(deadline.unwrap_or(never)), if deadline.is_some() => {
                 break Ok(());
             }
