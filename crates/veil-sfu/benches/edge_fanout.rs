@@ -27,10 +27,10 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{mpsc, oneshot, watch};
+use veil_sfu::SfuConfig;
 use veil_sfu::connection::peer::{self, OPUS_PT};
 use veil_sfu::edge::{Edge, EdgeEvent, EdgeRoomEvent, EdgeRooms, SansIo};
 use veil_sfu::routing::MediaKind;
-use veil_sfu::{Metrics, SfuConfig};
 use veil_testkit::webrtc::{Events, Handler, OnTrack, loopback_addrs};
 use webrtc::media_stream::track_local::TrackLocal as _;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -103,7 +103,7 @@ fn fwd_cpu() -> f64 {
 fn run_edge(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let local = sock.local_addr().unwrap();
-    let mut edge = Edge::new(local);
+    let mut edge = Edge::new(local, Instant::now(), [7; 32]);
     let mut conns = Vec::new();
     let mut senders = Vec::new();
     let mut buf = vec![0u8; 2048];
@@ -265,8 +265,8 @@ fn run_room(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     let mut room = EdgeRooms::new(
         sock.local_addr().unwrap(),
         SfuConfig::default(),
-        Arc::new(Metrics::default()),
         Instant::now(),
+        [7; 32],
     );
     let mut conns = Vec::new();
     let mut track = None;

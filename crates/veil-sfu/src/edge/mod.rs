@@ -74,8 +74,10 @@ mod io;
 mod placement;
 mod room;
 mod serve;
+mod stats;
 pub use room::{EdgeRoomEvent, EdgeRooms, parse_track_name, track_name};
 pub use serve::EdgeSfu;
+pub use stats::{Counters, Observation};
 
 /// The local description `pc` has just set, as SDP.
 fn local_sdp(pc: &RTCPeerConnection) -> Result<String, SfuError> {
@@ -220,8 +222,13 @@ pub struct Edge {
 impl Edge {
     /// An edge whose one host candidate is `local`: the address the socket is bound to, as
     /// peers reach it (SFU-EDGE-02: rtc matches every STUN packet against this exact address).
+    ///
+    /// The edge reads no clock and no OS randomness of its own (SFU-OBS-02): `now` starts the
+    /// clock of its rate limits, and `seed` its generator of ICE credentials. A shell seeds it
+    /// from the OS (the ICE password authenticates every STUN request, so it must not be
+    /// guessable); a test may fix it.
     #[must_use]
-    pub fn new(local: SocketAddr) -> Self {
+    pub fn new(local: SocketAddr, now: Instant, seed: [u8; 32]) -> Self {
         Self {
             local,
             conns: Vec::new(),
@@ -232,12 +239,12 @@ impl Edge {
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             unrouted: 0,
-            rng: StdRng::from_os_rng(),
+            rng: StdRng::from_seed(seed),
             timers: None,
             congestion_control: None,
             datagram_limit: None,
             flooded: 0,
-            epoch: Instant::now(),
+            epoch: now,
         }
     }
 
@@ -809,7 +816,7 @@ mod tests {
     #[test]
     fn timers_walk_only_the_open_connections() {
         let now = Instant::now();
-        let mut edge = Edge::new("127.0.0.1:5000".parse().unwrap());
+        let mut edge = Edge::new("127.0.0.1:5000".parse().unwrap(), now, [7; 32]);
         let mut ids: Vec<ConnId> = (0..50)
             .map(|_| edge.accept(now, &offer(now)).unwrap().0)
             .collect();
@@ -831,7 +838,7 @@ mod tests {
     #[test]
     fn requests_claim_addresses_and_an_address_is_never_taken_over() {
         let now = Instant::now();
-        let mut edge = Edge::new("127.0.0.1:5000".parse().unwrap());
+        let mut edge = Edge::new("127.0.0.1:5000".parse().unwrap(), now, [7; 32]);
         let (a, answer_a) = edge.accept(now, &offer(now)).unwrap();
         let (b, answer_b) = edge.accept(now, &offer(now)).unwrap();
         let (ua, ub) = (ufrag(&answer_a), ufrag(&answer_b));

@@ -7,7 +7,8 @@
 //! subscriber (`connection::packet::rewrite`) and written to their connections. Subscribing adds a track to the subscriber's connection and renegotiates; once the answer
 //! is in, the core forwards with the payload type and extension ids that subscription negotiated.
 //! Key-frame requests go both ways through the core's policy, each connection's GCC estimate feeds
-//! the core's layer choice, and the SFU's metrics count what happens.
+//! the core's layer choice. What happens is counted into plain [`Counters`] and
+//! [`Observation`]s that the shell exports (SFU-OBS-01): the rooms touch no shared metric.
 //!
 //! **Negotiation** (SFU-EDGE-11). The edge is the impolite peer: it has at most one offer out
 //! per participant. A change while that offer waits (a second subscription, a departed
@@ -27,6 +28,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use veil_rtc::rtx_ssrc;
 use webrtc::peer_connection::RTCSessionDescription;
 
+use super::stats::{Counters, Observation, RtxTally, kind_index, rtx_tally};
 use super::{ConnId, Edge, EdgeEvent};
 use crate::connection::packet::{packet_meta, rewrite};
 use crate::connection::peer;
@@ -35,8 +37,8 @@ use crate::error::SfuError;
 use crate::routing::{
     ExtMap, MediaKind, ParticipantId, Publish, RateLimit, Room, Subscribe, TrackId,
 };
-use crate::session::metrics::{RtxCount, Subscriber, SubscriberTrack};
-use crate::session::{DropKind, Metrics, SfuConfig, TappedPacket};
+use crate::session::metrics::{Subscriber, SubscriberTrack};
+use crate::session::{DropKind, SfuConfig, TappedPacket};
 
 /// How often each connection's estimate is handed to the core. GCC changes its target at most
 /// every 200 ms (rate-control interval) and on feedback, which comes about every 100 ms.
@@ -137,7 +139,13 @@ struct Participant {
 pub struct EdgeRooms {
     edge: Edge,
     config: SfuConfig,
-    metrics: Arc<Metrics>,
+    /// What happened since the shell last took it (SFU-OBS-01).
+    counters: Counters,
+    /// What the connections' RTX interceptors did, folded into `counters` when taken.
+    rtx: Arc<RtxTally>,
+    observations: VecDeque<Observation>,
+    /// The shell's tap has listeners: record every packet (SFU-TAP-01).
+    tapping: bool,
     epoch: Instant,
     /// Indexed by the members' `room`; an emptied room leaves `None` until its slot is reused.
     rooms: Vec<Option<EdgeRoom>>,
@@ -180,12 +188,13 @@ impl EdgeRooms {
     /// Rooms on a new edge at `local` (see [`Edge::new`]), with the SFU's interceptor chain
     /// on every connection. From `config` it takes the key-frame interval, DTX, the rate
     /// limit, the tap and the ICE timers (`silence_timeout`, `departure_grace`,
-    /// `keepalive_interval`); what it does is counted in `metrics`.
+    /// `keepalive_interval`); its tap is the shell's ([`EdgeRooms::set_tapping`]). `now` starts
+    /// its clock and `seed` its randomness (see [`Edge::new`]).
     #[must_use]
-    pub fn new(local: SocketAddr, config: SfuConfig, metrics: Arc<Metrics>, now: Instant) -> Self {
-        let rtx = Arc::new(RtxCount(metrics.rtx.clone()));
-        let mut edge = Edge::new(local)
-            .with_congestion_control(rtx)
+    pub fn new(local: SocketAddr, config: SfuConfig, now: Instant, seed: [u8; 32]) -> Self {
+        let rtx = rtx_tally();
+        let mut edge = Edge::new(local, now, seed)
+            .with_congestion_control(rtx.clone())
             .with_ice_timers(peer::IceTimers {
                 silence: config.silence_timeout,
                 grace: config.departure_grace,
@@ -200,7 +209,10 @@ impl EdgeRooms {
         Self {
             edge,
             config,
-            metrics,
+            counters: Counters::default(),
+            rtx,
+            observations: VecDeque::new(),
+            tapping: false,
             epoch: now,
             rooms: Vec::new(),
             by_name: HashMap::new(),
@@ -210,10 +222,34 @@ impl EdgeRooms {
         }
     }
 
-    /// The metrics.
+    /// What the rooms counted since the last call (SFU-OBS-01): the shell adds it to its
+    /// metrics ([`crate::Metrics::export`]).
+    pub fn take_counters(&mut self) -> Counters {
+        let mut c = std::mem::take(&mut self.counters);
+        c.rtx = self.rtx.take();
+        c
+    }
+
+    /// The next labelled or recorded observation (SFU-OBS-01), for
+    /// [`crate::Metrics::observe`].
+    pub fn poll_observation(&mut self) -> Option<Observation> {
+        self.observations.pop_front()
+    }
+
+    /// Record every packet as [`Observation::Tapped`] while `on` (the shell's tap has
+    /// listeners; SFU-TAP-01).
+    pub fn set_tapping(&mut self, on: bool) {
+        self.tapping = on;
+    }
+
+    /// Live subscriptions over all rooms.
     #[must_use]
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+    pub fn subscriptions(&self) -> usize {
+        self.rooms
+            .iter()
+            .flatten()
+            .map(|r| r.subscriptions.values().filter(|s| s.live).count())
+            .sum()
     }
 
     fn since(&self, now: Instant) -> Duration {
@@ -519,13 +555,13 @@ impl EdgeRooms {
             };
             let ssrcs = room.core.subscribe(pid(subscriber), track, s, since)?;
             subscription.live = true;
-            self.metrics.subscriptions.inc();
+            self.counters.subscriptions += 1;
             self.events.push_back(EdgeRoomEvent::Subscribed {
                 subscriber,
                 track,
                 ssrc: subscription.out_ssrc,
             });
-            ask_key_frames(&mut self.edge, &self.metrics, now, room, track, ssrcs);
+            ask_key_frames(&mut self.edge, &mut self.counters, now, room, track, ssrcs);
         }
         Ok(())
     }
@@ -550,7 +586,14 @@ impl EdgeRooms {
         room.core.unsubscribe(pid(subscriber), track);
         let name = room.name.clone();
         if let Some(m) = self.members.get(&subscriber) {
-            forget_subscription(&self.metrics, &name, &m.identity, track, subscription.live);
+            forget_subscription(
+                &mut self.counters,
+                &mut self.observations,
+                &name,
+                &m.identity,
+                track,
+                subscription.live,
+            );
         }
         self.edge.remove_track(subscriber, subscription.sender)?;
         self.renegotiate(now, subscriber)
@@ -576,7 +619,7 @@ impl EdgeRooms {
             .set_layer(pid(subscriber), track, rid.map(str::as_bytes), since)?;
         let r = self.member(subscriber)?.room;
         if let Some(room) = self.rooms.get_mut(r).and_then(Option::as_mut) {
-            ask_key_frames(&mut self.edge, &self.metrics, now, room, track, ssrcs);
+            ask_key_frames(&mut self.edge, &mut self.counters, now, room, track, ssrcs);
         }
         Ok(())
     }
@@ -618,7 +661,7 @@ impl EdgeRooms {
         let flooded = self.edge.flooded();
         self.edge.handle_datagram(now, from, datagram);
         if self.edge.flooded() != flooded {
-            Metrics::drop(&self.metrics, DropKind::Flooded);
+            self.counters.drop(DropKind::Flooded);
         }
         self.route(now);
     }
@@ -635,11 +678,11 @@ impl EdgeRooms {
                 };
                 let estimate = self.edge.estimate(c);
                 room.core.set_estimate(pid(c), estimate, since);
-                if let Some(bps) = estimate {
-                    self.metrics
-                        .subscriber_estimate
-                        .get_or_create(&m.estimate_label)
-                        .set(i64::try_from(bps).unwrap_or(i64::MAX));
+                if estimate.is_some() {
+                    self.observations.push_back(Observation::Estimate {
+                        labels: m.estimate_label.clone(),
+                        bps: estimate,
+                    });
                 }
             }
         }
@@ -677,7 +720,7 @@ impl EdgeRooms {
                 } => self.open(id, track, receiver, ssrc, rid.as_deref()),
                 EdgeEvent::Rtp { track, packet } => self.forward(now, id, track, &packet),
                 EdgeEvent::KeyFrameRequest { track } => {
-                    self.metrics.subscriber_key_frame_requests.inc();
+                    self.counters.subscriber_key_frame_requests += 1;
                     let Some(tid) = parse_track_name(&track) else {
                         continue;
                     };
@@ -688,7 +731,7 @@ impl EdgeRooms {
                     let ssrc = room.core.subscriber_key_frame_request(pid(id), tid, since);
                     let r = self.members.get(&id).map_or(usize::MAX, |m| m.room);
                     if let Some(room) = self.rooms.get_mut(r).and_then(Option::as_mut) {
-                        ask_key_frames(&mut self.edge, &self.metrics, now, room, tid, ssrc);
+                        ask_key_frames(&mut self.edge, &mut self.counters, now, room, tid, ssrc);
                     }
                 }
             }
@@ -741,7 +784,7 @@ impl EdgeRooms {
                         kind,
                     },
                 );
-                self.metrics.tracks.inc();
+                self.counters.tracks += 1;
                 self.events.push_back(EdgeRoomEvent::Published {
                     publisher,
                     track: tid,
@@ -766,9 +809,9 @@ impl EdgeRooms {
         let Some(room) = self.rooms.get_mut(m.room).and_then(Option::as_mut) else {
             return;
         };
-        let metrics = &*self.metrics;
+        let counters = &mut self.counters;
         let Some(&tid) = room.track_ids.get(&(publisher, track)) else {
-            metrics.drop(if m.publish {
+            counters.drop(if m.publish {
                 DropKind::UnknownTrack
             } else {
                 DropKind::NotPermitted
@@ -779,38 +822,39 @@ impl EdgeRooms {
             .published
             .get(&tid)
             .map_or(MediaKind::Audio, |t| t.kind);
-        let counters = metrics.of(kind);
-        counters.received.inc();
+        let k = kind_index(kind);
+        counters.received[k] += 1;
         if p.payload.is_empty() {
-            metrics.drop(DropKind::Padding);
+            counters.drop(DropKind::Padding);
             return;
         }
-        if let Some(tap) = self.config.tap.as_ref().filter(|t| t.listening()) {
-            tap.record(TappedPacket::of(
-                &room.name,
-                &m.identity,
-                track_name(tid),
-                kind,
-                p,
-            ));
+        if self.tapping {
+            self.observations
+                .push_back(Observation::Tapped(TappedPacket::of(
+                    &room.name,
+                    &m.identity,
+                    track_name(tid),
+                    kind,
+                    p,
+                )));
         }
         let mut block = [0u8; 1500];
         let Some(meta) = packet_meta(p, &mut block) else {
-            metrics.drop(DropKind::Metadata);
+            counters.drop(DropKind::Metadata);
             return;
         };
         let routed = match room.core.on_rtp(pid(publisher), tid, &meta, since) {
             Ok(r) => r,
             Err(e) => {
-                metrics.drop(DropKind::of_error(&e));
+                counters.drop(DropKind::of_error(&e));
                 return;
             }
         };
         if routed.repair {
-            metrics.drop(DropKind::Repair);
+            counters.drop(DropKind::Repair);
         }
         for d in &routed.dropped {
-            metrics.drop(DropKind::from(*d));
+            counters.drop(DropKind::from(*d));
         }
         for f in &routed.forwards {
             let sub = conn(f.subscriber);
@@ -822,22 +866,22 @@ impl EdgeRooms {
                 .write_rtp(now, sub, subscription.sender, rewrite(p, f))
             {
                 Ok(()) => {
-                    counters.forwarded.inc();
-                    counters.forwarded_bytes.inc_by(p.payload.len() as u64);
+                    counters.forwarded[k] += 1;
+                    counters.forwarded_bytes[k] += p.payload.len() as u64;
                 }
-                Err(_) => metrics.drop(DropKind::WriteFailed),
+                Err(_) => counters.drop(DropKind::WriteFailed),
             }
             if f.switched
                 && let Some(s) = self.members.get(&sub)
             {
-                metrics
-                    .subscriber_layer
-                    .get_or_create(&SubscriberTrack {
+                self.observations.push_back(Observation::Layer {
+                    labels: SubscriberTrack {
                         room: room.name.clone(),
                         subscriber: s.identity.clone(),
                         track: track_name(tid),
-                    })
-                    .set(i64::from(routed.layer));
+                    },
+                    layer: Some(routed.layer),
+                });
             }
         }
         if let Some(speaker) = routed.active_speaker {
@@ -846,7 +890,7 @@ impl EdgeRooms {
         }
         ask_key_frames(
             &mut self.edge,
-            metrics,
+            counters,
             now,
             room,
             tid,
@@ -873,16 +917,26 @@ impl EdgeRooms {
             .map(|(t, _)| *t)
             .collect();
         room.published.retain(|_, p| p.publisher != id);
-        let metrics = &*self.metrics;
+        let (counters, observations) = (&mut self.counters, &mut self.observations);
         room.subscriptions.retain(|(s, t), subscription| {
             let own = *s == id;
             if own {
-                forget_subscription(metrics, &room.name, &m.identity, *t, subscription.live);
+                forget_subscription(
+                    counters,
+                    observations,
+                    &room.name,
+                    &m.identity,
+                    *t,
+                    subscription.live,
+                );
             }
             !own
         });
-        metrics.subscriber_estimate.remove(&m.estimate_label);
-        metrics.tracks.dec_by(gone.len() as i64);
+        observations.push_back(Observation::Estimate {
+            labels: m.estimate_label,
+            bps: None,
+        });
+        counters.tracks -= gone.len() as i64;
         let mut renegotiate = Vec::new();
         for t in &gone {
             let subs: Vec<(ConnId, RTCRtpSenderId, bool)> = room
@@ -894,7 +948,7 @@ impl EdgeRooms {
             for (s, sender, live) in subs {
                 room.subscriptions.remove(&(s, *t));
                 let identity = self.members.get(&s).map_or("", |sub| sub.identity.as_str());
-                forget_subscription(metrics, &room.name, identity, *t, live);
+                forget_subscription(counters, observations, &room.name, identity, *t, live);
                 if self.edge.remove_track(s, sender).is_ok() && !renegotiate.contains(&s) {
                     renegotiate.push(s);
                 }
@@ -917,19 +971,23 @@ impl EdgeRooms {
 
 /// A subscription is gone: count it if it was live, and drop its layer gauge.
 fn forget_subscription(
-    metrics: &Metrics,
+    counters: &mut Counters,
+    observations: &mut VecDeque<Observation>,
     room: &str,
     subscriber: &str,
     track: TrackId,
     live: bool,
 ) {
     if live {
-        metrics.subscriptions.dec();
+        counters.subscriptions -= 1;
     }
-    metrics.subscriber_layer.remove(&SubscriberTrack {
-        room: room.to_owned(),
-        subscriber: subscriber.to_owned(),
-        track: track_name(track),
+    observations.push_back(Observation::Layer {
+        labels: SubscriberTrack {
+            room: room.to_owned(),
+            subscriber: subscriber.to_owned(),
+            track: track_name(track),
+        },
+        layer: None,
     });
 }
 
@@ -937,7 +995,7 @@ fn forget_subscription(
 /// throttled (SFU-KF-01).
 fn ask_key_frames(
     edge: &mut Edge,
-    metrics: &Metrics,
+    counters: &mut Counters,
     now: Instant,
     room: &EdgeRoom,
     track: TrackId,
@@ -951,7 +1009,7 @@ fn ask_key_frames(
             .request_key_frame(now, p.publisher, p.receiver, ssrc)
             .is_ok()
         {
-            metrics.publisher_key_frame_requests.inc();
+            counters.publisher_key_frame_requests += 1;
         }
     }
 }

@@ -9,8 +9,9 @@
 //! its thread as closures, run between datagrams, and are answered on a oneshot; what they
 //! change in the rooms turns into each participant's [`SignalEvent`]s before the call
 //! returns. The workers share nothing per packet: the placement's lock is taken per signalling
-//! call and per join or departure, and the metrics (atomic counters) and the room-event channel
-//! are the only other things shared.
+//! call and per join or departure; the metrics (atomic counters), which each worker adds its
+//! rooms' counts to once per pass (SFU-OBS-01), and the room-event channel are the only other
+//! things shared.
 //!
 //! The participant's lifetime (SFU-LIVE-01, 02, 05): a connection not up `connect_timeout`
 //! after the join is removed (`never_connected`); a silent one is disconnected after
@@ -23,6 +24,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
@@ -36,7 +39,7 @@ use crate::grpc::Backend;
 use crate::session::metrics::Reason;
 use crate::session::{
     IceCandidate, LeaveReason, Metrics, ParticipantEvent, Permissions, Session, SfuConfig,
-    SignalEvent, TrackInfo, queue_len,
+    SignalEvent, Tap, TrackInfo, queue_len,
 };
 
 /// Datagrams read (and handled) in one turn before the thread looks at commands and timers again.
@@ -360,8 +363,11 @@ fn spawn(
     } = bound;
     let (commands, rx) = mpsc::channel(1024);
     let now = Instant::now();
+    let mut seed = [0u8; 32];
+    StdRng::from_os_rng().fill_bytes(&mut seed);
     let driver = Driver {
-        rooms: EdgeRooms::new(local, config.clone(), metrics, now),
+        rooms: EdgeRooms::new(local, config.clone(), now, seed),
+        metrics,
         config,
         room_events,
         placement,
@@ -536,6 +542,8 @@ struct Participant {
 /// What a worker's thread owns.
 struct Driver {
     rooms: EdgeRooms,
+    /// Where the rooms' counts go, once per pass (SFU-OBS-01).
+    metrics: Arc<Metrics>,
     config: SfuConfig,
     room_events: broadcast::Sender<ParticipantEvent>,
     /// Where a departed participant's place is given back (SFU-WRK-03).
@@ -585,7 +593,7 @@ impl Driver {
         );
         self.by_identity.insert((room.clone(), identity.clone()), c);
         // Each worker counts its own rooms into the shared gauge: a room is on one worker.
-        let m = self.rooms.metrics();
+        let m = &self.metrics;
         m.participants.inc();
         if self.rooms.len(&room) == 1 {
             m.rooms.inc();
@@ -678,17 +686,24 @@ impl Driver {
         self.rooms.remove(now, c);
     }
 
-    /// Turn what happened in the rooms into signalling events, until nothing is left.
+    /// Turn what happened in the rooms into signalling events, until nothing is left; then
+    /// export what they counted and observed (SFU-OBS-01).
     fn deliver(&mut self, now: Instant) {
         loop {
             while let Some(ev) = self.rooms.poll_event() {
                 self.happened(ev);
             }
             let Some(c) = self.slow.pop() else {
-                return;
+                break;
             };
             self.remove(now, c, LeaveReason::SlowSignalling);
         }
+        self.metrics.export(&self.rooms.take_counters());
+        let tap = self.config.tap.as_ref();
+        while let Some(o) = self.rooms.poll_observation() {
+            self.metrics.observe(o, tap);
+        }
+        self.rooms.set_tapping(tap.is_some_and(Tap::listening));
     }
 
     fn happened(&mut self, ev: Happened) {
@@ -769,7 +784,7 @@ impl Driver {
                 },
             );
         }
-        let m = self.rooms.metrics();
+        let m = &self.metrics;
         if self.rooms.len(&p.room) == 0 {
             self.packetization.remove(&p.room);
             m.rooms.dec();
@@ -792,8 +807,7 @@ impl Driver {
     /// One datagram. Every participant shares this thread, so a panic in webrtc-rs on one
     /// participant's input must not end the others' calls: it is caught, and the participant
     /// whose address sent the datagram is removed (SFU-EDGE-13).
-    fn feed(&mut self, from: SocketAddr, datagram: &[u8]) {
-        let now = Instant::now();
+    fn feed(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         if catch_unwind(AssertUnwindSafe(|| {
             self.rooms.handle_datagram(now, from, datagram);
         }))
@@ -860,7 +874,9 @@ async fn run(mut d: Driver, mut io: BatchIo, mut commands: mpsc::Receiver<Comman
             },
             r = io.readable() => {
                 if r.is_ok() {
-                    io.drain(READ_BATCH, |from, datagram| d.feed(from, datagram));
+                    // One clock reading per batch: the batch arrived together.
+                    let now = Instant::now();
+                    io.drain(READ_BATCH, |from, datagram| d.feed(now, from, datagram));
                 }
             }
             () = tokio::time::sleep_until(due.into()) => {}

@@ -371,6 +371,11 @@ impl Metrics {
         self.drops[kind as usize].inc();
     }
 
+    /// Count `n` drops.
+    pub fn drop_n(&self, kind: DropKind, n: u64) {
+        self.drops[kind as usize].inc_by(n);
+    }
+
     /// Drops so far for `kind`.
     #[must_use]
     pub fn drops(&self, kind: DropKind) -> u64 {

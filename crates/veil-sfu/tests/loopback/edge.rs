@@ -68,7 +68,7 @@ async fn participants_connect_on_one_port_and_each_ones_packets_arrive_on_its_co
     init_tracing();
     let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let local = socket.local_addr().unwrap();
-    let edge = Arc::new(Mutex::new(Edge::new(local)));
+    let edge = Arc::new(Mutex::new(Edge::new(local, Instant::now(), [7; 32])));
     let (tx, mut events) = mpsc::unbounded_channel();
     tokio::spawn(drive(socket.clone(), edge.clone(), tx));
 
@@ -177,7 +177,8 @@ async fn pair(kind: MediaKind, ssrc: u32) -> Pair {
     // The SFU's chain: GCC on every leg, RTX counted into the SFU's metrics.
     let rtx = Arc::new(RtxCount(Metrics::default().rtx.clone()));
     let edge = Arc::new(Mutex::new(
-        Edge::new(socket.local_addr().unwrap()).with_congestion_control(rtx),
+        Edge::new(socket.local_addr().unwrap(), Instant::now(), [7; 32])
+            .with_congestion_control(rtx),
     ));
     let (tx, events) = mpsc::unbounded_channel();
     tokio::spawn(drive(socket.clone(), edge.clone(), tx));
@@ -282,7 +283,11 @@ async fn the_edge_adds_a_track_renegotiates_and_forwards_one_participant_to_anot
 async fn chromium_connects_to_the_edge_and_its_simulcast_layers_arrive() {
     init_tracing();
     let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let edge = Arc::new(Mutex::new(Edge::new(socket.local_addr().unwrap())));
+    let edge = Arc::new(Mutex::new(Edge::new(
+        socket.local_addr().unwrap(),
+        Instant::now(),
+        [7; 32],
+    )));
     let (tx, mut events) = mpsc::unbounded_channel();
     tokio::spawn(drive(socket.clone(), edge.clone(), tx));
     // The page's signalling: its offer to the edge, the edge's answer back.
@@ -380,7 +385,7 @@ async fn a_vanished_participant_is_closed_after_its_timers() {
         keepalive: Duration::from_millis(250),
     };
     let edge = Arc::new(Mutex::new(
-        Edge::new(socket.local_addr().unwrap()).with_ice_timers(timers),
+        Edge::new(socket.local_addr().unwrap(), Instant::now(), [7; 32]).with_ice_timers(timers),
     ));
     let (tx, mut events) = mpsc::unbounded_channel();
     tokio::spawn(drive(socket.clone(), edge.clone(), tx));
@@ -530,8 +535,8 @@ fn start_room() -> (Room, mpsc::UnboundedReceiver<EdgeRoomEvent>) {
     let room = Arc::new(Mutex::new(EdgeRooms::new(
         socket.local_addr().unwrap(),
         config,
-        Arc::new(Metrics::default()),
         Instant::now(),
+        [7; 32],
     )));
     let (tx, events) = mpsc::unbounded_channel();
     tokio::spawn(drive(socket, room.clone(), tx));
@@ -937,7 +942,7 @@ async fn edge_renegotiation_waits_for_the_answer() {
     room.lock().unwrap().subscribe(now(), b, tracks[0]).unwrap();
     let first = offer_to(&mut events, b).await;
     room.lock().unwrap().subscribe(now(), b, tracks[1]).unwrap();
-    let live = || room.lock().unwrap().metrics().subscriptions.get();
+    let live = || room.lock().unwrap().subscriptions();
     assert_eq!(live(), 0, "nothing is live before an answer");
     // An offer of bob's own now (a real one: another peer's, so that bob stays able to answer).
     let own = Peer::new("edge", "bob", false).await.offer().await;
@@ -961,7 +966,7 @@ async fn edge_renegotiation_waits_for_the_answer() {
         }
     }
     assert_eq!(live, [tracks[0]], "only the answered track is live");
-    assert_eq!(room.lock().unwrap().metrics().subscriptions.get(), 1);
+    assert_eq!(room.lock().unwrap().subscriptions(), 1);
     let second = second.unwrap();
     let m_lines = |sdp: &str| sdp.lines().filter(|l| l.starts_with("m=")).count();
     assert_eq!(
@@ -977,7 +982,7 @@ async fn edge_renegotiation_waits_for_the_answer() {
                 subscriber, track, ..
             })) if subscriber == b => {
                 assert_eq!(track, tracks[1]);
-                assert_eq!(room.lock().unwrap().metrics().subscriptions.get(), 2);
+                assert_eq!(room.lock().unwrap().subscriptions(), 2);
                 break;
             }
             Ok(Some(EdgeRoomEvent::Offer { to, .. })) if to == b => {
