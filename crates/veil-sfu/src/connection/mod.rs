@@ -7,4 +7,5 @@
 
 pub(crate) mod packet;
 pub mod peer;
+pub(crate) mod rid_latch;
 pub mod sdp;

@@ -67,6 +67,7 @@ use veil_rtc::rtx::RtxObserver;
 use webrtc::peer_connection::SettingEngineBuilder;
 
 use crate::connection::peer;
+use crate::connection::rid_latch::RidLatch;
 use crate::error::SfuError;
 use crate::routing::{MediaKind, RateLimit, TokenBucket};
 
@@ -184,6 +185,9 @@ struct Conn {
     /// `pc.poll_timeout()` as of its last drain. Asking rtc walks all of its handlers, so the
     /// edge asks once per drain, not once per connection per loop turn.
     deadline: Option<Instant>,
+    /// What rtc is handed of the participant's descriptions, so that its simulcast layers stay
+    /// bound across renegotiation (SFU-NEG-03).
+    rids: RidLatch,
 }
 
 /// Every participant's peer connection on one local address.
@@ -359,11 +363,14 @@ impl Edge {
             .with_interceptor_registry(registry)
             .build(now)
             .map_err(w)?;
+        let mut rids = RidLatch::default();
+        let remote = rids.remote(offer);
         pc.set_remote_description(
             now,
-            RTCSessionDescription::offer(offer.to_owned()).map_err(w)?,
+            RTCSessionDescription::offer(remote.sdp.to_string()).map_err(w)?,
         )
         .map_err(w)?;
+        rids.taken(remote);
         let host = CandidateHostConfig {
             base_config: CandidateConfig {
                 network: "udp".to_owned(),
@@ -388,6 +395,7 @@ impl Edge {
             estimate,
             bucket: TokenBucket::default(),
             deadline: None,
+            rids,
         })));
         self.live.push(id);
         self.dirty.push(id);
@@ -395,10 +403,14 @@ impl Edge {
     }
 
     fn conn(&mut self, id: ConnId) -> Result<&mut RTCPeerConnection, SfuError> {
+        self.conn_mut(id).map(|c| &mut c.pc)
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Result<&mut Conn, SfuError> {
         self.conns
             .get_mut(id)
             .and_then(Option::as_mut)
-            .map(|c| &mut c.pc)
+            .map(|c| &mut **c)
             .ok_or(SfuError::Closed)
     }
 
@@ -483,9 +495,12 @@ impl Edge {
         offer: &str,
     ) -> Result<String, SfuError> {
         let w = rtc_error("accept offer");
-        let desc = RTCSessionDescription::offer(offer.to_owned()).map_err(&w)?;
-        let pc = self.conn(id)?;
-        pc.set_remote_description(now, desc).map_err(&w)?;
+        let c = self.conn_mut(id)?;
+        let remote = c.rids.remote(offer);
+        let desc = RTCSessionDescription::offer(remote.sdp.to_string()).map_err(&w)?;
+        c.pc.set_remote_description(now, desc).map_err(&w)?;
+        c.rids.taken(remote);
+        let pc = &mut c.pc;
         let answer = pc.create_answer(None).map_err(&w)?;
         pc.set_local_description(now, answer).map_err(&w)?;
         let sdp = local_sdp(pc)?;
@@ -499,10 +514,11 @@ impl Edge {
     /// [`SfuError::Closed`]; [`SfuError::WebRtc`] if the answer is refused.
     pub fn answer(&mut self, now: Instant, id: ConnId, sdp: &str) -> Result<(), SfuError> {
         let w = rtc_error("answer");
-        let desc = RTCSessionDescription::answer(sdp.to_owned()).map_err(&w)?;
-        self.conn(id)?
-            .set_remote_description(now, desc)
-            .map_err(&w)?;
+        let c = self.conn_mut(id)?;
+        let remote = c.rids.remote(sdp);
+        let desc = RTCSessionDescription::answer(remote.sdp.to_string()).map_err(&w)?;
+        c.pc.set_remote_description(now, desc).map_err(&w)?;
+        c.rids.taken(remote);
         self.dirty.push(id);
         Ok(())
     }

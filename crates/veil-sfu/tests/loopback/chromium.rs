@@ -430,16 +430,16 @@ async fn a_browser_decodes_what_a_browser_publishes_through_the_sfu() {
 
 /// What bob received, read as a browser would.
 #[derive(Default)]
-struct Received {
-    packets: usize,
-    with_dd: usize,
-    unreadable: usize,
-    seqs: std::collections::BTreeSet<u16>,
+pub(crate) struct Received {
+    pub(crate) packets: usize,
+    pub(crate) with_dd: usize,
+    pub(crate) unreadable: usize,
+    pub(crate) seqs: std::collections::BTreeSet<u16>,
     latch: veil_wire::dd::DdLatch,
     /// The width of the last template structure seen.
-    width: Option<u32>,
+    pub(crate) width: Option<u32>,
     /// The widths reached, in order.
-    switches: Vec<u32>,
+    pub(crate) switches: Vec<u32>,
 }
 
 impl std::fmt::Debug for Received {
@@ -454,7 +454,7 @@ impl std::fmt::Debug for Received {
 
 impl Received {
     /// Count afresh from the packet that completed a switch (it stays counted).
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let last = self.seqs.last().copied();
         self.seqs.clear();
         self.seqs.extend(last);
@@ -462,7 +462,7 @@ impl Received {
         self.with_dd = self.packets;
     }
 
-    fn add(&mut self, p: &rtc::rtp::Packet, dd: u8) {
+    pub(crate) fn add(&mut self, p: &rtc::rtp::Packet, dd: u8) {
         self.packets += 1;
         self.seqs.insert(p.header.sequence_number);
         let Some(d) = p.header.get_extension(dd) else {

@@ -8,6 +8,8 @@
 
 mod bandwidth;
 mod chromium;
+mod chromium_page;
+mod chromium_renegotiation;
 mod chromium_replay;
 mod common;
 mod dtx;
