@@ -29,7 +29,7 @@ use veil_proto::sfu::v1::sfu_server::{Sfu as SfuRpc, SfuServer};
 
 use crate::edge::EdgeSfu;
 use crate::error::SfuError;
-use crate::routing::MediaKind;
+use crate::routing::{MediaKind, SvcLayer};
 use crate::session::{IceCandidate, LeaveReason, Permissions, Session, SignalEvent};
 
 /// What the gRPC service asks of an SFU: the signalling calls of one participant.
@@ -117,6 +117,19 @@ pub trait Backend: Clone + Send + Sync + 'static {
         identity: &str,
         track: &str,
         rid: Option<&str>,
+    ) -> impl Future<Output = Result<(), SfuError>> + Send;
+    /// Cap the spatial and temporal layer of a scalable `track` (SFU-SVC-10): the decode
+    /// target follows where the dependency descriptor allows (SFU-SVC-03);
+    /// [`SvcLayer::ALL`] lifts the cap.
+    ///
+    /// # Errors
+    /// [`SfuError::NotSubscribed`].
+    fn set_svc_layer(
+        &self,
+        room: &str,
+        identity: &str,
+        track: &str,
+        cap: SvcLayer,
     ) -> impl Future<Output = Result<(), SfuError>> + Send;
     /// Leave the room.
     ///
@@ -490,8 +503,19 @@ async fn handle<B: Backend>(
                 .await
                 .map(|()| None)
         }
+        Some(R::SetSvcLayer(l)) => sfu
+            .set_svc_layer(room, identity, &l.track, svc_cap(&l))
+            .await
+            .map(|()| None),
         Some(R::Leave(_)) => sfu.leave(room, identity).await.map(|()| None),
     }
+}
+
+/// The cap a `SetSvcLayer` asks for (SFU-SVC-10): an unset dimension, or one beyond any
+/// stream's (above 254), is no cap.
+fn svc_cap(l: &pb::SetSvcLayer) -> SvcLayer {
+    let dim = |v: Option<u32>| v.and_then(|v| u8::try_from(v).ok()).unwrap_or(u8::MAX);
+    SvcLayer::new(dim(l.max_spatial), dim(l.max_temporal))
 }
 
 fn reason(r: LeaveReason) -> pb::LeaveReason {

@@ -127,6 +127,7 @@ mod tests {
                 ext: Arc::new(ExtMap::new(&[])),
                 switched: false,
                 marker: core,
+                decode_target: None,
             };
             let out = rewrite(&p, &f);
             assert_eq!(out.header.marker, core);

@@ -35,7 +35,7 @@ use crate::connection::peer;
 use crate::connection::sdp::{FORWARDED_URIS, SdpInfo};
 use crate::error::SfuError;
 use crate::routing::{
-    ExtMap, MediaKind, ParticipantId, Publish, RateLimit, Room, Subscribe, TrackId,
+    ExtMap, MediaKind, ParticipantId, Publish, RateLimit, Room, Subscribe, SvcLayer, TrackId,
 };
 use crate::session::metrics::{Subscriber, SubscriberTrack};
 use crate::session::{DropKind, SfuConfig, TappedPacket};
@@ -624,6 +624,22 @@ impl EdgeRooms {
         Ok(())
     }
 
+    /// Cap the spatial and temporal layer `subscriber` gets of a scalable `track`
+    /// ([`Room::set_svc_layer`], SFU-SVC-10).
+    ///
+    /// # Errors
+    /// [`SfuError::Closed`], [`SfuError::NotSubscribed`].
+    pub fn set_svc_layer(
+        &mut self,
+        subscriber: ConnId,
+        track: TrackId,
+        cap: SvcLayer,
+    ) -> Result<(), SfuError> {
+        self.room_of(subscriber)?
+            .core
+            .set_svc_layer(pid(subscriber), track, cap)
+    }
+
     /// The layer forwarded to `subscriber` on `track` (None: nothing forwarded yet).
     #[must_use]
     pub fn layer(&mut self, subscriber: ConnId, track: TrackId) -> Option<u8> {
@@ -871,17 +887,26 @@ impl EdgeRooms {
                 }
                 Err(_) => counters.drop(DropKind::WriteFailed),
             }
-            if f.switched
+            if (f.switched || f.decode_target.is_some())
                 && let Some(s) = self.members.get(&sub)
             {
-                self.observations.push_back(Observation::Layer {
-                    labels: SubscriberTrack {
-                        room: room.name.clone(),
-                        subscriber: s.identity.clone(),
-                        track: track_name(tid),
-                    },
-                    layer: Some(routed.layer),
-                });
+                let labels = SubscriberTrack {
+                    room: room.name.clone(),
+                    subscriber: s.identity.clone(),
+                    track: track_name(tid),
+                };
+                if let Some(layer) = f.decode_target {
+                    self.observations.push_back(Observation::DecodeTarget {
+                        labels: labels.clone(),
+                        layer: Some(layer),
+                    });
+                }
+                if f.switched {
+                    self.observations.push_back(Observation::Layer {
+                        labels,
+                        layer: Some(routed.layer),
+                    });
+                }
             }
         }
         if let Some(speaker) = routed.active_speaker {
@@ -981,12 +1006,17 @@ fn forget_subscription(
     if live {
         counters.subscriptions -= 1;
     }
+    let labels = SubscriberTrack {
+        room: room.to_owned(),
+        subscriber: subscriber.to_owned(),
+        track: track_name(track),
+    };
+    observations.push_back(Observation::DecodeTarget {
+        labels: labels.clone(),
+        layer: None,
+    });
     observations.push_back(Observation::Layer {
-        labels: SubscriberTrack {
-            room: room.to_owned(),
-            subscriber: subscriber.to_owned(),
-            track: track_name(track),
-        },
+        labels,
         layer: None,
     });
 }

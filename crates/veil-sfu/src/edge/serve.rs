@@ -36,6 +36,7 @@ use super::placement::Placement;
 use super::room::{EdgeRoomEvent as Happened, EdgeRooms, parse_track_name, track_name};
 use crate::error::SfuError;
 use crate::grpc::Backend;
+use crate::routing::SvcLayer;
 use crate::session::metrics::Reason;
 use crate::session::{
     IceCandidate, LeaveReason, Metrics, ParticipantEvent, Permissions, Session, SfuConfig,
@@ -514,6 +515,21 @@ impl Backend for EdgeSfu {
         self.on(room, identity, move |d, now, c| {
             let t = parse_track_name(&track).ok_or(SfuError::NoSuchTrack(track))?;
             d.rooms.set_layer(now, c, t, rid.as_deref())
+        })
+        .await
+    }
+
+    async fn set_svc_layer(
+        &self,
+        room: &str,
+        identity: &str,
+        track: &str,
+        cap: SvcLayer,
+    ) -> Result<(), SfuError> {
+        let track = track.to_owned();
+        self.on(room, identity, move |d, _, c| {
+            let t = parse_track_name(&track).ok_or(SfuError::NoSuchTrack(track))?;
+            d.rooms.set_svc_layer(c, t, cap)
         })
         .await
     }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use veil_rtc::rtx::{Demuxed, RtxObserver, Sent};
 
-use crate::routing::MediaKind;
+use crate::routing::{MediaKind, SvcLayer};
 use crate::session::metrics::{Rtx, Subscriber, SubscriberTrack};
 use crate::session::{DropKind, Metrics, Tap, TappedPacket};
 
@@ -84,6 +84,14 @@ pub enum Observation {
         labels: SubscriberTrack,
         /// The layer.
         layer: Option<u8>,
+    },
+    /// The decode target a subscriber receives of a scalable track changed (SFU-SVC-10);
+    /// `None`: the subscription is gone.
+    DecodeTarget {
+        /// Room, subscriber identity, the SFU's track name.
+        labels: SubscriberTrack,
+        /// Its spatial and temporal layer.
+        layer: Option<SvcLayer>,
     },
     /// A subscriber's send-side estimate, in bits per second; `None`: the subscriber is gone.
     Estimate {
@@ -192,6 +200,20 @@ impl Metrics {
                     self.subscriber_layer.remove(&labels);
                 }
             },
+            Observation::DecodeTarget { labels, layer } => match layer {
+                Some(l) => {
+                    self.subscriber_spatial_layer
+                        .get_or_create(&labels)
+                        .set(i64::from(l.spatial));
+                    self.subscriber_temporal_layer
+                        .get_or_create(&labels)
+                        .set(i64::from(l.temporal));
+                }
+                None => {
+                    self.subscriber_spatial_layer.remove(&labels);
+                    self.subscriber_temporal_layer.remove(&labels);
+                }
+            },
             Observation::Estimate { labels, bps } => match bps {
                 Some(bps) => {
                     self.subscriber_estimate
@@ -283,6 +305,36 @@ mod tests {
             },
             None,
         );
+        assert!(!m.encode().contains("subscriber=\"bob\""));
+    }
+
+    /// SFU-SVC-10: the decode target is two gauges per subscription, set as it changes and
+    /// gone with the subscription.
+    #[test]
+    fn a_decode_target_is_exported_and_leaves_with_its_subscription() {
+        let m = Metrics::default();
+        let labels = SubscriberTrack {
+            room: "r".into(),
+            subscriber: "bob".into(),
+            track: "t1".into(),
+        };
+        let target = |layer| Observation::DecodeTarget {
+            labels: labels.clone(),
+            layer,
+        };
+        m.observe(target(Some(SvcLayer::new(1, 2))), None);
+        m.observe(target(Some(SvcLayer::new(1, 0))), None);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "veil_sfu_subscriber_spatial_layer{room=\"r\",subscriber=\"bob\",track=\"t1\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "veil_sfu_subscriber_temporal_layer{room=\"r\",subscriber=\"bob\",track=\"t1\"} 0"
+        ));
+        m.observe(target(None), None);
         assert!(!m.encode().contains("subscriber=\"bob\""));
     }
 }

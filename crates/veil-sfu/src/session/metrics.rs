@@ -257,6 +257,11 @@ pub struct Metrics {
     /// The send-side bandwidth estimate of each subscriber's connection, in bits per second
     /// (SFU-BWE-01).
     pub subscriber_estimate: Family<Subscriber, Gauge>,
+    /// The spatial layer of the decode target each subscriber receives of a scalable track
+    /// (SFU-SVC-10); absent for a track that is not thinned.
+    pub subscriber_spatial_layer: Family<SubscriberTrack, Gauge>,
+    /// The temporal layer of that decode target (SFU-SVC-10).
+    pub subscriber_temporal_layer: Family<SubscriberTrack, Gauge>,
     /// Participants who left, by reason.
     pub left: Family<Reason, Counter>,
     /// RTX packets by direction and outcome (SFU-RTX-01..02).
@@ -282,6 +287,8 @@ impl Default for Metrics {
             publisher_key_frame_requests: Counter::default(),
             subscriber_layer: Family::default(),
             subscriber_estimate: Family::default(),
+            subscriber_spatial_layer: Family::default(),
+            subscriber_temporal_layer: Family::default(),
             left: Family::default(),
             rtx: Family::default(),
         };
@@ -332,6 +339,16 @@ impl Default for Metrics {
             "subscriber_estimate_bps",
             "Send-side bandwidth estimate (GCC over transport-cc) of each subscriber's leg",
             m.subscriber_estimate.clone(),
+        );
+        registry.register(
+            "subscriber_spatial_layer",
+            "Spatial layer of the decode target forwarded to each subscriber of a scalable track",
+            m.subscriber_spatial_layer.clone(),
+        );
+        registry.register(
+            "subscriber_temporal_layer",
+            "Temporal layer of the decode target forwarded to each subscriber of a scalable track",
+            m.subscriber_temporal_layer.clone(),
         );
         registry.register(
             "participants_left",

@@ -95,9 +95,10 @@ pub(crate) struct ChromiumPeer {
 }
 
 /// What a Chromium participant does first: publish a camera with these encodings (a JS array
-/// literal).
+/// literal), or only view.
 pub(crate) enum Role<'a> {
     Publish(&'a str),
+    View,
 }
 
 impl ChromiumPeer {
@@ -116,6 +117,7 @@ impl ChromiumPeer {
         page.eval(HELPERS).await.unwrap();
         let call = match role {
             Role::Publish(encodings) => format!("veil.publish({encodings})"),
+            Role::View => "veil.view()".to_owned(),
         };
         let offer = eval_str(&page, &call).await;
         let session = sfu
@@ -176,6 +178,14 @@ impl ChromiumPeer {
         })
         .await
         .unwrap_or_else(|_| panic!("no {what} within {within:?}"))
+    }
+
+    /// The page's video entries of `getStats` type `kind` (`inbound-rtp`, `outbound-rtp`, …).
+    pub(crate) async fn stats(&self, kind: &str) -> Vec<Value> {
+        match self.page.eval(&format!("veil.stats({})", js(kind))).await {
+            Ok(Value::Array(v)) => v,
+            other => panic!("getStats: {other:?}"),
+        }
     }
 }
 

@@ -223,6 +223,31 @@ async fn a_grpc_session_publishes_subscribes_and_leaves() {
     assert_eq!(r.packet.header.ssrc, ssrc);
     assert!(r.packet.payload.iter().all(|b| *b == 0x5A));
 
+    // SFU-SVC-10: `SetSvcLayer` reaches the subscription (a cap on a track that is not scalable
+    // changes nothing); on a track bob does not receive it fails, and that failure is the
+    // first his session reports, so the one before it was taken.
+    let cap = |track: &str| {
+        R::SetSvcLayer(pb::SetSvcLayer {
+            track: track.to_owned(),
+            max_spatial: Some(0),
+            max_temporal: Some(1),
+        })
+    };
+    b_sig.send(cap(&track.track)).await;
+    let id = b_sig.send(cap("t999")).await;
+    let failed = b_sig
+        .next(|e| match e {
+            E::RequestFailed(f) => Some(f.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (failed.id, failed.code),
+        (id, Code::FailedPrecondition as i32),
+        "{failed:?}"
+    );
+
     // Alice may not subscribe (SFU-AUTH-02): the request fails, the session goes on.
     let id = a_sig
         .send(R::Subscribe(pb::Subscribe {

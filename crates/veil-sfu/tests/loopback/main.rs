@@ -11,6 +11,7 @@ mod chromium;
 mod chromium_page;
 mod chromium_renegotiation;
 mod chromium_replay;
+mod chromium_svc;
 mod common;
 mod dtx;
 mod edge;

@@ -83,6 +83,9 @@ pub struct Forward {
     /// The marker bit for the subscriber: the packet's own, or set where a thinned scalable
     /// stream's temporal unit ends for this subscriber (SFU-SVC-06).
     pub marker: bool,
+    /// The subscriber's decode target of a scalable stream, on the first packet forwarded
+    /// since it changed (SFU-SVC-10); None on every other packet.
+    pub decode_target: Option<SvcLayer>,
 }
 
 /// What to do with one published packet.
@@ -146,6 +149,8 @@ struct Subscription {
     svc_active: bool,
     /// The subscriber's cap on the spatial and temporal layer (`Room::set_svc_layer`).
     svc_cap: SvcLayer,
+    /// The decode target last told with a forwarded packet ([`Forward::decode_target`]).
+    svc_told: Option<SvcLayer>,
     /// The rung of a scalable track's ladder the estimate allows (SFU-SVC-08).
     rung: ScalableChoice,
 }
@@ -161,13 +166,13 @@ impl Subscription {
         seq: u16,
         marker: bool,
         switched: bool,
-    ) -> Result<(u16, bool), SvcDrop> {
+    ) -> Result<(u16, bool, Option<SvcLayer>), SvcDrop> {
         if !self.svc_active {
             let scalable = dd
                 .and_then(DependencyDescriptor::structure)
                 .is_some_and(|s| s.decode_target_count > 1);
             if !scalable {
-                return Ok((seq, marker));
+                return Ok((seq, marker, None));
             }
             self.svc_active = true;
         }
@@ -180,7 +185,14 @@ impl Subscription {
             None => self.svc.skip(seq),
         };
         match verdict {
-            SvcDecision::Forward { seq, marker, .. } => Ok((seq, marker)),
+            SvcDecision::Forward { seq, marker, .. } => {
+                // A change of decode target is told with the first packet forwarded after it:
+                // the frame it happened at may be one the new target leaves out (SFU-SVC-10).
+                let current = self.svc.current();
+                let told = (current != self.svc_told).then_some(current).flatten();
+                self.svc_told = current;
+                Ok((seq, marker, told))
+            }
             SvcDecision::Drop(r) => Err(r),
         }
     }
@@ -437,6 +449,7 @@ impl Room {
                 svc: SvcSelector::new(SvcLayer::ALL),
                 svc_active: false,
                 svc_cap: SvcLayer::ALL,
+                svc_told: None,
                 rung: ScalableChoice::new(self.layer_policy),
             },
         );
@@ -771,7 +784,9 @@ impl Room {
                         out.key_frame_requests.push(meta.ssrc);
                     }
                     match thinned {
-                        Ok((seq, marker)) => Ok((ssrc, seq, timestamp, switched, marker)),
+                        Ok((seq, marker, target)) => {
+                            Ok((ssrc, seq, timestamp, switched, marker, target))
+                        }
                         Err(r) => Err(svc_drop_reason(r)),
                     }
                 }
@@ -780,20 +795,23 @@ impl Room {
                     seq,
                     timestamp,
                     switched,
-                } => Ok((ssrc, seq, timestamp, switched, meta.marker)),
+                } => Ok((ssrc, seq, timestamp, switched, meta.marker, None)),
                 Decision::Drop(reason) => Err(reason),
             };
             match decision {
-                Ok((ssrc, seq, timestamp, switched, marker)) => out.forwards.push(Forward {
-                    subscriber: *s,
-                    ssrc,
-                    seq,
-                    timestamp,
-                    payload_type: sub.payload_type,
-                    ext: sub.ext.clone(),
-                    switched,
-                    marker,
-                }),
+                Ok((ssrc, seq, timestamp, switched, marker, decode_target)) => {
+                    out.forwards.push(Forward {
+                        subscriber: *s,
+                        ssrc,
+                        seq,
+                        timestamp,
+                        payload_type: sub.payload_type,
+                        ext: sub.ext.clone(),
+                        switched,
+                        marker,
+                        decode_target,
+                    })
+                }
                 Err(reason) => {
                     // A subscriber waits for a key frame on this layer: keep asking, throttled
                     // (SFU-KF-01, SFU-KF-03).

@@ -491,6 +491,8 @@ fn a_scalable_track_is_thinned_per_subscriber() {
     let mut reader = StreamRegistry::new(ids);
     let ts0 = packets[0]["ts"].as_u64().unwrap();
     let mut got: HashMap<ParticipantId, Vec<(usize, u16)>> = HashMap::new();
+    // The decode targets each subscriber was told of (SFU-SVC-10), in order.
+    let mut targets: HashMap<ParticipantId, Vec<SvcLayer>> = HashMap::new();
     let mut dds = Vec::new();
     let mut requests_after_change = 0;
     let change = packets.len() / 2;
@@ -523,8 +525,16 @@ fn a_scalable_track_is_thinned_per_subscriber() {
         }
         for f in &routed.forwards {
             got.entry(f.subscriber).or_default().push((i, f.seq));
+            if let Some(l) = f.decode_target {
+                targets.entry(f.subscriber).or_default().push(l);
+            }
         }
     }
+    // Each change of decode target is reported once, at the frame it happens: the capped
+    // subscribers reach theirs and stay; subscriber 2 goes from S1T2 to S2T2 once S2 is on.
+    assert_eq!(targets[&3], [SvcLayer::new(0, 0)]);
+    assert_eq!(targets[&4], [SvcLayer::new(1, 1)]);
+    assert_eq!(targets[&2], [SvcLayer::new(1, 2), SvcLayer::new(2, 2)]);
     for (sub, out) in &got {
         assert!(
             out.windows(2).all(|w| w[1].1 == w[0].1.wrapping_add(1)),
