@@ -363,6 +363,59 @@ async fn browsers_and_a_native_participant_share_an_encrypted_call() {
     let dave_stats = stats(&dave).await;
     assert_eq!(failures(&dave_stats), vec![], "{dave_stats:#}");
 
+    // Simulcast from browsers (SFU-NEG-03): bob publishes three layers, and renegotiated since
+    // (carol's tracks came and went, dave's came), yet dave, who came last, decodes his video,
+    // and bob decodes dave's. Dave starts on the first layer (q) and can choose another: h.
+    let bob_now = decoding(&bob, &["alice", "dave"], metrics).await;
+    assert_eq!(failures(&bob_now), vec![], "{bob_now:#}");
+    // Chromium turns its upper layers on as its estimate allows: wait for two.
+    let by_rid = |s: &Value| -> Vec<(String, u64)> {
+        transforms(s, "send")
+            .filter(|t| t["kind"].as_str() == Some("video"))
+            .flat_map(|t| t["byRid"].as_object().cloned().unwrap_or_default())
+            .map(|(rid, n)| (rid, n.as_u64().unwrap_or(0)))
+            // "": frames encrypted before the page's first getStats told the worker the rids.
+            .filter(|(rid, n)| *n > 0 && !rid.is_empty())
+            .collect()
+    };
+    let mut layers = by_rid(&bob_now);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while layers.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob's worker encrypted fewer than two layers: {layers:?}; outbound: {:#}",
+            stats(&bob).await["outbound"]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        layers = by_rid(&stats(&bob).await);
+    }
+    assert!(
+        layers
+            .iter()
+            .all(|(rid, _)| ["q", "h", "f"].contains(&rid.as_str())),
+        "bob's worker counts frames by rid: {layers:?}"
+    );
+    let q_width = inbound(&dave_stats, "bob", "video").unwrap()["width"]
+        .as_u64()
+        .unwrap();
+    dave.eval("window.veil.setLayer('bob', 'h')").await.unwrap();
+    let h = dave
+        .wait_for(
+            &format!(
+                "window.veil.stats().then(s => s.inbound.find(i => i.publisher === 'bob' \
+                 && i.kind === 'video' && i.width > {q_width} && i.framesDecoded > 0))"
+            ),
+            WAIT,
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!("dave never decoded a wider layer of bob after asking for h: {e}")
+        });
+    eprintln!(
+        "dave decodes bob at {q_width} wide on q, {}×{} on h; bob encrypts {layers:?}",
+        h["width"], h["height"]
+    );
+
     // The SFU saw none of the plaintext the browsers encrypted.
     let mut samples = Vec::new();
     for page in [&bob, &dave] {

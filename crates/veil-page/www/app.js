@@ -130,11 +130,35 @@ function onUpdate(json, blob) {
 
 // ---- media and the SFU ----------------------------------------------------------------------
 
-// One VP8 stream with three temporal layers (L1T3): Chromium negotiates the dependency
-// descriptor for it, and the SFU thins temporal layers for a subscriber by DD decode target.
-// Not simulcast: a simulcast publisher's later SSRCs carry no mid/rid, and the SFU loses them
-// when the browser renegotiates (specs/browser.md §6).
-const LAYERS = [{ scalabilityMode: 'L1T3' }];
+// Three simulcast layers (q, h, f: a quarter, half and the whole of the camera's size), each
+// VP8 with three temporal layers (L1T3). Chromium negotiates the dependency descriptor for
+// them, so the SFU switches layers at key frames and thins temporal layers by DD decode target
+// (specs/browser.md §5). Chromium sends mid/rid only on a layer's first packets; the SFU keeps
+// the layers bound when this page renegotiates (specs/sfu.md SFU-NEG-03).
+const LAYERS = [
+  { rid: 'q', scaleResolutionDownBy: 4, scalabilityMode: 'L1T3' },
+  { rid: 'h', scaleResolutionDownBy: 2, scalabilityMode: 'L1T3' },
+  { rid: 'f', scalabilityMode: 'L1T3' },
+];
+
+/** The SFU's name of `publisher`'s video track, once it is published. */
+function videoOf(publisher) {
+  const entry = [...state.tracks.entries()].find(([, t]) => t.publisher === publisher && t.kind === 'video');
+  if (!entry) throw new Error(`no video from ${publisher}`);
+  return entry[0];
+}
+
+/** Receive `publisher`'s simulcast layer `rid` ('': the first); the switch comes at that
+ * layer's next key frame. */
+async function setLayer(publisher, rid) {
+  await state.call.sfuSetLayer(videoOf(publisher), rid);
+}
+
+/** Cap the temporal (and spatial) layer of `publisher`'s video within its simulcast layer
+ * (null: no cap), e.g. `setSvcLayer('bob', null, 0)` for a quarter of the frame rate. */
+async function setSvcLayer(publisher, maxSpatial, maxTemporal) {
+  await state.call.sfuSetSvcLayer(videoOf(publisher), maxSpatial ?? undefined, maxTemporal ?? undefined);
+}
 
 function sendTransform(sender, kind) {
   // Before negotiation: a transform attached later never sees a frame (specs/browser.md §4).
@@ -428,5 +452,5 @@ function tryDecrypt(hexFrames) {
   });
 }
 
-window.veil = { state, ready: false, stats: collectStats, leave, tryDecrypt };
+window.veil = { state, ready: false, stats: collectStats, leave, tryDecrypt, setLayer, setSvcLayer };
 main().catch((e) => showError(words(e)));

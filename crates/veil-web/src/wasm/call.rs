@@ -160,6 +160,20 @@ impl Call {
         self.signal.set_layer(track, rid).await
     }
 
+    /// Cap the spatial and temporal layer of a scalable `track` (`undefined`: no cap in that
+    /// dimension); the SFU forwards the best decode target within it (SFU-SVC-10).
+    #[wasm_bindgen(js_name = sfuSetSvcLayer)]
+    pub async fn sfu_set_svc_layer(
+        &self,
+        track: String,
+        max_spatial: Option<u32>,
+        max_temporal: Option<u32>,
+    ) -> Result<(), JsError> {
+        self.signal
+            .set_svc_layer(track, max_spatial, max_temporal)
+            .await
+    }
+
     /// Leave the SFU session.
     #[wasm_bindgen(js_name = sfuLeave)]
     pub async fn sfu_leave(&self) -> Result<(), JsError> {

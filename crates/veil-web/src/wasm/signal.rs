@@ -145,6 +145,20 @@ impl Signal {
         self.send(R::SetLayer(pb::SetLayer { track, rid })).await
     }
 
+    pub(crate) async fn set_svc_layer(
+        &self,
+        track: String,
+        max_spatial: Option<u32>,
+        max_temporal: Option<u32>,
+    ) -> Result<(), JsError> {
+        self.send(R::SetSvcLayer(pb::SetSvcLayer {
+            track,
+            max_spatial,
+            max_temporal,
+        }))
+        .await
+    }
+
     pub(crate) async fn leave(&self) -> Result<(), JsError> {
         self.send(R::Leave(pb::Leave {})).await
     }
