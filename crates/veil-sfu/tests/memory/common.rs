@@ -239,7 +239,8 @@ pub struct Client {
     pub key_every: u32,
     /// Answer a PLI with a key frame on that layer's next frame.
     pub answer_plis: bool,
-    /// mid/rid ride on this many first frames.
+    /// mid/rid ride on this many first frames, and on every key frame (as the SDK's
+    /// `TrackSender` sends them: 32 packets, and key frames).
     pub announce_frames: u32,
     /// Send every DD cut to its first two bytes (an unreadable extension, SFU-SEC-02).
     pub truncate_dd: bool,
@@ -410,7 +411,7 @@ impl Client {
             sending: false,
             key_every: 0,
             answer_plis: true,
-            announce_frames: 10,
+            announce_frames: 32,
             truncate_dd: false,
             frame: 0,
             next_frame: Duration::ZERO,
@@ -549,7 +550,7 @@ impl Client {
                     d.truncate(2);
                 }
                 header.set_extension(ids.dd.unwrap(), d).unwrap();
-                if announce {
+                if announce || key {
                     header
                         .set_extension(ids.mid.unwrap(), Bytes::from(v.mid.clone()))
                         .unwrap();
@@ -777,6 +778,21 @@ impl Net {
         let now = self.now();
         let conn = self.peers[i].conn.unwrap();
         self.sfu.subscribe(now, conn, track).unwrap();
+        self.collect();
+    }
+
+    /// Peer `i` answers the SFU's `offer` now (one it left unanswered).
+    pub fn answer_pending(&mut self, i: usize, offer: &str) {
+        let now = self.now();
+        let p = &mut self.peers[i];
+        p.pc.set_remote_description(now, RTCSessionDescription::offer(offer.to_owned()).unwrap())
+            .unwrap();
+        let a = p.pc.create_answer(None).unwrap();
+        p.pc.set_local_description(now, a).unwrap();
+        let sdp = p.pc.local_description().unwrap().sdp;
+        p.answered += 1;
+        let conn = p.conn.unwrap();
+        self.sfu.answer(now, conn, &sdp).unwrap();
         self.collect();
     }
 
@@ -1016,6 +1032,27 @@ pub fn assert_one_stream(what: &str, got: &[&Got]) {
             "{what}: timestamp back"
         );
     }
+}
+
+/// Where `got` has holes against `sent`: every packet of `got` was sent, in `sent`'s order,
+/// and these ranges of `sent` (after `got`'s first) never arrived.
+pub fn holes(what: &str, got: &[&Got], sent: &[&Sent]) -> Vec<std::ops::Range<usize>> {
+    let mut at = Vec::with_capacity(got.len());
+    for g in got {
+        let i = sent
+            .iter()
+            .position(|s| s.payload == g.packet.payload)
+            .unwrap_or_else(|| panic!("{what}: a payload that was never sent"));
+        at.push(i);
+    }
+    let mut out = Vec::new();
+    for w in at.windows(2) {
+        assert!(w[1] > w[0], "{what}: out of order");
+        if w[1] > w[0] + 1 {
+            out.push(w[0] + 1..w[1]);
+        }
+    }
+    out
 }
 
 /// The ICE ufrag an SDP names.

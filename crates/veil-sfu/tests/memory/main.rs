@@ -7,3 +7,7 @@
 
 mod common;
 mod join;
+mod nack;
+mod pli;
+mod renegotiation;
+mod simulcast;
