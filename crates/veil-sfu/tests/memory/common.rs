@@ -100,6 +100,8 @@ pub struct Link {
     pub passed: HashMap<u8, Vec<(u32, u16)>>,
     /// Datagrams that passed.
     pub datagrams: u64,
+    /// When the last STUN message passed (a consent check, on a peer's uplink).
+    pub last_stun: Option<Duration>,
 }
 
 impl Default for Link {
@@ -111,6 +113,7 @@ impl Default for Link {
             lost: Vec::new(),
             passed: HashMap::new(),
             datagrams: 0,
+            last_stun: None,
         }
     }
 }
@@ -125,10 +128,14 @@ fn rtp_header(d: &[u8]) -> Option<(u8, u32, u16)> {
 }
 
 impl Link {
-    /// Whether `d` gets through.
-    fn pass(&mut self, d: &[u8]) -> bool {
+    /// Whether `d`, at `at`, gets through.
+    fn pass(&mut self, d: &[u8], at: Duration) -> bool {
         if !self.up {
             return false;
+        }
+        // RFC 7983: 0..=3 is STUN.
+        if d.first().is_some_and(|b| *b < 4) {
+            self.last_stun = Some(at);
         }
         if let Some((pt, ssrc, seq)) = rtp_header(d) {
             let lose = match &mut self.loss {
@@ -650,8 +657,9 @@ pub struct Net {
     /// Everything the rooms counted, summed.
     pub counters: Counters,
     pub observations: Vec<Observation>,
-    /// Datagrams the SFU sent to addresses no peer has (or a peer not alive).
-    pub undelivered: Vec<(SocketAddr, usize)>,
+    /// Datagrams the SFU sent to addresses no peer has (or a peer not alive): when, to where,
+    /// how long.
+    pub undelivered: Vec<(Duration, SocketAddr, usize)>,
 }
 
 impl Net {
@@ -898,7 +906,7 @@ impl Net {
                 }
                 while let Some(out) = p.pc.poll_write() {
                     moved = true;
-                    if out.transport.peer_addr == SFU && p.up.pass(&out.message) {
+                    if out.transport.peer_addr == SFU && p.up.pass(&out.message, at) {
                         self.sfu.handle_datagram(now, p.addr, &out.message);
                     }
                 }
@@ -922,10 +930,10 @@ impl Net {
     /// A datagram from the SFU to `to`.
     fn carry(&mut self, now: Instant, to: SocketAddr, d: BytesMut) {
         let Some(p) = self.peers.iter_mut().find(|p| p.addr == to && p.alive) else {
-            self.undelivered.push((to, d.len()));
+            self.undelivered.push((self.elapsed, to, d.len()));
             return;
         };
-        if !p.down.pass(&d) {
+        if !p.down.pass(&d, self.elapsed) {
             return;
         }
         let _ = p.pc.handle_read(TaggedBytesMut {
@@ -978,6 +986,27 @@ impl Net {
     pub fn take_counters(&mut self) -> Counters {
         self.collect();
         std::mem::take(&mut self.counters)
+    }
+
+    /// Peer `i` closes its connection (its DTLS `close_notify` goes out) and its process ends.
+    pub fn close_peer(&mut self, i: usize) {
+        let _ = self.peers[i].pc.close();
+        self.deliver();
+        self.peers[i].alive = false;
+    }
+
+    /// Peer `i`'s process is gone: nothing more from it, nothing reaches it.
+    pub fn vanish(&mut self, i: usize) {
+        self.peers[i].alive = false;
+    }
+
+    /// When the rooms said `i` left.
+    pub fn left_at(&self, i: usize) -> Option<Duration> {
+        let conn = self.peers[i].conn?;
+        self.events
+            .iter()
+            .find(|(_, e)| *e == EdgeRoomEvent::Left(conn))
+            .map(|(at, _)| *at)
     }
 
     /// A datagram from `from`, straight to the SFU (an attacker's, or a forged one).
