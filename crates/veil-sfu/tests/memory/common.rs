@@ -84,7 +84,11 @@ pub enum Loss {
     EveryNth { pt: u8, n: u64 },
     /// Each RTP packet of payload type `pt` with probability `percent`/100, from a seeded
     /// generator.
-    Random { pt: u8, percent: u32, rng: StdRng },
+    Random {
+        pt: u8,
+        percent: u32,
+        rng: Box<StdRng>,
+    },
 }
 
 /// One direction between a peer and the SFU.
@@ -203,7 +207,6 @@ pub struct Publish {
 pub struct Sent {
     pub at: Duration,
     pub ssrc: u32,
-    pub seq: u16,
     pub key: bool,
     pub payload: Bytes,
 }
@@ -528,7 +531,6 @@ impl Client {
             self.sent.push(Sent {
                 at,
                 ssrc: a.ssrcs[0],
-                seq: n as u16,
                 key: false,
                 payload: body,
             });
@@ -537,7 +539,8 @@ impl Client {
             Self::learn(&mut self.pc, v);
             let ids = v.ids.unwrap();
             for (l, rid) in RIDS.iter().enumerate() {
-                let key = self.key_pending[l] || (self.key_every > 0 && n % self.key_every == 0);
+                let key =
+                    self.key_pending[l] || (self.key_every > 0 && n.is_multiple_of(self.key_every));
                 self.key_pending[l] = false;
                 let seq = (n as u16).wrapping_add(1000 * l as u16);
                 let mut header = rtp::header::Header {
@@ -578,7 +581,6 @@ impl Client {
                 self.sent.push(Sent {
                     at,
                     ssrc: v.ssrcs[l],
-                    seq,
                     key,
                     payload: body,
                 });
@@ -822,7 +824,7 @@ impl Net {
     pub fn run_for(&mut self, d: Duration) {
         let end = self.elapsed + d;
         while self.elapsed < end {
-            self.progress_until(end);
+            self.progress(end);
         }
     }
 
@@ -833,18 +835,15 @@ impl Net {
             if self.elapsed >= end {
                 return false;
             }
-            self.progress_until(end);
+            self.progress(end);
         }
         true
     }
 
     /// One turn: media that is due, every datagram delivered, then time moves to the earliest
-    /// timer and the timers that are due run.
-    pub fn progress(&mut self) {
-        self.progress_until(Duration::MAX);
-    }
-
-    fn progress_until(&mut self, end: Duration) {
+    /// timer (never past `end`) and the timers that are due run, and what they made is
+    /// delivered.
+    pub fn progress(&mut self, end: Duration) {
         let now = self.now();
         let at = self.elapsed;
         for p in &mut self.peers {
@@ -1030,7 +1029,7 @@ pub fn assert_continuous_suffix(what: &str, got: &[&Got], sent: &[&Sent]) -> usi
     let first = &got[0].packet.payload;
     let k = sent
         .iter()
-        .position(|s| &s.payload == first)
+        .position(|s| s.payload == *first)
         .unwrap_or_else(|| panic!("{what}: the first payload was never sent"));
     let want: Vec<&Bytes> = sent[k..].iter().map(|s| &s.payload).collect();
     let have: Vec<&Bytes> = got.iter().map(|g| &g.packet.payload).collect();

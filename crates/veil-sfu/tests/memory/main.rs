@@ -7,6 +7,7 @@
 
 mod common;
 mod departure;
+mod hostile;
 mod join;
 mod nack;
 mod pli;
