@@ -104,9 +104,21 @@ async fn chromium_simulcast_survives_the_publishers_renegotiation() {
         });
         rx.switches.push(width);
     }
+    // And q keeps coming: two more seconds of it, not only the key frames of the switches.
+    let before = rx.packets;
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(r)) = tokio::time::timeout_at(until, bob.received.recv()).await {
+        rx.add(&r.packet, dd);
+    }
     talking.abort();
     eprintln!("bob after Chromium's renegotiation: {rx:?}");
     assert_eq!(rx.switches, [320, 160]);
+    assert!(
+        rx.packets - before >= 20,
+        "{} packets of q in 2 s",
+        rx.packets - before
+    );
+    assert_eq!(rx.width, Some(160), "still q");
     assert_eq!(
         rx.unreadable, 0,
         "every DD reads against the latched structure"
