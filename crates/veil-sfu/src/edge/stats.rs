@@ -28,13 +28,14 @@ pub(crate) const fn kind_index(kind: MediaKind) -> usize {
 }
 
 /// The RTX outcomes [`RtxTally`] counts, with their metric labels (direction, outcome).
-const RTX_LABELS: [(&str, &str); 6] = [
+const RTX_LABELS: [(&str, &str); 7] = [
     ("in", "unwrapped"),
     ("in", "probe"),
     ("in", "unresolved"),
     ("out", "resent"),
     ("out", "missing"),
     ("out", "limited"),
+    ("in", "redundant"),
 ];
 
 /// Counts since the shell last took them. Gauges (tracks, subscriptions) are changes, which
@@ -54,8 +55,9 @@ pub struct Counters {
     /// PLIs sent to publishers.
     pub publisher_key_frame_requests: u64,
     /// RTX packets, indexed like the (direction, outcome) labels of [`Metrics::rtx`]:
-    /// in unwrapped, in probe, in unresolved, out resent, out missing, out limited.
-    pub rtx: [u64; 6],
+    /// in unwrapped, in probe, in unresolved, out resent, out missing, out limited, in
+    /// redundant.
+    pub rtx: [u64; 7],
     /// Change in published tracks.
     pub tracks: i64,
     /// Change in live subscriptions.
@@ -101,7 +103,7 @@ pub enum Observation {
 /// interceptors it drives): the interceptors take an `Arc<dyn RtxObserver>`, so these are
 /// atomics, but no other thread touches them.
 #[derive(Debug, Default)]
-pub(crate) struct RtxTally([AtomicU64; 6]);
+pub(crate) struct RtxTally([AtomicU64; 7]);
 
 impl RtxTally {
     fn add(&self, i: usize, n: u64) {
@@ -109,7 +111,7 @@ impl RtxTally {
     }
 
     /// The counts since the last take.
-    pub(crate) fn take(&self) -> [u64; 6] {
+    pub(crate) fn take(&self) -> [u64; 7] {
         std::array::from_fn(|i| self.0[i].swap(0, Ordering::Relaxed))
     }
 }
@@ -121,6 +123,7 @@ impl RtxObserver for RtxTally {
             Demuxed::Unwrapped(_) => self.add(0, 1),
             Demuxed::Probe => self.add(1, 1),
             Demuxed::Unresolved => self.add(2, 1),
+            Demuxed::Redundant(_) => self.add(6, 1),
         }
     }
 
@@ -225,7 +228,7 @@ mod tests {
             forwarded_bytes: [50, 70],
             subscriber_key_frame_requests: 11,
             publisher_key_frame_requests: 13,
-            rtx: [1, 2, 3, 4, 5, 6],
+            rtx: [1, 2, 3, 4, 5, 6, 7],
             tracks: 2,
             subscriptions: 3,
             ..Counters::default()
@@ -256,8 +259,8 @@ mod tests {
         t.inbound(Demuxed::Probe);
         t.outbound(Sent::Resent, 3);
         t.outbound(Sent::Missing, 1);
-        assert_eq!(t.take(), [0, 1, 0, 3, 1, 0]);
-        assert_eq!(t.take(), [0; 6]);
+        assert_eq!(t.take(), [0, 1, 0, 3, 1, 0, 0]);
+        assert_eq!(t.take(), [0; 7]);
     }
 
     #[test]

@@ -191,6 +191,7 @@ impl RtxObserver for RtxCount {
             Demuxed::Unwrapped(_) => self.count("in", "unwrapped", 1),
             Demuxed::Probe => self.count("in", "probe", 1),
             Demuxed::Unresolved => self.count("in", "unresolved", 1),
+            Demuxed::Redundant(_) => self.count("in", "redundant", 1),
         }
     }
 
