@@ -58,6 +58,11 @@ pub struct Counters {
     /// in unwrapped, in probe, in unresolved, out resent, out missing, out limited, in
     /// redundant.
     pub rtx: [u64; 7],
+    /// Probe clusters sent towards subscribers, and those the path carried at their rate
+    /// (SFU-BWE-06, SFU-BWE-08).
+    pub probe_clusters: u64,
+    /// See `probe_clusters`.
+    pub probe_successes: u64,
     /// Change in published tracks.
     pub tracks: i64,
     /// Change in live subscriptions.
@@ -173,6 +178,12 @@ impl Metrics {
                     .get_or_create(&Rtx { direction, outcome })
                     .inc_by(n);
             }
+        }
+        if c.probe_clusters > 0 {
+            self.probe_clusters.inc_by(c.probe_clusters);
+        }
+        if c.probe_successes > 0 {
+            self.probe_successes.inc_by(c.probe_successes);
         }
         if c.tracks != 0 {
             self.tracks.inc_by(c.tracks);
