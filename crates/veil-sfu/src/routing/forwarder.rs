@@ -20,7 +20,7 @@ pub enum DropReason {
     /// across the dropped one, so this one's number would collide (SFU-FWD-05). Likewise a
     /// packet of the current layer from before the key frame it was switched at (a late repair,
     /// or a publisher's probe of redundant retransmissions): its number would be one the
-    /// previous layer's packets had (SFU-FWD-07).
+    /// previous layer's packets had (SFU-FWD-06).
     LateAfterSkip,
 }
 
@@ -144,7 +144,7 @@ impl LayerForwarder {
             self.last_frame_number = Some(d.frame_number);
         }
         if self.newest_in.is_none_or(|n| is_newer(seq, n)) {
-            // SFU-FWD-07: the next switch continues from the newest number sent, never from a
+            // SFU-FWD-06: the next switch continues from the newest number sent, never from a
             // late packet's.
             self.last = Some(Last {
                 seq: out_seq,
@@ -195,7 +195,7 @@ impl LayerForwarder {
         }
         self.current = Some(layer);
         self.newest_in = None;
-        // SFU-FWD-07: this layer's packets from before the switch would take numbers the
+        // SFU-FWD-06: this layer's packets from before the switch would take numbers the
         // previous layer's packets had.
         self.skip_floor = Some(seq.wrapping_sub(1));
         self.stats.switches += 1;
@@ -351,7 +351,7 @@ mod late {
 
     use super::*;
 
-    /// SFU-FWD-07: after a switch, a packet of the new layer from before its key frame (a late
+    /// SFU-FWD-06: after a switch, a packet of the new layer from before its key frame (a late
     /// repair, or a publisher's probe re-sending old packets) is dropped rather than numbered into
     /// the previous layer's range, and a late packet never moves the base the next switch
     /// continues from.
