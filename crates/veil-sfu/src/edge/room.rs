@@ -655,6 +655,12 @@ impl EdgeRooms {
             .map_or(0, |r| r.core.spoofs())
     }
 
+    /// Datagrams no connection claimed ([`Edge::unrouted`], SFU-EDGE-01).
+    #[must_use]
+    pub fn unrouted(&self) -> u64 {
+        self.edge.unrouted()
+    }
+
     /// Remove participant `id` (it leaves, or the shell gives up on it): its connection
     /// closes, and [`EdgeRoomEvent::Left`] follows with everything a departure brings.
     pub fn remove(&mut self, now: Instant, id: ConnId) {

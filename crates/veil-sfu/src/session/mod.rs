@@ -44,8 +44,9 @@ pub struct SfuConfig {
     pub workers: usize,
     /// At most one key-frame request per publisher stream per this interval (SFU-KF-01).
     pub key_frame_interval: Duration,
-    /// No packet at all (media, RTCP or ICE consent checks) for this long: the connection is
-    /// disconnected (SFU-LIVE-01).
+    /// No ICE consent check from the participant for this long: the connection is disconnected
+    /// (SFU-LIVE-01). Only STUN counts as a sign of life: rtc 0.21.1 passes media and RTCP by
+    /// its ICE handler's clock (`tests/memory/departure.rs`).
     pub silence_timeout: Duration,
     /// Disconnected for this long: the participant is removed (SFU-LIVE-01).
     pub departure_grace: Duration,
