@@ -9,7 +9,10 @@
 //! - **to f**: from subscribing to the moment the subscriber is on f for good (f for the 3 s
 //!   after), the relay uncapped. f needs more than GCC's 1.5 Mbit/s start.
 //! - **down**: on f, the relay is capped at `--cap` (1 Mbit/s: h fits, f does not); the time
-//!   until the SFU forwards a lower layer.
+//!   until the estimate falls below 2 Mbit/s (f no longer fits: the layer choice keeps a layer
+//!   down to 0.75 × its bitrate) and until the SFU forwards a lower layer (after the choice's
+//!   0.5 s hold and the lower layer's next key frame; this publisher sends one every 0.5 s and
+//!   does not answer PLIs).
 //! - **up**: 10 s later the cap is lifted; the time until the subscriber is on f again.
 //!
 //! `cargo bench -p veil-sfu --bench ramp` (`-- --runs 5 --cap-runs 3 --cap 1000000`). Layer and
@@ -130,15 +133,20 @@ impl Call {
         None
     }
 
-    /// From `from`, how long until the layer is below f, or None within [`LIMIT`].
-    async fn below_f(&self, from: Instant) -> Option<Duration> {
+    /// From `from`, how long until the estimate is below `bps` and until the layer is below f
+    /// (each None if not within [`LIMIT`]).
+    async fn below_f(&self, from: Instant, bps: u64) -> (Option<Duration>, Option<Duration>) {
+        let mut estimate = None;
         while from.elapsed() < LIMIT {
+            if estimate.is_none() && self.estimate().is_some_and(|e| e < bps) {
+                estimate = Some(from.elapsed());
+            }
             if self.layer().await.is_some_and(|l| l < 2) {
-                return Some(from.elapsed());
+                return (estimate, Some(from.elapsed()));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        None
+        (estimate, None)
     }
 
     async fn end(self) -> (u64, u64) {
@@ -151,7 +159,10 @@ impl Call {
 }
 
 fn secs(d: Option<Duration>) -> String {
-    d.map_or_else(|| format!("> {} s", LIMIT.as_secs()), |d| format!("{:.2} s", d.as_secs_f64()))
+    d.map_or_else(
+        || format!("> {} s", LIMIT.as_secs()),
+        |d| format!("{:.2} s", d.as_secs_f64()),
+    )
 }
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -167,20 +178,22 @@ async fn main() {
     let runs = arg("--runs", 5);
     let cap_runs = arg("--cap-runs", 3);
     let cap = arg("--cap", 1_000_000);
-    println!("| probing | run | to f | estimate on f | down (cap {cap} bit/s) | up (cap lifted) | clusters sent / carried |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| probing | run | to f | estimate on f | capped at {cap} bit/s: estimate < 2 Mbit/s | down | up (cap lifted) | clusters sent / carried |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for probing in [false, true] {
         let label = if probing { "on" } else { "off" };
         for run in 1..=runs.max(cap_runs) {
             let call = Call::start(probing).await;
             let to_f = call.settled_on_f(call.subscribed).await;
             let estimate = call.estimate();
-            let (mut down, mut up) = (None, None);
+            let (mut falls, mut down, mut up) = (None, None, None);
             let capped = run <= cap_runs && to_f.is_some();
             if capped {
                 call.relay.shaper.rate.store(cap, Ordering::Relaxed);
                 let at = Instant::now();
-                down = call.below_f(at).await;
+                (falls, down) = call.below_f(at, 2_000_000).await;
                 tokio::time::sleep(Duration::from_secs(10).saturating_sub(at.elapsed())).await;
                 call.relay.shaper.rate.store(0, Ordering::Relaxed);
                 let lifted = Instant::now();
@@ -189,9 +202,10 @@ async fn main() {
             let (sent, carried) = call.end().await;
             let show = |d: Option<Duration>| if capped { secs(d) } else { "–".to_owned() };
             println!(
-                "| {label} | {run} | {} | {} kbit/s | {} | {} | {sent} / {carried} |",
+                "| {label} | {run} | {} | {} kbit/s | {} | {} | {} | {sent} / {carried} |",
                 secs(to_f),
                 estimate.map_or(0, |e| e / 1000),
+                show(falls),
                 show(down),
                 show(up),
             );

@@ -3,7 +3,7 @@
 //! measured.
 //!
 //! rtc-interceptor's own `Gcc` takes no outside estimate (it has no setter), so a probe result
-//! could not move it. [`ProbingGcc`] wires the same parts the same way (slope estimator and
+//! could not move it. `ProbingGcc` wires the same parts the same way (slope estimator and
 //! overuse detector into the AIMD rate controller, the received rate, the loss controller; the
 //! lower of the delay and loss targets wins), and when a probe cluster shows the path carrying
 //! more than the target, starts both controllers again from the probed rate: libwebrtc's
@@ -35,6 +35,13 @@ const SATURATED_SHARE: f64 = 0.95;
 const MAX_RATIO: f64 = 2.0;
 /// Spans shorter than this say nothing (the receiver's clock ticks in 250 µs).
 const MIN_SPAN: Duration = Duration::from_millis(2);
+/// A feedback batch that lost more than this share of its packets restarts the delay half from
+/// the rate that arrived (SFU-BWE-09): GCC's loss controller, 10 % on an average.
+const HEAVY_LOSS: f64 = 0.1;
+/// And at least this many: one or two random losses in a small batch (a low layer, audio) say
+/// nothing about the path's capacity, and what arrives on a connection that sends less than the
+/// path carries is the sender's rate, not the path's.
+const HEAVY_LOSS_PACKETS: usize = 4;
 
 /// What one probe cluster showed (SFU-BWE-07).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +168,22 @@ fn judge(c: &Cluster) -> (Option<u64>, bool) {
     (Some(send_rate.min(recv_rate) as u64), false)
 }
 
+/// The rate the packets of one feedback batch arrived at, in bits per second: their bytes but
+/// the first arrival's over the span of their arrivals; None for a span under 10 ms.
+fn arrival_rate(reports: &[PacketReport]) -> Option<f64> {
+    let mut arrived = reports.iter().filter_map(|r| Some((r.arrival?, r.size)));
+    let (mut first, mut last, mut bytes) = arrived.next().map(|(a, _)| (a, a, 0usize))?;
+    for (a, size) in arrived {
+        if a < first {
+            first = a;
+        }
+        last = last.max(a);
+        bytes += size;
+    }
+    let span = last.saturating_sub(first);
+    (span >= Duration::from_millis(10)).then(|| bytes as f64 * 8.0 / span.as_secs_f64())
+}
+
 /// What the estimator last said about a connection, for the application (SFU-BWE-01, -07).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Signals {
@@ -229,6 +252,25 @@ impl ProbingGcc {
         }
     }
 
+    /// SFU-BWE-09: a path that dropped this much of a batch carries no more than what arrived
+    /// in it. rtc-interceptor's loss controller acts on an average (one fifth of each batch), so
+    /// on a path capped well below the rate it took seconds to get there, while the delay half
+    /// saw only the queue filling (a full tail-drop queue's delay is flat). The delay half
+    /// restarts from the batch's arrival rate, when that is lower; the loss half goes on as it
+    /// was.
+    fn heavy_loss(&mut self, reports: &[PacketReport]) {
+        let lost = reports.iter().filter(|r| !r.arrived).count();
+        if lost < HEAVY_LOSS_PACKETS || (lost as f64) <= HEAVY_LOSS * reports.len() as f64 {
+            return;
+        }
+        let Some(arrived) = arrival_rate(reports) else {
+            return;
+        };
+        if arrived < self.delay.target() {
+            self.delay = RateController::new(arrived, self.min, self.max);
+        }
+    }
+
     /// Start both halves again from `bps`: what a probe showed the path carries.
     fn jump(&mut self, bps: f64) {
         let bps = bps.clamp(self.min, self.max);
@@ -257,6 +299,7 @@ impl BandwidthEstimator for ProbingGcc {
             self.clusters.on_report(r);
         }
         let received = self.rate.rate_bits_per_second(now);
+        self.heavy_loss(reports);
         let delay = self.delay.update(now, usage, received);
         let lost = reports.iter().filter(|r| !r.arrived).count();
         let loss = self.loss.update(now, lost, reports.len());
@@ -422,6 +465,49 @@ mod tests {
         assert_eq!(o.cluster, 9);
         assert!(o.bps.is_some(), "11 of 12 arrived");
         assert!(c.tags.is_empty());
+    }
+
+    /// SFU-BWE-09: a path that starts dropping half of what is sent brings the target down to
+    /// what arrives within a few batches; a path that loses 5 % does not move it so.
+    #[test]
+    fn heavy_loss_brings_the_target_down_to_what_arrives() {
+        let t0 = Instant::now();
+        let run = |loss_every: u64| -> Vec<f64> {
+            let mut gcc = ProbingGcc::new(
+                3_000_000.0,
+                50_000.0,
+                20_000_000.0,
+                ProbeLink::default(),
+                Published::default(),
+            );
+            // 100 ms batches of 25 packets of 1 500 bytes (3 Mbit/s sent); from the 11th
+            // batch (1 s) on every `loss_every`th is lost, the rest arrive as sent.
+            let mut targets = Vec::new();
+            for b in 0..20u64 {
+                let at = t0 + Duration::from_millis(100 * b);
+                let reports: Vec<PacketReport> = (0..25u64)
+                    .map(|i| {
+                        let n = b * 25 + i;
+                        let dep = at + Duration::from_millis(4 * i);
+                        let arr = (b < 10 || n % loss_every != 0)
+                            .then(|| Duration::from_millis(100 * b + 4 * i + 20));
+                        let mut r = report(n as u16, dep, arr, 1500);
+                        r.ssrc = 1;
+                        r
+                    })
+                    .collect();
+                gcc.on_reports(at + Duration::from_millis(100), &reports);
+                targets.push(gcc.target_bitrate());
+            }
+            targets
+        };
+        // Half lost: 1.5 Mbit/s arrives. By the next batch the target is there; GCC's averaged
+        // loss half alone takes 0.8 s to reach 2.1 Mbit/s.
+        let heavy = run(2);
+        assert!(heavy[11] < 1_700_000.0, "{heavy:?}");
+        // One in 20 lost: the target stays near the rate sent.
+        let light = run(20);
+        assert!(light.iter().all(|t| *t > 2_500_000.0), "{light:?}");
     }
 
     /// SFU-BWE-07: GCC's target jumps to a probe's rate, and a probe below the target leaves it.
