@@ -7,7 +7,8 @@
 const WINDOW: usize = super::HISTORY_PACKETS;
 const WORDS: usize = WINDOW / 64;
 
-/// The sequence numbers of one stream that arrived, over the last [`WINDOW`] numbers.
+/// The sequence numbers of one stream that arrived, over the last 1 024 numbers (the send
+/// history's length).
 #[derive(Debug, Clone)]
 pub struct Arrivals {
     newest: Option<u16>,
