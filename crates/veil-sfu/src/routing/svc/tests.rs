@@ -572,7 +572,7 @@ const DD_URI: &str =
 /// order, their descriptors read as the SFU reads them.
 fn capture(file: &str, codec: &str) -> Vec<(u32, Option<Vec<u8>>, Pkt)> {
     use crate::routing::{ExtIds, PacketMeta, StreamRegistry};
-    let v = veil_vectors::chromium(file);
+    let v = veil_vectors::json(file);
     let id = |uri: &str| veil_vectors::ext_id(&v, uri);
     let mut reg = StreamRegistry::new(ExtIds {
         mid: id("urn:ietf:params:rtp-hdrext:sdes:mid"),
@@ -707,20 +707,23 @@ fn check_target(pkts: &[Pkt], d: usize, what: &str) -> BTreeMap<(u8, u8), usize>
     layers
 }
 
-/// SFU-SVC-01..05, -07 on Chromium's AV1 L3T3_KEY: each of the 9 decode targets gets
-/// exactly its frames, decodable, at its resolution and frame rate, renumbered without a
-/// gap; the S2 targets only once the second key frame made them active.
-#[test]
-fn chromium_av1_l3t3_key_each_decode_target_gets_exactly_its_frames() {
-    let pkts: Vec<Pkt> = capture("av1_l3t3key_sframe_raw_dd.json", "AV1/")
+/// Chromium 156's AV1 L3T3_KEY (`vectors/chromium156`).
+const AV1_L3T3_KEY: &str = "chromium156/av1_l3t3key_sframe_raw_dd.json";
+/// Chromium 148's VP9 L3T3_KEY, recorded here (`vectors/chromium148/record`).
+const VP9_L3T3_KEY: &str = "chromium148/vp9_l3t3key_dd.json";
+
+/// Each of the 9 decode targets of an L3T3_KEY capture gets exactly its frames, decodable, at
+/// its resolution and frame rate, renumbered without a gap; lower spatial layers only through
+/// the key frames.
+fn each_l3t3_key_target(file: &str, codec: &str) -> Vec<Pkt> {
+    let pkts: Vec<Pkt> = capture(file, codec)
         .into_iter()
         .map(|(_, _, p)| p)
         .collect();
     let s = pkts[0].dd.structure().unwrap().clone();
-    assert_eq!((s.decode_target_count, s.chain_count), (9, 3));
-    assert_eq!(pkts[0].dd.active_decode_targets, Some(0b111111));
+    assert_eq!((s.decode_target_count, s.chain_count), (9, 3), "{file}");
     for d in 0..9 {
-        let layers = check_target(&pkts, d, &format!("AV1 DT {d}"));
+        let layers = check_target(&pkts, d, &format!("{codec} DT {d}"));
         let (sp, _) = s.decode_target_layer(d).unwrap();
         // KEY structure: lower spatial layers only through the key frames.
         if sp > 0 {
@@ -732,15 +735,38 @@ fn chromium_av1_l3t3_key_each_decode_target_gets_exactly_its_frames() {
             assert!(lower <= 2, "DT {d}: {layers:?}");
         }
     }
+    pkts
+}
+
+/// SFU-SVC-01..05, -07 on Chromium's AV1 L3T3_KEY: each of the 9 decode targets gets
+/// exactly its frames; the S2 targets only once the second key frame made them active.
+#[test]
+fn chromium_av1_l3t3_key_each_decode_target_gets_exactly_its_frames() {
+    let pkts = each_l3t3_key_target(AV1_L3T3_KEY, "AV1/");
+    assert_eq!(pkts[0].dd.active_decode_targets, Some(0b111111));
+}
+
+/// SFU-SVC-01..05 on Chromium's VP9 L3T3_KEY (Chromium 148, recorded with
+/// `vectors/chromium148/record/record.sh`): the same rules hold for a second codec's
+/// structure, as the DD alone decides.
+#[test]
+fn chromium_vp9_l3t3_key_each_decode_target_gets_exactly_its_frames() {
+    let pkts = each_l3t3_key_target(VP9_L3T3_KEY, "VP9/");
+    let s = pkts[0].dd.structure().unwrap();
+    // Three spatial layers, each twice the last, as the page asked for 1280x720.
+    let sizes: Vec<(u32, u32)> = (0..3)
+        .filter_map(|l| s.resolution(l))
+        .map(|r| (r.width, r.height))
+        .collect();
+    assert_eq!(sizes, [(320, 180), (640, 360), (1280, 720)]);
 }
 
 /// SFU-SVC-03..05 on Chromium's AV1 L3T3_KEY, switching: S2T2, then S2T0 (at the next
 /// frame), S2T2 again (at the next switch indication), then S1T2, which needs a key frame
 /// the capture does not have: the selector keeps S2T2, says the switch is pending, and
 /// never sends an S1 delta frame. Numbers stay contiguous throughout.
-#[test]
-fn chromium_av1_l3t3_key_switches_only_where_the_descriptor_allows() {
-    let pkts: Vec<Pkt> = capture("av1_l3t3key_sframe_raw_dd.json", "AV1/")
+fn l3t3_key_switches(file: &str, codec: &str) -> Vec<SvcLayer> {
+    let pkts: Vec<Pkt> = capture(file, codec)
         .into_iter()
         .map(|(_, _, p)| p)
         .collect();
@@ -785,18 +811,10 @@ fn chromium_av1_l3t3_key_switches_only_where_the_descriptor_allows() {
     }
     assert!(contiguous(&out));
     let layers: Vec<SvcLayer> = layer_at.iter().map(|x| x.1).collect();
-    // S1T2 while Chromium's first key frame has only S0 and S1 active, S2T2 from its
-    // second, then as asked.
-    assert_eq!(
-        layers,
-        [
-            SvcLayer::new(2, 2),
-            SvcLayer::new(2, 0),
-            SvcLayer::new(2, 2)
-        ]
-    );
+    let n = layer_at.len();
+    assert!(n >= 2, "{layers:?}");
     // Down at once: the first frame after the request.
-    assert!(layer_at[1].0 - plan[0].0 <= 3, "{layer_at:?}");
+    assert!(layer_at[n - 2].0 - plan[0].0 <= 3, "{layer_at:?}");
     // S1T2 is pending: it needs a key frame.
     assert_eq!(sel.switch_pending(), Some(SvcLayer::new(1, 2)));
     assert_eq!(sel.current(), Some(SvcLayer::new(2, 2)));
@@ -809,17 +827,47 @@ fn chromium_av1_l3t3_key_switches_only_where_the_descriptor_allows() {
     // While at S2T0 only T0 frames went out.
     for o in out
         .iter()
-        .filter(|o| o.0 > layer_at[1].0 && o.0 < layer_at[2].0)
+        .filter(|o| o.0 > layer_at[n - 2].0 && o.0 < layer_at[n - 1].0)
     {
         assert_eq!(pkts[o.0].dd.temporal_id(), 0);
     }
+    layers
+}
+
+/// SFU-SVC-03..05 on Chromium's AV1 L3T3_KEY, switching ([`l3t3_key_switches`]).
+#[test]
+fn chromium_av1_l3t3_key_switches_only_where_the_descriptor_allows() {
+    // S1T2 while Chromium's first key frame has only S0 and S1 active, S2T2 from its
+    // second, then as asked.
+    assert_eq!(
+        l3t3_key_switches(AV1_L3T3_KEY, "AV1/"),
+        [
+            SvcLayer::new(2, 2),
+            SvcLayer::new(2, 0),
+            SvcLayer::new(2, 2)
+        ]
+    );
+}
+
+/// SFU-SVC-03..05 on Chromium's VP9 L3T3_KEY, switching ([`l3t3_key_switches`]).
+#[test]
+fn chromium_vp9_l3t3_key_switches_only_where_the_descriptor_allows() {
+    // Every target active from the first key frame: S2T2, down to S2T0, back up.
+    assert_eq!(
+        l3t3_key_switches(VP9_L3T3_KEY, "VP9/"),
+        [
+            SvcLayer::new(2, 2),
+            SvcLayer::new(2, 0),
+            SvcLayer::new(2, 2)
+        ]
+    );
 }
 
 /// SFU-SVC-01, -02, -05 on Chromium's VP8 simulcast L1T3: on each simulcast stream, each
 /// temporal decode target gets exactly its frames, whole, contiguous, at its frame rate.
 #[test]
 fn chromium_vp8_l1t3_each_stream_and_temporal_target() {
-    let all = capture("sim_vp8_l1t3_sframe_dd.json", "VP8/");
+    let all = capture("chromium156/sim_vp8_l1t3_sframe_dd.json", "VP8/");
     let ssrcs: BTreeSet<u32> = all.iter().map(|x| x.0).collect();
     assert_eq!(ssrcs.len(), 3);
     for ssrc in ssrcs {
