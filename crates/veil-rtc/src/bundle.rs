@@ -3,18 +3,23 @@
 //!
 //! webrtc-rs 0.21.1's chain hands every packet to every interceptor: each takes it into its own
 //! queue and gives it back, and a profile of the SFU put a tenth of its time in moving packets
-//! between those queues. Five of a connection's interceptors never change an outbound packet: the
-//! NACK generator, the transport-cc receiver, the receiver reports and [`KeyFrameRequestTap`] pass
-//! it straight through, and the sender reports only count it. [`Bundle`] runs the five as one: an
-//! outbound packet goes to the sender reports alone (one queue instead of five), and everything
+//! between those queues. Four of a connection's interceptors never change an outbound packet: the
+//! NACK generator, the receiver reports and [`KeyFrameRequestTap`] pass it straight through, and
+//! the sender reports only count it. [`Bundle`] runs the four as one: an outbound packet goes to
+//! the sender reports alone (one queue instead of four), and everything
 //! else (inbound packets, timers, stream bindings, the RTCP each one generates) reaches each
 //! member as the chain would have delivered it.
 //!
-//! That the four pass outbound packets through untouched is read from webrtc-rs 0.21.1's source
+//! That the three pass outbound packets through untouched is read from webrtc-rs 0.21.1's source
 //! (each `handle_write` pushes the packet onto its queue and nothing else) and pinned by the
 //! version. A test (`the_bundle_does_what_its_members_do_in_the_chain`) checks it: the same
-//! traffic goes through the bundle and through the five as separate interceptors, and
+//! traffic goes through the bundle and through the four as separate interceptors, and
 //! everything that comes out is compared.
+//!
+//! The transport-cc receiver used to be a fifth member. It records arrivals, and an arrival
+//! recorder must see every packet that arrived: the [`crate::RtxInterceptor`] wire-ward of the
+//! bundle drops padding probes and redundant retransmissions, so the sender read its own probes
+//! as lost (SFU-RTX-08). It now sits inside the RTX interceptor, wire-ward of what drops.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -22,7 +27,7 @@ use std::time::Instant;
 use rtc::interceptor::{
     Interceptor, NackGeneratorBuilder, NackGeneratorInterceptor, ReceiverReportBuilder,
     ReceiverReportInterceptor, SenderReportBuilder, SenderReportInterceptor, Slot, StreamInfo,
-    TaggedPacket, TwccReceiverBuilder, TwccReceiverInterceptor,
+    TaggedPacket,
 };
 use rtc::sansio::Protocol;
 
@@ -32,11 +37,10 @@ use crate::KeyFrameRequestTap;
 /// in Veil's chain sits between its members' own slots (7 000 to 14 000).
 pub const BUNDLE_SLOT: Slot = Slot::NackGenerator;
 
-/// The NACK generator, transport-cc receiver, receiver reports, sender reports and
-/// [`KeyFrameRequestTap`], in that order from the wire, as one interceptor.
+/// The NACK generator, receiver reports, sender reports and [`KeyFrameRequestTap`], in that
+/// order from the wire, as one interceptor.
 pub struct Bundle {
     nack_generator: NackGeneratorInterceptor,
-    twcc_receiver: TwccReceiverInterceptor,
     receiver_report: ReceiverReportInterceptor,
     sender_report: SenderReportInterceptor,
     key_frame_tap: KeyFrameRequestTap,
@@ -44,12 +48,10 @@ pub struct Bundle {
 }
 
 impl Default for Bundle {
-    /// Each member as webrtc-rs's `configure_nack`, `configure_twcc_receiver_only` and
-    /// `configure_rtcp_reports` build it.
+    /// Each member as webrtc-rs's `configure_nack` and `configure_rtcp_reports` build it.
     fn default() -> Self {
         Self {
             nack_generator: NackGeneratorBuilder::new().build(),
-            twcc_receiver: TwccReceiverBuilder::new().build(),
             receiver_report: ReceiverReportBuilder::new().build(),
             sender_report: SenderReportBuilder::new().build(),
             key_frame_tap: KeyFrameRequestTap::default(),
@@ -60,10 +62,9 @@ impl Default for Bundle {
 
 impl Bundle {
     /// The members from the wire on: the order inbound packets take.
-    fn members(&mut self) -> [&mut dyn Interceptor; 5] {
+    fn members(&mut self) -> [&mut dyn Interceptor; 4] {
         [
             &mut self.nack_generator,
-            &mut self.twcc_receiver,
             &mut self.receiver_report,
             &mut self.sender_report,
             &mut self.key_frame_tap,
@@ -106,21 +107,20 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for Bundle {
         self.read.pop_front()
     }
 
-    /// Only the sender reports see an outbound packet; the tap app-ward of them and the three
+    /// Only the sender reports see an outbound packet; the tap app-ward of them and the two
     /// wire-ward would pass it on unchanged.
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
         self.sender_report.handle_write(msg)
     }
 
     /// The sender reports' queue (the packets written, and the reports it generated), then the
-    /// RTCP each other member generated (NACKs, transport-cc feedback, receiver reports). In the
+    /// RTCP each other member generated (NACKs, receiver reports). In the
     /// chain the latter would also pass the members wire-ward of them, unchanged.
     fn poll_write(&mut self) -> Option<TaggedPacket> {
         self.sender_report
             .poll_write()
             .or_else(|| self.key_frame_tap.poll_write())
             .or_else(|| self.receiver_report.poll_write())
-            .or_else(|| self.twcc_receiver.poll_write())
             .or_else(|| self.nack_generator.poll_write())
     }
 
@@ -265,13 +265,12 @@ mod tests {
     }
 
     /// Two seconds of a connection that sends one stream and receives one with every seventh packet
-    /// lost, sender reports and PLIs: the bundle emits exactly what the five interceptors emit
+    /// lost, sender reports and PLIs: the bundle emits exactly what the four interceptors emit
     /// as separate links of webrtc-rs's chain, step by step.
     #[test]
     fn the_bundle_does_what_its_members_do_in_the_chain() {
         let mut plain = Registry::new()
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-            .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
             .with(Slot::SenderReport, SenderReportBuilder::new().build())
             .with(Slot::from(14_000), KeyFrameRequestTap::default())
@@ -329,7 +328,6 @@ mod tests {
                 .count()
         };
         assert!(rtcp('w', 205, 1) > 0, "NACKs");
-        assert!(rtcp('w', 205, 15) > 0, "transport-cc feedback");
         let reports = |pt: u8| seen.iter().filter(|(d, b)| *d == 'w' && b[1] == pt).count();
         assert!(reports(201) > 0, "receiver reports");
         assert!(reports(200) > 0, "sender reports");

@@ -10,7 +10,8 @@
 //!   simulcast extensions) plus [`KeyFrameRequestTap`], which hands PLI and FIR to the
 //!   application (webrtc-rs ends all other inbound RTCP in its chain), and [`RtxInterceptor`],
 //!   which completes webrtc-rs's RTX and answers NACKs in place of its responder ([`rtx`]).
-//!   All but the last run as one [`Bundle`], so that an outbound packet is handed over once
+//!   The transport-cc receiver runs inside the [`RtxInterceptor`], wire-ward of the packets it
+//!   drops; the others run as one [`Bundle`], so that an outbound packet is handed over once
 //!   rather than once per interceptor ([`bundle`]).
 //! - **ICE:** connectivity checks every 50 ms ([`setting_engine`]).
 //!
@@ -174,7 +175,9 @@ pub fn media_engine() -> Result<MediaEngine, webrtc::error::Error> {
 /// webrtc-rs's default interceptors (NACK generator, RTCP reports, transport-cc feedback,
 /// simulcast extensions) and [`KeyFrameRequestTap`], as one [`Bundle`], and [`RtxInterceptor`],
 /// registered into `me`. The [`RtxInterceptor`] takes the place of webrtc-rs's NACK responder:
-/// it answers NACKs from its own history ([`rtx::RtxResponder`]).
+/// it answers NACKs from its own history ([`rtx::RtxResponder`]); and it holds the transport-cc
+/// receiver, so that the probes and redundant retransmissions it drops are still reported as
+/// arrived (SFU-RTX-08).
 ///
 /// # Errors
 /// webrtc-rs's error if it refuses a registration.
@@ -195,8 +198,10 @@ pub fn interceptors_with(
     // `configure_rtcp_reports`), registered into `me` as they do, with two changes:
     // - no NACK responder: the RtxInterceptor keeps the connection's only retransmission history
     //   and answers NACKs itself (rtx::responder);
-    // - the NACK generator, transport-cc receiver and both reports run in one Bundle with the
-    //   KeyFrameRequestTap, so that an outbound packet is handed over once, not five times.
+    // - the NACK generator and both reports run in one Bundle with the KeyFrameRequestTap, so
+    //   that an outbound packet is handed over once, not four times;
+    // - the transport-cc receiver runs inside the RtxInterceptor, wire-ward of the probes and
+    //   redundant retransmissions it drops, so that every arrival is in the feedback (SFU-RTX-08).
     for parameter in ["", "pli"] {
         me.register_feedback(
             RTCPFeedback {
@@ -224,7 +229,7 @@ pub fn interceptors_with(
         )?;
     }
     Ok(Registry::new()
-        .with(RtxInterceptor::slot(), rtx)
+        .with(RtxInterceptor::slot(), rtx.with_transport_cc())
         .with(bundle::BUNDLE_SLOT, Bundle::default()))
 }
 

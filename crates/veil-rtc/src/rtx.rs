@@ -32,6 +32,7 @@ use std::time::Instant;
 
 use rtc::interceptor::{
     Attribute, AttributedPacket, Interceptor, Packet, Slot, StreamInfo, TaggedPacket,
+    TwccReceiverBuilder, TwccReceiverInterceptor,
 };
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
@@ -56,9 +57,16 @@ pub const MAX_LEARNED_STREAMS: usize = 64;
 /// buffer's default size, about 3 s of a 3 Mbit/s layer in 1 200-byte packets.
 pub const HISTORY_PACKETS: usize = 1024;
 
+/// The most packets one probe request sends ([`RtxResponder::probe`]).
+pub const PROBE_PACKETS: usize = 32;
+
 mod counted;
+mod dedup;
+mod probe;
 mod responder;
 pub use counted::CountRtx;
+pub use dedup::Arrivals;
+pub use probe::{ProbeLink, ProbePacket, ProbeRequest};
 pub use responder::{Resend, RtxResponder, Sent};
 
 /// A primary stream an RTX packet repairs.
@@ -83,6 +91,9 @@ pub enum Demuxed {
     /// It names (by `rrid`, now or earlier) a stream that no packet has introduced yet: Chromium
     /// probes on a layer's RTX stream before the layer sends. Left as it was.
     Unresolved,
+    /// A retransmission of a packet that has arrived already (a probe made of redundant RTX, or
+    /// a repair that crossed its late original): drop it (SFU-RTX-07).
+    Redundant(Primary),
 }
 
 /// The extension ids a connection negotiated for `mid`, `rid` and `rrid`.
@@ -135,6 +146,9 @@ pub struct RtxDemux {
     rtx_names: HashMap<u32, RidKey>,
     /// (mid, rid) → primary, learned from the primary's own packets.
     by_rid: HashMap<RidKey, Primary>,
+    /// What arrived of each stream (at most [`MAX_LEARNED_STREAMS`] of them), so that a
+    /// redundant retransmission is dropped (SFU-RTX-07).
+    arrived: HashMap<u32, Arrivals>,
 }
 
 impl RtxDemux {
@@ -168,6 +182,7 @@ impl RtxDemux {
             .retain(|&rtx, p| rtx != info.ssrc && p.ssrc != info.ssrc);
         self.by_rid.retain(|_, p| p.ssrc != info.ssrc);
         self.rtx_names.remove(&info.ssrc);
+        self.arrived.remove(&info.ssrc);
     }
 
     fn learned(&self) -> usize {
@@ -187,8 +202,29 @@ impl RtxDemux {
         }
     }
 
-    /// Look at one inbound packet; unwrap it in place if it is a retransmission.
+    /// Look at one inbound packet; unwrap it in place if it is a retransmission, and tell a
+    /// retransmission of a packet that arrived already apart (SFU-RTX-07).
     pub fn process(&mut self, packet: &mut rtp::Packet) -> Demuxed {
+        let what = self.classify(packet);
+        let ssrc = match what {
+            Demuxed::Media => packet.header.ssrc,
+            Demuxed::Unwrapped(p) => p.ssrc,
+            _ => return what,
+        };
+        let seq = packet.header.sequence_number;
+        let full = self.arrived.len() >= MAX_LEARNED_STREAMS;
+        let new = match self.arrived.get_mut(&ssrc) {
+            Some(a) => a.insert(seq),
+            None if full => true,
+            None => self.arrived.entry(ssrc).or_default().insert(seq),
+        };
+        match what {
+            Demuxed::Unwrapped(p) if !new => Demuxed::Redundant(p),
+            other => other,
+        }
+    }
+
+    fn classify(&mut self, packet: &mut rtp::Packet) -> Demuxed {
         let (ssrc, payload_type) = (packet.header.ssrc, packet.header.payload_type);
         if let Some(&primary) = self.by_rtx_ssrc.get(&ssrc) {
             return unwrap(packet, primary, self.ids.rrid);
@@ -283,6 +319,10 @@ pub struct RtxInterceptor {
     demux: RtxDemux,
     responder: RtxResponder,
     observer: Option<Arc<dyn RtxObserver>>,
+    /// Probe requests from the application (SFU-BWE-06).
+    probes: Option<ProbeLink>,
+    /// The transport-cc receiver, wire-ward of everything this drops (SFU-RTX-08).
+    twcc: Option<TwccReceiverInterceptor>,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
 }
@@ -302,6 +342,48 @@ impl RtxInterceptor {
             ..Self::default()
         }
     }
+
+    /// The same interceptor with the connection's transport-cc receiver inside it, wire-ward of
+    /// the demultiplexer (SFU-RTX-08): every packet that arrived is recorded for the sender's
+    /// feedback, also the probes and redundant retransmissions this drops, so that the sender's
+    /// estimator never reads its own probes as lost. It is webrtc-rs's receiver as
+    /// `configure_twcc_receiver_only` builds it; outbound packets do not pass it (it would pass
+    /// them on untouched), so it costs the chain no link.
+    #[must_use]
+    pub fn with_transport_cc(mut self) -> Self {
+        self.twcc = Some(TwccReceiverBuilder::new().build());
+        self
+    }
+
+    /// The same interceptor, sending the probes requested through `link` (SFU-BWE-06).
+    #[must_use]
+    pub fn with_probes(mut self, link: ProbeLink) -> Self {
+        self.probes = Some(link);
+        self
+    }
+
+    /// Build the probes requested since the last write, each packet stamped with its request's
+    /// time, and tell the link which they were.
+    fn send_probes(&mut self) {
+        let Some(link) = &self.probes else {
+            return;
+        };
+        for r in link.take_requests() {
+            let write = &mut self.write;
+            self.responder.probe(r.bytes, |p| {
+                link.record(ProbePacket {
+                    cluster: r.cluster,
+                    ssrc: p.header.ssrc,
+                    seq: p.header.sequence_number,
+                });
+                write.push_back(TaggedPacket {
+                    now: r.now,
+                    transport: TransportContext::default(),
+                    message: AttributedPacket::new(Packet::Rtp(p)).with(Attribute::Retransmission),
+                });
+            });
+        }
+    }
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for RtxInterceptor {
@@ -312,6 +394,14 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtxInterceptor {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        // SFU-RTX-08: the arrival is recorded before anything below can drop the packet.
+        if let Some(twcc) = &mut self.twcc {
+            twcc.handle_read(msg)?;
+            let Some(m) = twcc.poll_read() else {
+                return Ok(());
+            };
+            msg = m;
+        }
         if let Packet::Rtcp(packets) = &msg.message.packet {
             for nack in packets
                 .iter()
@@ -346,7 +436,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtxInterceptor {
             {
                 o.inbound(what);
             }
-            if what == Demuxed::Probe {
+            if matches!(what, Demuxed::Probe | Demuxed::Redundant(_)) {
                 return Ok(());
             }
         }
@@ -367,22 +457,59 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtxInterceptor {
     }
 
     fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
+        // webrtc-rs walks the chain with an empty belt on every drain of the connection, so a
+        // request is answered at the application's next drain.
+        if self.write.is_empty() {
+            self.send_probes();
+        }
+        self.write
+            .pop_front()
+            .or_else(|| self.twcc.as_mut()?.poll_write())
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
+        match &mut self.twcc {
+            Some(t) => t.handle_timeout(now),
+            None => Ok(()),
+        }
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        self.twcc.as_mut()?.poll_timeout()
+    }
+
+    fn close(&mut self) -> Result<(), Self::Error> {
+        match &mut self.twcc {
+            Some(t) => t.close(),
+            None => Ok(()),
+        }
     }
 }
 
 impl Interceptor for RtxInterceptor {
     fn bind_local_stream(&mut self, info: &StreamInfo) {
         self.responder.bind(info);
+        if let Some(t) = &mut self.twcc {
+            t.bind_local_stream(info);
+        }
     }
     fn unbind_local_stream(&mut self, info: &StreamInfo) {
         self.responder.unbind(info);
+        if let Some(t) = &mut self.twcc {
+            t.unbind_local_stream(info);
+        }
     }
     fn bind_remote_stream(&mut self, info: &StreamInfo) {
         self.demux.bind(info);
+        if let Some(t) = &mut self.twcc {
+            t.bind_remote_stream(info);
+        }
     }
     fn unbind_remote_stream(&mut self, info: &StreamInfo) {
         self.demux.unbind(info);
+        if let Some(t) = &mut self.twcc {
+            t.unbind_remote_stream(info);
+        }
     }
 }
 
@@ -524,7 +651,7 @@ pub(crate) mod tests {
         // Layer q announces itself with mid and rid; layer h of another m-line has rid q too.
         d.process(&mut packet(10, 96, 1, &[(MID, b"0"), (RID, b"q")], &[0]));
         d.process(&mut packet(11, 96, 1, &[(MID, b"1"), (RID, b"q")], &[0]));
-        let mut rtx = packet(20, 97, 7, &[(MID, b"0"), (RRID, b"q")], &[0, 1, 0xAB]);
+        let mut rtx = packet(20, 97, 7, &[(MID, b"0"), (RRID, b"q")], &[0, 3, 0xAB]);
         let q0 = Primary {
             ssrc: 10,
             payload_type: 96,
@@ -534,7 +661,7 @@ pub(crate) mod tests {
         assert_eq!(rtx.header.get_extension(MID).as_deref(), Some(&b"0"[..]));
         assert_eq!(
             (rtx.header.sequence_number, &rtx.payload[..]),
-            (1, &[0xAB][..])
+            (3, &[0xAB][..])
         );
         assert_eq!(on_the_wire(&rtx), rtx);
         // Chromium stops sending mid and rrid once the receiver reports: the SSRC is latched.
@@ -551,6 +678,196 @@ pub(crate) mod tests {
         let mut stray = packet(22, 97, 1, &[(MID, b"0"), (RRID, b"f")], &[0, 5]);
         assert_eq!(d.process(&mut stray), Demuxed::Unresolved);
         assert_eq!(stray.header.ssrc, 22, "left as it was");
+    }
+
+    /// SFU-RTX-07: a retransmission of a packet that arrived (a probe of redundant RTX, or a
+    /// repair that crossed its late original) is told apart and not handed on; one that fills a
+    /// gap is, once.
+    #[test]
+    fn a_retransmission_of_a_packet_that_arrived_is_redundant() {
+        let mut d = RtxDemux::default();
+        d.bind(&info(1, Some(2)));
+        let primary = Primary {
+            ssrc: 1,
+            payload_type: 96,
+        };
+        for seq in [10, 11, 13] {
+            assert_eq!(
+                d.process(&mut packet(1, 96, seq, &[], &[1])),
+                Demuxed::Media
+            );
+        }
+        let rtx = |rtx_seq: u16, osn: u16| packet(2, 97, rtx_seq, &[], &[0, osn as u8, 9]);
+        assert_eq!(d.process(&mut rtx(0, 11)), Demuxed::Redundant(primary));
+        assert_eq!(d.process(&mut rtx(1, 12)), Demuxed::Unwrapped(primary));
+        assert_eq!(d.process(&mut rtx(2, 12)), Demuxed::Redundant(primary));
+        // The late original of a repaired packet is media all the same.
+        assert_eq!(d.process(&mut packet(1, 96, 12, &[], &[1])), Demuxed::Media);
+
+        // In the chain, a redundant one goes no further.
+        let mut chain = RtxInterceptor::default();
+        chain.bind_remote_stream(&info(1, Some(2)));
+        let read = |chain: &mut RtxInterceptor, p: rtp::Packet| {
+            chain
+                .handle_read(TaggedPacket {
+                    now: Instant::now(),
+                    transport: TransportContext::default(),
+                    message: AttributedPacket::new(Packet::Rtp(p)),
+                })
+                .unwrap();
+            chain.poll_read().is_some()
+        };
+        assert!(read(&mut chain, packet(1, 96, 10, &[], &[1])));
+        assert!(!read(&mut chain, rtx(0, 10)));
+        assert!(read(&mut chain, rtx(1, 11)));
+    }
+
+    /// SFU-BWE-06: a probe request becomes redundant RTX of the newest packets sent, stamped
+    /// with the request's time, at least the bytes asked for, each reported on the link; the
+    /// NACK budget is untouched.
+    #[test]
+    fn a_probe_request_is_sent_as_redundant_rtx_from_the_history() {
+        let link = ProbeLink::default();
+        let mut chain = RtxInterceptor::default().with_probes(link.clone());
+        chain.bind_local_stream(&info(1, Some(2)));
+        let t0 = Instant::now();
+        let write = |chain: &mut RtxInterceptor, seq: u16| {
+            chain
+                .handle_write(TaggedPacket {
+                    now: t0,
+                    transport: TransportContext::default(),
+                    message: AttributedPacket::new(Packet::Rtp(packet(
+                        1,
+                        96,
+                        seq,
+                        &[(DD, &[0x80, 1, 2])],
+                        &[seq as u8; 1000],
+                    ))),
+                })
+                .unwrap();
+            while chain.poll_write().is_some() {}
+        };
+        for seq in 100..110 {
+            write(&mut chain, seq);
+        }
+        assert_eq!(chain.poll_write().map(|_| ()), None, "nothing asked");
+        let at = t0 + std::time::Duration::from_millis(7);
+        link.request(ProbeRequest {
+            cluster: 4,
+            bytes: 2500,
+            now: at,
+        });
+        let mut out = Vec::new();
+        while let Some(p) = chain.poll_write() {
+            assert_eq!(p.now, at);
+            let Packet::Rtp(p) = p.message.packet else {
+                panic!("RTP")
+            };
+            out.push(p);
+        }
+        // Three packets of ≈ 1 020 bytes: 109, 108, 107, as RTX 0, 1, 2 with their DD.
+        let osns: Vec<u16> = out
+            .iter()
+            .map(|p| u16::from_be_bytes([p.payload[0], p.payload[1]]))
+            .collect();
+        assert_eq!(osns, [109, 108, 107]);
+        assert!(
+            out.iter()
+                .all(|p| p.header.ssrc == 2 && p.header.payload_type == 97)
+        );
+        assert_eq!(
+            out.iter()
+                .map(|p| p.header.sequence_number)
+                .collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert!(
+            out.iter()
+                .all(|p| p.header.get_extension(DD).as_deref() == Some(&[0x80, 1, 2][..]))
+        );
+        assert_eq!(
+            link.take_sent(),
+            (0..3)
+                .map(|seq| ProbePacket {
+                    cluster: 4,
+                    ssrc: 2,
+                    seq,
+                })
+                .collect::<Vec<_>>()
+        );
+        // The NACK budget is the 10 packets sent: all 10 can still be resent.
+        let mut resent = 0;
+        for seq in 100..110 {
+            resent += usize::from(matches!(chain.responder.resend(1, seq), Resend::Packet(_)));
+        }
+        assert_eq!(resent, 10);
+    }
+
+    /// SFU-RTX-08: a padding probe and a redundant retransmission go no further than the
+    /// interceptor, but the transport-cc feedback it sends reports both as arrived.
+    #[test]
+    fn what_is_dropped_is_still_reported_as_arrived() {
+        use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+        const TWCC: u8 = 4;
+        let mut stream = info(1, Some(2));
+        stream.rtp_header_extensions.push(RTPHeaderExtension {
+            uri: crate::TRANSPORT_CC_URI.to_owned(),
+            id: TWCC.into(),
+        });
+        stream.rtcp_feedback.push(RTCPFeedback {
+            typ: "transport-cc".to_owned(),
+            parameter: String::new(),
+        });
+        let mut chain = RtxInterceptor::default().with_transport_cc();
+        chain.bind_remote_stream(&stream);
+        let t0 = Instant::now();
+        let numbered = |mut p: rtp::Packet, n: u16| {
+            p.header
+                .set_extension(TWCC, n.to_be_bytes().to_vec().into())
+                .unwrap();
+            p
+        };
+        let inputs = [
+            numbered(packet(1, 96, 10, &[], &[1]), 0),
+            numbered(packet(2, 97, 0, &[], &[]), 1),
+            numbered(packet(2, 97, 1, &[], &[0, 10, 1]), 2),
+            numbered(packet(1, 96, 11, &[], &[1]), 3),
+        ];
+        let mut passed = 0;
+        for (i, p) in inputs.into_iter().enumerate() {
+            chain
+                .handle_read(TaggedPacket {
+                    now: t0 + std::time::Duration::from_millis(i as u64),
+                    transport: TransportContext::default(),
+                    message: AttributedPacket::new(Packet::Rtp(p)),
+                })
+                .unwrap();
+            while chain.poll_read().is_some() {
+                passed += 1;
+            }
+        }
+        assert_eq!(passed, 2, "the probe and the redundant RTX are dropped");
+        let due = chain.poll_timeout().expect("a feedback timer");
+        chain.handle_timeout(due).unwrap();
+        let mut reported = Vec::new();
+        while let Some(p) = chain.poll_write() {
+            if let Packet::Rtcp(ps) = p.message.packet {
+                for f in ps
+                    .iter()
+                    .filter_map(|p| p.as_any().downcast_ref::<TransportLayerCc>())
+                {
+                    reported.push((
+                        f.base_sequence_number,
+                        f.packet_status_count,
+                        f.recv_deltas.len(),
+                    ));
+                }
+            }
+        }
+        assert_eq!(reported, [(0, 4, 4)], "all four numbers, each received");
+        let mut without = RtxInterceptor::default();
+        without.bind_remote_stream(&stream);
+        assert_eq!(without.poll_timeout(), None, "no receiver unless asked");
     }
 
     #[test]

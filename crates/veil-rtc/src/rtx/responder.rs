@@ -15,8 +15,9 @@ use rtc::interceptor::StreamInfo;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension};
+use rtc::shared::marshal::MarshalSize;
 
-use super::{HISTORY_PACKETS, StreamIdExtensions, repad};
+use super::{HISTORY_PACKETS, PROBE_PACKETS, StreamIdExtensions, repad};
 
 /// Elements a history slot holds without allocating: a video packet's mid/rid, DD and audio
 /// level fit; a key frame's DD with its template structure usually does not.
@@ -203,6 +204,8 @@ pub enum Sent {
 pub struct RtxResponder {
     /// Primary SSRC → its history.
     streams: HashMap<u32, LocalStream>,
+    /// The stream with an RTX stream that sent last: where probes go.
+    last: Option<u32>,
 }
 
 /// Whether a stream negotiated generic NACK (`a=rtcp-fb:* nack`), as webrtc-rs's responder
@@ -242,6 +245,9 @@ impl RtxResponder {
     /// webrtc-rs unbound a local stream.
     pub fn unbind(&mut self, info: &StreamInfo) {
         self.streams.remove(&info.ssrc);
+        if self.last == Some(info.ssrc) {
+            self.last = None;
+        }
     }
 
     /// Remember one outbound packet. Returns whether it was kept: its stream keeps a history,
@@ -272,6 +278,9 @@ impl RtxResponder {
             stream.newest = Some(seq);
         }
         stream.ring[usize::from(seq) % HISTORY_PACKETS] = Some(Saved::of(packet));
+        if stream.rtx.is_some() {
+            self.last = Some(packet.header.ssrc);
+        }
         stream.budget = (stream.budget + 1).min(HISTORY_PACKETS);
         true
     }
@@ -308,36 +317,42 @@ impl RtxResponder {
                 payload: saved.payload.clone(),
             });
         };
-        let mut h = saved.header(rtx.ssrc);
-        h.payload_type = rtx.payload_type;
-        h.sequence_number = rtx.next_seq;
-        // An RTX payload is the OSN and the original payload, unpadded (RFC 4588 §4).
-        h.padding = false;
-        rtx.next_seq = rtx.next_seq.wrapping_add(1);
-        if let Some(rid) = stream.ids.rid
-            && h.get_extension(rid).is_some()
-        {
-            let fits = |id: u8| h.extension_profile != EXTENSION_PROFILE_ONE_BYTE || id <= 14;
-            match stream.ids.rrid.filter(|&id| fits(id)) {
-                // Same length, same padding: only the id changes.
-                Some(rrid) => {
-                    for e in h.extensions.iter_mut().filter(|e| e.id == rid) {
-                        e.id = rrid;
-                    }
-                }
-                None => {
-                    h.extensions.retain(|e| e.id != rid);
-                    repad(&mut h);
-                }
+        Resend::Packet(as_rtx(saved, rtx, stream.ids))
+    }
+
+    /// Redundant retransmissions of recently sent packets, at least `bytes` of them on the wire
+    /// (payload and header) where the history holds that many, newest first, at most
+    /// [`PROBE_PACKETS`]: a bandwidth probe (SFU-BWE-06) whose packets carry real sizes, as
+    /// libwebrtc's are. They go on the RTX stream of the stream sent on last, numbered like any
+    /// retransmission, and the receiver drops each as a repair of a packet it has
+    /// ([`super::RtxDemux`], SFU-RTX-07). They do not spend the NACK budget (SFU-RTX-06): the
+    /// sender decides how many, not the receiver. Nothing is sent for a connection with no RTX
+    /// stream or an empty history.
+    pub fn probe(&mut self, bytes: usize, mut each: impl FnMut(rtp::Packet)) {
+        let Some(stream) = self.last.and_then(|ssrc| self.streams.get_mut(&ssrc)) else {
+            return;
+        };
+        let (Some(rtx), Some(newest)) = (stream.rtx.as_mut(), stream.newest) else {
+            return;
+        };
+        let (mut sent, mut packets) = (0, 0);
+        // Twice round the newest PROBE_PACKETS if they are too few or too small for `bytes`.
+        for back in (0..PROBE_PACKETS as u16).cycle().take(2 * PROBE_PACKETS) {
+            if sent >= bytes || packets >= PROBE_PACKETS {
+                break;
             }
+            let seq = newest.wrapping_sub(back);
+            let Some(saved) = stream.ring[usize::from(seq) % HISTORY_PACKETS]
+                .as_ref()
+                .filter(|s| s.seq == seq)
+            else {
+                continue;
+            };
+            let p = as_rtx(saved, rtx, stream.ids);
+            sent += p.header.marshal_size() + p.payload.len();
+            packets += 1;
+            each(p);
         }
-        let mut payload = BytesMut::with_capacity(2 + saved.payload.len());
-        payload.put_u16(seq);
-        payload.put_slice(&saved.payload);
-        Resend::Packet(rtp::Packet {
-            header: h,
-            payload: payload.freeze(),
-        })
     }
 
     /// Every retransmission `nack` asks for, in the order it names them, and what became of
@@ -359,6 +374,43 @@ impl RtxResponder {
                 }
             }
         }
+    }
+}
+
+/// `saved` as the next packet of its RTX stream (SFU-RTX-01): the RTX SSRC, payload type and
+/// sequence number, the original sequence number (OSN) in front of the payload (RFC 4588 §4),
+/// and the original's timestamp, marker and header extensions, `rid` renamed `rrid`
+/// (RFC 8852 §3.2) or dropped where the connection has no `rrid`.
+fn as_rtx(saved: &Saved, rtx: &mut RtxStream, ids: StreamIdExtensions) -> rtp::Packet {
+    let mut h = saved.header(rtx.ssrc);
+    h.payload_type = rtx.payload_type;
+    h.sequence_number = rtx.next_seq;
+    // An RTX payload is the OSN and the original payload, unpadded (RFC 4588 §4).
+    h.padding = false;
+    rtx.next_seq = rtx.next_seq.wrapping_add(1);
+    if let Some(rid) = ids.rid
+        && h.get_extension(rid).is_some()
+    {
+        let fits = |id: u8| h.extension_profile != EXTENSION_PROFILE_ONE_BYTE || id <= 14;
+        match ids.rrid.filter(|&id| fits(id)) {
+            // Same length, same padding: only the id changes.
+            Some(rrid) => {
+                for e in h.extensions.iter_mut().filter(|e| e.id == rid) {
+                    e.id = rrid;
+                }
+            }
+            None => {
+                h.extensions.retain(|e| e.id != rid);
+                repad(&mut h);
+            }
+        }
+    }
+    let mut payload = BytesMut::with_capacity(2 + saved.payload.len());
+    payload.put_u16(saved.seq);
+    payload.put_slice(&saved.payload);
+    rtp::Packet {
+        header: h,
+        payload: payload.freeze(),
     }
 }
 

@@ -3,21 +3,19 @@
 //! build theirs the same way, so every connection negotiates the same set.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rtc::interceptor::{
-    BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, PacketReport, Slot,
-    TwccSenderBuilder,
-};
+use rtc::interceptor::{CongestionControlBuilder, Slot, TwccSenderBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
 use webrtc::peer_connection::{MediaEngine, Registry};
 
 use crate::error::SfuError;
 use crate::routing::MediaKind;
 
+pub use super::estimator::Signals;
+use super::estimator::{ProbingGcc, Published};
 use veil_rtc::RtxInterceptor;
-use veil_rtc::rtx::{CountRtx, RtxObserver};
+use veil_rtc::rtx::{CountRtx, ProbeLink, RtxObserver};
 pub use veil_rtc::{KeyFrameRequestTap, MIME_OPUS, MIME_VP8, OPUS_PT, VP8_PT};
 
 /// The codec of `kind` as every Veil connection negotiates it ([`veil_rtc::codec`]).
@@ -64,58 +62,39 @@ pub const ESTIMATE_MIN: f64 = 50_000.0;
 pub const ESTIMATE_MAX: f64 = 20_000_000.0;
 
 /// The send-side bandwidth estimate of one connection, as GCC last computed it from the remote's
-/// transport-cc feedback (SFU-BWE-01). Cheap to clone; all clones read the same value.
+/// transport-cc feedback (SFU-BWE-01), with what moved it ([`Signals`]), and the way probe
+/// requests reach the connection's RTX interceptor (SFU-BWE-06). Cheap to clone; all clones
+/// read the same value.
 #[derive(Debug, Clone, Default)]
-pub struct Estimate(Arc<AtomicU64>);
+pub struct Estimate {
+    published: Published,
+    probes: ProbeLink,
+}
 
 impl Estimate {
     /// The estimate in bits per second, or None until the first feedback arrived (a connection
     /// whose remote sends no transport-cc feedback never has one).
     #[must_use]
     pub fn bits_per_second(&self) -> Option<u64> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            v => Some(v),
-        }
+        self.published.get().bps
+    }
+
+    /// Everything the estimator last published.
+    #[must_use]
+    pub fn signals(&self) -> Signals {
+        self.published.get()
+    }
+
+    /// Where probe requests for this connection go.
+    #[must_use]
+    pub fn probes(&self) -> &ProbeLink {
+        &self.probes
     }
 }
 
-/// GCC, publishing its target into an [`Estimate`] the application reads. The estimator sits
-/// inside webrtc-rs's interceptor chain, out of the application's reach, so this is the way out
-/// (webrtc-rs's bandwidth-estimation example does the same).
-struct PublishedGcc {
-    gcc: Gcc,
-    out: Estimate,
-}
-
-impl BandwidthEstimator for PublishedGcc {
-    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
-        self.gcc.on_reports(now, reports);
-        if !reports.is_empty() {
-            let bps = self.gcc.target_bitrate().max(1.0) as u64;
-            self.out.0.store(bps, Ordering::Relaxed);
-        }
-    }
-
-    fn target_bitrate(&self) -> f64 {
-        self.gcc.target_bitrate()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.gcc.handle_timeout(now);
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.gcc.poll_timeout()
-    }
-
-    fn stats(&self) -> EstimatorStats {
-        self.gcc.stats()
-    }
-}
-
-/// The SFU's own chain: [`interceptors`] (its RTX interceptor reporting to `rtx`) plus
-/// send-side congestion control on the connection (SFU-BWE-01): the TWCC sender numbers every departing RTP packet with the transport-wide
+/// The SFU's own chain: [`interceptors`] (its RTX interceptor reporting to `rtx`, and sending
+/// the probes `estimate` asks for, SFU-BWE-06) plus send-side congestion control on the
+/// connection (SFU-BWE-01, SFU-BWE-07: GCC moved up by probe results): the TWCC sender numbers every departing RTP packet with the transport-wide
 /// sequence number, and the congestion-control interceptor keeps the send history, resolves the
 /// remote's transport-cc feedback against it, and drives GCC, whose target goes to `estimate`.
 ///
@@ -133,21 +112,23 @@ pub fn sfu_interceptors(
     estimate: &Estimate,
     rtx: Arc<dyn RtxObserver>,
 ) -> Result<Registry, SfuError> {
-    let gcc = PublishedGcc {
-        gcc: Gcc::new(ESTIMATE_INITIAL, ESTIMATE_MIN, ESTIMATE_MAX),
-        out: estimate.clone(),
-    };
-    Ok(
-        veil_rtc::interceptors_with(me, RtxInterceptor::observed(rtx))
-            .map_err(SfuError::webrtc("interceptors"))?
-            // Both bind each stream's RTX SSRC too, so that retransmissions are numbered and
-            // counted by GCC (SFU-BWE-05).
-            .with(
-                Slot::CongestionControl,
-                CountRtx(CongestionControlBuilder::new(gcc).build()),
-            )
-            .with(Slot::TwccSender, CountRtx(TwccSenderBuilder::new().build())),
-    )
+    let gcc = ProbingGcc::new(
+        ESTIMATE_INITIAL,
+        ESTIMATE_MIN,
+        ESTIMATE_MAX,
+        estimate.probes.clone(),
+        estimate.published.clone(),
+    );
+    let rtx = RtxInterceptor::observed(rtx).with_probes(estimate.probes.clone());
+    Ok(veil_rtc::interceptors_with(me, rtx)
+        .map_err(SfuError::webrtc("interceptors"))?
+        // Both bind each stream's RTX SSRC too, so that retransmissions are numbered and
+        // counted by GCC (SFU-BWE-05).
+        .with(
+            Slot::CongestionControl,
+            CountRtx(CongestionControlBuilder::new(gcc).build()),
+        )
+        .with(Slot::TwccSender, CountRtx(TwccSenderBuilder::new().build())))
 }
 
 /// ICE timers of a connection (SFU-LIVE-01): the agent marks the connection disconnected after

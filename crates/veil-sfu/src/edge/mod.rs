@@ -73,6 +73,7 @@ use crate::routing::{MediaKind, RateLimit, TokenBucket};
 
 mod io;
 mod placement;
+mod probe;
 mod room;
 mod serve;
 mod stats;
@@ -271,6 +272,32 @@ impl Edge {
             .estimate
             .as_ref()?
             .bits_per_second()
+    }
+
+    /// What the estimator of connection `id` last published (its estimate, loss and delay
+    /// signals, the last probe cluster's outcome; SFU-BWE-07): None without congestion control.
+    #[must_use]
+    pub fn signals(&self, id: ConnId) -> Option<peer::Signals> {
+        Some(self.conns.get(id)?.as_ref()?.estimate.as_ref()?.signals())
+    }
+
+    /// Send `bytes` of probe packets for `cluster` on connection `id`, departing `now`: redundant
+    /// retransmissions from its send history, through its RTX interceptor (SFU-BWE-06). They
+    /// leave with the connection's next drain. Nothing without congestion control.
+    pub fn send_probe(&mut self, now: Instant, id: ConnId, cluster: u32, bytes: usize) {
+        let Some(e) = self
+            .conns
+            .get(id)
+            .and_then(|c| c.as_ref()?.estimate.as_ref())
+        else {
+            return;
+        };
+        e.probes().request(veil_rtc::rtx::ProbeRequest {
+            cluster,
+            bytes,
+            now,
+        });
+        self.dirty.push(id);
     }
 
     /// The same edge with these ICE timers on every connection it accepts from now on: a

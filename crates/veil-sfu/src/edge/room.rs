@@ -28,6 +28,7 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use veil_rtc::rtx_ssrc;
 use webrtc::peer_connection::RTCSessionDescription;
 
+use super::probe::Probing;
 use super::stats::{Counters, Observation, RtxTally, kind_index, rtx_tally};
 use super::{ConnId, Edge, EdgeEvent};
 use crate::connection::packet::{packet_meta, rewrite};
@@ -35,7 +36,8 @@ use crate::connection::peer;
 use crate::connection::sdp::{FORWARDED_URIS, SdpInfo};
 use crate::error::SfuError;
 use crate::routing::{
-    ExtMap, MediaKind, ParticipantId, Publish, RateLimit, Room, Subscribe, SvcLayer, TrackId,
+    ExtMap, MediaKind, ParticipantId, ProbePolicy, ProbeStats, Publish, RateLimit, Room, Subscribe,
+    SvcLayer, TrackId,
 };
 use crate::session::metrics::{Subscriber, SubscriberTrack};
 use crate::session::{DropKind, SfuConfig, TappedPacket};
@@ -153,6 +155,8 @@ pub struct EdgeRooms {
     members: HashMap<ConnId, Participant>,
     events: VecDeque<EdgeRoomEvent>,
     next_estimate: Instant,
+    /// Probe clusters towards subscribers whose estimate is below their need (SFU-BWE-06).
+    probing: Probing,
 }
 
 fn pid(c: ConnId) -> ParticipantId {
@@ -206,6 +210,7 @@ impl EdgeRooms {
             packets_per_second: 2.0 * l.packets_per_second,
             burst: 2.0 * l.burst,
         }));
+        let probing = Probing::new(config.probing.then(ProbePolicy::default));
         Self {
             edge,
             config,
@@ -219,7 +224,14 @@ impl EdgeRooms {
             members: HashMap::new(),
             events: VecDeque::new(),
             next_estimate: now,
+            probing,
         }
+    }
+
+    /// Probe clusters sent to participant `id`'s connection, and how they ended (SFU-BWE-06).
+    #[must_use]
+    pub fn probe_stats(&self, id: ConnId) -> Option<ProbeStats> {
+        self.probing.stats(id)
     }
 
     /// What the rooms counted since the last call (SFU-OBS-01): the shell adds it to its
@@ -700,6 +712,12 @@ impl EdgeRooms {
                 };
                 let estimate = self.edge.estimate(c);
                 room.core.set_estimate(pid(c), estimate, since);
+                if let Some(signals) = self.edge.signals(c) {
+                    let need = room.core.need(pid(c), since);
+                    let (sent, carried) = self.probing.update(since, c, &signals, need);
+                    self.counters.probe_clusters += sent;
+                    self.counters.probe_successes += carried;
+                }
                 if estimate.is_some() {
                     self.observations.push_back(Observation::Estimate {
                         labels: m.estimate_label.clone(),
@@ -708,6 +726,8 @@ impl EdgeRooms {
                 }
             }
         }
+        let since = self.since(now);
+        self.probing.send_due(&mut self.edge, now, since);
         self.route(now);
     }
 
@@ -715,7 +735,11 @@ impl EdgeRooms {
     #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let t = self.edge.poll_timeout();
-        Some(t.map_or(self.next_estimate, |t| t.min(self.next_estimate)))
+        let mut due = t.map_or(self.next_estimate, |t| t.min(self.next_estimate));
+        if let Some(pulse) = self.probing.poll_timeout() {
+            due = due.min(self.epoch + pulse);
+        }
+        Some(due)
     }
 
     /// The next datagram to send, and where.
@@ -935,6 +959,7 @@ impl EdgeRooms {
         let Some(m) = self.members.remove(&id) else {
             return;
         };
+        self.probing.remove(id);
         let Some(room) = self.rooms.get_mut(m.room).and_then(Option::as_mut) else {
             return;
         };

@@ -28,13 +28,14 @@ pub(crate) const fn kind_index(kind: MediaKind) -> usize {
 }
 
 /// The RTX outcomes [`RtxTally`] counts, with their metric labels (direction, outcome).
-const RTX_LABELS: [(&str, &str); 6] = [
+const RTX_LABELS: [(&str, &str); 7] = [
     ("in", "unwrapped"),
     ("in", "probe"),
     ("in", "unresolved"),
     ("out", "resent"),
     ("out", "missing"),
     ("out", "limited"),
+    ("in", "redundant"),
 ];
 
 /// Counts since the shell last took them. Gauges (tracks, subscriptions) are changes, which
@@ -54,8 +55,14 @@ pub struct Counters {
     /// PLIs sent to publishers.
     pub publisher_key_frame_requests: u64,
     /// RTX packets, indexed like the (direction, outcome) labels of [`Metrics::rtx`]:
-    /// in unwrapped, in probe, in unresolved, out resent, out missing, out limited.
-    pub rtx: [u64; 6],
+    /// in unwrapped, in probe, in unresolved, out resent, out missing, out limited, in
+    /// redundant.
+    pub rtx: [u64; 7],
+    /// Probe clusters sent towards subscribers, and those the path carried at their rate
+    /// (SFU-BWE-06, SFU-BWE-08).
+    pub probe_clusters: u64,
+    /// See `probe_clusters`.
+    pub probe_successes: u64,
     /// Change in published tracks.
     pub tracks: i64,
     /// Change in live subscriptions.
@@ -109,7 +116,7 @@ pub enum Observation {
 /// interceptors it drives): the interceptors take an `Arc<dyn RtxObserver>`, so these are
 /// atomics, but no other thread touches them.
 #[derive(Debug, Default)]
-pub(crate) struct RtxTally([AtomicU64; 6]);
+pub(crate) struct RtxTally([AtomicU64; 7]);
 
 impl RtxTally {
     fn add(&self, i: usize, n: u64) {
@@ -117,7 +124,7 @@ impl RtxTally {
     }
 
     /// The counts since the last take.
-    pub(crate) fn take(&self) -> [u64; 6] {
+    pub(crate) fn take(&self) -> [u64; 7] {
         std::array::from_fn(|i| self.0[i].swap(0, Ordering::Relaxed))
     }
 }
@@ -129,6 +136,7 @@ impl RtxObserver for RtxTally {
             Demuxed::Unwrapped(_) => self.add(0, 1),
             Demuxed::Probe => self.add(1, 1),
             Demuxed::Unresolved => self.add(2, 1),
+            Demuxed::Redundant(_) => self.add(6, 1),
         }
     }
 
@@ -178,6 +186,12 @@ impl Metrics {
                     .get_or_create(&Rtx { direction, outcome })
                     .inc_by(n);
             }
+        }
+        if c.probe_clusters > 0 {
+            self.probe_clusters.inc_by(c.probe_clusters);
+        }
+        if c.probe_successes > 0 {
+            self.probe_successes.inc_by(c.probe_successes);
         }
         if c.tracks != 0 {
             self.tracks.inc_by(c.tracks);
@@ -247,7 +261,7 @@ mod tests {
             forwarded_bytes: [50, 70],
             subscriber_key_frame_requests: 11,
             publisher_key_frame_requests: 13,
-            rtx: [1, 2, 3, 4, 5, 6],
+            rtx: [1, 2, 3, 4, 5, 6, 7],
             tracks: 2,
             subscriptions: 3,
             ..Counters::default()
@@ -278,8 +292,8 @@ mod tests {
         t.inbound(Demuxed::Probe);
         t.outbound(Sent::Resent, 3);
         t.outbound(Sent::Missing, 1);
-        assert_eq!(t.take(), [0, 1, 0, 3, 1, 0]);
-        assert_eq!(t.take(), [0; 6]);
+        assert_eq!(t.take(), [0, 1, 0, 3, 1, 0, 0]);
+        assert_eq!(t.take(), [0; 7]);
     }
 
     #[test]

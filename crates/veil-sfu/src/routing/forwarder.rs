@@ -17,7 +17,10 @@ pub enum DropReason {
     /// Silent audio, dropped on purpose (DTX, SFU-DTX-01); later packets are renumbered.
     Silence,
     /// A packet older than one dropped as silence arrived late: later packets were renumbered
-    /// across the dropped one, so this one's number would collide (SFU-FWD-05).
+    /// across the dropped one, so this one's number would collide (SFU-FWD-05). Likewise a
+    /// packet of the current layer from before the key frame it was switched at (a late repair,
+    /// or a publisher's probe of redundant retransmissions): its number would be one the
+    /// previous layer's packets had (SFU-FWD-06).
     LateAfterSkip,
 }
 
@@ -137,15 +140,17 @@ impl LayerForwarder {
     ) -> Decision {
         let out_seq = seq.wrapping_add(self.seq_offset);
         let out_ts = ts.wrapping_add(self.ts_offset);
-        self.last = Some(Last {
-            seq: out_seq,
-            ts: out_ts,
-            at: now,
-        });
         if let Some(d) = dd.filter(|d| d.start_of_frame) {
             self.last_frame_number = Some(d.frame_number);
         }
         if self.newest_in.is_none_or(|n| is_newer(seq, n)) {
+            // SFU-FWD-06: the next switch continues from the newest number sent, never from a
+            // late packet's.
+            self.last = Some(Last {
+                seq: out_seq,
+                ts: out_ts,
+                at: now,
+            });
             self.newest_in = Some(seq);
             // A floor half a sequence cycle behind would read as ahead: forget it long before.
             if self
@@ -190,7 +195,9 @@ impl LayerForwarder {
         }
         self.current = Some(layer);
         self.newest_in = None;
-        self.skip_floor = None;
+        // SFU-FWD-06: this layer's packets from before the switch would take numbers the
+        // previous layer's packets had.
+        self.skip_floor = Some(seq.wrapping_sub(1));
         self.stats.switches += 1;
         self.forward(seq, ts, dd, now, true)
     }
@@ -333,6 +340,68 @@ mod tests {
             (late, f.stats().late_after_skip, f.stats().skipped),
             (1, 1, 4)
         );
+    }
+}
+
+#[cfg(test)]
+mod late {
+    use std::sync::Arc;
+
+    use veil_wire::dd::TemplateStructure;
+
+    use super::*;
+
+    /// SFU-FWD-06: after a switch, a packet of the new layer from before its key frame (a late
+    /// repair, or a publisher's probe re-sending old packets) is dropped rather than numbered into
+    /// the previous layer's range, and a late packet never moves the base the next switch
+    /// continues from.
+    #[test]
+    fn a_late_packet_neither_collides_across_a_switch_nor_rewinds_the_next() {
+        let structure = Arc::new(TemplateStructure::single_layer(640, 360, 1));
+        let dd = |n: u16, key: bool| {
+            let d = DependencyDescriptor::new(true, true, u8::from(!key), n, &structure).unwrap();
+            if key {
+                d.with_structure(structure.clone())
+            } else {
+                d
+            }
+        };
+        let mut f = LayerForwarder::new(9, 90_000);
+        f.set_target(Some(0));
+        let mut out = Vec::new();
+        let mut step = |f: &mut LayerForwarder, layer: u8, seq: u16, frame: u16, key: bool| {
+            let now = Duration::from_millis(u64::from(frame) * 30);
+            match f.on_packet(
+                layer,
+                seq,
+                3000 * u32::from(frame),
+                Some(&dd(frame, key)),
+                now,
+            ) {
+                Decision::Forward { seq, .. } => {
+                    out.push(seq);
+                    true
+                }
+                Decision::Drop(_) => false,
+            }
+        };
+        // Layer 0: 100..=104 (frames 0..=4), out 100..=104.
+        for i in 0..5 {
+            assert!(step(&mut f, 0, 100 + i, i, i == 0));
+        }
+        // Switch to layer 1 at its key frame 500 (frame 5): out 105.
+        f.set_target(Some(1));
+        assert!(step(&mut f, 1, 500, 5, true));
+        // Layer 1's 497 (before the switch) arrives late: it would be out 102, layer 0's.
+        assert!(!step(&mut f, 1, 497, 6, false));
+        assert_eq!(f.stats().late_after_skip, 1);
+        assert!(step(&mut f, 1, 502, 7, false));
+        // 501 is late but after the switch: forwarded into its own gap, out 106.
+        assert!(step(&mut f, 1, 501, 8, false));
+        // The next switch continues from 107 (502's), not from the late 501's 106.
+        f.set_target(Some(0));
+        assert!(step(&mut f, 0, 110, 9, true));
+        assert_eq!(out, [100, 101, 102, 103, 104, 105, 107, 106, 108]);
     }
 }
 

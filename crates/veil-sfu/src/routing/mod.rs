@@ -10,6 +10,8 @@
 //!
 //! - [`LayerChoice`] picks that layer from the subscriber's request and its share of its
 //!   connection's bandwidth estimate; [`RateMeter`] measures each layer's bitrate (SFU-BWE-02..04).
+//!   [`ProbeController`] decides when to probe a connection whose estimate is below what its
+//!   requested layers need ([`Room::need`]), and how hard (SFU-BWE-06, SFU-BWE-08).
 //!
 //! - [`SvcSelector`] thins a scalable stream (AV1/VP9 SVC, VP8 temporal layers) per subscriber
 //!   to one dependency-descriptor decode target, switching only where the descriptor allows and
@@ -57,6 +59,7 @@ mod extmap;
 mod forwarder;
 mod keyframes;
 mod layers;
+mod probe;
 mod ratelimit;
 mod room;
 mod speaker;
@@ -69,6 +72,7 @@ pub use extmap::ExtMap;
 pub use forwarder::{Decision, DropReason, ForwarderStats, LayerForwarder};
 pub use keyframes::{KeyFrameRequests, KeyFrameStats};
 pub use layers::{LayerChoice, LayerPolicy, RATE_BUCKET, RateMeter};
+pub use probe::{ProbeController, ProbeInput, ProbePolicy, ProbeStats, Pulse};
 pub use ratelimit::{RateLimit, TokenBucket};
 pub use room::{
     Forward, MAX_LAYERS, MediaKind, ParticipantId, Publish, Room, Routed, Subscribe, TrackId,

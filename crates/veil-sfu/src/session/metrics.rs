@@ -170,7 +170,8 @@ pub struct Rtx {
     /// `unwrapped`, `probe` (padding-only, dropped), `unresolved` (an `rrid` no stream has
     /// introduced); `resent` (a NACKed packet, sent again with its original's extensions) or
     /// `missing` (a NACKed packet no longer in the 1 024-packet history) or `limited` (not
-    /// resent: the stream has resent as many packets as it sent).
+    /// resent: the stream has resent as many packets as it sent); `redundant` (in: a
+    /// retransmission of a packet that arrived already, dropped, SFU-RTX-07).
     pub outcome: &'static str,
 }
 
@@ -191,6 +192,7 @@ impl RtxObserver for RtxCount {
             Demuxed::Unwrapped(_) => self.count("in", "unwrapped", 1),
             Demuxed::Probe => self.count("in", "probe", 1),
             Demuxed::Unresolved => self.count("in", "unresolved", 1),
+            Demuxed::Redundant(_) => self.count("in", "redundant", 1),
         }
     }
 
@@ -266,6 +268,10 @@ pub struct Metrics {
     pub left: Family<Reason, Counter>,
     /// RTX packets by direction and outcome (SFU-RTX-01..02).
     pub rtx: Family<Rtx, Counter>,
+    /// Probe clusters sent towards subscribers (SFU-BWE-06).
+    pub probe_clusters: Counter,
+    /// Probe clusters the path carried at their rate (SFU-BWE-08).
+    pub probe_successes: Counter,
 }
 
 impl Default for Metrics {
@@ -291,6 +297,8 @@ impl Default for Metrics {
             subscriber_temporal_layer: Family::default(),
             left: Family::default(),
             rtx: Family::default(),
+            probe_clusters: Counter::default(),
+            probe_successes: Counter::default(),
         };
         registry.register("rooms", "Rooms with participants", m.rooms.clone());
         registry.register("participants", "Participants", m.participants.clone());
@@ -359,6 +367,16 @@ impl Default for Metrics {
             "rtx_packets",
             "RTX packets (retransmissions, per hop) by direction and outcome",
             m.rtx.clone(),
+        );
+        registry.register(
+            "probe_clusters",
+            "Probe clusters sent towards subscribers whose estimate is below their need",
+            m.probe_clusters.clone(),
+        );
+        registry.register(
+            "probe_successes",
+            "Probe clusters the subscriber's path carried at their rate",
+            m.probe_successes.clone(),
         );
         let by_kind = ["audio", "video"].map(|kind| KindCounters {
             received: m.received_packets.get_or_create(&Kind { kind }).clone(),

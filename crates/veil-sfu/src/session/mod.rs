@@ -71,6 +71,9 @@ pub struct SfuConfig {
     /// Each participant's packet-rate limit (SFU-LIVE-04); `None` turns it off. On by default:
     /// 5,000 packets/s, bursts of 1,000.
     pub rate_limit: Option<RateLimit>,
+    /// Probe each subscriber's path when its estimate is below what its requested layers need
+    /// (SFU-BWE-06..08). On by default; off, GCC climbs on what the layers send alone.
+    pub probing: bool,
 }
 
 impl Default for SfuConfig {
@@ -88,6 +91,7 @@ impl Default for SfuConfig {
             tap: None,
             dtx: Some(Dtx::default()),
             rate_limit: Some(RateLimit::default()),
+            probing: true,
         }
     }
 }

@@ -8,16 +8,11 @@
 //! capped, up after) with generous deadlines, and prints what it measured.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rtc::rtp;
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
-use veil_sfu::connection::peer::VP8_PT;
 use veil_sfu::{EdgeSfu, Permissions, SfuConfig};
-use webrtc::media_stream::track_local::TrackLocal;
 
 use crate::common::*;
 
@@ -25,95 +20,6 @@ use crate::common::*;
 const SHAPE: [(usize, usize); 3] = [(1, 250), (1, 750), (2, 1125)];
 const CAP_BPS: u64 = 500_000;
 const ROOM: &str = "bwe";
-
-/// A token bucket on the SFU → peer direction: `rate` bits/s of UDP payload (0: no cap), at
-/// most `max_queue` of queueing, then tail drop.
-struct Shaper {
-    rate: AtomicU64,
-    max_queue: Duration,
-    dropped: AtomicU64,
-}
-
-/// A two-socket UDP relay: `front` faces the peer, `back` the SFU. The peer → SFU direction is
-/// not shaped (it carries the peer's transport-cc feedback).
-struct Relay {
-    front: Arc<UdpSocket>,
-    shaper: Arc<Shaper>,
-}
-
-impl Relay {
-    async fn start(sfu: SocketAddr, rate: u64) -> Relay {
-        let shaper = Arc::new(Shaper {
-            rate: AtomicU64::new(rate),
-            max_queue: Duration::from_millis(200),
-            dropped: AtomicU64::new(0),
-        });
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let peer: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-        {
-            let (front, back, peer) = (front.clone(), back.clone(), peer.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                while let Ok((n, from)) = front.recv_from(&mut buf).await {
-                    *peer.lock().unwrap() = Some(from);
-                    let _ = back.send_to(&buf[..n], sfu).await;
-                }
-            });
-        }
-        // Scheduling here, sending in another task, so a queued packet does not hold up the
-        // reading of the next one.
-        let (tx, mut rx) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
-        {
-            let (front, peer) = (front.clone(), peer.clone());
-            tokio::spawn(async move {
-                while let Some((at, p)) = rx.recv().await {
-                    tokio::time::sleep_until(at).await;
-                    let to = *peer.lock().unwrap();
-                    if let Some(to) = to {
-                        let _ = front.send_to(&p, to).await;
-                    }
-                }
-            });
-        }
-        {
-            let shaper = shaper.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                let mut free_at = tokio::time::Instant::now();
-                while let Ok(n) = back.recv(&mut buf).await {
-                    let now = tokio::time::Instant::now();
-                    let rate = shaper.rate.load(Ordering::Relaxed);
-                    let at = if rate == 0 {
-                        free_at = now;
-                        now
-                    } else {
-                        let start = free_at.max(now);
-                        if start - now > shaper.max_queue {
-                            shaper.dropped.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        free_at = start + Duration::from_secs_f64(n as f64 * 8.0 / rate as f64);
-                        free_at
-                    };
-                    if tx.send((at, buf[..n].to_vec())).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Relay { front, shaper }
-    }
-
-    fn port(&self) -> u16 {
-        self.front.local_addr().unwrap().port()
-    }
-}
-
-fn candidate_port(sdp: &str) -> u16 {
-    let line = sdp.lines().find(|l| l.starts_with("a=candidate:")).unwrap();
-    line.split_whitespace().nth(5).unwrap().parse().unwrap()
-}
 
 /// What a subscriber receives: (arrival, layer tag) of every packet.
 type Log = Arc<Mutex<Vec<(Instant, u8)>>>;
@@ -174,62 +80,8 @@ async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lif
     // Layers as `Simulcast` declares them; this test sends its own shape of traffic on them.
     let cam = Simulcast::add(&alice).await;
     alice.join(&sfu).await;
-    let ids = cam.ids().await;
-    let dd_id = ids.dd_id;
-    let track = cam.track.clone();
-
-    // Alice: every 20 ms, each layer's packets, each packet one frame; one DD frame counter
-    // across layers; a key frame on every layer every 25 ticks (0.5 s). mid/rid on the first
-    // second only, as Chromium does.
     let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut n: u16 = 0;
-            let mut seq = [0u16, 10_000, 20_000];
-            let mut next = tokio::time::Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                let mut frame = n.wrapping_mul(4);
-                for (l, ((rid, ssrc), (packets, len))) in SIMULCAST_RIDS
-                    .iter()
-                    .zip(SIMULCAST_SSRCS)
-                    .zip(SHAPE)
-                    .enumerate()
-                {
-                    for _ in 0..packets {
-                        let mut header = rtp::header::Header {
-                            version: 2,
-                            marker: true,
-                            payload_type: VP8_PT,
-                            sequence_number: seq[l],
-                            timestamp: 1800 * u32::from(n),
-                            ssrc,
-                            ..Default::default()
-                        };
-                        seq[l] = seq[l].wrapping_add(1);
-                        header
-                            .set_extension(dd_id, dd(frame, n.is_multiple_of(25)))
-                            .unwrap();
-                        frame = frame.wrapping_add(1);
-                        if n < 50 {
-                            ids.announce(&mut header, rid);
-                        }
-                        let mut body = payload(u64::from(n), len).to_vec();
-                        body[0] = rid.as_bytes()[0];
-                        let _ = track
-                            .write_rtp(rtp::Packet {
-                                header,
-                                payload: body.into(),
-                            })
-                            .await;
-                    }
-                }
-                n = n.wrapping_add(1);
-                next += Duration::from_millis(20);
-                tokio::time::sleep_until(next).await;
-            }
-        })
-    };
+    let sender = send_layers(cam.track.clone(), cam.ids().await, SHAPE, stop.clone());
     eventually("the SFU to see the track", || {
         sfu.metrics().tracks.get() == 1
     })
@@ -246,7 +98,7 @@ async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lif
         .await
         .unwrap();
     let sfu_port = candidate_port(&session.answer);
-    let relay = Relay::start(SocketAddr::from(([127, 0, 0, 1], sfu_port)), CAP_BPS).await;
+    let relay = ShapedRelay::start(SocketAddr::from(([127, 0, 0, 1], sfu_port)), CAP_BPS).await;
     let relay_port = relay.port();
     carol.sdp_filter = Some(Arc::new(move |sdp: &str| {
         sdp.replace(
@@ -318,6 +170,80 @@ async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lif
     let (carol_f, carol_n) = share(&carol_log, since, b'f');
     assert!(carol_n > 0 && carol_f > 0.9, "carol receives f: {carol_f}");
 
+    stop.store(true, Ordering::Relaxed);
+    sender.await.unwrap();
+    drop(alice);
+}
+
+/// Layers as a browser's 720p simulcast sends them (≈ 150, 500 and 2 500 kbit/s of payload): f
+/// needs more than GCC's 1.5 Mbit/s start.
+const SHAPE_HD: [(usize, usize); 3] = [(1, 375), (2, 625), (5, 1250)];
+
+/// SFU-BWE-06..08: a subscriber whose estimate starts below what the top layer needs is probed
+/// up to it. The SFU sends probe clusters, at least one is carried at its rate, the estimate
+/// rises above f's bitrate with the layer choice's headroom, and the subscriber ends up on f.
+/// How fast is measured by `benches/ramp.rs`, not asserted here: the bound is generous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscriber_is_probed_up_to_the_top_layer() {
+    init_tracing();
+    let sfu = EdgeSfu::new(SfuConfig {
+        key_frame_interval: Duration::from_millis(100),
+        ..SfuConfig::default()
+    })
+    .unwrap();
+    let mut alice = Peer::new(ROOM, "alice", true).await;
+    let cam = Simulcast::add(&alice).await;
+    alice.join(&sfu).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = send_layers(cam.track.clone(), cam.ids().await, SHAPE_HD, stop.clone());
+    eventually("the SFU to see the track", || {
+        sfu.metrics().tracks.get() == 1
+    })
+    .await;
+    let mut bob = Peer::new(ROOM, "bob", false).await;
+    bob.join(&sfu).await;
+    let t = bob.track_named("alice", "cam").await;
+    bob.subscribe(&sfu, &t).await;
+    sfu.set_layer_preference(ROOM, "bob", &t, Some("f"))
+        .await
+        .unwrap();
+    let log = record(bob);
+    // f's payload alone is 2.5 Mbit/s; with headers and the up headroom (1.15) it needs more
+    // than 2.9 Mbit/s.
+    let needed = 2_900_000;
+    let start = Instant::now();
+    loop {
+        let m = sfu.metrics();
+        let (layer, est) = (sfu.layer(ROOM, "bob", &t).await, estimate(&sfu, "bob"));
+        if layer == Some(2) && est.is_some_and(|e| e > needed) && m.probe_successes.get() > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "after 60 s bob is on layer {layer:?} with estimate {est:?}; probe clusters {}, \
+             carried {}",
+            m.probe_clusters.get(),
+            m.probe_successes.get(),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = start.elapsed();
+    let m = sfu.metrics();
+    eprintln!(
+        "bob on f with estimate {:?} after {took:?}; probe clusters {}, carried {}",
+        estimate(&sfu, "bob"),
+        m.probe_clusters.get(),
+        m.probe_successes.get(),
+    );
+    assert!(m.probe_clusters.get() > 0, "the SFU probed");
+    assert!(
+        m.probe_successes.get() > 0,
+        "a cluster was carried at its rate"
+    );
+    let since = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (f, n) = share(&log, since, b'f');
+    assert!(n > 0 && f > 0.9, "bob receives f: {f} of {n}");
     stop.store(true, Ordering::Relaxed);
     sender.await.unwrap();
     drop(alice);

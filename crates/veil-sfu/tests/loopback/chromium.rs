@@ -10,6 +10,10 @@
 //!   shows it decoding 320-wide frames, then 160-wide ones after asking for q. So the SFU's
 //!   offers, its per-leg rewriting and its layer switches are what a browser accepts.
 //!
+//! - The same viewer behind a relay that drops every 15th RTP packet towards it: Chromium NACKs,
+//!   the SFU answers with RTX (SFU-RTX-01), and Chromium counts every RTX packet that reached it
+//!   as a retransmission received, while it goes on decoding.
+//!
 //! Chromium is found as `$VEIL_CHROMIUM`, or `chromium` on the PATH (`.ci/run` installs Debian's).
 //! Signalling is a few lines of HTTP here: the SFU's own gRPC is for Veil clients.
 
@@ -59,7 +63,10 @@ const VIEWER: &str = r#"<!doctype html><title>veil sfu viewer</title><body><scri
     (await pc.getStats()).forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video') v = s; });
     if (v) fetch('/stats', {method: 'POST', body: JSON.stringify({
       framesDecoded: v.framesDecoded || 0, frameWidth: v.frameWidth || 0,
-      packetsLost: v.packetsLost || 0, nackCount: v.nackCount || 0})});
+      packetsLost: v.packetsLost || 0, nackCount: v.nackCount || 0, pliCount: v.pliCount || 0,
+      packetsReceived: v.packetsReceived || 0, framesReceived: v.framesReceived || 0,
+      retransmittedPacketsReceived: v.retransmittedPacketsReceived || 0,
+      framesDropped: v.framesDropped || 0, freezeCount: v.freezeCount || 0})});
   }, 300);
   for (;;) {
     const r = await fetch('/events/viewer');
@@ -81,6 +88,31 @@ struct Shim {
     stats: tokio::sync::watch::Sender<String>,
     /// Whether the viewer's subscription is live (its answer is in).
     subscribed: tokio::sync::watch::Sender<bool>,
+    /// Put the viewer behind a relay that drops every `n`th RTP packet towards it (0: direct).
+    lossy: u64,
+    /// That relay, once the viewer joined, with the SFU's candidate port it stands for.
+    relay: tokio::sync::Mutex<Option<(u16, Arc<Relay>)>>,
+}
+
+impl Shim {
+    /// `sdp` from the viewer to the SFU. Behind the relay it names no candidate, so that the SFU
+    /// learns the viewer only from the relay's checks and cannot open a direct path around it.
+    fn viewer_to_sfu(&self, sdp: &str) -> String {
+        if self.lossy == 0 {
+            return sdp.to_owned();
+        }
+        sdp.split_inclusive('\n')
+            .filter(|l| !l.starts_with("a=candidate:"))
+            .collect()
+    }
+
+    /// `sdp` from the SFU to the viewer, with the relay in the SFU's place if there is one.
+    async fn sfu_to_viewer(&self, sdp: String) -> String {
+        match &*self.relay.lock().await {
+            Some((sfu_port, relay)) => via(&sdp, *sfu_port, relay.port()),
+            None => sdp,
+        }
+    }
 }
 
 /// Serve the pages and their signalling.
@@ -138,11 +170,23 @@ async fn handle(stream: TcpStream, shim: &Shim) {
         "/view" => ok("text/html", VIEWER.to_owned()),
         p if p.starts_with("/offer/") => {
             let who = &p["/offer/".len()..];
+            let body = if who == "viewer" {
+                shim.viewer_to_sfu(&body)
+            } else {
+                body
+            };
             match sfu.join_with(room, who, &body, Permissions::ALL).await {
                 Ok(mut session) => {
-                    let answer = std::mem::take(&mut session.answer);
+                    let mut answer = std::mem::take(&mut session.answer);
                     if who == "viewer" {
                         *shim.viewer.lock().await = Some(session.events);
+                        if shim.lossy > 0 {
+                            let sfu_port = candidate_port(&answer);
+                            let to = std::net::SocketAddr::from(([127, 0, 0, 1], sfu_port));
+                            let relay = Relay::start(to, shim.lossy, false).await;
+                            *shim.relay.lock().await = Some((sfu_port, Arc::new(relay)));
+                        }
+                        answer = shim.sfu_to_viewer(answer).await;
                     } else {
                         // A publisher needs no renegotiation: read and drop its events.
                         tokio::spawn(async move { while session.events.recv().await.is_some() {} });
@@ -173,12 +217,13 @@ async fn handle(stream: TcpStream, shim: &Shim) {
                 .flatten(),
                 None => None,
             };
+            drop(guard);
             match offer {
-                Some(sdp) => ok("application/sdp", sdp),
+                Some(sdp) => ok("application/sdp", shim.sfu_to_viewer(sdp).await),
                 None => ("204 No Content", "text/plain", String::new()),
             }
         }
-        "/answer/viewer" => match sfu.answer(room, "viewer", &body).await {
+        "/answer/viewer" => match sfu.answer(room, "viewer", &shim.viewer_to_sfu(&body)).await {
             Ok(()) => ok("text/plain", String::new()),
             Err(e) => ("400 Bad Request", "text/plain", e.to_string()),
         },
@@ -197,6 +242,11 @@ async fn handle(stream: TcpStream, shim: &Shim) {
 
 /// The SFU, the signalling shim on a loopback port, and the base URL of its pages.
 async fn start(room: &'static str) -> (EdgeSfu, Arc<Shim>, String) {
+    start_with(room, 0).await
+}
+
+/// [`start`], with the viewer behind a relay that drops every `lossy`th RTP packet to it.
+async fn start_with(room: &'static str, lossy: u64) -> (EdgeSfu, Arc<Shim>, String) {
     let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -206,6 +256,8 @@ async fn start(room: &'static str) -> (EdgeSfu, Arc<Shim>, String) {
         viewer: tokio::sync::Mutex::new(None),
         stats: tokio::sync::watch::channel(String::new()).0,
         subscribed: tokio::sync::watch::channel(false).0,
+        lossy,
+        relay: tokio::sync::Mutex::new(None),
     });
     tokio::spawn(serve(listener, shim.clone()));
     (sfu, shim, url)
@@ -426,6 +478,100 @@ async fn a_browser_decodes_what_a_browser_publishes_through_the_sfu() {
         decoded_at[1] > decoded_at[0],
         "decoding went on across the switch: {decoded_at:?}"
     );
+}
+
+/// SFU-RTX-01 towards a browser: the viewer's leg drops every 15th RTP packet. Chromium NACKs,
+/// the SFU answers with RTX carrying the original's extensions, and Chromium counts each one
+/// as a retransmission received while it goes on decoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_behind_a_lossy_hop_is_repaired_with_rtx() {
+    init_tracing();
+    let room = "browsers-lossy";
+    let (sfu, shim, url) = start_with(room, 15).await;
+    let mut watcher = Peer::new(room, "watcher", false).await;
+    watcher.join(&sfu).await;
+    let _publisher = Browser::open(&format!("{url}/pub"), "lossy-pub");
+    let video = published_video(&mut watcher).await;
+    let _viewer = Browser::open(&format!("{url}/view"), "lossy-view");
+    for _ in 0..300 {
+        if sfu.participants(room).await.iter().any(|p| p == "viewer") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut subscribed = shim.subscribed.subscribe();
+    sfu.subscribe(room, "viewer", &video.track).await.unwrap();
+    tokio::time::timeout(WAIT, subscribed.wait_for(|s| *s))
+        .await
+        .expect("the viewer never answered the SFU's offer")
+        .unwrap();
+    sfu.set_layer_preference(room, "viewer", &video.track, Some("h"))
+        .await
+        .unwrap();
+    let relay = shim
+        .relay
+        .lock()
+        .await
+        .as_ref()
+        .map(|(_, r)| r.clone())
+        .expect("the viewer is behind the relay");
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let d = &relay.dropped;
+    // What reached the viewer as RTX, by the relay's count.
+    let passed = || load(&d.rtx) - load(&d.rtx_dropped);
+    let mut stats = shim.stats.subscribe();
+    let m = sfu.metrics();
+    // Decoding goes on, Chromium NACKed and the SFU resent; and at one of the viewer's stats
+    // snapshots (every 300 ms, while losses and repairs go on), Chromium had taken every RTX
+    // packet that reached it as a retransmission (its `packetsLost` still counts the originals).
+    // Its PLIs are no signal here: it sends some at the start of a stream and at a layer switch
+    // either way.
+    let last = tokio::time::timeout(3 * WAIT, async {
+        loop {
+            stats.changed().await.unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&stats.borrow_and_update()).unwrap_or_default();
+            if v["framesDecoded"].as_u64() >= Some(90)
+                && v["nackCount"].as_u64() > Some(0)
+                && m.rtx("out", "resent") > 0
+                && v["retransmittedPacketsReceived"].as_u64() == Some(passed())
+            {
+                return v;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let dump: Vec<String> = m
+            .encode()
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && ["viewer", "dropped", "rtx", "forwarded"]
+                        .iter()
+                        .any(|w| l.contains(w))
+            })
+            .map(str::to_owned)
+            .collect();
+        panic!(
+            "no repaired stream at the viewer: {}; the relay passed {} RTX; SFU: {dump:#?}",
+            *stats.borrow(),
+            passed(),
+        )
+    });
+    let (dropped, repeats) = (load(&d.dropped), load(&d.repeats));
+    eprintln!(
+        "viewer: {last}; the relay dropped {dropped} and passed {} RTX packets, {repeats} \
+         repeats on the media SSRC; SFU rtx out resent {}; from the publisher: rtx unwrapped {}, \
+         redundant {}, probes {}",
+        passed(),
+        m.rtx("out", "resent"),
+        m.rtx("in", "unwrapped"),
+        m.rtx("in", "redundant"),
+        m.rtx("in", "probe"),
+    );
+    assert!(dropped > 0);
+    assert_eq!(repeats, 0, "repairs go as RTX");
 }
 
 /// What bob received, read as a browser would.

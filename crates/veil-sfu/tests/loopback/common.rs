@@ -764,6 +764,149 @@ impl Relay {
     }
 }
 
+/// A [`Simulcast`] publisher's traffic: every 20 ms, each layer's `shape` (packets, payload bytes), each packet one
+/// frame; one DD frame counter across layers; a key frame on every layer every 25 ticks (0.5 s).
+/// mid/rid on the first second only, as Chromium does. Until `stop`.
+pub fn send_layers(
+    track: Arc<TrackLocalStaticRTP>,
+    ids: SimulcastIds,
+    shape: [(usize, usize); 3],
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let dd_id = ids.dd_id;
+    tokio::spawn(async move {
+        let mut n: u16 = 0;
+        let mut seq = [0u16, 10_000, 20_000];
+        let mut next = tokio::time::Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let mut frame = n.wrapping_mul(8);
+            for (l, ((rid, ssrc), (packets, len))) in SIMULCAST_RIDS
+                .iter()
+                .zip(SIMULCAST_SSRCS)
+                .zip(shape)
+                .enumerate()
+            {
+                for _ in 0..packets {
+                    let mut header = rtp::header::Header {
+                        version: 2,
+                        marker: true,
+                        payload_type: VP8_PT,
+                        sequence_number: seq[l],
+                        timestamp: 1800 * u32::from(n),
+                        ssrc,
+                        ..Default::default()
+                    };
+                    seq[l] = seq[l].wrapping_add(1);
+                    header
+                        .set_extension(dd_id, dd(frame, n.is_multiple_of(25)))
+                        .unwrap();
+                    frame = frame.wrapping_add(1);
+                    if n < 50 {
+                        ids.announce(&mut header, rid);
+                    }
+                    let mut body = payload(u64::from(n), len).to_vec();
+                    body[0] = rid.as_bytes()[0];
+                    let _ = track
+                        .write_rtp(rtp::Packet {
+                            header,
+                            payload: body.into(),
+                        })
+                        .await;
+                }
+            }
+            n = n.wrapping_add(1);
+            next += Duration::from_millis(20);
+            tokio::time::sleep_until(next).await;
+        }
+    })
+}
+
+// ---- a rate-capped UDP relay (bandwidth.rs, benches/ramp.rs) ---------------------------
+
+/// A token bucket on the SFU → peer direction: `rate` bits/s of UDP payload (0: no cap), at
+/// most `max_queue` of queueing, then tail drop.
+pub struct Shaper {
+    pub rate: AtomicU64,
+    pub max_queue: Duration,
+    pub dropped: AtomicU64,
+}
+
+/// A two-socket UDP relay with a [`Shaper`]: `front` faces the peer, `back` the SFU. The peer →
+/// SFU direction is not shaped (it carries the peer's transport-cc feedback).
+pub struct ShapedRelay {
+    front: Arc<UdpSocket>,
+    pub shaper: Arc<Shaper>,
+}
+
+impl ShapedRelay {
+    pub async fn start(sfu: SocketAddr, rate: u64) -> ShapedRelay {
+        let shaper = Arc::new(Shaper {
+            rate: AtomicU64::new(rate),
+            max_queue: Duration::from_millis(200),
+            dropped: AtomicU64::new(0),
+        });
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let peer: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+        {
+            let (front, back, peer) = (front.clone(), back.clone(), peer.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                    *peer.lock().unwrap() = Some(from);
+                    let _ = back.send_to(&buf[..n], sfu).await;
+                }
+            });
+        }
+        // Scheduling here, sending in another task, so a queued packet does not hold up the
+        // reading of the next one.
+        let (tx, mut rx) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        {
+            let (front, peer) = (front.clone(), peer.clone());
+            tokio::spawn(async move {
+                while let Some((at, p)) = rx.recv().await {
+                    tokio::time::sleep_until(at).await;
+                    let to = *peer.lock().unwrap();
+                    if let Some(to) = to {
+                        let _ = front.send_to(&p, to).await;
+                    }
+                }
+            });
+        }
+        {
+            let shaper = shaper.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                let mut free_at = tokio::time::Instant::now();
+                while let Ok(n) = back.recv(&mut buf).await {
+                    let now = tokio::time::Instant::now();
+                    let rate = shaper.rate.load(Ordering::Relaxed);
+                    let at = if rate == 0 {
+                        free_at = now;
+                        now
+                    } else {
+                        let start = free_at.max(now);
+                        if start - now > shaper.max_queue {
+                            shaper.dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        free_at = start + Duration::from_secs_f64(n as f64 * 8.0 / rate as f64);
+                        free_at
+                    };
+                    if tx.send((at, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        ShapedRelay { front, shaper }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.front.local_addr().unwrap().port()
+    }
+}
+
 /// The rids of a [`Simulcast`] track, lowest first.
 pub const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
 /// The SSRCs of its layers.

@@ -617,6 +617,36 @@ impl Room {
         p.video_share = estimate.map(|e| e.saturating_sub(audio) / videos.max(1));
     }
 
+    /// What `subscriber`'s connection needs for everything it asked for, in bits per second
+    /// (SFU-BWE-06): each audio subscription's measured rate, and each video subscription's
+    /// requested layer (or the highest below it that sends) with the layer choice's up headroom,
+    /// so that an estimate of this much lets every choice go up. Zero without subscriptions.
+    #[must_use]
+    pub fn need(&self, subscriber: ParticipantId, now: Duration) -> u64 {
+        let Some(p) = self.participants.get(&subscriber) else {
+            return 0;
+        };
+        let mut need = 0.0;
+        for tid in &p.subscriptions {
+            let (Some(t), Some(sub)) = (self.tracks.get(tid), self.subs.get(&(subscriber, *tid)))
+            else {
+                continue;
+            };
+            let layers = t.rids.len().clamp(1, MAX_LAYERS);
+            let requested = usize::from(sub.choice.requested()).min(layers - 1);
+            let rate = (0..=requested)
+                .rev()
+                .map(|l| t.meters[l].bits_per_second(now))
+                .find(|r| *r > 0)
+                .unwrap_or(0) as f64;
+            need += match t.kind {
+                MediaKind::Audio => rate,
+                MediaKind::Video => rate * self.layer_policy.up_headroom,
+            };
+        }
+        need as u64
+    }
+
     /// The estimate last given for `subscriber`'s connection.
     #[must_use]
     pub fn estimate(&self, subscriber: ParticipantId) -> Option<u64> {
