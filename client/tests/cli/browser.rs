@@ -395,25 +395,33 @@ async fn browsers_and_a_native_participant_share_an_encrypted_call() {
             .all(|(rid, _)| ["q", "h", "f"].contains(&rid.as_str())),
         "bob's worker counts frames by rid: {layers:?}"
     );
-    let q_width = inbound(&dave_stats, "bob", "video").unwrap()["width"]
-        .as_u64()
-        .unwrap();
-    dave.eval("window.veil.setLayer('bob', 'h')").await.unwrap();
+    // The page asks for h (half the camera's size) on every subscription; asking for q then
+    // narrows what dave decodes.
     let h = dave
+        .wait_for(
+            "window.veil.stats().then(s => s.inbound.find(i => i.publisher === 'bob' \
+             && i.kind === 'video' && i.width > 160 && i.framesDecoded > 0))",
+            WAIT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("dave never decoded bob's h layer, the page's choice: {e}"));
+    let h_width = h["width"].as_u64().unwrap();
+    dave.eval("window.veil.setLayer('bob', 'q')").await.unwrap();
+    let q = dave
         .wait_for(
             &format!(
                 "window.veil.stats().then(s => s.inbound.find(i => i.publisher === 'bob' \
-                 && i.kind === 'video' && i.width > {q_width} && i.framesDecoded > 0))"
+                 && i.kind === 'video' && i.width > 0 && i.width < {h_width}))"
             ),
             WAIT,
         )
         .await
         .unwrap_or_else(|e| {
-            panic!("dave never decoded a wider layer of bob after asking for h: {e}")
+            panic!("dave never decoded a narrower layer of bob after asking for q: {e}")
         });
     eprintln!(
-        "dave decodes bob at {q_width} wide on q, {}×{} on h; bob encrypts {layers:?}",
-        h["width"], h["height"]
+        "dave decodes bob at {h_width} wide on h, {}×{} on q; bob encrypts {layers:?}",
+        q["width"], q["height"]
     );
 
     // The SFU saw none of the plaintext the browsers encrypted.

@@ -208,8 +208,12 @@ async function handleSignal(ev) {
     case 'subscribed': {
       const t = state.tracks.get(ev.track);
       if (t) t.ssrc = ev.ssrc;
-      // The first (lowest) layer, as the SFU starts: asking for a higher one now can stall the
-      // track while the SFU's estimate ramps up (specs/browser.md §6, issue 24 part 4).
+      // The SFU starts a subscription on the lowest layer; a tile wants the middle one (h, half
+      // the camera's size). The SFU switches at h's next key frame, and its bandwidth estimate
+      // (probed up within a second, specs/sfu.md SFU-BWE-06..08) may hold a lower one.
+      if (t && t.kind === 'video' && t.rids && t.rids.includes('h')) {
+        await call.sfuSetLayer(ev.track, 'h');
+      }
       break;
     }
     case 'participantJoined':
