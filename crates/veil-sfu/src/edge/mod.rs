@@ -68,7 +68,7 @@ use webrtc::peer_connection::SettingEngineBuilder;
 
 use crate::connection::peer;
 use crate::error::SfuError;
-use crate::routing::{MediaKind, RateLimit, TokenBucket};
+use crate::routing::{MediaKind, Pulse, RateLimit, TokenBucket};
 
 mod io;
 mod placement;
@@ -277,10 +277,11 @@ impl Edge {
         Some(self.conns.get(id)?.as_ref()?.estimate.as_ref()?.signals())
     }
 
-    /// Send `bytes` of probe packets for `cluster` on connection `id`, departing `now`: redundant
-    /// retransmissions from its send history, through its RTX interceptor (SFU-BWE-06). They
-    /// leave with the connection's next drain. Nothing without congestion control.
-    pub fn send_probe(&mut self, now: Instant, id: ConnId, cluster: u32, bytes: usize) {
+    /// Send `pulse` (its bytes of probe packets for its cluster) on connection `id`, departing
+    /// `now`: redundant retransmissions from its send history, through its RTX interceptor
+    /// (SFU-BWE-06). They leave with the connection's next drain. Nothing without congestion
+    /// control.
+    pub fn send_probe(&mut self, now: Instant, id: ConnId, pulse: Pulse) {
         let Some(e) = self
             .conns
             .get(id)
@@ -289,9 +290,10 @@ impl Edge {
             return;
         };
         e.probes().request(veil_rtc::rtx::ProbeRequest {
-            cluster,
-            bytes,
+            cluster: pulse.cluster,
+            bytes: pulse.bytes,
             now,
+            last: pulse.last,
         });
         self.dirty.push(id);
     }

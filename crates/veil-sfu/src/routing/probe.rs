@@ -80,6 +80,9 @@ pub struct Pulse {
     pub cluster: u32,
     /// Bytes on the wire to send.
     pub bytes: usize,
+    /// The cluster's last pulse: its outcome can be judged once this one's packets are
+    /// reported (SFU-BWE-07).
+    pub last: bool,
 }
 
 /// Clusters sent and how they ended.
@@ -196,11 +199,12 @@ impl ProbeController {
     /// The pulse due at `now`, if one is.
     pub fn poll_pulse(&mut self, now: Duration) -> Option<Pulse> {
         let s = self.sending.as_mut().filter(|s| s.next <= now)?;
+        s.left -= 1;
         let pulse = Pulse {
             cluster: s.id,
             bytes: s.bytes,
+            last: s.left == 0,
         };
-        s.left -= 1;
         s.next = now + self.policy.pulse;
         if s.left == 0 {
             self.waiting = Some((s.id, s.target, now));
@@ -236,6 +240,7 @@ mod tests {
     }
 
     /// Every pulse of the cluster started, sent at its time; returns (cluster, bytes, times).
+    /// Only the last pulse says it is (the estimator judges the cluster after it).
     fn send_cluster(c: &mut ProbeController, from: Duration) -> (u32, usize, Vec<Duration>) {
         let mut times = Vec::new();
         let mut id = None;
@@ -244,6 +249,7 @@ mod tests {
         while let Some(t) = c.poll_timeout() {
             now = now.max(t);
             let p = c.poll_pulse(now).expect("due");
+            assert_eq!(p.last, c.poll_timeout().is_none());
             assert!(id.is_none_or(|i| i == p.cluster));
             id = Some(p.cluster);
             bytes = p.bytes;
