@@ -375,6 +375,7 @@ impl RtxInterceptor {
                     cluster: r.cluster,
                     ssrc: p.header.ssrc,
                     seq: p.header.sequence_number,
+                    last: r.last,
                 });
                 write.push_back(TaggedPacket {
                     now: r.now,
@@ -756,6 +757,7 @@ pub(crate) mod tests {
             cluster: 4,
             bytes: 2500,
             now: at,
+            last: true,
         });
         let mut out = Vec::new();
         while let Some(p) = chain.poll_write() {
@@ -792,6 +794,7 @@ pub(crate) mod tests {
                     cluster: 4,
                     ssrc: 2,
                     seq,
+                    last: true,
                 })
                 .collect::<Vec<_>>()
         );

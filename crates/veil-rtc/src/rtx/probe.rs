@@ -22,6 +22,9 @@ pub struct ProbeRequest {
     pub bytes: usize,
     /// When they leave: the departure time congestion control records.
     pub now: Instant,
+    /// The cluster's last request: the estimator judges a cluster only once this one's packets
+    /// are reported, never on the first pulses alone (SFU-BWE-07).
+    pub last: bool,
 }
 
 /// A probe packet the interceptor sent.
@@ -33,6 +36,8 @@ pub struct ProbePacket {
     pub ssrc: u32,
     /// Its RTX sequence number.
     pub seq: u16,
+    /// Sent for the cluster's last request ([`ProbeRequest::last`]).
+    pub last: bool,
 }
 
 #[derive(Debug, Default)]

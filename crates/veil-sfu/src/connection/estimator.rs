@@ -10,7 +10,7 @@
 //! `ProbeBitrateEstimator` idea, written here. [`ProbeClusters`] measures the clusters from the
 //! subscriber's transport-cc feedback, sans I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -69,7 +69,13 @@ struct Cluster {
     tagged: usize,
     samples: Vec<Sample>,
     since: Instant,
+    /// The packets of its last pulse are tagged: no more will come.
+    closed: bool,
 }
+
+/// How many judged cluster ids [`ProbeClusters`] remembers, so that a late pulse of one (judged
+/// on its timeout) does not open it again: clusters go one at a time, so a few are plenty.
+const JUDGED: usize = 16;
 
 /// Which sent packets belong to which probe cluster, and what each cluster measured, from the
 /// packets' transport-cc reports (sans I/O: time is passed in).
@@ -78,19 +84,27 @@ pub struct ProbeClusters {
     /// (RTX SSRC, RTX sequence number) → cluster.
     tags: HashMap<(u32, u16), u32>,
     clusters: BTreeMap<u32, Cluster>,
+    /// The clusters judged last, newest at the back: each is judged once.
+    judged: VecDeque<u32>,
 }
 
 impl ProbeClusters {
-    /// Packets sent for clusters, as the RTX interceptor reports them.
+    /// Packets sent for clusters, as the RTX interceptor reports them. Packets of a cluster
+    /// judged already are not counted: it had its one outcome.
     pub fn tag(&mut self, now: Instant, packets: impl IntoIterator<Item = ProbePacket>) {
         for p in packets {
+            if self.judged.contains(&p.cluster) {
+                continue;
+            }
             self.tags.insert((p.ssrc, p.seq), p.cluster);
             let c = self.clusters.entry(p.cluster).or_insert(Cluster {
                 tagged: 0,
                 samples: Vec::new(),
                 since: now,
+                closed: false,
             });
             c.tagged += 1;
+            c.closed |= p.last;
         }
     }
 
@@ -108,14 +122,33 @@ impl ProbeClusters {
         }
     }
 
-    /// The next cluster that is complete (every packet reported) or timed out, judged.
+    /// The next cluster that is complete (its last pulse sent and every packet reported) or
+    /// timed out, judged. A feedback can come between two pulses of a cluster: what it reports
+    /// is every packet tagged so far, but not the cluster, which is judged once, on all of it
+    /// (SFU-BWE-07).
     pub fn poll(&mut self, now: Instant) -> Option<ProbeOutcome> {
         let (&id, _) = self.clusters.iter().find(|(_, c)| {
-            c.samples.len() >= c.tagged || now.saturating_duration_since(c.since) >= CLUSTER_TIMEOUT
+            (c.closed && c.samples.len() >= c.tagged)
+                || now.saturating_duration_since(c.since) >= CLUSTER_TIMEOUT
         })?;
         let c = self.clusters.remove(&id)?;
         self.tags.retain(|_, cl| *cl != id);
+        if self.judged.len() >= JUDGED {
+            self.judged.pop_front();
+        }
+        self.judged.push_back(id);
         let (bps, saturated) = judge(&c);
+        tracing::debug!(
+            cluster = id,
+            tagged = c.tagged,
+            reported = c.samples.len(),
+            arrived = c.samples.iter().filter(|s| s.arrival.is_some()).count(),
+            closed = c.closed,
+            age = ?now.saturating_duration_since(c.since),
+            ?bps,
+            saturated,
+            "probe cluster judged"
+        );
         Some(ProbeOutcome {
             cluster: id,
             bps,
@@ -381,6 +414,7 @@ mod tests {
                     cluster: id,
                     ssrc: RTX,
                     seq,
+                    last: p + 1 == pulses,
                 });
                 let dep = at + Duration::from_millis(5 * u64::from(p));
                 // Back to back within a pulse at the receiver: 100 µs apart.
@@ -465,6 +499,71 @@ mod tests {
         assert_eq!(o.cluster, 9);
         assert!(o.bps.is_some(), "11 of 12 arrived");
         assert!(c.tags.is_empty());
+    }
+
+    /// SFU-BWE-07: a feedback that comes between two pulses reports the first pulse's packets,
+    /// which is every packet tagged so far; the cluster is not judged on them (two packets at
+    /// one instant time nothing: it would have been a failure) but once, on all six pulses,
+    /// when the last pulse's packets are reported. The flaky loopback run: cluster 1 judged
+    /// twice, first None (the controller's failure), then 3.5 Mbit/s (the estimate's jump).
+    #[test]
+    fn a_feedback_between_pulses_does_not_judge_the_cluster() {
+        let t0 = Instant::now();
+        let mut c = ProbeClusters::default();
+        let mut scratch = ProbeClusters::default();
+        let reports = cluster(&mut scratch, t0, 1, 0, (6, 2), 1.0, &[]);
+        let tags: Vec<ProbePacket> = (0..12u16)
+            .map(|seq| ProbePacket {
+                cluster: 1,
+                ssrc: RTX,
+                seq,
+                last: seq >= 10,
+            })
+            .collect();
+        // The first pulse is sent, and its feedback comes before the second is.
+        c.tag(t0, tags[..2].iter().copied());
+        for r in &reports[..2] {
+            c.on_report(r);
+        }
+        assert_eq!(
+            c.poll(t0 + Duration::from_millis(3)),
+            None,
+            "one pulse of six"
+        );
+        // The other five, and their feedback.
+        c.tag(t0 + Duration::from_millis(100), tags[2..].iter().copied());
+        for r in &reports[2..] {
+            c.on_report(r);
+        }
+        let o = c.poll(t0 + Duration::from_millis(100)).unwrap();
+        assert_eq!(o.cluster, 1);
+        let bps = o.bps.unwrap();
+        assert!((3_000_000..=3_400_000).contains(&bps), "{bps}");
+        assert_eq!(c.poll(t0 + Duration::from_secs(5)), None, "judged once");
+    }
+
+    /// A cluster judged on its timeout has had its outcome: packets of it tagged later (a late
+    /// pulse) do not open it again for a second one.
+    #[test]
+    fn a_cluster_is_judged_once() {
+        let t0 = Instant::now();
+        let mut c = ProbeClusters::default();
+        let reports = cluster(&mut c, t0, 5, 0, (6, 2), 1.0, &[]);
+        for r in &reports[..10] {
+            c.on_report(r);
+        }
+        let o = c.poll(t0 + CLUSTER_TIMEOUT).unwrap();
+        assert_eq!(o.cluster, 5);
+        let late = [ProbePacket {
+            cluster: 5,
+            ssrc: RTX,
+            seq: 500,
+            last: true,
+        }];
+        c.tag(t0 + CLUSTER_TIMEOUT, late);
+        c.on_report(&report(500, t0, Some(Duration::from_secs(11)), 1000));
+        assert_eq!(c.poll(t0 + 3 * CLUSTER_TIMEOUT), None);
+        assert!(c.tags.is_empty() && c.clusters.is_empty());
     }
 
     /// SFU-BWE-09: a path that starts dropping half of what is sent brings the target down to

@@ -69,7 +69,7 @@ use webrtc::peer_connection::SettingEngineBuilder;
 use crate::connection::peer;
 use crate::connection::rid_latch::RidLatch;
 use crate::error::SfuError;
-use crate::routing::{MediaKind, RateLimit, TokenBucket};
+use crate::routing::{MediaKind, Pulse, RateLimit, TokenBucket};
 
 mod io;
 mod placement;
@@ -281,10 +281,11 @@ impl Edge {
         Some(self.conns.get(id)?.as_ref()?.estimate.as_ref()?.signals())
     }
 
-    /// Send `bytes` of probe packets for `cluster` on connection `id`, departing `now`: redundant
-    /// retransmissions from its send history, through its RTX interceptor (SFU-BWE-06). They
-    /// leave with the connection's next drain. Nothing without congestion control.
-    pub fn send_probe(&mut self, now: Instant, id: ConnId, cluster: u32, bytes: usize) {
+    /// Send `pulse` (its bytes of probe packets for its cluster) on connection `id`, departing
+    /// `now`: redundant retransmissions from its send history, through its RTX interceptor
+    /// (SFU-BWE-06). They leave with the connection's next drain. Nothing without congestion
+    /// control.
+    pub fn send_probe(&mut self, now: Instant, id: ConnId, pulse: Pulse) {
         let Some(e) = self
             .conns
             .get(id)
@@ -293,9 +294,10 @@ impl Edge {
             return;
         };
         e.probes().request(veil_rtc::rtx::ProbeRequest {
-            cluster,
-            bytes,
+            cluster: pulse.cluster,
+            bytes: pulse.bytes,
             now,
+            last: pulse.last,
         });
         self.dirty.push(id);
     }

@@ -58,6 +58,17 @@ impl Probing {
             },
         );
         let after = c.stats();
+        if after != before {
+            tracing::debug!(
+                conn = ?id,
+                ?since,
+                bps = ?signals.bps,
+                need,
+                probe = ?signals.probe,
+                stats = ?after,
+                "probing"
+            );
+        }
         self.next = self
             .controllers
             .values()
@@ -76,7 +87,7 @@ impl Probing {
         }
         for (&id, c) in &mut self.controllers {
             while let Some(p) = c.poll_pulse(since) {
-                edge.send_probe(now, id, p.cluster, p.bytes);
+                edge.send_probe(now, id, p);
             }
         }
         self.next = self

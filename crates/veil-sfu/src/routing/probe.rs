@@ -80,6 +80,9 @@ pub struct Pulse {
     pub cluster: u32,
     /// Bytes on the wire to send.
     pub bytes: usize,
+    /// The cluster's last pulse: its outcome can be judged once this one's packets are
+    /// reported (SFU-BWE-07).
+    pub last: bool,
 }
 
 /// Clusters sent and how they ended.
@@ -110,6 +113,8 @@ pub struct ProbeController {
     sending: Option<Sending>,
     /// The cluster sent whose outcome is awaited: id, rate, when its last pulse left.
     waiting: Option<(u32, u64, Duration)>,
+    /// The last cluster given up on (no outcome in time): id, rate. Its outcome may still come.
+    timed_out: Option<(u32, u64)>,
     not_before: Duration,
     backoff: Duration,
     stats: ProbeStats,
@@ -124,6 +129,7 @@ impl ProbeController {
             next_id: 1,
             sending: None,
             waiting: None,
+            timed_out: None,
             not_before: Duration::ZERO,
             backoff: policy.retry,
             stats: ProbeStats::default(),
@@ -140,17 +146,21 @@ impl ProbeController {
     /// is below the need, the path shows no congestion and no cluster is out or backed off.
     pub fn update(&mut self, now: Duration, input: &ProbeInput) {
         let p = self.policy;
+        self.late_outcome(now, input.outcome);
         if let Some((id, target, sent)) = self.waiting {
             let carried = match input.outcome {
                 Some((o, bps)) if o == id => Some(bps),
-                _ if now.saturating_sub(sent) >= p.outcome_timeout => Some(None),
+                _ if now.saturating_sub(sent) >= p.outcome_timeout => {
+                    self.timed_out = Some((id, target));
+                    Some(None)
+                }
                 _ => None,
             };
             let Some(bps) = carried else {
                 return;
             };
             self.waiting = None;
-            if bps.is_some_and(|b| b as f64 >= p.success * target as f64) {
+            if self.carried(bps, target) {
                 // SFU-BWE-08: the path carried it; the next may go at once, faster.
                 self.stats.succeeded += 1;
                 self.backoff = p.retry;
@@ -193,14 +203,40 @@ impl ProbeController {
         });
     }
 
+    /// Whether a cluster sent at `target` was carried at `bps` (SFU-BWE-08).
+    fn carried(&self, bps: Option<u64>, target: u64) -> bool {
+        bps.is_some_and(|b| b as f64 >= self.policy.success * target as f64)
+    }
+
+    /// SFU-BWE-08: the outcome of the cluster given up on came after all (a feedback later than
+    /// the timeout). The estimator moved the estimate up on it if it was carried, and then the
+    /// need may read as met, so no other cluster would ever count the success: count it now,
+    /// instead of the failure, and lift the backoff.
+    fn late_outcome(&mut self, now: Duration, outcome: Option<(u32, Option<u64>)>) {
+        let (Some((id, target)), Some((o, bps))) = (self.timed_out, outcome) else {
+            return;
+        };
+        if o != id {
+            return;
+        }
+        self.timed_out = None;
+        if self.carried(bps, target) {
+            self.stats.failed = self.stats.failed.saturating_sub(1);
+            self.stats.succeeded += 1;
+            self.backoff = self.policy.retry;
+            self.not_before = self.not_before.min(now);
+        }
+    }
+
     /// The pulse due at `now`, if one is.
     pub fn poll_pulse(&mut self, now: Duration) -> Option<Pulse> {
         let s = self.sending.as_mut().filter(|s| s.next <= now)?;
+        s.left -= 1;
         let pulse = Pulse {
             cluster: s.id,
             bytes: s.bytes,
+            last: s.left == 0,
         };
-        s.left -= 1;
         s.next = now + self.policy.pulse;
         if s.left == 0 {
             self.waiting = Some((s.id, s.target, now));
@@ -236,6 +272,7 @@ mod tests {
     }
 
     /// Every pulse of the cluster started, sent at its time; returns (cluster, bytes, times).
+    /// Only the last pulse says it is (the estimator judges the cluster after it).
     fn send_cluster(c: &mut ProbeController, from: Duration) -> (u32, usize, Vec<Duration>) {
         let mut times = Vec::new();
         let mut id = None;
@@ -244,6 +281,7 @@ mod tests {
         while let Some(t) = c.poll_timeout() {
             now = now.max(t);
             let p = c.poll_pulse(now).expect("due");
+            assert_eq!(p.last, c.poll_timeout().is_none());
             assert!(id.is_none_or(|i| i == p.cluster));
             id = Some(p.cluster);
             bytes = p.bytes;
@@ -391,5 +429,57 @@ mod tests {
         };
         c.update(*t.last().unwrap() + 100 * MS, &o);
         assert!(c.poll_timeout().is_some(), "at once after a success");
+    }
+
+    /// SFU-BWE-08: a cluster's outcome that comes after the controller gave up on it still
+    /// counts. The estimator moves the estimate up on a carried cluster whenever its feedback
+    /// comes; counted as a failure, the success would be lost, and with the estimate then
+    /// covering the need no other cluster would go to count one. A late outcome that was not
+    /// carried changes nothing; an outcome is counted once.
+    #[test]
+    fn an_outcome_after_the_timeout_still_counts() {
+        let p = ProbePolicy::default();
+        let mut c = ProbeController::new(p);
+        c.update(at(0), &input(M, 3 * M));
+        let (id, _, t) = send_cluster(&mut c, at(0));
+        let end = *t.last().unwrap();
+        let gave_up = end + p.outcome_timeout;
+        c.update(gave_up, &input(M, 3 * M));
+        assert_eq!((c.stats().failed, c.stats().succeeded), (1, 0));
+        assert_eq!(c.poll_timeout(), None, "backed off");
+        // 200 ms later its feedback comes: carried at 2 Mbit/s (the target), the estimate
+        // jumped there, still below the need: the next goes at once, not after the backoff.
+        let late = ProbeInput {
+            outcome: Some((id, Some(2 * M))),
+            ..input(2 * M, 3 * M)
+        };
+        c.update(gave_up + 200 * MS, &late);
+        assert_eq!(
+            c.stats(),
+            ProbeStats {
+                clusters: 2,
+                succeeded: 1,
+                failed: 0
+            }
+        );
+        let (id2, bytes, t) = send_cluster(&mut c, gave_up + 200 * MS);
+        assert_ne!(id2, id);
+        assert_eq!(bytes, 3_300_000 * 5 / 8000);
+        // The same outcome seen again (it stays published) is not counted twice.
+        c.update(*t.last().unwrap() + MS, &late);
+        assert_eq!(c.stats().succeeded, 1);
+        // A late outcome that was not carried leaves the failure and the backoff.
+        let mut c = ProbeController::new(p);
+        c.update(at(0), &input(M, 3 * M));
+        let (id, _, t) = send_cluster(&mut c, at(0));
+        let gave_up = *t.last().unwrap() + p.outcome_timeout;
+        c.update(gave_up, &input(M, 3 * M));
+        let late = ProbeInput {
+            outcome: Some((id, Some(M))),
+            ..input(M, 3 * M)
+        };
+        c.update(gave_up + 200 * MS, &late);
+        assert_eq!((c.stats().failed, c.stats().succeeded), (1, 0));
+        assert_eq!(c.poll_timeout(), None, "still backed off");
     }
 }
