@@ -890,8 +890,11 @@ async fn run(mut d: Driver, mut io: BatchIo, mut commands: mpsc::Receiver<Comman
             },
             r = io.readable() => {
                 if r.is_ok() {
-                    // One clock reading per batch: the batch arrived together.
+                    // One clock reading per batch: the batch arrived together. Whether the tap
+                    // has listeners is read per batch too, so a tap taken while the thread
+                    // waited records the first datagrams that follow (SFU-TAP-01).
                     let now = Instant::now();
+                    d.rooms.set_tapping(d.config.tap.as_ref().is_some_and(Tap::listening));
                     io.drain(READ_BATCH, |from, datagram| d.feed(now, from, datagram));
                 }
             }
