@@ -1,12 +1,15 @@
 //! Durable state of the key service (specs/key-service.md §5): rooms, their handshake logs and
-//! KeyPackages. [`Store`] is synchronous and small; [`SqliteStore`] is the embedded default. Every method that changes state is one
+//! KeyPackages. [`Store`] is synchronous and small; [`SqliteStore`] is the embedded default and
+//! [`PostgresStore`] the store replicas share. Every method that changes state is one
 //! transaction, so a failure leaves nothing half-written (KDS-DUR-01), and both stores create
 //! their schema by numbered migrations recorded in a `schema_version` table (KDS-DUR-04).
 
 use crate::error::KdsError;
 
+mod postgres;
 mod sqlite;
 
+pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 
 /// What an event in a room's log is.
