@@ -115,6 +115,10 @@ impl TempPostgres {
             .arg(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            // The script outlives the test process for as long as the server takes to stop; it
+            // must not hold the test's stderr open meanwhile (nextest counts that as a leak).
+            // Its commands write to log files in the directory.
+            .stderr(Stdio::null())
             .spawn()
             .expect("run the PostgreSQL script");
         let mut line = String::new();
