@@ -5,7 +5,8 @@
 //! commits) competes with the service. A plain RPC round trip (`GetServiceInfo`) measured in the
 //! same run is the baseline.
 //!
-//! `cargo bench -p veil-server --bench keys_load` (add `-- --quick` for a short run).
+//! `cargo bench -p veil-server --bench keys_load` (add `-- --quick` for a short run, and
+//! `-- --postgres` to keep the state in a PostgreSQL server the bench starts instead of SQLite).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,8 +56,22 @@ fn row(name: &str, h: &Histogram<u64>, extra: &str) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    let postgres = std::env::args()
+        .any(|a| a == "--postgres")
+        .then(|| veil_testkit::postgres::TempPostgres::shared().database());
+    println!(
+        "store: {}",
+        if postgres.is_some() {
+            "PostgreSQL (Unix socket, same machine)"
+        } else {
+            "SQLite"
+        }
+    );
     let server = InProcess::start("bench", |cfg| {
         cfg.kds.departure_grace = Duration::from_secs(3600);
+        if let Some(url) = postgres {
+            cfg.database = veil_server::database::Database::Postgres(url);
+        }
     })
     .await;
     let b = Arc::new(Bench {

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod database;
 pub mod datadir;
 pub mod listen;
 pub mod metrics;
@@ -91,6 +92,8 @@ pub struct ServerConfig {
     pub web_listen: Option<SocketAddr>,
     /// Directory for `veil.db` and the embedded token key.
     pub data_dir: PathBuf,
+    /// The key service's store: SQLite in `data_dir` (the default) or PostgreSQL.
+    pub database: database::Database,
     /// Token keys to accept; empty means the embedded key in `data_dir/token.key`.
     pub token_keys: Vec<TokenKey>,
     /// Key-service limits and timers.
@@ -113,6 +116,7 @@ impl ServerConfig {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             web_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7480))),
             data_dir,
+            database: database::Database::Sqlite,
             token_keys: Vec::new(),
             kds: Config::default(),
             keys: true,
@@ -226,7 +230,14 @@ pub async fn run(
         cfg.token_keys.clone()
     };
     let verifier = Verifier::new(keys).map_err(ServerError::TokenKey)?;
-    let db = if cfg.keys {
+    // A PostgreSQL store is opened before the data directory's database file is considered,
+    // and only for the key service (the SFU keeps no state).
+    let shared = if cfg.keys {
+        cfg.database.open_shared().transpose()?
+    } else {
+        None
+    };
+    let db = if cfg.keys && shared.is_none() {
         datadir::create_db_file(&cfg.data_dir)?
     } else {
         cfg.data_dir.join(datadir::DB_FILE)
@@ -234,7 +245,10 @@ pub async fn run(
     datadir::check_private(&cfg.data_dir)?;
     let metrics = Arc::new(veil_keys::Metrics::default());
     let svc = if cfg.keys {
-        let store = Arc::new(veil_keys::store::SqliteStore::open(&db)?);
+        let store = match shared {
+            Some(store) => store,
+            None => database::Database::open_sqlite(&db)?,
+        };
         let svc = KeyService::new(store, verifier.clone(), cfg.kds.clone(), metrics.clone())?;
         svc.start();
         Some(svc)

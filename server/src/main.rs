@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use veil_auth::{Claims, Grants, TokenKey};
+use veil_server::database::Database;
 use veil_server::{ServerConfig, ServerError};
 
 #[derive(Debug, Parser)]
@@ -38,6 +39,10 @@ struct ServeArgs {
     /// Directory for the SQLite database and the embedded token key.
     #[arg(long, env = "VEIL_DATA_DIR", default_value = "./veil-data")]
     data_dir: PathBuf,
+    /// The key service's store: `sqlite` (the file `veil.db` in the data directory) or a
+    /// `postgres://user@host/db` URL, which replicas may share.
+    #[arg(long, env = "VEIL_DATABASE", default_value = "sqlite", value_parser = Database::parse)]
+    database: Database,
     /// gRPC listen address (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "VEIL_LISTEN", default_value = "127.0.0.1:7443")]
     listen: SocketAddr,
@@ -200,6 +205,7 @@ fn mint(args: &TokenArgs) -> Result<String, String> {
 
 async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     let mut cfg = ServerConfig::embedded(args.data_dir);
+    cfg.database = args.database;
     cfg.listen = args.listen;
     cfg.metrics_listen = (!args.no_metrics).then_some(args.metrics_listen);
     cfg.web_listen = (!args.no_web).then_some(args.web_listen);

@@ -10,6 +10,8 @@
 //! - `policy` (feature `policy`): the one table of crates each server-side crate must not
 //!   link (SFU-BLIND-01..02, KDS-SEC-01, AUTH-DEP-01) and the `cargo tree -e normal` walk that
 //!   checks it.
+//! - `postgres` (feature `postgres`): a real PostgreSQL server in a temporary directory, one per
+//!   test binary, with a fresh database per test.
 //! - `browser` (feature `browser`): headless Chromium driven over the DevTools protocol, to
 //!   open Veil's web page in a real browser, read values from it and take screenshots.
 //!
@@ -22,6 +24,8 @@
 pub mod browser;
 #[cfg(feature = "policy")]
 pub mod policy;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod token;

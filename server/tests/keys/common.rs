@@ -1,13 +1,19 @@
 //! Shared helpers: start the real `veil-server` binary on loopback with a fresh data directory,
-//! mint tokens with its embedded key, drive it with veil-client members.
+//! mint tokens with its embedded key, drive it with veil-client members. The store is the one
+//! this binary tests (`crate::POSTGRES`): SQLite in the data directory, or a fresh database on
+//! the binary's own PostgreSQL server, one per data directory.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use veil_auth::{Grants, TokenKey};
 use veil_client::group::{Group, GroupConfig, GroupStatus};
+use veil_keys::store::{PostgresStore, SqliteStore, Store};
+use veil_testkit::postgres::TempPostgres;
 use veil_testkit::server::{ChildServer, private, under_shell};
 use veil_testkit::token::mint_with;
 
@@ -23,6 +29,31 @@ pub struct Server {
 /// This build's `veil-server` binary.
 pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_veil-server"))
+}
+
+/// The `--database` of data directory `dir`: `sqlite`, or (when this binary tests PostgreSQL)
+/// a database of its own, the same one each time the server starts on `dir`.
+pub fn database(dir: &Path) -> String {
+    if !crate::POSTGRES {
+        return "sqlite".into();
+    }
+    static BY_DIR: Mutex<BTreeMap<PathBuf, String>> = Mutex::new(BTreeMap::new());
+    let mut by_dir = BY_DIR.lock().unwrap();
+    by_dir
+        .entry(dir.to_owned())
+        .or_insert_with(|| TempPostgres::shared().database())
+        .clone()
+}
+
+/// The store of data directory `dir`, opened beside the server (a second connection).
+pub fn store(dir: &Path) -> Box<dyn Store> {
+    if crate::POSTGRES {
+        // The server kept nothing in the data directory's SQLite file.
+        assert!(!dir.join("veil.db").exists(), "a veil.db beside PostgreSQL");
+        Box::new(PostgresStore::open(&database(dir)).unwrap())
+    } else {
+        Box::new(SqliteStore::open(dir.join("veil.db")).unwrap())
+    }
 }
 
 /// The server's log, appended to `dir/server.log`.
@@ -57,6 +88,8 @@ impl Server {
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir)
+        .arg("--database")
+        .arg(database(dir))
         .arg("--departure-grace-ms")
         .arg(grace_ms.to_string())
         .env("RUST_LOG", "veil_server=debug,veil_keys=debug,info")
@@ -79,6 +112,8 @@ impl Server {
         ])
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
+        .arg("--database")
+        .arg(database(dir))
         .args(extra)
         .env("RUST_LOG", "veil_server=debug,veil_keys=debug,info")
         .stderr(log(dir));

@@ -67,14 +67,12 @@ async fn kill_nine_during_join_storm_loses_nothing() {
     assert_eq!(epoch, 19, "one commit per joiner, no more");
 
     // The log: exactly one commit per epoch 0..19, and every acknowledged commit is in it.
-    let db = rusqlite::Connection::open(dir.path().join("veil.db")).unwrap();
-    let mut st = db
-        .prepare("SELECT epoch, actor FROM events WHERE room = ?1 AND kind = 1 ORDER BY epoch")
-        .unwrap();
-    let log: Vec<(u64, String)> = st
-        .query_map([room], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+    let log: Vec<(u64, String)> = crate::common::store(dir.path())
+        .log_page(room, 0, 0, u64::MAX >> 1, usize::MAX)
         .unwrap()
-        .map(Result::unwrap)
+        .into_iter()
+        .filter(|e| e.kind == veil_keys::store::EventKind::Commit)
+        .map(|e| (e.epoch, e.actor))
         .collect();
     let epochs: Vec<u64> = log.iter().map(|(e, _)| *e).collect();
     assert_eq!(epochs, (0..19).collect::<Vec<_>>());

@@ -11,6 +11,8 @@ use veil_client::ClientError;
 use veil_client::keys::KeyClient;
 use veil_proto::keys::v1::room_event::Event as Ev;
 
+use veil_keys::store::{Event, EventKind};
+
 use crate::common::Server;
 use crate::race::RawMember;
 
@@ -53,24 +55,21 @@ async fn ten_unread_replays_of_a_100_mb_log_hold_under_100_mb() {
     // The replay serves rows as stored, so how they got there does not matter here (a member
     // could send as much through SendCommit before KDS-LIM-02 capped authenticated_data).
     {
-        let c = rusqlite::Connection::open(dir.path().join("veil.db")).unwrap();
-        let next: i64 = c
-            .query_row("SELECT next_seq FROM rooms WHERE room = 'ward'", [], |r| {
-                r.get(0)
+        let store = crate::common::store(dir.path());
+        let mut room = store.room("ward").unwrap().unwrap();
+        let events: Vec<Event> = (0..100)
+            .map(|i| Event {
+                seq: room.next_seq + i,
+                kind: EventKind::Proposal,
+                epoch: 0,
+                actor: "alice".into(),
+                recipient: None,
+                message: vec![i as u8; MIB],
+                hash: None,
             })
-            .unwrap();
-        for i in 0..100 {
-            c.execute(
-                "INSERT INTO events (room, seq, kind, epoch, actor, message) VALUES ('ward', ?1, 2, 0, 'alice', ?2)",
-                rusqlite::params![next + i, vec![i as u8; MIB]],
-            )
-            .unwrap();
-        }
-        c.execute(
-            "UPDATE rooms SET next_seq = ?1 WHERE room = 'ward'",
-            [next + 100],
-        )
-        .unwrap();
+            .collect();
+        room.next_seq += 100;
+        store.append(&room, &events, &[]).unwrap();
     }
     let server = Server::start_with(dir.path(), &["--max-streams-per-identity", "16"], None);
     let pid = server.pid();
@@ -287,14 +286,12 @@ async fn a_room_everyone_left_is_deleted_and_delete_room_ends_streams() {
             r => assert!(Instant::now() < deadline, "still there: {r:?}"),
         }
     }
-    let rows: i64 = rusqlite::Connection::open(dir.path().join("veil.db"))
-        .unwrap()
-        .query_row(
-            "SELECT (SELECT count(*) FROM rooms) + (SELECT count(*) FROM events)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let store = crate::common::store(dir.path());
+    let rows = store.rooms().unwrap().len()
+        + store
+            .log_page("ward", 0, 0, u64::MAX >> 1, usize::MAX)
+            .unwrap()
+            .len();
     assert_eq!(rows, 0, "the room's rows outlived it");
     assert!(
         server

@@ -1,154 +1,17 @@
-//! Durable state of the key service (specs/key-service.md §5): rooms, their handshake logs and
-//! KeyPackages. [`Store`] is synchronous and small so a PostgreSQL implementation can follow
-//! ([`SqliteStore`] is the embedded default); every method that changes state is one
-//! transaction, so a failure leaves nothing half-written (KDS-DUR-01).
+//! The embedded store: one SQLite file (specs/key-service.md §5).
 
 use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::{Event, EventKind, KeyPackageRecord, RoomRecord, Store, to_i64, to_u64};
 use crate::error::KdsError;
 
-/// What an event in a room's log is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// A commit, sent in `epoch` (the room moves to `epoch + 1`).
-    Commit = 1,
-    /// The service's Remove proposal, bound to `epoch`.
-    Proposal = 2,
-    /// A Welcome into `epoch`, for `recipient` only.
-    Welcome = 3,
-}
-
-impl EventKind {
-    fn from_i64(v: i64) -> Result<Self, KdsError> {
-        match v {
-            1 => Ok(Self::Commit),
-            2 => Ok(Self::Proposal),
-            3 => Ok(Self::Welcome),
-            _ => Err(KdsError::storage(format!("unknown event kind {v}"))),
-        }
-    }
-}
-
-/// One entry of a room's handshake log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// Position in the room's log (strictly increasing, from 1).
-    pub seq: u64,
-    /// What it is.
-    pub kind: EventKind,
-    /// The epoch it belongs to (see [`EventKind`]).
-    pub epoch: u64,
-    /// Committer, or the member a proposal removes.
-    pub actor: String,
-    /// For a Welcome: the identity it is for.
-    pub recipient: Option<String>,
-    /// The MLS message.
-    pub message: Vec<u8>,
-    /// SHA-256 of a commit's bytes (duplicate detection).
-    pub hash: Option<Vec<u8>>,
-}
-
-/// A room's current state as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoomRecord {
-    /// Room name (= MLS group id).
-    pub room: String,
-    /// Current epoch.
-    pub epoch: u64,
-    /// Next log position.
-    pub next_seq: u64,
-    /// Newest GroupInfo (with ratchet tree).
-    pub group_info: Vec<u8>,
-    /// The serialised public group state (openmls `PublicGroup` storage; no secrets).
-    pub public_state: Vec<u8>,
-}
-
-/// A stored KeyPackage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyPackageRecord {
-    /// The KeyPackage's hash reference (RFC 9420 §5.2).
-    pub hash_ref: Vec<u8>,
-    /// Whether it is a last-resort KeyPackage (kept after use).
-    pub last_resort: bool,
-    /// The `MLSMessage` bytes.
-    pub message: Vec<u8>,
-}
-
-/// The storage the key service needs. Every mutating method is atomic.
-pub trait Store: Send + Sync + 'static {
-    /// All rooms, for start-up.
-    fn rooms(&self) -> Result<Vec<RoomRecord>, KdsError>;
-    /// One room, e.g. to reload it after a failed write.
-    fn room(&self, room: &str) -> Result<Option<RoomRecord>, KdsError> {
-        Ok(self.rooms()?.into_iter().find(|r| r.room == room))
-    }
-    /// Create a room; [`KdsError::RoomExists`] if it exists.
-    fn create_room(&self, room: &RoomRecord) -> Result<(), KdsError>;
-    /// Append `events` to `state.room`'s log and replace its state, in one transaction; consume
-    /// the single-use KeyPackages `consumed` (hash refs). A second commit for one epoch violates
-    /// a uniqueness constraint and returns [`KdsError::EpochTaken`] (KDS-ORD-02).
-    fn append(
-        &self,
-        state: &RoomRecord,
-        events: &[Event],
-        consumed: &[Vec<u8>],
-    ) -> Result<(), KdsError>;
-    /// One page of a replay (KDS-FAN-02, KDS-LIM-04): the commits and proposals of `room` sent
-    /// in `from_epoch` or later with `after < seq <= up_to`, in log order. The page ends with
-    /// the event that brings its messages to `max_bytes` or more, so it holds at least one
-    /// event while any is left and at most `max_bytes` plus one message. An empty page ends
-    /// the replay.
-    fn log_page(
-        &self,
-        room: &str,
-        from_epoch: u64,
-        after: u64,
-        up_to: u64,
-        max_bytes: usize,
-    ) -> Result<Vec<Event>, KdsError>;
-    /// The newest Welcome for `identity` in `room` with `seq <= up_to`.
-    fn latest_welcome(
-        &self,
-        room: &str,
-        identity: &str,
-        up_to: u64,
-    ) -> Result<Option<Event>, KdsError>;
-    /// The commit accepted in `epoch`, if any.
-    fn commit_at(&self, room: &str, epoch: u64) -> Result<Option<Event>, KdsError>;
-    /// Store KeyPackages of `identity` for `room`; returns how many it now has available.
-    /// [`KdsError::TooManyKeyPackages`] beyond `cap`.
-    fn add_key_packages(
-        &self,
-        room: &str,
-        identity: &str,
-        kps: &[KeyPackageRecord],
-        cap: u32,
-    ) -> Result<u32, KdsError>;
-    /// Hand out one KeyPackage of `identity` to `claimer` (oldest single-use first, else the
-    /// last-resort one) and record that it was handed out in `room`. Idempotent per claimer: a
-    /// claimer asking again (a retry after a lost reply) gets the single-use KeyPackage it was
-    /// already given, as long as no commit consumed it (KDS-KP-03).
-    fn claim_key_package(
-        &self,
-        room: &str,
-        identity: &str,
-        claimer: &str,
-    ) -> Result<Option<Vec<u8>>, KdsError>;
-    /// The identity whose KeyPackage `hash_ref` was handed out in `room`, if it was.
-    fn claimed_key_package(&self, room: &str, hash_ref: &[u8]) -> Result<Option<String>, KdsError>;
-    /// Delete `room`: its state, its log and its KeyPackages, in one transaction (KDS-GC-03).
-    /// Returns whether it existed.
-    fn delete_room(&self, room: &str) -> Result<bool, KdsError>;
-    /// A service-wide value (e.g. the external-sender key pair).
-    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, KdsError>;
-    /// Set a service-wide value if it is not set; returns the value now stored.
-    fn meta_init(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, KdsError>;
-}
-
-const SCHEMA: &str = "
+/// The schema, one migration per version (KDS-DUR-04): migration `i` brings the database to
+/// version `i + 1`. Version 1 is the schema from before versions were recorded, so its
+/// `IF NOT EXISTS` lets a database made then be adopted as it is.
+const MIGRATIONS: &[&str] = &["
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS rooms (
     room TEXT PRIMARY KEY,
@@ -182,7 +45,7 @@ CREATE TABLE IF NOT EXISTS key_packages (
     PRIMARY KEY (room, hash_ref)
 );
 CREATE INDEX IF NOT EXISTS kp_by_identity ON key_packages (room, identity, claimed);
-";
+"];
 
 /// The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a write the
 /// service acknowledged is on disk before the reply leaves (KDS-DUR-01).
@@ -204,10 +67,6 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     )
 }
 
-fn to_i64(v: u64) -> Result<i64, KdsError> {
-    i64::try_from(v).map_err(|_| KdsError::storage(format!("{v} does not fit SQLite INTEGER")))
-}
-
 fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, i64, Event)> {
     Ok((
         r.get(0)?,
@@ -226,8 +85,8 @@ fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, i64, Eve
 }
 
 fn finish_event((seq, kind, epoch, mut e): (i64, i64, i64, Event)) -> Result<Event, KdsError> {
-    e.seq = u64::try_from(seq).map_err(|_| KdsError::storage("negative seq"))?;
-    e.epoch = u64::try_from(epoch).map_err(|_| KdsError::storage("negative epoch"))?;
+    e.seq = to_u64(seq, "seq")?;
+    e.epoch = to_u64(epoch, "epoch")?;
     e.kind = EventKind::from_i64(kind)?;
     Ok(e)
 }
@@ -243,8 +102,8 @@ fn finish_room(
 ) -> Result<RoomRecord, KdsError> {
     Ok(RoomRecord {
         room,
-        epoch: u64::try_from(epoch).map_err(|_| KdsError::storage("negative epoch"))?,
-        next_seq: u64::try_from(next_seq).map_err(|_| KdsError::storage("negative seq"))?,
+        epoch: to_u64(epoch, "epoch")?,
+        next_seq: to_u64(next_seq, "seq")?,
         group_info,
         public_state,
     })
@@ -252,13 +111,45 @@ fn finish_room(
 
 const EVENT_COLS: &str = "seq, kind, epoch, actor, recipient, message, hash";
 
+/// Apply the migrations the database has not seen, each in its own transaction with its
+/// version row (KDS-DUR-04). `BEGIN IMMEDIATE` makes a second process opening the same file
+/// wait, then find the migration applied.
+fn migrate(conn: &mut Connection) -> Result<(), KdsError> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+        .map_err(db)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i64::try_from(i + 1).map_err(|_| KdsError::storage("migration count"))?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let done: Option<i64> = tx
+            .query_row(
+                "SELECT version FROM schema_version WHERE version = ?1",
+                [version],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        if done.is_none() {
+            tx.execute_batch(sql).map_err(db)?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                [version],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Open (or create) the database at `path`.
     ///
     /// # Errors
     /// [`KdsError::Storage`] if the file cannot be opened or migrated.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, KdsError> {
-        let conn = Connection::open(path).map_err(db)?;
+        let mut conn = Connection::open(path).map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -266,7 +157,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
-        conn.execute_batch(SCHEMA).map_err(db)?;
+        migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -596,109 +487,5 @@ impl Store for SqliteStore {
         .map_err(db)?;
         c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .map_err(db)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn kp(tag: u8, last_resort: bool) -> KeyPackageRecord {
-        KeyPackageRecord {
-            hash_ref: vec![tag; 16],
-            last_resort,
-            message: vec![tag; 4],
-        }
-    }
-
-    fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(dir.path().join("t.db")).unwrap();
-        (dir, s)
-    }
-
-    #[test]
-    fn key_packages_single_use_first_last_resort_kept() {
-        let (_d, s) = store();
-        let n = s
-            .add_key_packages("r", "bob", &[kp(1, false), kp(9, true), kp(2, false)], 64)
-            .unwrap();
-        assert_eq!(n, 3);
-        let claims: Vec<_> = ["a", "b", "c", "d"]
-            .iter()
-            .map(|claimer| s.claim_key_package("r", "bob", claimer).unwrap().unwrap()[0])
-            .collect();
-        assert_eq!(claims, [1, 2, 9, 9]);
-        // A claimer asking again (its reply was lost) gets the same single-use KeyPackage.
-        assert_eq!(s.claim_key_package("r", "bob", "a").unwrap().unwrap()[0], 1);
-        assert_eq!(s.claim_key_package("r", "bob", "b").unwrap().unwrap()[0], 2);
-        // Every hand-out is recorded for this room only.
-        for tag in [1, 2, 9] {
-            assert_eq!(
-                s.claimed_key_package("r", &[tag; 16]).unwrap().as_deref(),
-                Some("bob")
-            );
-            assert_eq!(s.claimed_key_package("other", &[tag; 16]).unwrap(), None);
-        }
-        assert_eq!(s.claim_key_package("r", "carol", "a").unwrap(), None);
-    }
-
-    #[test]
-    fn key_package_cap_rolls_the_whole_upload_back() {
-        let (_d, s) = store();
-        s.add_key_packages("r", "bob", &[kp(1, false), kp(2, false)], 3)
-            .unwrap();
-        let e = s
-            .add_key_packages("r", "bob", &[kp(3, false), kp(4, false)], 3)
-            .unwrap_err();
-        assert!(matches!(e, KdsError::TooManyKeyPackages { cap: 3 }));
-        let first = s.claim_key_package("r", "bob", "x").unwrap().unwrap();
-        let second = s.claim_key_package("r", "bob", "y").unwrap().unwrap();
-        assert_eq!((first[0], second[0]), (1, 2));
-        assert_eq!(s.claim_key_package("r", "bob", "z").unwrap(), None);
-    }
-
-    #[test]
-    fn one_commit_per_epoch_even_past_the_room_lock() {
-        let (_d, s) = store();
-        let room = RoomRecord {
-            room: "r".into(),
-            epoch: 0,
-            next_seq: 1,
-            group_info: vec![1],
-            public_state: vec![2],
-        };
-        s.create_room(&room).unwrap();
-        assert!(matches!(s.create_room(&room), Err(KdsError::RoomExists(_))));
-        let commit = |seq| Event {
-            seq,
-            kind: EventKind::Commit,
-            epoch: 0,
-            actor: "a".into(),
-            recipient: None,
-            message: vec![seq as u8],
-            hash: None,
-        };
-        let next = RoomRecord {
-            epoch: 1,
-            next_seq: 2,
-            ..room.clone()
-        };
-        s.append(&next, &[commit(1)], &[]).unwrap();
-        // A second commit for epoch 0 (as a second replica would try) is refused, and the
-        // room row is untouched.
-        let bad = RoomRecord {
-            epoch: 1,
-            next_seq: 3,
-            group_info: vec![9],
-            ..room
-        };
-        assert!(matches!(
-            s.append(&bad, &[commit(2)], &[]),
-            Err(KdsError::EpochTaken { epoch: 0 })
-        ));
-        let rooms = s.rooms().unwrap();
-        assert_eq!(rooms, vec![next]);
-        assert_eq!(s.log_page("r", 0, 0, 10, usize::MAX).unwrap().len(), 1);
     }
 }
