@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use veil_rtc::RTX_PT;
 use veil_sfu::connection::peer::VP8_PT;
-use veil_sfu::routing::MediaKind;
 
 use crate::common::*;
 
@@ -31,29 +30,7 @@ fn random_losses_towards_a_subscriber_are_repaired_too() {
 
 /// bob subscribes to alice's video, then his link loses VP8 packets by `loss`.
 fn repaired(name: &str, loss: Loss) {
-    let mut net = Net::new(config());
-    let alice = net.add_peer(
-        "alice",
-        Publish {
-            audio: false,
-            video: true,
-        },
-    );
-    let bob = net.add_peer(
-        "bob",
-        Publish {
-            audio: true,
-            video: false,
-        },
-    );
-    net.join(alice, "room");
-    net.join(bob, "room");
-    net.connect(&[alice, bob]);
-    net.start_media(alice);
-    net.start_media(bob);
-    assert!(net.run_until(Duration::from_secs(1), |n| !n.tracks_of(alice).is_empty()));
-    let cam = net.track(alice, MediaKind::Video);
-    net.subscribe(bob, cam);
+    let (mut net, alice, bob, cam) = camera_and_viewer();
     assert!(net.run_until(Duration::from_secs(1), |n| {
         !n.peers[bob].got_on(cam).is_empty()
     }));

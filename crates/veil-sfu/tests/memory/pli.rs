@@ -4,33 +4,11 @@
 
 use std::time::Duration;
 
-use veil_sfu::routing::MediaKind;
-
 use crate::common::*;
 
 #[test]
 fn a_burst_of_plis_reaches_the_publisher_as_one_pli_from_the_sfu() {
-    let mut net = Net::new(config());
-    let video = Publish {
-        audio: false,
-        video: true,
-    };
-    let alice = net.add_peer("alice", video);
-    let bob = net.add_peer(
-        "bob",
-        Publish {
-            audio: true,
-            video: false,
-        },
-    );
-    net.join(alice, "room");
-    net.join(bob, "room");
-    net.connect(&[alice, bob]);
-    net.start_media(alice);
-    net.start_media(bob);
-    assert!(net.run_until(Duration::from_secs(1), |n| !n.tracks_of(alice).is_empty()));
-    let cam = net.track(alice, MediaKind::Video);
-    net.subscribe(bob, cam);
+    let (mut net, alice, bob, cam) = camera_and_viewer();
     net.run_for(Duration::from_secs(1));
     // A slow encoder: it hears requests but makes no key frame (a key frame would reset the
     // throttle, SFU-KF-02).

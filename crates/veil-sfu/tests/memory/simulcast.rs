@@ -6,35 +6,12 @@
 use std::time::Duration;
 
 use veil_sfu::edge::Observation;
-use veil_sfu::routing::MediaKind;
 
 use crate::common::*;
 
 #[test]
 fn a_layer_switch_waits_for_the_key_frame_the_sfu_asks_for() {
-    let mut net = Net::new(config());
-    let alice = net.add_peer(
-        "alice",
-        Publish {
-            audio: false,
-            video: true,
-        },
-    );
-    let bob = net.add_peer(
-        "bob",
-        Publish {
-            audio: true,
-            video: false,
-        },
-    );
-    net.join(alice, "room");
-    net.join(bob, "room");
-    net.connect(&[alice, bob]);
-    net.start_media(alice);
-    net.start_media(bob);
-    assert!(net.run_until(Duration::from_secs(1), |n| !n.tracks_of(alice).is_empty()));
-    let cam = net.track(alice, MediaKind::Video);
-    net.subscribe(bob, cam);
+    let (mut net, alice, bob, cam) = camera_and_viewer();
     net.run_for(Duration::from_secs(1));
     assert_eq!(net.sfu.layer(net.peers[bob].conn.unwrap(), cam), Some(0));
 

@@ -57,6 +57,36 @@ pub fn config() -> SfuConfig {
     }
 }
 
+/// The start of most one-track tests: alice publishes video, bob publishes audio only; both
+/// join one room, connect and send, and bob subscribes to alice's camera. Returns the net,
+/// alice, bob and the camera's track, right after the subscription is asked for.
+pub fn camera_and_viewer() -> (Net, usize, usize, TrackId) {
+    let mut net = Net::new(config());
+    let alice = net.add_peer(
+        "alice",
+        Publish {
+            audio: false,
+            video: true,
+        },
+    );
+    let bob = net.add_peer(
+        "bob",
+        Publish {
+            audio: true,
+            video: false,
+        },
+    );
+    net.join(alice, "room");
+    net.join(bob, "room");
+    net.connect(&[alice, bob]);
+    net.start_media(alice);
+    net.start_media(bob);
+    assert!(net.run_until(Duration::from_secs(1), |n| !n.tracks_of(alice).is_empty()));
+    let cam = net.track(alice, MediaKind::Video);
+    net.subscribe(bob, cam);
+    (net, alice, bob, cam)
+}
+
 /// Add `b` to `a`, field by field.
 pub fn add(a: &mut Counters, b: &Counters) {
     for i in 0..2 {
