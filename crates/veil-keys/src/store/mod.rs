@@ -150,6 +150,14 @@ pub trait Store: Send + Sync + 'static {
     fn meta_init(&self, key: &str, value: &[u8]) -> Result<Vec<u8>, KdsError>;
 }
 
+/// Seconds since the Unix epoch, as a KeyPackage's `created` column records them (0 for a clock
+/// before 1970).
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// `v` as a signed 64-bit column value (SQLite INTEGER, PostgreSQL BIGINT).
 fn to_i64(v: u64) -> Result<i64, KdsError> {
     i64::try_from(v).map_err(|_| KdsError::storage(format!("{v} does not fit a 64-bit column")))

@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 
-use super::{Event, EventKind, KeyPackageRecord, RoomRecord, Store, to_i64, to_u64};
+use super::{Event, EventKind, KeyPackageRecord, RoomRecord, Store, now_secs, to_i64, to_u64};
 use crate::error::KdsError;
 
 /// The schema, one migration per version (KDS-DUR-04): migration `i` brings the database to
@@ -226,12 +226,6 @@ fn migrate(client: &mut Client) -> Result<(), KdsError> {
 }
 
 /// Seconds since the Unix epoch, the KeyPackages' upload time.
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 impl Store for PostgresStore {
     fn rooms(&self) -> Result<Vec<RoomRecord>, KdsError> {
         self.run(|s| {

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Event, EventKind, KeyPackageRecord, RoomRecord, Store, to_i64, to_u64};
+use super::{Event, EventKind, KeyPackageRecord, RoomRecord, Store, now_secs, to_i64, to_u64};
 use crate::error::KdsError;
 
 /// The schema, one migration per version (KDS-DUR-04): migration `i` brings the database to
@@ -369,10 +369,7 @@ impl Store for SqliteStore {
         let tx = c
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = now_secs();
         for kp in kps {
             if kp.last_resort {
                 // One last-resort KeyPackage per identity and room: a new one replaces the old.
@@ -384,7 +381,7 @@ impl Store for SqliteStore {
             }
             tx.execute(
                 "INSERT OR IGNORE INTO key_packages (room, identity, hash_ref, last_resort, message, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![room, identity, kp.hash_ref, kp.last_resort, kp.message, to_i64(now)?],
+                params![room, identity, kp.hash_ref, kp.last_resort, kp.message, now],
             )
             .map_err(db)?;
         }
