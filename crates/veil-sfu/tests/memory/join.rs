@@ -81,19 +81,15 @@ fn two_peers_join_connect_and_receive_each_others_media_byte_for_byte() {
 
     let mut got_total = [0usize; 2];
     for (sub, publ) in [(alice, bob), (bob, alice)] {
-        for (kind, ssrc) in [
-            (MediaKind::Audio, audio_ssrc(publ)),
-            (MediaKind::Video, video_ssrc(publ, 0)),
-        ] {
-            let t = net.track(publ, kind);
-            assert!(net.subscribed(sub, t));
-            let what = format!(
-                "{} ← {} {kind:?}",
-                net.peers[sub].name, net.peers[publ].name
-            );
-            let got = net.peers[sub].got_on(t);
-            let sent = sent_on(&net.peers[publ], ssrc);
-            let k = assert_continuous_suffix(&what, &got, &sent);
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            let Flow {
+                what,
+                track: t,
+                ssrc,
+                got,
+                sent,
+                k,
+            } = flow(&net, sub, publ, kind);
             // The subscription's SSRC, as the SFU announced it.
             let announced = net.events.iter().find_map(|(_, e)| match e {
                 EdgeRoomEvent::Subscribed {

@@ -93,19 +93,8 @@ fn a_late_joiner_is_offered_the_room_and_the_room_its_tracks_while_media_flows()
             if sub == publ {
                 continue;
             }
-            for (kind, ssrc) in [
-                (MediaKind::Audio, audio_ssrc(publ)),
-                (MediaKind::Video, video_ssrc(publ, 0)),
-            ] {
-                let t = net.track(publ, kind);
-                assert!(net.subscribed(sub, t));
-                let what = format!(
-                    "{} ← {} {kind:?}",
-                    net.peers[sub].name, net.peers[publ].name
-                );
-                let got = net.peers[sub].got_on(t);
-                let sent = sent_on(&net.peers[publ], ssrc);
-                let k = assert_continuous_suffix(&what, &got, &sent);
+            for kind in [MediaKind::Audio, MediaKind::Video] {
+                let Flow { what, got, k, .. } = flow(&net, sub, publ, kind);
                 if publ != carol && sub != carol {
                     assert!(got[0].at < renegotiated, "{what} started late");
                 }
