@@ -67,9 +67,12 @@ async fn wait_for(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bo
     start.elapsed()
 }
 
-/// SFU-BWE-01..04.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lifted() {
+/// An SFU (key frames every 100 ms at most) and alice publishing [`Simulcast`] with `shape` of
+/// traffic on its layers ([`send_layers`]), once the SFU has her track. Stop her with the flag
+/// and wait for the sender.
+async fn alice_sends(
+    shape: [(usize, usize); 3],
+) -> (EdgeSfu, Peer, Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
     init_tracing();
     let sfu = EdgeSfu::new(SfuConfig {
         key_frame_interval: Duration::from_millis(100),
@@ -77,15 +80,21 @@ async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lif
     })
     .unwrap();
     let mut alice = Peer::new(ROOM, "alice", true).await;
-    // Layers as `Simulcast` declares them; this test sends its own shape of traffic on them.
     let cam = Simulcast::add(&alice).await;
     alice.join(&sfu).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let sender = send_layers(cam.track.clone(), cam.ids().await, SHAPE, stop.clone());
+    let sender = send_layers(cam.track.clone(), cam.ids().await, shape, stop.clone());
     eventually("the SFU to see the track", || {
         sfu.metrics().tracks.get() == 1
     })
     .await;
+    (sfu, alice, stop, sender)
+}
+
+/// SFU-BWE-01..04.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_subscriber_gets_a_lower_layer_and_moves_up_when_the_cap_is_lifted() {
+    let (sfu, alice, stop, sender) = alice_sends(SHAPE).await;
 
     // Bob: straight to the SFU. Carol: through the capped relay.
     let mut bob = Peer::new(ROOM, "bob", false).await;
@@ -185,21 +194,7 @@ const SHAPE_HD: [(usize, usize); 3] = [(1, 375), (2, 625), (5, 1250)];
 /// How fast is measured by `benches/ramp.rs`, not asserted here: the bound is generous.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_subscriber_is_probed_up_to_the_top_layer() {
-    init_tracing();
-    let sfu = EdgeSfu::new(SfuConfig {
-        key_frame_interval: Duration::from_millis(100),
-        ..SfuConfig::default()
-    })
-    .unwrap();
-    let mut alice = Peer::new(ROOM, "alice", true).await;
-    let cam = Simulcast::add(&alice).await;
-    alice.join(&sfu).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = send_layers(cam.track.clone(), cam.ids().await, SHAPE_HD, stop.clone());
-    eventually("the SFU to see the track", || {
-        sfu.metrics().tracks.get() == 1
-    })
-    .await;
+    let (sfu, alice, stop, sender) = alice_sends(SHAPE_HD).await;
     let mut bob = Peer::new(ROOM, "bob", false).await;
     bob.join(&sfu).await;
     let t = bob.track_named("alice", "cam").await;
