@@ -95,7 +95,8 @@ struct TokenArgs {
 
 #[derive(Debug, clap::Args)]
 struct JoinArgs {
-    /// Server URL (key service and SFU).
+    /// Server URL (key service and SFU). Replicas of the key service: their URLs separated by
+    /// commas; the client fails over between them, and uses the first one's SFU.
     #[arg(long, env = "VEIL_URL", default_value = "http://127.0.0.1:7443")]
     url: String,
     /// Room (must match the token's).

@@ -34,7 +34,8 @@ pub type GroupStatus = veil_call::Status;
 /// How to reach the room.
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
-    /// Key-service URL, e.g. `http://127.0.0.1:7443`.
+    /// Key-service URL, e.g. `http://127.0.0.1:7443`; for replicas of the key service, their
+    /// URLs separated by commas (the client fails over from one to the next, KDS-REP-04).
     pub url: String,
     /// Access token for `room` and `identity`.
     pub token: String,

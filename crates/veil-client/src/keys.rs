@@ -1,6 +1,16 @@
 //! A thin client of the key-distribution service (`veil.keys.v1`): one method per RPC, the
 //! access token on every call, and gRPC statuses turned into [`ClientError`]s a caller can act
 //! on (rebase, retry, give up).
+//!
+//! A deployment with several replicas of the key service (specs/key-service.md §5.2) gives the
+//! client their URLs as one comma-separated list. The client uses one replica at a time and
+//! moves to the next when a call finds its replica unreachable (KDS-REP-04); the caller's
+//! retry then goes to the next one. Every replica serves the same rooms from the same
+//! database, so a member resubscribing from its epoch on another replica keeps its place in
+//! the room's history.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -37,9 +47,24 @@ pub(crate) fn from_status(s: Status) -> ClientError {
 /// A connection to the key service, bound to one room and one access token.
 #[derive(Debug, Clone)]
 pub struct KeyClient {
-    rpc: KeyServiceClient<Channel>,
+    /// One client per replica, in the order the URL list gave them.
+    replicas: Arc<[KeyServiceClient<Channel>]>,
+    /// The replica in use (shared by clones, so a failover holds for all of them).
+    current: Arc<AtomicUsize>,
     auth: MetadataValue<tonic::metadata::Ascii>,
     room: String,
+}
+
+/// A lazy channel to one replica at `url`.
+fn channel(url: &str) -> Result<Channel, ClientError> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| ClientError::config_by(format!("service URL {url:?}"), e))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    // Lazy: an unreachable service shows up as UNAVAILABLE on the first call, which callers
+    // retry, and the channel reconnects by itself after the service restarts.
+    Ok(endpoint.connect_lazy())
 }
 
 impl KeyClient {
@@ -49,24 +74,51 @@ impl KeyClient {
     /// # Errors
     /// [`ClientError::Config`] for a bad URL or token.
     pub async fn connect(url: &str, token: &str, room: &str) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| ClientError::config_by(format!("service URL {url:?}"), e))?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-            .keep_alive_while_idle(true);
-        // Lazy: an unreachable service shows up as UNAVAILABLE on the first call, which callers
-        // retry, and the channel reconnects by itself after the service restarts.
-        let channel = endpoint.connect_lazy();
+        let replicas = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                Ok(KeyServiceClient::new(channel(u)?)
+                    .max_decoding_message_size(16 << 20)
+                    .max_encoding_message_size(16 << 20))
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        if replicas.is_empty() {
+            return Err(ClientError::config("the service URL is empty"));
+        }
         let auth = format!("Bearer {token}")
             .parse()
             .map_err(|_| ClientError::config("the token is not ASCII"))?;
         Ok(Self {
-            rpc: KeyServiceClient::new(channel)
-                .max_decoding_message_size(16 << 20)
-                .max_encoding_message_size(16 << 20),
+            replicas: replicas.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             auth,
             room: room.to_owned(),
         })
+    }
+
+    /// The replica in use: its index and a client of it.
+    fn rpc(&self) -> (usize, KeyServiceClient<Channel>) {
+        let i = self.current.load(Ordering::Relaxed) % self.replicas.len();
+        (i, self.replicas[i].clone())
+    }
+
+    /// The error of a call to replica `i`; if that replica could not be reached, the next
+    /// call goes to the next one (KDS-REP-04).
+    fn failed(&self, i: usize, s: Status) -> ClientError {
+        let e = from_status(s);
+        if matches!(e, ClientError::Unavailable(_)) && self.replicas.len() > 1 {
+            let next = (i + 1) % self.replicas.len();
+            if self
+                .current
+                .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                tracing::info!(from = i, to = next, error = %e, "key service replica unreachable; using the next");
+            }
+        }
+        e
     }
 
     /// The room this client is bound to.
@@ -87,11 +139,11 @@ impl KeyClient {
     /// As the RPC.
     pub async fn service_info(&mut self) -> Result<pb::ServiceInfo, ClientError> {
         let r = self.req(pb::GetServiceInfoRequest {});
-        Ok(self
-            .rpc
+        let (i, mut rpc) = self.rpc();
+        Ok(rpc
             .get_service_info(r)
             .await
-            .map_err(from_status)?
+            .map_err(|e| self.failed(i, e))?
             .into_inner())
     }
 
@@ -104,11 +156,11 @@ impl KeyClient {
             room: self.room.clone(),
             key_packages: kps,
         });
-        Ok(self
-            .rpc
+        let (i, mut rpc) = self.rpc();
+        Ok(rpc
             .publish_key_packages(r)
             .await
-            .map_err(from_status)?
+            .map_err(|e| self.failed(i, e))?
             .into_inner()
             .available)
     }
@@ -122,11 +174,11 @@ impl KeyClient {
             room: self.room.clone(),
             identity: identity.to_owned(),
         });
-        Ok(self
-            .rpc
+        let (i, mut rpc) = self.rpc();
+        Ok(rpc
             .claim_key_package(r)
             .await
-            .map_err(from_status)?
+            .map_err(|e| self.failed(i, e))?
             .into_inner()
             .key_package)
     }
@@ -140,11 +192,11 @@ impl KeyClient {
             room: self.room.clone(),
             group_info,
         });
-        Ok(self
-            .rpc
+        let (i, mut rpc) = self.rpc();
+        Ok(rpc
             .create_room(r)
             .await
-            .map_err(from_status)?
+            .map_err(|e| self.failed(i, e))?
             .into_inner()
             .epoch)
     }
@@ -157,11 +209,11 @@ impl KeyClient {
         let r = self.req(pb::GetGroupInfoRequest {
             room: self.room.clone(),
         });
-        let g = self
-            .rpc
+        let (i, mut rpc) = self.rpc();
+        let g = rpc
             .get_group_info(r)
             .await
-            .map_err(from_status)?
+            .map_err(|e| self.failed(i, e))?
             .into_inner();
         Ok((g.epoch, g.group_info))
     }
@@ -182,11 +234,11 @@ impl KeyClient {
             welcome,
             group_info,
         });
-        Ok(self
-            .rpc
+        let (i, mut rpc) = self.rpc();
+        Ok(rpc
             .send_commit(r)
             .await
-            .map_err(from_status)?
+            .map_err(|e| self.failed(i, e))?
             .into_inner())
     }
 
@@ -198,7 +250,8 @@ impl KeyClient {
         let r = self.req(pb::LeaveRequest {
             room: self.room.clone(),
         });
-        self.rpc.leave(r).await.map_err(from_status)?;
+        let (i, mut rpc) = self.rpc();
+        rpc.leave(r).await.map_err(|e| self.failed(i, e))?;
         Ok(())
     }
 
@@ -214,11 +267,11 @@ impl KeyClient {
             room: self.room.clone(),
             from_epoch,
         });
-        Ok(self
-            .rpc
+        let (i, mut rpc) = self.rpc();
+        Ok(rpc
             .subscribe(r)
             .await
-            .map_err(from_status)?
+            .map_err(|e| self.failed(i, e))?
             .into_inner())
     }
 
@@ -232,7 +285,8 @@ impl KeyClient {
         let r = self.req(pb::DeleteRoomRequest {
             room: self.room.clone(),
         });
-        self.rpc.delete_room(r).await.map_err(from_status)?;
+        let (i, mut rpc) = self.rpc();
+        rpc.delete_room(r).await.map_err(|e| self.failed(i, e))?;
         Ok(())
     }
 }

@@ -73,7 +73,8 @@ impl RoomConfig {
     pub fn new(url: &str, token: &str, room: &str, identity: &str) -> Self {
         Self {
             group: GroupConfig::new(url, token, room, identity),
-            sfu_url: url.to_owned(),
+            // The first replica's SFU: a room's media is on one SFU (specs/sfu.md).
+            sfu_url: url.split(',').next().unwrap_or(url).trim().to_owned(),
             packetization: Packetization::Browser,
             udp_addrs: vec!["127.0.0.1:0".to_owned()],
             simulcast: Vec::new(),

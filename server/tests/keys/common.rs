@@ -37,12 +37,24 @@ pub fn database(dir: &Path) -> String {
     if !crate::POSTGRES {
         return "sqlite".into();
     }
-    static BY_DIR: Mutex<BTreeMap<PathBuf, String>> = Mutex::new(BTreeMap::new());
     let mut by_dir = BY_DIR.lock().unwrap();
     by_dir
         .entry(dir.to_owned())
         .or_insert_with(|| TempPostgres::shared().database())
         .clone()
+}
+
+/// The database of each data directory, when this binary tests PostgreSQL.
+static BY_DIR: Mutex<BTreeMap<PathBuf, String>> = Mutex::new(BTreeMap::new());
+
+/// Make data directory `dir` a replica of `first`'s deployment: the same PostgreSQL database
+/// and the same embedded token key (so a token works on every replica).
+pub fn replica_of(dir: &Path, first: &Path) {
+    // Replicas share a PostgreSQL database; under SQLite each directory has its own file.
+    let db = database(first);
+    BY_DIR.lock().unwrap().insert(dir.to_owned(), db);
+    private(dir);
+    std::fs::copy(first.join("token.key"), dir.join("token.key")).unwrap();
 }
 
 /// The store of data directory `dir`, opened beside the server (a second connection).

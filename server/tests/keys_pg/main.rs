@@ -22,6 +22,7 @@ mod limits;
 mod membership;
 #[path = "../keys/race.rs"]
 mod race;
+mod replicas;
 #[path = "../keys/resync.rs"]
 mod resync;
 #[path = "../keys/undecodable.rs"]

@@ -79,6 +79,16 @@ pub struct KeyPackageRecord {
     pub message: Vec<u8>,
 }
 
+/// A change another process made to a shared store (KDS-REP-02).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// This room's log or state changed, or the room was deleted.
+    Room(String),
+    /// Changes may have been missed (the listening connection was lost and is back): every
+    /// room a replica holds should be read again.
+    All,
+}
+
 /// The storage the key service needs. Every mutating method is atomic.
 pub trait Store: Send + Sync + 'static {
     /// All rooms, for start-up.
@@ -144,6 +154,55 @@ pub trait Store: Send + Sync + 'static {
     /// Delete `room`: its state, its log and its KeyPackages, in one transaction (KDS-GC-03).
     /// Returns whether it existed.
     fn delete_room(&self, room: &str) -> Result<bool, KdsError>;
+    /// Every event of `room`, Welcomes included, with `after < seq < before`, in log order:
+    /// what a replica broadcasts when it finds that another one wrote (KDS-REP-01).
+    fn events(&self, room: &str, after: u64, before: u64) -> Result<Vec<Event>, KdsError>;
+    /// Whether other processes write this store too (replicas sharing one database,
+    /// specs/key-service.md §5.2). The service then reads a room's position again before
+    /// every decision about it (KDS-REP-01) and keeps presence leases (KDS-REP-03).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The next log position of `room`, `None` if it does not exist: the cheap read by which
+    /// a replica notices that another one wrote (KDS-REP-01).
+    fn next_seq(&self, room: &str) -> Result<Option<u64>, KdsError> {
+        Ok(self.room(room)?.map(|r| r.next_seq))
+    }
+    /// The changes other processes commit, as they commit them (KDS-REP-02); `None` for a
+    /// store nobody else writes. Each call starts its own listener, which ends when the
+    /// receiver is dropped.
+    fn changes(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>, KdsError> {
+        Ok(None)
+    }
+    /// Record that `replica` holds a stream of each `(room, identity)` in `present`, for
+    /// `lease` from now by the database's clock (KDS-REP-03).
+    fn refresh_presence(
+        &self,
+        _replica: &str,
+        _present: &[(String, String)],
+        _lease: std::time::Duration,
+    ) -> Result<(), KdsError> {
+        Ok(())
+    }
+    /// `replica` no longer holds a stream of `identity` in `room` (KDS-REP-03).
+    fn release_presence(
+        &self,
+        _replica: &str,
+        _room: &str,
+        _identity: &str,
+    ) -> Result<(), KdsError> {
+        Ok(())
+    }
+    /// The longest unexpired presence lease another replica holds for `identity` in `room`:
+    /// how long this replica should wait before proposing its removal (KDS-REP-03).
+    fn present_elsewhere(
+        &self,
+        _replica: &str,
+        _room: &str,
+        _identity: &str,
+    ) -> Result<Option<std::time::Duration>, KdsError> {
+        Ok(None)
+    }
     /// A service-wide value (e.g. the external-sender key pair).
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, KdsError>;
     /// Set a service-wide value if it is not set; returns the value now stored.

@@ -345,6 +345,22 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    fn events(&self, room: &str, after: u64, before: u64) -> Result<Vec<Event>, KdsError> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLS} FROM events WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq"
+            ))
+            .map_err(db)?;
+        let rows = st
+            .query_map(
+                params![room, to_i64(after)?, to_i64(before)?],
+                event_from_row,
+            )
+            .map_err(db)?;
+        rows.map(|r| finish_event(r.map_err(db)?)).collect()
+    }
+
     fn commit_at(&self, room: &str, epoch: u64) -> Result<Option<Event>, KdsError> {
         let c = self.conn();
         c.query_row(

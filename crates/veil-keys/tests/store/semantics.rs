@@ -1,5 +1,5 @@
-//! What every store keeps (KDS-DUR-01, KDS-ORD-02, KDS-KP-03, KDS-LIM-04, KDS-GC-03), one
-//! check per behaviour, each run against SQLite and PostgreSQL.
+//! What every store keeps (KDS-DUR-01, KDS-ORD-02, KDS-KP-03, KDS-LIM-04, KDS-GC-03,
+//! KDS-REP-01), one check per behaviour, each run against SQLite and PostgreSQL.
 
 use veil_keys::error::KdsError;
 use veil_keys::store::{EventKind, RoomRecord, Store};
@@ -13,6 +13,7 @@ both_stores!(
     log_pages_end_at_the_byte_budget,
     welcomes_commits_and_deletion,
     meta_init_keeps_the_first_value,
+    a_replica_reads_every_event_it_missed,
 );
 
 fn key_packages_single_use_first_last_resort_kept(s: &dyn Store) {
@@ -148,4 +149,32 @@ fn meta_init_keeps_the_first_value(s: &dyn Store) {
     assert_eq!(s.meta_init("k", b"one").unwrap(), b"one");
     assert_eq!(s.meta_init("k", b"two").unwrap(), b"one");
     assert_eq!(s.meta("k").unwrap().as_deref(), Some(&b"one"[..]));
+}
+
+/// KDS-REP-01: what a replica reads when another one wrote: the room's position, then every
+/// event between its own and that one, Welcomes included, in log order.
+fn a_replica_reads_every_event_it_missed(s: &dyn Store) {
+    assert_eq!(s.next_seq("r").unwrap(), None);
+    three_epochs(s);
+    assert_eq!(s.next_seq("r").unwrap(), Some(6));
+    let seqs = |after, before| -> Vec<(u64, EventKind)> {
+        s.events("r", after, before)
+            .unwrap()
+            .iter()
+            .map(|e| (e.seq, e.kind))
+            .collect()
+    };
+    assert_eq!(
+        seqs(1, 6),
+        [
+            (2, EventKind::Welcome),
+            (3, EventKind::Proposal),
+            (4, EventKind::Commit),
+            (5, EventKind::Commit)
+        ]
+    );
+    assert_eq!(seqs(0, 2), [(1, EventKind::Commit)]);
+    assert!(seqs(5, 6).is_empty());
+    let w = &s.events("r", 1, 3).unwrap()[0];
+    assert_eq!(w, &event(EventKind::Welcome, 2, 1, 10));
 }

@@ -18,12 +18,21 @@ use std::sync::mpsc;
 use postgres::error::SqlState;
 use postgres::{Client, NoTls, Statement};
 
-use super::{Event, EventKind, KeyPackageRecord, RoomRecord, Store, now_secs, to_i64, to_u64};
+use super::{
+    Change, Event, EventKind, KeyPackageRecord, RoomRecord, Store, now_secs, to_i64, to_u64,
+};
 use crate::error::KdsError;
+
+mod replica;
+
+/// The channel on which every write to a room is announced, with the room's name as payload
+/// (KDS-REP-02). `pg_notify` inside a transaction is delivered when it commits.
+const CHANNEL: &str = "veil_rooms";
 
 /// The schema, one migration per version (KDS-DUR-04): migration `i` brings the database to
 /// version `i + 1`. bytea for blobs, BIGINT for epochs and positions.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BYTEA NOT NULL);
 CREATE TABLE rooms (
     room TEXT PRIMARY KEY,
@@ -58,7 +67,17 @@ CREATE TABLE key_packages (
     PRIMARY KEY (room, hash_ref)
 );
 CREATE INDEX kp_by_identity ON key_packages (room, identity, claimed);
-"];
+",
+    "
+CREATE TABLE presence (
+    room TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    replica TEXT NOT NULL,
+    expires TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (room, identity, replica)
+);
+",
+];
 
 /// The advisory lock that serialises migrations of replicas starting together.
 const MIGRATION_LOCK: i64 = 0x7665_696c_6b64_7331; // "veilkds1"
@@ -135,6 +154,8 @@ type Job = Box<dyn FnOnce(&mut Session) + Send>;
 #[derive(Debug)]
 pub struct PostgresStore {
     jobs: mpsc::Sender<Job>,
+    /// For the listening connections of [`Store::changes`].
+    config: postgres::Config,
 }
 
 impl PostgresStore {
@@ -152,6 +173,7 @@ impl PostgresStore {
             config.application_name("veil-keys");
         }
         let (jobs, rx) = mpsc::channel::<Job>();
+        let listen = config.clone();
         std::thread::Builder::new()
             .name("veil-keys-postgres".into())
             .spawn(move || {
@@ -165,7 +187,10 @@ impl PostgresStore {
                 }
             })
             .map_err(|e| KdsError::storage_by("start the PostgreSQL thread", e))?;
-        let store = Self { jobs };
+        let store = Self {
+            jobs,
+            config: listen,
+        };
         store.run(|s| migrate(s.client()?))?;
         Ok(store)
     }
@@ -225,7 +250,6 @@ fn migrate(client: &mut Client) -> Result<(), KdsError> {
     tx.commit().map_err(db)
 }
 
-/// Seconds since the Unix epoch, the KeyPackages' upload time.
 impl Store for PostgresStore {
     fn rooms(&self) -> Result<Vec<RoomRecord>, KdsError> {
         self.run(|s| {
@@ -333,6 +357,7 @@ impl Store for PostgresStore {
             for h in &consumed {
                 tx.execute(&consume, &[&state.room, h]).map_err(db)?;
             }
+            notify(&mut tx, &state.room)?;
             tx.commit().map_err(db)
         })
     }
@@ -503,12 +528,79 @@ impl Store for PostgresStore {
                 .map_err(db)?;
             tx.execute("DELETE FROM key_packages WHERE room = $1", &[&room])
                 .map_err(db)?;
+            tx.execute("DELETE FROM presence WHERE room = $1", &[&room])
+                .map_err(db)?;
             let n = tx
                 .execute("DELETE FROM rooms WHERE room = $1", &[&room])
                 .map_err(db)?;
+            notify(&mut tx, &room)?;
             tx.commit().map_err(db)?;
             Ok(n == 1)
         })
+    }
+
+    fn events(&self, room: &str, after: u64, before: u64) -> Result<Vec<Event>, KdsError> {
+        let room = room.to_owned();
+        self.run(move |s| {
+            let st = s.stmt(&format!(
+                "SELECT {EVENT_COLS} FROM events WHERE room = $1 AND seq > $2 AND seq < $3 ORDER BY seq"
+            ))?;
+            let rows = s
+                .client()?
+                .query(&st, &[&room, &to_i64(after)?, &to_i64(before)?])
+                .map_err(db)?;
+            rows.iter().map(event_from_row).collect()
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn next_seq(&self, room: &str) -> Result<Option<u64>, KdsError> {
+        let room = room.to_owned();
+        self.run(move |s| {
+            let st = s.stmt("SELECT next_seq FROM rooms WHERE room = $1")?;
+            let row = s.client()?.query_opt(&st, &[&room]).map_err(db)?;
+            row.map(|r| to_u64(r.try_get(0).map_err(db)?, "seq"))
+                .transpose()
+        })
+    }
+
+    fn changes(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>, KdsError> {
+        replica::listen(self.config.clone()).map(Some)
+    }
+
+    fn refresh_presence(
+        &self,
+        replica: &str,
+        present: &[(String, String)],
+        lease: std::time::Duration,
+    ) -> Result<(), KdsError> {
+        let (replica, present) = (replica.to_owned(), present.to_vec());
+        self.run(move |s| replica::refresh(s, &replica, &present, lease))
+    }
+
+    fn release_presence(&self, replica: &str, room: &str, identity: &str) -> Result<(), KdsError> {
+        let (replica, room, identity) = (replica.to_owned(), room.to_owned(), identity.to_owned());
+        self.run(move |s| {
+            let st =
+                s.stmt("DELETE FROM presence WHERE room = $1 AND identity = $2 AND replica = $3")?;
+            s.client()?
+                .execute(&st, &[&room, &identity, &replica])
+                .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn present_elsewhere(
+        &self,
+        replica: &str,
+        room: &str,
+        identity: &str,
+    ) -> Result<Option<std::time::Duration>, KdsError> {
+        let (replica, room, identity) = (replica.to_owned(), room.to_owned(), identity.to_owned());
+        self.run(move |s| replica::present_elsewhere(s, &replica, &room, &identity))
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, KdsError> {
@@ -613,4 +705,11 @@ fn claim(
         .map_err(db)?;
     tx.commit().map_err(db)?;
     Ok(Some(message))
+}
+
+/// Announce a write to `room` on [`CHANNEL`], delivered when `tx` commits (KDS-REP-02).
+fn notify(tx: &mut postgres::Transaction<'_>, room: &str) -> Result<(), KdsError> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &room])
+        .map_err(db)?;
+    Ok(())
 }

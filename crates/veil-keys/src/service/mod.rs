@@ -22,6 +22,8 @@ use crate::metrics::{Metrics, reject};
 use crate::room::{CIPHERSUITE, CommitOutcome, RoomState, SERVICE_IDENTITY, ServiceKey};
 use crate::store::{Event, EventKind, KeyPackageRecord, Store};
 
+mod replica;
+
 /// Limits and timers of the key service.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -47,6 +49,13 @@ pub struct Config {
     pub replay_page_bytes: usize,
     /// How long a room with no open stream and no request stays in memory (KDS-GC-01).
     pub room_idle: Duration,
+    /// On a shared store: how often every room in memory is compared with the store, so a
+    /// lost notification delays another replica's events by at most this long (KDS-REP-02).
+    pub replica_sync: Duration,
+    /// On a shared store: how long a presence lease lasts; leases are renewed every third of
+    /// it, so a replica that dies stops holding its members present after at most this long
+    /// (KDS-REP-03).
+    pub presence_lease: Duration,
 }
 
 impl Default for Config {
@@ -62,6 +71,8 @@ impl Default for Config {
             max_streams_per_room: 4096,
             replay_page_bytes: 256 * 1024,
             room_idle: Duration::from_secs(300),
+            replica_sync: Duration::from_secs(1),
+            presence_lease: Duration::from_secs(6),
         }
     }
 }
@@ -108,6 +119,10 @@ struct Inner {
     cfg: Config,
     rooms: Mutex<HashMap<String, Arc<RoomHandle>>>,
     metrics: Arc<Metrics>,
+    /// This process's name among replicas of a shared store (KDS-REP-03).
+    replica: String,
+    /// Wakes the presence-lease renewal when a stream opens (KDS-REP-03).
+    lease_now: Arc<tokio::sync::Notify>,
 }
 
 /// The key-distribution service (implements the generated `KeyService` trait).
@@ -186,6 +201,8 @@ impl KeyService {
                 cfg,
                 rooms: Mutex::new(HashMap::new()),
                 metrics,
+                replica: replica::name(),
+                lease_now: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }
@@ -205,6 +222,9 @@ impl KeyService {
                 Self::sweep(&inner).await;
             }
         });
+        if self.inner.store.shared() {
+            self.start_replica();
+        }
     }
 
     /// Unload every room that nobody holds (no stream, request or timer) and that nobody looked
@@ -226,6 +246,21 @@ impl KeyService {
                 .collect()
         };
         for (name, h) in unloaded {
+            if inner.store.shared() {
+                // Another replica may have moved the room on (KDS-REP-01): decide on the
+                // stored room, never on a stale copy.
+                let (i, h2) = (inner.clone(), h.clone());
+                let fresh = blocking(move || Self::catch_up(&i, &h2, &mut lock(&h2.state))).await;
+                if let Err(e) = fresh {
+                    tracing::debug!(room = name, error = %e, "unloading a room that could not be read again");
+                    inner.metrics.rooms.dec();
+                    inner
+                        .metrics
+                        .members
+                        .dec_by(lock(&h.state).members().len() as i64);
+                    continue;
+                }
+            }
             let (members, empty) = {
                 let st = lock(&h.state);
                 (st.members().len() as i64, st.all_departed())
@@ -389,25 +424,43 @@ impl KeyService {
             .record()
             .and_then(|rec| inner.store.append(&rec, &events, consumed));
         if let Err(e) = res {
-            if let Ok(Some(rec)) = inner.store.room(st.name())
-                && let Ok(fresh) = RoomState::restore(&rec, &inner.key)
-            {
-                *st = fresh;
-            }
+            Self::after_failed_write(inner, h, st);
             return Err(e);
         }
         Self::publish(inner, h, events);
         Ok(())
     }
 
-    /// Count and broadcast events that are on disk.
+    /// After a write the store refused, memory goes back to what the store holds: a replica
+    /// whose write lost to another's catches up and broadcasts the winner's events
+    /// (KDS-REP-01); otherwise the room is reloaded (KDS-DUR-01).
+    fn after_failed_write(inner: &Inner, h: &RoomHandle, st: &mut RoomState) {
+        if inner.store.shared() {
+            if let Err(e) = Self::catch_up(inner, h, st) {
+                tracing::warn!(room = st.name(), error = %e, "could not catch up after a refused write");
+            }
+        } else if let Ok(Some(rec)) = inner.store.room(st.name())
+            && let Ok(fresh) = RoomState::restore(&rec, &inner.key)
+        {
+            *st = fresh;
+        }
+    }
+
+    /// Count and broadcast events this replica wrote.
     fn publish(inner: &Inner, h: &RoomHandle, events: Vec<Event>) {
-        for e in events {
+        for e in &events {
             match e.kind {
                 EventKind::Proposal => inner.metrics.proposals.inc(),
                 EventKind::Welcome => inner.metrics.welcomes.inc(),
                 EventKind::Commit => inner.metrics.commits.inc(),
             };
+        }
+        Self::broadcast(h, events);
+    }
+
+    /// Broadcast events that are in the store to the room's streams.
+    fn broadcast(h: &RoomHandle, events: Vec<Event>) {
+        for e in events {
             // No receiver is fine: nobody is subscribed.
             let _ = h.events.send(Arc::new(e));
         }
@@ -416,6 +469,8 @@ impl KeyService {
     /// Propose `identity`'s removal now (it left, or its grace ran out).
     fn depart_now(inner: &Inner, h: &RoomHandle, identity: &str) -> Result<(), KdsError> {
         let mut st = lock(&h.state);
+        // The proposal is bound to the room's current epoch: the stored one (KDS-REP-01).
+        Self::catch_up(inner, h, &mut st)?;
         let events = st.depart(&inner.key, identity)?;
         if !events.is_empty() {
             tracing::info!(
@@ -446,13 +501,22 @@ impl KeyService {
             return;
         };
         rt.spawn(async move {
-            tokio::time::sleep(grace).await;
-            let still_gone = lock(&h.presence)
-                .by_identity
-                .get(&identity)
-                .is_none_or(|p| p.streams == 0 && p.generation == generation);
-            if !still_gone {
-                return;
+            let mut wait = grace;
+            loop {
+                tokio::time::sleep(wait).await;
+                let still_gone = lock(&h.presence)
+                    .by_identity
+                    .get(&identity)
+                    .is_none_or(|p| p.streams == 0 && p.generation == generation);
+                if !still_gone {
+                    return;
+                }
+                // KDS-REP-03: a stream on another replica keeps the member; check again when
+                // that replica's lease would run out.
+                match Self::leased_elsewhere(&inner, &room, &identity).await {
+                    Some(left) => wait = left + Duration::from_millis(100),
+                    None => break,
+                }
             }
             let res =
                 tokio::task::spawn_blocking(move || Self::depart_now(&inner, &h, &identity)).await;
@@ -500,6 +564,10 @@ impl PresenceGuard {
             p.streams += 1;
         }
         svc.inner.metrics.streams.inc();
+        if svc.inner.store.shared() {
+            // Lease the member's presence now, before another replica's timer looks.
+            svc.inner.lease_now.notify_one();
+        }
         Ok(Self {
             svc: svc.clone(),
             room: room.to_owned(),
@@ -686,11 +754,16 @@ impl KeyServiceApi for KeyService {
         let run = async {
             self.authorize(&req, &req.get_ref().room)?;
             let h = self.room(&req.get_ref().room).await?;
-            let st = lock(&h.state);
-            Ok(pb::GetGroupInfoResponse {
-                epoch: st.epoch(),
-                group_info: st.group_info().to_vec(),
+            let inner = self.inner.clone();
+            blocking(move || {
+                let mut st = lock(&h.state);
+                Self::catch_up(&inner, &h, &mut st)?;
+                Ok(pb::GetGroupInfoResponse {
+                    epoch: st.epoch(),
+                    group_info: st.group_info().to_vec(),
+                })
             })
+            .await
         };
         run.await.map(Response::new).map_err(|e| self.fail(RPC, e))
     }
@@ -713,6 +786,8 @@ impl KeyServiceApi for KeyService {
                 // KDS-ORD-01: the room lock serialises commits; the store's unique
                 // (room, epoch) constraint backs it (KDS-ORD-02).
                 let mut st = lock(&h.state);
+                // Decide on the stored room: another replica may have moved it (KDS-REP-01).
+                let joined = Self::catch_up(&inner, &h, &mut st)?;
                 let sent = crate::room::SentCommit {
                     identity: &claims.identity,
                     commit: &r.commit,
@@ -739,7 +814,13 @@ impl KeyServiceApi for KeyService {
                             consumed,
                         } = *a;
                         // Nothing changes in memory unless the write succeeded (KDS-DUR-01).
-                        inner.store.append(&next.record()?, &events, &consumed)?;
+                        let written = next
+                            .record()
+                            .and_then(|rec| inner.store.append(&rec, &events, &consumed));
+                        if let Err(e) = written {
+                            Self::after_failed_write(&inner, &h, &mut st);
+                            return Err(e);
+                        }
                         let before: std::collections::BTreeSet<String> =
                             st.members().into_iter().map(|(_, id)| id).collect();
                         *st = next;
@@ -760,7 +841,7 @@ impl KeyServiceApi for KeyService {
                         Self::publish(&inner, &h, events);
                         drop(st);
                         // A new member without a stream gets the usual grace to connect.
-                        for id in after.difference(&before) {
+                        for id in after.difference(&before).chain(&joined) {
                             svc.schedule_departure(&r.room, &h, id);
                         }
                         Ok(pb::SendCommitResponse {
@@ -846,7 +927,10 @@ impl KeyServiceApi for KeyService {
             // subscription begins (KDS-FAN-02). Only the plan is made here; the replay itself
             // is read page by page as the client reads (KDS-LIM-04).
             let (rx, plan) = blocking(move || {
-                let st = lock(&h2.state);
+                let mut st = lock(&h2.state);
+                // Replay up to what the store holds (KDS-REP-01); catching up broadcasts only
+                // to streams opened before this one.
+                Self::catch_up(&inner, &h2, &mut st)?;
                 let rx = h2.events.subscribe();
                 let start = st.replay_start(inner.store.as_ref(), &identity, r.from_epoch)?;
                 let plan = Replay {
