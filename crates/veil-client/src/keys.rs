@@ -3,11 +3,12 @@
 //! on (rebase, retry, give up).
 
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use veil_proto::keys::v1 as pb;
 use veil_proto::keys::v1::key_service_client::KeyServiceClient;
 
+use crate::endpoint::Security;
 use crate::error::ClientError;
 
 /// Metadata key the service sets on ABORTED replies: the room's epoch.
@@ -43,17 +44,28 @@ pub struct KeyClient {
 }
 
 impl KeyClient {
-    /// A client of the service at `url` (e.g. `http://127.0.0.1:7443`) for `room` with `token`.
-    /// The connection is made on first use.
+    /// A client of the service at `url` (e.g. `http://127.0.0.1:7443`) for `room` with `token`,
+    /// with the default [`Security`]: plaintext to loopback only, `https://` verified against
+    /// the system's roots. The connection is made on first use.
     ///
     /// # Errors
     /// [`ClientError::Config`] for a bad URL or token.
     pub async fn connect(url: &str, token: &str, room: &str) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| ClientError::config_by(format!("service URL {url:?}"), e))?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-            .keep_alive_while_idle(true);
+        Self::connect_with(url, token, room, &Security::default()).await
+    }
+
+    /// [`connect`](Self::connect) with `security` (a private CA, or plaintext opted into).
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] for a bad URL or token, or a URL `security` refuses
+    /// ([`crate::endpoint::endpoint`]).
+    pub async fn connect_with(
+        url: &str,
+        token: &str,
+        room: &str,
+        security: &Security,
+    ) -> Result<Self, ClientError> {
+        let endpoint = crate::endpoint::endpoint(url, security)?;
         // Lazy: an unreachable service shows up as UNAVAILABLE on the first call, which callers
         // retry, and the channel reconnects by itself after the service restarts.
         let channel = endpoint.connect_lazy();
