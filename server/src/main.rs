@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Serve the key-distribution service over gRPC.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint an access token (development; application backends mint their own, see
     /// specs/auth.md).
     Token(TokenArgs),
@@ -288,7 +288,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Serve(a) => serve(a).await.map_err(|e| e.to_string()),
+        Cmd::Serve(a) => serve(*a).await.map_err(|e| e.to_string()),
         Cmd::Token(a) => mint(&a).map(|t| println!("{t}")),
     };
     match res {
