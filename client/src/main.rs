@@ -302,6 +302,16 @@ async fn join(args: JoinArgs) -> Result<(), String> {
         save: args.save,
     })
     .await
+    .map_err(|e| {
+        // rustls's words for a certificate from a CA this client does not trust.
+        if e.contains("invalid peer certificate") {
+            format!(
+                "{e}\nthe server's TLS certificate is not trusted: pass --ca-file with the certificate of the CA that issued it"
+            )
+        } else {
+            e
+        }
+    })
 }
 
 #[tokio::main]
