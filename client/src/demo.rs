@@ -319,6 +319,8 @@ pub(crate) async fn browser(web: std::net::SocketAddr, seconds: Option<u64>) -> 
             audio: Some(audio),
         },
         save: None,
+        // Loopback: plaintext by default (SRV-TLS-04).
+        security: Default::default(),
     })
     .await
 }

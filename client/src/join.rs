@@ -49,6 +49,8 @@ pub(crate) struct Join {
     pub(crate) seconds: Option<u64>,
     pub(crate) publish: Publish,
     pub(crate) save: Option<PathBuf>,
+    /// A private CA, plaintext beyond loopback (`--ca-file`, `--insecure-plaintext`).
+    pub(crate) security: veil_client::endpoint::Security,
 }
 
 fn open(
@@ -222,7 +224,8 @@ pub(crate) async fn run(args: Join) -> Result<(), String> {
         Schedule::new(list).map_err(|e| format!("{}: {}", name(e.source_index), e.error))?;
     let mut recorder = args.save.as_deref().map(Recorder::new).transpose()?;
 
-    let cfg = RoomConfig::new(&args.url, &args.token, &args.room, &args.identity);
+    let mut cfg = RoomConfig::new(&args.url, &args.token, &args.room, &args.identity);
+    cfg.group.security = args.security.clone();
     let mut room = Room::join(cfg).await.map_err(|e| e.to_string())?;
     let mut events = room.events();
     let mut events_open = true;

@@ -75,6 +75,11 @@ struct ServerArgs {
     /// Room to print a join token for.
     #[arg(long, default_value = "demo")]
     room: String,
+    /// Allow the gRPC and web listeners without TLS on addresses other than loopback (access
+    /// tokens then cross that network in plaintext). For TLS, run `veil-server serve
+    /// --tls-cert --tls-key`.
+    #[arg(long, env = "VEIL_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,10 +100,19 @@ struct TokenArgs {
 
 #[derive(Debug, clap::Args)]
 struct JoinArgs {
-    /// Server URL (key service and SFU). Replicas of the key service: their URLs separated by
-    /// commas; the client fails over between them, and uses the first one's SFU.
+    /// Server URL (key service and SFU): `https://` for a server with TLS; `http://` only to
+    /// loopback unless --insecure-plaintext. Replicas of the key service: their URLs
+    /// separated by commas; the client fails over between them, and uses the first one's SFU.
     #[arg(long, env = "VEIL_URL", default_value = "http://127.0.0.1:7443")]
     url: String,
+    /// PEM certificate of the CA that issued the server's TLS certificate (a private
+    /// deployment); default: the system's roots.
+    #[arg(long, env = "VEIL_CA_FILE", value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Send the access token over `http://` to a host that is not loopback (a network you
+    /// trust only).
+    #[arg(long, env = "VEIL_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
     /// Room (must match the token's).
     #[arg(long)]
     room: String,
@@ -189,6 +203,7 @@ async fn server(args: ServerArgs) -> Result<(), String> {
     let mut cfg = veil_server::ServerConfig::embedded(args.data_dir.clone());
     cfg.listen = args.listen;
     cfg.web_listen = args.web_listen.0;
+    cfg.insecure_plaintext = args.insecure_plaintext;
     // Two people can open these links in browsers, beside alice's `veil join`.
     let guests =
         ["bob", "carol"].map(|who| mint(&args.data_dir, &args.room, who, 86_400).map(|t| (who, t)));
@@ -270,7 +285,15 @@ async fn join(args: JoinArgs) -> Result<(), String> {
             key_interval: args.key_interval,
         }
     };
+    let mut security = veil_client::endpoint::Security {
+        insecure_plaintext: args.insecure_plaintext,
+        ..Default::default()
+    };
+    if let Some(ca) = &args.ca_file {
+        security = security.with_ca_file(ca).map_err(|e| e.to_string())?;
+    }
     join::run(join::Join {
+        security,
         url: args.url,
         room: args.room,
         token: args.token,
@@ -280,6 +303,16 @@ async fn join(args: JoinArgs) -> Result<(), String> {
         save: args.save,
     })
     .await
+    .map_err(|e| {
+        // rustls's words for a certificate from a CA this client does not trust.
+        if e.contains("invalid peer certificate") {
+            format!(
+                "{e}\nthe server's TLS certificate is not trusted: pass --ca-file with the certificate of the CA that issued it"
+            )
+        } else {
+            e
+        }
+    })
 }
 
 #[tokio::main]

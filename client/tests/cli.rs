@@ -14,3 +14,5 @@ mod media;
 mod membership;
 #[path = "cli/restart.rs"]
 mod restart;
+#[path = "cli/tls.rs"]
+mod tls;

@@ -8,9 +8,9 @@
 //!
 //! What belongs to the process stays here: [`ServerConfig`] and [`run`]/[`spawn`], the
 //! private data directory ([`datadir`], KDS-SEC-02), the connection gate of every listener
-//! ([`listen`], SRV-CONN-01..06), the metrics/health HTTP endpoint ([`metrics`]), and the web
-//! listener ([`web`]): the browser client's page and both services over gRPC-Web
-//! (specs/browser.md). A participant the SFU timed out is handed to the key service as a
+//! ([`listen`], SRV-CONN-01..06), TLS on the gRPC and web listeners ([`tls`], SRV-TLS-01..05),
+//! the metrics/health HTTP endpoint ([`metrics`]), and the web listener ([`web`]): the browser
+//! client's page and both services over gRPC-Web (specs/browser.md). A participant the SFU timed out is handed to the key service as a
 //! departure (KDS-REM-01).
 //! Run it with [`run`], or as the `veil-server` binary:
 //!
@@ -28,6 +28,7 @@ pub mod database;
 pub mod datadir;
 pub mod listen;
 pub mod metrics;
+pub mod tls;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -53,6 +54,42 @@ pub enum ServerError {
         what: String,
         /// The cause.
         source: std::io::Error,
+    },
+    /// A TLS certificate or key file cannot be used (SRV-TLS-02); `why` says what to fix.
+    #[error("TLS {file} {}: {why}", path.display())]
+    TlsFile {
+        /// `certificate` or `key`.
+        file: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it, and what to give instead.
+        why: String,
+    },
+    /// The TLS private key does not belong to the certificate, or rustls cannot use it
+    /// (SRV-TLS-02).
+    #[error(
+        "TLS: the key {} cannot be used with the certificate {} ({source}): give the private key the certificate was issued for",
+        key.display(),
+        cert.display()
+    )]
+    TlsKeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls's reason.
+        source: tokio_rustls::rustls::Error,
+    },
+    /// A gRPC or web listener without TLS on an address other machines can reach: every call
+    /// carries an access token (SRV-TLS-04).
+    #[error(
+        "the {listener} listener {addr} is not on loopback and has no TLS, so access tokens would cross the network in plaintext: give --tls-cert and --tls-key, bind it to 127.0.0.1, or pass --insecure-plaintext if TLS ends in front of this server on a network you trust"
+    )]
+    PlaintextNotLoopback {
+        /// `gRPC` or `web`.
+        listener: &'static str,
+        /// Its address.
+        addr: SocketAddr,
     },
     /// The token key could not be loaded, created or parsed; `veil-auth`'s reason is the source.
     #[error("token key: {0}")]
@@ -104,6 +141,11 @@ pub struct ServerConfig {
     pub sfu: Option<veil_sfu::SfuConfig>,
     /// Connection caps and the handshake timeout of every listener (SRV-CONN-01..05).
     pub limits: listen::ConnLimits,
+    /// TLS on the gRPC and web listeners (SRV-TLS-01); `None`: plaintext, which only loopback
+    /// addresses may use unless `insecure_plaintext` (SRV-TLS-04).
+    pub tls: Option<tls::TlsFiles>,
+    /// Allow plaintext gRPC and web listeners on addresses other than loopback (SRV-TLS-04).
+    pub insecure_plaintext: bool,
 }
 
 impl ServerConfig {
@@ -122,6 +164,8 @@ impl ServerConfig {
             keys: true,
             sfu: Some(veil_sfu::SfuConfig::default()),
             limits: listen::ConnLimits::default(),
+            tls: None,
+            insecure_plaintext: false,
         }
     }
 }
@@ -188,6 +232,8 @@ pub struct BoundAddrs {
     pub metrics: Option<SocketAddr>,
     /// The page and gRPC-Web, if enabled.
     pub web: Option<SocketAddr>,
+    /// Whether the gRPC and web listeners speak TLS (`https://`).
+    pub tls: bool,
 }
 
 /// The file under the data directory that holds the embedded token key.
@@ -218,6 +264,13 @@ pub async fn run(
     ready: impl FnOnce(BoundAddrs),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // SRV-TLS-04 and -02 before anything is opened: a refusal leaves nothing behind.
+    tls::check_plaintext(
+        cfg.tls.is_some(),
+        cfg.insecure_plaintext,
+        &[("gRPC", Some(cfg.listen)), ("web", cfg.web_listen)],
+    )?;
+    let acceptors = cfg.tls.as_ref().map(tls::Acceptors::load).transpose()?;
     // SRV-CONN-05: descriptors for as many connections as the hard limit allows.
     let limits = listen::fit_to_descriptors(cfg.limits.clone(), listen::raise_descriptor_limit());
     let listen_metrics = Arc::new(listen::ListenMetrics::default());
@@ -357,6 +410,7 @@ pub async fn run(
         metrics = ?metrics_addr,
         keys = keys_api.is_some(),
         sfu = sfu_api.is_some(),
+        tls = acceptors.is_some(),
         db = %db.display(),
         "veil-server listening"
     );
@@ -364,6 +418,7 @@ pub async fn run(
         grpc,
         metrics: metrics_addr,
         web: web_addr,
+        tls: acceptors.is_some(),
     });
     // One shutdown for both listeners.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -381,12 +436,12 @@ pub async fn run(
             .layer(listen::CountCallsLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(
-                listen::web_incoming(l, gate.clone()),
+                listen::web_incoming(l, gate.clone(), acceptors.as_ref().map(|a| a.web.clone())),
                 stopped(stop_rx.clone()),
             )
     });
     // SRV-CONN-01/02: connections under the caps, handed to tonic once their preface arrived.
-    let incoming = listen::grpc_incoming(listener, gate);
+    let incoming = listen::grpc_incoming(listener, gate, acceptors.map(|a| a.grpc));
     let grpc_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))

@@ -28,6 +28,10 @@
 //!   response body is dropped (a Subscribe stream is one long call), and [`Conn`] ends its read
 //!   side once the connection has been idle that long (reason `idle_timeout`). Clients
 //!   reconnect when they next call (tonic's channels do so by themselves).
+//! - SRV-TLS-03: with TLS ([`crate::tls`]), the TLS handshake runs after admission and inside
+//!   the same handshake timeout, before the HTTP/2 preface is read from the decrypted stream;
+//!   a failed handshake is counted (reason `tls_handshake`). An unfinished handshake can be
+//!   evicted like a silent connection.
 
 use std::collections::HashMap;
 use std::io;
@@ -46,9 +50,12 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::tls::Stream;
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
 pub const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -96,7 +103,8 @@ pub struct ListenerLabel {
 pub struct Refusal {
     /// `grpc` or `metrics`.
     pub listener: &'static str,
-    /// `total_cap`, `ip_cap`, `evicted`, `handshake_timeout`, `bad_preface`, `accept_error`.
+    /// `total_cap`, `ip_cap`, `evicted`, `handshake_timeout`, `bad_preface`, `tls_handshake`,
+    /// `accept_error`, `idle_timeout`.
     pub reason: &'static str,
 }
 
@@ -375,13 +383,16 @@ impl Gate {
     }
 }
 
-/// An admitted gRPC connection whose HTTP/2 preface arrived; it gives the preface back to
-/// tonic, then reads the socket. Holds its [`Slot`].
+/// An admitted connection whose first bytes arrived (on the gRPC listener, the HTTP/2
+/// preface); it gives them back to tonic, then reads the stream. Holds its [`Slot`].
 #[derive(Debug)]
 pub struct Conn {
-    stream: TcpStream,
-    /// Preface bytes not yet given back.
-    replay: usize,
+    stream: Stream,
+    /// The first bytes read, given back before the stream is read.
+    first: [u8; HTTP2_PREFACE.len()],
+    /// How many of `first` were read, and how many were given back.
+    first_len: usize,
+    replayed: usize,
     activity: Arc<Activity>,
     /// Wakes the connection when it would turn idle (SRV-CONN-06).
     idle_timer: Pin<Box<tokio::time::Sleep>>,
@@ -557,11 +568,11 @@ impl AsyncRead for Conn {
             // End of stream: hyper closes the connection.
             return Poll::Ready(Ok(()));
         }
-        if self.replay > 0 {
-            let from = HTTP2_PREFACE.len() - self.replay;
-            let n = self.replay.min(buf.remaining());
-            buf.put_slice(&HTTP2_PREFACE[from..from + n]);
-            self.replay -= n;
+        if self.replayed < self.first_len {
+            let from = self.replayed;
+            let n = (self.first_len - from).min(buf.remaining());
+            buf.put_slice(&self.first[from..from + n]);
+            self.replayed += n;
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.stream).poll_read(cx, buf)
@@ -603,57 +614,93 @@ impl Connected for Conn {
 
     fn connect_info(&self) -> ConnInfo {
         ConnInfo {
-            tcp: self.stream.connect_info(),
+            tcp: self.stream.tcp().connect_info(),
             activity: self.activity.clone(),
         }
     }
 }
 
 /// The connections of a gRPC listener for `serve_with_incoming_shutdown`: admitted under the
-/// gate's caps, and handed on once their HTTP/2 preface arrived (SRV-CONN-01/02). The accept
-/// loop ends when the stream is dropped.
-pub fn grpc_incoming(listener: TcpListener, gate: Gate) -> ReceiverStream<io::Result<Conn>> {
-    incoming(listener, gate, "grpc", true)
+/// gate's caps, through `tls`'s handshake if given (SRV-TLS-03), and handed on once their
+/// HTTP/2 preface arrived (SRV-CONN-01/02). The accept loop ends when the stream is dropped.
+pub fn grpc_incoming(
+    listener: TcpListener,
+    gate: Gate,
+    tls: Option<TlsAcceptor>,
+) -> ReceiverStream<io::Result<Conn>> {
+    incoming(listener, gate, "grpc", true, tls)
 }
 
 /// The connections of the web listener (the page and gRPC-Web over HTTP/1.1, SRV-WEB-01):
-/// the gRPC listener's caps and timers, handed on once a first byte arrived (it is not
-/// consumed), since an HTTP/1 request has no fixed preface.
-pub fn web_incoming(listener: TcpListener, gate: Gate) -> ReceiverStream<io::Result<Conn>> {
-    incoming(listener, gate, "web", false)
+/// the gRPC listener's caps, timers and TLS, handed on once a first byte arrived (it is given
+/// back to tonic), since an HTTP/1 request has no fixed preface.
+pub fn web_incoming(
+    listener: TcpListener,
+    gate: Gate,
+    tls: Option<TlsAcceptor>,
+) -> ReceiverStream<io::Result<Conn>> {
+    incoming(listener, gate, "web", false, tls)
+}
+
+/// Why a new connection was not handed on.
+enum Opening {
+    /// The peer closed or reset: nothing to count.
+    Gone,
+    /// A refusal reason for the counters.
+    Refused(&'static str),
+}
+
+/// The first steps of an admitted connection: TLS if configured, then its first bytes (the
+/// HTTP/2 preface if `http2`, else one byte), which are kept for [`Conn`] to give back.
+async fn open(
+    stream: TcpStream,
+    tls: Option<&TlsAcceptor>,
+    http2: bool,
+    first: &mut [u8; HTTP2_PREFACE.len()],
+) -> Result<(Stream, usize), Opening> {
+    let mut stream = match tls {
+        Some(acceptor) => Stream::Tls(Box::new(
+            acceptor
+                .accept(stream)
+                .await
+                .map_err(|_| Opening::Refused("tls_handshake"))?,
+        )),
+        None => Stream::Plain(stream),
+    };
+    let want = if http2 { HTTP2_PREFACE.len() } else { 1 };
+    match stream.read_exact(&mut first[..want]).await {
+        Ok(_) if !http2 || first == HTTP2_PREFACE => Ok((stream, want)),
+        Ok(_) => Err(Opening::Refused("bad_preface")),
+        Err(_) => Err(Opening::Gone),
+    }
 }
 
 /// Admitted connections of the listener `name` (its counters' label); `http2`: one waits for
-/// the HTTP/2 preface, else for any first byte.
+/// the HTTP/2 preface, else for any first byte; `tls`: the handshake comes first.
 fn incoming(
     listener: TcpListener,
     gate: Gate,
     name: &'static str,
     http2: bool,
+    tls: Option<TlsAcceptor>,
 ) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (mut stream, peer, slot) = tokio::select! {
+            let (stream, peer, slot) = tokio::select! {
                 () = tx.closed() => return,
                 c = gate.accept(&listener, name) => c,
             };
-            let (tx, gate) = (tx.clone(), gate.clone());
+            let (tx, gate, tls) = (tx.clone(), gate.clone(), tls.clone());
             tokio::spawn(async move {
                 // Small replies must not wait for Nagle's algorithm (it added ~40 ms to every
                 // unary call behind a delayed ACK).
                 let _ = stream.set_nodelay(true);
-                let mut preface = [0u8; HTTP2_PREFACE.len()];
+                let mut first = [0u8; HTTP2_PREFACE.len()];
                 let wait = gate.limits().handshake_timeout;
                 let (waiting, evicted) = slot.handshake();
                 let read = tokio::select! {
-                    r = tokio::time::timeout(wait, async {
-                        if http2 {
-                            stream.read_exact(&mut preface).await.map(|_| true)
-                        } else {
-                            stream.peek(&mut preface[..1]).await.map(|n| n > 0)
-                        }
-                    }) => r,
+                    r = tokio::time::timeout(wait, open(stream, tls.as_ref(), http2, &mut first)) => r,
                     _ = evicted => {
                         gate.refused(name, "evicted", peer);
                         return;
@@ -661,10 +708,12 @@ fn incoming(
                 };
                 drop(waiting);
                 match read {
-                    Ok(Ok(true)) if !http2 || &preface == HTTP2_PREFACE => {
+                    Ok(Ok((stream, first_len))) => {
                         let conn = Conn {
                             stream,
-                            replay: if http2 { HTTP2_PREFACE.len() } else { 0 },
+                            first,
+                            first_len,
+                            replayed: 0,
                             activity: Activity::new(),
                             idle_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
                             idle_closed: false,
@@ -674,9 +723,8 @@ fn incoming(
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }
-                    Ok(Ok(true)) => gate.refused(name, "bad_preface", peer),
-                    // The peer closed or reset: nothing to count.
-                    Ok(Ok(false) | Err(_)) => {}
+                    Ok(Err(Opening::Refused(reason))) => gate.refused(name, reason, peer),
+                    Ok(Err(Opening::Gone)) => {}
                     Err(_) => gate.refused(name, "handshake_timeout", peer),
                 }
             });

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Serve the key-distribution service over gRPC.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint an access token (development; application backends mint their own, see
     /// specs/auth.md).
     Token(TokenArgs),
@@ -58,6 +58,18 @@ struct ServeArgs {
     /// Turn the web listener (the browser page) off.
     #[arg(long)]
     no_web: bool,
+    /// TLS certificate chain (PEM, the server's own certificate first) for the gRPC and web
+    /// listeners; with --tls-key. Clients then use `https://`.
+    #[arg(long, env = "VEIL_TLS_CERT", requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "VEIL_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// Allow the gRPC and web listeners without TLS on addresses other than loopback (access
+    /// tokens then cross that network in plaintext): only behind a TLS-terminating proxy on a
+    /// network you trust.
+    #[arg(long, env = "VEIL_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
     /// Token keys `id:secret` (secret in base64url or hex, at least 32 bytes), comma-separated;
     /// default: the embedded key in the data directory.
     #[arg(long, env = "VEIL_TOKEN_KEYS", value_delimiter = ',')]
@@ -209,6 +221,11 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     cfg.listen = args.listen;
     cfg.metrics_listen = (!args.no_metrics).then_some(args.metrics_listen);
     cfg.web_listen = (!args.no_web).then_some(args.web_listen);
+    cfg.tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert, key)| veil_server::tls::TlsFiles { cert, key });
+    cfg.insecure_plaintext = args.insecure_plaintext;
     cfg.token_keys = args
         .token_key
         .iter()
@@ -243,12 +260,16 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
             // closed stdout must not take the server down, so write errors are ignored.
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();
+            let off = |a: Option<std::net::SocketAddr>| {
+                a.map_or_else(|| "off".to_owned(), |m| m.to_string())
+            };
             let _ = writeln!(
                 out,
-                "veil-server listening grpc={} metrics={}",
+                "veil-server listening grpc={} metrics={} web={} tls={}",
                 a.grpc,
-                a.metrics
-                    .map_or_else(|| "off".to_owned(), |m| m.to_string())
+                off(a.metrics),
+                off(a.web),
+                if a.tls { "on" } else { "off" }
             );
             let _ = out.flush();
         },
@@ -267,7 +288,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Serve(a) => serve(a).await.map_err(|e| e.to_string()),
+        Cmd::Serve(a) => serve(*a).await.map_err(|e| e.to_string()),
         Cmd::Token(a) => mint(&a).map(|t| println!("{t}")),
     };
     match res {

@@ -25,17 +25,27 @@ use veil_testkit::server::InProcess;
 
 use crate::common::{Kill, veil};
 
-const ROOM: &str = "browsers";
+pub(crate) const ROOM: &str = "browsers";
 const WAIT: Duration = Duration::from_secs(60);
 
 /// `veil join` as alice, its stdout lines collected as they come.
-struct Native {
+pub(crate) struct Native {
     child: Kill,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Native {
     fn start(url: &str, token: &str, save: &std::path::Path) -> Self {
+        Self::start_with(url, token, save, &[])
+    }
+
+    /// [`start`](Self::start) with more `veil join` arguments (tls.rs: `--ca-file`).
+    pub(crate) fn start_with(
+        url: &str,
+        token: &str,
+        save: &std::path::Path,
+        extra: &[&std::ffi::OsStr],
+    ) -> Self {
         // Real VP8 and Opus (Chromium's, vectors/chromium-media): browsers must decode them.
         let media =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../vectors/chromium-media");
@@ -47,6 +57,7 @@ impl Native {
             .arg(media.join("microphone.ogg"))
             .arg("--save")
             .arg(save)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -65,12 +76,12 @@ impl Native {
         }
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }
 
     /// The last status line's value after `key ` (e.g. `safety`).
-    fn last(&self, key: &str) -> Option<String> {
+    pub(crate) fn last(&self, key: &str) -> Option<String> {
         let lines = self.lines.lock().unwrap();
         lines.iter().rev().find_map(|l| {
             l.split(" | ")
@@ -80,7 +91,7 @@ impl Native {
     }
 
     /// Ctrl-C, as a person ends `veil join`; the whole output once it has left (within 30 s).
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.0.id().to_string()])
             .status();
@@ -104,7 +115,11 @@ impl Native {
 }
 
 async fn open(browser: &Chromium, web: std::net::SocketAddr, token: &str) -> Page {
-    let link = veil_server::web::room_link(web, ROOM, token);
+    open_link(browser, &veil_server::web::room_link(web, ROOM, token)).await
+}
+
+/// Open the room link `link` and wait until the page has joined.
+pub(crate) async fn open_link(browser: &Chromium, link: &str) -> Page {
     let page = browser.open(&format!("{link}&probe=1")).await.unwrap();
     if let Err(e) = page
         .wait_for("window.veil && window.veil.ready", WAIT)
@@ -119,13 +134,17 @@ async fn open(browser: &Chromium, web: std::net::SocketAddr, token: &str) -> Pag
     page
 }
 
-async fn stats(page: &Page) -> Value {
+pub(crate) async fn stats(page: &Page) -> Value {
     page.eval("window.veil.stats()").await.unwrap()
 }
 
 /// Wait until `page` decodes video and audio from each of `from` and its worker decrypted
 /// them with no failure; the stats then.
-async fn decoding(page: &Page, from: &[&str], metrics: Option<std::net::SocketAddr>) -> Value {
+pub(crate) async fn decoding(
+    page: &Page,
+    from: &[&str],
+    metrics: Option<std::net::SocketAddr>,
+) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let s = stats(page).await;
@@ -189,7 +208,7 @@ fn transforms<'a>(s: &'a Value, side: &'a str) -> impl Iterator<Item = &'a Value
 }
 
 /// Every decrypt failure of the page's receive transforms, by reason.
-fn failures(s: &Value) -> Vec<(String, u64)> {
+pub(crate) fn failures(s: &Value) -> Vec<(String, u64)> {
     transforms(s, "recv")
         .flat_map(|t| t["failures"].as_object().cloned().unwrap_or_default())
         .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))

@@ -24,6 +24,7 @@ use veil_mls::{CallSession, FrameKeys, KeyConfig};
 use veil_proto::keys::v1 as pb;
 use veil_proto::keys::v1::room_event::Event as Ev;
 
+use crate::endpoint::Security;
 use crate::error::ClientError;
 use crate::keys::KeyClient;
 use crate::link::LinkEvent;
@@ -43,6 +44,9 @@ pub struct GroupConfig {
     pub room: String,
     /// This participant's identity (must equal the token's).
     pub identity: String,
+    /// How to trust the server (a private CA) and whether plaintext may leave loopback; used
+    /// for the SFU too ([`RoomConfig`](crate::room::RoomConfig)).
+    pub security: Security,
     /// SFrame key configuration.
     pub keys: KeyConfig,
     /// Delay per rank before a member commits the service's pending proposals.
@@ -62,6 +66,7 @@ impl GroupConfig {
             token: token.to_owned(),
             room: room.to_owned(),
             identity: identity.to_owned(),
+            security: Security::default(),
             keys: KeyConfig::default(),
             proposal_commit_delay: Duration::from_millis(300),
             retry_for: Duration::from_secs(30),
@@ -93,7 +98,8 @@ pub struct Group {
 
 impl Group {
     async fn start(cfg: GroupConfig, first: Command) -> Result<Self, ClientError> {
-        let client = KeyClient::connect(&cfg.url, &cfg.token, &cfg.room).await?;
+        let client =
+            KeyClient::connect_with(&cfg.url, &cfg.token, &cfg.room, &cfg.security).await?;
         let session = CallSession::new(cfg.identity.as_bytes(), cfg.keys)?;
         let member = Member::with_session(cfg.member(), session, crate::link::random_u64());
         let frame_keys = member.frame_keys();

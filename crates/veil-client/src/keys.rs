@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use veil_proto::keys::v1 as pb;
 use veil_proto::keys::v1::key_service_client::KeyServiceClient;
 
+use crate::endpoint::Security;
 use crate::error::ClientError;
 
 /// Metadata key the service sets on ABORTED replies: the room's epoch.
@@ -55,31 +56,39 @@ pub struct KeyClient {
     room: String,
 }
 
-/// A lazy channel to one replica at `url`.
-fn channel(url: &str) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| ClientError::config_by(format!("service URL {url:?}"), e))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    // Lazy: an unreachable service shows up as UNAVAILABLE on the first call, which callers
-    // retry, and the channel reconnects by itself after the service restarts.
-    Ok(endpoint.connect_lazy())
-}
-
 impl KeyClient {
-    /// A client of the service at `url` (e.g. `http://127.0.0.1:7443`) for `room` with `token`.
-    /// The connection is made on first use.
+    /// A client of the service at `url` (e.g. `http://127.0.0.1:7443`) for `room` with `token`,
+    /// with the default [`Security`]: plaintext to loopback only, `https://` verified against
+    /// the system's roots. The connection is made on first use.
     ///
     /// # Errors
     /// [`ClientError::Config`] for a bad URL or token.
     pub async fn connect(url: &str, token: &str, room: &str) -> Result<Self, ClientError> {
+        Self::connect_with(url, token, room, &Security::default()).await
+    }
+
+    /// [`connect`](Self::connect) with `security` (a private CA, or plaintext opted into).
+    /// `url` may list replicas, comma-separated (KDS-REP-04).
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] for a bad URL or token, or a URL `security` refuses
+    /// ([`crate::endpoint::endpoint`]).
+    pub async fn connect_with(
+        url: &str,
+        token: &str,
+        room: &str,
+        security: &Security,
+    ) -> Result<Self, ClientError> {
         let replicas = url
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .map(|u| {
-                Ok(KeyServiceClient::new(channel(u)?)
+                // Lazy: an unreachable service shows up as UNAVAILABLE on the first call,
+                // which callers retry, and the channel reconnects by itself after the service
+                // restarts.
+                let channel = crate::endpoint::endpoint(u, security)?.connect_lazy();
+                Ok(KeyServiceClient::new(channel)
                     .max_decoding_message_size(16 << 20)
                     .max_encoding_message_size(16 << 20))
             })

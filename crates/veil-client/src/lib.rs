@@ -12,6 +12,8 @@
 //!   packets (with the dependency descriptor and audio level), reassemble and decrypt them.
 //! - [`sfu`], [`transport`], [`keys`]: the SFU signalling client, the webrtc-rs edge, the
 //!   key-service client.
+//! - [`endpoint`]: the gRPC channels: TLS for `https://` (system roots or a private CA), and
+//!   no access token in plaintext beyond loopback unless the caller opts out.
 //! - [`link`]: the state of the two links to the server and the back-off that reconnects
 //!   them after a loss (a server restart, a network change).
 //!
@@ -30,6 +32,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod endpoint;
 pub mod error;
 pub mod group;
 pub mod keys;

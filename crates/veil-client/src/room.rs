@@ -27,7 +27,8 @@ use crate::transport::LocalTrack;
 pub struct RoomConfig {
     /// Membership settings (key-service URL, token, room, identity).
     pub group: GroupConfig,
-    /// The SFU's URL (the same server by default).
+    /// The SFU's URL (the same server by default); reached with the group's
+    /// [`security`](GroupConfig::security).
     pub sfu_url: String,
     /// The frame packetization this participant proposes (browser-compatible by default). The
     /// room keeps the first one proposed, and every participant uses that one
@@ -256,13 +257,14 @@ impl Room {
                 .collect();
             LocalTrack::simulcast(&id, "video", &layers)
         };
-        let (sfu, mut media) = SfuSession::connect(
+        let (sfu, mut media) = SfuSession::connect_with(
             &cfg.sfu_url,
             &cfg.group.token,
             &cfg.group.room,
             &[audio.clone(), video.clone()],
             cfg.udp_addrs.clone(),
             cfg.packetization,
+            &cfg.group.security,
         )
         .await?;
         let counter = FrameCounter::default();

@@ -28,6 +28,7 @@ use webrtc::peer_connection::{
 };
 use webrtc::rtp_transceiver::RtpSender;
 
+use crate::endpoint::Security;
 use crate::error::ClientError;
 use crate::link::{LinkEvent, LinkStatus};
 use crate::media::{ExtIds, MediaKind, Packetization};
@@ -161,6 +162,7 @@ struct Opened {
 /// Everything needed to open the session again.
 struct Params {
     url: String,
+    security: Security,
     token: String,
     room: String,
     tracks: Vec<LocalTrack>,
@@ -236,10 +238,40 @@ impl SfuSession {
         udp_addrs: Vec<String>,
         packetization: Packetization,
     ) -> Result<(Self, mpsc::Receiver<RemoteMedia>), ClientError> {
+        let security = Security::default();
+        Self::connect_with(
+            url,
+            token,
+            room,
+            tracks,
+            udp_addrs,
+            packetization,
+            &security,
+        )
+        .await
+    }
+
+    /// [`connect`](Self::connect) with `security`: a private CA for an `https://` URL, or
+    /// plaintext beyond loopback opted into ([`crate::endpoint`]).
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); [`ClientError::Config`] for a URL `security` refuses.
+    pub async fn connect_with(
+        url: &str,
+        token: &str,
+        room: &str,
+        tracks: &[LocalTrack],
+        udp_addrs: Vec<String>,
+        packetization: Packetization,
+        security: &Security,
+    ) -> Result<(Self, mpsc::Receiver<RemoteMedia>), ClientError> {
+        // Refuse a URL before anything is set up for it.
+        crate::endpoint::endpoint(url, security)?;
         let (media_tx, media_rx) = mpsc::channel(4096);
         let (events, _) = broadcast::channel(256);
         let params = Params {
             url: url.to_owned(),
+            security: security.clone(),
             token: token.to_owned(),
             room: room.to_owned(),
             tracks: tracks.to_vec(),
@@ -479,9 +511,11 @@ async fn negotiate(
         .sdp;
 
     let url = &p.url;
-    let mut client = tokio::time::timeout(wait, SfuClient::connect(url.clone()))
+    let endpoint = crate::endpoint::endpoint(url, &p.security)?;
+    let mut client = tokio::time::timeout(wait, endpoint.connect())
         .await
         .map_err(|_| ClientError::Timeout(format!("connect {url}")))?
+        .map(SfuClient::new)
         .map_err(|e| ClientError::SfuUnavailable {
             what: format!("connect {url}"),
             source: Box::new(e),

@@ -4,7 +4,8 @@
 //! - [`token`]: access tokens minted now, with every grant or chosen ones.
 //! - `server` (feature `server`): `veil-server` in this process on loopback, or as a child
 //!   process given its binary (`env!("CARGO_BIN_EXE_veil-server")` exists only in the server's
-//!   own tests and benches, so callers pass the path).
+//!   own tests and benches, so callers pass the path); a test CA and server certificate for
+//!   TLS (`TestPki`).
 //! - `webrtc` (feature `webrtc`): the webrtc-rs test peer's event handler and loopback
 //!   helpers.
 //! - `policy` (feature `policy`): the one table of crates each server-side crate must not

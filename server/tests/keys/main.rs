@@ -16,4 +16,5 @@ mod limits;
 mod membership;
 mod race;
 mod resync;
+mod tls;
 mod undecodable;

@@ -6,3 +6,4 @@ mod late_joiner;
 mod membership;
 mod policy;
 mod simulcast;
+mod tls;
