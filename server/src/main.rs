@@ -74,6 +74,11 @@ struct ServeArgs {
     /// default: the embedded key in the data directory.
     #[arg(long, env = "VEIL_TOKEN_KEYS", value_delimiter = ',')]
     token_key: Vec<String>,
+    /// The URL at which participants reach this node's SFU signalling, announced to the other
+    /// replicas of a shared database so rooms can be placed here (default: this gRPC listener's
+    /// bound address; set it when that is not what participants reach).
+    #[arg(long, env = "VEIL_SFU_URL")]
+    sfu_url: Option<String>,
     /// Seconds a member may be without a Subscribe stream before the service proposes its
     /// removal.
     #[arg(long, env = "VEIL_DEPARTURE_GRACE_MS", default_value_t = 10_000)]
@@ -232,6 +237,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         .map(|k| TokenKey::parse(k).map_err(ServerError::TokenKey))
         .collect::<Result<_, _>>()?;
     cfg.kds.departure_grace = Duration::from_millis(args.departure_grace_ms);
+    cfg.kds.sfu_url = args.sfu_url.clone();
     cfg.kds.max_message_bytes = args.max_message_bytes;
     cfg.kds.max_authenticated_data_bytes = args.max_authenticated_data_bytes;
     cfg.kds.max_streams_per_identity = args.max_streams_per_identity;
