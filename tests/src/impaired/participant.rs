@@ -21,6 +21,9 @@ pub(super) const VIDEO_EVERY: u32 = 3;
 const AUDIO_STEP: u32 = 960;
 const VIDEO_STEP: u32 = 5_400;
 
+/// What made a frame's bytes: [`audio_frame`] or [`video_frame`].
+type FrameFn = fn(usize, u32) -> Vec<u8>;
+
 /// One frame received and decrypted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Arrival {
@@ -131,7 +134,7 @@ pub(super) async fn run(
                 let Some(f) = f else { break };
                 let at = start.elapsed();
                 let from = super::NAMES.iter().position(|n| *n == f.participant);
-                let (step, make): (u32, fn(usize, u32) -> Vec<u8>) = match f.kind {
+                let (step, make): (u32, FrameFn) = match f.kind {
                     MediaKind::Audio => (AUDIO_STEP, audio_frame),
                     MediaKind::Video => (VIDEO_STEP, video_frame),
                 };

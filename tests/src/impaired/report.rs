@@ -60,6 +60,9 @@ pub struct Row {
     pub key_frame_requests: u64,
     /// Packets lost on its received streams (RFC 3550, after retransmission).
     pub packets_lost: i64,
+    /// Audio and video frames delivered, as a share of those sent between the first and the
+    /// last frame received of each publisher's stream.
+    pub delivered: [f64; 2],
 }
 
 impl Row {
@@ -182,19 +185,21 @@ impl Report {
             p.seed,
         );
         s.push_str(
-            "| participant | frames sent | frames received | decrypted (from a/b/c/d) | incomplete | decrypt failures (outside switches) | replays accepted | corrupt | final epoch (members) | NACKs sent | RTX sent | key-frame requests |\n\
-             |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| participant | frames sent | frames received | decrypted (from a/b/c/d) | delivered audio / video | incomplete | decrypt failures (outside switches) | replays accepted | corrupt | final epoch (members) | NACKs sent | RTX sent | key-frame requests |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for r in &self.rows {
             let from = r.decrypted_from.map(|n| n.to_string()).join("/");
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} ({}) | {} | {} ({}) | {} | {} | {} ({}) | {} | {} | {} |",
+                "| {} | {} | {} | {} ({}) | {:.1} % / {:.1} % | {} | {} ({}) | {} | {} | {} ({}) | {} | {} | {} |",
                 r.name,
                 r.sent,
                 r.received,
                 r.decrypted(),
                 from,
+                r.delivered[0] * 100.0,
+                r.delivered[1] * 100.0,
                 r.incomplete,
                 r.decrypt_failures,
                 r.failures_outside_switches,
@@ -297,6 +302,35 @@ fn row(log: &Log, windows: &[(Duration, Duration)]) -> Row {
             .sum(),
         key_frame_requests: log.key_frame_requests,
         packets_lost: st.received.values().map(|t| t.packets_lost).sum(),
+        delivered: [MediaKind::Audio, MediaKind::Video].map(|k| delivered(log, k)),
+    }
+}
+
+/// Frames of `kind` delivered over frames sent, per publisher between the first and the last
+/// tick received, summed over publishers.
+fn delivered(log: &Log, kind: MediaKind) -> f64 {
+    let step = if kind == MediaKind::Video {
+        super::participant::VIDEO_EVERY
+    } else {
+        1
+    };
+    let (mut got, mut sent) = (0u64, 0u64);
+    for p in 0..NAMES.len() {
+        let ticks: Vec<u32> = log
+            .arrivals
+            .iter()
+            .filter(|a| a.from == p && a.kind == kind)
+            .map(|a| a.tick)
+            .collect();
+        if let (Some(lo), Some(hi)) = (ticks.iter().min(), ticks.iter().max()) {
+            got += ticks.len() as u64;
+            sent += u64::from((hi - lo) / step + 1);
+        }
+    }
+    if sent == 0 {
+        0.0
+    } else {
+        got as f64 / sent as f64
     }
 }
 
@@ -316,8 +350,7 @@ fn switch(plan: &Plan, logs: &[Log], what: &'static str, began: Duration) -> Swi
         let old = l
             .epochs
             .iter()
-            .filter(|(at, ..)| *at <= began)
-            .last()
+            .rfind(|(at, ..)| *at <= began)
             .and_then(|e| e.1);
         let hit = l.epochs.iter().find(|(at, epoch, n)| {
             *at >= began && *n == members && epoch.is_some() && (old.is_none() || *epoch > old)
