@@ -33,6 +33,10 @@ no kernel netem, so every participant's media goes through `veil-netem`'s usersp
 (specs/netem.md), which the SFU advertises as its address (`--sfu-advertise`, SFU-ADV-01). \
 The short version of the same call runs in CI \
 (`tests/tests/e2e/impaired.rs`, NETEM-CALL-01..03).\n\n\
+Only media (UDP) is impaired: the key service's gRPC (TCP) is not. Audio has no \
+retransmission, so its delivery follows the loss of both legs; video's NACK/RTX repairs \
+(\"delivered\": frames decrypted over frames sent between the first and the last received \
+of each publisher's stream).\n\n\
 Regenerate with `cargo run -p veil-e2e --example impaired_call -- --seconds 60`.\n\n\
 \"decrypt failures (outside switches)\": all of them, and those not within an epoch switch \
 (from its start to a second after every participant reached the new epoch). \"replays \
