@@ -117,6 +117,11 @@ struct ServeArgs {
         default_value = "127.0.0.1:0"
     )]
     sfu_udp: Vec<String>,
+    /// The address participants reach when it is not `--sfu-udp`'s (a relay, NAT or port
+    /// forwarding in front): the SFU binds `--sfu-udp` but offers this IP:port as its
+    /// candidate, worker i at this port plus i (specs/sfu.md SFU-ADV-01).
+    #[arg(long, env = "VEIL_SFU_ADVERTISE")]
+    sfu_advertise: Option<std::net::SocketAddr>,
     /// SFU worker threads, each its own edge on its own UDP port (the `--sfu-udp` port plus
     /// the worker's index, or any free port for port 0); a room lives on one worker. Default:
     /// one per available core.
@@ -253,6 +258,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     cfg.keys = args.role.contains(&Role::Keys);
     cfg.sfu = args.role.contains(&Role::Sfu).then(|| veil_sfu::SfuConfig {
         udp_addrs: args.sfu_udp.clone(),
+        advertise: args.sfu_advertise,
         workers: args.sfu_workers,
         ..veil_sfu::SfuConfig::default()
     });
