@@ -73,7 +73,7 @@ impl Plan {
 }
 
 /// The server with its SFU bound on a port of its own and advertising the relay's address.
-async fn server_behind(relay_addr: SocketAddr, sfu_port: u16) -> Server {
+pub async fn server_behind(relay_addr: SocketAddr, sfu_port: u16) -> Server {
     Server::start_with(move |cfg| {
         let sfu = cfg.sfu.as_mut().expect("loopback runs the SFU");
         // One worker: the relay forwards one listening port to one SFU port.
@@ -85,7 +85,7 @@ async fn server_behind(relay_addr: SocketAddr, sfu_port: u16) -> Server {
 }
 
 /// A free UDP port on loopback for the SFU (bound and released: the server binds it itself).
-fn free_udp_port() -> u16 {
+pub fn free_udp_port() -> u16 {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.local_addr().unwrap().port()
 }
