@@ -1,5 +1,6 @@
 //! Veil's end-to-end tests, one binary: the real server (key service and blind SFU) in this process and SDK clients on loopback; one behaviour per module.
 
+mod bandwidth;
 mod blackout;
 mod call;
 mod events;
