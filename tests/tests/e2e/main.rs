@@ -5,5 +5,6 @@ mod events;
 mod late_joiner;
 mod membership;
 mod policy;
+mod secrets;
 mod simulcast;
 mod tls;
