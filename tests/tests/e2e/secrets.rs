@@ -31,6 +31,7 @@ use veil_client::media::MediaKind;
 use veil_client::room::{Room, RoomConfig};
 use veil_e2e::{collect, warm_up};
 use veil_sframe::hazard::{self, SecretKind};
+use veil_testkit::postgres::TempPostgres;
 use veil_testkit::server::InProcess;
 
 use capture::{Logs, Proxy};
@@ -121,14 +122,34 @@ fn room_config(url: &str, token: &str, name: &str) -> RoomConfig {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_secret_or_plaintext_reaches_logs_servers_or_storage() {
+async fn no_secret_or_plaintext_reaches_logs_servers_or_storage_sqlite() {
+    leak_scan(None).await;
+}
+
+/// The same with the key service's store in PostgreSQL: its content is searched as `pg_dump`
+/// prints it and as the cluster's files hold it (tables and WAL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_or_plaintext_reaches_logs_servers_or_storage_postgresql() {
+    leak_scan(Some(TempPostgres::start())).await;
+}
+
+/// The recorder and the subscriber are the process's: one scan at a time (nextest runs each
+/// test in its own process anyway).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn leak_scan(pg: Option<TempPostgres>) {
+    let _one = ONE_AT_A_TIME.lock().await;
     let logs = Logs::install();
     hazard::start();
 
     let tap = veil_sfu::Tap::new(1 << 16);
+    let pg_database = pg.as_ref().map(TempPostgres::database);
     let server = InProcess::start("leaks", |cfg| {
         cfg.kds.departure_grace = Duration::from_secs(1);
         cfg.sfu.as_mut().expect("loopback runs the SFU").tap = Some(tap.clone());
+        if let Some(url) = &pg_database {
+            cfg.database = veil_server::database::Database::Postgres(url.clone());
+        }
     })
     .await;
     let (packets, lagged) = (
@@ -280,13 +301,41 @@ async fn no_secret_or_plaintext_reaches_logs_servers_or_storage() {
         stored += bytes.len();
         report(&format!("{}", path.display()), bytes, &everywhere);
     }
+    if let (Some(pg), Some(url)) = (&pg, &pg_database) {
+        let name = url.rsplit('/').next().unwrap();
+        let dump = std::process::Command::new(veil_testkit::postgres::bin_dir().join("pg_dump"))
+            .arg("-h")
+            .arg(pg.socket_dir())
+            .args(["-U", "postgres", "--data-only", name])
+            .output()
+            .unwrap();
+        assert!(
+            dump.status.success(),
+            "{}",
+            String::from_utf8_lossy(&dump.stderr)
+        );
+        let text = String::from_utf8_lossy(&dump.stdout);
+        assert!(
+            text.contains("COPY ") && text.contains("leaks"),
+            "pg_dump printed no row of the room"
+        );
+        let before = files.len();
+        collect_files(pg.socket_dir(), &mut files);
+        for (path, bytes) in &files[before..] {
+            stored += bytes.len();
+            report(&format!("{}", path.display()), bytes, &everywhere);
+        }
+        stored += dump.stdout.len();
+        report("pg_dump", &dump.stdout, &everywhere);
+        files.push(("pg_dump".into(), dump.stdout));
+    }
 
     let lines = log.iter().filter(|&&b| b == b'\n').count();
     println!(
         "searched for {} secrets ({kinds:?}), {} tokens and {windows} plaintext windows of \
          {} frames ({patterns} patterns) in: {} log bytes ({lines} lines); {} SFU packets \
          ({payload_bytes} payload bytes); {} gRPC connections ({request_bytes} bytes, \
-         {streams} streams, {messages} messages); {} stored files ({stored} bytes: {:?})",
+         {streams} streams, {messages} messages); {} stored files ({stored} bytes)",
         secrets.len(),
         tokens.len(),
         sent.len(),
@@ -294,10 +343,6 @@ async fn no_secret_or_plaintext_reaches_logs_servers_or_storage() {
         packets.len(),
         conns.len(),
         files.len(),
-        files
-            .iter()
-            .map(|(p, _)| p.file_name().unwrap())
-            .collect::<Vec<_>>(),
     );
     assert!(
         leaks.is_empty(),
@@ -340,16 +385,23 @@ async fn no_secret_or_plaintext_reaches_logs_servers_or_storage() {
         streams > 0 && messages > 0,
         "{streams} streams, {messages} messages"
     );
-    assert!(stored > 0 && files.iter().any(|(p, _)| p.ends_with("veil.db")));
+    let db = if pg.is_some() { "pg_dump" } else { "veil.db" };
+    assert!(stored > 0 && files.iter().any(|(p, _)| p.ends_with(db)));
 }
 
+/// Every regular file under `dir` (sockets and files that vanish while it walks are skipped).
 fn collect_files(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
-        if p.is_dir() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
             collect_files(&p, out);
-        } else {
-            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        } else if meta.is_file()
+            && let Ok(bytes) = std::fs::read(&p)
+        {
+            out.push((p, bytes));
         }
     }
 }

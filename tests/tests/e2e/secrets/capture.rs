@@ -89,9 +89,17 @@ impl Logs {
     /// server's own log lines are (with span context) and again field by field; `log` records
     /// (webrtc-rs, rustls, openmls) are turned into events.
     ///
+    /// Once per process; later calls share the first one's buffer.
+    ///
     /// # Panics
-    /// If a subscriber is already installed (run this test in its own process, as nextest does).
+    /// If another subscriber is already installed (run this test in its own process, as
+    /// nextest does).
     pub(super) fn install() -> Self {
+        static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+        LOGS.get_or_init(Self::install_once).clone()
+    }
+
+    fn install_once() -> Self {
         let logs = Self::default();
         let out = logs.0.clone();
         tracing_subscriber::registry()
