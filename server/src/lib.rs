@@ -296,13 +296,29 @@ pub async fn run(
         cfg.data_dir.join(datadir::DB_FILE)
     };
     datadir::check_private(&cfg.data_dir)?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Io {
+            what: format!("bind {}", cfg.listen),
+            source,
+        })?;
+    let grpc = listener.local_addr().map_err(|source| ServerError::Io {
+        what: "local address".into(),
+        source,
+    })?;
+    // KDS-PLACE-01: where participants reach this process's SFU, unless the operator said.
+    let mut kds = cfg.kds.clone();
+    if kds.sfu_url.is_none() && cfg.sfu.is_some() {
+        let scheme = if acceptors.is_some() { "https" } else { "http" };
+        kds.sfu_url = Some(format!("{scheme}://{grpc}"));
+    }
     let metrics = Arc::new(veil_keys::Metrics::default());
     let svc = if cfg.keys {
         let store = match shared {
             Some(store) => store,
             None => database::Database::open_sqlite(&db)?,
         };
-        let svc = KeyService::new(store, verifier.clone(), cfg.kds.clone(), metrics.clone())?;
+        let svc = KeyService::new(store, verifier.clone(), kds, metrics.clone())?;
         svc.start();
         Some(svc)
     } else {
@@ -339,16 +355,6 @@ pub async fn run(
         });
     }
 
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| ServerError::Io {
-            what: format!("bind {}", cfg.listen),
-            source,
-        })?;
-    let grpc = listener.local_addr().map_err(|source| ServerError::Io {
-        what: "local address".into(),
-        source,
-    })?;
     let metrics_addr = match cfg.metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr)

@@ -74,6 +74,11 @@ struct ServeArgs {
     /// default: the embedded key in the data directory.
     #[arg(long, env = "VEIL_TOKEN_KEYS", value_delimiter = ',')]
     token_key: Vec<String>,
+    /// The URL at which participants reach this node's SFU signalling, announced to the other
+    /// replicas of a shared database so rooms can be placed here (default: this gRPC listener's
+    /// bound address; set it when that is not what participants reach).
+    #[arg(long, env = "VEIL_SFU_URL")]
+    sfu_url: Option<String>,
     /// Seconds a member may be without a Subscribe stream before the service proposes its
     /// removal.
     #[arg(long, env = "VEIL_DEPARTURE_GRACE_MS", default_value_t = 10_000)]
@@ -112,6 +117,11 @@ struct ServeArgs {
         default_value = "127.0.0.1:0"
     )]
     sfu_udp: Vec<String>,
+    /// The address participants reach when it is not `--sfu-udp`'s (a relay, NAT or port
+    /// forwarding in front): the SFU binds `--sfu-udp` but offers this IP:port as its
+    /// candidate, worker i at this port plus i (specs/sfu.md SFU-ADV-01).
+    #[arg(long, env = "VEIL_SFU_ADVERTISE")]
+    sfu_advertise: Option<std::net::SocketAddr>,
     /// SFU worker threads, each its own edge on its own UDP port (the `--sfu-udp` port plus
     /// the worker's index, or any free port for port 0); a room lives on one worker. Default:
     /// one per available core.
@@ -232,6 +242,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         .map(|k| TokenKey::parse(k).map_err(ServerError::TokenKey))
         .collect::<Result<_, _>>()?;
     cfg.kds.departure_grace = Duration::from_millis(args.departure_grace_ms);
+    cfg.kds.sfu_url = args.sfu_url.clone();
     cfg.kds.max_message_bytes = args.max_message_bytes;
     cfg.kds.max_authenticated_data_bytes = args.max_authenticated_data_bytes;
     cfg.kds.max_streams_per_identity = args.max_streams_per_identity;
@@ -247,6 +258,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     cfg.keys = args.role.contains(&Role::Keys);
     cfg.sfu = args.role.contains(&Role::Sfu).then(|| veil_sfu::SfuConfig {
         udp_addrs: args.sfu_udp.clone(),
+        advertise: args.sfu_advertise,
         workers: args.sfu_workers,
         ..veil_sfu::SfuConfig::default()
     });

@@ -11,6 +11,8 @@ use veil_client::media::MediaKind;
 use veil_client::room::{Room, RoomConfig};
 use veil_testkit::server::InProcess;
 
+pub mod impaired;
+
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
@@ -30,11 +32,20 @@ impl Server {
     /// # Panics
     /// If the server cannot start.
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Start both roles on a free port, after `configure` has adjusted the configuration.
+    ///
+    /// # Panics
+    /// If the server cannot start.
+    pub async fn start_with(configure: impl FnOnce(&mut veil_server::ServerConfig)) -> Self {
         let tap = veil_sfu::Tap::new(1 << 16);
         let server = InProcess::start("e2e", |cfg| {
             cfg.kds.departure_grace = Duration::from_secs(2);
             cfg.sfu.as_mut().expect("loopback runs the SFU").tap = Some(tap.clone());
             cfg.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+            configure(cfg);
         })
         .await;
         Self {

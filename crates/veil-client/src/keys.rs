@@ -284,6 +284,23 @@ impl KeyClient {
             .into_inner())
     }
 
+    /// The SFU URL of the node the room is placed on (KDS-PLACE-02).
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` when no SFU node is live; others as the RPC.
+    pub async fn placement(&mut self) -> Result<String, ClientError> {
+        let r = self.req(pb::GetPlacementRequest {
+            room: self.room.clone(),
+        });
+        let (i, mut rpc) = self.rpc();
+        Ok(rpc
+            .get_placement(r)
+            .await
+            .map_err(|e| self.failed(i, e))?
+            .into_inner()
+            .sfu_url)
+    }
+
     /// End the room for good: its state, log and KeyPackages are deleted at the service and
     /// every open stream ends (`NOT_FOUND`). Needs a token with the `create` grant; meant for
     /// the application backend.

@@ -27,7 +27,8 @@ use crate::transport::LocalTrack;
 pub struct RoomConfig {
     /// Membership settings (key-service URL, token, room, identity).
     pub group: GroupConfig,
-    /// The SFU's URL (the same server by default); reached with the group's
+    /// The SFU's URL; empty (the default): the node the key service places the room on,
+    /// asked again at every reconnection (KDS-PLACE-02). Reached with the group's
     /// [`security`](GroupConfig::security).
     pub sfu_url: String,
     /// The frame packetization this participant proposes (browser-compatible by default). The
@@ -75,7 +76,7 @@ impl RoomConfig {
         Self {
             group: GroupConfig::new(url, token, room, identity),
             // The first replica's SFU: a room's media is on one SFU (specs/sfu.md).
-            sfu_url: url.split(',').next().unwrap_or(url).trim().to_owned(),
+            sfu_url: String::new(),
             packetization: Packetization::Browser,
             udp_addrs: vec!["127.0.0.1:0".to_owned()],
             simulcast: Vec::new(),
@@ -257,8 +258,22 @@ impl Room {
                 .collect();
             LocalTrack::simulcast(&id, "video", &layers)
         };
-        let (sfu, mut media) = SfuSession::connect_with(
-            &cfg.sfu_url,
+        let target = if cfg.sfu_url.is_empty() {
+            crate::sfu::Target::Placed(
+                crate::keys::KeyClient::connect_with(
+                    &cfg.group.url,
+                    &cfg.group.token,
+                    &cfg.group.room,
+                    &cfg.group.security,
+                )
+                .await?,
+            )
+        } else {
+            crate::endpoint::endpoint(&cfg.sfu_url, &cfg.group.security)?;
+            crate::sfu::Target::Url(cfg.sfu_url.clone())
+        };
+        let (sfu, mut media) = SfuSession::connect_to(
+            target,
             &cfg.group.token,
             &cfg.group.room,
             &[audio.clone(), video.clone()],

@@ -159,9 +159,28 @@ struct Opened {
     packetization: Packetization,
 }
 
+/// Where the session goes.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// This SFU.
+    Url(String),
+    /// The SFU node the key service places the room on, asked again before every connection
+    /// (KDS-PLACE-02): after a node dies, the room's participants meet on the next one.
+    Placed(crate::keys::KeyClient),
+}
+
+impl Target {
+    async fn url(&self) -> Result<String, ClientError> {
+        match self {
+            Self::Url(u) => Ok(u.clone()),
+            Self::Placed(k) => k.clone().placement().await,
+        }
+    }
+}
+
 /// Everything needed to open the session again.
 struct Params {
-    url: String,
+    target: Target,
     security: Security,
     token: String,
     room: String,
@@ -267,10 +286,33 @@ impl SfuSession {
     ) -> Result<(Self, mpsc::Receiver<RemoteMedia>), ClientError> {
         // Refuse a URL before anything is set up for it.
         crate::endpoint::endpoint(url, security)?;
+        Self::connect_to(
+            Target::Url(url.to_owned()),
+            token,
+            room,
+            tracks,
+            udp_addrs,
+            packetization,
+            security,
+        )
+        .await
+    }
+
+    /// [`connect_with`](Self::connect_with) to `target`: a fixed URL, or the node the key
+    /// service places the room on.
+    pub(crate) async fn connect_to(
+        target: Target,
+        token: &str,
+        room: &str,
+        tracks: &[LocalTrack],
+        udp_addrs: Vec<String>,
+        packetization: Packetization,
+        security: &Security,
+    ) -> Result<(Self, mpsc::Receiver<RemoteMedia>), ClientError> {
         let (media_tx, media_rx) = mpsc::channel(4096);
         let (events, _) = broadcast::channel(256);
         let params = Params {
-            url: url.to_owned(),
+            target,
             security: security.clone(),
             token: token.to_owned(),
             room: room.to_owned(),
@@ -510,7 +552,7 @@ async fn negotiate(
         .ok_or_else(|| ClientError::transport("no local offer"))?
         .sdp;
 
-    let url = &p.url;
+    let url = &p.target.url().await?;
     let endpoint = crate::endpoint::endpoint(url, &p.security)?;
     let mut client = tokio::time::timeout(wait, endpoint.connect())
         .await

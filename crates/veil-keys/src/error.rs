@@ -157,6 +157,10 @@ pub enum KdsError {
     /// A subscriber fell behind the room's live stream.
     #[error("the stream fell behind the room's log: subscribe again with from_epoch")]
     Lagged,
+    /// No SFU node can take the room: none is live, or this key service runs without an SFU
+    /// (KDS-PLACE-02). The message says which.
+    #[error("{0}")]
+    NoSfuNode(String),
 
     // --- ours -------------------------------------------------------------------------------
     /// The database failed, or holds what does not parse; nothing was changed.
@@ -201,7 +205,7 @@ impl KdsError {
             Self::TooManyKeyPackages { .. } | Self::TooManyStreams { .. } => {
                 Code::ResourceExhausted
             }
-            Self::Lagged => Code::Unavailable,
+            Self::Lagged | Self::NoSfuNode(_) => Code::Unavailable,
             Self::Storage { .. } | Self::Internal { .. } => Code::Internal,
         }
     }
@@ -229,6 +233,7 @@ impl KdsError {
             Self::NoKeyPackage(_) => "no_key_package",
             Self::TooManyKeyPackages { .. } => "too_many_key_packages",
             Self::Lagged => "lagged",
+            Self::NoSfuNode(_) => "no_sfu_node",
             Self::Storage { .. } => "storage",
             Self::Internal { .. } => "internal",
         }

@@ -110,46 +110,53 @@ async fn twenty_concurrent_commits_one_winner_fifty_times() {
     assert_eq!(epoch, 19);
 
     for trial in 0..50 {
-        // Everyone builds a self-update on the same epoch, then all are sent at once.
-        let outs: Vec<_> = members
-            .iter_mut()
-            .map(|m| m.s.self_update().unwrap())
-            .collect();
-        let sends = members.iter().zip(outs).map(|(m, out)| {
-            let mut c = m.c.clone();
-            tokio::spawn(async move {
-                c.send_commit(out.commit, vec![], out.group_info.unwrap())
-                    .await
-            })
-        });
-        let results: Vec<Result<_, ClientError>> = futures_join(sends.collect()).await;
-        let won: Vec<usize> = results
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.as_ref().ok().map(|_| i))
-            .collect();
-        assert_eq!(won.len(), 1, "trial {trial}: {results:?}");
-        for r in &results {
-            match r {
-                Ok(resp) => assert_eq!(resp.epoch, epoch + 1),
-                Err(e) => assert_eq!(e.code(), Some(Code::Aborted), "trial {trial}: {e}"),
-            }
-        }
-        let w = won[0];
-        members[w].s.confirm_commit(NOW).unwrap();
-        epoch += 1;
-        for (i, m) in members.iter_mut().enumerate() {
-            if i != w {
-                m.s.discard_commit().unwrap();
-            }
-            m.catch_up(epoch).await;
-        }
-        let auth = members[0].s.epoch_authenticator().unwrap();
-        for m in &members {
-            assert_eq!(m.s.epoch(), Some(epoch));
-            assert_eq!(m.s.epoch_authenticator().unwrap(), auth, "trial {trial}");
+        epoch = one_round(&mut members, epoch, trial).await;
+    }
+}
+
+/// Every member builds a self-update on `epoch` and all are sent at once: exactly one is
+/// accepted (the others get `ABORTED`), every member processes the winner from its own stream
+/// and all end in `epoch + 1` with one authenticator. Returns the new epoch.
+pub async fn one_round(members: &mut [RawMember], epoch: u64, trial: usize) -> u64 {
+    let outs: Vec<_> = members
+        .iter_mut()
+        .map(|m| m.s.self_update().unwrap())
+        .collect();
+    let sends = members.iter().zip(outs).map(|(m, out)| {
+        let mut c = m.c.clone();
+        tokio::spawn(async move {
+            c.send_commit(out.commit, vec![], out.group_info.unwrap())
+                .await
+        })
+    });
+    let results: Vec<Result<_, ClientError>> = futures_join(sends.collect()).await;
+    let won: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().ok().map(|_| i))
+        .collect();
+    assert_eq!(won.len(), 1, "trial {trial}: {results:?}");
+    for r in &results {
+        match r {
+            Ok(resp) => assert_eq!(resp.epoch, epoch + 1),
+            Err(e) => assert_eq!(e.code(), Some(Code::Aborted), "trial {trial}: {e}"),
         }
     }
+    let w = won[0];
+    members[w].s.confirm_commit(NOW).unwrap();
+    let epoch = epoch + 1;
+    for (i, m) in members.iter_mut().enumerate() {
+        if i != w {
+            m.s.discard_commit().unwrap();
+        }
+        m.catch_up(epoch).await;
+    }
+    let auth = members[0].s.epoch_authenticator().unwrap();
+    for m in members.iter() {
+        assert_eq!(m.s.epoch(), Some(epoch));
+        assert_eq!(m.s.epoch_authenticator().unwrap(), auth, "trial {trial}");
+    }
+    epoch
 }
 
 async fn futures_join<T: Send + 'static>(hs: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {

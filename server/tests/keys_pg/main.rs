@@ -20,6 +20,7 @@ mod hostile;
 mod limits;
 #[path = "../keys/membership.rs"]
 mod membership;
+mod placement;
 #[path = "../keys/race.rs"]
 mod race;
 mod replicas;

@@ -4,13 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tonic::Code;
-use veil_client::ClientError;
 use veil_client::group::{Group, GroupConfig};
 use veil_keys::store::EventKind;
 
 use crate::common::{Server, converged, replica_of, store};
-use crate::race::RawMember;
+use crate::race::{RawMember, one_round};
 
 /// `n` replicas sharing the first one's database and token key, each with departure grace
 /// `grace_ms`.
@@ -47,47 +45,8 @@ async fn racing_commits_over_three_replicas_one_winner_one_order() {
     let mut epoch = members[0].s.epoch().unwrap();
     assert_eq!(epoch, 8);
     for trial in 0..20 {
-        let outs: Vec<_> = members
-            .iter_mut()
-            .map(|m| m.s.self_update().unwrap())
-            .collect();
-        let sends: Vec<_> = members
-            .iter()
-            .zip(outs)
-            .map(|(m, out)| {
-                let mut c = m.c.clone();
-                tokio::spawn(async move {
-                    c.send_commit(out.commit, vec![], out.group_info.unwrap())
-                        .await
-                })
-            })
-            .collect();
-        let mut results: Vec<Result<_, ClientError>> = Vec::new();
-        for s in sends {
-            results.push(s.await.unwrap());
-        }
-        let won: Vec<usize> = (0..results.len()).filter(|&i| results[i].is_ok()).collect();
-        assert_eq!(won.len(), 1, "trial {trial}: {results:?}");
-        for r in &results {
-            match r {
-                Ok(resp) => assert_eq!(resp.epoch, epoch + 1),
-                Err(e) => assert_eq!(e.code(), Some(Code::Aborted), "trial {trial}: {e}"),
-            }
-        }
-        members[won[0]].s.confirm_commit(Duration::ZERO).unwrap();
-        epoch += 1;
-        for (i, m) in members.iter_mut().enumerate() {
-            if i != won[0] {
-                m.s.discard_commit().unwrap();
-            }
-            // From its own replica's stream: a winner on another replica reaches it there.
-            m.catch_up(epoch).await;
-        }
-        let auth = members[0].s.epoch_authenticator().unwrap();
-        for m in &members {
-            assert_eq!(m.s.epoch(), Some(epoch));
-            assert_eq!(m.s.epoch_authenticator().unwrap(), auth, "trial {trial}");
-        }
+        // Each member learns the winner from its own replica's stream, wherever it won.
+        epoch = one_round(&mut members, epoch, trial).await;
     }
     // One commit per epoch in the shared log, the winner's each time.
     let st = store(paths[0]);

@@ -2,6 +2,7 @@
 
 mod call;
 mod events;
+mod impaired;
 mod late_joiner;
 mod membership;
 mod policy;

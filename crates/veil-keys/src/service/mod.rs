@@ -56,6 +56,10 @@ pub struct Config {
     /// it, so a replica that dies stops holding its members present after at most this long
     /// (KDS-REP-03).
     pub presence_lease: Duration,
+    /// The URL at which participants reach the SFU signalling of this process, if it runs an
+    /// SFU: what `GetPlacement` answers on a store nobody else writes, and what this node
+    /// announces to its replicas on a shared one (KDS-PLACE-01).
+    pub sfu_url: Option<String>,
 }
 
 impl Default for Config {
@@ -73,6 +77,7 @@ impl Default for Config {
             room_idle: Duration::from_secs(300),
             replica_sync: Duration::from_secs(1),
             presence_lease: Duration::from_secs(6),
+            sfu_url: None,
         }
     }
 }
@@ -906,6 +911,19 @@ impl KeyServiceApi for KeyService {
             self.inner.metrics.rooms_deleted.inc();
             tracing::info!(room = name, by = claims.identity, "room deleted");
             Ok(pb::DeleteRoomResponse {})
+        };
+        run.await.map(Response::new).map_err(|e| self.fail(RPC, e))
+    }
+
+    async fn get_placement(
+        &self,
+        req: Request<pb::GetPlacementRequest>,
+    ) -> Result<Response<pb::GetPlacementResponse>, Status> {
+        const RPC: &str = "GetPlacement";
+        let run = async {
+            self.authorize(&req, &req.get_ref().room)?;
+            let sfu_url = self.placement(req.into_inner().room).await?;
+            Ok(pb::GetPlacementResponse { sfu_url })
         };
         run.await.map(Response::new).map_err(|e| self.fail(RPC, e))
     }

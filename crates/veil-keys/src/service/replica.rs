@@ -203,8 +203,37 @@ impl KeyService {
         }
     }
 
-    /// KDS-REP-03: lease the presence of every member this replica holds a stream of.
+    /// KDS-PLACE-02: the SFU URL of `room`'s node. On a shared store the database places the
+    /// room on a live node; otherwise this process's own SFU serves every room.
+    pub(super) async fn placement(&self, room: String) -> Result<String, KdsError> {
+        let own = self.inner.cfg.sfu_url.clone();
+        if !self.inner.store.shared() {
+            return own.ok_or_else(|| {
+                KdsError::NoSfuNode(
+                    "this key service runs without an SFU: give participants the SFU's URL".into(),
+                )
+            });
+        }
+        let inner = self.inner.clone();
+        blocking(move || inner.store.place_room(&room))
+            .await?
+            .ok_or_else(|| {
+                KdsError::NoSfuNode(
+                    "no SFU node is live in this deployment: start one, or wait for a restarted one to announce itself".into(),
+                )
+            })
+    }
+
+    /// KDS-REP-03: lease the presence of every member this replica holds a stream of; and
+    /// KDS-PLACE-01: announce this process's SFU node.
     async fn renew_leases(inner: &Arc<Inner>) {
+        if let Some(url) = inner.cfg.sfu_url.clone() {
+            let i = inner.clone();
+            let lease = inner.cfg.presence_lease;
+            if let Err(e) = blocking(move || i.store.announce_node(&i.replica, &url, lease)).await {
+                tracing::warn!(error = %e, "could not announce this SFU node");
+            }
+        }
         let present: Vec<(String, String)> = {
             let rooms = lock(&inner.rooms);
             rooms

@@ -203,6 +203,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<std::time::Duration>, KdsError> {
         Ok(None)
     }
+    /// Announce that SFU node `node` serves media at `url` for `lease` from now (KDS-PLACE-01).
+    /// A store nobody else writes has one node, the process itself: nothing to record.
+    fn announce_node(
+        &self,
+        _node: &str,
+        _url: &str,
+        _lease: std::time::Duration,
+    ) -> Result<(), KdsError> {
+        Ok(())
+    }
+    /// The SFU URL of the node `room` is placed on, placing it on the live node with the fewest
+    /// rooms if it has none or its node stopped announcing itself (KDS-PLACE-02). `None` when
+    /// the store keeps no placements (one process: its own SFU) or no node is live.
+    fn place_room(&self, _room: &str) -> Result<Option<String>, KdsError> {
+        Ok(None)
+    }
     /// A service-wide value (e.g. the external-sender key pair).
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, KdsError>;
     /// Set a service-wide value if it is not set; returns the value now stored.

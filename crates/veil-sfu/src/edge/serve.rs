@@ -63,10 +63,12 @@ fn lock(p: &Mutex<Placement>) -> MutexGuard<'_, Placement> {
     p.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One worker as the signalling side sees it: its thread's queue and its socket's address.
+/// One worker as the signalling side sees it: its thread's queue, its socket's address and
+/// the candidate it offers (the same unless `SfuConfig::advertise` says otherwise).
 struct Worker {
     commands: mpsc::Sender<Command>,
     local: SocketAddr,
+    candidate: SocketAddr,
 }
 
 /// A joiner's place in its room's worker, given back unless the join succeeds
@@ -194,15 +196,29 @@ impl EdgeSfu {
         if config.workers == 0 {
             return Err(SfuError::Config("workers must be at least 1".into()));
         }
+        if let Some(a) = config.advertise
+            && (a.ip().is_unspecified() || a.port() == 0)
+        {
+            return Err(SfuError::Config(format!(
+                "advertised address {a} must name the IP and port participants reach (worker i \
+                 is offered that port plus i)"
+            )));
+        }
         let metrics = Arc::new(Metrics::default());
         let (events, _) = broadcast::channel(1024);
         let placement: Shared = Arc::new(Mutex::new(Placement::new(config.workers)));
         let mut workers = Vec::with_capacity(config.workers);
         for i in 0..config.workers {
             let bound = bind(worker_addr(addr, i)?)?;
+            // SFU-ADV-01: the candidate is the advertised address's port plus i, if any.
+            let candidate = match config.advertise {
+                Some(a) => worker_addr(a, i)?,
+                None => bound.local,
+            };
             workers.push(spawn(
                 i,
                 bound,
+                candidate,
                 config.clone(),
                 metrics.clone(),
                 events.clone(),
@@ -229,11 +245,19 @@ impl EdgeSfu {
         self.workers.iter().map(|w| w.local).collect()
     }
 
-    /// The UDP address of the worker serving `room` (the candidate its participants are
-    /// offered); `None` while nobody is in it or joining it (SFU-WRK-03).
+    /// The candidate the worker serving `room` offers its participants (its UDP address, or
+    /// the advertised one: SFU-ADV-01); `None` while nobody is in it or joining it
+    /// (SFU-WRK-03).
     #[must_use]
     pub fn room_addr(&self, room: &str) -> Option<SocketAddr> {
-        self.worker_of(room).map(|w| self.workers[w].local)
+        self.worker_of(room).map(|w| self.workers[w].candidate)
+    }
+
+    /// Every worker's candidate, by worker index: [`EdgeSfu::local_addrs`], or the advertised
+    /// addresses (SFU-ADV-01).
+    #[must_use]
+    pub fn candidates(&self) -> Vec<SocketAddr> {
+        self.workers.iter().map(|w| w.candidate).collect()
     }
 
     /// Participants (and joins in flight) per worker, by worker index.
@@ -348,10 +372,12 @@ impl EdgeSfu {
     }
 }
 
-/// Start worker `index`: its thread owns `bound` and the rooms placed on it.
+/// Start worker `index`: its thread owns `bound` and the rooms placed on it, which offer
+/// `candidate`.
 fn spawn(
     index: usize,
     bound: Bound,
+    candidate: SocketAddr,
     config: SfuConfig,
     metrics: Arc<Metrics>,
     room_events: broadcast::Sender<ParticipantEvent>,
@@ -362,12 +388,15 @@ fn spawn(
         state,
         local,
     } = bound;
+    if candidate != local {
+        info!(%local, %candidate, "SFU edge worker advertises another address (SFU-ADV-01)");
+    }
     let (commands, rx) = mpsc::channel(1024);
     let now = Instant::now();
     let mut seed = [0u8; 32];
     StdRng::from_os_rng().fill_bytes(&mut seed);
     let driver = Driver {
-        rooms: EdgeRooms::new(local, config.clone(), now, seed),
+        rooms: EdgeRooms::new(candidate, config.clone(), now, seed),
         metrics,
         config,
         room_events,
@@ -403,7 +432,11 @@ fn spawn(
             what: "cannot start the edge's thread".into(),
             source,
         })?;
-    Ok(Worker { commands, local })
+    Ok(Worker {
+        commands,
+        local,
+        candidate,
+    })
 }
 
 /// The signalling calls, run on the thread of the room's worker; what they change in the rooms
@@ -928,5 +961,31 @@ mod tests {
         let top: SocketAddr = "10.0.0.1:65535".parse().unwrap();
         assert!(worker_addr(top, 0).is_ok());
         assert!(matches!(worker_addr(top, 1), Err(SfuError::Config(_))));
+    }
+
+    /// SFU-ADV-01: each worker binds as `udp_addrs` says and offers the advertised port plus
+    /// its index; an advertised address without an IP or a port is refused.
+    #[test]
+    fn workers_offer_the_advertised_address_and_bind_their_own() {
+        let sfu = EdgeSfu::new(SfuConfig {
+            workers: 2,
+            advertise: Some("192.0.2.7:40000".parse().unwrap()),
+            ..SfuConfig::default()
+        })
+        .unwrap();
+        let bound = sfu.local_addrs();
+        assert!(bound.iter().all(|a| a.ip().is_loopback() && a.port() != 0));
+        assert_eq!(
+            sfu.candidates(),
+            ["192.0.2.7:40000", "192.0.2.7:40001"].map(|a| a.parse::<SocketAddr>().unwrap())
+        );
+        for bad in ["0.0.0.0:40000", "192.0.2.7:0"] {
+            let e = EdgeSfu::new(SfuConfig {
+                workers: 1,
+                advertise: Some(bad.parse().unwrap()),
+                ..SfuConfig::default()
+            });
+            assert!(matches!(e, Err(SfuError::Config(_))), "{bad}: {e:?}");
+        }
     }
 }

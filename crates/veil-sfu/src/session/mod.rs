@@ -39,6 +39,11 @@ pub struct SfuConfig {
     /// address participants reach. Each worker binds its own port on that address: with port
     /// 0 each takes any free port; with port `p`, worker `i` binds `p + i` (SFU-WRK-01).
     pub udp_addrs: Vec<String>,
+    /// The address participants reach, when it is not the bound one (a relay, NAT or port
+    /// forwarding in front of the SFU): each worker still binds as `udp_addrs` says, but offers
+    /// this address as its candidate, worker `i` at this port plus `i` (SFU-ADV-01). `None`
+    /// (the default): the bound address is the candidate.
+    pub advertise: Option<std::net::SocketAddr>,
     /// Worker threads, each its own edge on its own UDP port; a room lives on one
     /// (SFU-WRK-01..03). At least 1; by default one per available core.
     pub workers: usize,
@@ -80,6 +85,7 @@ impl Default for SfuConfig {
     fn default() -> Self {
         Self {
             udp_addrs: vec!["127.0.0.1:0".to_owned()],
+            advertise: None,
             workers: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             key_frame_interval: Duration::from_millis(300),
             silence_timeout: Duration::from_secs(5),

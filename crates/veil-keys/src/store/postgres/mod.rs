@@ -77,6 +77,17 @@ CREATE TABLE presence (
     PRIMARY KEY (room, identity, replica)
 );
 ",
+    "
+CREATE TABLE sfu_nodes (
+    node TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    expires TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE placements (
+    room TEXT PRIMARY KEY,
+    node TEXT NOT NULL
+);
+",
 ];
 
 /// The advisory lock that serialises migrations of replicas starting together.
@@ -530,6 +541,8 @@ impl Store for PostgresStore {
                 .map_err(db)?;
             tx.execute("DELETE FROM presence WHERE room = $1", &[&room])
                 .map_err(db)?;
+            tx.execute("DELETE FROM placements WHERE room = $1", &[&room])
+                .map_err(db)?;
             let n = tx
                 .execute("DELETE FROM rooms WHERE room = $1", &[&room])
                 .map_err(db)?;
@@ -591,6 +604,21 @@ impl Store for PostgresStore {
                 .map_err(db)?;
             Ok(())
         })
+    }
+
+    fn announce_node(
+        &self,
+        node: &str,
+        url: &str,
+        lease: std::time::Duration,
+    ) -> Result<(), KdsError> {
+        let (node, url) = (node.to_owned(), url.to_owned());
+        self.run(move |s| replica::announce(s, &node, &url, lease))
+    }
+
+    fn place_room(&self, room: &str) -> Result<Option<String>, KdsError> {
+        let room = room.to_owned();
+        self.run(move |s| replica::place(s, &room))
     }
 
     fn present_elsewhere(

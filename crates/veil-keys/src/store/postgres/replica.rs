@@ -1,7 +1,8 @@
 //! What replicas sharing one database tell each other through it (specs/key-service.md §5.2):
 //! every write to a room is announced with `pg_notify` (KDS-REP-02) and heard here on a
-//! connection of its own, and each replica leases the presence of the members whose streams
-//! it holds (KDS-REP-03).
+//! connection of its own, each replica leases the presence of the members whose streams it
+//! holds (KDS-REP-03), and each SFU node announces itself and rooms are placed on live nodes
+//! (KDS-PLACE-01/02).
 
 use std::time::Duration;
 
@@ -125,4 +126,55 @@ pub(super) fn present_elsewhere(
         .try_get(0)
         .map_err(db)?;
     Ok(left.map(|secs| Duration::from_secs_f64(secs.max(0.0))))
+}
+
+/// KDS-PLACE-01: `node` serves SFU signalling at `url` until `lease` from now.
+pub(super) fn announce(
+    s: &mut Session,
+    node: &str,
+    url: &str,
+    lease: Duration,
+) -> Result<(), KdsError> {
+    let st = s.stmt(
+        "INSERT INTO sfu_nodes (node, url, expires) VALUES ($1, $2, now() + make_interval(secs => $3))
+         ON CONFLICT (node) DO UPDATE SET url = EXCLUDED.url, expires = EXCLUDED.expires",
+    )?;
+    s.client()?
+        .execute(&st, &[&node, &url, &lease.as_secs_f64()])
+        .map_err(db)?;
+    Ok(())
+}
+
+/// KDS-PLACE-02: the URL of `room`'s node; a room without a live node is placed on the live
+/// node with the fewest rooms (ties: the node name), under a transaction-scoped advisory lock
+/// on the room so that replicas placing it at once agree.
+pub(super) fn place(s: &mut Session, room: &str) -> Result<Option<String>, KdsError> {
+    let current = s.stmt(
+        "SELECT n.url FROM placements p JOIN sfu_nodes n ON n.node = p.node
+         WHERE p.room = $1 AND n.expires > now()",
+    )?;
+    let least = s.stmt(
+        "SELECT n.node, n.url FROM sfu_nodes n
+         LEFT JOIN placements p ON p.node = n.node
+         WHERE n.expires > now()
+         GROUP BY n.node, n.url ORDER BY COUNT(p.room), n.node LIMIT 1",
+    )?;
+    let put = s.stmt(
+        "INSERT INTO placements (room, node) VALUES ($1, $2)
+         ON CONFLICT (room) DO UPDATE SET node = EXCLUDED.node",
+    )?;
+    let mut tx = s.client()?.transaction().map_err(db)?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&room])
+        .map_err(db)?;
+    if let Some(row) = tx.query_opt(&current, &[&room]).map_err(db)? {
+        return row.try_get(0).map(Some).map_err(db);
+    }
+    let Some(row) = tx.query_opt(&least, &[]).map_err(db)? else {
+        return Ok(None);
+    };
+    let (node, url): (String, String) = (row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
+    tx.execute(&put, &[&room, &node]).map_err(db)?;
+    tx.commit().map_err(db)?;
+    tracing::info!(room, node, "room placed on an SFU node");
+    Ok(Some(url))
 }
