@@ -117,6 +117,9 @@ async fn wait_members(rooms: &[(String, Room)], n: usize) {
 
 fn room_config(url: &str, token: &str, name: &str) -> RoomConfig {
     let mut c = RoomConfig::new(url, token, "leaks", name);
+    // The SFU's signalling through the recording proxy too, not to the node the key service
+    // would place the room on (the same server, reached directly).
+    c.sfu_url = url.to_owned();
     c.group.proposal_commit_delay = Duration::from_millis(50);
     c
 }
