@@ -3,6 +3,8 @@
 #![deny(missing_docs)]
 
 pub mod error;
+#[cfg(feature = "hazard-export-secrets")]
+mod hazard;
 pub mod keys;
 pub mod ring;
 pub mod session;

@@ -114,6 +114,8 @@ impl<P: Provider> CallSession<P> {
         let signer =
             SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm()).map_err(internal)?;
         signer.store(provider.storage()).map_err(internal)?;
+        #[cfg(feature = "hazard-export-secrets")]
+        crate::hazard::signer(identity, &signer);
         let credential = CredentialWithKey {
             credential: BasicCredential::new(identity.to_vec()).into(),
             signature_key: signer.public().into(),
@@ -151,6 +153,8 @@ impl<P: Provider> CallSession<P> {
             MLS_CIPHERSUITE.signature_algorithm(),
         )
         .ok_or(MlsError::NotInGroup)?;
+        #[cfg(feature = "hazard-export-secrets")]
+        crate::hazard::signer(identity, &signer);
         let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(room))
             .map_err(internal)?
             .ok_or(MlsError::NotInGroup)?;
@@ -204,6 +208,8 @@ impl<P: Provider> CallSession<P> {
                 self.credential.clone(),
             )
             .map_err(internal)?;
+        #[cfg(feature = "hazard-export-secrets")]
+        crate::hazard::key_package(&self.identity, &bundle);
         serialize(&MlsMessageOut::from(bundle.key_package().clone()))
     }
 
@@ -303,6 +309,8 @@ impl<P: Provider> CallSession<P> {
             )
             .map_err(internal)?,
         );
+        #[cfg(feature = "hazard-export-secrets")]
+        crate::hazard::epoch(&self.identity, g, &secret);
         let members: Vec<u32> = g.members().map(|m| m.index.u32()).collect();
         let own = sending.then(|| g.own_leaf_index().u32());
         let epoch = g.epoch().as_u64();

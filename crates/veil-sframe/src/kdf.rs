@@ -64,6 +64,20 @@ fn expand_with(
     let n = label(SALT_LABEL, kid, suite, &mut lbl);
     expand(&lbl[..n], &mut salt[..])
         .map_err(|_| SframeError::Backend("HKDF-Expand rejected the salt length"))?;
+    #[cfg(feature = "hazard-export-secrets")]
+    {
+        use crate::hazard::{SecretKind, record};
+        record(
+            SecretKind::SframeKey,
+            || format!("kid {kid:#x}"),
+            &key[..suite.key_len()],
+        );
+        record(
+            SecretKind::SframeSalt,
+            || format!("kid {kid:#x}"),
+            &salt[..],
+        );
+    }
     KeyMaterial::new(&key[..suite.key_len()], &salt)
 }
 
@@ -72,6 +86,8 @@ fn expand_with(
 /// # Errors
 /// Only [`SframeError::Backend`], which correct inputs never cause.
 pub fn derive_key_material(suite: CipherSuite, kid: u64, base_key: &[u8]) -> Result<KeyMaterial> {
+    #[cfg(feature = "hazard-export-secrets")]
+    crate::hazard::record_base_key(suite, base_key);
     // Extract with an empty salt: HKDF substitutes HashLen zero bytes, which keys HMAC exactly
     // as the empty string does.
     match suite.hash() {
@@ -103,6 +119,8 @@ impl EpochKdf {
     /// Extract `sframe_secret` from `base_key`.
     #[must_use]
     pub fn new(suite: CipherSuite, base_key: &[u8]) -> Self {
+        #[cfg(feature = "hazard-export-secrets")]
+        crate::hazard::record_base_key(suite, base_key);
         let hk = match suite.hash() {
             KdfHash::Sha256 => EpochHkdf::Sha256(Hkdf::<Sha256>::new(None, base_key)),
             KdfHash::Sha512 => EpochHkdf::Sha512(Hkdf::<Sha512>::new(None, base_key)),

@@ -4,6 +4,8 @@
 
 pub mod backend;
 pub mod error;
+#[cfg(feature = "hazard-export-secrets")]
+pub mod hazard;
 pub mod kdf;
 pub mod nonce;
 pub mod replay;

@@ -8,5 +8,6 @@ mod impaired;
 mod late_joiner;
 mod membership;
 mod policy;
+mod secrets;
 mod simulcast;
 mod tls;
