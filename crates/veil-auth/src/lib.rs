@@ -7,12 +7,14 @@ mod error;
 mod jwt;
 mod key;
 mod keyfile;
+pub mod rate;
 mod verify;
 
 use std::time::Duration;
 
 pub use claims::{Claims, GrantKind, Grants, name_rule};
 pub use error::{AuthError, ErrorKind, Result};
+pub use rate::{RateLimiter, RequestRate, SlowDown};
 pub use key::TokenKey;
 pub use verify::{VerifiedClaims, Verifier};
 
