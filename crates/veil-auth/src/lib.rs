@@ -14,8 +14,8 @@ use std::time::Duration;
 
 pub use claims::{Claims, GrantKind, Grants, name_rule};
 pub use error::{AuthError, ErrorKind, Result};
-pub use rate::{RateLimiter, RequestRate, SlowDown};
 pub use key::TokenKey;
+pub use rate::{RateLimiter, RequestRate, SlowDown};
 pub use verify::{VerifiedClaims, Verifier};
 
 /// Longest token [`Verifier::verify`] looks at, in bytes (AUTH-01). Tokens minted by this

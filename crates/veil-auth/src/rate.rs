@@ -30,12 +30,13 @@ impl RequestRate {
 }
 
 impl Default for RequestRate {
-    /// 20 requests per second, bursts of 40: a member's join is a handful of calls, and a
-    /// client's retries are spaced by at least 100 ms (`link::Backoff`).
+    /// 50 requests per second, bursts of 100: a member's join is a handful of calls, a
+    /// committer adding 20 joiners at once makes 20 claims and a commit, and a client's
+    /// retries are spaced by at least 100 ms.
     fn default() -> Self {
         Self {
-            per_second: 20,
-            burst: 40,
+            per_second: 50,
+            burst: 100,
         }
     }
 }
@@ -260,7 +261,8 @@ mod tests {
         assert_eq!(l.keys(), 3);
         assert!(l.check("a", t0).is_err(), "a's debt was kept");
         // Half a second later every bucket is full again: they go, and d gets in.
-        l.check("d", t0 + ms(500)).expect("full buckets were evicted");
+        l.check("d", t0 + ms(500))
+            .expect("full buckets were evicted");
         assert_eq!(l.keys(), 1);
         // Ten thousand one-off keys never hold more than the cap.
         let mut l = RateLimiter::with_max_keys(RATE, 100);
