@@ -69,6 +69,9 @@ async fn main() {
     );
     let server = InProcess::start("bench", |cfg| {
         cfg.kds.departure_grace = Duration::from_secs(3600);
+        // One owner claims for 100 members and commits in a loop: a load, not an abuse
+        // (LIM-RATE-01 would measure the limit instead of the service).
+        cfg.kds.request_rate = veil_auth::RequestRate::OFF;
         if let Some(url) = postgres {
             cfg.database = veil_server::database::Database::Postgres(url);
         }

@@ -139,6 +139,9 @@ pub struct ServerConfig {
     pub keys: bool,
     /// Serve the blind SFU (`veil.sfu.v1`) with this configuration.
     pub sfu: Option<veil_sfu::SfuConfig>,
+    /// Limits of the SFU's signalling: requests per second per token holder, subscriptions
+    /// per participant (LIM-RATE-01, LIM-SUB-01; specs/limits.md).
+    pub signal_limits: veil_sfu::grpc::SignalLimits,
     /// Connection caps and the handshake timeout of every listener (SRV-CONN-01..05).
     pub limits: listen::ConnLimits,
     /// TLS on the gRPC and web listeners (SRV-TLS-01); `None`: plaintext, which only loopback
@@ -163,6 +166,7 @@ impl ServerConfig {
             kds: Config::default(),
             keys: true,
             sfu: Some(veil_sfu::SfuConfig::default()),
+            signal_limits: veil_sfu::grpc::SignalLimits::default(),
             limits: listen::ConnLimits::default(),
             tls: None,
             insecure_plaintext: false,
@@ -409,7 +413,11 @@ pub async fn run(
         }
         None => None,
     };
-    let sfu_api = sfu.map(|s| veil_sfu::grpc::SfuService::new(s, verifier).into_server());
+    let sfu_api = sfu.map(|s| {
+        veil_sfu::grpc::SfuService::new(s, verifier)
+            .with_limits(cfg.signal_limits)
+            .into_server()
+    });
     tracing::info!(
         %grpc,
         web = ?web_addr,

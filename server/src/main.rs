@@ -99,6 +99,23 @@ struct ServeArgs {
     /// members have all departed is then deleted.
     #[arg(long, env = "VEIL_ROOM_IDLE_MS", default_value_t = kds_defaults().room_idle.as_millis() as u64)]
     room_idle_ms: u64,
+    /// Requests per second one token holder (room and identity) may make, to the key service
+    /// and to the SFU's signalling each; over it the call is refused with RESOURCE_EXHAUSTED.
+    /// 0 turns the limit off.
+    #[arg(long, env = "VEIL_MAX_REQUESTS_PER_SECOND", default_value_t = kds_defaults().request_rate.per_second)]
+    max_requests_per_second: u32,
+    /// Requests one token holder may make at once, after a quiet spell.
+    #[arg(long, env = "VEIL_REQUEST_BURST", default_value_t = kds_defaults().request_rate.burst)]
+    request_burst: u32,
+    /// Unclaimed KeyPackages kept per identity and room; an upload beyond it is refused.
+    #[arg(long, env = "VEIL_MAX_KEY_PACKAGES_PER_IDENTITY", default_value_t = kds_defaults().key_package_cap)]
+    max_key_packages_per_identity: u32,
+    /// Participants one SFU room admits; the next join is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "VEIL_SFU_MAX_PARTICIPANTS", default_value_t = veil_sfu::SfuConfig::default().max_participants)]
+    sfu_max_participants: usize,
+    /// Tracks one SFU participant may subscribe to at once.
+    #[arg(long, env = "VEIL_SFU_MAX_SUBSCRIPTIONS", default_value_t = veil_sfu::grpc::SignalLimits::default().max_subscriptions)]
+    sfu_max_subscriptions: usize,
     /// Roles to serve: `keys` (key-distribution service), `sfu` (blind SFU), or both.
     #[arg(
         long,
@@ -248,6 +265,14 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     cfg.kds.max_streams_per_identity = args.max_streams_per_identity;
     cfg.kds.max_streams_per_room = args.max_streams_per_room;
     cfg.kds.room_idle = Duration::from_millis(args.room_idle_ms);
+    cfg.kds.key_package_cap = args.max_key_packages_per_identity;
+    let rate = veil_auth::RequestRate {
+        per_second: args.max_requests_per_second,
+        burst: args.request_burst,
+    };
+    cfg.kds.request_rate = rate;
+    cfg.signal_limits.request_rate = rate;
+    cfg.signal_limits.max_subscriptions = args.sfu_max_subscriptions;
     cfg.limits = veil_server::listen::ConnLimits {
         handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
         max_connections: args.max_connections,
@@ -260,6 +285,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
         udp_addrs: args.sfu_udp.clone(),
         advertise: args.sfu_advertise,
         workers: args.sfu_workers,
+        max_participants: args.sfu_max_participants,
         ..veil_sfu::SfuConfig::default()
     });
     let shutdown = async {

@@ -7,6 +7,7 @@ mod error;
 mod jwt;
 mod key;
 mod keyfile;
+pub mod rate;
 mod verify;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ use std::time::Duration;
 pub use claims::{Claims, GrantKind, Grants, name_rule};
 pub use error::{AuthError, ErrorKind, Result};
 pub use key::TokenKey;
+pub use rate::{RateLimiter, RequestRate, SlowDown};
 pub use verify::{VerifiedClaims, Verifier};
 
 /// Longest token [`Verifier::verify`] looks at, in bytes (AUTH-01). Tokens minted by this

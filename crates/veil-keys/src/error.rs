@@ -143,6 +143,9 @@ pub enum KdsError {
         /// The cap.
         cap: u32,
     },
+    /// Too many requests from one token holder (LIM-RATE-01): slow down.
+    #[error("{0}")]
+    RateLimited(veil_auth::SlowDown),
     /// Only a member of the room may replay its log (KDS-FAN-04).
     #[error(
         "only members of the room may replay its log (from_epoch): {identity:?} is not a member; subscribe without from_epoch to wait for a Welcome, or join by external commit"
@@ -202,9 +205,9 @@ impl KdsError {
             Self::NotMember { .. } => Code::PermissionDenied,
             Self::NoSuchRoom(_) | Self::NoKeyPackage(_) | Self::RoomDeleted(_) => Code::NotFound,
             Self::RoomExists(_) => Code::AlreadyExists,
-            Self::TooManyKeyPackages { .. } | Self::TooManyStreams { .. } => {
-                Code::ResourceExhausted
-            }
+            Self::TooManyKeyPackages { .. }
+            | Self::TooManyStreams { .. }
+            | Self::RateLimited(_) => Code::ResourceExhausted,
             Self::Lagged | Self::NoSfuNode(_) => Code::Unavailable,
             Self::Storage { .. } | Self::Internal { .. } => Code::Internal,
         }
@@ -222,6 +225,7 @@ impl KdsError {
             Self::Invalid { .. } => "invalid",
             Self::BadName { .. } => "bad_name",
             Self::TooManyStreams { .. } => "too_many_streams",
+            Self::RateLimited(_) => "rate_limited",
             Self::NotMember { .. } => "not_member",
             Self::RoomDeleted(_) => "room_deleted",
             Self::StaleEpoch { .. } | Self::EpochTaken { .. } => "stale_epoch",

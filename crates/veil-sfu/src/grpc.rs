@@ -13,17 +13,17 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::debug;
-use veil_auth::{GrantKind, Verifier};
+use veil_auth::{GrantKind, RateLimiter, RequestRate, Verifier};
 use veil_proto::sfu::v1 as pb;
 use veil_proto::sfu::v1::sfu_server::{Sfu as SfuRpc, SfuServer};
 
@@ -142,11 +142,43 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), SfuError>> + Send;
 }
 
+/// Limits of the signalling service (specs/limits.md). Over any of them a request fails with
+/// `RESOURCE_EXHAUSTED` (a `Join`: the stream ends with it; a request in a session:
+/// `RequestFailed`), and the session goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalLimits {
+    /// Requests per second per token holder (room and identity): each `Signal` or `Open` call
+    /// and each request in a session counts one (LIM-RATE-01). By default 50 per second, bursts
+    /// of 100.
+    pub request_rate: RequestRate,
+    /// Tracks one session may subscribe to at once (LIM-SUB-01); an unsubscribed or
+    /// unpublished track frees its place. By default 128: every track of a full room (64
+    /// participants, audio and video each).
+    pub max_subscriptions: usize,
+    /// Longest SDP (in `Join`, `Offer`, `Answer`) and ICE candidate line, in bytes
+    /// (LIM-SDP-01). By default 64 KiB; a browser's offer with three simulcast layers is
+    /// about 10 KiB.
+    pub max_sdp_bytes: usize,
+}
+
+impl Default for SignalLimits {
+    fn default() -> Self {
+        Self {
+            request_rate: RequestRate::default(),
+            max_subscriptions: 128,
+            max_sdp_bytes: 64 * 1024,
+        }
+    }
+}
+
 /// The gRPC face of an SFU ([`EdgeSfu`]).
 #[derive(Clone)]
 pub struct SfuService<B = EdgeSfu> {
     sfu: B,
     verifier: Arc<Verifier>,
+    limits: SignalLimits,
+    /// Requests per token holder (LIM-RATE-01).
+    rate: Arc<Mutex<RateLimiter>>,
     /// The sessions of `Open` streams, by session name (SFU-WEB-01).
     open: Arc<Mutex<HashMap<String, OpenSession>>>,
 }
@@ -171,10 +203,23 @@ impl<B: Backend> SfuService<B> {
     /// Serve `sfu`, admitting tokens that `verifier` accepts.
     #[must_use]
     pub fn new(sfu: B, verifier: Verifier) -> Self {
+        let limits = SignalLimits::default();
         Self {
             sfu,
             verifier: Arc::new(verifier),
+            rate: Arc::new(Mutex::new(RateLimiter::new(limits.request_rate))),
+            limits,
             open: Arc::default(),
+        }
+    }
+
+    /// The same service under `limits` instead of the defaults.
+    #[must_use]
+    pub fn with_limits(self, limits: SignalLimits) -> Self {
+        Self {
+            rate: Arc::new(Mutex::new(RateLimiter::new(limits.request_rate))),
+            limits,
+            ..self
         }
     }
 
@@ -186,11 +231,104 @@ impl<B: Backend> SfuService<B> {
             .map_err(|e| Status::unauthenticated(e.to_string()))
     }
 
+    /// The claims of a call that opens a session, counted against its holder's rate
+    /// (LIM-RATE-01).
+    fn admit<T>(&self, req: &Request<T>) -> Result<veil_auth::VerifiedClaims, Status> {
+        let claims = self.claims(req)?;
+        let mut rate = self.rate.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        rate.evict_full(now);
+        rate.check(&rate_key(&claims), now)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        Ok(claims)
+    }
+
+    fn guard(&self, claims: &veil_auth::Claims) -> Guard {
+        Guard {
+            limits: self.limits,
+            rate: self.rate.clone(),
+            key: rate_key(claims),
+            subscribed: HashSet::new(),
+        }
+    }
+
     /// The tonic service, to add to a `tonic::transport::Server` router.
     #[must_use]
     pub fn into_server(self) -> SfuServer<Self> {
         SfuServer::new(self)
     }
+}
+
+/// The rate limiter's key of a token holder: its room and identity (names follow AUTH-10, so no
+/// newline is in either).
+fn rate_key(claims: &veil_auth::Claims) -> String {
+    format!("{}\n{}", claims.room, claims.identity)
+}
+
+/// Per-session limits, checked before a request reaches the SFU (specs/limits.md).
+struct Guard {
+    limits: SignalLimits,
+    rate: Arc<Mutex<RateLimiter>>,
+    key: String,
+    /// Tracks this session subscribes to (LIM-SUB-01).
+    subscribed: HashSet<String>,
+}
+
+impl Guard {
+    /// Whether `m` may go to the SFU: the status that refuses it, if not.
+    fn check(&self, m: &pb::SignalRequest) -> Result<(), Status> {
+        use pb::signal_request::Request as R;
+        self.rate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(&self.key, Instant::now())
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        let sdp = match &m.request {
+            Some(R::Offer(d) | R::Answer(d)) => d.sdp.len(),
+            Some(R::Join(j)) => j.offer_sdp.len(),
+            Some(R::Candidate(c)) => c.candidate.len(),
+            _ => 0,
+        };
+        sdp_cap(sdp, self.limits.max_sdp_bytes)?;
+        if let Some(R::Subscribe(s)) = &m.request {
+            let cap = self.limits.max_subscriptions;
+            if !self.subscribed.contains(&s.track) && self.subscribed.len() >= cap {
+                return Err(Status::resource_exhausted(format!(
+                    "this session already subscribes to {cap} tracks, the limit: unsubscribe from one first"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The subscription `m` adds (true) or ends (false), if any.
+    fn change(m: &pb::SignalRequest) -> Option<(bool, String)> {
+        use pb::signal_request::Request as R;
+        match &m.request {
+            Some(R::Subscribe(s)) => Some((true, s.track.clone())),
+            Some(R::Unsubscribe(s)) => Some((false, s.track.clone())),
+            _ => None,
+        }
+    }
+
+    /// Note a subscription change the SFU carried out.
+    fn done(&mut self, (add, track): (bool, String)) {
+        if add {
+            self.subscribed.insert(track);
+        } else {
+            self.subscribed.remove(&track);
+        }
+    }
+}
+
+/// LIM-SDP-01: an SDP or candidate line over the cap.
+fn sdp_cap(len: usize, cap: usize) -> Result<(), Status> {
+    if len > cap {
+        return Err(Status::resource_exhausted(format!(
+            "the SDP is {len} bytes; the limit is {cap} bytes: offer fewer media sections"
+        )));
+    }
+    Ok(())
 }
 
 /// The gRPC status of an error (specs/sfu.md, "Errors").
@@ -263,11 +401,13 @@ impl<B: Backend> SfuRpc for SfuService<B> {
         &self,
         req: Request<Streaming<pb::SignalRequest>>,
     ) -> Result<Response<EventStream>, Status> {
-        let claims = self.claims(&req)?;
+        let claims = self.admit(&req)?;
         let (tx, rx) = mpsc::channel(256);
+        let guard = self.guard(&claims);
         tokio::spawn(session(
             self.sfu.clone(),
             claims,
+            guard,
             req.into_inner(),
             tx,
             None,
@@ -280,7 +420,8 @@ impl<B: Backend> SfuRpc for SfuService<B> {
     /// SFU-WEB-01: the session of a client that cannot stream requests. Its further requests
     /// come through `send`, under a name of 128 random bits that only this identity may use.
     async fn open(&self, req: Request<pb::SignalRequest>) -> Result<Response<EventStream>, Status> {
-        let claims = self.claims(&req)?;
+        let claims = self.admit(&req)?;
+        let guard = self.guard(&claims);
         let name = {
             use rand::{RngCore as _, SeedableRng as _};
             let mut rng = rand::rngs::StdRng::from_os_rng();
@@ -302,7 +443,7 @@ impl<B: Backend> SfuRpc for SfuService<B> {
         let (tx, rx) = mpsc::channel(256);
         let (sfu, open) = (self.sfu.clone(), self.open.clone());
         tokio::spawn(async move {
-            session(sfu, claims, inbound, tx, Some(name.clone())).await;
+            session(sfu, claims, guard, inbound, tx, Some(name.clone())).await;
             open.lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&name);
@@ -353,6 +494,7 @@ fn ev(event: pb::signal_event::Event) -> Result<pb::SignalEvent, Status> {
 async fn session<B: Backend>(
     sfu: B,
     claims: veil_auth::VerifiedClaims,
+    mut guard: Guard,
     mut inbound: impl Stream<Item = Result<pb::SignalRequest, Status>> + Unpin + Send,
     tx: Tx,
     name: Option<String>,
@@ -388,6 +530,11 @@ async fn session<B: Backend>(
             .err()
             .map_or_else(String::new, |e| e.to_string());
         let _ = tx.send(Err(Status::permission_denied(why))).await;
+        return;
+    }
+    // LIM-SDP-01: the join's offer too (its call was counted by `admit`).
+    if let Err(s) = sdp_cap(join.offer_sdp.len(), guard.limits.max_sdp_bytes) {
+        let _ = tx.send(Err(s)).await;
         return;
     }
     let (room, identity) = (join.room, claims.identity.clone());
@@ -428,6 +575,9 @@ async fn session<B: Backend>(
                     return;
                 }
                 Some(e) => {
+                    if let SignalEvent::TrackUnpublished { track } = &e {
+                        guard.subscribed.remove(track);
+                    }
                     if tx.send(Ok(to_proto(e))).await.is_err() {
                         break;
                     }
@@ -436,7 +586,19 @@ async fn session<B: Backend>(
             m = inbound.next() => match m {
                 Some(Ok(m)) => {
                     let id = m.id;
-                    match handle(&sfu, &room, &identity, m).await {
+                    if let Err(s) = guard.check(&m) {
+                        let failed = pb::RequestFailed { id, code: s.code() as i32, message: s.message().to_owned() };
+                        if tx.send(ev(pb::signal_event::Event::RequestFailed(failed))).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    let change = Guard::change(&m);
+                    let result = handle(&sfu, &room, &identity, m).await;
+                    if let (Ok(_), Some(c)) = (&result, change) {
+                        guard.done(c);
+                    }
+                    match result {
                         Ok(Some(reply)) => {
                             if tx.send(ev(reply)).await.is_err() {
                                 break;

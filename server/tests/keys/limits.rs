@@ -323,3 +323,47 @@ async fn a_room_everyone_left_is_deleted_and_delete_room_ends_streams() {
     let r = backend.delete_room().await;
     assert_eq!(code(&r), Some(Code::NotFound), "{r:?}");
 }
+
+/// LIM-RATE-01 (specs/limits.md): requests per second per token holder. Over its burst, alice
+/// is refused with RESOURCE_EXHAUSTED and a message that says to slow down; bob, in the same
+/// room at the same moment, and alice in another room are served; a second later alice is
+/// served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_rate_are_refused_and_others_are_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &["--max-requests-per-second", "2", "--request-burst", "3"],
+        None,
+    );
+    let mut alice = client(&server, &server.token("ward", "alice"), "ward").await;
+    let mut bob = client(&server, &server.token("ward", "bob"), "ward").await;
+    let mut alice_elsewhere = client(&server, &server.token("hall", "alice"), "hall").await;
+    // No room yet: each call is a NOT_FOUND, counted all the same.
+    for _ in 0..3 {
+        let r = alice.group_info().await;
+        assert_eq!(code(&r), Some(Code::NotFound), "{r:?}");
+    }
+    let r = alice.group_info().await;
+    let e = r.as_ref().unwrap_err();
+    assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
+    assert!(e.to_string().contains("slow down"), "{e}");
+    // The same moment: the others have their own buckets.
+    let r = bob.group_info().await;
+    assert_eq!(code(&r), Some(Code::NotFound), "bob is unaffected: {r:?}");
+    let r = alice_elsewhere.group_info().await;
+    assert_eq!(
+        code(&r),
+        Some(Code::NotFound),
+        "another room's token: {r:?}"
+    );
+    // Two per second: served again after a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = alice.group_info().await;
+    assert_eq!(code(&r), Some(Code::NotFound), "alice after a pause: {r:?}");
+    let metrics = server.scrape().await;
+    assert!(
+        metrics.contains("reason=\"rate_limited\""),
+        "the refusal is counted"
+    );
+}

@@ -60,6 +60,10 @@ pub struct Config {
     /// SFU: what `GetPlacement` answers on a store nobody else writes, and what this node
     /// announces to its replicas on a shared one (KDS-PLACE-01).
     pub sfu_url: Option<String>,
+    /// Requests per second per token holder (room and identity), for every RPC but
+    /// `GetServiceInfo`; a `Subscribe` counts once, when it opens (LIM-RATE-01, specs/limits.md).
+    /// [`veil_auth::RequestRate::OFF`] turns it off.
+    pub request_rate: veil_auth::RequestRate,
 }
 
 impl Default for Config {
@@ -78,6 +82,7 @@ impl Default for Config {
             replica_sync: Duration::from_secs(1),
             presence_lease: Duration::from_secs(6),
             sfu_url: None,
+            request_rate: veil_auth::RequestRate::default(),
         }
     }
 }
@@ -128,6 +133,8 @@ struct Inner {
     replica: String,
     /// Wakes the presence-lease renewal when a stream opens (KDS-REP-03).
     lease_now: Arc<tokio::sync::Notify>,
+    /// Requests per token holder (LIM-RATE-01..03).
+    rate: Mutex<veil_auth::RateLimiter>,
 }
 
 /// The key-distribution service (implements the generated `KeyService` trait).
@@ -203,11 +210,12 @@ impl KeyService {
                 store,
                 key,
                 verifier,
-                cfg,
                 rooms: Mutex::new(HashMap::new()),
                 metrics,
                 replica: replica::name(),
                 lease_now: Arc::new(tokio::sync::Notify::new()),
+                rate: Mutex::new(veil_auth::RateLimiter::new(cfg.request_rate)),
+                cfg,
             }),
         })
     }
@@ -224,6 +232,8 @@ impl KeyService {
             loop {
                 tokio::time::sleep(period).await;
                 let Some(inner) = weak.upgrade() else { return };
+                // LIM-RATE-03: buckets of callers that went quiet hold nothing; drop them.
+                lock(&inner.rate).evict_full(Instant::now());
                 Self::sweep(&inner).await;
             }
         });
@@ -349,6 +359,12 @@ impl KeyService {
                 "the token lacks the `join` grant".into(),
             ));
         }
+        // LIM-RATE-01: per token holder, after the token verified (an unverified caller names
+        // no key, so it cannot use up another's requests).
+        let key = format!("{}\n{}", claims.room, claims.identity);
+        lock(&self.inner.rate)
+            .check(&key, Instant::now())
+            .map_err(KdsError::RateLimited)?;
         Ok(claims)
     }
 

@@ -13,7 +13,7 @@ use veil_proto::sfu::v1 as pb;
 use veil_proto::sfu::v1::sfu_client::SfuClient;
 use veil_sfu::SfuConfig;
 use veil_sfu::edge::EdgeSfu;
-use veil_sfu::grpc::{Backend, SfuService};
+use veil_sfu::grpc::{Backend, SfuService, SignalLimits};
 use veil_sfu::routing::MediaKind;
 use webrtc::peer_connection::RTCSessionDescription;
 
@@ -23,9 +23,13 @@ use pb::signal_event::Event as E;
 use pb::signal_request::Request as R;
 
 async fn serve<B: Backend>(sfu: B, key: &TokenKey) -> SocketAddr {
+    serve_with(sfu, key, SignalLimits::default()).await
+}
+
+async fn serve_with<B: Backend>(sfu: B, key: &TokenKey, limits: SignalLimits) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let svc = SfuService::new(sfu, Verifier::new([key.clone()]).unwrap());
+    let svc = SfuService::new(sfu, Verifier::new([key.clone()]).unwrap()).with_limits(limits);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc.into_server())
@@ -622,4 +626,192 @@ async fn an_open_session_takes_its_requests_through_send() {
             event: Some(E::Joined(_))
         })
     ));
+}
+
+/// The signalling limits (specs/limits.md): a subscription over `max_subscriptions`
+/// (LIM-SUB-01), an SDP over `max_sdp_bytes` (LIM-SDP-01) and requests over the rate
+/// (LIM-RATE-01) each fail with `RequestFailed{RESOURCE_EXHAUSTED}` and a message saying what to
+/// do; bob's session goes on, and alice, at the same moment, is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signalling_limits_refuse_with_resource_exhausted_and_spare_the_others() {
+    let sfu = EdgeSfu::new(SfuConfig::default()).unwrap();
+    init_tracing();
+    let key = TokenKey::generate("test").unwrap();
+    let limits = SignalLimits {
+        request_rate: veil_auth::RequestRate {
+            per_second: 1,
+            burst: 6,
+        },
+        max_subscriptions: 1,
+        max_sdp_bytes: 64 * 1024,
+    };
+    let addr = serve_with(sfu.clone(), &key, limits).await;
+    let room = "limits";
+
+    // Alice publishes two tracks.
+    let mut alice = Peer::new(room, "alice", true).await;
+    let mic = alice.add_track(MediaKind::Audio, 0xA1, "mic").await;
+    let mic2 = alice.add_track(MediaKind::Audio, 0xA2, "mic2").await;
+    let mut a_sig = Signal::open(addr, Some(&token(&key, "alice", room, true, false)))
+        .await
+        .unwrap();
+    a_sig
+        .join_proposing(&mut alice, pb::Packetization::Ietf)
+        .await
+        .unwrap();
+    let talk = tokio::spawn(async move {
+        for i in 0u16.. {
+            for m in [&mic, &mic2] {
+                let body = Bytes::from(vec![0x5A; 40]);
+                m.send(i, 960 * u32::from(i), false, &[], body).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+
+    // Bob may subscribe to one track at a time.
+    let mut bob = Peer::new(room, "bob", false).await;
+    let mut b_sig = Signal::open(addr, Some(&token(&key, "bob", room, false, true)))
+        .await
+        .unwrap();
+    b_sig
+        .join_proposing(&mut bob, pb::Packetization::Ietf)
+        .await
+        .unwrap();
+    let mut tracks = Vec::new();
+    while tracks.len() < 2 {
+        tracks.push(
+            b_sig
+                .next(|e| match e {
+                    E::TrackPublished(t) if t.publisher == "alice" => Some(t.track.clone()),
+                    _ => None,
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    let failed = |f: &E| match f {
+        E::RequestFailed(f) => Some(f.clone()),
+        _ => None,
+    };
+    b_sig
+        .send(R::Subscribe(pb::Subscribe {
+            track: tracks[0].clone(),
+        }))
+        .await;
+    b_sig.answer_offer(&bob).await;
+    b_sig
+        .next(|e| match e {
+            E::Subscribed(s) if s.track == tracks[0] => Some(()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    // LIM-SUB-01: the second subscription is refused.
+    let id = b_sig
+        .send(R::Subscribe(pb::Subscribe {
+            track: tracks[1].clone(),
+        }))
+        .await;
+    let f = b_sig.next(failed).await.unwrap();
+    assert_eq!(
+        (f.id, f.code),
+        (id, Code::ResourceExhausted as i32),
+        "{f:?}"
+    );
+    assert!(f.message.contains("unsubscribe from one first"), "{f:?}");
+    // LIM-SDP-01: an offer over the cap is refused before it is parsed.
+    let id = b_sig
+        .send(R::Offer(pb::SessionDescription {
+            sdp: "x".repeat(64 * 1024 + 1),
+        }))
+        .await;
+    let f = b_sig.next(failed).await.unwrap();
+    assert_eq!(
+        (f.id, f.code),
+        (id, Code::ResourceExhausted as i32),
+        "{f:?}"
+    );
+    assert!(f.message.contains("the limit is 65536 bytes"), "{f:?}");
+    // LIM-RATE-01: twenty requests at once; past the burst they are refused.
+    let cap = |track: &str| {
+        R::SetSvcLayer(pb::SetSvcLayer {
+            track: track.to_owned(),
+            max_spatial: Some(0),
+            max_temporal: Some(0),
+        })
+    };
+    for _ in 0..20 {
+        b_sig.send(cap("t999")).await;
+    }
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        let f = b_sig.next(failed).await.unwrap();
+        if f.code == Code::ResourceExhausted as i32 {
+            assert!(f.message.contains("slow down"), "{f:?}");
+        }
+        codes.push(Code::from(f.code));
+    }
+    let refused = codes
+        .iter()
+        .filter(|c| **c == Code::ResourceExhausted)
+        .count();
+    assert!(refused >= 10, "{codes:?}");
+    // The same moment: alice's bucket is her own.
+    let id = a_sig.send(cap("t999")).await;
+    let f = a_sig.next(failed).await.unwrap();
+    assert_eq!(
+        (f.id, f.code),
+        (id, Code::FailedPrecondition as i32),
+        "{f:?}"
+    );
+    // Bob's session went on: his subscription still delivers.
+    let got = tokio::time::timeout(WAIT, bob.received.recv())
+        .await
+        .expect("media")
+        .unwrap();
+    assert!(got.packet.payload.iter().all(|b| *b == 0x5A));
+    assert_eq!(sfu.participants(room).await.len(), 2);
+    talk.abort();
+}
+
+/// `SfuConfig::max_participants` (specs/limits.md, `--sfu-max-participants`): the join past it
+/// ends its stream with `RESOURCE_EXHAUSTED`; the participant inside stays, and another room
+/// admits at the same moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_room_refuses_a_join_and_another_room_admits() {
+    let sfu = EdgeSfu::new(SfuConfig {
+        max_participants: 1,
+        ..SfuConfig::default()
+    })
+    .unwrap();
+    init_tracing();
+    let key = TokenKey::generate("test").unwrap();
+    let addr = serve(sfu.clone(), &key).await;
+    let join = |room: &str, offer_sdp: String| {
+        R::Join(pb::Join {
+            room: room.to_owned(),
+            offer_sdp,
+            packetization: 0,
+        })
+    };
+    let joined = |e: &E| matches!(e, E::Joined(_)).then_some(());
+    let mut sigs = Vec::new();
+    for (who, room) in [("alice", "full"), ("bob", "full"), ("carol", "other")] {
+        let mut peer = Peer::new(room, who, false).await;
+        let offer = peer.offer().await;
+        let mut s = Signal::open(addr, Some(&token(&key, who, room, true, true)))
+            .await
+            .unwrap();
+        s.send(join(room, offer)).await;
+        let r = s.next(joined).await;
+        sigs.push((who, r, s, peer));
+    }
+    assert!(sigs[0].1.is_ok(), "alice: {:?}", sigs[0].1);
+    let e = sigs[1].1.as_ref().unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "bob: {e:?}");
+    assert!(e.message().contains("participants per room"), "{e:?}");
+    assert!(sigs[2].1.is_ok(), "carol: {:?}", sigs[2].1);
+    assert_eq!(sfu.participants("full").await.len(), 1);
+    assert_eq!(sfu.participants("other").await.len(), 1);
 }
