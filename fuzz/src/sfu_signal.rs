@@ -203,3 +203,36 @@ pub fn sfu_signal(data: &[u8]) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A join with the fixture offer is admitted: the target reaches the session loop.
+    #[test]
+    fn the_fixture_offer_joins() {
+        let w = world();
+        let join = request(
+            3,
+            &pb::SignalRequest {
+                id: 1,
+                request: Some(pb::signal_request::Request::Join(pb::Join::default())),
+            }
+            .encode_to_vec(),
+        )
+        .unwrap();
+        w.rt.block_on(async {
+            let mut events = w
+                .svc
+                .open(authorized(join, &w.token))
+                .await
+                .unwrap()
+                .into_inner();
+            let first = events.next().await.unwrap().unwrap();
+            assert!(
+                matches!(first.event, Some(pb::signal_event::Event::Joined(_))),
+                "{first:?}"
+            );
+        });
+    }
+}

@@ -265,3 +265,56 @@ pub fn kds_request(data: &[u8]) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fixture's messages get past every check: the target reaches the service's success
+    /// paths, not only its refusals.
+    #[test]
+    fn the_fixture_commits_are_accepted() {
+        let f = Fixture::get();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let svc = setup(f, 3).await;
+            let claim = pb::ClaimKeyPackageRequest {
+                room: ROOM.into(),
+                identity: "bob".into(),
+            };
+            let kp = svc
+                .claim_key_package(authorized(claim, &f.tokens[0]).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(kp.into_inner().key_package, f.bob_key_packages[0]);
+            let [commit, welcome, group_info] = f.add_bob.clone();
+            let m = pb::SendCommitRequest {
+                room: ROOM.into(),
+                commit,
+                welcome,
+                group_info,
+            };
+            let r = svc
+                .send_commit(authorized(m, &f.tokens[0]).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(r.into_inner().epoch, 1);
+            let svc = setup(f, 1).await;
+            let [commit, welcome, group_info] = f.carol_joins.clone();
+            let m = pb::SendCommitRequest {
+                room: ROOM.into(),
+                commit,
+                welcome,
+                group_info,
+            };
+            let r = svc
+                .send_commit(authorized(m, &f.tokens[2]).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(r.into_inner().epoch, 1);
+        });
+    }
+}
