@@ -14,7 +14,7 @@ secs="${1:-60}"
 case "$secs" in ''|*[!0-9]*) echo "usage: $0 [SECONDS]  (whole seconds, e.g. 60)" >&2; exit 2;; esac
 
 if [ "${VEIL_FUZZ_STABLE:-}" != 1 ] && cargo +nightly fuzz --version >/dev/null 2>&1; then
-  targets="${VEIL_FUZZ_TARGETS:-$(cargo +nightly fuzz list | grep -vx smoke)}"
+  targets="${VEIL_FUZZ_TARGETS:-$(cargo +nightly fuzz list | grep -vxE 'smoke|seeds')}"
   scratch="$(mktemp -d "${TMPDIR:-/tmp}/veil-fuzz.XXXXXX")"
   echo "libFuzzer: ${secs} s per target; logs and new inputs in $scratch" >&2
   cargo +nightly fuzz build >&2
