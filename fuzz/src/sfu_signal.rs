@@ -35,7 +35,25 @@ const BARRIER: u32 = u32::MAX;
 struct World {
     rt: tokio::runtime::Runtime,
     svc: SfuService<EdgeSfu>,
-    token: String,
+    key: TokenKey,
+    /// Inputs so far: each joins as its own identity, so that the SFU's per-token request
+    /// rate (LIM-RATE-01) never throttles the fuzzer, and no input meets the previous one's
+    /// participant.
+    inputs: std::sync::atomic::AtomicU64,
+}
+
+impl World {
+    fn token(&self) -> String {
+        let n = self
+            .inputs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let day = Duration::from_secs(86_400);
+        let claims = Claims::new(format!("fuzzer{n}"), "fuzz", Grants::all(), now, day);
+        self.key.mint(&claims).expect("mint")
+    }
 }
 
 fn world() -> &'static World {
@@ -54,19 +72,13 @@ fn world() -> &'static World {
             .block_on(async { EdgeSfu::new(cfg) })
             .expect("an SFU on loopback");
         let key = TokenKey::generate("fuzz").expect("token key");
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let claims = Claims::new(
-            "fuzzer",
-            "fuzz",
-            Grants::all(),
-            now,
-            Duration::from_secs(86_400),
-        );
-        let token = key.mint(&claims).expect("mint");
-        let svc = SfuService::new(sfu, Verifier::new([key]).expect("verifier"));
-        World { rt, svc, token }
+        let svc = SfuService::new(sfu, Verifier::new([key.clone()]).expect("verifier"));
+        World {
+            rt,
+            svc,
+            key,
+            inputs: 0.into(),
+        }
     })
 }
 
@@ -156,8 +168,9 @@ pub fn sfu_signal(data: &[u8]) {
     }
     let mut reqs = reqs.into_iter();
     let Some(first) = reqs.next() else { return };
+    let token = w.token();
     w.rt.block_on(async {
-        let mut events: Events = match w.svc.open(authorized(first, &w.token)).await {
+        let mut events: Events = match w.svc.open(authorized(first, &token)).await {
             Ok(r) => r.into_inner(),
             Err(s) => return not_internal("Open", &s),
         };
@@ -177,7 +190,7 @@ pub fn sfu_signal(data: &[u8]) {
                 session: session.clone(),
                 request: Some(request),
             };
-            w.svc.send(authorized(r, &w.token))
+            w.svc.send(authorized(r, &token))
         };
         let barrier = || pb::SignalRequest {
             id: BARRIER,
@@ -224,7 +237,7 @@ mod tests {
         w.rt.block_on(async {
             let mut events = w
                 .svc
-                .open(authorized(join, &w.token))
+                .open(authorized(join, &w.token()))
                 .await
                 .unwrap()
                 .into_inner();
