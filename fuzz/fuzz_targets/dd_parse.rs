@@ -1,25 +1,4 @@
-//! Dependency descriptor parse through a latch: never panics; whatever parses re-encodes and
-//! reads back as the same descriptor. The input is a sequence of descriptors, each prefixed by
-//! its length byte, fed to one latch (so structures latch as on a real stream).
 #![no_main]
+//! libFuzzer entry of [`veil_fuzz::dd_parse::dd_parse`] (the body lives in `src/dd_parse.rs`).
 
-use libfuzzer_sys::fuzz_target;
-use veil_wire::dd::{DdLatch, DependencyDescriptor};
-
-fuzz_target!(|data: &[u8]| {
-    let mut latch = DdLatch::default();
-    let mut rest = data;
-    while let Some((&len, tail)) = rest.split_first() {
-        let len = usize::from(len).min(tail.len());
-        let (dd, next) = tail.split_at(len);
-        rest = next;
-        if let Ok(d) = latch.parse(dd) {
-            let s = d.structure().expect("a parsed descriptor has a structure").clone();
-            let mut buf = [0u8; 255];
-            if let Ok(n) = d.write(&s, &mut buf) {
-                let back = DependencyDescriptor::parse(&buf[..n], Some(&s)).expect("our output parses");
-                assert_eq!(back, d);
-            }
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| veil_fuzz::dd_parse::dd_parse(data));

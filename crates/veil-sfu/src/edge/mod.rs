@@ -359,7 +359,8 @@ impl Edge {
     /// address as its only candidate. Returns the connection and the answer SDP.
     ///
     /// # Errors
-    /// [`SfuError::WebRtc`] if the offer is refused.
+    /// [`SfuError::Sdp`] if webrtc-rs refuses the offer or cannot answer it;
+    /// [`SfuError::WebRtc`] if the connection cannot be made.
     pub fn accept(&mut self, now: Instant, offer: &str) -> Result<(ConnId, String), SfuError> {
         let id = self.conns.len();
         // Ours to choose: unique per connection, and the key STUN requests are routed by.
@@ -394,11 +395,13 @@ impl Edge {
             .map_err(w)?;
         let mut rids = RidLatch::default();
         let remote = rids.remote(offer);
+        // A description webrtc-rs refuses is the participant's fault (INVALID_ARGUMENT).
+        let peer = SfuError::sdp::<rtc::shared::error::Error>;
         pc.set_remote_description(
             now,
-            RTCSessionDescription::offer(remote.sdp.to_string()).map_err(w)?,
+            RTCSessionDescription::offer(remote.sdp.to_string()).map_err(peer("offer"))?,
         )
-        .map_err(w)?;
+        .map_err(peer("offer"))?;
         rids.taken(remote);
         let host = CandidateHostConfig {
             base_config: CandidateConfig {
@@ -414,8 +417,11 @@ impl Edge {
         .map_err(w)?;
         pc.add_local_candidate(RTCIceCandidate::from(&host).to_json().map_err(w)?)
             .map_err(w)?;
-        let answer = pc.create_answer(None).map_err(w)?;
-        pc.set_local_description(now, answer).map_err(w)?;
+        // Answering depends on nothing but the offer (webrtc-rs starts the offered receivers
+        // here): a failure is the offer's, e.g. two send streams without an SSRC or a rid.
+        let answer = pc.create_answer(None).map_err(peer("offer"))?;
+        pc.set_local_description(now, answer)
+            .map_err(peer("offer"))?;
         let sdp = local_sdp(&pc)?;
         self.by_ufrag.insert(ufrag.clone(), id);
         self.conns.push(Some(Box::new(Conn {
@@ -515,23 +521,26 @@ impl Edge {
     /// A new offer from participant `id` (e.g. to publish another track): returns the answer.
     ///
     /// # Errors
-    /// [`SfuError::Closed`]; [`SfuError::WebRtc`] if the offer is refused (for one, while the
-    /// edge's own offer to `id` waits for its answer).
+    /// [`SfuError::Closed`]; [`SfuError::Sdp`] if webrtc-rs refuses the offer or cannot answer
+    /// it (for one, while the edge's own offer to `id` waits for its answer).
     pub fn accept_offer(
         &mut self,
         now: Instant,
         id: ConnId,
         offer: &str,
     ) -> Result<String, SfuError> {
-        let w = rtc_error("accept offer");
         let c = self.conn_mut(id)?;
         let remote = c.rids.remote(offer);
-        let desc = RTCSessionDescription::offer(remote.sdp.to_string()).map_err(&w)?;
-        c.pc.set_remote_description(now, desc).map_err(&w)?;
+        let peer = SfuError::sdp::<rtc::shared::error::Error>;
+        let desc = RTCSessionDescription::offer(remote.sdp.to_string()).map_err(peer("offer"))?;
+        c.pc.set_remote_description(now, desc)
+            .map_err(peer("offer"))?;
         c.rids.taken(remote);
         let pc = &mut c.pc;
-        let answer = pc.create_answer(None).map_err(&w)?;
-        pc.set_local_description(now, answer).map_err(&w)?;
+        // As in `accept`: answering fails only for what the offer holds.
+        let answer = pc.create_answer(None).map_err(peer("offer"))?;
+        pc.set_local_description(now, answer)
+            .map_err(peer("offer"))?;
         let sdp = local_sdp(pc)?;
         self.dirty.push(id);
         Ok(sdp)
@@ -540,13 +549,14 @@ impl Edge {
     /// The participant's answer to [`Edge::offer`].
     ///
     /// # Errors
-    /// [`SfuError::Closed`]; [`SfuError::WebRtc`] if the answer is refused.
+    /// [`SfuError::Closed`]; [`SfuError::Sdp`] if webrtc-rs refuses the answer.
     pub fn answer(&mut self, now: Instant, id: ConnId, sdp: &str) -> Result<(), SfuError> {
-        let w = rtc_error("answer");
         let c = self.conn_mut(id)?;
         let remote = c.rids.remote(sdp);
-        let desc = RTCSessionDescription::answer(remote.sdp.to_string()).map_err(&w)?;
-        c.pc.set_remote_description(now, desc).map_err(&w)?;
+        let peer = SfuError::sdp::<rtc::shared::error::Error>;
+        let desc = RTCSessionDescription::answer(remote.sdp.to_string()).map_err(peer("answer"))?;
+        c.pc.set_remote_description(now, desc)
+            .map_err(peer("answer"))?;
         c.rids.taken(remote);
         self.dirty.push(id);
         Ok(())

@@ -184,3 +184,49 @@ async fn the_sfu_renegotiates_as_the_impolite_peer() {
         .unwrap();
     assert_ne!(ssrc, 0);
 }
+
+/// Descriptions webrtc-rs refuses, or accepts but cannot answer, are the participant's fault:
+/// `Sdp`, so `INVALID_ARGUMENT`, never `INTERNAL` (specs/sfu.md "Errors"). Each case is a
+/// crash the fuzz targets `sfu_sdp` and `sfu_signal` found (fuzz/README.md), shrunk by hand.
+#[test]
+fn descriptions_webrtc_rs_cannot_use_are_invalid_argument() {
+    use std::time::Instant;
+    use veil_sfu::SfuError;
+    use veil_sfu::edge::EdgeRooms;
+
+    let now = Instant::now();
+    let local = "127.0.0.1:9".parse().unwrap();
+    let mut rooms = EdgeRooms::new(local, SfuConfig::default(), now, [1; 32]);
+    let offer = chromium_offer();
+    let invalid_argument = |e: SfuError| {
+        assert!(matches!(e, SfuError::Sdp { .. }), "{e}");
+        assert_eq!(
+            veil_sfu::grpc::code(&e),
+            tonic::Code::InvalidArgument,
+            "{e}"
+        );
+    };
+    // Two sections whose DTLS fingerprints disagree.
+    let other = FINGERPRINT.replace("6B:8B", "00:00");
+    let conflicting = offer.replacen(FINGERPRINT, &other, 1);
+    invalid_argument(rooms.join(now, "neg", "a", &conflicting, true).unwrap_err());
+    // The one section, cut off before its codecs: a payload type without a codec.
+    let cut = offer
+        .replace("BUNDLE 0 1", "BUNDLE 0")
+        .split("a=rtpmap:111")
+        .next()
+        .unwrap()
+        .to_owned();
+    invalid_argument(rooms.join(now, "neg", "b", &cut, true).unwrap_err());
+    // A renegotiation that drops the video section (JSEP never removes one) and the audio
+    // SSRC: webrtc-rs takes the description, and then finds no stream for the audio sender.
+    let (id, _) = rooms.join(now, "neg", "c", &offer, true).unwrap();
+    let audio_only = offer
+        .split("m=video")
+        .next()
+        .unwrap()
+        .replace("BUNDLE 0 1", "BUNDLE 0")
+        .replace("a=ssrc:1001 cname:c\r\na=ssrc:1001 msid:s mic\r\n", "");
+    assert!(!audio_only.contains("a=ssrc"));
+    invalid_argument(rooms.offer(now, id, &audio_only).unwrap_err());
+}
