@@ -73,7 +73,7 @@ impl Plan {
 }
 
 /// The server with its SFU bound on a port of its own and advertising the relay's address.
-pub async fn server_behind(relay_addr: SocketAddr, sfu_port: u16) -> Server {
+async fn server_behind(relay_addr: SocketAddr, sfu_port: u16) -> Server {
     Server::start_with(move |cfg| {
         let sfu = cfg.sfu.as_mut().expect("loopback runs the SFU");
         // One worker: the relay forwards one listening port to one SFU port.
@@ -90,12 +90,13 @@ pub fn free_udp_port() -> u16 {
     s.local_addr().unwrap().port()
 }
 
-/// Play `plan`.
+/// The server with its SFU reached only through a fresh relay that impairs every flow with
+/// `impairment` (seeded with `seed`): what the impaired call, the bandwidth and the outage
+/// tests stand on.
 ///
 /// # Panics
-/// If the server, the relay or a join fails, or the first three are not in one group within
-/// 60 s.
-pub async fn run(plan: &Plan) -> Report {
+/// If the relay or the server does not start.
+pub async fn behind_relay(impairment: Impairment, seed: u64) -> (Server, Relay) {
     let bound = Relay::bind(&["127.0.0.1:0".parse().unwrap()])
         .await
         .unwrap();
@@ -105,11 +106,21 @@ pub async fn run(plan: &Plan) -> Report {
     let relay = bound
         .start(RelayConfig {
             targets: vec![SocketAddr::from(([127, 0, 0, 1], sfu_port))],
-            impairment: plan.impairment.clone(),
+            impairment,
             windows: Vec::new(),
-            seed: plan.seed,
+            seed,
         })
         .unwrap();
+    (server, relay)
+}
+
+/// Play `plan`.
+///
+/// # Panics
+/// If the server, the relay or a join fails, or the first three are not in one group within
+/// 60 s.
+pub async fn run(plan: &Plan) -> Report {
+    let (server, relay) = behind_relay(plan.impairment.clone(), plan.seed).await;
     let room = "impaired";
     let cfg = |name: &str| -> RoomConfig { server.room(room, name) };
 

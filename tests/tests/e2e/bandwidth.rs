@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use veil_client::media::MediaKind;
 use veil_client::room::{Room, VideoLayer};
-use veil_e2e::impaired::{free_udp_port, server_behind};
-use veil_netem::{Impairment, RateCap, Relay, RelayConfig};
+use veil_e2e::impaired::{behind_relay, free_udp_port};
+use veil_netem::{Impairment, RateCap};
 
 /// Layer `l`'s frame `i` at 50 frames/s: 375, 1,250 and 3,750 bytes (150, 500, 1,500 kbit/s).
 fn layer_frame(l: usize, i: u32) -> Vec<u8> {
@@ -34,20 +34,7 @@ fn bob_gauge(text: &str, name: &str) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_forwarded_layer_follows_a_300_kbit_cap_and_audio_goes_on() {
-    let bound = Relay::bind(&["127.0.0.1:0".parse().unwrap()])
-        .await
-        .unwrap();
-    let relay_addr = bound.local_addrs().unwrap()[0];
-    let sfu_port = free_udp_port();
-    let server = server_behind(relay_addr, sfu_port).await;
-    let relay = bound
-        .start(RelayConfig {
-            targets: vec![SocketAddr::from(([127, 0, 0, 1], sfu_port))],
-            impairment: Impairment::default(),
-            windows: Vec::new(),
-            seed: 11,
-        })
-        .unwrap();
+    let (server, relay) = behind_relay(Impairment::default(), 11).await;
     let room = "bottleneck";
     let mut alice_cfg = server.room(room, "alice");
     alice_cfg.simulcast = VideoLayer::browser_defaults(1280, 720);

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use veil_client::link::Link;
 use veil_client::room::{Room, RoomEvent};
-use veil_e2e::impaired::{free_udp_port, server_behind};
-use veil_netem::{Impairment, Relay, RelayConfig};
+use veil_e2e::impaired::{behind_relay, free_udp_port};
+use veil_netem::Impairment;
 
 /// A participant publishing audio every 20 ms; when it last heard whom, and its room events.
 struct Peer {
@@ -91,20 +91,7 @@ async fn both_hear_after(alice: &Peer, bob: &Peer, since: Instant, limit: Durati
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_resumes_by_itself_after_a_10_s_network_outage() {
-    let bound = Relay::bind(&["127.0.0.1:0".parse().unwrap()])
-        .await
-        .unwrap();
-    let relay_addr = bound.local_addrs().unwrap()[0];
-    let sfu_port = free_udp_port();
-    let server = server_behind(relay_addr, sfu_port).await;
-    let relay = bound
-        .start(RelayConfig {
-            targets: vec![SocketAddr::from(([127, 0, 0, 1], sfu_port))],
-            impairment: Impairment::default(),
-            windows: Vec::new(),
-            seed: 7,
-        })
-        .unwrap();
+    let (server, relay) = behind_relay(Impairment::default(), 7).await;
     let room = "outage";
     let alice = Room::join(server.room(room, "alice")).await.unwrap();
     // Bob's media leaves from one known port, so the relay can cut his path alone.
