@@ -28,7 +28,20 @@ async fn four_participants_through_a_lossy_relay_with_a_join_a_leave_and_a_burst
             }
         }
         assert!(r.sent > 0 && r.received > 0, "{table}");
-        assert_eq!(r.failures_outside_switches, 0, "{}\n{table}", r.name);
+        // On failure, say why the frames did not decrypt (by reason, per received track) and
+        // when (seconds into the call, running total).
+        let reasons: Vec<_> = log
+            .stats
+            .received
+            .values()
+            .filter(|t| !t.decrypt_failures.is_empty())
+            .map(|t| &t.decrypt_failures)
+            .collect();
+        assert_eq!(
+            r.failures_outside_switches, 0,
+            "{}: reasons {reasons:?}, at {:?}\n{table}",
+            r.name, log.failures
+        );
         assert_eq!(r.replays_accepted, 0, "{}\n{table}", r.name);
         assert_eq!(r.corrupt, 0, "{}\n{table}", r.name);
         assert_eq!(log.unknown, 0, "{}\n{table}", r.name);
