@@ -236,9 +236,15 @@ mod tests {
         }
         // Highest 2997: 1974..=2997 are in the window; those recorded are replays, the others
         // (not multiples of 3) are new, and 1973 is too old.
-        assert!(matches!(w.check(1, 1974), Err(SframeError::Replayed { .. })));
+        assert!(matches!(
+            w.check(1, 1974),
+            Err(SframeError::Replayed { .. })
+        ));
         accept(&mut w, 1975).unwrap();
-        assert!(matches!(w.check(1, 1975), Err(SframeError::Replayed { .. })));
+        assert!(matches!(
+            w.check(1, 1975),
+            Err(SframeError::Replayed { .. })
+        ));
         assert!(matches!(
             w.check(1, 1973),
             Err(SframeError::TooOld { oldest: 1974, .. })
@@ -246,10 +252,16 @@ mod tests {
         // A jump of 64 × k + r moves every recorded bit across words: 2997 is still recorded
         // until it leaves the window.
         accept(&mut w, 2997 + 130).unwrap();
-        assert!(matches!(w.check(1, 2997), Err(SframeError::Replayed { .. })));
+        assert!(matches!(
+            w.check(1, 2997),
+            Err(SframeError::Replayed { .. })
+        ));
         accept(&mut w, 2998).unwrap();
         accept(&mut w, 2997 + 1023).unwrap();
-        assert!(matches!(w.check(1, 2997), Err(SframeError::Replayed { .. })));
+        assert!(matches!(
+            w.check(1, 2997),
+            Err(SframeError::Replayed { .. })
+        ));
         accept(&mut w, 2997 + 1024).unwrap();
         assert!(matches!(w.check(1, 2997), Err(SframeError::TooOld { .. })));
     }
