@@ -48,7 +48,8 @@ pub struct Phase {
     pub estimates_kbps: Vec<i64>,
     /// When, from the phase's start, the layer first reached the phase's last value.
     pub settled_after: Option<Duration>,
-    /// Audio frames bob decrypted from alice in the phase.
+    /// Audio frames alice sent in the phase that bob decrypted (during the phase or soon
+    /// after: a capped queue delivers late).
     pub audio_received: u32,
     /// Audio frames alice sent in the phase.
     pub audio_sent: u32,
@@ -104,11 +105,15 @@ pub async fn run(phases: &[PhasePlan]) -> Vec<Phase> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let sent_audio = Arc::new(AtomicU32::new(0));
+    // The index of the frame alice publishes next (its RTP timestamp over 960).
+    let next_index = Arc::new(AtomicU32::new(0));
     let publisher = {
         let (alice, stop, sent) = (alice.clone(), stop.clone(), sent_audio.clone());
+        let next = next_index.clone();
         tokio::spawn(async move {
             let mut i = 0u32;
             while !stop.load(Ordering::Relaxed) {
+                next.store(i, Ordering::Relaxed);
                 let frames: Vec<Vec<u8>> = (0..3).map(|l| layer_frame(l, i)).collect();
                 let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
                 let _ = alice
@@ -142,6 +147,9 @@ pub async fn run(phases: &[PhasePlan]) -> Vec<Phase> {
     bob.set_video_layer(&track, "f").await.unwrap();
 
     let mut out = Vec::new();
+    // The index of every audio frame bob decrypted, and each phase's range of indices.
+    let mut heard = Vec::new();
+    let mut ranges = Vec::new();
     for &(name, cap, length) in phases {
         let imp = Impairment {
             rate: cap.map(|bits_per_second| RateCap {
@@ -154,10 +162,11 @@ pub async fn run(phases: &[PhasePlan]) -> Vec<Phase> {
         // As an application would: the top layer stays what bob asks for.
         bob.set_video_layer(&track, "f").await.unwrap();
         let sent_before = sent_audio.load(Ordering::Relaxed);
+        let first = next_index.load(Ordering::Relaxed);
         let start = Instant::now();
         let end = start + length;
         let mut next_sample = start;
-        let (mut audio, mut last_audio, mut longest_gap) = (0u32, start, Duration::ZERO);
+        let (mut last_audio, mut longest_gap) = (start, Duration::ZERO);
         let (mut layers, mut estimates) = (Vec::new(), Vec::new());
         let mut changed = Vec::new();
         while Instant::now() < end {
@@ -177,12 +186,13 @@ pub async fn run(phases: &[PhasePlan]) -> Vec<Phase> {
                 tokio::time::timeout(Duration::from_millis(100), bob.next_frame()).await
                 && f.kind == MediaKind::Audio
             {
-                audio += 1;
+                heard.push(f.timestamp / 960);
                 longest_gap = longest_gap.max(last_audio.elapsed());
                 last_audio = Instant::now();
             }
         }
         longest_gap = longest_gap.max(last_audio.elapsed());
+        ranges.push(first..next_index.load(Ordering::Relaxed));
         out.push(Phase {
             name,
             cap,
@@ -190,13 +200,23 @@ pub async fn run(phases: &[PhasePlan]) -> Vec<Phase> {
             layers,
             estimates_kbps: estimates,
             settled_after: changed.last().copied(),
-            audio_received: audio,
+            audio_received: 0,
             audio_sent: sent_audio.load(Ordering::Relaxed) - sent_before,
             longest_gap,
         });
     }
+    // What the last phase's queue still held.
+    let end = Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(f)) = tokio::time::timeout_at(end.into(), bob.next_frame()).await {
+        if f.kind == MediaKind::Audio {
+            heard.push(f.timestamp / 960);
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     publisher.await.unwrap();
+    for (p, range) in out.iter_mut().zip(ranges) {
+        p.audio_received = heard.iter().filter(|i| range.contains(i)).count() as u32;
+    }
     out
 }
 

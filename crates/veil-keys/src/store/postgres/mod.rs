@@ -580,6 +580,23 @@ impl Store for PostgresStore {
         })
     }
 
+    fn next_seqs(
+        &self,
+        rooms: &[String],
+    ) -> Result<std::collections::HashMap<String, u64>, KdsError> {
+        let rooms = rooms.to_vec();
+        self.run(move |s| {
+            let st = s.stmt("SELECT room, next_seq FROM rooms WHERE room = ANY($1)")?;
+            let rows = s.client()?.query(&st, &[&rooms]).map_err(db)?;
+            rows.iter()
+                .map(|r| {
+                    let room: String = r.try_get(0).map_err(db)?;
+                    Ok((room, to_u64(r.try_get(1).map_err(db)?, "seq")?))
+                })
+                .collect()
+        })
+    }
+
     fn changes(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>, KdsError> {
         replica::listen(self.config.clone()).map(Some)
     }
