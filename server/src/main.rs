@@ -43,6 +43,12 @@ struct ServeArgs {
     /// `postgres://user@host/db` URL, which replicas may share.
     #[arg(long, env = "VEIL_DATABASE", default_value = "sqlite", value_parser = Database::parse)]
     database: Database,
+    /// CA certificates (PEM) that PostgreSQL's TLS certificate must verify against (default:
+    /// the system's roots). The URL's `sslmode` says whether TLS is used: `require` always,
+    /// `prefer` (the default) when the server offers it, `disable` never; a certificate that
+    /// does not verify is always refused.
+    #[arg(long, env = "VEIL_DATABASE_CA_FILE", value_name = "PEM")]
+    database_ca_file: Option<PathBuf>,
     /// gRPC listen address (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "VEIL_LISTEN", default_value = "127.0.0.1:7443")]
     listen: SocketAddr,
@@ -258,6 +264,7 @@ fn mint(args: &TokenArgs) -> Result<String, String> {
 async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     let mut cfg = ServerConfig::embedded(args.data_dir);
     cfg.database = args.database;
+    cfg.database_ca_file = args.database_ca_file;
     cfg.listen = args.listen;
     cfg.metrics_listen = (!args.no_metrics).then_some(args.metrics_listen);
     cfg.web_listen = (!args.no_web).then_some(args.web_listen);

@@ -18,7 +18,7 @@ use crate::error::SframeError;
 /// (`tests/tests/e2e/impaired.rs`). 1024 counters are 7 s at 140 frames a second (audio and
 /// three simulcast layers at 30 fps), longer than any receiver waits for a frame.
 pub const DEFAULT_REPLAY_WINDOW: u32 = 1024;
-/// Largest supported window (the bitmap is [`WORDS`] 64-bit words).
+/// Largest supported window (the bitmap is 16 64-bit words).
 pub const MAX_REPLAY_WINDOW: u32 = 1024;
 
 /// 64-bit words of the bitmap.

@@ -7,3 +7,4 @@
 mod common;
 mod race;
 mod semantics;
+mod tls;

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 
 use postgres::error::SqlState;
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 
 use super::{
     Change, Event, EventKind, KeyPackageRecord, RoomRecord, Store, now_secs, to_i64, to_u64,
@@ -24,6 +24,9 @@ use super::{
 use crate::error::KdsError;
 
 mod replica;
+mod tls;
+
+use tls::PgTls;
 
 /// The channel on which every write to a room is announced, with the room's name as payload
 /// (KDS-REP-02). `pg_notify` inside a transaction is delivered when it commits.
@@ -129,6 +132,7 @@ fn room_from_row(r: &postgres::Row) -> Result<RoomRecord, KdsError> {
 /// The connection, owned by the store's thread; reconnects when the server closed it.
 struct Session {
     config: postgres::Config,
+    tls: PgTls,
     client: Option<Client>,
     /// Prepared statements of this connection, by their text.
     stmts: HashMap<String, Statement>,
@@ -139,7 +143,7 @@ impl Session {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.stmts.clear();
             self.client = None;
-            self.client = Some(self.config.connect(NoTls).map_err(db)?);
+            self.client = Some(self.config.connect(self.tls.clone()).map_err(db)?);
         }
         self.client
             .as_mut()
@@ -167,6 +171,7 @@ pub struct PostgresStore {
     jobs: mpsc::Sender<Job>,
     /// For the listening connections of [`Store::changes`].
     config: postgres::Config,
+    tls: PgTls,
 }
 
 impl PostgresStore {
@@ -177,6 +182,18 @@ impl PostgresStore {
     /// [`KdsError::Storage`] if the URL does not parse, the server cannot be reached or the
     /// migration fails.
     pub fn open(url: &str) -> Result<Self, KdsError> {
+        Self::open_with(url, None)
+    }
+
+    /// As [`open`](Self::open), verifying the server's TLS certificate against the
+    /// certificates of `ca_pem` (PEM) instead of the system's roots (KDS-PG-TLS-01). Whether
+    /// TLS is used at all is the URL's `sslmode` (`disable`, `prefer`, `require`).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); also [`KdsError::Storage`] if `ca_pem` holds no certificate,
+    /// or the server's certificate does not verify.
+    pub fn open_with(url: &str, ca_pem: Option<&[u8]>) -> Result<Self, KdsError> {
+        let tls = PgTls::new(ca_pem)?;
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e| KdsError::storage_by("the PostgreSQL URL", e))?;
@@ -185,11 +202,13 @@ impl PostgresStore {
         }
         let (jobs, rx) = mpsc::channel::<Job>();
         let listen = config.clone();
+        let session_tls = tls.clone();
         std::thread::Builder::new()
             .name("veil-keys-postgres".into())
             .spawn(move || {
                 let mut session = Session {
                     config,
+                    tls: session_tls,
                     client: None,
                     stmts: HashMap::new(),
                 };
@@ -201,6 +220,7 @@ impl PostgresStore {
         let store = Self {
             jobs,
             config: listen,
+            tls,
         };
         store.run(|s| migrate(s.client()?))?;
         Ok(store)
@@ -598,7 +618,7 @@ impl Store for PostgresStore {
     }
 
     fn changes(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>, KdsError> {
-        replica::listen(self.config.clone()).map(Some)
+        replica::listen(self.config.clone(), self.tls.clone()).map(Some)
     }
 
     fn refresh_presence(
