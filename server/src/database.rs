@@ -40,6 +40,7 @@ impl Database {
     pub(crate) fn open_shared(
         &self,
         ca_file: Option<&std::path::Path>,
+        connections: usize,
     ) -> Option<Result<Arc<dyn Store>, crate::ServerError>> {
         match self {
             Self::Sqlite => None,
@@ -52,7 +53,7 @@ impl Database {
                         })
                     })
                     .transpose()?;
-                let store = PostgresStore::open_with(url, ca.as_deref())?;
+                let store = PostgresStore::open_with(url, ca.as_deref(), connections)?;
                 Ok(Arc::new(store) as Arc<dyn Store>)
             })()),
         }

@@ -134,6 +134,8 @@ pub struct ServerConfig {
     /// The CA certificates (PEM file) PostgreSQL's TLS certificate must verify against;
     /// `None`: the system's roots (KDS-PG-TLS-01).
     pub database_ca_file: Option<PathBuf>,
+    /// Connections to PostgreSQL (KDS-PG-POOL-01).
+    pub database_connections: usize,
     /// Token keys to accept; empty means the embedded key in `data_dir/token.key`.
     pub token_keys: Vec<TokenKey>,
     /// Key-service limits and timers.
@@ -166,6 +168,7 @@ impl ServerConfig {
             data_dir,
             database: database::Database::Sqlite,
             database_ca_file: None,
+            database_connections: veil_keys::store::PostgresStore::DEFAULT_CONNECTIONS,
             token_keys: Vec::new(),
             kds: Config::default(),
             keys: true,
@@ -295,7 +298,7 @@ pub async fn run(
     // and only for the key service (the SFU keeps no state).
     let shared = if cfg.keys {
         cfg.database
-            .open_shared(cfg.database_ca_file.as_deref())
+            .open_shared(cfg.database_ca_file.as_deref(), cfg.database_connections)
             .transpose()?
     } else {
         None

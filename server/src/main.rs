@@ -49,6 +49,11 @@ struct ServeArgs {
     /// does not verify is always refused.
     #[arg(long, env = "VEIL_DATABASE_CA_FILE", value_name = "PEM")]
     database_ca_file: Option<PathBuf>,
+    /// Connections to PostgreSQL: calls on different rooms run on different connections at
+    /// once.
+    #[arg(long, env = "VEIL_DATABASE_CONNECTIONS", default_value_t = veil_keys::store::PostgresStore::DEFAULT_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    database_connections: usize,
     /// gRPC listen address (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "VEIL_LISTEN", default_value = "127.0.0.1:7443")]
     listen: SocketAddr,
@@ -265,6 +270,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     let mut cfg = ServerConfig::embedded(args.data_dir);
     cfg.database = args.database;
     cfg.database_ca_file = args.database_ca_file;
+    cfg.database_connections = args.database_connections;
     cfg.listen = args.listen;
     cfg.metrics_listen = (!args.no_metrics).then_some(args.metrics_listen);
     cfg.web_listen = (!args.no_web).then_some(args.web_listen);

@@ -20,13 +20,13 @@ fn server() -> &'static TempPostgres {
 fn a_store_over_tls_verifies_the_servers_certificate_and_works() {
     let pg = server();
     let url = pg.tls_url(&pg.database_name());
-    let s = PostgresStore::open_with(&url, Some(pg.ca_pem().as_bytes())).unwrap();
+    let s = PostgresStore::open_with(&url, Some(pg.ca_pem().as_bytes()), 2).unwrap();
     s.create_room(&room("over-tls")).unwrap();
     assert_eq!(s.room("over-tls").unwrap(), Some(room("over-tls")));
     // The listening connection of a replica is TLS too: once connected it says so
     // (`Change::All`: read everything again), then passes on another store's writes.
     let mut changes = s.changes().unwrap().expect("PostgreSQL announces writes");
-    let other = PostgresStore::open_with(&url, Some(pg.ca_pem().as_bytes())).unwrap();
+    let other = PostgresStore::open_with(&url, Some(pg.ca_pem().as_bytes()), 2).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -60,13 +60,15 @@ fn a_certificate_that_does_not_verify_is_refused() {
     let url = pg.tls_url(&pg.database_name());
     let stranger = TestPki::new("stranger");
     for ca in [Some(stranger.ca_pem.as_bytes()), None] {
-        let e = PostgresStore::open_with(&url, ca).unwrap_err().to_string();
+        let e = PostgresStore::open_with(&url, ca, 2)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("certificate") || e.contains("CA certificates"),
             "the error names the certificate: {e}"
         );
     }
-    let e = PostgresStore::open_with(&url, Some(b"not pem")).unwrap_err();
+    let e = PostgresStore::open_with(&url, Some(b"not pem"), 2).unwrap_err();
     assert!(e.to_string().contains("CA file"), "{e}");
 }
 
@@ -76,7 +78,7 @@ fn without_tls_the_server_refuses_the_connection() {
     let url = pg
         .tls_url(&pg.database_name())
         .replace("sslmode=require", "sslmode=disable");
-    let e = PostgresStore::open_with(&url, Some(pg.ca_pem().as_bytes()))
+    let e = PostgresStore::open_with(&url, Some(pg.ca_pem().as_bytes()), 2)
         .unwrap_err()
         .to_string();
     assert!(

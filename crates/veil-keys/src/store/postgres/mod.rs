@@ -13,7 +13,7 @@
 //! connection and runs the store's calls one at a time, as SQLite's one connection does.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use postgres::error::SqlState;
 use postgres::{Client, Statement};
@@ -175,6 +175,9 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// Connections a store opens unless told otherwise.
+    pub const DEFAULT_CONNECTIONS: usize = 4;
+
     /// Connect to `url` (`postgres://user@host/db`, or libpq's `key=value` form; a Unix socket
     /// directory as a percent-encoded host) and bring the schema up to date.
     ///
@@ -182,17 +185,22 @@ impl PostgresStore {
     /// [`KdsError::Storage`] if the URL does not parse, the server cannot be reached or the
     /// migration fails.
     pub fn open(url: &str) -> Result<Self, KdsError> {
-        Self::open_with(url, None)
+        Self::open_with(url, None, Self::DEFAULT_CONNECTIONS)
     }
 
     /// As [`open`](Self::open), verifying the server's TLS certificate against the
-    /// certificates of `ca_pem` (PEM) instead of the system's roots (KDS-PG-TLS-01). Whether
-    /// TLS is used at all is the URL's `sslmode` (`disable`, `prefer`, `require`).
+    /// certificates of `ca_pem` (PEM) instead of the system's roots (KDS-PG-TLS-01), with
+    /// `connections` connections (at least one; KDS-PG-POOL-01). Whether TLS is used at all is
+    /// the URL's `sslmode` (`disable`, `prefer`, `require`).
     ///
     /// # Errors
     /// As [`open`](Self::open); also [`KdsError::Storage`] if `ca_pem` holds no certificate,
     /// or the server's certificate does not verify.
-    pub fn open_with(url: &str, ca_pem: Option<&[u8]>) -> Result<Self, KdsError> {
+    pub fn open_with(
+        url: &str,
+        ca_pem: Option<&[u8]>,
+        connections: usize,
+    ) -> Result<Self, KdsError> {
         let tls = PgTls::new(ca_pem)?;
         let mut config: postgres::Config = url
             .parse()
@@ -202,21 +210,31 @@ impl PostgresStore {
         }
         let (jobs, rx) = mpsc::channel::<Job>();
         let listen = config.clone();
-        let session_tls = tls.clone();
-        std::thread::Builder::new()
-            .name("veil-keys-postgres".into())
-            .spawn(move || {
-                let mut session = Session {
-                    config,
-                    tls: session_tls,
-                    client: None,
-                    stmts: HashMap::new(),
-                };
-                for job in rx {
-                    job(&mut session);
-                }
-            })
-            .map_err(|e| KdsError::storage_by("start the PostgreSQL thread", e))?;
+        // KDS-PG-POOL-01: `connections` sessions take calls from one queue, so calls on
+        // different rooms do not wait for each other; what must not interleave is decided in
+        // the database (constraints, row and advisory locks), as between replicas.
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..connections.max(1) {
+            let (rx, config, tls) = (rx.clone(), config.clone(), tls.clone());
+            std::thread::Builder::new()
+                .name(format!("veil-keys-postgres-{i}"))
+                .spawn(move || {
+                    let mut session = Session {
+                        config,
+                        tls,
+                        client: None,
+                        stmts: HashMap::new(),
+                    };
+                    loop {
+                        let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        match job {
+                            Ok(job) => job(&mut session),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| KdsError::storage_by("start a PostgreSQL thread", e))?;
+        }
         let store = Self {
             jobs,
             config: listen,
@@ -727,7 +745,15 @@ fn claim(
     let mark = s.stmt(
         "INSERT INTO key_packages (room, identity, hash_ref, last_resort, message, claimed, claimed_by, created) VALUES ($1, $2, $3, true, '', true, $4, 0) ON CONFLICT DO NOTHING",
     )?;
+    // KDS-KP-04: one claimer's claims of one identity take turns, on every replica, so a
+    // claimer asking twice at once (a retry racing its first try on another replica) gets one
+    // KeyPackage, not two: the second waits here and then finds the first's in `again`.
+    let turn = s.stmt(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2 || chr(31) || $3, 0))",
+    )?;
     let mut tx = s.client()?.transaction().map_err(db)?;
+    tx.execute(&turn, &[&room, &identity, &claimer])
+        .map_err(db)?;
     if let Some(row) = tx
         .query_opt(&again, &[&room, &identity, &claimer])
         .map_err(db)?
