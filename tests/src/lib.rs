@@ -14,7 +14,7 @@ use veil_testkit::server::InProcess;
 pub mod bandwidth;
 pub mod impaired;
 pub mod outage;
-pub mod peer;
+pub use veil_testkit::peer;
 pub mod reliability;
 pub mod restart;
 

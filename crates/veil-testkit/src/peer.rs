@@ -85,6 +85,12 @@ impl Peer {
         self.heard.lock().unwrap().get(other).copied()
     }
 
+    /// When a frame from each other participant last arrived, for failure messages.
+    #[must_use]
+    pub fn heard(&self) -> HashMap<String, Instant> {
+        self.heard.lock().unwrap().clone()
+    }
+
     /// Whether a frame from every one of `others` arrived after `since`.
     #[must_use]
     pub fn heard_all_since(&self, others: &[&str], since: Instant) -> bool {
@@ -96,6 +102,12 @@ impl Peer {
     #[must_use]
     pub fn epoch(&self) -> Option<u64> {
         self.status.borrow().epoch
+    }
+
+    /// The group's status now.
+    #[must_use]
+    pub fn status(&self) -> GroupStatus {
+        self.status.borrow().clone()
     }
 
     /// The group's member count now.
