@@ -1,0 +1,148 @@
+//! SFU-TCP-06: a participant whose network drops every UDP packet joins a call over ICE-TCP.
+//!
+//! The participant (bob, `veil-e2e-participant`) runs inside a network namespace of the
+//! test's own whose nftables rule drops all UDP in and out; the server listens on this side of
+//! the veth pair, with `--sfu-tcp`; alice joins from outside. Each publishes numbered audio and
+//! video frames, and each checks 40 audio and 20 video frames of the other, decrypted and byte
+//! for byte. The control: the same participant, at the same time, against a second server
+//! without ICE-TCP, gets no connection at all (its join fails), and the rule's counter shows the
+//! UDP it tried. Without root (or without `ip`/`nft`) the test fails and says so.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+use veil_client::room::Room;
+use veil_e2e::udp_blocked::{Netns, exchange};
+use veil_e2e::{Server, metric};
+
+/// The server on this side of the veth pair: plaintext off loopback is opted into (the link
+/// is the test's own), one SFU worker, ICE-TCP if `tcp`.
+async fn server(host: Ipv4Addr, tcp: bool) -> Server {
+    Server::start_with(|cfg| {
+        cfg.listen = SocketAddr::from((host, 0));
+        cfg.insecure_plaintext = true;
+        let sfu = cfg.sfu.as_mut().expect("the SFU role");
+        sfu.udp_addrs = vec![format!("{host}:0")];
+        sfu.tcp = tcp.then(|| SocketAddr::from((host, 0)));
+        sfu.workers = 1;
+    })
+    .await
+}
+
+/// A participant inside `ns`, and every line it prints, as it prints them.
+struct Inside {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    checked: Arc<AtomicBool>,
+}
+
+fn inside(ns: &Netns, server: &Server, room: &str) -> Inside {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(env!("CARGO_BIN_EXE_veil-e2e-participant"))
+        .env("VEIL_E2E_URL", &server.url)
+        .env("VEIL_E2E_TOKEN", server.token(room, "bob"))
+        .env("VEIL_E2E_ROOM", room)
+        .env("VEIL_E2E_IDENTITY", "bob")
+        .env("VEIL_E2E_ME", "1")
+        .env("VEIL_E2E_OTHER", "alice:0")
+        .env("VEIL_E2E_UDP", format!("{}:0", ns.inside))
+        .env("VEIL_E2E_TCP", format!("{}:0", ns.inside))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ip netns exec veil-e2e-participant");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let checked = Arc::new(AtomicBool::new(false));
+    let out = child.stdout.take().expect("piped");
+    let (l, c) = (lines.clone(), checked.clone());
+    tokio::spawn(async move {
+        let mut out = BufReader::new(out).lines();
+        while let Ok(Some(line)) = out.next_line().await {
+            if line.starts_with("checked ") {
+                c.store(true, Ordering::SeqCst);
+            }
+            l.lock().await.push(line);
+        }
+    });
+    Inside {
+        child,
+        lines,
+        checked,
+    }
+}
+
+impl Inside {
+    /// Close its stdin (it may stop) and wait for its exit code.
+    async fn finish(&mut self, wait: Duration) -> (Option<i32>, Vec<String>) {
+        drop(self.child.stdin.take());
+        let status = tokio::time::timeout(wait, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("bob did not exit within {wait:?}"))
+            .expect("bob's status");
+        // The reader has the last lines once the pipe closed.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (status.code(), self.lines.lock().await.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_network_drops_udp_joins_over_ice_tcp_and_both_decrypt() {
+    let ns = Netns::create(true);
+    let with_tcp = server(ns.host, true).await;
+    let without_tcp = server(ns.host, false).await;
+    // The control runs meanwhile: the same participant, against an SFU offering UDP only.
+    let mut control = inside(&ns, &without_tcp, "control");
+    let mut bob = inside(&ns, &with_tcp, "call");
+
+    let mut cfg = with_tcp.room("call", "alice");
+    cfg.group.security.insecure_plaintext = true;
+    cfg.udp_addrs = vec![format!("{}:0", ns.host)];
+    let mut alice = Room::join(cfg).await.expect("alice joins from outside");
+    let bob_checked = bob.checked.clone();
+    let got = exchange(
+        &mut alice,
+        0,
+        ("bob", 1),
+        40,
+        Duration::from_secs(45),
+        |_| {},
+        || bob_checked.load(Ordering::SeqCst),
+    )
+    .await;
+    let lines = bob.lines.lock().await.clone();
+    let got = got.unwrap_or_else(|e| panic!("alice: {e}; bob said {lines:?}"));
+    assert!(got.audio >= 40 && got.video >= 20, "{got:?}");
+    // Bob's media crossed one ICE-TCP stream; the SFU without ICE-TCP has none.
+    let text = with_tcp.metrics_text().await;
+    assert_eq!(metric(&text, "veil_sfu_tcp_streams"), Some(1.0), "{text}");
+    let (code, lines) = bob.finish(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "bob: {lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("checked ")), "{lines:?}");
+    assert_eq!(lines.last().map(String::as_str), Some("done"), "{lines:?}");
+
+    // The control never connected: its join fails once the SDK's wait for the connection
+    // (15 s) runs out.
+    let (code, lines) = control.finish(Duration::from_secs(45)).await;
+    assert_eq!(code, Some(2), "the control should fail to join: {lines:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("join failed")),
+        "{lines:?}"
+    );
+    let text = without_tcp.metrics_text().await;
+    assert_eq!(metric(&text, "veil_sfu_tcp_streams"), Some(0.0), "{text}");
+    // The rule dropped what both participants inside tried over UDP.
+    let dropped = ns.udp_dropped();
+    assert!(dropped > 0, "no UDP was dropped: the rule tested nothing");
+    println!(
+        "udp_blocked: alice checked {got:?} of bob's frames; {dropped} UDP packets dropped in the namespace"
+    );
+    let _ = alice.leave().await;
+}
