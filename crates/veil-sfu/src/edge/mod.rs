@@ -991,33 +991,97 @@ mod tests {
             "127.0.0.1:6666".parse().unwrap(),
         );
         assert_eq!(
-            edge.route(pa, &binding_request(&format!("{ua}:x"))),
+            edge.route(Via::Udp, pa, &binding_request(&format!("{ua}:x"))),
             Some(a)
         );
         assert_eq!(
-            edge.route(pb, &binding_request(&format!("{ub}:y"))),
+            edge.route(Via::Udp, pb, &binding_request(&format!("{ub}:y"))),
             Some(b)
         );
         // Media from a claimed address goes to its connection.
-        assert_eq!(edge.route(pa, &[0x80; 40]), Some(a));
-        assert_eq!(edge.route(pb, &[0x80; 40]), Some(b));
+        assert_eq!(edge.route(Via::Udp, pa, &[0x80; 40]), Some(a));
+        assert_eq!(edge.route(Via::Udp, pb, &[0x80; 40]), Some(b));
         // A request from a's address naming b is refused; a keeps its address.
-        assert_eq!(edge.route(pa, &binding_request(&format!("{ub}:z"))), None);
-        assert_eq!(edge.route(pa, &[0x80; 40]), Some(a));
+        assert_eq!(
+            edge.route(Via::Udp, pa, &binding_request(&format!("{ub}:z"))),
+            None
+        );
+        assert_eq!(edge.route(Via::Udp, pa, &[0x80; 40]), Some(a));
         // Unknown ufrags and unclaimed addresses reach nobody.
-        assert_eq!(edge.route(mallory, &binding_request("nobody:x")), None);
-        assert_eq!(edge.route(mallory, &[0x80; 40]), None);
+        assert_eq!(
+            edge.route(Via::Udp, mallory, &binding_request("nobody:x")),
+            None
+        );
+        assert_eq!(edge.route(Via::Udp, mallory, &[0x80; 40]), None);
         let before = edge.unrouted();
         edge.handle_datagram(now, mallory, &[0x80; 40]);
         assert_eq!(edge.unrouted(), before + 1);
         // Once a is gone its address is free, and its ufrag names nothing.
         edge.close(a);
-        assert_eq!(edge.route(pa, &[0x80; 40]), None);
-        assert_eq!(edge.route(pa, &binding_request(&format!("{ua}:x"))), None);
+        assert_eq!(edge.route(Via::Udp, pa, &[0x80; 40]), None);
         assert_eq!(
-            edge.route(pa, &binding_request(&format!("{ub}:y"))),
+            edge.route(Via::Udp, pa, &binding_request(&format!("{ua}:x"))),
+            None
+        );
+        assert_eq!(
+            edge.route(Via::Udp, pa, &binding_request(&format!("{ub}:y"))),
             Some(b)
         );
         assert!(matches!(edge.poll_event(), Some((id, EdgeEvent::Closed)) if id == a));
+    }
+
+    /// SFU-TCP-01, SFU-TCP-02: with a TCP candidate, every answer offers it (passive, after
+    /// the UDP one); a TCP peer claims its address for the connection its request names, apart
+    /// from UDP addresses (the same IP and port over UDP is another address); without one,
+    /// TCP frames reach nobody.
+    #[test]
+    fn tcp_peers_claim_their_own_addresses_and_the_answer_offers_the_tcp_candidate() {
+        let now = Instant::now();
+        let mut edge = Edge::new("127.0.0.1:5000".parse().unwrap(), now, [7; 32]);
+        let (_, plain) = edge.accept(now, &offer(now)).unwrap();
+        assert!(!plain.contains(" tcp "), "{plain}");
+        let before = edge.unrouted();
+        edge.handle_tcp_frame(now, "127.0.0.1:6001".parse().unwrap(), &[0x80; 40]);
+        assert_eq!(edge.unrouted(), before + 1, "no TCP candidate, no TCP");
+
+        edge.set_tcp("127.0.0.1:5443".parse().unwrap());
+        let (a, answer_a) = edge.accept(now, &offer(now)).unwrap();
+        let (b, answer_b) = edge.accept(now, &offer(now)).unwrap();
+        let candidates: Vec<&str> = answer_a
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .collect();
+        assert!(
+            candidates
+                .iter()
+                .any(|c| c.contains(" udp ") && c.contains(" 5000 typ host")),
+            "{candidates:?}"
+        );
+        assert!(
+            candidates
+                .iter()
+                .any(|c| c.contains(" tcp ") && c.contains(" 5443 typ host tcptype passive")),
+            "{candidates:?}"
+        );
+        let peer: SocketAddr = "127.0.0.1:6001".parse().unwrap();
+        let (ua, ub) = (ufrag(&answer_a), ufrag(&answer_b));
+        assert_eq!(
+            edge.route(Via::Tcp, peer, &binding_request(&format!("{ua}:x"))),
+            Some(a)
+        );
+        assert_eq!(edge.tcp_conn_at(peer), Some(a));
+        assert_eq!(edge.conn_at(peer), None, "a TCP peer claims no UDP address");
+        assert_eq!(edge.route(Via::Tcp, peer, &[0x80; 40]), Some(a));
+        assert_eq!(edge.route(Via::Udp, peer, &[0x80; 40]), None);
+        // The same IP and port over UDP is b's to claim, and a keeps its stream.
+        assert_eq!(
+            edge.route(Via::Udp, peer, &binding_request(&format!("{ub}:y"))),
+            Some(b)
+        );
+        assert_eq!(edge.route(Via::Tcp, peer, &[0x80; 40]), Some(a));
+        assert_eq!(edge.route(Via::Udp, peer, &[0x80; 40]), Some(b));
+        edge.close(a);
+        assert_eq!(edge.tcp_conn_at(peer), None);
+        assert_eq!(edge.conn_at(peer), Some(b));
     }
 }

@@ -318,3 +318,105 @@ async fn serve(
     };
     let _ = inbound.send(Inbound::Gone(peer, id, why)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn shell() -> (TcpShell, SocketAddr, Arc<Metrics>) {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        (
+            TcpShell::new(listener, metrics.clone()).unwrap(),
+            addr,
+            metrics,
+        )
+    }
+
+    fn closed(m: &Metrics, why: Closed) -> u64 {
+        m.tcp_closed
+            .get_or_create(&Reason {
+                reason: why.label(),
+            })
+            .get()
+    }
+
+    /// Reads until the peer closes; what it read.
+    async fn read_to_end(c: &mut TcpStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out))
+            .await
+            .expect("the SFU closes the stream")
+            .expect("a clean close");
+        out
+    }
+
+    /// SFU-TCP-02, SFU-TCP-03: packets framed by the participant come out whole, one per
+    /// frame; what the worker sends goes back framed; a frame over the limit closes the
+    /// stream and is counted.
+    #[tokio::test]
+    async fn frames_cross_both_ways_and_a_frame_over_the_limit_closes_the_stream() {
+        let (mut sh, addr, m) = shell().await;
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let peer = c.local_addr().unwrap();
+        assert!(matches!(sh.next(Instant::now).await, TcpEvent::Nothing));
+        assert_eq!(m.tcp_streams.get(), 1);
+        let mut both = framing::encode(b"hello").unwrap();
+        both.extend_from_slice(&framing::encode(b"world!").unwrap());
+        // In two pieces, cut inside the second frame.
+        c.write_all(&both[..9]).await.unwrap();
+        c.write_all(&both[9..]).await.unwrap();
+        for want in [&b"hello"[..], b"world!"] {
+            match sh.next(Instant::now).await {
+                TcpEvent::Packet(from, p) => {
+                    assert_eq!(from, peer);
+                    assert_eq!(&p[..], want);
+                }
+                TcpEvent::Nothing => panic!("a packet was due"),
+            }
+        }
+        sh.send(peer, b"back");
+        let mut got = [0u8; 6];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"\x00\x04back");
+
+        let too_long = u16::try_from(framing::MAX_FRAME + 1).unwrap();
+        c.write_all(&too_long.to_be_bytes()).await.unwrap();
+        assert!(matches!(sh.next(Instant::now).await, TcpEvent::Nothing));
+        assert_eq!(read_to_end(&mut c).await, b"");
+        assert_eq!(m.tcp_streams.get(), 0);
+        assert_eq!(closed(&m, Closed::Oversized), 1);
+        // A packet for a stream that is gone goes nowhere.
+        sh.send(peer, b"late");
+        assert_eq!(m.tcp_send_dropped.get(), 0);
+    }
+
+    /// SFU-TCP-03: a stream no connection claims is closed after the claim timeout; a claimed
+    /// one stays while its connection does, and is closed once it is gone.
+    #[tokio::test]
+    async fn unclaimed_and_released_streams_are_closed() {
+        let (mut sh, addr, m) = shell().await;
+        let mut a = TcpStream::connect(addr).await.unwrap();
+        let mut b = TcpStream::connect(addr).await.unwrap();
+        let pa = a.local_addr().unwrap();
+        for _ in 0..2 {
+            assert!(matches!(sh.next(Instant::now).await, TcpEvent::Nothing));
+        }
+        assert_eq!(m.tcp_streams.get(), 2);
+        let start = Instant::now();
+        sh.sweep(start, |p| p == pa);
+        sh.sweep(start + CLAIM_TIMEOUT / 2, |p| p == pa);
+        assert_eq!(m.tcp_streams.get(), 2);
+        // a's connection is still there past the timeout; b was never claimed.
+        sh.sweep(start + CLAIM_TIMEOUT, |p| p == pa);
+        assert_eq!(m.tcp_streams.get(), 1);
+        assert_eq!(closed(&m, Closed::Unclaimed), 1);
+        assert_eq!(read_to_end(&mut b).await, b"");
+        // a's connection goes.
+        sh.sweep(start + CLAIM_TIMEOUT, |_| false);
+        assert_eq!(m.tcp_streams.get(), 0);
+        assert_eq!(closed(&m, Closed::Released), 1);
+        assert_eq!(read_to_end(&mut a).await, b"");
+    }
+}
