@@ -164,6 +164,9 @@ impl Drop for Netns {
     }
 }
 
+/// How participant `who`'s frame number `i` reads.
+type Frame = fn(usize, u32) -> Vec<u8>;
+
 /// What one side checked of the other's frames.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Checked {
@@ -212,9 +215,9 @@ pub async fn exchange(
                 room.publish_audio(&audio_frame(me, i), i * 960, (true, 30))
                     .await
                     .map_err(|e| format!("publish audio: {e}"))?;
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     let v = i / 2;
-                    room.publish_video(&video_frame(me, v), v * 3000, v % 10 == 0)
+                    room.publish_video(&video_frame(me, v), v * 3000, v.is_multiple_of(10))
                         .await
                         .map_err(|e| format!("publish video: {e}"))?;
                 }
@@ -241,7 +244,7 @@ pub async fn exchange(
                 if f.participant != other {
                     continue;
                 }
-                let (step, frame): (u32, fn(usize, u32) -> Vec<u8>) = match f.kind {
+                let (step, frame): (u32, Frame) = match f.kind {
                     MediaKind::Audio => (960, audio_frame),
                     MediaKind::Video => (3000, video_frame),
                 };

@@ -283,8 +283,10 @@ impl Room {
             &cfg.group.token,
             &cfg.group.room,
             &[audio.clone(), video.clone()],
-            cfg.udp_addrs.clone(),
-            cfg.tcp_addrs.clone(),
+            crate::sfu::LocalAddrs {
+                udp: cfg.udp_addrs.clone(),
+                tcp: cfg.tcp_addrs.clone(),
+            },
             cfg.packetization,
             &cfg.group.security,
         )

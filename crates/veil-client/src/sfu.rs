@@ -181,6 +181,16 @@ impl Target {
     }
 }
 
+/// The local addresses a session's connection binds.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LocalAddrs {
+    /// UDP (e.g. `127.0.0.1:0`).
+    pub(crate) udp: Vec<String>,
+    /// ICE-TCP (RFC 6544), to an SFU that offers it: for networks that block UDP (specs/sfu.md
+    /// SFU-TCP-05). Empty: UDP only.
+    pub(crate) tcp: Vec<String>,
+}
+
 /// Everything needed to open the session again.
 struct Params {
     target: Target,
@@ -188,10 +198,7 @@ struct Params {
     token: String,
     room: String,
     tracks: Vec<LocalTrack>,
-    udp_addrs: Vec<String>,
-    /// ICE-TCP (RFC 6544) from these local addresses, to an SFU that offers it: for networks
-    /// that block UDP (specs/sfu.md SFU-TCP-05). Empty: UDP only.
-    tcp_addrs: Vec<String>,
+    addrs: LocalAddrs,
     media: mpsc::Sender<RemoteMedia>,
     events: broadcast::Sender<SfuEvent>,
 }
@@ -297,8 +304,10 @@ impl SfuSession {
             token,
             room,
             tracks,
-            udp_addrs,
-            Vec::new(),
+            LocalAddrs {
+                udp: udp_addrs,
+                tcp: Vec::new(),
+            },
             packetization,
             security,
         )
@@ -312,8 +321,7 @@ impl SfuSession {
         token: &str,
         room: &str,
         tracks: &[LocalTrack],
-        udp_addrs: Vec<String>,
-        tcp_addrs: Vec<String>,
+        addrs: LocalAddrs,
         packetization: Packetization,
         security: &Security,
     ) -> Result<(Self, mpsc::Receiver<RemoteMedia>), ClientError> {
@@ -325,8 +333,7 @@ impl SfuSession {
             token: token.to_owned(),
             room: room.to_owned(),
             tracks: tracks.to_vec(),
-            udp_addrs,
-            tcp_addrs,
+            addrs,
             media: media_tx,
             events: events.clone(),
         };
@@ -523,7 +530,7 @@ async fn open(
         media: p.media.clone(),
         connection,
     });
-    let pc = peer_connection_with(handler, p.udp_addrs.clone(), p.tcp_addrs.clone()).await?;
+    let pc = peer_connection_with(handler, p.addrs.udp.clone(), p.addrs.tcp.clone()).await?;
     let r = negotiate(p, &pc, gathered, state, known, packetization, wait).await;
     if r.is_err()
         && let Err(e) = pc.close().await
@@ -620,7 +627,7 @@ async fn negotiate(
             None => {}
         }
     };
-    let tcp = if p.tcp_addrs.is_empty() {
+    let tcp = if p.addrs.tcp.is_empty() {
         Vec::new()
     } else {
         passive_tcp_candidates(&joined.answer_sdp)

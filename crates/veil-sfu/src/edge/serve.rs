@@ -122,6 +122,8 @@ struct Bound {
     socket: std::net::UdpSocket,
     state: quinn_udp::UdpSocketState,
     local: SocketAddr,
+    /// The worker's ICE-TCP listener and the candidate it offers, with `SfuConfig::tcp`.
+    tcp: Option<(std::net::TcpListener, SocketAddr)>,
 }
 
 fn bind(addr: SocketAddr) -> Result<Bound, SfuError> {
@@ -156,6 +158,7 @@ fn bind(addr: SocketAddr) -> Result<Bound, SfuError> {
         socket,
         state,
         local,
+        tcp: None,
     })
 }
 
@@ -220,7 +223,7 @@ impl EdgeSfu {
         let placement: Shared = Arc::new(Mutex::new(Placement::new(config.workers)));
         let mut workers = Vec::with_capacity(config.workers);
         for i in 0..config.workers {
-            let bound = bind(worker_addr(addr, i)?)?;
+            let mut bound = bind(worker_addr(addr, i)?)?;
             // SFU-ADV-01: the candidate is the advertised address's port plus i, if any.
             let candidate = match config.advertise {
                 Some(a) => worker_addr(a, i)?,
@@ -228,7 +231,7 @@ impl EdgeSfu {
             };
             // SFU-TCP-01: worker i's ICE-TCP listener, on the TCP port plus i; its candidate
             // is the advertised IP, if any, with the bound port.
-            let tcp = match config.tcp {
+            bound.tcp = match config.tcp {
                 Some(t) => {
                     let listener = tcp::bind(worker_addr(t, i)?)?;
                     let bound = listener.local_addr().map_err(|source| SfuError::Io {
@@ -243,7 +246,6 @@ impl EdgeSfu {
             workers.push(spawn(
                 i,
                 bound,
-                tcp,
                 candidate,
                 config.clone(),
                 metrics.clone(),
@@ -410,7 +412,6 @@ impl EdgeSfu {
 fn spawn(
     index: usize,
     bound: Bound,
-    tcp: Option<(std::net::TcpListener, SocketAddr)>,
     candidate: SocketAddr,
     config: SfuConfig,
     metrics: Arc<Metrics>,
@@ -421,6 +422,7 @@ fn spawn(
         socket,
         state,
         local,
+        tcp,
     } = bound;
     if candidate != local {
         info!(%local, %candidate, "SFU edge worker advertises another address (SFU-ADV-01)");
