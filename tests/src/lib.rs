@@ -76,6 +76,15 @@ impl Server {
 }
 
 impl Server {
+    /// Where the browser page is served (the web listener).
+    ///
+    /// # Panics
+    /// If the server has no web listener.
+    #[must_use]
+    pub fn web(&self) -> std::net::SocketAddr {
+        self.server.bound.web.expect("a web listener")
+    }
+
     /// `GET /metrics`: the body.
     ///
     /// # Panics

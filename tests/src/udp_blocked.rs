@@ -136,18 +136,10 @@ impl Netns {
     /// If `nft` cannot list the rules.
     #[must_use]
     pub fn udp_dropped(&self) -> u64 {
-        let rules = run(
+        counters(&run(
             "nft list",
             Command::new("ip").args(["netns", "exec", &self.name, "nft", "list", "ruleset"]),
-        );
-        rules
-            .lines()
-            .filter_map(|l| {
-                let l = l.trim();
-                let rest = l.split("counter packets ").nth(1)?;
-                rest.split_whitespace().next()?.parse::<u64>().ok()
-            })
-            .sum()
+        ))
     }
 }
 
@@ -166,6 +158,95 @@ impl Drop for Netns {
 
 /// How participant `who`'s frame number `i` reads.
 type Frame = fn(usize, u32) -> Vec<u8>;
+
+/// An nftables table in this namespace that drops every UDP packet to or from one loopback
+/// address of the test's own (127.77.x.y), for a participant that cannot be moved into a
+/// namespace (Chromium: its DevTools endpoint listens on the loopback of the namespace it runs
+/// in). Nothing else on the machine is touched; the table is deleted on drop.
+#[derive(Debug)]
+pub struct UdpDrop {
+    table: String,
+    /// The address whose UDP is dropped.
+    pub addr: Ipv4Addr,
+}
+
+impl UdpDrop {
+    /// A new table for a new address.
+    ///
+    /// # Panics
+    /// If `nft` refuses or is missing (not root, nftables not installed): the message says so.
+    #[must_use]
+    pub fn create() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let table = format!("veil_drop_udp_{pid}_{n}");
+        let third = u8::try_from(pid % 250).expect("below 250");
+        let fourth = u8::try_from(1 + n % 250).expect("below 251");
+        let addr = Ipv4Addr::new(127, 77, third, fourth);
+        let rules = format!(
+            "table inet {table} {{\n\
+             chain out {{ type filter hook output priority 0; policy accept; ip daddr {addr} meta l4proto udp counter drop; ip saddr {addr} meta l4proto udp counter drop; }}\n\
+             }}\n"
+        );
+        nft(&["-f", "-"], Some(&rules));
+        Self { table, addr }
+    }
+
+    /// UDP packets the table dropped so far.
+    ///
+    /// # Panics
+    /// If `nft` cannot list the table.
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        counters(&nft(&["list", "table", "inet", &self.table], None))
+    }
+}
+
+impl Drop for UdpDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+/// Run `nft` with `args` (and `input` on its stdin); its stdout.
+fn nft(args: &[&str], input: Option<&str>) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run nft (apt-get install nftables): {e}"));
+    {
+        let mut stdin = child.stdin.take().expect("piped");
+        if let Some(i) = input {
+            stdin.write_all(i.as_bytes()).expect("nft's stdin");
+        }
+    }
+    let out = child.wait_with_output().expect("nft ran");
+    assert!(
+        out.status.success(),
+        "nft {args:?} failed ({}): {}\nThis test needs root (CAP_NET_ADMIN) and nftables.",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The sum of the `counter packets N` of a ruleset listing.
+fn counters(rules: &str) -> u64 {
+    rules
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("counter packets ").nth(1)?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
 
 /// What one side checked of the other's frames.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

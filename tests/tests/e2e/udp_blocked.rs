@@ -17,9 +17,11 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
+use veil_client::media::MediaKind;
 use veil_client::room::Room;
-use veil_e2e::udp_blocked::{Netns, exchange};
-use veil_e2e::{Server, metric};
+use veil_e2e::udp_blocked::{Netns, UdpDrop, exchange};
+use veil_e2e::{Server, audio_frame, metric, video_frame};
+use veil_testkit::browser::Chromium;
 
 /// The server on this side of the veth pair: plaintext off loopback is opted into (the link
 /// is the test's own), one SFU worker, ICE-TCP if `tcp`.
@@ -145,4 +147,141 @@ async fn a_participant_whose_network_drops_udp_joins_over_ice_tcp_and_both_decry
         "udp_blocked: alice checked {got:?} of bob's frames; {dropped} UDP packets dropped in the namespace"
     );
     let _ = alice.leave().await;
+}
+
+/// SFU-TCP-07: Chromium, whose UDP to and from the SFU is dropped, joins with the browser page
+/// over ICE-TCP (Chromium's own active TCP candidate; nothing in the page asks for it), and it
+/// and a native participant decrypt each other. Chromium runs in this namespace (its DevTools
+/// endpoint listens on the loopback of the namespace it runs in, where the test could not
+/// reach it from outside), so the SFU binds a loopback address of the test's own whose UDP an
+/// nftables table drops; alice (the SDK) uses ICE-TCP too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_whose_udp_is_dropped_joins_over_ice_tcp_and_decrypts() {
+    let drop_udp = UdpDrop::create();
+    let a = drop_udp.addr;
+    let server = Server::start_with(|cfg| {
+        let sfu = cfg.sfu.as_mut().expect("the SFU role");
+        sfu.udp_addrs = vec![format!("{a}:0")];
+        sfu.tcp = Some(SocketAddr::from((a, 0)));
+        sfu.workers = 1;
+    })
+    .await;
+    let mut cfg = server.room("browser", "alice");
+    cfg.tcp_addrs = vec!["127.0.0.1:0".to_owned()];
+    let mut alice = Room::join(cfg).await.expect("alice joins over ICE-TCP");
+    let browser = Chromium::launch(&[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let link =
+        veil_server::web::room_link(server.web(), "browser", &server.token("browser", "bob"));
+    let page = browser.open(&format!("{link}&probe=1")).await.unwrap();
+    if let Err(e) = page
+        .wait_for("window.veil && window.veil.ready", Duration::from_secs(30))
+        .await
+    {
+        panic!(
+            "the page did not join: {e}\nerrors: {:?}\nconsole: {:#?}",
+            page.eval("window.veil && window.veil.state.errors").await,
+            page.console()
+        );
+    }
+
+    // Alice publishes; each side counts what it decrypted of the other.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    let (mut audio, mut video) = (0usize, 0usize);
+    let mut i = 0u32;
+    let mut next_stats = tokio::time::Instant::now();
+    let stats = loop {
+        alice
+            .publish_audio(&audio_frame(0, i), i * 960, (true, 30))
+            .await
+            .unwrap();
+        if i.is_multiple_of(2) {
+            let v = i / 2;
+            alice
+                .publish_video(&video_frame(0, v), v * 3000, v.is_multiple_of(10))
+                .await
+                .unwrap();
+        }
+        i += 1;
+        let tick = tokio::time::sleep(Duration::from_millis(20));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                () = &mut tick => break,
+                f = alice.next_frame() => {
+                    let f = f.expect("alice's room open");
+                    if f.participant == "bob" {
+                        match f.kind {
+                            MediaKind::Audio => audio += 1,
+                            MediaKind::Video => video += 1,
+                        }
+                    }
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= next_stats {
+            next_stats += Duration::from_millis(500);
+            let s = page.eval("window.veil.stats()").await.unwrap();
+            if audio >= 50 && video >= 10 && decrypted(&s) >= 50 {
+                break s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "alice decrypted {audio} audio and {video} video frames of bob's; bob's page: \
+                 {s:#}\nconsole: {:#?}\nSFU: {}",
+                page.console(),
+                server.metrics_text().await
+            );
+        }
+    };
+    assert_eq!(failures(&stats), Vec::<(String, u64)>::new(), "{stats:#}");
+    for (track, t) in &alice.stats().received {
+        assert!(
+            t.decrypt_failures.is_empty(),
+            "{track}: {:?}",
+            t.decrypt_failures
+        );
+    }
+    // Both connections are ICE-TCP streams (Chromium opens one from each of its active
+    // candidates, one per local interface; the ones its ICE does not use are closed unclaimed
+    // after 10 s, SFU-TCP-03); the UDP both tried was dropped.
+    let text = server.metrics_text().await;
+    let streams = metric(&text, "veil_sfu_tcp_streams").unwrap_or(0.0);
+    assert!(streams >= 2.0, "{text}");
+    let dropped = drop_udp.dropped();
+    assert!(dropped > 0, "no UDP was dropped: the rule tested nothing");
+    println!(
+        "udp_blocked: chromium decrypted {} frames of alice's, alice {audio} audio and {video} \
+         video frames of bob's; {streams} TCP streams open; {dropped} UDP packets dropped",
+        decrypted(&stats)
+    );
+    let _ = alice.leave().await;
+}
+
+fn transforms<'a>(
+    s: &'a serde_json::Value,
+    side: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    s["transforms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(move |t| t["side"].as_str() == Some(side))
+}
+
+/// Frames the page's receive transforms decrypted.
+fn decrypted(s: &serde_json::Value) -> u64 {
+    transforms(s, "recv")
+        .map(|t| t["decrypted"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Every decrypt failure of the page's receive transforms, by reason.
+fn failures(s: &serde_json::Value) -> Vec<(String, u64)> {
+    transforms(s, "recv")
+        .flat_map(|t| t["failures"].as_object().cloned().unwrap_or_default())
+        .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
