@@ -1,5 +1,5 @@
 //! ICE-TCP for participants whose network blocks UDP (specs/sfu.md "Networks that block UDP",
-//! SFU-TCP-01..05): each worker listens on a TCP port, offers it as a passive candidate
+//! SFU-TCP-01..07): each worker listens on a TCP port, offers it as a passive candidate
 //! (RFC 6544), and carries each participant's STUN, DTLS, SRTP and SRTCP as RFC 4571 frames
 //! ([`framing`]) on the stream the participant opens.
 //!
