@@ -1048,6 +1048,37 @@ mod tests {
         assert!(matches!(worker_addr(top, 1), Err(SfuError::Config(_))));
     }
 
+    /// SFU-TCP-01: with `tcp`, each worker has its own ICE-TCP listener (any free port for
+    /// port 0); an unspecified TCP address is refused.
+    #[test]
+    fn workers_listen_for_ice_tcp_each_on_its_own_port() {
+        let sfu = EdgeSfu::new(SfuConfig {
+            workers: 2,
+            tcp: Some("127.0.0.1:0".parse().unwrap()),
+            ..SfuConfig::default()
+        })
+        .unwrap();
+        let tcp = sfu.tcp_addrs();
+        assert_eq!(tcp.len(), 2);
+        assert_ne!(tcp[0], tcp[1]);
+        assert!(tcp.iter().all(|a| a.ip().is_loopback() && a.port() != 0));
+        for a in &tcp {
+            std::net::TcpStream::connect(a).unwrap();
+        }
+        let plain = EdgeSfu::new(SfuConfig {
+            workers: 1,
+            ..SfuConfig::default()
+        })
+        .unwrap();
+        assert!(plain.tcp_addrs().is_empty());
+        let e = EdgeSfu::new(SfuConfig {
+            workers: 1,
+            tcp: Some("0.0.0.0:0".parse().unwrap()),
+            ..SfuConfig::default()
+        });
+        assert!(matches!(e, Err(SfuError::Config(_))), "{e:?}");
+    }
+
     /// SFU-ADV-01: each worker binds as `udp_addrs` says and offers the advertised port plus
     /// its index; an advertised address without an IP or a port is refused.
     #[test]
