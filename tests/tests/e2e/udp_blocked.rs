@@ -1,4 +1,5 @@
-//! SFU-TCP-06: a participant whose network drops every UDP packet joins a call over ICE-TCP.
+//! SFU-TCP-06, SFU-TCP-07: a participant whose network drops every UDP packet joins a call over
+//! ICE-TCP: the SDK in a helper process, and Chromium with the browser page.
 //!
 //! The participant (bob, `veil-e2e-participant`) runs inside a network namespace of the
 //! test's own whose nftables rule drops all UDP in and out; the server listens on this side of
@@ -21,13 +22,14 @@ use veil_client::media::MediaKind;
 use veil_client::room::Room;
 use veil_e2e::udp_blocked::{Netns, exchange};
 use veil_e2e::{Server, audio_frame, metric, video_frame};
-use veil_testkit::browser::{Chromium, Launch};
+use veil_testkit::browser::{Chromium, Launch, Page};
 
-/// The server on this side of the veth pair: plaintext off loopback is opted into (the link
-/// is the test's own), one SFU worker, ICE-TCP if `tcp`.
+/// The server on this side of the veth pair (gRPC and the browser page): plaintext off
+/// loopback is opted into (the link is the test's own), one SFU worker, ICE-TCP if `tcp`.
 async fn server(host: Ipv4Addr, tcp: bool) -> Server {
     Server::start_with(|cfg| {
         cfg.listen = SocketAddr::from((host, 0));
+        cfg.web_listen = Some(SocketAddr::from((host, 0)));
         cfg.insecure_plaintext = true;
         let sfu = cfg.sfu.as_mut().expect("the SFU role");
         sfu.udp_addrs = vec![format!("{host}:0")];
@@ -159,17 +161,9 @@ async fn a_participant_whose_network_drops_udp_joins_over_ice_tcp_and_both_decry
 async fn chromium_whose_udp_is_dropped_joins_over_ice_tcp_and_decrypts() {
     let ns = Netns::create(true);
     let host = ns.host;
-    let server = Server::start_with(|cfg| {
-        cfg.listen = SocketAddr::from((host, 0));
-        cfg.web_listen = Some(SocketAddr::from((host, 0)));
-        cfg.insecure_plaintext = true;
-        let sfu = cfg.sfu.as_mut().expect("the SFU role");
-        sfu.udp_addrs = vec![format!("{host}:0")];
-        sfu.tcp = Some(SocketAddr::from((host, 0)));
-        sfu.workers = 1;
-    })
-    .await;
-    let mut cfg = server.room("browser", "alice");
+    let with_tcp = server(host, true).await;
+    let without_tcp = server(host, false).await;
+    let mut cfg = with_tcp.room("browser", "alice");
     cfg.group.security.insecure_plaintext = true;
     cfg.udp_addrs = vec![format!("{host}:0")];
     let mut alice = Room::join(cfg).await.expect("alice joins from outside");
@@ -189,7 +183,7 @@ async fn chromium_whose_udp_is_dropped_joins_over_ice_tcp_and_decrypts() {
         .await
         .expect("the forwarder starts");
     assert_eq!(line.ok().flatten().as_deref(), Some("listening"));
-    let web = server.web();
+    let (web, plain_web) = (with_tcp.web(), without_tcp.web());
     let browser = Chromium::launch_with(
         &Launch {
             prefix: ["ip", "netns", "exec", &ns.name]
@@ -199,23 +193,15 @@ async fn chromium_whose_udp_is_dropped_joins_over_ice_tcp_and_decrypts() {
         },
         &[
             "--remote-debugging-port=9222",
-            &format!("--unsafely-treat-insecure-origin-as-secure=http://{web}"),
+            &format!("--unsafely-treat-insecure-origin-as-secure=http://{web},http://{plain_web}"),
         ],
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let link = veil_server::web::room_link(web, "browser", &server.token("browser", "bob"));
-    let page = browser.open(&format!("{link}&probe=1")).await.unwrap();
-    if let Err(e) = page
-        .wait_for("window.veil && window.veil.ready", Duration::from_secs(30))
-        .await
-    {
-        panic!(
-            "the page did not join: {e}\nerrors: {:?}\nconsole: {:#?}",
-            page.eval("window.veil && window.veil.state.errors").await,
-            page.console()
-        );
-    }
+    // The control, meanwhile: the same browser, another tab, an SFU without ICE-TCP.
+    let control = joined(&browser, plain_web, &without_tcp).await;
+    let control_since = tokio::time::Instant::now();
+    let page = joined(&browser, web, &with_tcp).await;
 
     // Alice publishes; each side counts what it decrypted of the other.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
@@ -262,7 +248,7 @@ async fn chromium_whose_udp_is_dropped_joins_over_ice_tcp_and_decrypts() {
                 "alice decrypted {audio} audio and {video} video frames of bob's; bob's page: \
                  {s:#}\nconsole: {:#?}\nSFU: {}",
                 page.console(),
-                server.metrics_text().await
+                with_tcp.metrics_text().await
             );
         }
     };
@@ -277,7 +263,7 @@ async fn chromium_whose_udp_is_dropped_joins_over_ice_tcp_and_decrypts() {
     // Chromium's connection is an ICE-TCP stream (it opens one from each of its active
     // candidates; one it does not use would be closed unclaimed after 10 s, SFU-TCP-03); the
     // UDP it tried was dropped.
-    let text = server.metrics_text().await;
+    let text = with_tcp.metrics_text().await;
     let streams = metric(&text, "veil_sfu_tcp_streams").unwrap_or(0.0);
     assert!(streams >= 1.0, "{text}");
     let dropped = ns.udp_dropped();
@@ -287,7 +273,40 @@ async fn chromium_whose_udp_is_dropped_joins_over_ice_tcp_and_decrypts() {
          video frames of bob's; {streams} TCP streams open; {dropped} UDP packets dropped",
         decrypted(&stats)
     );
+    // The control's connection never came up (the call above took seconds), and the SFU
+    // without ICE-TCP saw no stream.
+    tokio::time::sleep_until(control_since + CONTROL_WAIT).await;
+    let state = control
+        .eval("window.veil.state.pc.connectionState")
+        .await
+        .unwrap();
+    assert_ne!(state.as_str(), Some("connected"), "the control connected");
+    let text = without_tcp.metrics_text().await;
+    assert_eq!(metric(&text, "veil_sfu_tcp_streams"), Some(0.0), "{text}");
+    println!("udp_blocked: the control page's connection after {CONTROL_WAIT:?}: {state}");
     let _ = alice.leave().await;
+}
+
+/// How long the control page is given to connect without ICE-TCP (the page over ICE-TCP
+/// connects and decrypts in about 3 s).
+const CONTROL_WAIT: Duration = Duration::from_secs(12);
+
+/// The room link of `server`'s page at `web` for bob, opened in a new tab, once the page has
+/// joined (signalling done; the media connection may still be coming up).
+async fn joined(browser: &Chromium, web: SocketAddr, server: &Server) -> Page {
+    let link = veil_server::web::room_link(web, "browser", &server.token("browser", "bob"));
+    let page = browser.open(&format!("{link}&probe=1")).await.unwrap();
+    if let Err(e) = page
+        .wait_for("window.veil && window.veil.ready", Duration::from_secs(30))
+        .await
+    {
+        panic!(
+            "the page did not join: {e}\nerrors: {:?}\nconsole: {:#?}",
+            page.eval("window.veil && window.veil.state.errors").await,
+            page.console()
+        );
+    }
+    page
 }
 
 fn transforms<'a>(
