@@ -11,7 +11,12 @@ use veil_client::media::MediaKind;
 use veil_client::room::{Room, RoomConfig};
 use veil_testkit::server::InProcess;
 
+pub mod bandwidth;
 pub mod impaired;
+pub mod outage;
+pub mod peer;
+pub mod reliability;
+pub mod restart;
 pub mod udp_blocked;
 
 /// A running server.

@@ -265,15 +265,8 @@ impl Room {
             LocalTrack::simulcast(&id, "video", &layers)
         };
         let target = if cfg.sfu_url.is_empty() {
-            crate::sfu::Target::Placed(
-                crate::keys::KeyClient::connect_with(
-                    &cfg.group.url,
-                    &cfg.group.token,
-                    &cfg.group.room,
-                    &cfg.group.security,
-                )
-                .await?,
-            )
+            // The member's own client: the same connections, and the replica it moved to.
+            crate::sfu::Target::Placed(group.keys())
         } else {
             crate::endpoint::endpoint(&cfg.sfu_url, &cfg.group.security)?;
             crate::sfu::Target::Url(cfg.sfu_url.clone())

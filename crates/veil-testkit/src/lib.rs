@@ -23,6 +23,8 @@
 
 #[cfg(feature = "browser")]
 pub mod browser;
+#[cfg(feature = "pki")]
+pub mod pki;
 #[cfg(feature = "policy")]
 pub mod policy;
 #[cfg(feature = "postgres")]
