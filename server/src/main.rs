@@ -163,6 +163,12 @@ struct ServeArgs {
     /// candidate, worker i at this port plus i (specs/sfu.md SFU-ADV-01).
     #[arg(long, env = "VEIL_SFU_ADVERTISE")]
     sfu_advertise: Option<std::net::SocketAddr>,
+    /// Also accept ICE-TCP, for participants whose network blocks UDP (specs/sfu.md
+    /// SFU-TCP-01): worker i listens on this address's port plus i (any free port for port 0)
+    /// and offers it as a passive TCP candidate, below the UDP one. With --sfu-advertise, the
+    /// candidate is the advertised IP with this port. Off by default.
+    #[arg(long, env = "VEIL_SFU_TCP", value_name = "ADDR")]
+    sfu_tcp: Option<std::net::SocketAddr>,
     /// SFU worker threads, each its own edge on its own UDP port (the `--sfu-udp` port plus
     /// the worker's index, or any free port for port 0); a room lives on one worker. Default:
     /// one per available core.
@@ -312,6 +318,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     cfg.sfu = args.role.contains(&Role::Sfu).then(|| veil_sfu::SfuConfig {
         udp_addrs: args.sfu_udp.clone(),
         advertise: args.sfu_advertise,
+        tcp: args.sfu_tcp,
         workers: args.sfu_workers,
         max_participants: args.sfu_max_participants,
         ..veil_sfu::SfuConfig::default()

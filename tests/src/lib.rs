@@ -17,6 +17,7 @@ pub mod outage;
 pub use veil_testkit::peer;
 pub mod reliability;
 pub mod restart;
+pub mod udp_blocked;
 
 /// A running server.
 #[derive(Debug)]
@@ -80,6 +81,15 @@ impl Server {
 }
 
 impl Server {
+    /// Where the browser page is served (the web listener).
+    ///
+    /// # Panics
+    /// If the server has no web listener.
+    #[must_use]
+    pub fn web(&self) -> std::net::SocketAddr {
+        self.server.bound.web.expect("a web listener")
+    }
+
     /// `GET /metrics`: the body.
     ///
     /// # Panics

@@ -11,3 +11,4 @@ mod policy;
 mod secrets;
 mod simulcast;
 mod tls;
+mod udp_blocked;
