@@ -52,9 +52,7 @@ pub(crate) async fn local_ip_towards(urls: &str) -> Result<IpAddr, String> {
     let sock = std::net::UdpSocket::bind((any, 0)).map_err(|e| e.to_string())?;
     sock.connect(server)
         .map_err(|e| format!("no route to {host} ({server}): {e}"))?;
-    sock.local_addr()
-        .map(|a| a.ip())
-        .map_err(|e| e.to_string())
+    sock.local_addr().map(|a| a.ip()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
