@@ -8,6 +8,7 @@
 /// This binary tests the PostgreSQL store.
 pub const POSTGRES: bool = true;
 
+mod cascade_failover;
 #[path = "../keys/common.rs"]
 mod common;
 #[path = "../keys/durability.rs"]
