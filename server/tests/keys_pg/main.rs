@@ -8,6 +8,7 @@
 /// This binary tests the PostgreSQL store.
 pub const POSTGRES: bool = true;
 
+mod cascade;
 mod cascade_failover;
 #[path = "../keys/common.rs"]
 mod common;
