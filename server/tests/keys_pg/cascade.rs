@@ -255,26 +255,27 @@ async fn a_room_spans_two_nodes_with_layers_key_frames_and_blindness_across_the_
         );
         eprintln!("carol on {rid}; alice's key-frame requests per layer {requests:?}");
     }
-    let l = log.lock().unwrap();
-    // The layers carol got in order, each change at a key frame alice made on request.
-    let mut runs = Vec::new();
-    for w in l.carol_video.windows(2) {
-        let ((_, a), (i, b)) = (w[0], w[1]);
-        if a != b {
-            assert!(l.keys.contains(&i), "switched {a} → {b} at delta frame {i}");
+    {
+        let l = log.lock().unwrap();
+        // The layers carol got in order, each change at a key frame alice made on request.
+        let mut runs = Vec::new();
+        for w in l.carol_video.windows(2) {
+            let ((_, a), (i, b)) = (w[0], w[1]);
+            if a != b {
+                assert!(l.keys.contains(&i), "switched {a} → {b} at delta frame {i}");
+            }
         }
-    }
-    for (_, x) in &l.carol_video {
-        if runs.last() != Some(x) {
-            runs.push(*x);
+        for (_, x) in &l.carol_video {
+            if runs.last() != Some(x) {
+                runs.push(*x);
+            }
         }
+        assert_eq!(runs, vec![0, 2, 1], "layers carol decrypted, in order");
+        assert!(
+            l.keys.contains(&l.carol_video[0].0),
+            "carol's first frame is a key frame"
+        );
     }
-    assert_eq!(runs, vec![0, 2, 1], "layers carol decrypted, in order");
-    assert!(
-        l.keys.contains(&l.carol_video[0].0),
-        "carol's first frame is a key frame"
-    );
-    drop(l);
 
     // Blindness on both nodes.
     tokio::time::sleep(Duration::from_millis(300)).await;
