@@ -342,3 +342,71 @@ async fn a_room_spans_two_nodes_with_layers_key_frames_and_blindness_across_the_
         "the second node routed alice's video payloads the first never received"
     );
 }
+
+/// SFU-CAS-06: a node-to-node leg opens only with a node token of this deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leg_opens_only_with_a_node_token_of_the_deployment() {
+    use veil_proto::sfu::v1 as pb;
+    use veil_proto::sfu::v1::cascade_client::CascadeClient;
+
+    let db = TempPostgres::shared().database();
+    let key = TokenKey::generate("deployment").unwrap();
+    let node = {
+        let key = key.clone();
+        InProcess::start("deployment", move |cfg| {
+            cfg.database = veil_server::database::Database::Postgres(db);
+            cfg.token_keys = vec![key];
+        })
+        .await
+    };
+    let other = TokenKey::generate("deployment").unwrap();
+    let node_room = veil_sfu::cascade::NODE_ROOM;
+    let cases = [
+        (None, tonic::Code::Unauthenticated),
+        (
+            Some(veil_testkit::token::mint(
+                &other,
+                node_room,
+                "http://x",
+                Duration::from_secs(60),
+            )),
+            tonic::Code::Unauthenticated,
+        ),
+        (
+            Some(veil_testkit::token::mint(
+                &key,
+                ROOM,
+                "alice",
+                Duration::from_secs(60),
+            )),
+            tonic::Code::PermissionDenied,
+        ),
+    ];
+    for (token, code) in cases {
+        let mut client = CascadeClient::connect(node.url.clone()).await.unwrap();
+        let mut req = tonic::Request::new(tokio_stream::iter(Vec::<pb::LegFrame>::new()));
+        if let Some(t) = &token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let status = client.leg(req).await.expect_err("the leg must be refused");
+        assert_eq!(status.code(), code, "{token:?}: {status:?}");
+    }
+    // The deployment's own node token opens it; a second leg from the same node does not.
+    let token = veil_testkit::token::mint(&key, node_room, "http://peer", Duration::from_secs(60));
+    let open = |token: String| {
+        let url = node.url.clone();
+        async move {
+            let mut client = CascadeClient::connect(url).await.unwrap();
+            let (tx, rx) = mpsc::channel::<pb::LegFrame>(1);
+            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            (client.leg(req).await, tx)
+        }
+    };
+    let (first, _keep) = open(token.clone()).await;
+    assert!(first.is_ok(), "{first:?}");
+    let (second, _) = open(token).await;
+    assert_eq!(second.unwrap_err().code(), tonic::Code::AlreadyExists);
+}
