@@ -226,3 +226,24 @@ async fn discover(legs: Arc<Legs>, config: CascadeConfig) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SFU-CAS-06: a node token verifies under the deployment's key, for the node room, in
+    /// the dialing node's name.
+    #[test]
+    fn a_node_token_names_the_node_room_and_the_node() {
+        let key = TokenKey::generate("deployment").unwrap();
+        let token = node_token(&key, "http://10.0.0.1:7443").unwrap();
+        let verified = Verifier::new([key])
+            .unwrap()
+            .verify(&token, now_secs())
+            .unwrap();
+        assert_eq!(verified.claims().room, NODE_ROOM);
+        assert_eq!(verified.claims().identity, "http://10.0.0.1:7443");
+        let other = Verifier::new([TokenKey::generate("deployment").unwrap()]).unwrap();
+        assert!(other.verify(&token, now_secs()).is_err());
+    }
+}
