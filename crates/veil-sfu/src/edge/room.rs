@@ -16,6 +16,11 @@
 //! participant's own offer while the edge's waits is refused ([`SfuError::Negotiation`]).
 //! Every offer from the edge comes out as [`EdgeRoomEvent::Offer`].
 //!
+//! **Rooms over nodes** (SFU-CAS-02..05, `relay`). A room that a node-to-node leg wants hands
+//! out its local publishers' tracks and accepted packets ([`EdgeRooms::poll_relay`]); tracks
+//! and packets that come over a leg enter the room under remote publishers, participants of the
+//! core without a connection, and are routed like local ones.
+//!
 //! [`crate::edge::EdgeSfu`] serves this over `veil.sfu.v1` (access tokens, signalling events).
 
 use std::collections::{HashMap, VecDeque};
