@@ -1026,6 +1026,7 @@ impl EdgeRooms {
             counters.drop(DropKind::Repair);
         } else if room.relayed && !room.remotes.contains_key(&publisher) {
             relay::packet(&mut self.relay, room, tid, routed.layer, p);
+            counters.relayed[0] += 1;
         }
         for d in &routed.dropped {
             counters.drop(DropKind::from(*d));

@@ -199,6 +199,9 @@ fn a_room_on_two_edges_is_relayed_over_a_leg_with_key_frames_and_layers() {
     let spoofed = veil_sfu::DropKind::SpoofedSsrc as usize;
     assert_eq!(west.counters.drops[spoofed], 0);
     assert_eq!(east.counters.drops[spoofed], 0);
+    // Counted for `veil_sfu_leg_packets_total`: out at the east, in at the west.
+    assert!(east.counters.relayed[0] > 0 && west.counters.relayed[1] > 0);
+    assert!(west.counters.relayed[1] <= east.counters.relayed[0]);
 
     // The leg goes (SFU-CAS-05): alice's tracks end at the west, bob is offered a session
     // without them.

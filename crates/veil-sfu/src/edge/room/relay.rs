@@ -392,6 +392,7 @@ impl EdgeRooms {
             self.counters.drop(DropKind::Metadata);
             return;
         };
+        self.counters.relayed[1] += 1;
         if !rid.is_empty()
             && let Some(remote) = state.remotes.get_mut(&publisher)
             && remote.bound.insert(p.header.ssrc)

@@ -52,6 +52,7 @@ impl Driver {
                     if let Some(tx) = self.legs.get(&leg)
                         && tx.try_send(out).is_err()
                     {
+                        self.metrics.leg_dropped.inc();
                         debug!(leg, "a leg's queue is full: a key-frame request is lost");
                     }
                 }
@@ -60,6 +61,7 @@ impl Driver {
                         if let Some(tx) = self.legs.get(leg)
                             && tx.try_send(out.clone()).is_err()
                         {
+                            self.metrics.leg_dropped.inc();
                             debug!(leg, "a leg's queue is full: a message is lost");
                         }
                     }
@@ -103,6 +105,7 @@ impl EdgeSfu {
 
     /// A leg is up: what the rooms relay to it goes into `tx`.
     pub async fn open_leg(&self, leg: LegId, tx: mpsc::Sender<RelayOut>) {
+        self.metrics.legs.inc();
         for w in 0..self.workers.len() {
             let tx = tx.clone();
             let _ = self
@@ -115,6 +118,7 @@ impl EdgeSfu {
 
     /// A leg is gone: every remote publisher that came over it leaves (SFU-CAS-05).
     pub async fn close_leg(&self, leg: LegId) {
+        self.metrics.legs.dec();
         for w in 0..self.workers.len() {
             let _ = self
                 .call(w, move |d, now| {
