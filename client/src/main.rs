@@ -109,7 +109,7 @@ struct JoinArgs {
     /// SFU nodes to use instead of the one the key service places the room on: their URLs
     /// separated by commas; the first is used, and each reconnection tries the next (a room
     /// may span the nodes of one deployment, specs/sfu.md SFU-CAS-07).
-    #[arg(long, env = "VEIL_SFU_URL", value_name = "URLS")]
+    #[arg(long, env = "VEIL_SFU_NODES", value_name = "URLS")]
     sfu_url: Option<String>,
     /// PEM certificate of the CA that issued the server's TLS certificate (a private
     /// deployment); default: the system's roots.
