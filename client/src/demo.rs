@@ -310,6 +310,7 @@ pub(crate) async fn browser(web: std::net::SocketAddr, seconds: Option<u64>) -> 
     );
     crate::join::run(crate::join::Join {
         url: format!("http://{}", bound.grpc),
+        sfu_url: None,
         room: "demo".into(),
         token: token("alice")?,
         identity: "alice".into(),

@@ -43,6 +43,8 @@ pub(crate) enum Publish {
 #[derive(Debug, Clone)]
 pub(crate) struct Join {
     pub(crate) url: String,
+    /// SFU nodes named by the participant (SFU-CAS-07); `None`: the placed node.
+    pub(crate) sfu_url: Option<String>,
     pub(crate) room: String,
     pub(crate) token: String,
     pub(crate) identity: String,
@@ -230,6 +232,9 @@ pub(crate) async fn run(args: Join) -> Result<(), String> {
 
     let mut cfg = RoomConfig::new(&args.url, &args.token, &args.room, &args.identity);
     cfg.group.security = args.security.clone();
+    if let Some(sfu) = &args.sfu_url {
+        cfg.sfu_url.clone_from(sfu);
+    }
     // The SDK's default is loopback; a server on another machine needs the interface that
     // reaches it.
     let ip = match args.media_ip {

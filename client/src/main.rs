@@ -106,6 +106,11 @@ struct JoinArgs {
     /// separated by commas; the client fails over between them, and uses the first one's SFU.
     #[arg(long, env = "VEIL_URL", default_value = "http://127.0.0.1:7443")]
     url: String,
+    /// SFU nodes to use instead of the one the key service places the room on: their URLs
+    /// separated by commas; the first is used, and each reconnection tries the next (a room
+    /// may span the nodes of one deployment, specs/sfu.md SFU-CAS-07).
+    #[arg(long, env = "VEIL_SFU_NODES", value_name = "URLS")]
+    sfu_url: Option<String>,
     /// PEM certificate of the CA that issued the server's TLS certificate (a private
     /// deployment); default: the system's roots.
     #[arg(long, env = "VEIL_CA_FILE", value_name = "PEM")]
@@ -304,6 +309,7 @@ async fn join(args: JoinArgs) -> Result<(), String> {
     join::run(join::Join {
         security,
         url: args.url,
+        sfu_url: args.sfu_url,
         room: args.room,
         token: args.token,
         identity,

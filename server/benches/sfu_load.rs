@@ -813,9 +813,21 @@ async fn measure(
     sc: &Scenario,
     stats: &Arc<Stats>,
     want: impl Fn(usize) -> u64,
-    pid: &str,
+    pids: &[String],
     metrics: Option<SocketAddr>,
 ) -> Window {
+    // Every server process of the row (two nodes for `--cascade`), summed.
+    let cpu = || pids.iter().map(|p| cpu_seconds(p, sc.tick)).sum::<f64>();
+    let threads = || {
+        pids.iter()
+            .enumerate()
+            .flat_map(|(k, p)| {
+                edge_threads(p, sc.tick)
+                    .into_iter()
+                    .map(move |(w, c)| (k * 1000 + w, c))
+            })
+            .collect::<Vec<_>>()
+    };
     let t = Instant::now();
     // Warm when, in each of two seconds in a row, every subscriber received every stream it
     // asked for. A layer that arrived once and then gave way to a lower one does not count:
@@ -857,14 +869,14 @@ async fn measure(
     stats.start.store(start, Ordering::Relaxed);
     stats.end.store(end, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_micros(start - now_us())).await;
-    let (s0, g0) = (cpu_seconds(pid, sc.tick), cpu_seconds("self", sc.tick));
+    let (s0, g0) = (cpu(), cpu_seconds("self", sc.tick));
     let (j0, d0) = (cpu_jiffies(), udp_rcvbuf_errors());
-    let t0 = edge_threads(pid, sc.tick);
+    let t0 = threads();
     let c0 = metric(metrics, "veil_sfu_forwarded_packets_total").await;
     tokio::time::sleep(Duration::from_micros(end.saturating_sub(now_us()))).await;
-    let (s1, g1) = (cpu_seconds(pid, sc.tick), cpu_seconds("self", sc.tick));
+    let (s1, g1) = (cpu(), cpu_seconds("self", sc.tick));
     let (j1, d1) = (cpu_jiffies(), udp_rcvbuf_errors());
-    let t1 = edge_threads(pid, sc.tick);
+    let t1 = threads();
     let c1 = metric(metrics, "veil_sfu_forwarded_packets_total").await;
     if std::env::var_os("SFU_LOAD_METRICS").is_some()
         && let Some(addr) = metrics
@@ -982,7 +994,7 @@ async fn run_sfu(
             })
             .fold(0, |a, m| a | m)
     };
-    let w = measure(sc, &stats, want, &pid, metrics).await;
+    let w = measure(sc, &stats, want, &[pid], metrics).await;
     stop.store(true, Ordering::Relaxed);
     for s in senders {
         let _ = s.await;
@@ -1012,6 +1024,104 @@ async fn run_sfu(
             None => server.1.clone(),
         },
         rooms: sc.rooms,
+        stats,
+        expected,
+        w,
+        notes: log_summary(&log),
+    }
+}
+
+/// `--cascade` (specs/sfu.md SFU-CAS-01..07): one point through two `veil-server` nodes on one
+/// PostgreSQL database (key service and SFU each, as a deployment runs them), both pinned
+/// where the single server is: the publishers join the first node, the subscribers the
+/// second, so every forwarded packet crosses the node-to-node leg. The CPU is both
+/// processes' together.
+async fn run_cascade(sc: &Scenario, n: usize) -> Measured {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "42".repeat(32);
+    let key = TokenKey::parse(&format!("bench:{secret}")).unwrap();
+    let token_key = format!("bench:{secret}");
+    let db = veil_testkit::postgres::TempPostgres::shared().database();
+    let cpus = server_cpus(sc, None);
+    let (mut children, mut grpcs, mut pids) = (Vec::new(), Vec::new(), Vec::new());
+    for node in 0..2 {
+        let log = std::fs::File::create(dir.path().join(format!("node{node}.log"))).unwrap();
+        let data = dir.path().join(format!("data{node}"));
+        let args = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--web-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--token-key",
+            &token_key,
+            "--database",
+            &db,
+        ];
+        let (child, line) =
+            spawn_pinned(cpus.as_deref(), &this_server().0, &args, Stdio::from(log)).await;
+        let grpc = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("grpc="))
+            .and_then(|v| v.parse::<SocketAddr>().ok())
+            .expect("grpc address");
+        pids.push(child.id().unwrap().to_string());
+        grpcs.push(grpc);
+        children.push(child);
+    }
+    let stats = Stats::new(1, sc.publishers, sc.subscribers);
+    let stop = Arc::new(AtomicBool::new(false));
+    let room = format!("cascade{n}");
+    let mut senders = Vec::new();
+    for p in 0..sc.publishers {
+        let out = join_publisher(grpcs[0], &key, &room, p).await;
+        senders.push(tokio::spawn(publish(out, p, stats.clone(), stop.clone())));
+    }
+    for s in 0..sc.subscribers {
+        join_subscriber(grpcs[1], &key, &room, s, sc.publishers, stats.clone()).await;
+    }
+    let want = |s: usize| {
+        (0..sc.publishers)
+            .map(|p| {
+                let b = p * STREAMS_PER_PUBLISHER;
+                (1u64 << b) | (1u64 << (b + 1 + layer_of(s)))
+            })
+            .fold(0, |a, m| a | m)
+    };
+    let w = measure(sc, &stats, want, &pids, None).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        let _ = s.await;
+    }
+    let expected = (0..sc.subscribers)
+        .map(|s| {
+            (0..sc.publishers)
+                .map(|p| {
+                    let b = p * STREAMS_PER_PUBLISHER;
+                    stats.sent[b].load(Ordering::Relaxed)
+                        + stats.sent[b + 1 + layer_of(s)].load(Ordering::Relaxed)
+                })
+                .sum::<u64>()
+        })
+        .sum();
+    drop(children);
+    let keep: Vec<Keep> = std::mem::take(&mut *PC_KEEP.lock().unwrap());
+    for (pc, _) in keep {
+        let _ = tokio::time::timeout(Duration::from_secs(2), pc.close()).await;
+    }
+    let log = (0..2)
+        .map(|i| {
+            std::fs::read_to_string(dir.path().join(format!("node{i}.log"))).unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    Measured {
+        path: "veil-server SFU, two nodes over a leg".to_owned(),
+        rooms: 1,
         stats,
         expected,
         w,
@@ -1077,7 +1187,7 @@ async fn run_relay(sc: &Scenario, batched: bool) -> Measured {
         senders.push(tokio::spawn(publish(out, p, stats.clone(), stop.clone())));
     }
     let all = u64::MAX >> (64 - sc.publishers * STREAMS_PER_PUBLISHER);
-    let w = measure(sc, &stats, |_| all, &pid, None).await;
+    let w = measure(sc, &stats, |_| all, std::slice::from_ref(&pid), None).await;
     stop.store(true, Ordering::Relaxed);
     for t in senders.into_iter().chain(tasks) {
         let _ = t.await;
@@ -1452,6 +1562,20 @@ async fn bench(quick: bool, pinned: bool) {
             None
         };
         let at = point(&sc, rooms);
+        if std::env::args().any(|a| a == "--cascade") {
+            let m = run_cascade(&sc, n).await;
+            let c = row(&sc, &m);
+            if let Some((a, _)) = sfus.first() {
+                notes.push(format!(
+                    "{at}: across a node-to-node leg {c:.0} forwarded packets per CPU-second of \
+                     both nodes, {:.2}× what one node does with every participant on it (this \
+                     point's first row); warm-up {:.1} s",
+                    c / a,
+                    m.w.warm_up.as_secs_f64()
+                ));
+            }
+            notes.extend(warnings(&sc, &m));
+        }
         for (a, sfu) in &sfus {
             let vs_relays = relays.as_ref().map_or_else(String::new, |((b, _), (bb, _))| {
                 format!(

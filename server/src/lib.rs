@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod cascade;
 pub mod database;
 pub mod datadir;
 pub mod listen;
@@ -293,6 +294,8 @@ pub async fn run(
         datadir::prepare_dir(&cfg.data_dir)?;
         cfg.token_keys.clone()
     };
+    // The key a node signs its node-to-node legs' tokens with (SFU-CAS-06).
+    let node_key = keys.first().cloned();
     let verifier = Verifier::new(keys).map_err(ServerError::TokenKey)?;
     // A PostgreSQL store is opened before the data directory's database file is considered,
     // and only for the key service (the SFU keeps no state).
@@ -326,6 +329,10 @@ pub async fn run(
         kds.sfu_url = Some(format!("{scheme}://{grpc}"));
     }
     let metrics = Arc::new(veil_keys::Metrics::default());
+    // SFU-CAS-01: on a shared store, the SFU node records its rooms and joins rooms that span
+    // nodes.
+    let directory = shared.clone();
+    let node_url = kds.sfu_url.clone();
     let svc = if cfg.keys {
         let store = match shared {
             Some(store) => store,
@@ -338,6 +345,17 @@ pub async fn run(
         None
     };
     let sfu = cfg.sfu.clone().map(veil_sfu::EdgeSfu::new).transpose()?;
+    let cascade_api = match (&sfu, directory, node_url, node_key) {
+        (Some(sfu), Some(store), Some(url), Some(key)) => {
+            let dir = Arc::new(cascade::StoreDirectory(store));
+            let cascade = veil_sfu::cascade::Cascade::start(
+                sfu.clone(),
+                veil_sfu::cascade::CascadeConfig::new(url, key, dir),
+            );
+            Some(cascade.service(verifier.clone()))
+        }
+        _ => None,
+    };
     let room_events = sfu.as_ref().map(veil_sfu::EdgeSfu::room_events);
     let sfu_metrics = sfu
         .clone()
@@ -473,6 +491,7 @@ pub async fn run(
         .add_service(health_svc)
         .add_optional_service(keys_api)
         .add_optional_service(sfu_api)
+        .add_optional_service(cascade_api)
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
     match web_server {
         Some(web_server) => {

@@ -29,7 +29,8 @@ pub struct RoomConfig {
     pub group: GroupConfig,
     /// The SFU's URL; empty (the default): the node the key service places the room on,
     /// asked again at every reconnection (KDS-PLACE-02). Reached with the group's
-    /// [`security`](GroupConfig::security).
+    /// [`security`](GroupConfig::security). A comma-separated list names SFU nodes of one
+    /// deployment: the first is used, and each reconnection tries the next (SFU-CAS-07).
     pub sfu_url: String,
     /// The frame packetization this participant proposes (browser-compatible by default). The
     /// room keeps the first one proposed, and every participant uses that one
@@ -268,8 +269,7 @@ impl Room {
             // The member's own client: the same connections, and the replica it moved to.
             crate::sfu::Target::Placed(group.keys())
         } else {
-            crate::endpoint::endpoint(&cfg.sfu_url, &cfg.group.security)?;
-            crate::sfu::Target::Url(cfg.sfu_url.clone())
+            crate::sfu::Target::list(&cfg.sfu_url, &cfg.group.security)?
         };
         let (sfu, mut media) = SfuSession::connect_to(
             target,

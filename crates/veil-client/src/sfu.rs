@@ -165,17 +165,48 @@ struct Opened {
 /// Where the session goes.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
-    /// This SFU.
-    Url(String),
+    /// These SFU nodes, in order (SFU-CAS-07): the first connection goes to the first, and
+    /// every later attempt (after a loss, or after a failed attempt) to the next, round the
+    /// list. One URL: that SFU every time.
+    Urls {
+        urls: Vec<String>,
+        next: Arc<std::sync::atomic::AtomicUsize>,
+    },
     /// The SFU node the key service places the room on, asked again before every connection
     /// (KDS-PLACE-02): after a node dies, the room's participants meet on the next one.
     Placed(crate::keys::KeyClient),
 }
 
 impl Target {
+    /// A comma-separated list of SFU URLs, each one `security` accepts.
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] for an empty list or a URL `security` refuses.
+    pub(crate) fn list(urls: &str, security: &Security) -> Result<Self, ClientError> {
+        let urls: Vec<String> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if urls.is_empty() {
+            return Err(ClientError::config("the SFU URL is empty"));
+        }
+        for u in &urls {
+            crate::endpoint::endpoint(u, security)?;
+        }
+        Ok(Self::Urls {
+            urls,
+            next: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        })
+    }
+
     async fn url(&self) -> Result<String, ClientError> {
         match self {
-            Self::Url(u) => Ok(u.clone()),
+            Self::Urls { urls, next } => {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(urls[i % urls.len()].clone())
+            }
             Self::Placed(k) => k.clone().placement().await,
         }
     }
@@ -298,9 +329,8 @@ impl SfuSession {
         security: &Security,
     ) -> Result<(Self, mpsc::Receiver<RemoteMedia>), ClientError> {
         // Refuse a URL before anything is set up for it.
-        crate::endpoint::endpoint(url, security)?;
         Self::connect_to(
-            Target::Url(url.to_owned()),
+            Target::list(url, security)?,
             token,
             room,
             tracks,

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cascade;
 pub mod connection;
 pub mod edge;
 pub mod error;

@@ -8,6 +8,8 @@
 /// This binary tests the PostgreSQL store.
 pub const POSTGRES: bool = true;
 
+mod cascade;
+mod cascade_failover;
 #[path = "../keys/common.rs"]
 mod common;
 #[path = "../keys/durability.rs"]

@@ -233,6 +233,18 @@ pub trait Store: Send + Sync + 'static {
     fn place_room(&self, _room: &str) -> Result<Option<String>, KdsError> {
         Ok(None)
     }
+    /// Record that the SFU node reached at `url` hosts exactly `rooms` for `lease` from now,
+    /// and return the other live nodes hosting any of them as (room, URL) (KDS-HOST-01; the
+    /// cascade's discovery, specs/sfu.md SFU-CAS-01). A store nobody else writes has one node:
+    /// no other.
+    fn host_rooms(
+        &self,
+        _url: &str,
+        _rooms: &[String],
+        _lease: std::time::Duration,
+    ) -> Result<Vec<(String, String)>, KdsError> {
+        Ok(Vec::new())
+    }
     /// A service-wide value (e.g. the external-sender key pair).
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, KdsError>;
     /// Set a service-wide value if it is not set; returns the value now stored.

@@ -79,8 +79,11 @@ mod room;
 mod serve;
 mod stats;
 pub mod tcp;
-pub use room::{EdgeRoomEvent, EdgeRooms, parse_track_name, track_name};
+pub use room::{
+    EdgeRoomEvent, EdgeRooms, LegId, RelayOut, RelayTrack, parse_track_name, track_name,
+};
 pub use serve::EdgeSfu;
+pub use serve::RelayIn;
 pub use stats::{Counters, Observation};
 
 /// The local description `pc` has just set, as SDP.

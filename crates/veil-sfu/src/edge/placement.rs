@@ -66,6 +66,13 @@ impl Placement {
         }
     }
 
+    /// The rooms placed (someone is in each, or joining it), sorted.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.rooms.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// Participants (and joins in flight) per worker.
     pub(crate) fn load(&self) -> &[usize] {
         &self.load

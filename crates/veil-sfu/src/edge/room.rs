@@ -16,6 +16,11 @@
 //! participant's own offer while the edge's waits is refused ([`SfuError::Negotiation`]).
 //! Every offer from the edge comes out as [`EdgeRoomEvent::Offer`].
 //!
+//! **Rooms over nodes** (SFU-CAS-02..05, `relay`). A room that a node-to-node leg wants hands
+//! out its local publishers' tracks and accepted packets ([`EdgeRooms::poll_relay`]); tracks
+//! and packets that come over a leg enter the room under remote publishers, participants of the
+//! core without a connection, and are routed like local ones.
+//!
 //! [`crate::edge::EdgeSfu`] serves this over `veil.sfu.v1` (access tokens, signalling events).
 
 use std::collections::{HashMap, VecDeque};
@@ -27,6 +32,8 @@ use bytes::BytesMut;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use veil_rtc::rtx_ssrc;
 use webrtc::peer_connection::RTCSessionDescription;
+
+pub use relay::{LegId, RelayOut, RelayTrack};
 
 use super::probe::Probing;
 use super::stats::{Counters, Observation, RtxTally, kind_index, rtx_tally};
@@ -45,6 +52,8 @@ use crate::session::{DropKind, SfuConfig, TappedPacket};
 /// How often each connection's estimate is handed to the core. GCC changes its target at most
 /// every 200 ms (rate-control interval) and on feedback, which comes about every 100 ms.
 const ESTIMATE_PERIOD: Duration = Duration::from_millis(100);
+
+mod relay;
 
 /// What happened in the rooms. Connections are unique over all rooms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,8 +105,20 @@ pub enum EdgeRoomEvent {
 
 struct Published {
     publisher: ConnId,
-    receiver: RTCRtpReceiverId,
+    /// Where key-frame requests for it go.
+    origin: Origin,
     kind: MediaKind,
+    /// Its simulcast rids, lowest first (empty: one layer).
+    rids: Vec<String>,
+}
+
+/// Where a track's packets come from.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// A participant's connection on this edge, through this receiver.
+    Local(RTCRtpReceiverId),
+    /// Another node, over node-to-node leg `leg`, where the track is `track` (SFU-CAS-03).
+    Remote { leg: LegId, track: u64 },
 }
 
 struct Subscription {
@@ -119,6 +140,13 @@ struct EdgeRoom {
     published: HashMap<TrackId, Published>,
     subscriptions: HashMap<(ConnId, TrackId), Subscription>,
     members: usize,
+    /// A node-to-node leg wants this room: its local publishers' packets are relayed
+    /// (SFU-CAS-02).
+    relayed: bool,
+    /// Publishers on other nodes, by their id here (SFU-CAS-03).
+    remotes: HashMap<ConnId, relay::Remote>,
+    /// (leg, the origin's track id) → the track here.
+    remote_tracks: HashMap<(LegId, u64), TrackId>,
 }
 
 /// A participant.
@@ -157,6 +185,12 @@ pub struct EdgeRooms {
     next_estimate: Instant,
     /// Probe clusters towards subscribers whose estimate is below their need (SFU-BWE-06).
     probing: Probing,
+    /// What the node-to-node legs are to carry (SFU-CAS-02..04).
+    relay: VecDeque<RelayOut>,
+    /// The next id of a publisher on another node.
+    next_remote: ConnId,
+    /// Publishers on other nodes → their room's index.
+    remote_rooms: HashMap<ConnId, usize>,
 }
 
 fn pid(c: ConnId) -> ParticipantId {
@@ -225,6 +259,9 @@ impl EdgeRooms {
             events: VecDeque::new(),
             next_estimate: now,
             probing,
+            relay: VecDeque::new(),
+            next_remote: relay::FIRST_REMOTE,
+            remote_rooms: HashMap::new(),
         }
     }
 
@@ -326,6 +363,9 @@ impl EdgeRooms {
                     published: HashMap::new(),
                     subscriptions: HashMap::new(),
                     members: 0,
+                    relayed: false,
+                    remotes: HashMap::new(),
+                    remote_tracks: HashMap::new(),
                 };
                 let r = match self.rooms.iter().position(Option::is_none) {
                     Some(free) => {
@@ -383,19 +423,12 @@ impl EdgeRooms {
             .iter()
             .filter_map(|((publisher, name), &track)| {
                 let p = room.published.get(&track)?;
-                let rids = self
-                    .members
-                    .get(publisher)?
-                    .sdp
-                    .section_of_track(name)
-                    .map(|s| s.send_rids.clone())
-                    .unwrap_or_default();
                 Some(EdgeRoomEvent::Published {
                     publisher: *publisher,
                     track,
                     kind: p.kind,
                     publisher_track_id: name.clone(),
-                    rids,
+                    rids: p.rids.clone(),
                 })
             })
             .collect();
@@ -550,7 +583,10 @@ impl EdgeRooms {
             else {
                 continue;
             };
-            let pub_ids = self.members.get(&publisher).map(|m| &m.sdp.extmap);
+            let pub_ids = match self.members.get(&publisher) {
+                Some(m) => Some(&m.sdp.extmap),
+                None => room.remotes.get(&publisher).map(|r| &r.extmap),
+            };
             let pairs: Vec<(u8, u8)> = FORWARDED_URIS
                 .iter()
                 .filter_map(|u| {
@@ -573,7 +609,15 @@ impl EdgeRooms {
                 track,
                 ssrc: subscription.out_ssrc,
             });
-            ask_key_frames(&mut self.edge, &mut self.counters, now, room, track, ssrcs);
+            ask_key_frames(
+                &mut self.edge,
+                &mut self.counters,
+                &mut self.relay,
+                now,
+                room,
+                track,
+                ssrcs,
+            );
         }
         Ok(())
     }
@@ -631,7 +675,15 @@ impl EdgeRooms {
             .set_layer(pid(subscriber), track, rid.map(str::as_bytes), since)?;
         let r = self.member(subscriber)?.room;
         if let Some(room) = self.rooms.get_mut(r).and_then(Option::as_mut) {
-            ask_key_frames(&mut self.edge, &mut self.counters, now, room, track, ssrcs);
+            ask_key_frames(
+                &mut self.edge,
+                &mut self.counters,
+                &mut self.relay,
+                now,
+                room,
+                track,
+                ssrcs,
+            );
         }
         Ok(())
     }
@@ -806,7 +858,15 @@ impl EdgeRooms {
                     let ssrc = room.core.subscriber_key_frame_request(pid(id), tid, since);
                     let r = self.members.get(&id).map_or(usize::MAX, |m| m.room);
                     if let Some(room) = self.rooms.get_mut(r).and_then(Option::as_mut) {
-                        ask_key_frames(&mut self.edge, &mut self.counters, now, room, tid, ssrc);
+                        ask_key_frames(
+                            &mut self.edge,
+                            &mut self.counters,
+                            &mut self.relay,
+                            now,
+                            room,
+                            tid,
+                            ssrc,
+                        );
                     }
                 }
             }
@@ -855,11 +915,23 @@ impl EdgeRooms {
                     tid,
                     Published {
                         publisher,
-                        receiver,
+                        origin: Origin::Local(receiver),
                         kind,
+                        rids: rids.clone(),
                     },
                 );
                 self.counters.tracks += 1;
+                if room.relayed {
+                    self.relay.push_back(RelayOut::Track(RelayTrack {
+                        room: room.name.clone(),
+                        track: tid.0,
+                        publisher: m.identity.clone(),
+                        kind,
+                        publisher_track_id: track.clone(),
+                        rids: rids.clone(),
+                        extmap: relay::extmap(&m.sdp.extmap),
+                    }));
+                }
                 self.events.push_back(EdgeRoomEvent::Published {
                     publisher,
                     track: tid,
@@ -875,24 +947,42 @@ impl EdgeRooms {
         }
     }
 
-    /// Route one packet through its room's core and write its copies.
+    /// Route one packet of a local publisher.
     fn forward(&mut self, now: Instant, publisher: ConnId, track: String, p: &rtc::rtp::Packet) {
-        let since = self.since(now);
         let Some(m) = self.members.get(&publisher) else {
             return;
         };
-        let Some(room) = self.rooms.get_mut(m.room).and_then(Option::as_mut) else {
+        let r = m.room;
+        let Some(room) = self.rooms.get(r).and_then(Option::as_ref) else {
             return;
         };
-        let counters = &mut self.counters;
         let Some(&tid) = room.track_ids.get(&(publisher, track)) else {
-            counters.drop(if m.publish {
+            self.counters.drop(if m.publish {
                 DropKind::UnknownTrack
             } else {
                 DropKind::NotPermitted
             });
             return;
         };
+        self.route_packet(now, r, publisher, tid, p);
+    }
+
+    /// Route one packet of `tid`, whose publisher is on this edge or on another node (SFU-CAS-03),
+    /// through room `r`'s core and write its copies. A local publisher's packet that the core
+    /// accepted also goes to the node-to-node legs that want the room, unchanged (SFU-CAS-02).
+    fn route_packet(
+        &mut self,
+        now: Instant,
+        r: usize,
+        publisher: ConnId,
+        tid: TrackId,
+        p: &rtc::rtp::Packet,
+    ) {
+        let since = self.since(now);
+        let Some(room) = self.rooms.get_mut(r).and_then(Option::as_mut) else {
+            return;
+        };
+        let counters = &mut self.counters;
         let kind = room
             .published
             .get(&tid)
@@ -904,10 +994,17 @@ impl EdgeRooms {
             return;
         }
         if self.tapping {
+            let identity = match self.members.get(&publisher) {
+                Some(m) => m.identity.as_str(),
+                None => room
+                    .remotes
+                    .get(&publisher)
+                    .map_or("", |x| x.identity.as_str()),
+            };
             self.observations
                 .push_back(Observation::Tapped(TappedPacket::of(
                     &room.name,
-                    &m.identity,
+                    identity,
                     track_name(tid),
                     kind,
                     p,
@@ -927,6 +1024,9 @@ impl EdgeRooms {
         };
         if routed.repair {
             counters.drop(DropKind::Repair);
+        } else if room.relayed && !room.remotes.contains_key(&publisher) {
+            relay::packet(&mut self.relay, room, tid, routed.layer, p);
+            counters.relayed[0] += 1;
         }
         for d in &routed.dropped {
             counters.drop(DropKind::from(*d));
@@ -975,6 +1075,7 @@ impl EdgeRooms {
         ask_key_frames(
             &mut self.edge,
             counters,
+            &mut self.relay,
             now,
             room,
             tid,
@@ -994,14 +1095,12 @@ impl EdgeRooms {
         };
         room.members -= 1;
         room.core.remove_participant(pid(id));
-        room.track_ids.retain(|(p, _), _| *p != id);
         let gone: Vec<TrackId> = room
             .published
             .iter()
             .filter(|(_, p)| p.publisher == id)
             .map(|(t, _)| *t)
             .collect();
-        room.published.retain(|_, p| p.publisher != id);
         let (counters, observations) = (&mut self.counters, &mut self.observations);
         room.subscriptions.retain(|(s, t), subscription| {
             let own = *s == id;
@@ -1021,9 +1120,35 @@ impl EdgeRooms {
             labels: m.estimate_label,
             bps: None,
         });
+        self.end_tracks(now, m.room, id, &gone);
+        if let Some(room) = self.rooms.get_mut(m.room).and_then(Option::as_mut)
+            && room.members == 0
+        {
+            // Publishers on other nodes leave with the room (SFU-CAS-05).
+            self.counters.tracks -= room.published.len() as i64;
+            for c in room.remotes.keys() {
+                self.remote_rooms.remove(c);
+            }
+            self.by_name.remove(&room.name);
+            self.rooms[m.room] = None;
+        }
+        self.events.push_back(EdgeRoomEvent::Left(id));
+    }
+
+    /// `gone`, tracks of `publisher` in room `r`, end: every subscriber of one is offered a
+    /// session without it, and the legs that want the room are told (SFU-CAS-02).
+    fn end_tracks(&mut self, now: Instant, r: usize, publisher: ConnId, gone: &[TrackId]) {
+        let Some(room) = self.rooms.get_mut(r).and_then(Option::as_mut) else {
+            return;
+        };
+        room.track_ids
+            .retain(|(p, _), t| *p != publisher || !gone.contains(t));
+        room.published.retain(|t, _| !gone.contains(t));
+        let local = !room.remotes.contains_key(&publisher);
+        let (counters, observations) = (&mut self.counters, &mut self.observations);
         counters.tracks -= gone.len() as i64;
         let mut renegotiate = Vec::new();
-        for t in &gone {
+        for t in gone {
             let subs: Vec<(ConnId, RTCRtpSenderId, bool)> = room
                 .subscriptions
                 .iter()
@@ -1038,19 +1163,20 @@ impl EdgeRooms {
                     renegotiate.push(s);
                 }
             }
+            if local && room.relayed {
+                self.relay.push_back(RelayOut::TrackEnd {
+                    room: room.name.clone(),
+                    track: t.0,
+                });
+            }
             self.events.push_back(EdgeRoomEvent::Unpublished {
-                publisher: id,
+                publisher,
                 track: *t,
             });
-        }
-        if room.members == 0 {
-            self.by_name.remove(&room.name);
-            self.rooms[m.room] = None;
         }
         for s in renegotiate {
             let _ = self.renegotiate(now, s);
         }
-        self.events.push_back(EdgeRoomEvent::Left(id));
     }
 }
 
@@ -1082,10 +1208,12 @@ fn forget_subscription(
 }
 
 /// Ask `track`'s publisher for key frames of `ssrcs`: what the core decided, already
-/// throttled (SFU-KF-01).
+/// throttled (SFU-KF-01). A publisher on another node is asked over its leg (SFU-CAS-04).
+#[allow(clippy::too_many_arguments)]
 fn ask_key_frames(
     edge: &mut Edge,
     counters: &mut Counters,
+    relay: &mut VecDeque<RelayOut>,
     now: Instant,
     room: &EdgeRoom,
     track: TrackId,
@@ -1095,11 +1223,24 @@ fn ask_key_frames(
         return;
     };
     for ssrc in ssrcs {
-        if edge
-            .request_key_frame(now, p.publisher, p.receiver, ssrc)
-            .is_ok()
-        {
-            counters.publisher_key_frame_requests += 1;
+        match p.origin {
+            Origin::Local(receiver) => {
+                if edge
+                    .request_key_frame(now, p.publisher, receiver, ssrc)
+                    .is_ok()
+                {
+                    counters.publisher_key_frame_requests += 1;
+                }
+            }
+            Origin::Remote { leg, track } => {
+                counters.publisher_key_frame_requests += 1;
+                relay.push_back(RelayOut::KeyFrame {
+                    leg,
+                    room: room.name.clone(),
+                    track,
+                    ssrc,
+                });
+            }
         }
     }
 }

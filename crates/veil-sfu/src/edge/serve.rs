@@ -32,7 +32,9 @@ use tracing::{debug, error, info, warn};
 
 use super::io::BatchIo;
 use super::placement::Placement;
-use super::room::{EdgeRoomEvent as Happened, EdgeRooms, parse_track_name, track_name};
+use super::room::{
+    EdgeRoomEvent as Happened, EdgeRooms, LegId, RelayOut, parse_track_name, track_name,
+};
 use super::tcp::{self, TcpEvent, TcpShell};
 use super::{ConnId, Via};
 use crate::error::SfuError;
@@ -43,6 +45,9 @@ use crate::session::{
     IceCandidate, LeaveReason, Metrics, ParticipantEvent, Permissions, Session, SfuConfig,
     SignalEvent, Tap, TrackInfo, queue_len,
 };
+
+mod legs;
+pub use legs::RelayIn;
 
 /// Datagrams read (and handled) in one turn before the thread looks at commands and timers again.
 const READ_BATCH: usize = 64;
@@ -451,6 +456,8 @@ fn spawn(
         packetization: HashMap::new(),
         slow: Vec::new(),
         next_sweep: now + SWEEP_PERIOD,
+        legs: HashMap::new(),
+        rooms_legs: HashMap::new(),
     };
     // `sfu-edge-N`: short enough for the kernel's 15-byte thread names (`top -H`, `perf`).
     std::thread::Builder::new()
@@ -656,6 +663,10 @@ struct Driver {
     /// Participants whose event queue overflowed (SFU-LIVE-05), to remove.
     slow: Vec<ConnId>,
     next_sweep: Instant,
+    /// The node-to-node legs' queues (SFU-CAS-02).
+    legs: HashMap<LegId, mpsc::Sender<RelayOut>>,
+    /// The legs that want each room on this worker.
+    rooms_legs: HashMap<String, Vec<LegId>>,
 }
 
 impl Driver {
@@ -727,7 +738,11 @@ impl Driver {
     }
 
     fn identity(&self, c: ConnId) -> Option<String> {
-        self.people.get(&c).map(|p| p.identity.clone())
+        match self.people.get(&c) {
+            Some(p) => Some(p.identity.clone()),
+            // A publisher on another node (SFU-CAS-03).
+            None => self.rooms.remote(c).map(|(_, i)| i.to_owned()),
+        }
     }
 
     /// The connections in `room`.
@@ -740,7 +755,12 @@ impl Driver {
 
     /// The participants in `of`'s room, but `of`.
     fn others(&self, of: ConnId) -> Vec<ConnId> {
-        let Some(room) = self.people.get(&of).map(|p| p.room.as_str()) else {
+        let Some(room) = self
+            .people
+            .get(&of)
+            .map(|p| p.room.as_str())
+            .or_else(|| self.rooms.remote(of).map(|(r, _)| r))
+        else {
             return Vec::new();
         };
         self.in_room(room).filter(|&c| c != of).collect()
@@ -800,6 +820,7 @@ impl Driver {
             };
             self.remove(now, c, LeaveReason::SlowSignalling);
         }
+        self.relay();
         self.metrics.export(&self.rooms.take_counters());
         let tap = self.config.tap.as_ref();
         while let Some(o) = self.rooms.poll_observation() {
@@ -889,6 +910,7 @@ impl Driver {
         let m = &self.metrics;
         if self.rooms.len(&p.room) == 0 {
             self.packetization.remove(&p.room);
+            self.rooms_legs.remove(&p.room);
             m.rooms.dec();
         }
         lock(&self.placement).release(&p.room);

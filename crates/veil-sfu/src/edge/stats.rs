@@ -67,6 +67,9 @@ pub struct Counters {
     pub tracks: i64,
     /// Change in live subscriptions.
     pub subscriptions: i64,
+    /// Packets relayed over node-to-node legs: out (local publishers' packets handed to the
+    /// legs, once each) and in (SFU-CAS-02/03).
+    pub relayed: [u64; 2],
 }
 
 impl Counters {
@@ -190,6 +193,13 @@ impl Metrics {
         if c.probe_clusters > 0 {
             self.probe_clusters.inc_by(c.probe_clusters);
         }
+        for (direction, &n) in ["out", "in"].into_iter().zip(&c.relayed) {
+            if n > 0 {
+                self.leg_packets
+                    .get_or_create(&crate::session::metrics::LegDirection { direction })
+                    .inc_by(n);
+            }
+        }
         if c.probe_successes > 0 {
             self.probe_successes.inc_by(c.probe_successes);
         }
@@ -264,6 +274,7 @@ mod tests {
             rtx: [1, 2, 3, 4, 5, 6, 7],
             tracks: 2,
             subscriptions: 3,
+            relayed: [17, 19],
             ..Counters::default()
         };
         c.drop(DropKind::Silence);
@@ -283,6 +294,12 @@ mod tests {
         assert_eq!(m.rtx("out", "limited"), 12);
         assert_eq!(m.tracks.get(), 1);
         assert_eq!(m.subscriptions.get(), 0);
+        let leg = |direction| {
+            m.leg_packets
+                .get_or_create(&crate::session::metrics::LegDirection { direction })
+                .get()
+        };
+        assert_eq!((leg("out"), leg("in")), (34, 38));
     }
 
     #[test]

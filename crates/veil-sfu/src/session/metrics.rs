@@ -206,6 +206,14 @@ impl RtxObserver for RtxCount {
     }
 }
 
+/// Labels of the node-to-node leg packet counter (SFU-CAS-02/03).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LegDirection {
+    /// `out` (local publishers' packets handed to the legs; once per packet, whatever the
+    /// number of legs) or `in` (packets that came over a leg).
+    pub direction: &'static str,
+}
+
 /// Labels of a per-subscriber gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Subscriber {
@@ -279,6 +287,12 @@ pub struct Metrics {
     pub tcp_closed: Family<Reason, Counter>,
     /// Packets not sent on an ICE-TCP stream because its send queue was full (SFU-TCP-04).
     pub tcp_send_dropped: Counter,
+    /// Node-to-node legs up (SFU-CAS-01).
+    pub legs: Gauge,
+    /// Packets relayed over node-to-node legs, by direction (SFU-CAS-02/03).
+    pub leg_packets: Family<LegDirection, Counter>,
+    /// Messages a leg's full queue lost (SFU-CAS-02).
+    pub leg_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -309,6 +323,9 @@ impl Default for Metrics {
             tcp_streams: Gauge::default(),
             tcp_closed: Family::default(),
             tcp_send_dropped: Counter::default(),
+            legs: Gauge::default(),
+            leg_packets: Family::default(),
+            leg_dropped: Counter::default(),
         };
         registry.register("tcp_streams", "Open ICE-TCP streams", m.tcp_streams.clone());
         registry.register(
@@ -320,6 +337,17 @@ impl Default for Metrics {
             "tcp_send_dropped_packets",
             "Packets not sent on an ICE-TCP stream whose send queue was full",
             m.tcp_send_dropped.clone(),
+        );
+        registry.register("legs", "Node-to-node legs up", m.legs.clone());
+        registry.register(
+            "leg_packets",
+            "Packets relayed over node-to-node legs, by direction",
+            m.leg_packets.clone(),
+        );
+        registry.register(
+            "leg_dropped",
+            "Messages lost to a node-to-node leg's full queue",
+            m.leg_dropped.clone(),
         );
         registry.register("rooms", "Rooms with participants", m.rooms.clone());
         registry.register("participants", "Participants", m.participants.clone());

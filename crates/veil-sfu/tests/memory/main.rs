@@ -5,6 +5,7 @@
 
 #![allow(unreachable_pub)] // test helpers: `pub` for the submodules of this one binary
 
+mod cascade;
 mod common;
 mod departure;
 mod hostile;

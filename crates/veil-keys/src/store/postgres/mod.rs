@@ -23,6 +23,7 @@ use super::{
 };
 use crate::error::KdsError;
 
+mod hosting;
 mod replica;
 mod tls;
 
@@ -90,6 +91,16 @@ CREATE TABLE placements (
     room TEXT PRIMARY KEY,
     node TEXT NOT NULL
 );
+",
+    // KDS-HOST-01: the rooms each SFU node hosts, under a lease (specs/sfu.md SFU-CAS-01).
+    "
+CREATE TABLE sfu_rooms (
+    url TEXT NOT NULL,
+    room TEXT NOT NULL,
+    expires TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (url, room)
+);
+CREATE INDEX sfu_rooms_by_room ON sfu_rooms (room);
 ",
 ];
 
@@ -674,6 +685,16 @@ impl Store for PostgresStore {
     fn place_room(&self, room: &str) -> Result<Option<String>, KdsError> {
         let room = room.to_owned();
         self.run(move |s| replica::place(s, &room))
+    }
+
+    fn host_rooms(
+        &self,
+        url: &str,
+        rooms: &[String],
+        lease: std::time::Duration,
+    ) -> Result<Vec<(String, String)>, KdsError> {
+        let (url, rooms) = (url.to_owned(), rooms.to_vec());
+        self.run(move |s| hosting::host(s, &url, &rooms, lease))
     }
 
     fn present_elsewhere(

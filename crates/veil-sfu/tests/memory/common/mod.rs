@@ -93,6 +93,7 @@ pub fn add(a: &mut Counters, b: &Counters) {
         a.received[i] += b.received[i];
         a.forwarded[i] += b.forwarded[i];
         a.forwarded_bytes[i] += b.forwarded_bytes[i];
+        a.relayed[i] += b.relayed[i];
     }
     for (x, y) in a.drops.iter_mut().zip(&b.drops) {
         *x += y;
