@@ -12,6 +12,7 @@ use veil_client::room::{Room, RoomConfig};
 use veil_testkit::server::InProcess;
 
 pub mod impaired;
+pub mod soak;
 
 /// A running server.
 #[derive(Debug)]

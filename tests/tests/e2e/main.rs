@@ -10,4 +10,5 @@ mod membership;
 mod policy;
 mod secrets;
 mod simulcast;
+mod soak;
 mod tls;
