@@ -1,4 +1,4 @@
-//! The soak at full length (issue 23; specs/netem.md SOAK-01..03): prints the samples and
+//! The soak at full length (issue 23; specs/netem.md SOAK-01..04): prints the samples and
 //! each figure's slope per hour, and rewrites the soak section of RELIABILITY.md at the
 //! repository root (between `<!-- soak:begin -->` and `<!-- soak:end -->`; the rest of the
 //! file is kept).

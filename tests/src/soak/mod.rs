@@ -1,4 +1,4 @@
-//! The soak (issue 23, specs/netem.md SOAK-01..03): a constant base of participants in
+//! The soak (issue 23, specs/netem.md SOAK-01..04): a constant base of participants in
 //! one room for a long time, a churner joining and leaving it every few seconds, side rooms
 //! created and ended; the server's `/metrics` sampled every few seconds (resident memory, open
 //! descriptors, threads, tasks, per-room state of both services). [`run`] plays a [`Plan`] and

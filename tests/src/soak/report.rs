@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::member::MemberLog;
-use super::sample::{FIGURES, RSS, Sample, slope_per_hour};
+use super::sample::{
+    FIGURES, KEYS_ROOMS, RSS, SESSIONS, SFU_ROOMS, SUBSCRIPTIONS, Sample, slope_per_hour,
+};
 use super::{Plan, SWITCH_SLACK};
 
 /// The soak section's first line in RELIABILITY.md.
@@ -78,6 +80,29 @@ impl Report {
             .map(|s| (s.at, s.client_tasks as f64))
             .collect();
         slope_per_hour(&points)
+    }
+
+    /// The participants' runtime's tasks in the first and the last sample in which the base
+    /// was alone (one room, the stable members its only sessions, each receiving the others'
+    /// audio and video): equal but for a join
+    /// starting, if nothing per track or per participant outlives its track or participant
+    /// (SOAK-04).
+    #[must_use]
+    pub fn base_alone_client_tasks(&self) -> Option<(usize, usize)> {
+        // Each stable member receives the others' audio and video.
+        let n = self.plan.stable;
+        let base_subscriptions = (n * n.saturating_sub(1) * 2) as f64;
+        let alone: Vec<&Sample> = self
+            .during()
+            .into_iter()
+            .filter(|s| {
+                s.values[SFU_ROOMS] == Some(1.0)
+                    && s.values[SESSIONS] == Some(self.plan.stable as f64)
+                    && s.values[KEYS_ROOMS] == Some(1.0)
+                    && s.values[SUBSCRIPTIONS] == Some(base_subscriptions)
+            })
+            .collect();
+        Some((alone.first()?.client_tasks, alone.last()?.client_tasks))
     }
 
     /// Decrypt failures of `log` outside the main room's switches: a switch's window runs from
@@ -233,6 +258,13 @@ impl Report {
             sum(&self.sides, MemberLog::failures_total),
             sum(&self.sides, |l| l.corrupt),
         );
+        if let Some((first, last)) = self.base_alone_client_tasks() {
+            let _ = writeln!(
+                s,
+                "- the participants' tasks with the base alone in the call: {first} at first, \
+                 {last} at last"
+            );
+        }
         let left = self.after.room_state_left();
         let _ = writeln!(
             s,
@@ -259,7 +291,7 @@ impl Report {
         format!(
             "{BEGIN}\n## Soak\n\n\
              A long call with churn, against the server's own figures on `/metrics` \
-             (SRV-OBS-01, SOAK-01..03): resident memory, open descriptors and threads of the \
+             (SRV-OBS-01, SOAK-01..04): resident memory, open descriptors and threads of the \
              process, tasks alive on the server's tokio runtime, and the per-room state of both \
              services. The server runs in the test process on a runtime of its own, so its \
              task count is its own; memory, descriptors and threads are the whole process's \

@@ -46,6 +46,14 @@ pub const RSS: usize = 0;
 pub const FDS: usize = 1;
 /// Index of the server's tasks in [`FIGURES`].
 pub const TASKS: usize = 3;
+/// Index of the key service's rooms in [`FIGURES`].
+pub const KEYS_ROOMS: usize = 5;
+/// Index of the SFU's rooms in [`FIGURES`].
+pub const SFU_ROOMS: usize = 8;
+/// Index of the SFU's sessions (participants) in [`FIGURES`].
+pub const SESSIONS: usize = 9;
+/// Index of the SFU's subscriptions in [`FIGURES`].
+pub const SUBSCRIPTIONS: usize = 11;
 
 /// One sample: every figure at `at` from the run's start, plus the participants' own tasks.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +150,11 @@ mod tests {
         assert_eq!(sum_series(text, "veil_keys_rooms"), None);
         let s = Sample::parse(Duration::ZERO, text, 5);
         assert_eq!(s.get(FDS), 17.0);
+        assert_eq!(FIGURES[KEYS_ROOMS].series, "veil_keys_rooms");
+        assert_eq!(FIGURES[SFU_ROOMS].series, "veil_sfu_rooms");
+        assert_eq!(FIGURES[SESSIONS].series, "veil_sfu_participants");
+        assert_eq!(FIGURES[SUBSCRIPTIONS].series, "veil_sfu_subscriptions");
+        assert_eq!(FIGURES[TASKS].series, "veil_server_tokio_alive_tasks");
         assert_eq!(s.values[RSS], None);
         assert_eq!(s.room_state_left(), vec![("SFU rooms", 2.0)]);
     }

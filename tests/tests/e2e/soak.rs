@@ -1,4 +1,4 @@
-//! The soak, short (issue 23; specs/netem.md SOAK-01..03): three stable participants in
+//! The soak, short (issue 23; specs/netem.md SOAK-01..04): three stable participants in
 //! one room for 40 s, a churner joining or leaving every 3 s, side rooms created and ended,
 //! `/metrics` read every 3 s. The long run is `cargo run -p veil-e2e --example soak -- --minutes
 //! 5` (RELIABILITY.md's soak section). Memory is printed, never asserted: a short run's slope
@@ -57,6 +57,17 @@ async fn churn_and_ended_rooms_leave_no_state_descriptors_or_tasks_behind() {
     // SOAK-02: once every room has ended, no per-room state is left in either service.
     assert_eq!(report.after.room_state_left(), vec![], "{text}");
     assert!(report.idle_after.is_some(), "{text}");
+
+    // SOAK-04: the participants hold nothing for tracks and participants gone: with the base
+    // alone in the call, their runtime holds as many tasks at the end as at the start (each
+    // churner's track used to leave two tasks behind at every stable member, SFU-CLI-05).
+    let (first, last) = report
+        .base_alone_client_tasks()
+        .expect("samples of the base alone");
+    assert!(
+        last <= first + 4,
+        "the participants' tasks grew from {first} to {last} with the same participants\n{text}"
+    );
 
     // SOAK-03: descriptors and the server's tasks are back at their baseline.
     for (i, what) in [(FDS, "open descriptors"), (TASKS, "server tasks")] {
