@@ -174,8 +174,8 @@ mod tests {
         assert!(value(&text, "process_threads").expect("threads") >= 1.0);
         let fds = value(&text, "process_open_fds").expect("fds");
         let tasks = value(&text, "veil_server_tokio_alive_tasks").expect("tasks");
-        // Ten more descriptors and a task more: the gauges see them.
-        let files: Vec<std::fs::File> = (0..10)
+        // 64 more descriptors and a task more: the gauges see them.
+        let files: Vec<std::fs::File> = (0..64)
             .map(|_| std::fs::File::open("/proc/self/status").unwrap())
             .collect();
         let (stop, wait) = tokio::sync::oneshot::channel::<()>();
@@ -183,9 +183,10 @@ mod tests {
             let _ = wait.await;
         });
         let text = process_exposition();
-        // Other tests of this binary run on their own threads and may open files meanwhile.
+        // Under `cargo test` other tests of this binary run on threads of this process and
+        // may open or close a few files meanwhile: half of the 64 must show.
         assert!(
-            value(&text, "process_open_fds").unwrap() >= fds + 10.0,
+            value(&text, "process_open_fds").unwrap() >= fds + 32.0,
             "{text}"
         );
         assert_eq!(

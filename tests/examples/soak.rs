@@ -3,8 +3,11 @@
 //! repository root (between `<!-- soak:begin -->` and `<!-- soak:end -->`; the rest of the
 //! file is kept).
 //!
-//! `cargo run -p veil-e2e --example soak -- --minutes 5` (the figures in RELIABILITY.md come
-//! from this command); `--hours N` for a long one.
+//! `cargo build -p veil-server && cargo run -p veil-e2e --example soak -- --minutes 5
+//! --server-binary target/debug/veil-server` (the figures in RELIABILITY.md come from this
+//! command: the server in a process of its own, so that its memory, descriptors and threads
+//! are its own); `--hours N` for a long one; without `--server-binary` the server runs in
+//! this process.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +37,10 @@ struct Args {
     /// `/metrics` is read this often, seconds.
     #[arg(long, env = "VEIL_SOAK_SAMPLE_SECONDS", default_value_t = 10)]
     sample_seconds: u64,
+    /// The `veil-server` binary to run as a child process (every figure then the server's
+    /// alone); without it the server runs in this process.
+    #[arg(long, env = "VEIL_SOAK_SERVER_BINARY")]
+    server_binary: Option<PathBuf>,
     /// Where to write the section (RELIABILITY.md at the repository root by default); `-`
     /// prints it only.
     #[arg(long, env = "VEIL_SOAK_OUT")]
@@ -43,22 +50,24 @@ struct Args {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
-    let (duration, command) = match args.hours {
-        Some(h) => (
-            Duration::from_secs(h * 3600),
-            format!("cargo run -p veil-e2e --example soak -- --hours {h}"),
-        ),
+    let (duration, length) = match args.hours {
+        Some(h) => (Duration::from_secs(h * 3600), format!("--hours {h}")),
         None => (
             Duration::from_secs(args.minutes * 60),
-            format!(
-                "cargo run -p veil-e2e --example soak -- --minutes {}",
-                args.minutes
-            ),
+            format!("--minutes {}", args.minutes),
         ),
+    };
+    let command = match &args.server_binary {
+        Some(_) => format!(
+            "cargo build -p veil-server && cargo run -p veil-e2e --example soak -- {length} \
+             --server-binary target/debug/veil-server"
+        ),
+        None => format!("cargo run -p veil-e2e --example soak -- {length}"),
     };
     let plan = Plan {
         churn_every: Duration::from_secs(args.churn_seconds.max(1)),
         sample_every: Duration::from_secs(args.sample_seconds.max(1)),
+        server_binary: args.server_binary.clone(),
         ..Plan::issue(duration)
     };
     let report = run(&plan).await;

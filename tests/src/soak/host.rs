@@ -1,14 +1,17 @@
-//! The soak's server: `veil-server` in this process, on a tokio runtime and threads of its own,
-//! so that `veil_server_tokio_alive_tasks` counts the server's tasks and none of the
-//! participants'. Resident memory and descriptors are the whole process's (server and
-//! participants): both are expected back at their level once everyone has left.
+//! The soak's server: `veil-server` in this process, on a tokio runtime and threads of its own
+//! ([`Host::start`]), so that `veil_server_tokio_alive_tasks` counts the server's tasks and
+//! none of the participants' (resident memory, descriptors and threads are then the whole
+//! process's, participants included); or the `veil-server` binary as a child process
+//! ([`Host::spawn`]), whose every figure is the server's alone.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use veil_client::room::RoomConfig;
-use veil_testkit::server::InProcess;
+use veil_testkit::server::{ChildServer, InProcess};
 
 /// Mints a token for `(room, identity)`.
 type Mint = Box<dyn Fn(&str, &str) -> String + Send + Sync>;
@@ -22,6 +25,8 @@ pub struct Host {
     mint: Mint,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The child process and its data directory, with [`Host::spawn`].
+    child: Option<(ChildServer, PathBuf)>,
 }
 
 impl std::fmt::Debug for Host {
@@ -77,7 +82,68 @@ impl Host {
             mint,
             stop: Some(stop),
             thread: Some(thread),
+            child: None,
         }
+    }
+
+    /// Run the `veil-server` at `binary` as a child process, both roles on free loopback
+    /// ports, with a fresh data directory under the system's temporary directory (removed
+    /// when stopped) and the same settings as [`Host::start`]; its log (warnings) is
+    /// `server.log` there.
+    ///
+    /// # Panics
+    /// If the process does not start or reports no addresses.
+    #[must_use]
+    pub fn spawn(binary: &Path, room_idle: Duration, departure_grace: Duration) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "veil-soak-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        // The server's embedded key, made before it starts: tokens are minted with it here.
+        let key = veil_server::embedded_token_key(&dir).expect("the soak's data directory");
+        let log = dir.join("server.log");
+        let mut cmd = Command::new(binary);
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .arg("--no-web")
+            .args(["--sfu-udp", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--room-idle-ms")
+            .arg(room_idle.as_millis().to_string())
+            .arg("--departure-grace-ms")
+            .arg(departure_grace.as_millis().to_string())
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::from(
+                std::fs::File::create(&log).expect("the server's log"),
+            ));
+        let child = ChildServer::spawn(cmd, Some(&log));
+        let metrics = child
+            .metrics
+            .as_deref()
+            .and_then(|m| m.parse().ok())
+            .expect("the child's metrics address");
+        let mint: Mint = Box::new(move |room, identity| {
+            veil_testkit::token::mint(&key, room, identity, Duration::from_secs(86_400))
+        });
+        Self {
+            url: format!("http://{}", child.grpc),
+            metrics,
+            mint,
+            stop: None,
+            thread: None,
+            child: Some((child, dir)),
+        }
+    }
+
+    /// Whether the server is a child process (every figure its own).
+    #[must_use]
+    pub fn is_child(&self) -> bool {
+        self.child.is_some()
     }
 
     /// A room configuration for `identity` in `room` (commits 50 ms after a proposal, as in
@@ -111,7 +177,7 @@ impl Host {
         Ok(body.to_owned())
     }
 
-    /// End the server's runtime and wait for its thread.
+    /// End the server's runtime and wait for its thread, or kill the child process.
     pub fn stop(mut self) {
         self.shut();
     }
@@ -122,6 +188,10 @@ impl Host {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        if let Some((mut child, dir)) = self.child.take() {
+            child.kill();
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -66,8 +66,12 @@ fn genuine(participant: &str, kind: MediaKind, timestamp: u32, frame: &[u8]) -> 
         return false;
     };
     match kind {
-        MediaKind::Audio => timestamp % 960 == 0 && frame == audio_frame(who, timestamp / 960),
-        MediaKind::Video => timestamp % 5_400 == 0 && frame == video_frame(who, timestamp / 5_400),
+        MediaKind::Audio => {
+            timestamp.is_multiple_of(960) && frame == audio_frame(who, timestamp / 960)
+        }
+        MediaKind::Video => {
+            timestamp.is_multiple_of(5_400) && frame == video_frame(who, timestamp / 5_400)
+        }
     }
 }
 

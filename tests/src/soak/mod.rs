@@ -19,7 +19,10 @@ use veil_client::room::Room;
 pub use host::Host;
 pub use member::{MemberLog, identity};
 pub use report::{BEGIN, END, Report, replace_section};
-pub use sample::{FDS, FIGURES, Figure, RSS, Sample, TASKS, slope_per_hour, sum_series};
+pub use sample::{
+    FDS, FIGURES, Figure, KEYS_ROOMS, RSS, SESSIONS, SFU_ROOMS, SUBSCRIPTIONS, Sample, TASKS,
+    slope_per_hour, sum_series,
+};
 
 /// Decrypt failures this long after a member reached the epoch a switch made still count as
 /// the switch's (as in the impaired call's report).
@@ -42,8 +45,11 @@ pub struct Plan {
     pub sample_every: Duration,
     /// The key service unloads a room idle this long (KDS-GC-01).
     pub room_idle: Duration,
-    /// The server's tokio worker threads.
+    /// The server's tokio worker threads (in this process).
     pub server_workers: usize,
+    /// Run this `veil-server` binary as a child process instead of the server in this process:
+    /// every figure is then the server's alone.
+    pub server_binary: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -60,6 +66,7 @@ impl Plan {
             sample_every: Duration::from_secs(10),
             room_idle: Duration::from_secs(1),
             server_workers: 2,
+            server_binary: None,
         }
     }
 }
@@ -147,6 +154,22 @@ async fn sample(host: &Host, start: Instant) -> Sample {
     Sample::parse(start.elapsed(), &text, client_tasks)
 }
 
+/// The first of two samples 250 ms apart that agree on descriptors, threads and tasks (the
+/// SFU's worker threads set up their polls after the server answers), within 10 s.
+async fn settled(host: &Host, start: Instant) -> Sample {
+    let same = |a: &Sample, b: &Sample| [FDS, 2, TASKS].iter().all(|&i| a.values[i] == b.values[i]);
+    let mut last = sample(host, start).await;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let next = sample(host, start).await;
+        if same(&last, &next) {
+            return last;
+        }
+        last = next;
+    }
+    last
+}
+
 /// Play `plan`: start the server, take a baseline, run the base, the churner and the side
 /// rooms, sample all along; once everyone has left, wait (up to 60 s) for every per-room
 /// figure to return to 0, then take the final sample.
@@ -155,9 +178,13 @@ async fn sample(host: &Host, start: Instant) -> Sample {
 /// If the server does not start, a join fails for 60 s, or the base is not one group within
 /// 60 s.
 pub async fn run(plan: &Plan) -> Report {
-    let host = Host::start(plan.server_workers, plan.room_idle, Duration::from_secs(2)).await;
+    let grace = Duration::from_secs(2);
+    let host = match &plan.server_binary {
+        Some(binary) => Host::spawn(binary, plan.room_idle, grace),
+        None => Host::start(plan.server_workers, plan.room_idle, grace).await,
+    };
     let t0 = Instant::now();
-    let baseline = sample(&host, t0).await;
+    let baseline = settled(&host, t0).await;
 
     let mut base = Vec::new();
     for who in 0..plan.stable {
@@ -237,11 +264,14 @@ pub async fn run(plan: &Plan) -> Report {
     let mut samples = sampler.await.expect("the sampler");
     samples.push(last.clone());
     let host = std::sync::Arc::into_inner(host).expect("every task is done with the server");
+    let host_was_child = host.is_child();
     host.stop();
     Report {
+        child: host_was_child,
         plan: plan.clone(),
         baseline,
         began,
+        ended: end - start,
         samples,
         after: last,
         left_at,

@@ -23,12 +23,17 @@ const TABLE_ROWS: usize = 31;
 /// What a soak measured.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// Whether the server was a child process (every figure its own) rather than in the
+    /// soak's process.
+    pub child: bool,
     /// What was played.
     pub plan: Plan,
     /// Before anyone joined.
     pub baseline: Sample,
     /// When the base was one group (the run's samples start here).
     pub began: Duration,
+    /// When the base's time was up (it then left).
+    pub ended: Duration,
     /// Every sample, the last one [`Report::after`].
     pub samples: Vec<Sample>,
     /// After every room ended and the per-room figures idled (or 60 s passed).
@@ -48,14 +53,11 @@ pub struct Report {
 }
 
 impl Report {
-    /// The samples taken while participants were in (from the base's start until the last
-    /// left).
+    /// The samples taken while the base was in (from when it was one group until its time
+    /// was up).
     #[must_use]
     pub fn during(&self) -> Vec<&Sample> {
-        self.samples
-            .iter()
-            .filter(|s| s.at <= self.left_at)
-            .collect()
+        self.samples.iter().filter(|s| s.at < self.ended).collect()
     }
 
     /// The least-squares slope of figure `i` per hour over [`Report::during`]; with `half`,
@@ -217,6 +219,16 @@ impl Report {
         let p = &self.plan;
         let _ = writeln!(
             s,
+            "- server: {}",
+            if self.child {
+                "the `veil-server` binary in a process of its own: every figure is the server's"
+            } else {
+                "in the soak's process on a runtime of its own: tasks are the server's; RSS, \
+                 descriptors and threads the whole process's (participants included)"
+            }
+        );
+        let _ = writeln!(
+            s,
             "- plan: {:.0} s with {} stable participants (audio and video) in one room; a churner \
              (audio) joining it and leaving every {:.0} s; a side room (2 participants, audio) \
              every {:.0} s for {:.0} s; `/metrics` read every {:.0} s; rooms unloaded after {:.0} s \
@@ -293,10 +305,11 @@ impl Report {
              A long call with churn, against the server's own figures on `/metrics` \
              (SRV-OBS-01, SOAK-01..04): resident memory, open descriptors and threads of the \
              process, tasks alive on the server's tokio runtime, and the per-room state of both \
-             services. The server runs in the test process on a runtime of its own, so its \
-             task count is its own; memory, descriptors and threads are the whole process's \
-             (server and participants). \"slope/h\": the least-squares slope per hour over the \
-             samples taken while participants were in (the second row: their second half, \
+             services, in a process of its own (`--server-binary`) or in the soak's (its \
+             tasks counted apart; memory, descriptors and threads shared with the \
+             participants; the summary says which). \"client tasks\": the participants' \
+             runtime's. \"slope/h\": the least-squares slope per hour over the \
+             samples taken while the base was in (the second row: their second half, \
              after warm-up); RSS in MiB. A short run is in CI (`tests/tests/e2e/soak.rs`).\n\n\
              Regenerate with `{command}`.\n\n{}\n{}{END}\n",
             self.table(TABLE_ROWS),
@@ -363,9 +376,11 @@ mod tests {
     fn failures_count_outside_a_switch_and_its_slack_only() {
         let sample = Sample::parse(Duration::ZERO, "", 0);
         let mut report = Report {
+            child: false,
             plan: Plan::issue(Duration::from_secs(10)),
             baseline: sample.clone(),
             began: Duration::ZERO,
+            ended: Duration::ZERO,
             samples: Vec::new(),
             after: sample,
             left_at: Duration::ZERO,
