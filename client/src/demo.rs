@@ -321,6 +321,8 @@ pub(crate) async fn browser(web: std::net::SocketAddr, seconds: Option<u64>) -> 
         save: None,
         // Loopback: plaintext by default (SRV-TLS-04).
         security: Default::default(),
+        media_ip: None,
+        tcp: false,
     })
     .await
 }

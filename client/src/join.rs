@@ -51,6 +51,10 @@ pub(crate) struct Join {
     pub(crate) save: Option<PathBuf>,
     /// A private CA, plaintext beyond loopback (`--ca-file`, `--insecure-plaintext`).
     pub(crate) security: veil_client::endpoint::Security,
+    /// Where media leaves from (`--media-ip`; default: the route to the server).
+    pub(crate) media_ip: Option<std::net::IpAddr>,
+    /// ICE-TCP as well as UDP (`--tcp`).
+    pub(crate) tcp: bool,
 }
 
 fn open(
@@ -226,6 +230,17 @@ pub(crate) async fn run(args: Join) -> Result<(), String> {
 
     let mut cfg = RoomConfig::new(&args.url, &args.token, &args.room, &args.identity);
     cfg.group.security = args.security.clone();
+    // The SDK's default is loopback; a server on another machine needs the interface that
+    // reaches it.
+    let ip = match args.media_ip {
+        Some(ip) => ip,
+        None => crate::route::local_ip_towards(&args.url).await?,
+    };
+    let local = std::net::SocketAddr::new(ip, 0).to_string();
+    cfg.udp_addrs = vec![local.clone()];
+    if args.tcp {
+        cfg.tcp_addrs = vec![local];
+    }
     let mut room = Room::join(cfg).await.map_err(|e| e.to_string())?;
     let mut events = room.events();
     let mut events_open = true;

@@ -11,6 +11,7 @@
 
 mod demo;
 mod join;
+mod route;
 mod save;
 
 use std::path::PathBuf;
@@ -142,6 +143,14 @@ struct JoinArgs {
     /// DIR/PARTICIPANT.ogg (Opus).
     #[arg(long, value_name = "DIR")]
     save: Option<PathBuf>,
+    /// The local IP address media leaves from (default: the one this machine uses to reach
+    /// the server's host).
+    #[arg(long, env = "VEIL_MEDIA_IP", value_name = "IP")]
+    media_ip: Option<std::net::IpAddr>,
+    /// Also reach the SFU over TCP (ICE-TCP, for networks that block UDP; the server needs
+    /// --sfu-tcp).
+    #[arg(long, env = "VEIL_TCP")]
+    tcp: bool,
 }
 
 fn now_secs() -> u64 {
@@ -301,6 +310,8 @@ async fn join(args: JoinArgs) -> Result<(), String> {
         seconds: args.seconds,
         publish,
         save: args.save,
+        media_ip: args.media_ip,
+        tcp: args.tcp,
     })
     .await
     .map_err(|e| {

@@ -34,14 +34,28 @@ impl Database {
         }
     }
 
-    /// Open a PostgreSQL store; `None` for SQLite, which the caller opens in the data
-    /// directory once it is private (KDS-SEC-02).
-    pub(crate) fn open_shared(&self) -> Option<Result<Arc<dyn Store>, KdsError>> {
+    /// Open a PostgreSQL store, verifying its TLS certificate against `ca_file`'s
+    /// certificates if given (else the system's roots); `None` for SQLite, which the caller
+    /// opens in the data directory once it is private (KDS-SEC-02).
+    pub(crate) fn open_shared(
+        &self,
+        ca_file: Option<&std::path::Path>,
+        connections: usize,
+    ) -> Option<Result<Arc<dyn Store>, crate::ServerError>> {
         match self {
             Self::Sqlite => None,
-            Self::Postgres(url) => {
-                Some(PostgresStore::open(url).map(|s| Arc::new(s) as Arc<dyn Store>))
-            }
+            Self::Postgres(url) => Some((|| {
+                let ca = ca_file
+                    .map(|p| {
+                        std::fs::read(p).map_err(|source| crate::ServerError::Io {
+                            what: format!("read the PostgreSQL CA file {}", p.display()),
+                            source,
+                        })
+                    })
+                    .transpose()?;
+                let store = PostgresStore::open_with(url, ca.as_deref(), connections)?;
+                Ok(Arc::new(store) as Arc<dyn Store>)
+            })()),
         }
     }
 

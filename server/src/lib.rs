@@ -131,6 +131,11 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The key service's store: SQLite in `data_dir` (the default) or PostgreSQL.
     pub database: database::Database,
+    /// The CA certificates (PEM file) PostgreSQL's TLS certificate must verify against;
+    /// `None`: the system's roots (KDS-PG-TLS-01).
+    pub database_ca_file: Option<PathBuf>,
+    /// Connections to PostgreSQL (KDS-PG-POOL-01).
+    pub database_connections: usize,
     /// Token keys to accept; empty means the embedded key in `data_dir/token.key`.
     pub token_keys: Vec<TokenKey>,
     /// Key-service limits and timers.
@@ -162,6 +167,8 @@ impl ServerConfig {
             web_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7480))),
             data_dir,
             database: database::Database::Sqlite,
+            database_ca_file: None,
+            database_connections: veil_keys::store::PostgresStore::DEFAULT_CONNECTIONS,
             token_keys: Vec::new(),
             kds: Config::default(),
             keys: true,
@@ -290,7 +297,9 @@ pub async fn run(
     // A PostgreSQL store is opened before the data directory's database file is considered,
     // and only for the key service (the SFU keeps no state).
     let shared = if cfg.keys {
-        cfg.database.open_shared().transpose()?
+        cfg.database
+            .open_shared(cfg.database_ca_file.as_deref(), cfg.database_connections)
+            .transpose()?
     } else {
         None
     };

@@ -43,6 +43,17 @@ struct ServeArgs {
     /// `postgres://user@host/db` URL, which replicas may share.
     #[arg(long, env = "VEIL_DATABASE", default_value = "sqlite", value_parser = Database::parse)]
     database: Database,
+    /// CA certificates (PEM) that PostgreSQL's TLS certificate must verify against (default:
+    /// the system's roots). The URL's `sslmode` says whether TLS is used: `require` always,
+    /// `prefer` (the default) when the server offers it, `disable` never; a certificate that
+    /// does not verify is always refused.
+    #[arg(long, env = "VEIL_DATABASE_CA_FILE", value_name = "PEM")]
+    database_ca_file: Option<PathBuf>,
+    /// Connections to PostgreSQL: calls on different rooms run on different connections at
+    /// once.
+    #[arg(long, env = "VEIL_DATABASE_CONNECTIONS", default_value_t = veil_keys::store::PostgresStore::DEFAULT_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    database_connections: usize,
     /// gRPC listen address (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "VEIL_LISTEN", default_value = "127.0.0.1:7443")]
     listen: SocketAddr,
@@ -79,7 +90,7 @@ struct ServeArgs {
     /// bound address; set it when that is not what participants reach).
     #[arg(long, env = "VEIL_SFU_URL")]
     sfu_url: Option<String>,
-    /// Seconds a member may be without a Subscribe stream before the service proposes its
+    /// Milliseconds a member may be without a Subscribe stream before the service proposes its
     /// removal.
     #[arg(long, env = "VEIL_DEPARTURE_GRACE_MS", default_value_t = 10_000)]
     departure_grace_ms: u64,
@@ -99,6 +110,19 @@ struct ServeArgs {
     /// members have all departed is then deleted.
     #[arg(long, env = "VEIL_ROOM_IDLE_MS", default_value_t = kds_defaults().room_idle.as_millis() as u64)]
     room_idle_ms: u64,
+    /// On a shared (PostgreSQL) database: milliseconds between the sweeps that compare every
+    /// room in memory with the database, so that a lost notification delays another replica's
+    /// events by at most this long (KDS-REP-02).
+    #[arg(long, env = "VEIL_REPLICA_SYNC_MS", default_value_t = kds_defaults().replica_sync.as_millis() as u64,
+          value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(10..=60_000))]
+    replica_sync_ms: u64,
+    /// On a shared (PostgreSQL) database: milliseconds a replica's presence lease of a member
+    /// and its SFU node's announcement last, renewed every third of it. After a replica or node
+    /// dies, its members depart and its rooms are placed elsewhere at most this much later
+    /// (KDS-REP-03, KDS-PLACE-01).
+    #[arg(long, env = "VEIL_PRESENCE_LEASE_MS", default_value_t = kds_defaults().presence_lease.as_millis() as u64,
+          value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(300..=600_000))]
+    presence_lease_ms: u64,
     /// Requests per second one token holder (room and identity) may make, to the key service
     /// and to the SFU's signalling each; over it the call is refused with RESOURCE_EXHAUSTED.
     /// 0 turns the limit off.
@@ -139,6 +163,12 @@ struct ServeArgs {
     /// candidate, worker i at this port plus i (specs/sfu.md SFU-ADV-01).
     #[arg(long, env = "VEIL_SFU_ADVERTISE")]
     sfu_advertise: Option<std::net::SocketAddr>,
+    /// Also accept ICE-TCP, for participants whose network blocks UDP (specs/sfu.md
+    /// SFU-TCP-01): worker i listens on this address's port plus i (any free port for port 0)
+    /// and offers it as a passive TCP candidate, below the UDP one. With --sfu-advertise, the
+    /// candidate is the advertised IP with this port. Off by default.
+    #[arg(long, env = "VEIL_SFU_TCP", value_name = "ADDR")]
+    sfu_tcp: Option<std::net::SocketAddr>,
     /// SFU worker threads, each its own edge on its own UDP port (the `--sfu-udp` port plus
     /// the worker's index, or any free port for port 0); a room lives on one worker. Default:
     /// one per available core.
@@ -245,6 +275,8 @@ fn mint(args: &TokenArgs) -> Result<String, String> {
 async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     let mut cfg = ServerConfig::embedded(args.data_dir);
     cfg.database = args.database;
+    cfg.database_ca_file = args.database_ca_file;
+    cfg.database_connections = args.database_connections;
     cfg.listen = args.listen;
     cfg.metrics_listen = (!args.no_metrics).then_some(args.metrics_listen);
     cfg.web_listen = (!args.no_web).then_some(args.web_listen);
@@ -265,6 +297,8 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     cfg.kds.max_streams_per_identity = args.max_streams_per_identity;
     cfg.kds.max_streams_per_room = args.max_streams_per_room;
     cfg.kds.room_idle = Duration::from_millis(args.room_idle_ms);
+    cfg.kds.replica_sync = Duration::from_millis(args.replica_sync_ms);
+    cfg.kds.presence_lease = Duration::from_millis(args.presence_lease_ms);
     cfg.kds.key_package_cap = args.max_key_packages_per_identity;
     let rate = veil_auth::RequestRate {
         per_second: args.max_requests_per_second,
@@ -284,6 +318,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     cfg.sfu = args.role.contains(&Role::Sfu).then(|| veil_sfu::SfuConfig {
         udp_addrs: args.sfu_udp.clone(),
         advertise: args.sfu_advertise,
+        tcp: args.sfu_tcp,
         workers: args.sfu_workers,
         max_participants: args.sfu_max_participants,
         ..veil_sfu::SfuConfig::default()

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use veil_e2e::soak::{Plan, replace_section, run};
+use veil_e2e::reliability::{default_path, write_section};
+use veil_e2e::soak::{Plan, SECTION, run};
 
 /// Three stable participants for `--minutes` (or `--hours`), a churner joining or leaving
 /// every `--churn-seconds`, side rooms created and ended, `/metrics` read every
@@ -75,10 +76,8 @@ async fn main() {
     let out = match args.out.as_deref() {
         Some("-") => return,
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../RELIABILITY.md"),
+        None => default_path(),
     };
-    let doc = std::fs::read_to_string(&out).unwrap_or_default();
-    let section = report.section(&command);
-    std::fs::write(&out, replace_section(&doc, &section)).expect("write RELIABILITY.md");
+    write_section(&out, SECTION, &report.section(&command)).expect("write RELIABILITY.md");
     eprintln!("wrote the soak section of {}", out.display());
 }

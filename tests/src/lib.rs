@@ -11,8 +11,14 @@ use veil_client::media::MediaKind;
 use veil_client::room::{Room, RoomConfig};
 use veil_testkit::server::InProcess;
 
+pub mod bandwidth;
 pub mod impaired;
+pub mod outage;
+pub use veil_testkit::peer;
+pub mod reliability;
+pub mod restart;
 pub mod soak;
+pub mod udp_blocked;
 
 /// A running server.
 #[derive(Debug)]
@@ -76,6 +82,15 @@ impl Server {
 }
 
 impl Server {
+    /// Where the browser page is served (the web listener).
+    ///
+    /// # Panics
+    /// If the server has no web listener.
+    #[must_use]
+    pub fn web(&self) -> std::net::SocketAddr {
+        self.server.bound.web.expect("a web listener")
+    }
+
     /// `GET /metrics`: the body.
     ///
     /// # Panics

@@ -6,99 +6,25 @@
 //! `veil join` prints the loss and the return and receives again (SFU-CLI-01..04 in
 //! specs/sfu.md; the key service's side in specs/key-service.md §7).
 
-use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
 use veil_client::link::Link;
-use veil_client::room::{Room, RoomConfig, RoomEvent};
+use veil_client::room::{Room, RoomConfig};
+use veil_testkit::peer::Peer;
 
 use crate::common::{Kill, Server, veil};
 
 const ROOM: &str = "restart";
 
-/// One SDK participant publishing audio every 20 ms in a task, and what it saw.
-struct Peer {
-    /// When a frame from each other participant last arrived.
-    heard: Arc<Mutex<HashMap<String, Instant>>>,
-    events: Arc<Mutex<Vec<RoomEvent>>>,
-    status: tokio::sync::watch::Receiver<veil_client::group::GroupStatus>,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Room>,
-}
-
-impl Peer {
-    async fn join(server: &Server, identity: &str) -> Self {
-        let token = server.token(ROOM, identity);
-        let mut room = Room::join(RoomConfig::new(&server.url(), &token, ROOM, identity))
-            .await
-            .unwrap();
-        let heard = Arc::new(Mutex::new(HashMap::new()));
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let status = room.group().watch_status();
-        let (stop, mut stopped) = oneshot::channel();
-        let (h, e) = (heard.clone(), events.clone());
-        let mut rx = room.events();
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            let mut n = 0u32;
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => return room,
-                    _ = tick.tick() => {
-                        n += 1;
-                        // Refused while the SFU is away; that is what the outage looks like.
-                        let _ = room.publish_audio(&[0xfc, n as u8, (n >> 8) as u8], n * 960, (true, 40)).await;
-                    }
-                    f = room.next_frame() => {
-                        let f = f.expect("the frame stream stays open across a restart");
-                        h.lock().unwrap().insert(f.participant, Instant::now());
-                    }
-                    ev = rx.recv() => {
-                        if let Ok(ev) = ev {
-                            e.lock().unwrap().push(ev);
-                        }
-                    }
-                }
-            }
-        });
-        Self {
-            heard,
-            events,
-            status,
-            stop,
-            task,
-        }
-    }
-
-    /// Whether a frame from every one of `others` arrived after `since`.
-    fn heard_all_since(&self, others: &[&str], since: Instant) -> bool {
-        let h = self.heard.lock().unwrap();
-        others.iter().all(|o| h.get(*o).is_some_and(|t| *t > since))
-    }
-
-    fn epoch(&self) -> Option<u64> {
-        self.status.borrow().epoch
-    }
-
-    fn saw(&self, link: Link) -> (bool, bool) {
-        let e = self.events.lock().unwrap();
-        (
-            e.iter()
-                .any(|e| matches!(e, RoomEvent::Reconnecting { link: l, .. } if *l == link)),
-            e.iter()
-                .any(|e| matches!(e, RoomEvent::Reconnected { link: l, .. } if *l == link)),
-        )
-    }
-
-    async fn leave(self) {
-        let _ = self.stop.send(());
-        let room = self.task.await.unwrap();
-        room.leave().await.unwrap();
-    }
+async fn join(server: &Server, identity: &str) -> Peer {
+    let token = server.token(ROOM, identity);
+    let room = Room::join(RoomConfig::new(&server.url(), &token, ROOM, identity))
+        .await
+        .unwrap();
+    Peer::start(room)
 }
 
 /// A child's stdout, line by line.
@@ -150,8 +76,8 @@ fn media_resumes_within_5_s_of_a_server_restart_on_the_same_epoch() {
     let mut server = Server::start(ROOM);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let alice = Peer::join(&server, "alice").await;
-        let bob = Peer::join(&server, "bob").await;
+        let alice = join(&server, "alice").await;
+        let bob = join(&server, "bob").await;
         let (_carol, carol_out) = carol(&server);
         let t0 = Instant::now();
         let setup = wait_until(t0 + Duration::from_secs(20), || {
@@ -163,7 +89,7 @@ fn media_resumes_within_5_s_of_a_server_restart_on_the_same_epoch() {
         let epoch = alice.epoch();
         assert!(epoch.is_some());
         assert_eq!(bob.epoch(), epoch);
-        assert_eq!(alice.status.borrow().members.len(), 3);
+        assert_eq!(alice.members(), 3);
 
         server.kill();
         let killed = Instant::now();
@@ -189,10 +115,10 @@ fn media_resumes_within_5_s_of_a_server_restart_on_the_same_epoch() {
             resumed,
             "media did not resume within 5 s of the restart: alice heard {:?}, bob heard {:?} \
              (killed at {killed:?}); alice's events {:?}; bob's {:?}",
-            alice.heard.lock().unwrap(),
-            bob.heard.lock().unwrap(),
-            alice.events.lock().unwrap(),
-            bob.events.lock().unwrap(),
+            alice.heard(),
+            bob.heard(),
+            alice.events(),
+            bob.events(),
         );
         // ... decrypted under the keys of the epoch they had: no commit was needed.
         assert_eq!(alice.epoch(), epoch, "alice's epoch moved");
@@ -210,10 +136,10 @@ fn media_resumes_within_5_s_of_a_server_restart_on_the_same_epoch() {
         assert!(
             reported,
             "alice's events {:?}; bob's {:?}",
-            alice.events.lock().unwrap(),
-            bob.events.lock().unwrap()
+            alice.events(),
+            bob.events()
         );
-        assert!(alice.status.borrow().key_service.is_up());
+        assert!(alice.status().key_service.is_up());
 
         // Carol's `veil join` said so, and counts frames in again.
         let carol_ok = wait_until(Instant::now() + Duration::from_secs(3), || {

@@ -94,6 +94,8 @@ pub struct Group {
     frame_keys: FrameKeys,
     start: Instant,
     link_events: broadcast::Sender<LinkEvent>,
+    /// The shell's client, shared (its channels and the replica in use, KDS-REP-04).
+    keys: KeyClient,
 }
 
 impl Group {
@@ -107,6 +109,7 @@ impl Group {
         let link_events = broadcast::channel(16).0;
         let (cmd, cmds) = mpsc::channel(16);
         let start = Instant::now();
+        let keys = client.clone();
         let shell = Shell {
             member: Some(member),
             client,
@@ -124,6 +127,7 @@ impl Group {
             frame_keys,
             start,
             link_events,
+            keys,
         };
         match group.call(first).await {
             Ok(_) => Ok(group),
@@ -203,6 +207,11 @@ impl Group {
         let r = self.call(Command::Leave).await;
         let _ = self.task.await;
         r.map(|_| ())
+    }
+
+    /// The key-service client this member uses: its connections, and the replica it is on.
+    pub(crate) fn keys(&self) -> KeyClient {
+        self.keys.clone()
     }
 
     /// Stop without telling anyone, as a crashed client would.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use veil_mls::{FrameDecryptor, FrameKeys, MlsError, Received};
+use veil_mls::{FrameDecryptor, FrameKeys, Received};
 use veil_wire::audio_level::AudioLevel;
 use veil_wire::dd::{DependencyDescriptor, TemplateStructure};
 use veil_wire::packetize::{
@@ -159,7 +159,7 @@ pub struct ReceiveStats {
     pub held: u64,
     /// Frames that lost packets.
     pub incomplete: u64,
-    /// Decryption failures by reason (`unknown_key`, `retired_key`, `auth_failed`, `replay`,
+    /// Decryption failures by reason (`unknown_key`, `retired_key`, `auth_failed`, `replay`, `too_old`,
     /// `malformed`, `other`).
     pub decrypt_failures: std::collections::BTreeMap<&'static str, u64>,
     /// Packets lost: expected (from the extended highest sequence number) minus received,
@@ -236,20 +236,6 @@ impl Reception {
             return Duration::ZERO;
         }
         Duration::from_secs_f64(self.jitter / f64::from(self.clock_rate))
-    }
-}
-
-/// A short label for why a frame did not decrypt.
-#[must_use]
-pub fn failure_reason(e: &MlsError) -> &'static str {
-    use veil_sframe::SframeError as S;
-    match e {
-        MlsError::Sframe(S::UnknownKid { .. }) => "unknown_key",
-        MlsError::Sframe(S::KeyRetired { .. }) => "retired_key",
-        MlsError::Sframe(S::AuthenticationFailed { .. }) => "auth_failed",
-        MlsError::Sframe(S::Replayed { .. } | S::TooOld { .. }) => "replay",
-        MlsError::Sframe(S::MalformedHeader(_) | S::FrameTooShort { .. }) => "malformed",
-        _ => "other",
     }
 }
 
@@ -559,7 +545,9 @@ impl TrackReceiver {
                             ReceivedFrame::Held
                         }
                         Err(e) => {
-                            *st.decrypt_failures.entry(failure_reason(&e)).or_default() += 1;
+                            *st.decrypt_failures
+                                .entry(e.frame_failure_reason())
+                                .or_default() += 1;
                             ReceivedFrame::Lost(FrameLoss::Undecryptable(e.to_string()))
                         }
                     }

@@ -37,6 +37,11 @@ pub struct RoomConfig {
     pub packetization: Packetization,
     /// Local UDP addresses for the WebRTC connection.
     pub udp_addrs: Vec<String>,
+    /// Local addresses for ICE-TCP (RFC 6544), e.g. `["0.0.0.0:0"]`-like: the connection also
+    /// reaches an SFU's TCP candidate, for networks that block UDP (specs/sfu.md SFU-TCP-05;
+    /// the server's `--sfu-tcp`). An address's IP names the interface the active candidate
+    /// connects from. Empty (the default): UDP only.
+    pub tcp_addrs: Vec<String>,
     /// Publish video as these simulcast layers, lowest first (empty: one 640×360 stream).
     /// Each layer is encrypted on its own; the DD frame numbers run on one counter across
     /// layers, as Chromium's do (specs/sfu.md).
@@ -79,6 +84,7 @@ impl RoomConfig {
             sfu_url: String::new(),
             packetization: Packetization::Browser,
             udp_addrs: vec!["127.0.0.1:0".to_owned()],
+            tcp_addrs: Vec::new(),
             simulcast: Vec::new(),
         }
     }
@@ -259,15 +265,8 @@ impl Room {
             LocalTrack::simulcast(&id, "video", &layers)
         };
         let target = if cfg.sfu_url.is_empty() {
-            crate::sfu::Target::Placed(
-                crate::keys::KeyClient::connect_with(
-                    &cfg.group.url,
-                    &cfg.group.token,
-                    &cfg.group.room,
-                    &cfg.group.security,
-                )
-                .await?,
-            )
+            // The member's own client: the same connections, and the replica it moved to.
+            crate::sfu::Target::Placed(group.keys())
         } else {
             crate::endpoint::endpoint(&cfg.sfu_url, &cfg.group.security)?;
             crate::sfu::Target::Url(cfg.sfu_url.clone())
@@ -277,7 +276,10 @@ impl Room {
             &cfg.group.token,
             &cfg.group.room,
             &[audio.clone(), video.clone()],
-            cfg.udp_addrs.clone(),
+            crate::sfu::LocalAddrs {
+                udp: cfg.udp_addrs.clone(),
+                tcp: cfg.tcp_addrs.clone(),
+            },
             cfg.packetization,
             &cfg.group.security,
         )

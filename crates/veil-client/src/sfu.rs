@@ -32,7 +32,10 @@ use crate::endpoint::Security;
 use crate::error::ClientError;
 use crate::link::{LinkEvent, LinkStatus};
 use crate::media::{ExtIds, MediaKind, Packetization};
-use crate::transport::{LocalTrack, RemotePacket, negotiated_ext_ids, peer_connection, read_track};
+use crate::transport::{
+    LocalTrack, RemotePacket, negotiated_ext_ids, passive_tcp_candidates, peer_connection_with,
+    read_track,
+};
 
 use pb::signal_event::Event as E;
 use pb::signal_request::Request as R;
@@ -195,6 +198,16 @@ impl Target {
     }
 }
 
+/// The local addresses a session's connection binds.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LocalAddrs {
+    /// UDP (e.g. `127.0.0.1:0`).
+    pub(crate) udp: Vec<String>,
+    /// ICE-TCP (RFC 6544), to an SFU that offers it: for networks that block UDP (specs/sfu.md
+    /// SFU-TCP-05). Empty: UDP only.
+    pub(crate) tcp: Vec<String>,
+}
+
 /// Everything needed to open the session again.
 struct Params {
     target: Target,
@@ -202,7 +215,7 @@ struct Params {
     token: String,
     room: String,
     tracks: Vec<LocalTrack>,
-    udp_addrs: Vec<String>,
+    addrs: LocalAddrs,
     media: mpsc::Sender<RemoteMedia>,
     events: broadcast::Sender<SfuEvent>,
 }
@@ -308,7 +321,10 @@ impl SfuSession {
             token,
             room,
             tracks,
-            udp_addrs,
+            LocalAddrs {
+                udp: udp_addrs,
+                tcp: Vec::new(),
+            },
             packetization,
             security,
         )
@@ -322,7 +338,7 @@ impl SfuSession {
         token: &str,
         room: &str,
         tracks: &[LocalTrack],
-        udp_addrs: Vec<String>,
+        addrs: LocalAddrs,
         packetization: Packetization,
         security: &Security,
     ) -> Result<(Self, mpsc::Receiver<RemoteMedia>), ClientError> {
@@ -334,7 +350,7 @@ impl SfuSession {
             token: token.to_owned(),
             room: room.to_owned(),
             tracks: tracks.to_vec(),
-            udp_addrs,
+            addrs,
             media: media_tx,
             events: events.clone(),
         };
@@ -531,7 +547,7 @@ async fn open(
         media: p.media.clone(),
         connection,
     });
-    let pc = peer_connection(handler, p.udp_addrs.clone()).await?;
+    let pc = peer_connection_with(handler, p.addrs.udp.clone(), p.addrs.tcp.clone()).await?;
     let r = negotiate(p, &pc, gathered, state, known, packetization, wait).await;
     if r.is_err()
         && let Err(e) = pc.close().await
@@ -628,11 +644,23 @@ async fn negotiate(
             None => {}
         }
     };
+    let tcp = if p.addrs.tcp.is_empty() {
+        Vec::new()
+    } else {
+        passive_tcp_candidates(&joined.answer_sdp)
+    };
     let answer =
         RTCSessionDescription::answer(joined.answer_sdp).map_err(transport("SFU answer"))?;
     pc.set_remote_description(answer)
         .await
         .map_err(transport("remote answer"))?;
+    // SFU-TCP-05: webrtc-rs 0.21.1 opens an ICE-TCP stream only to a passive candidate handed
+    // to `add_ice_candidate`, not to one in the remote description.
+    for candidate in tcp {
+        pc.add_ice_candidate(candidate)
+            .await
+            .map_err(transport("the SFU's ICE-TCP candidate"))?;
+    }
     let up = tokio::time::timeout(
         wait,
         state.wait_for(|s| *s == RTCPeerConnectionState::Connected || is_lost(*s)),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters,
     RtpCodecKind,
@@ -68,6 +69,21 @@ pub async fn peer_connection(
     handler: Arc<dyn PeerConnectionEventHandler>,
     udp_addrs: Vec<String>,
 ) -> Result<Arc<dyn PeerConnection>, ClientError> {
+    peer_connection_with(handler, udp_addrs, Vec::new()).await
+}
+
+/// [`peer_connection`], also gathering ICE-TCP candidates (RFC 6544) on `tcp_addrs`: a passive
+/// one on each (a listener nobody in Veil connects to) and an active one, which connects to a
+/// passive candidate of the SFU's handed to `add_ice_candidate` ([`passive_tcp_candidates`];
+/// specs/sfu.md SFU-TCP-05). Empty `tcp_addrs`: UDP only.
+///
+/// # Errors
+/// [`ClientError::Transport`].
+pub async fn peer_connection_with(
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    udp_addrs: Vec<String>,
+    tcp_addrs: Vec<String>,
+) -> Result<Arc<dyn PeerConnection>, ClientError> {
     let mut me = media_engine()?;
     // The defaults plus the key-frame request tap, so the SFU's PLI/FIR reach the publisher's
     // tracks (`LocalTrack::key_frame_requests`).
@@ -87,10 +103,38 @@ pub async fn peer_connection(
         .with_setting_engine(se)
         .with_handler(handler)
         .with_udp_addrs(udp_addrs)
+        .with_tcp_addrs(tcp_addrs)
         .build()
         .await
         .map_err(rtc_err("peer connection"))?;
     Ok(Arc::new(pc))
+}
+
+/// The passive ICE-TCP candidates of a session description (`a=candidate:… tcp … tcptype
+/// passive`) of component 1, each once (a bundled description repeats its candidates in
+/// every media section, webrtc-rs writes one for the muxed RTCP component too, and each one
+/// handed over opens a stream), as `add_ice_candidate` takes them (SFU-TCP-05).
+#[must_use]
+pub fn passive_tcp_candidates(sdp: &str) -> Vec<RTCIceCandidateInit> {
+    let mut out: Vec<RTCIceCandidateInit> = Vec::new();
+    for c in sdp
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a="))
+        .filter(|c| c.starts_with("candidate:"))
+    {
+        let f: Vec<&str> = c.split_ascii_whitespace().collect();
+        // Component 1 only: with rtcp-mux, a component-2 line names the same port again.
+        let passive = f.get(1) == Some(&"1")
+            && f.get(2).is_some_and(|t| t.eq_ignore_ascii_case("tcp"))
+            && f.windows(2).any(|w| w[0] == "tcptype" && w[1] == "passive");
+        if passive && !out.iter().any(|o| o.candidate == c) {
+            out.push(RTCIceCandidateInit {
+                candidate: c.to_owned(),
+                ..Default::default()
+            });
+        }
+    }
+    out
 }
 
 /// One outgoing track: a webrtc-rs RTP track with a fixed SSRC per encoding (one, or one per
@@ -443,4 +487,30 @@ pub async fn network_stats(pc: &Arc<dyn PeerConnection>) -> NetworkStats {
     out.inbound.sort_by_key(|s| s.ssrc);
     out.outbound.sort_by_key(|s| s.ssrc);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::passive_tcp_candidates;
+
+    /// SFU-TCP-05: the SFU's passive TCP candidate, once, although both media sections list
+    /// it; UDP and active candidates are not handed over.
+    #[test]
+    fn the_answers_passive_tcp_candidate_is_taken_once() {
+        let sdp = "v=0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+            a=candidate:1 1 udp 2130706431 10.0.0.1 4000 typ host\r\n\
+            a=candidate:2 1 tcp 1671430143 10.0.0.1 4443 typ host tcptype passive\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+            a=candidate:1 1 udp 2130706431 10.0.0.1 4000 typ host\r\n\
+            a=candidate:2 1 tcp 1671430143 10.0.0.1 4443 typ host tcptype passive\r\n\
+            a=candidate:2 2 tcp 1671430143 10.0.0.1 4443 typ host tcptype passive\r\n\
+            a=candidate:3 1 tcp 1671430143 10.0.0.1 9 typ host tcptype active\r\n";
+        let got = passive_tcp_candidates(sdp);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            got[0].candidate,
+            "candidate:2 1 tcp 1671430143 10.0.0.1 4443 typ host tcptype passive"
+        );
+    }
 }

@@ -15,10 +15,21 @@ pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// `": {cause}"`, or nothing: how a message names its cause.
 fn cause(source: &Option<Cause>) -> String {
-    source
-        .as_ref()
-        .map(|e| format!(": {e}"))
-        .unwrap_or_default()
+    // The whole chain: a driver's "error performing TLS handshake" says what to fix only with
+    // its cause ("invalid peer certificate: UnknownIssuer").
+    let mut out = String::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = source
+        .as_deref()
+        .map(|e| e as &(dyn std::error::Error + 'static));
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
 }
 
 /// Why a key-service call failed.
@@ -357,7 +368,7 @@ mod tests {
         assert!(matches!(e, KdsError::Storage { .. }), "{e}");
         let source = e.source().expect("the rusqlite error is kept");
         assert!(source.is::<rusqlite::Error>(), "{source:?}");
-        assert!(e.to_string().ends_with(&source.to_string()), "{e}");
+        assert!(e.to_string().contains(&source.to_string()), "{e}");
         assert_eq!((e.code(), e.reason()), (Code::Internal, "storage"));
     }
 

@@ -56,3 +56,15 @@ pub enum MlsError {
     #[error("MLS internal error: {0}")]
     Internal(String),
 }
+
+impl MlsError {
+    /// Why a received frame did not decrypt, as a short label for statistics: the SFrame
+    /// error's [`SframeError::reason`], `other` for anything else.
+    #[must_use]
+    pub fn frame_failure_reason(&self) -> &'static str {
+        match self {
+            Self::Sframe(e) => e.reason(),
+            _ => "other",
+        }
+    }
+}

@@ -158,5 +158,27 @@ pub enum SframeError {
     Backend(&'static str),
 }
 
+impl SframeError {
+    /// A short, stable label for why a received frame did not decrypt, for counters and
+    /// statistics (`unknown_key`, `retired_key`, `auth_failed`, `replay`, `too_old`,
+    /// `malformed`; `other` for what a receiver never meets).
+    ///
+    /// `replay` and `too_old` are told apart on purpose: the first is a counter seen twice
+    /// (SF-RPL-01), the second one older than the replay window (SF-RPL-02), which a frame
+    /// repaired late by retransmission can be without anyone replaying it.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownKid { .. } => "unknown_key",
+            Self::KeyRetired { .. } => "retired_key",
+            Self::AuthenticationFailed { .. } => "auth_failed",
+            Self::Replayed { .. } => "replay",
+            Self::TooOld { .. } => "too_old",
+            Self::MalformedHeader(_) | Self::FrameTooShort { .. } => "malformed",
+            _ => "other",
+        }
+    }
+}
+
 /// Shorthand for results in this crate.
 pub type Result<T, E = SframeError> = core::result::Result<T, E>;

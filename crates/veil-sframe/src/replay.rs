@@ -8,10 +8,21 @@
 
 use crate::error::SframeError;
 
-/// Default window: the 128 most recent counters (libsrtp's default).
-pub const DEFAULT_REPLAY_WINDOW: u32 = 128;
-/// Largest supported window (the bitmap is a `u128`).
-pub const MAX_REPLAY_WINDOW: u32 = 128;
+/// Default window: the 1024 most recent counters (SF-LIM-02).
+///
+/// Larger than libsrtp's 128 on purpose: an SRTP window covers the packets of one stream, but
+/// one SFrame KID covers every frame a sender sends in an epoch (audio, video, each simulcast
+/// layer) under one counter. A video frame repaired by retransmission completes late, while the
+/// sender's audio keeps moving the window: at 50 audio and 17 video frames a second, 128
+/// counters are 1.9 s, and a frame repaired after a second of heavy loss fell out of it
+/// (`tests/tests/e2e/impaired.rs`). 1024 counters are 7 s at 140 frames a second (audio and
+/// three simulcast layers at 30 fps), longer than any receiver waits for a frame.
+pub const DEFAULT_REPLAY_WINDOW: u32 = 1024;
+/// Largest supported window (the bitmap is 16 64-bit words).
+pub const MAX_REPLAY_WINDOW: u32 = 1024;
+
+/// 64-bit words of the bitmap.
+const WORDS: usize = MAX_REPLAY_WINDOW as usize / 64;
 
 /// Proof that a counter passed the replay screen; consumed by [`ReplayWindow::record`].
 #[derive(Debug)]
@@ -33,8 +44,8 @@ impl ReplayToken {
 pub struct ReplayWindow {
     /// Highest recorded counter, if any.
     highest: Option<u64>,
-    /// Bit `i` set: counter `highest - i` was recorded.
-    seen: u128,
+    /// Bit `i` (word `i / 64`, bit `i % 64`) set: counter `highest - i` was recorded.
+    seen: [u64; WORDS],
     size: u32,
 }
 
@@ -45,12 +56,13 @@ impl Default for ReplayWindow {
 }
 
 impl ReplayWindow {
-    /// A window remembering the `size` most recent counters, clamped to `1..=128`.
+    /// A window remembering the `size` most recent counters, clamped to
+    /// `1..=`[`MAX_REPLAY_WINDOW`].
     #[must_use]
     pub fn new(size: u32) -> Self {
         Self {
             highest: None,
-            seen: 0,
+            seen: [0; WORDS],
             size: size.clamp(1, MAX_REPLAY_WINDOW),
         }
     }
@@ -87,7 +99,7 @@ impl ReplayWindow {
                 oldest: h - u64::from(self.size - 1),
             });
         }
-        if self.seen >> age & 1 == 1 {
+        if self.bit(age) {
             return Err(SframeError::Replayed { kid, ctr });
         }
         Ok(ReplayToken { ctr })
@@ -100,23 +112,57 @@ impl ReplayWindow {
     pub fn record(&mut self, kid: u64, token: ReplayToken) -> Result<(), SframeError> {
         let ctr = self.check(kid, token.ctr)?.ctr;
         match self.highest {
-            Some(h) if ctr <= h => self.seen |= 1 << (h - ctr),
+            Some(h) if ctr <= h => self.set(h - ctr),
             Some(h) => {
-                let shift = ctr - h;
-                self.seen = if shift >= 128 { 0 } else { self.seen << shift };
-                self.seen |= 1;
+                self.shift(ctr - h);
+                self.set(0);
                 self.highest = Some(ctr);
             }
             None => {
-                self.seen = 1;
+                self.set(0);
                 self.highest = Some(ctr);
             }
         }
         // Forget bits beyond the window so a smaller window behaves exactly as configured.
-        if self.size < 128 {
-            self.seen &= (1u128 << self.size) - 1;
+        let size = self.size as usize;
+        for (w, word) in self.seen.iter_mut().enumerate() {
+            let first = w * 64;
+            if first >= size {
+                *word = 0;
+            } else if size - first < 64 {
+                *word &= (1u64 << (size - first)) - 1;
+            }
         }
         Ok(())
+    }
+
+    /// Whether age `i` (counter `highest - i`) is recorded; `i` is below the window size.
+    fn bit(&self, i: u64) -> bool {
+        let i = i as usize; // below MAX_REPLAY_WINDOW: check tested `age < size`
+        self.seen[i / 64] >> (i % 64) & 1 == 1
+    }
+
+    fn set(&mut self, i: u64) {
+        let i = i as usize;
+        self.seen[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Age every recorded counter by `by` (a new highest counter `by` above the old one).
+    fn shift(&mut self, by: u64) {
+        let Ok(by) = usize::try_from(by) else {
+            self.seen = [0; WORDS];
+            return;
+        };
+        let (words, bits) = (by / 64, by % 64);
+        for w in (0..WORDS).rev() {
+            let lo = w.checked_sub(words).map_or(0, |src| self.seen[src]);
+            let below = w.checked_sub(words + 1).map_or(0, |src| self.seen[src]);
+            self.seen[w] = if bits == 0 {
+                lo
+            } else {
+                lo << bits | below >> (64 - bits)
+            };
+        }
     }
 }
 
@@ -140,7 +186,7 @@ mod tests {
 
     #[test]
     fn duplicates_and_too_old_are_rejected() {
-        let mut w = ReplayWindow::default();
+        let mut w = ReplayWindow::new(128);
         for c in 0..300 {
             accept(&mut w, c).unwrap();
         }
@@ -181,7 +227,56 @@ mod tests {
         ));
     }
 
-    // Caller input never panics (issue 19): any size is clamped to 1..=128 (specs/sframe.md
+    #[test]
+    fn the_default_window_spans_1024_counters_across_its_words() {
+        let mut w = ReplayWindow::default();
+        assert_eq!(w.size(), 1024);
+        for c in (0..3000).step_by(3) {
+            accept(&mut w, c).unwrap();
+        }
+        // Highest 2997: 1974..=2997 are in the window; those recorded are replays, the others
+        // (not multiples of 3) are new, and 1973 is too old.
+        assert!(matches!(
+            w.check(1, 1974),
+            Err(SframeError::Replayed { .. })
+        ));
+        accept(&mut w, 1975).unwrap();
+        assert!(matches!(
+            w.check(1, 1975),
+            Err(SframeError::Replayed { .. })
+        ));
+        assert!(matches!(
+            w.check(1, 1973),
+            Err(SframeError::TooOld { oldest: 1974, .. })
+        ));
+        // A jump of 64 × k + r moves every recorded bit across words: 2997 is still recorded
+        // until it leaves the window.
+        accept(&mut w, 2997 + 130).unwrap();
+        assert!(matches!(
+            w.check(1, 2997),
+            Err(SframeError::Replayed { .. })
+        ));
+        accept(&mut w, 2998).unwrap();
+        accept(&mut w, 2997 + 1023).unwrap();
+        assert!(matches!(
+            w.check(1, 2997),
+            Err(SframeError::Replayed { .. })
+        ));
+        accept(&mut w, 2997 + 1024).unwrap();
+        assert!(matches!(w.check(1, 2997), Err(SframeError::TooOld { .. })));
+    }
+
+    /// The window against a plain model: the set of every recorded counter, any of which
+    /// within `size` of the highest is a replay and anything older too old.
+    fn model_accepts(seen: &std::collections::BTreeSet<u64>, size: u32, ctr: u64) -> bool {
+        match seen.last() {
+            None => true,
+            Some(&h) if ctr > h => true,
+            Some(&h) => h - ctr < u64::from(size) && !seen.contains(&ctr),
+        }
+    }
+
+    // Caller input never panics (issue 19): any size is clamped to 1..=1024 (specs/sframe.md
     // §5), and a window of a valid size refuses replays as before.
     proptest::proptest! {
         #[test]
@@ -194,6 +289,22 @@ mod tests {
             for c in ctrs {
                 if accept(&mut w, c).is_ok() {
                     proptest::prop_assert!(w.check(1, c).is_err());
+                }
+            }
+        }
+
+        #[test]
+        fn the_window_accepts_exactly_what_the_model_accepts(
+            size in 1u32..=1024,
+            offsets in proptest::collection::vec(0u64..3_000, 1..400),
+        ) {
+            let mut w = ReplayWindow::new(size);
+            let mut seen = std::collections::BTreeSet::new();
+            for c in offsets {
+                let expect = model_accepts(&seen, size, c);
+                proptest::prop_assert_eq!(accept(&mut w, c).is_ok(), expect, "counter {}", c);
+                if expect {
+                    seen.insert(c);
                 }
             }
         }

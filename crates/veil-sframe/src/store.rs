@@ -64,7 +64,7 @@ impl Default for KeyStore {
 }
 
 impl KeyStore {
-    /// An empty store with the default backend and a 128-counter replay window.
+    /// An empty store with the default backend and a 1024-counter replay window.
     #[must_use]
     pub fn new() -> Self {
         Self::with_backend(default_backend())
@@ -82,7 +82,7 @@ impl KeyStore {
     }
 
     /// Use a replay window of `size` counters for keys inserted from now on; any `size` is
-    /// clamped to 1..=128 (`specs/sframe.md` §5), as [`ReplayWindow::new`] does.
+    /// clamped to 1..=1024 (`specs/sframe.md` §5), as [`ReplayWindow::new`] does.
     #[must_use]
     pub fn with_replay_window(mut self, size: u32) -> Self {
         self.replay_window = size;
@@ -300,7 +300,7 @@ mod tests {
     use super::*;
     use crate::sender::SenderKey;
 
-    // Caller input never panics (issue 19): any window size is clamped to 1..=128, and frames
+    // Caller input never panics (issue 19): any window size is clamped to 1..=1024, and frames
     // still decrypt once and only once.
     proptest::proptest! {
         #[test]

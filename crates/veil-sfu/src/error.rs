@@ -61,6 +61,16 @@ pub enum SfuError {
         source: Cause,
     },
 
+    /// An ICE-TCP stream framed a packet longer than the SFU takes (peer input: the stream is
+    /// closed, SFU-TCP-03), or a packet to send is longer than a frame can say.
+    #[error("ICE-TCP frame of {len} bytes is over the limit of {max} bytes")]
+    TcpFrame {
+        /// The frame's length (0 once the stream is already broken).
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+
     // --- authentication and authorisation ---
     /// No valid access token.
     #[error("unauthenticated: {0}")]

@@ -341,6 +341,7 @@ pub fn code(e: &SfuError) -> Code {
         | SfuError::TooManyLayers(_)
         | SfuError::UnknownLayer(_)
         | SfuError::Sdp { .. }
+        | SfuError::TcpFrame { .. }
         | SfuError::Protocol(_) => Code::InvalidArgument,
         SfuError::Unauthenticated(_) => Code::Unauthenticated,
         SfuError::PermissionDenied(_) => Code::PermissionDenied,

@@ -169,7 +169,27 @@ pub struct Chromium {
     profile: PathBuf,
 }
 
+/// Where Chromium runs, when not plainly in this process's network namespace
+/// ([`Chromium::launch_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Words run before the binary, e.g. `["ip", "netns", "exec", "<name>"]`.
+    pub prefix: Vec<String>,
+    /// Connect to this address instead of the host and port of the endpoint Chromium prints
+    /// (in another namespace, its endpoint is on that namespace's loopback: a forwarder there
+    /// listens here).
+    pub endpoint: Option<std::net::SocketAddr>,
+}
+
 impl Chromium {
+    /// [`Chromium::launch`], run after `how.prefix` and reached at `how.endpoint`.
+    ///
+    /// # Errors
+    /// As [`Chromium::launch`].
+    pub async fn launch_with(how: &Launch, extra_args: &[&str]) -> Result<Chromium, BrowserError> {
+        Self::start(how, extra_args).await
+    }
+
     /// Launch `$VEIL_CHROMIUM`, or `chromium` on the PATH, headless: with a fake camera and
     /// microphone and no prompt for them, loopback ICE candidates without mDNS, autoplay, no
     /// background networking, `--remote-debugging-port=0` and a new profile directory, then
@@ -177,6 +197,10 @@ impl Chromium {
     /// connects to it. A failure's `Display` says how to get a Chromium (`apt install chromium`,
     /// or `VEIL_CHROMIUM`): panic with it (`panic!("{e}")`) rather than `unwrap`'s `Debug`.
     pub async fn launch(extra_args: &[&str]) -> Result<Chromium, BrowserError> {
+        Self::start(&Launch::default(), extra_args).await
+    }
+
+    async fn start(how: &Launch, extra_args: &[&str]) -> Result<Chromium, BrowserError> {
         let binary = std::env::var("VEIL_CHROMIUM").unwrap_or_else(|_| "chromium".to_owned());
         let launch_error = |detail: String| BrowserError::Launch {
             binary: binary.clone(),
@@ -186,7 +210,15 @@ impl Chromium {
             .prefix("veil-chromium-")
             .tempdir()
             .map_err(|e| launch_error(format!("cannot make a profile directory: {e}")))?;
-        let mut child = Command::new(&binary)
+        let mut command = match how.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&binary);
+                c
+            }
+            None => Command::new(&binary),
+        };
+        let mut child = command
             .args(FLAGS)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(extra_args)
@@ -244,6 +276,12 @@ impl Chromium {
         // Keep reading, or Chromium blocks once the pipe is full.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
+        let url = match (how.endpoint, url.strip_prefix("ws://")) {
+            (Some(at), Some(rest)) => {
+                format!("ws://{at}{}", rest.find('/').map_or("", |i| &rest[i..]))
+            }
+            _ => url,
+        };
         let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
             .await
             .map_err(|source| BrowserError::Connect { url, source })?;

@@ -23,6 +23,10 @@
 
 #[cfg(feature = "browser")]
 pub mod browser;
+#[cfg(feature = "client")]
+pub mod peer;
+#[cfg(feature = "pki")]
+pub mod pki;
 #[cfg(feature = "policy")]
 pub mod policy;
 #[cfg(feature = "postgres")]

@@ -15,12 +15,14 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The script run as the server's owner: `$1` the binaries, `$2` the directory.
+/// The script run as the server's owner: `$1` the binaries, `$2` the directory, `$3` more
+/// server options. A `pg_hba.conf` in the directory replaces the one initdb wrote.
 const SCRIPT: &str = r#"set -e
-B="$1"; D="$2"
+B="$1"; D="$2"; O="$3"
 "$B/initdb" -D "$D/data" -U postgres --auth=trust -E UTF8 >"$D/initdb.log" 2>&1
+if [ -f "$D/pg_hba.conf" ]; then cp "$D/pg_hba.conf" "$D/data/pg_hba.conf"; fi
 "$B/pg_ctl" -D "$D/data" -l "$D/server.log" -w \
-    -o "-k $D -c listen_addresses= -c max_connections=200" start >/dev/null
+    -o "-k $D -c listen_addresses= -c max_connections=200 $O" start >/dev/null
 echo ready
 read _ || true
 "$B/pg_ctl" -D "$D/data" -m fast -w stop >/dev/null 2>&1 || true
@@ -32,6 +34,9 @@ rm -rf "$D"
 pub struct TempPostgres {
     dir: PathBuf,
     bin: PathBuf,
+    /// The TCP port and the CA of the server's certificate, for a server started with
+    /// [`TempPostgres::start_tls`].
+    tls: Option<(u16, String)>,
     child: Child,
     /// Closing it tells the script to stop the server.
     stdin: Option<ChildStdin>,
@@ -89,14 +94,63 @@ impl TempPostgres {
     /// If PostgreSQL is not installed or does not start (its logs are quoted).
     #[must_use]
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Initialise and start a server that also listens on a TCP port of 127.0.0.1 and there
+    /// accepts only TLS connections (`hostssl`), with a certificate for `localhost` and
+    /// `127.0.0.1` from a fresh test CA ([`TempPostgres::ca_pem`]); the Unix socket stays as
+    /// in [`start`](Self::start).
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    #[must_use]
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("veil-pg-")
             .tempdir()
             .unwrap()
             .keep();
+        let mut options = String::new();
+        let mut tls_info = None;
+        let mut files = Vec::new();
+        if tls {
+            let pki = crate::pki::TestPki::new("postgres");
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            for (from, to) in [(&pki.cert, "server.crt"), (&pki.key, "server.key")] {
+                let to = dir.join(to);
+                std::fs::copy(from, &to).unwrap();
+                files.push(to);
+            }
+            let hba = dir.join("pg_hba.conf");
+            std::fs::write(
+                &hba,
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+            files.push(hba);
+            options = format!(
+                "-c listen_addresses=127.0.0.1 -c port={port} -c ssl=on \
+                 -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key",
+                d = dir.display()
+            );
+            tls_info = Some((port, pki.ca_pem.clone()));
+        }
+        for f in &files {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let mut cmd = if is_root() {
             let owner = Command::new("chown")
+                .arg("-R")
                 .arg("postgres:")
                 .arg(&dir)
                 .status()
@@ -113,6 +167,7 @@ impl TempPostgres {
         let mut child = cmd
             .arg(&bin)
             .arg(&dir)
+            .arg(&options)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             // The script outlives the test process for as long as the server takes to stop; it
@@ -139,6 +194,7 @@ impl TempPostgres {
             stdin: child.stdin.take(),
             dir,
             bin,
+            tls: tls_info,
             child,
         }
     }
@@ -159,7 +215,51 @@ impl TempPostgres {
     /// The URL of database `name` (`postgres://postgres@<socket dir>/<name>`).
     #[must_use]
     pub fn url(&self, name: &str) -> String {
-        format!("postgres://postgres@{}/{name}", encode(&self.dir))
+        format!(
+            "postgres://postgres@{}:{}/{name}",
+            encode(&self.dir),
+            self.port()
+        )
+    }
+
+    /// The server's port: its socket's name, and its TCP port if it has one.
+    fn port(&self) -> u16 {
+        self.tls.as_ref().map_or(5432, |(p, _)| *p)
+    }
+
+    /// The URL of database `name` over TCP and TLS (`sslmode=require`), for a server started
+    /// with [`start_tls`](Self::start_tls).
+    ///
+    /// # Panics
+    /// If the server was started without TLS.
+    #[must_use]
+    pub fn tls_url(&self, name: &str) -> String {
+        let (port, _) = self.tls.as_ref().expect("a server started with start_tls");
+        format!("postgres://postgres@localhost:{port}/{name}?sslmode=require")
+    }
+
+    /// The PEM certificate of the CA that issued the TLS certificate of a server started
+    /// with [`start_tls`](Self::start_tls).
+    ///
+    /// # Panics
+    /// If the server was started without TLS.
+    #[must_use]
+    pub fn ca_pem(&self) -> &str {
+        &self
+            .tls
+            .as_ref()
+            .expect("a server started with start_tls")
+            .1
+    }
+
+    /// Create a fresh, empty database and return its name; every call gets a new one.
+    ///
+    /// # Panics
+    /// If `createdb` fails.
+    #[must_use]
+    pub fn database_name(&self) -> String {
+        let url = self.database();
+        url.rsplit('/').next().unwrap_or_default().to_owned()
     }
 
     /// Create a fresh, empty database and return its URL; every call gets a new one.
@@ -177,6 +277,8 @@ impl TempPostgres {
         let out = Command::new(self.bin.join("createdb"))
             .arg("-h")
             .arg(&self.dir)
+            .arg("-p")
+            .arg(self.port().to_string())
             .args(["-U", "postgres", &name])
             .output()
             .unwrap();

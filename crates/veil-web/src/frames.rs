@@ -7,8 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use veil_mls::{EpochExport, FrameDecryptor, FrameKeys, KeyConfig, KeyRing, MlsError, Received};
-use veil_sframe::SframeError;
+use veil_mls::{EpochExport, FrameDecryptor, FrameKeys, KeyConfig, KeyRing, Received};
 use zeroize::Zeroizing;
 
 use crate::error::WebError;
@@ -100,26 +99,10 @@ pub struct FrameStats {
     pub decrypted: u64,
     /// Frames held for an epoch not installed yet.
     pub held: u64,
-    /// Failures by reason ([`failure_reason`]).
+    /// Failures by reason ([`veil_mls::MlsError::frame_failure_reason`]).
     pub failures: BTreeMap<&'static str, u64>,
     /// The epoch installed last.
     pub epoch: Option<u64>,
-}
-
-/// A short, stable name for why a frame did not decrypt, for the stats panel.
-#[must_use]
-pub fn failure_reason(e: &MlsError) -> &'static str {
-    match e {
-        MlsError::Sframe(s) => match s {
-            SframeError::MalformedHeader(_) | SframeError::FrameTooShort { .. } => "malformed",
-            SframeError::UnknownKid { .. } => "unknown_key",
-            SframeError::KeyRetired { .. } => "retired_key",
-            SframeError::AuthenticationFailed { .. } => "authentication",
-            SframeError::Replayed { .. } | SframeError::TooOld { .. } => "replay",
-            _ => "other",
-        },
-        _ => "other",
-    }
 }
 
 /// A transform worker's keys and frame state: its own [`KeyRing`], fed with the page's key
@@ -204,7 +187,7 @@ impl FrameCrypto {
     /// back with it from [`take_released`](Self::take_released).
     ///
     /// # Errors
-    /// [`WebError::Frame`] with the [`failure_reason`] (also counted).
+    /// [`WebError::Frame`] with the [`veil_mls::MlsError::frame_failure_reason`] (also counted).
     pub fn decrypt(&mut self, frame: &[u8], tag: u64, now: Duration) -> Result<Opened, WebError> {
         let mut buf = frame.to_vec();
         match self.rx.decrypt_in_place(b"", &mut buf, now, tag) {
@@ -224,7 +207,7 @@ impl FrameCrypto {
                 Ok(Opened::Held)
             }
             Err(e) => {
-                let reason = failure_reason(&e);
+                let reason = e.frame_failure_reason();
                 *self.stats.failures.entry(reason).or_default() += 1;
                 Err(WebError::Frame { reason, source: e })
             }
@@ -325,7 +308,7 @@ mod tests {
         assert!(matches!(
             b.decrypt(&forged, 3, now),
             Err(WebError::Frame {
-                reason: "authentication",
+                reason: "auth_failed",
                 ..
             })
         ));

@@ -2,8 +2,8 @@
 //! behind a [`veil_netem::Relay`] that every participant's media goes through (the SFU
 //! advertises the relay: SFU-ADV-01), four SDK participants with a join and a leave, and loss
 //! bursts. [`run`] plays a [`Plan`] and returns a [`Report`]; the e2e test asserts on a short
-//! plan, `cargo run -p veil-e2e --example impaired_call` prints a full-length one and writes
-//! RELIABILITY.md.
+//! plan, `cargo run -p veil-e2e --example reliability -- impaired` prints a full-length one and
+//! writes its section of RELIABILITY.md.
 
 mod participant;
 mod report;

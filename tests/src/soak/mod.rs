@@ -18,7 +18,7 @@ use veil_client::room::Room;
 
 pub use host::Host;
 pub use member::{MemberLog, identity};
-pub use report::{BEGIN, END, Report, replace_section};
+pub use report::{Report, SECTION};
 pub use sample::{
     FDS, FIGURES, Figure, KEYS_ROOMS, RSS, SESSIONS, SFU_ROOMS, SUBSCRIPTIONS, Sample, TASKS,
     slope_per_hour, sum_series,

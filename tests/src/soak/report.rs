@@ -1,7 +1,7 @@
 //! What a soak measured ([`Report`]): its samples, the least-squares slope of each figure per
 //! hour, the figures after every room ended against the baseline, and the participants'
-//! decrypt failures; as a Markdown section for RELIABILITY.md ([`Report::section`],
-//! [`replace_section`]).
+//! decrypt failures; as RELIABILITY.md's soak section ([`Report::section`], written with
+//! [`crate::reliability::write_section`]).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -12,10 +12,8 @@ use super::sample::{
 };
 use super::{Plan, SWITCH_SLACK};
 
-/// The soak section's first line in RELIABILITY.md.
-pub const BEGIN: &str = "<!-- soak:begin -->";
-/// Its last line.
-pub const END: &str = "<!-- soak:end -->";
+/// The soak's section name in RELIABILITY.md (`<!-- soak:begin -->` … `<!-- soak:end -->`).
+pub const SECTION: &str = "soak";
 /// At most this many sample rows go into the Markdown table (evenly spread, the last always);
 /// the slopes use every sample.
 const TABLE_ROWS: usize = 31;
@@ -296,12 +294,11 @@ impl Report {
         s
     }
 
-    /// RELIABILITY.md's soak section, between [`BEGIN`] and [`END`]; `command` is how it was
-    /// made.
+    /// RELIABILITY.md's soak section (without its markers); `command` is how it was made.
     #[must_use]
     pub fn section(&self, command: &str) -> String {
         format!(
-            "{BEGIN}\n## Soak\n\n\
+            "## Soak\n\n\
              A long call with churn, against the server's own figures on `/metrics` \
              (SRV-OBS-01, SOAK-01..04): resident memory, open descriptors and threads of the \
              process, tasks alive on the server's tokio runtime, and the per-room state of both \
@@ -311,57 +308,16 @@ impl Report {
              runtime's. \"slope/h\": the least-squares slope per hour over the \
              samples taken while the base was in (the second row: their second half, \
              after warm-up); RSS in MiB. A short run is in CI (`tests/tests/e2e/soak.rs`).\n\n\
-             Regenerate with `{command}`.\n\n{}\n{}{END}\n",
+             Regenerate with `{command}`.\n\n{}\n{}",
             self.table(TABLE_ROWS),
             self.summary(),
         )
     }
 }
 
-/// `doc` with its soak section replaced by `section` (appended if it has none); the rest of
-/// the document is kept byte for byte.
-#[must_use]
-pub fn replace_section(doc: &str, section: &str) -> String {
-    match (doc.find(BEGIN), doc.find(END)) {
-        (Some(a), Some(b)) if b > a => {
-            let after = &doc[b + END.len()..];
-            let after = after.strip_prefix('\n').unwrap_or(after);
-            format!("{}{section}{after}", &doc[..a])
-        }
-        _ => {
-            let sep = if doc.is_empty() || doc.ends_with("\n\n") {
-                ""
-            } else if doc.ends_with('\n') {
-                "\n"
-            } else {
-                "\n\n"
-            };
-            format!("{doc}{sep}{section}")
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_section_is_appended_once_then_replaced_in_place() {
-        let doc = "# Reliability\n\nimpaired table\n";
-        let one = replace_section(doc, &format!("{BEGIN}\nfirst\n{END}\n"));
-        assert_eq!(
-            one,
-            format!("# Reliability\n\nimpaired table\n\n{BEGIN}\nfirst\n{END}\n")
-        );
-        let more = format!("{one}\n## Later section\n");
-        let two = replace_section(&more, &format!("{BEGIN}\nsecond\n{END}\n"));
-        assert_eq!(
-            two,
-            format!(
-                "# Reliability\n\nimpaired table\n\n{BEGIN}\nsecond\n{END}\n\n## Later section\n"
-            )
-        );
-    }
 
     fn log(epochs: &[(u64, Option<u64>)], failures: &[(u64, u64)]) -> MemberLog {
         let ms = Duration::from_millis;

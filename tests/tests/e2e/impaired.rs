@@ -1,7 +1,8 @@
 //! The impaired call, short (specs/netem.md NETEM-CALL-01..03; issue 23): four participants for
 //! 24 s, every leg through the userspace relay with 5 % loss, 50 ± 20 ms, 1 % reordering and
 //! 1 % duplication each way, dave joining and carol leaving, and a 2 s burst of 20 % loss. The
-//! full-length run is `cargo run -p veil-e2e --example impaired_call` (RELIABILITY.md).
+//! full-length run is `cargo run -p veil-e2e --example reliability -- impaired`
+//! (RELIABILITY.md).
 
 use std::time::Duration;
 

@@ -12,3 +12,4 @@ mod secrets;
 mod simulcast;
 mod soak;
 mod tls;
+mod udp_blocked;

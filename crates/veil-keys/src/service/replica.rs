@@ -158,9 +158,11 @@ impl KeyService {
         });
     }
 
-    /// Catch up `room` if it is in memory, or every room in memory (KDS-REP-01/02).
+    /// Catch up `room` if it is in memory, or every room in memory (KDS-REP-01/02). A sweep
+    /// of every room reads all their log positions in one query and catches up only the rooms
+    /// another replica wrote to (or deleted).
     async fn sync(&self, room: Option<&str>) {
-        let rooms: Vec<(String, Arc<RoomHandle>)> = {
+        let mut rooms: Vec<(String, Arc<RoomHandle>)> = {
             let rooms = lock(&self.inner.rooms);
             match room {
                 Some(r) => rooms
@@ -171,6 +173,20 @@ impl KeyService {
                 None => rooms.iter().map(|(n, h)| (n.clone(), h.clone())).collect(),
             }
         };
+        if room.is_none() && !rooms.is_empty() {
+            let (inner, names) = (
+                self.inner.clone(),
+                rooms.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+            );
+            match blocking(move || inner.store.next_seqs(&names)).await {
+                Ok(heads) => rooms.retain(|(name, h)| {
+                    heads
+                        .get(name)
+                        .is_none_or(|head| *head > lock(&h.state).last_seq() + 1)
+                }),
+                Err(e) => tracing::warn!(error = %e, "could not read the rooms' log positions"),
+            }
+        }
         for (name, h) in rooms {
             let (inner, h2) = (self.inner.clone(), h.clone());
             match blocking(move || Self::catch_up(&inner, &h2, &mut lock(&h2.state))).await {

@@ -168,6 +168,20 @@ pub trait Store: Send + Sync + 'static {
     fn next_seq(&self, room: &str) -> Result<Option<u64>, KdsError> {
         Ok(self.room(room)?.map(|r| r.next_seq))
     }
+    /// The next log positions of those of `rooms` that exist, in one read: the periodic
+    /// sweep of a replica over every room it holds (KDS-REP-02).
+    fn next_seqs(
+        &self,
+        rooms: &[String],
+    ) -> Result<std::collections::HashMap<String, u64>, KdsError> {
+        let mut out = std::collections::HashMap::new();
+        for r in rooms {
+            if let Some(n) = self.next_seq(r)? {
+                out.insert(r.clone(), n);
+            }
+        }
+        Ok(out)
+    }
     /// The changes other processes commit, as they commit them (KDS-REP-02); `None` for a
     /// store nobody else writes. Each call starts its own listener, which ends when the
     /// receiver is dropped.

@@ -5,5 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod common;
+mod pool;
 mod race;
 mod semantics;
+mod tls;

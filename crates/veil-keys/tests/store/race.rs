@@ -123,6 +123,27 @@ fn replicas_racing_one_key_package_hand_it_out_once() {
 }
 
 #[test]
+fn one_claimer_asking_two_replicas_at_once_gets_one_key_package() {
+    let stores = replicas();
+    let tags: Vec<_> = (0..=255u8).map(|t| kp(t, false)).collect();
+    stores[0].add_key_packages("r", "bob", &tags, 1000).unwrap();
+    // Round k: claimer k asks both replicas at the same moment (a retry racing its first
+    // try); both answers are the same KeyPackage, and only one is gone (KDS-KP-04).
+    let results = race(&stores, |s, _, round| {
+        s.claim_key_package("r", "bob", &format!("claimer{round}"))
+            .unwrap()
+            .map(|m| m[0])
+    });
+    for (round, [a, b]) in (0..).zip(&results) {
+        assert!(a.is_some() && a == b, "round {round}: {a:?} {b:?}");
+    }
+    let mut got: Vec<u8> = results.iter().filter_map(|[a, _]| *a).collect();
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got.len() as u64, ROUNDS, "each claimer took one of its own");
+}
+
+#[test]
 fn replicas_racing_many_claims_of_one_identity_hand_each_out_once() {
     let stores = replicas();
     let tags: Vec<_> = (0..=255u8).map(|t| kp(t, false)).collect();

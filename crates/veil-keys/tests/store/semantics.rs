@@ -157,6 +157,13 @@ fn a_replica_reads_every_event_it_missed(s: &dyn Store) {
     assert_eq!(s.next_seq("r").unwrap(), None);
     three_epochs(s);
     assert_eq!(s.next_seq("r").unwrap(), Some(6));
+    // The sweep's one read (KDS-REP-02): the rooms that exist, with their positions.
+    s.create_room(&room("q")).unwrap();
+    let names = ["r", "q", "gone"].map(String::from);
+    let heads = s.next_seqs(&names).unwrap();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert_eq!((heads["r"], heads["q"]), (6, 1));
+    assert!(s.next_seqs(&[]).unwrap().is_empty());
     let seqs = |after, before| -> Vec<(u64, EventKind)> {
         s.events("r", after, before)
             .unwrap()

@@ -35,15 +35,16 @@ fn open(store: &mut KeyStore, meta: &[u8], frame: &[u8]) -> Result<Vec<u8>, Sfra
 }
 
 #[test]
-fn every_duplicate_of_the_last_128_counters_is_rejected() {
+fn every_duplicate_in_the_window_is_rejected_and_older_frames_are_too_old() {
+    // The default window: the last 1024 counters (SF-LIM-02).
     let (mut tx, mut rx) = pair(CipherSuite::AesGcm128Sha256, 9);
-    let frames: Vec<_> = (0..300)
+    let frames: Vec<_> = (0..1300)
         .map(|i| seal(&mut tx, b"", &[i as u8; 20]))
         .collect();
     for f in &frames {
         open(&mut rx, b"", f).unwrap();
     }
-    for (ctr, f) in frames.iter().enumerate().skip(300 - 128) {
+    for (ctr, f) in frames.iter().enumerate().skip(1300 - 1024) {
         assert_eq!(
             open(&mut rx, b"", f),
             Err(SframeError::Replayed {
@@ -52,7 +53,7 @@ fn every_duplicate_of_the_last_128_counters_is_rejected() {
             })
         );
     }
-    for f in &frames[..300 - 128] {
+    for f in &frames[..1300 - 1024] {
         assert!(matches!(
             open(&mut rx, b"", f),
             Err(SframeError::TooOld { .. })
@@ -66,7 +67,7 @@ fn reordered_new_frames_are_accepted_once() {
     let frames: Vec<_> = (0..200)
         .map(|i| seal(&mut tx, b"m", &[i as u8; 3]))
         .collect();
-    // Deliver in a scrambled order that stays within the 128-counter window.
+    // Deliver in a scrambled order that stays within even a 128-counter window.
     let mut order: Vec<usize> = (0..200).collect();
     for chunk in order.chunks_mut(50) {
         chunk.reverse();

@@ -39,6 +39,7 @@ use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::ice::tcp_type::TcpType;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -77,6 +78,7 @@ mod probe;
 mod room;
 mod serve;
 mod stats;
+pub mod tcp;
 pub use room::{EdgeRoomEvent, EdgeRooms, parse_track_name, track_name};
 pub use serve::EdgeSfu;
 pub use stats::{Counters, Observation};
@@ -97,6 +99,18 @@ fn rtc_error(what: &'static str) -> impl Fn(rtc::shared::error::Error) -> SfuErr
 
 /// A connection of the edge.
 pub type ConnId = usize;
+
+/// How a participant's packets reach the edge: UDP datagrams, or RFC 4571 frames on an ICE-TCP
+/// stream the participant opened to the edge's passive TCP candidate (SFU-TCP-01). A
+/// participant's address is claimed per transport: a UDP source and a TCP peer with the same
+/// IP and port are two addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// A UDP datagram.
+    Udp,
+    /// A frame of an ICE-TCP stream.
+    Tcp,
+}
 
 /// What an I/O loop does with [`Edge`] or [`EdgeRooms`]: feed datagrams and timeouts, drain
 /// datagrams to send and events. One loop can drive either (the tests and
@@ -202,10 +216,14 @@ pub struct Edge {
     /// the participants present, not every one since the edge started.
     live: Vec<ConnId>,
     by_ufrag: HashMap<String, ConnId>,
-    by_addr: HashMap<SocketAddr, ConnId>,
+    by_addr: HashMap<(Via, SocketAddr), ConnId>,
     /// Connections that took input since they were last drained.
     dirty: Vec<ConnId>,
     transmit: VecDeque<(SocketAddr, BytesMut)>,
+    /// The passive ICE-TCP candidate every connection offers besides its UDP one
+    /// ([`Edge::set_tcp`], SFU-TCP-01), and what goes out on ICE-TCP streams.
+    tcp: Option<SocketAddr>,
+    tcp_transmit: VecDeque<(SocketAddr, BytesMut)>,
     events: VecDeque<(ConnId, EdgeEvent)>,
     /// Datagrams no connection claimed.
     unrouted: u64,
@@ -242,6 +260,8 @@ impl Edge {
             by_addr: HashMap::new(),
             dirty: Vec::new(),
             transmit: VecDeque::new(),
+            tcp: None,
+            tcp_transmit: VecDeque::new(),
             events: VecDeque::new(),
             unrouted: 0,
             rng: StdRng::from_seed(seed),
@@ -317,10 +337,24 @@ impl Edge {
         self.timers = Some(timers);
     }
 
-    /// The connection that claimed address `addr`, if one did (SFU-EDGE-01).
+    /// Offer `addr` as a passive ICE-TCP candidate (RFC 6544) on every connection accepted
+    /// from now on, besides the UDP one (SFU-TCP-01): the participant connects to it, and the
+    /// shell hands each frame of that stream to [`Edge::handle_tcp_frame`] and sends what
+    /// [`Edge::poll_tcp_transmit`] returns on it.
+    pub fn set_tcp(&mut self, addr: SocketAddr) {
+        self.tcp = Some(addr);
+    }
+
+    /// The connection that claimed UDP address `addr`, if one did (SFU-EDGE-01).
     #[must_use]
     pub fn conn_at(&self, addr: SocketAddr) -> Option<ConnId> {
-        self.by_addr.get(&addr).copied()
+        self.by_addr.get(&(Via::Udp, addr)).copied()
+    }
+
+    /// The connection that claimed the ICE-TCP stream from `addr`, if one did (SFU-TCP-02).
+    #[must_use]
+    pub fn tcp_conn_at(&self, addr: SocketAddr) -> Option<ConnId> {
+        self.by_addr.get(&(Via::Tcp, addr)).copied()
     }
 
     /// Cut each connection's datagrams to `limit` (None: no limit) before webrtc-rs sees them
@@ -417,6 +451,24 @@ impl Edge {
         .map_err(w)?;
         pc.add_local_candidate(RTCIceCandidate::from(&host).to_json().map_err(w)?)
             .map_err(w)?;
+        if let Some(tcp) = self.tcp {
+            // SFU-TCP-01: passive, the participant connects; RFC 6544 gives it a lower
+            // priority than the UDP candidate, so a participant that can use UDP does.
+            let passive = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: "tcp".to_owned(),
+                    address: tcp.ip().to_string(),
+                    port: tcp.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                tcp_type: TcpType::Passive,
+            }
+            .new_candidate_host()
+            .map_err(w)?;
+            pc.add_local_candidate(RTCIceCandidate::from(&passive).to_json().map_err(w)?)
+                .map_err(w)?;
+        }
         // Answering depends on nothing but the offer (webrtc-rs starts the offered receivers
         // here): a failure is the offer's, e.g. two send streams without an SSRC or a rid.
         let answer = pc.create_answer(None).map_err(peer("offer"))?;
@@ -634,8 +686,9 @@ impl Edge {
         Ok(())
     }
 
-    /// Which connection `datagram` from `from` belongs to (SFU-EDGE-01).
-    fn route(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<ConnId> {
+    /// Which connection `datagram` from `from` belongs to (SFU-EDGE-01; SFU-TCP-02 for `via`
+    /// TCP).
+    fn route(&mut self, via: Via, from: SocketAddr, datagram: &[u8]) -> Option<ConnId> {
         if is_stun_message(datagram) {
             let mut m = Message::new();
             if m.unmarshal_binary(datagram).is_ok() && m.typ == BINDING_REQUEST {
@@ -644,21 +697,41 @@ impl Edge {
                 let id = *self.by_ufrag.get(ours)?;
                 // rtc checks the request's integrity before it answers or selects a pair;
                 // this only decides which connection gets to check it.
-                let owner = *self.by_addr.entry(from).or_insert(id);
+                let owner = *self.by_addr.entry((via, from)).or_insert(id);
                 return (owner == id).then_some(id);
             }
         }
-        self.by_addr.get(&from).copied()
+        self.by_addr.get(&(via, from)).copied()
     }
 
     /// One datagram from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        let Some(id) = self.route(from, datagram) else {
+        self.handle_packet(now, Via::Udp, from, datagram);
+    }
+
+    /// One packet (an RFC 4571 frame's body) from the ICE-TCP stream of peer `from`
+    /// (SFU-TCP-02): routed like a datagram, by the STUN USERNAME first and the stream's peer
+    /// address after, and handed to webrtc-rs as TCP on the edge's TCP candidate. Dropped
+    /// (`unrouted`) if the edge offers no TCP candidate.
+    pub fn handle_tcp_frame(&mut self, now: Instant, from: SocketAddr, packet: &[u8]) {
+        self.handle_packet(now, Via::Tcp, from, packet);
+    }
+
+    fn handle_packet(&mut self, now: Instant, via: Via, from: SocketAddr, datagram: &[u8]) {
+        let (local_addr, transport_protocol) = match (via, self.tcp) {
+            (Via::Udp, _) => (self.local, TransportProtocol::UDP),
+            (Via::Tcp, Some(tcp)) => (tcp, TransportProtocol::TCP),
+            (Via::Tcp, None) => {
+                self.unrouted += 1;
+                return;
+            }
+        };
+        let Some(id) = self.route(via, from, datagram) else {
             self.unrouted += 1;
             return;
         };
         let Some(c) = self.conns.get_mut(id).and_then(Option::as_mut) else {
-            self.by_addr.remove(&from);
+            self.by_addr.remove(&(via, from));
             self.unrouted += 1;
             return;
         };
@@ -675,10 +748,10 @@ impl Edge {
         let _ = c.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
-                local_addr: self.local,
+                local_addr,
                 peer_addr: from,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol,
             },
             message: BytesMut::from(datagram),
         });
@@ -689,6 +762,14 @@ impl Edge {
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, BytesMut)> {
         self.drain();
         self.transmit.pop_front()
+    }
+
+    /// The next packet to send on an ICE-TCP stream, and the stream's peer (SFU-TCP-02). The
+    /// shell frames it ([`tcp::framing::encode`]); call after [`Edge::poll_transmit`], which
+    /// drains the connections.
+    pub fn poll_tcp_transmit(&mut self) -> Option<(SocketAddr, BytesMut)> {
+        self.drain();
+        self.tcp_transmit.pop_front()
     }
 
     /// The next thing a connection did.
@@ -748,8 +829,11 @@ impl Edge {
                 continue;
             };
             while let Some(out) = c.pc.poll_write() {
-                self.transmit
-                    .push_back((out.transport.peer_addr, out.message));
+                let queue = match out.transport.transport_protocol {
+                    TransportProtocol::TCP => &mut self.tcp_transmit,
+                    _ => &mut self.transmit,
+                };
+                queue.push_back((out.transport.peer_addr, out.message));
             }
             let mut closed = false;
             while let Some(ev) = c.pc.poll_event() {
@@ -814,8 +898,11 @@ impl Edge {
             }
             let _ = c.pc.close();
             while let Some(out) = c.pc.poll_write() {
-                self.transmit
-                    .push_back((out.transport.peer_addr, out.message));
+                let queue = match out.transport.transport_protocol {
+                    TransportProtocol::TCP => &mut self.tcp_transmit,
+                    _ => &mut self.transmit,
+                };
+                queue.push_back((out.transport.peer_addr, out.message));
             }
             self.by_ufrag.remove(&c.ufrag);
             self.by_addr.retain(|_, v| *v != id);
@@ -904,33 +991,97 @@ mod tests {
             "127.0.0.1:6666".parse().unwrap(),
         );
         assert_eq!(
-            edge.route(pa, &binding_request(&format!("{ua}:x"))),
+            edge.route(Via::Udp, pa, &binding_request(&format!("{ua}:x"))),
             Some(a)
         );
         assert_eq!(
-            edge.route(pb, &binding_request(&format!("{ub}:y"))),
+            edge.route(Via::Udp, pb, &binding_request(&format!("{ub}:y"))),
             Some(b)
         );
         // Media from a claimed address goes to its connection.
-        assert_eq!(edge.route(pa, &[0x80; 40]), Some(a));
-        assert_eq!(edge.route(pb, &[0x80; 40]), Some(b));
+        assert_eq!(edge.route(Via::Udp, pa, &[0x80; 40]), Some(a));
+        assert_eq!(edge.route(Via::Udp, pb, &[0x80; 40]), Some(b));
         // A request from a's address naming b is refused; a keeps its address.
-        assert_eq!(edge.route(pa, &binding_request(&format!("{ub}:z"))), None);
-        assert_eq!(edge.route(pa, &[0x80; 40]), Some(a));
+        assert_eq!(
+            edge.route(Via::Udp, pa, &binding_request(&format!("{ub}:z"))),
+            None
+        );
+        assert_eq!(edge.route(Via::Udp, pa, &[0x80; 40]), Some(a));
         // Unknown ufrags and unclaimed addresses reach nobody.
-        assert_eq!(edge.route(mallory, &binding_request("nobody:x")), None);
-        assert_eq!(edge.route(mallory, &[0x80; 40]), None);
+        assert_eq!(
+            edge.route(Via::Udp, mallory, &binding_request("nobody:x")),
+            None
+        );
+        assert_eq!(edge.route(Via::Udp, mallory, &[0x80; 40]), None);
         let before = edge.unrouted();
         edge.handle_datagram(now, mallory, &[0x80; 40]);
         assert_eq!(edge.unrouted(), before + 1);
         // Once a is gone its address is free, and its ufrag names nothing.
         edge.close(a);
-        assert_eq!(edge.route(pa, &[0x80; 40]), None);
-        assert_eq!(edge.route(pa, &binding_request(&format!("{ua}:x"))), None);
+        assert_eq!(edge.route(Via::Udp, pa, &[0x80; 40]), None);
         assert_eq!(
-            edge.route(pa, &binding_request(&format!("{ub}:y"))),
+            edge.route(Via::Udp, pa, &binding_request(&format!("{ua}:x"))),
+            None
+        );
+        assert_eq!(
+            edge.route(Via::Udp, pa, &binding_request(&format!("{ub}:y"))),
             Some(b)
         );
         assert!(matches!(edge.poll_event(), Some((id, EdgeEvent::Closed)) if id == a));
+    }
+
+    /// SFU-TCP-01, SFU-TCP-02: with a TCP candidate, every answer offers it (passive, after
+    /// the UDP one); a TCP peer claims its address for the connection its request names, apart
+    /// from UDP addresses (the same IP and port over UDP is another address); without one,
+    /// TCP frames reach nobody.
+    #[test]
+    fn tcp_peers_claim_their_own_addresses_and_the_answer_offers_the_tcp_candidate() {
+        let now = Instant::now();
+        let mut edge = Edge::new("127.0.0.1:5000".parse().unwrap(), now, [7; 32]);
+        let (_, plain) = edge.accept(now, &offer(now)).unwrap();
+        assert!(!plain.contains(" tcp "), "{plain}");
+        let before = edge.unrouted();
+        edge.handle_tcp_frame(now, "127.0.0.1:6001".parse().unwrap(), &[0x80; 40]);
+        assert_eq!(edge.unrouted(), before + 1, "no TCP candidate, no TCP");
+
+        edge.set_tcp("127.0.0.1:5443".parse().unwrap());
+        let (a, answer_a) = edge.accept(now, &offer(now)).unwrap();
+        let (b, answer_b) = edge.accept(now, &offer(now)).unwrap();
+        let candidates: Vec<&str> = answer_a
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .collect();
+        assert!(
+            candidates
+                .iter()
+                .any(|c| c.contains(" udp ") && c.contains(" 5000 typ host")),
+            "{candidates:?}"
+        );
+        assert!(
+            candidates
+                .iter()
+                .any(|c| c.contains(" tcp ") && c.contains(" 5443 typ host tcptype passive")),
+            "{candidates:?}"
+        );
+        let peer: SocketAddr = "127.0.0.1:6001".parse().unwrap();
+        let (ua, ub) = (ufrag(&answer_a), ufrag(&answer_b));
+        assert_eq!(
+            edge.route(Via::Tcp, peer, &binding_request(&format!("{ua}:x"))),
+            Some(a)
+        );
+        assert_eq!(edge.tcp_conn_at(peer), Some(a));
+        assert_eq!(edge.conn_at(peer), None, "a TCP peer claims no UDP address");
+        assert_eq!(edge.route(Via::Tcp, peer, &[0x80; 40]), Some(a));
+        assert_eq!(edge.route(Via::Udp, peer, &[0x80; 40]), None);
+        // The same IP and port over UDP is b's to claim, and a keeps its stream.
+        assert_eq!(
+            edge.route(Via::Udp, peer, &binding_request(&format!("{ub}:y"))),
+            Some(b)
+        );
+        assert_eq!(edge.route(Via::Tcp, peer, &[0x80; 40]), Some(a));
+        assert_eq!(edge.route(Via::Udp, peer, &[0x80; 40]), Some(b));
+        edge.close(a);
+        assert_eq!(edge.tcp_conn_at(peer), None);
+        assert_eq!(edge.conn_at(peer), Some(b));
     }
 }

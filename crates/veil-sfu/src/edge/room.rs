@@ -30,7 +30,7 @@ use webrtc::peer_connection::RTCSessionDescription;
 
 use super::probe::Probing;
 use super::stats::{Counters, Observation, RtxTally, kind_index, rtx_tally};
-use super::{ConnId, Edge, EdgeEvent};
+use super::{ConnId, Edge, EdgeEvent, Via};
 use crate::connection::packet::{packet_meta, rewrite};
 use crate::connection::peer;
 use crate::connection::sdp::{FORWARDED_URIS, SdpInfo};
@@ -692,12 +692,41 @@ impl EdgeRooms {
 
     /// One datagram from `from` (see [`Edge::handle_datagram`]).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.handle_packet(now, Via::Udp, from, datagram);
+    }
+
+    /// One packet from the ICE-TCP stream of `from` (see [`Edge::handle_tcp_frame`]).
+    pub fn handle_tcp_frame(&mut self, now: Instant, from: SocketAddr, packet: &[u8]) {
+        self.handle_packet(now, Via::Tcp, from, packet);
+    }
+
+    fn handle_packet(&mut self, now: Instant, via: Via, from: SocketAddr, packet: &[u8]) {
         let flooded = self.edge.flooded();
-        self.edge.handle_datagram(now, from, datagram);
+        match via {
+            Via::Udp => self.edge.handle_datagram(now, from, packet),
+            Via::Tcp => self.edge.handle_tcp_frame(now, from, packet),
+        }
         if self.edge.flooded() != flooded {
             self.counters.drop(DropKind::Flooded);
         }
         self.route(now);
+    }
+
+    /// Offer a passive ICE-TCP candidate at `addr` to every participant who joins from now on
+    /// (see [`Edge::set_tcp`], SFU-TCP-01).
+    pub fn set_tcp(&mut self, addr: SocketAddr) {
+        self.edge.set_tcp(addr);
+    }
+
+    /// The connection that claimed the ICE-TCP stream from `addr` (see [`Edge::tcp_conn_at`]).
+    #[must_use]
+    pub fn tcp_conn_at(&self, addr: SocketAddr) -> Option<ConnId> {
+        self.edge.tcp_conn_at(addr)
+    }
+
+    /// The next packet for an ICE-TCP stream (see [`Edge::poll_tcp_transmit`]).
+    pub fn poll_tcp_transmit(&mut self) -> Option<(SocketAddr, BytesMut)> {
+        self.edge.poll_tcp_transmit()
     }
 
     /// Run the timers that are due, and hand each connection's estimate to the core.

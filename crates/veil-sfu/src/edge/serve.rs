@@ -30,10 +30,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use super::ConnId;
 use super::io::BatchIo;
 use super::placement::Placement;
 use super::room::{EdgeRoomEvent as Happened, EdgeRooms, parse_track_name, track_name};
+use super::tcp::{self, TcpEvent, TcpShell};
+use super::{ConnId, Via};
 use crate::error::SfuError;
 use crate::grpc::Backend;
 use crate::routing::SvcLayer;
@@ -69,6 +70,8 @@ struct Worker {
     commands: mpsc::Sender<Command>,
     local: SocketAddr,
     candidate: SocketAddr,
+    /// Its ICE-TCP listener's address, with `SfuConfig::tcp` (SFU-TCP-01).
+    tcp: Option<SocketAddr>,
 }
 
 /// A joiner's place in its room's worker, given back unless the join succeeds
@@ -119,6 +122,8 @@ struct Bound {
     socket: std::net::UdpSocket,
     state: quinn_udp::UdpSocketState,
     local: SocketAddr,
+    /// The worker's ICE-TCP listener and the candidate it offers, with `SfuConfig::tcp`.
+    tcp: Option<(std::net::TcpListener, SocketAddr)>,
 }
 
 fn bind(addr: SocketAddr) -> Result<Bound, SfuError> {
@@ -153,6 +158,7 @@ fn bind(addr: SocketAddr) -> Result<Bound, SfuError> {
         socket,
         state,
         local,
+        tcp: None,
     })
 }
 
@@ -204,6 +210,14 @@ impl EdgeSfu {
                  is offered that port plus i)"
             )));
         }
+        if let Some(t) = config.tcp
+            && t.ip().is_unspecified()
+        {
+            return Err(SfuError::Config(format!(
+                "ICE-TCP address {t} is unspecified: the edge offers it as a candidate, so bind \
+                 the address participants reach"
+            )));
+        }
         let metrics = Arc::new(Metrics::default());
         let (events, _) = broadcast::channel(1024);
         let placement: Shared = Arc::new(Mutex::new(Placement::new(
@@ -212,11 +226,25 @@ impl EdgeSfu {
         )));
         let mut workers = Vec::with_capacity(config.workers);
         for i in 0..config.workers {
-            let bound = bind(worker_addr(addr, i)?)?;
+            let mut bound = bind(worker_addr(addr, i)?)?;
             // SFU-ADV-01: the candidate is the advertised address's port plus i, if any.
             let candidate = match config.advertise {
                 Some(a) => worker_addr(a, i)?,
                 None => bound.local,
+            };
+            // SFU-TCP-01: worker i's ICE-TCP listener, on the TCP port plus i; its candidate
+            // is the advertised IP, if any, with the bound port.
+            bound.tcp = match config.tcp {
+                Some(t) => {
+                    let listener = tcp::bind(worker_addr(t, i)?)?;
+                    let bound = listener.local_addr().map_err(|source| SfuError::Io {
+                        what: format!("TCP {t}"),
+                        source,
+                    })?;
+                    let ip = config.advertise.map_or(bound.ip(), |a| a.ip());
+                    Some((listener, SocketAddr::new(ip, bound.port())))
+                }
+                None => None,
             };
             workers.push(spawn(
                 i,
@@ -261,6 +289,13 @@ impl EdgeSfu {
     #[must_use]
     pub fn candidates(&self) -> Vec<SocketAddr> {
         self.workers.iter().map(|w| w.candidate).collect()
+    }
+
+    /// Every worker's ICE-TCP listener address, by worker index (empty without
+    /// `SfuConfig::tcp`, SFU-TCP-01).
+    #[must_use]
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.workers.iter().filter_map(|w| w.tcp).collect()
     }
 
     /// Participants (and joins in flight) per worker, by worker index.
@@ -390,6 +425,7 @@ fn spawn(
         socket,
         state,
         local,
+        tcp,
     } = bound;
     if candidate != local {
         info!(%local, %candidate, "SFU edge worker advertises another address (SFU-ADV-01)");
@@ -398,8 +434,17 @@ fn spawn(
     let now = Instant::now();
     let mut seed = [0u8; 32];
     StdRng::from_os_rng().fill_bytes(&mut seed);
+    let mut rooms = EdgeRooms::new(candidate, config.clone(), now, seed);
+    let tcp_local = match &tcp {
+        Some((listener, tcp_candidate)) => {
+            rooms.set_tcp(*tcp_candidate);
+            listener.local_addr().ok()
+        }
+        None => None,
+    };
+    let tcp_metrics = metrics.clone();
     let driver = Driver {
-        rooms: EdgeRooms::new(candidate, config.clone(), now, seed),
+        rooms,
         metrics,
         config,
         room_events,
@@ -425,8 +470,15 @@ fn spawn(
                 }
             };
             rt.block_on(async move {
+                let tcp = match tcp.map(|(l, _)| TcpShell::new(l, tcp_metrics)).transpose() {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        warn!(error = %e, "the edge's ICE-TCP listener did not register");
+                        return;
+                    }
+                };
                 match UdpSocket::from_std(socket) {
-                    Ok(socket) => run(driver, BatchIo::new(socket, state), rx).await,
+                    Ok(socket) => run(driver, BatchIo::new(socket, state), tcp, rx).await,
                     Err(e) => warn!(error = %e, "the edge's socket did not register"),
                 }
             });
@@ -439,6 +491,7 @@ fn spawn(
         commands,
         local,
         candidate,
+        tcp: tcp_local,
     })
 }
 
@@ -859,16 +912,21 @@ impl Driver {
     /// One datagram. Every participant shares this thread, so a panic in webrtc-rs on one
     /// participant's input must not end the others' calls: it is caught, and the participant
     /// whose address sent the datagram is removed (SFU-EDGE-13).
-    fn feed(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        if catch_unwind(AssertUnwindSafe(|| {
-            self.rooms.handle_datagram(now, from, datagram);
+    fn feed(&mut self, now: Instant, via: Via, from: SocketAddr, datagram: &[u8]) {
+        if catch_unwind(AssertUnwindSafe(|| match via {
+            Via::Udp => self.rooms.handle_datagram(now, from, datagram),
+            Via::Tcp => self.rooms.handle_tcp_frame(now, from, datagram),
         }))
         .is_ok()
         {
             return;
         }
         error!(%from, "webrtc-rs panicked on a datagram: removing its sender");
-        if let Some(c) = self.rooms.conn_at(from)
+        let sender = match via {
+            Via::Udp => self.rooms.conn_at(from),
+            Via::Tcp => self.rooms.tcp_conn_at(from),
+        };
+        if let Some(c) = sender
             && catch_unwind(AssertUnwindSafe(|| {
                 self.remove(now, c, LeaveReason::Closed)
             }))
@@ -906,12 +964,23 @@ impl Driver {
 /// segments where the kernel has them), then the thread waits for a command, datagrams or a
 /// timer. Datagrams are drained in batches (`recvmmsg`, GRO) and every one read is handled
 /// before anything is sent.
-async fn run(mut d: Driver, mut io: BatchIo, mut commands: mpsc::Receiver<Command>) {
+async fn run(
+    mut d: Driver,
+    mut io: BatchIo,
+    mut tcp: Option<TcpShell>,
+    mut commands: mpsc::Receiver<Command>,
+) {
     loop {
         let now = Instant::now();
         d.deliver(now);
         while let Some((to, datagram)) = d.rooms.poll_transmit() {
             io.queue(to, datagram);
+        }
+        // SFU-TCP-02: what goes out on ICE-TCP streams (nothing without a listener).
+        while let Some((to, packet)) = d.rooms.poll_tcp_transmit() {
+            if let Some(t) = tcp.as_mut() {
+                t.send(to, &packet);
+            }
         }
         io.flush().await;
         let due = d
@@ -931,7 +1000,12 @@ async fn run(mut d: Driver, mut io: BatchIo, mut commands: mpsc::Receiver<Comman
                     // waited records the first datagrams that follow (SFU-TAP-01).
                     let now = Instant::now();
                     d.rooms.set_tapping(d.config.tap.as_ref().is_some_and(Tap::listening));
-                    io.drain(READ_BATCH, |from, datagram| d.feed(now, from, datagram));
+                    io.drain(READ_BATCH, |from, datagram| d.feed(now, Via::Udp, from, datagram));
+                }
+            }
+            ev = next_tcp(tcp.as_mut()) => {
+                if let TcpEvent::Packet(from, packet) = ev {
+                    d.feed(Instant::now(), Via::Tcp, from, &packet);
                 }
             }
             () = tokio::time::sleep_until(due.into()) => {}
@@ -943,7 +1017,18 @@ async fn run(mut d: Driver, mut io: BatchIo, mut commands: mpsc::Receiver<Comman
                 error!("webrtc-rs panicked in a timer; the edge goes on");
             }
             d.sweep(now);
+            if let Some(t) = tcp.as_mut() {
+                t.sweep(now, |peer| d.rooms.tcp_conn_at(peer).is_some());
+            }
         }
+    }
+}
+
+/// The next ICE-TCP event, or never without a listener.
+async fn next_tcp(tcp: Option<&mut TcpShell>) -> TcpEvent {
+    match tcp {
+        Some(t) => t.next(Instant::now).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -964,6 +1049,37 @@ mod tests {
         let top: SocketAddr = "10.0.0.1:65535".parse().unwrap();
         assert!(worker_addr(top, 0).is_ok());
         assert!(matches!(worker_addr(top, 1), Err(SfuError::Config(_))));
+    }
+
+    /// SFU-TCP-01: with `tcp`, each worker has its own ICE-TCP listener (any free port for
+    /// port 0); an unspecified TCP address is refused.
+    #[test]
+    fn workers_listen_for_ice_tcp_each_on_its_own_port() {
+        let sfu = EdgeSfu::new(SfuConfig {
+            workers: 2,
+            tcp: Some("127.0.0.1:0".parse().unwrap()),
+            ..SfuConfig::default()
+        })
+        .unwrap();
+        let tcp = sfu.tcp_addrs();
+        assert_eq!(tcp.len(), 2);
+        assert_ne!(tcp[0], tcp[1]);
+        assert!(tcp.iter().all(|a| a.ip().is_loopback() && a.port() != 0));
+        for a in &tcp {
+            std::net::TcpStream::connect(a).unwrap();
+        }
+        let plain = EdgeSfu::new(SfuConfig {
+            workers: 1,
+            ..SfuConfig::default()
+        })
+        .unwrap();
+        assert!(plain.tcp_addrs().is_empty());
+        let e = EdgeSfu::new(SfuConfig {
+            workers: 1,
+            tcp: Some("0.0.0.0:0".parse().unwrap()),
+            ..SfuConfig::default()
+        });
+        assert!(matches!(e, Err(SfuError::Config(_))), "{e:?}");
     }
 
     /// SFU-ADV-01: each worker binds as `udp_addrs` says and offers the advertised port plus

@@ -105,6 +105,7 @@ impl DropKind {
             SfuError::Metadata(_)
             | SfuError::UnknownSsrc(_)
             | SfuError::Sdp { .. }
+            | SfuError::TcpFrame { .. }
             | SfuError::Unauthenticated(_)
             | SfuError::PermissionDenied(_)
             | SfuError::NoSuchTrack(_)
@@ -275,6 +276,12 @@ pub struct Metrics {
     pub probe_clusters: Counter,
     /// Probe clusters the path carried at their rate (SFU-BWE-08).
     pub probe_successes: Counter,
+    /// Open ICE-TCP streams (SFU-TCP-04).
+    pub tcp_streams: Gauge,
+    /// ICE-TCP streams closed, by reason (SFU-TCP-04).
+    pub tcp_closed: Family<Reason, Counter>,
+    /// Packets not sent on an ICE-TCP stream because its send queue was full (SFU-TCP-04).
+    pub tcp_send_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -303,7 +310,21 @@ impl Default for Metrics {
             rtx: Family::default(),
             probe_clusters: Counter::default(),
             probe_successes: Counter::default(),
+            tcp_streams: Gauge::default(),
+            tcp_closed: Family::default(),
+            tcp_send_dropped: Counter::default(),
         };
+        registry.register("tcp_streams", "Open ICE-TCP streams", m.tcp_streams.clone());
+        registry.register(
+            "tcp_closed_streams",
+            "ICE-TCP streams closed, by reason",
+            m.tcp_closed.clone(),
+        );
+        registry.register(
+            "tcp_send_dropped_packets",
+            "Packets not sent on an ICE-TCP stream whose send queue was full",
+            m.tcp_send_dropped.clone(),
+        );
         registry.register("rooms", "Rooms with participants", m.rooms.clone());
         registry.register("participants", "Participants", m.participants.clone());
         registry.register("tracks", "Published tracks", m.tracks.clone());

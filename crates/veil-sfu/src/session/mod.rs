@@ -44,6 +44,11 @@ pub struct SfuConfig {
     /// this address as its candidate, worker `i` at this port plus `i` (SFU-ADV-01). `None`
     /// (the default): the bound address is the candidate.
     pub advertise: Option<std::net::SocketAddr>,
+    /// Also accept ICE-TCP (RFC 6544, passive) for participants whose network blocks UDP
+    /// (SFU-TCP-01): worker `i` listens on this address's port plus `i` (any free port for
+    /// port 0), and offers it as a second, lower-priority candidate. With `advertise`, the
+    /// candidate is the advertised IP with that port. `None` (the default): UDP only.
+    pub tcp: Option<std::net::SocketAddr>,
     /// Worker threads, each its own edge on its own UDP port; a room lives on one
     /// (SFU-WRK-01..03). At least 1; by default one per available core.
     pub workers: usize,
@@ -86,6 +91,7 @@ impl Default for SfuConfig {
         Self {
             udp_addrs: vec!["127.0.0.1:0".to_owned()],
             advertise: None,
+            tcp: None,
             workers: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             key_frame_interval: Duration::from_millis(300),
             silence_timeout: Duration::from_secs(5),

@@ -13,10 +13,10 @@
 //! connection and runs the store's calls one at a time, as SQLite's one connection does.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use postgres::error::SqlState;
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 
 use super::{
     Change, Event, EventKind, KeyPackageRecord, RoomRecord, Store, now_secs, to_i64, to_u64,
@@ -24,6 +24,9 @@ use super::{
 use crate::error::KdsError;
 
 mod replica;
+mod tls;
+
+use tls::PgTls;
 
 /// The channel on which every write to a room is announced, with the room's name as payload
 /// (KDS-REP-02). `pg_notify` inside a transaction is delivered when it commits.
@@ -129,6 +132,7 @@ fn room_from_row(r: &postgres::Row) -> Result<RoomRecord, KdsError> {
 /// The connection, owned by the store's thread; reconnects when the server closed it.
 struct Session {
     config: postgres::Config,
+    tls: PgTls,
     client: Option<Client>,
     /// Prepared statements of this connection, by their text.
     stmts: HashMap<String, Statement>,
@@ -139,7 +143,7 @@ impl Session {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.stmts.clear();
             self.client = None;
-            self.client = Some(self.config.connect(NoTls).map_err(db)?);
+            self.client = Some(self.config.connect(self.tls.clone()).map_err(db)?);
         }
         self.client
             .as_mut()
@@ -167,9 +171,13 @@ pub struct PostgresStore {
     jobs: mpsc::Sender<Job>,
     /// For the listening connections of [`Store::changes`].
     config: postgres::Config,
+    tls: PgTls,
 }
 
 impl PostgresStore {
+    /// Connections a store opens unless told otherwise.
+    pub const DEFAULT_CONNECTIONS: usize = 4;
+
     /// Connect to `url` (`postgres://user@host/db`, or libpq's `key=value` form; a Unix socket
     /// directory as a percent-encoded host) and bring the schema up to date.
     ///
@@ -177,6 +185,23 @@ impl PostgresStore {
     /// [`KdsError::Storage`] if the URL does not parse, the server cannot be reached or the
     /// migration fails.
     pub fn open(url: &str) -> Result<Self, KdsError> {
+        Self::open_with(url, None, Self::DEFAULT_CONNECTIONS)
+    }
+
+    /// As [`open`](Self::open), verifying the server's TLS certificate against the
+    /// certificates of `ca_pem` (PEM) instead of the system's roots (KDS-PG-TLS-01), with
+    /// `connections` connections (at least one; KDS-PG-POOL-01). Whether TLS is used at all is
+    /// the URL's `sslmode` (`disable`, `prefer`, `require`).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); also [`KdsError::Storage`] if `ca_pem` holds no certificate,
+    /// or the server's certificate does not verify.
+    pub fn open_with(
+        url: &str,
+        ca_pem: Option<&[u8]>,
+        connections: usize,
+    ) -> Result<Self, KdsError> {
+        let tls = PgTls::new(ca_pem)?;
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e| KdsError::storage_by("the PostgreSQL URL", e))?;
@@ -185,22 +210,35 @@ impl PostgresStore {
         }
         let (jobs, rx) = mpsc::channel::<Job>();
         let listen = config.clone();
-        std::thread::Builder::new()
-            .name("veil-keys-postgres".into())
-            .spawn(move || {
-                let mut session = Session {
-                    config,
-                    client: None,
-                    stmts: HashMap::new(),
-                };
-                for job in rx {
-                    job(&mut session);
-                }
-            })
-            .map_err(|e| KdsError::storage_by("start the PostgreSQL thread", e))?;
+        // KDS-PG-POOL-01: `connections` sessions take calls from one queue, so calls on
+        // different rooms do not wait for each other; what must not interleave is decided in
+        // the database (constraints, row and advisory locks), as between replicas.
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..connections.max(1) {
+            let (rx, config, tls) = (rx.clone(), config.clone(), tls.clone());
+            std::thread::Builder::new()
+                .name(format!("veil-keys-postgres-{i}"))
+                .spawn(move || {
+                    let mut session = Session {
+                        config,
+                        tls,
+                        client: None,
+                        stmts: HashMap::new(),
+                    };
+                    loop {
+                        let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        match job {
+                            Ok(job) => job(&mut session),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| KdsError::storage_by("start a PostgreSQL thread", e))?;
+        }
         let store = Self {
             jobs,
             config: listen,
+            tls,
         };
         store.run(|s| migrate(s.client()?))?;
         Ok(store)
@@ -580,8 +618,25 @@ impl Store for PostgresStore {
         })
     }
 
+    fn next_seqs(
+        &self,
+        rooms: &[String],
+    ) -> Result<std::collections::HashMap<String, u64>, KdsError> {
+        let rooms = rooms.to_vec();
+        self.run(move |s| {
+            let st = s.stmt("SELECT room, next_seq FROM rooms WHERE room = ANY($1)")?;
+            let rows = s.client()?.query(&st, &[&rooms]).map_err(db)?;
+            rows.iter()
+                .map(|r| {
+                    let room: String = r.try_get(0).map_err(db)?;
+                    Ok((room, to_u64(r.try_get(1).map_err(db)?, "seq")?))
+                })
+                .collect()
+        })
+    }
+
     fn changes(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>, KdsError> {
-        replica::listen(self.config.clone()).map(Some)
+        replica::listen(self.config.clone(), self.tls.clone()).map(Some)
     }
 
     fn refresh_presence(
@@ -690,7 +745,15 @@ fn claim(
     let mark = s.stmt(
         "INSERT INTO key_packages (room, identity, hash_ref, last_resort, message, claimed, claimed_by, created) VALUES ($1, $2, $3, true, '', true, $4, 0) ON CONFLICT DO NOTHING",
     )?;
+    // KDS-KP-04: one claimer's claims of one identity take turns, on every replica, so a
+    // claimer asking twice at once (a retry racing its first try on another replica) gets one
+    // KeyPackage, not two: the second waits here and then finds the first's in `again`.
+    let turn = s.stmt(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2 || chr(31) || $3, 0))",
+    )?;
     let mut tx = s.client()?.transaction().map_err(db)?;
+    tx.execute(&turn, &[&room, &identity, &claimer])
+        .map_err(db)?;
     if let Some(row) = tx
         .query_opt(&again, &[&room, &identity, &claimer])
         .map_err(db)?

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use postgres::NoTls;
 use postgres::fallible_iterator::FallibleIterator as _;
 use tokio::sync::mpsc;
 
@@ -25,19 +24,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// notification on; it ends when the receiver is dropped. Whenever the connection is
 /// (re)established it first sends [`Change::All`]: what was written while nobody listened is
 /// caught up by reading every room again (KDS-REP-02).
-pub(super) fn listen(config: postgres::Config) -> Result<mpsc::Receiver<Change>, KdsError> {
+pub(super) fn listen(
+    config: postgres::Config,
+    tls: super::tls::PgTls,
+) -> Result<mpsc::Receiver<Change>, KdsError> {
     let (tx, rx) = mpsc::channel(QUEUE);
     std::thread::Builder::new()
         .name("veil-keys-listen".into())
-        .spawn(move || run(&config, &tx))
+        .spawn(move || run(&config, &tls, &tx))
         .map_err(|e| KdsError::storage_by("start the PostgreSQL listener", e))?;
     Ok(rx)
 }
 
-fn run(config: &postgres::Config, tx: &mpsc::Sender<Change>) {
+fn run(config: &postgres::Config, tls: &super::tls::PgTls, tx: &mpsc::Sender<Change>) {
     let mut backoff = Duration::from_millis(100);
     while !tx.is_closed() {
-        let connected = config.connect(NoTls).and_then(|mut c| {
+        let connected = config.connect(tls.clone()).and_then(|mut c| {
             c.batch_execute(&format!("LISTEN {CHANNEL}"))?;
             Ok(c)
         });
