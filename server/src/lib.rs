@@ -400,7 +400,8 @@ pub async fn run(
             let (keys, sfu_handle) = (metrics.clone(), sfu_metrics.clone());
             let conns = listen_metrics.clone();
             let exposition: metrics::Exposition = Arc::new(move || {
-                let mut parts = vec![keys.encode(), conns.encode()];
+                // SRV-OBS-01: the process's own gauges, read at each scrape.
+                let mut parts = vec![keys.encode(), conns.encode(), metrics::process_exposition()];
                 if let Some(s) = &sfu_handle {
                     parts.push(s());
                 }

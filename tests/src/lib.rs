@@ -17,6 +17,7 @@ pub mod outage;
 pub use veil_testkit::peer;
 pub mod reliability;
 pub mod restart;
+pub mod soak;
 pub mod udp_blocked;
 
 /// A running server.

@@ -63,6 +63,11 @@ pub struct RemoteMedia {
 struct TrackMeta {
     publisher: String,
     kind: MediaKind,
+    /// The task reading the track once it is open. webrtc-rs 0.21 never ends a remote track
+    /// whose transceiver the SFU stopped (rtc 0.21.1 emits no `OnClose` for tracks), so the
+    /// task is aborted when the SFU says the track is unpublished (SFU-CLI-05); its forwarder
+    /// ends with it.
+    reader: Option<tokio::task::AbortHandle>,
 }
 
 type Tracks = Arc<Mutex<HashMap<String, TrackMeta>>>;
@@ -100,7 +105,19 @@ impl PeerConnectionEventHandler for Handler {
             return;
         };
         let (tx, mut rx) = mpsc::channel(1024);
-        tokio::spawn(read_track(track, tx));
+        let reader = tokio::spawn(read_track(track, tx)).abort_handle();
+        {
+            let mut tracks = self.tracks.lock().unwrap_or_else(PoisonError::into_inner);
+            match tracks.get_mut(&name) {
+                Some(m) => {
+                    if let Some(old) = m.reader.replace(reader) {
+                        old.abort();
+                    }
+                }
+                // Unpublished meanwhile (SFU-CLI-05).
+                None => reader.abort(),
+            }
+        }
         let out = self.media.clone();
         let connection = self.connection;
         tokio::spawn(async move {
@@ -746,13 +763,19 @@ async fn signalling(
                 } else {
                     MediaKind::Video
                 };
-                known.lock().unwrap_or_else(PoisonError::into_inner).insert(
-                    t.track.clone(),
-                    TrackMeta {
+                known
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(t.track.clone())
+                    .and_modify(|m| {
+                        m.publisher.clone_from(&t.publisher);
+                        m.kind = kind;
+                    })
+                    .or_insert(TrackMeta {
                         publisher: t.publisher.clone(),
                         kind,
-                    },
-                );
+                        reader: None,
+                    });
                 next_id += 1;
                 let r = pb::SignalRequest {
                     id: next_id,
@@ -783,6 +806,16 @@ async fn signalling(
                 };
                 if requests.send(r).await.is_err() {
                     return Ok(());
+                }
+            }
+            // SFU-CLI-05: the track's reader and forwarder end, and its entry goes.
+            E::TrackUnpublished(t) => {
+                let gone = known
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&t.track);
+                if let Some(reader) = gone.and_then(|m| m.reader) {
+                    reader.abort();
                 }
             }
             // Nobody listening is fine.

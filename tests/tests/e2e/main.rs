@@ -10,5 +10,6 @@ mod membership;
 mod policy;
 mod secrets;
 mod simulcast;
+mod soak;
 mod tls;
 mod udp_blocked;

@@ -13,12 +13,16 @@
 
 use std::collections::HashMap;
 
+use prometheus_client::metrics::gauge::Gauge;
+
 /// The room → worker map and each worker's load, in participants.
 #[derive(Debug)]
 pub(crate) struct Placement {
     rooms: HashMap<String, Placed>,
     /// Participants (and joins in flight) per worker.
     load: Vec<usize>,
+    /// `veil_sfu_placed_rooms`: the map's size, set at each change (SFU-WRK-03).
+    placed: Gauge,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -28,11 +32,13 @@ struct Placed {
 }
 
 impl Placement {
-    /// No rooms on `workers` workers (at least one).
-    pub(crate) fn new(workers: usize) -> Self {
+    /// No rooms on `workers` workers (at least one); `placed` follows the number of rooms.
+    pub(crate) fn new(workers: usize, placed: Gauge) -> Self {
+        placed.set(0);
         Self {
             rooms: HashMap::new(),
             load: vec![0; workers.max(1)],
+            placed,
         }
     }
 
@@ -50,8 +56,10 @@ impl Placement {
             participants: 0,
         });
         placed.participants += 1;
-        self.load[placed.worker] += 1;
-        placed.worker
+        let worker = placed.worker;
+        self.load[worker] += 1;
+        self.placed.set(self.rooms.len() as i64);
+        worker
     }
 
     /// One place in `room` is free again; the room's entry goes with its last (SFU-WRK-03).
@@ -63,6 +71,7 @@ impl Placement {
         self.load[placed.worker] = self.load[placed.worker].saturating_sub(1);
         if placed.participants == 0 {
             self.rooms.remove(room);
+            self.placed.set(self.rooms.len() as i64);
         }
     }
 
@@ -81,6 +90,11 @@ impl Placement {
     /// Rooms placed.
     #[cfg(test)]
     fn rooms(&self) -> usize {
+        assert_eq!(
+            self.placed.get(),
+            self.rooms.len() as i64,
+            "the gauge follows"
+        );
         self.rooms.len()
     }
 }
@@ -91,7 +105,7 @@ mod tests {
 
     #[test]
     fn a_new_room_goes_to_the_least_loaded_worker_and_its_joiners_follow_it() {
-        let mut p = Placement::new(3);
+        let mut p = Placement::new(3, Gauge::default());
         assert_eq!(p.reserve("a"), 0, "ties go to the lowest index");
         assert_eq!(p.reserve("a"), 0);
         assert_eq!(p.reserve("a"), 0, "a room's joiners follow its first");
@@ -107,7 +121,7 @@ mod tests {
 
     #[test]
     fn a_room_leaves_the_map_with_its_last_participant_and_is_placed_afresh() {
-        let mut p = Placement::new(2);
+        let mut p = Placement::new(2, Gauge::default());
         p.reserve("big");
         p.reserve("big");
         assert_eq!(p.reserve("small"), 1);
@@ -129,12 +143,12 @@ mod tests {
 
     #[test]
     fn one_worker_takes_every_room() {
-        let mut p = Placement::new(1);
+        let mut p = Placement::new(1, Gauge::default());
         for r in ["a", "b", "c"] {
             assert_eq!(p.reserve(r), 0);
         }
         assert_eq!(p.load(), &[3]);
-        let zero = Placement::new(0);
+        let zero = Placement::new(0, Gauge::default());
         assert_eq!(zero.load(), &[0], "at least one worker");
     }
 }

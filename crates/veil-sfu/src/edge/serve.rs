@@ -225,7 +225,10 @@ impl EdgeSfu {
         }
         let metrics = Arc::new(Metrics::default());
         let (events, _) = broadcast::channel(1024);
-        let placement: Shared = Arc::new(Mutex::new(Placement::new(config.workers)));
+        let placement: Shared = Arc::new(Mutex::new(Placement::new(
+            config.workers,
+            metrics.placed_rooms.clone(),
+        )));
         let mut workers = Vec::with_capacity(config.workers);
         for i in 0..config.workers {
             let mut bound = bind(worker_addr(addr, i)?)?;

@@ -251,6 +251,9 @@ pub struct Metrics {
     pub tracks: Gauge,
     /// Active subscriptions over all rooms.
     pub subscriptions: Gauge,
+    /// Rooms in the worker placement map: placed for a participant or a join in flight
+    /// (SFU-WRK-03). Back to 0 once every room has ended.
+    pub placed_rooms: Gauge,
     /// RTP packets received from publishers.
     pub received_packets: Family<Kind, Counter>,
     /// RTP packets forwarded to subscribers (one per copy).
@@ -306,6 +309,7 @@ impl Default for Metrics {
             participants: Gauge::default(),
             tracks: Gauge::default(),
             subscriptions: Gauge::default(),
+            placed_rooms: Gauge::default(),
             received_packets: Family::default(),
             forwarded_packets: Family::default(),
             forwarded_bytes: Family::default(),
@@ -356,6 +360,11 @@ impl Default for Metrics {
             "subscriptions",
             "Active subscriptions",
             m.subscriptions.clone(),
+        );
+        registry.register(
+            "placed_rooms",
+            "Rooms in the worker placement map (placed for a participant or a join in flight)",
+            m.placed_rooms.clone(),
         );
         registry.register(
             "received_packets",
