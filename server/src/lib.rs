@@ -137,6 +137,9 @@ pub struct ServerConfig {
     pub database_ca_file: Option<PathBuf>,
     /// Connections to PostgreSQL (KDS-PG-POOL-01).
     pub database_connections: usize,
+    /// The CA certificates (PEM file) other SFU nodes' TLS certificates must verify against
+    /// when this node dials them for a cascade; `None`: the system's roots (SFU-CAS-08).
+    pub node_ca_file: Option<PathBuf>,
     /// Token keys to accept; empty means the embedded key in `data_dir/token.key`.
     pub token_keys: Vec<TokenKey>,
     /// Key-service limits and timers.
@@ -170,6 +173,7 @@ impl ServerConfig {
             database: database::Database::Sqlite,
             database_ca_file: None,
             database_connections: veil_keys::store::PostgresStore::DEFAULT_CONNECTIONS,
+            node_ca_file: None,
             token_keys: Vec::new(),
             kds: Config::default(),
             keys: true,
@@ -348,10 +352,19 @@ pub async fn run(
     let cascade_api = match (&sfu, directory, node_url, node_key) {
         (Some(sfu), Some(store), Some(url), Some(key)) => {
             let dir = Arc::new(cascade::StoreDirectory(store));
-            let cascade = veil_sfu::cascade::Cascade::start(
-                sfu.clone(),
-                veil_sfu::cascade::CascadeConfig::new(url, key, dir),
-            );
+            let mut config = veil_sfu::cascade::CascadeConfig::new(url, key, dir);
+            config.insecure_plaintext = cfg.insecure_plaintext;
+            config.ca_pem = cfg
+                .node_ca_file
+                .as_ref()
+                .map(|p| {
+                    std::fs::read(p).map_err(|source| ServerError::Io {
+                        what: format!("read the node CA file {}", p.display()),
+                        source,
+                    })
+                })
+                .transpose()?;
+            let cascade = veil_sfu::cascade::Cascade::start(sfu.clone(), config);
             Some(cascade.service(verifier.clone()))
         }
         _ => None,

@@ -54,6 +54,10 @@ struct ServeArgs {
     #[arg(long, env = "VEIL_DATABASE_CONNECTIONS", default_value_t = veil_keys::store::PostgresStore::DEFAULT_CONNECTIONS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     database_connections: usize,
+    /// CA certificates (PEM) that other SFU nodes' TLS certificates must verify against when
+    /// this node dials them to carry a room across nodes (default: the system's roots).
+    #[arg(long, env = "VEIL_NODE_CA_FILE", value_name = "PEM")]
+    node_ca_file: Option<PathBuf>,
     /// gRPC listen address (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "VEIL_LISTEN", default_value = "127.0.0.1:7443")]
     listen: SocketAddr,
@@ -277,6 +281,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     cfg.database = args.database;
     cfg.database_ca_file = args.database_ca_file;
     cfg.database_connections = args.database_connections;
+    cfg.node_ca_file = args.node_ca_file;
     cfg.listen = args.listen;
     cfg.metrics_listen = (!args.no_metrics).then_some(args.metrics_listen);
     cfg.web_listen = (!args.no_web).then_some(args.web_listen);

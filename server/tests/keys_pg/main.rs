@@ -10,6 +10,7 @@ pub const POSTGRES: bool = true;
 
 mod cascade;
 mod cascade_failover;
+mod cascade_tls;
 #[path = "../keys/common.rs"]
 mod common;
 #[path = "../keys/durability.rs"]

@@ -102,19 +102,59 @@ impl CascadeRpc for CascadeService {
     }
 }
 
-/// Dial the node at `peer` with `token` and run the leg until it ends.
-pub(super) async fn dial(legs: Arc<Legs>, peer: String, token: String) {
+/// How to reach the node at `peer` (SFU-CAS-08): TLS verified against the configured CA or
+/// the system's roots for `https://`; `http://` only to loopback unless the operator opted out,
+/// since the leg's first message carries this node's token.
+pub(super) fn endpoint(
+    peer: &str,
+    config: &super::CascadeConfig,
+) -> Result<tonic::transport::Endpoint, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let e = Endpoint::from_shared(peer.to_owned())
+        .map_err(|e| format!("a node URL that cannot be dialed: {e}"))?
+        .connect_timeout(Duration::from_secs(3));
+    let uri = e.uri().clone();
+    match uri.scheme_str() {
+        Some("https") => {
+            let tls = ClientTlsConfig::new();
+            let tls = match &config.ca_pem {
+                Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+                None => tls.with_native_roots(),
+            };
+            e.tls_config(tls)
+                .map_err(|e| format!("the TLS configuration for node legs: {e}"))
+        }
+        Some("http") => {
+            let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback || config.insecure_plaintext {
+                Ok(e)
+            } else {
+                Err(format!(
+                    "{peer} is plaintext and not on loopback: the node token would cross the \
+                     network in the clear; give the nodes TLS (--tls-cert) or pass \
+                     --insecure-plaintext"
+                ))
+            }
+        }
+        _ => Err(format!("{peer} is neither http:// nor https://")),
+    }
+}
+
+/// Dial the node at `peer` through `endpoint` with `token` and run the leg until it ends.
+pub(super) async fn dial(
+    legs: Arc<Legs>,
+    peer: String,
+    endpoint: tonic::transport::Endpoint,
+    token: String,
+) {
     let Some(id) = legs.begin(&peer) else {
         return;
     };
-    let channel = match tonic::transport::Endpoint::from_shared(peer.clone()) {
-        Ok(e) => e.connect_timeout(Duration::from_secs(3)).connect().await,
-        Err(e) => {
-            warn!(peer, error = %e, "a node URL that cannot be dialed");
-            legs.end(&peer, id);
-            return;
-        }
-    };
+    let channel = endpoint.connect().await;
     let channel = match channel {
         Ok(c) => c,
         Err(e) => {

@@ -63,6 +63,12 @@ pub struct CascadeConfig {
     /// How long a record lasts without renewal (default 5 s): a node that stops renewing is
     /// no longer a peer of anyone after it.
     pub lease: Duration,
+    /// For legs to `https://` nodes: the CA certificates (PEM) their TLS certificates must
+    /// verify against; `None`: the system's roots (SFU-CAS-08).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Dial `http://` nodes that are not on loopback, sending the node token in plaintext
+    /// (the server's `--insecure-plaintext`); otherwise such a leg is refused (SFU-CAS-08).
+    pub insecure_plaintext: bool,
 }
 
 impl CascadeConfig {
@@ -75,6 +81,8 @@ impl CascadeConfig {
             directory,
             period: Duration::from_secs(1),
             lease: Duration::from_secs(5),
+            ca_pem: None,
+            insecure_plaintext: false,
         }
     }
 }
@@ -221,8 +229,15 @@ async fn discover(legs: Arc<Legs>, config: CascadeConfig) {
                     continue;
                 }
             };
+            let endpoint = match leg::endpoint(&peer, &config) {
+                Ok(e) => e,
+                Err(why) => {
+                    warn!(peer, why, "no leg dialed");
+                    continue;
+                }
+            };
             info!(peer, "dialing a node-to-node leg");
-            tokio::spawn(leg::dial(legs.clone(), peer, token));
+            tokio::spawn(leg::dial(legs.clone(), peer, endpoint, token));
         }
     }
 }
@@ -245,5 +260,43 @@ mod tests {
         assert_eq!(verified.claims().identity, "http://10.0.0.1:7443");
         let other = Verifier::new([TokenKey::generate("deployment").unwrap()]).unwrap();
         assert!(other.verify(&token, now_secs()).is_err());
+    }
+
+    /// No node shares anything: enough to build a configuration.
+    struct Nobody;
+
+    impl Directory for Nobody {
+        fn host(
+            &self,
+            _: &str,
+            _: &[String],
+            _: Duration,
+        ) -> Result<Vec<(String, String)>, String> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// SFU-CAS-08: a leg to a plaintext node off loopback would carry the node token in the
+    /// clear, so it is dialed only when the operator opted out; loopback and `https://` are.
+    #[tokio::test]
+    async fn a_plaintext_leg_off_loopback_needs_the_operators_opt_out() {
+        let key = TokenKey::generate("deployment").unwrap();
+        let mut config = CascadeConfig::new("http://127.0.0.1:1".into(), key, Arc::new(Nobody));
+        for ok in [
+            "http://127.0.0.1:7443",
+            "http://localhost:7443",
+            "http://[::1]:7443",
+            "https://10.0.0.2:7443",
+        ] {
+            assert!(leg::endpoint(ok, &config).is_ok(), "{ok}");
+        }
+        let e = leg::endpoint("http://10.0.0.2:7443", &config).unwrap_err();
+        assert!(
+            e.contains("--insecure-plaintext") && e.contains("--tls-cert"),
+            "{e}"
+        );
+        assert!(leg::endpoint("ftp://10.0.0.2", &config).is_err());
+        config.insecure_plaintext = true;
+        assert!(leg::endpoint("http://10.0.0.2:7443", &config).is_ok());
     }
 }
