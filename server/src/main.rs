@@ -114,6 +114,11 @@ struct ServeArgs {
     /// members have all departed is then deleted.
     #[arg(long, env = "VEIL_ROOM_IDLE_MS", default_value_t = kds_defaults().room_idle.as_millis() as u64)]
     room_idle_ms: u64,
+    /// Live events each room keeps in memory for its slowest subscriber; one further behind
+    /// is cut off and resubscribes from its epoch (KDS-FAN-01).
+    #[arg(long, env = "VEIL_STREAM_BUFFER", default_value_t = kds_defaults().stream_buffer,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=65_536))]
+    stream_buffer: usize,
     /// On a shared (PostgreSQL) database: milliseconds between the sweeps that compare every
     /// room in memory with the database, so that a lost notification delays another replica's
     /// events by at most this long (KDS-REP-02).
@@ -302,6 +307,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServerError> {
     cfg.kds.max_streams_per_identity = args.max_streams_per_identity;
     cfg.kds.max_streams_per_room = args.max_streams_per_room;
     cfg.kds.room_idle = Duration::from_millis(args.room_idle_ms);
+    cfg.kds.stream_buffer = args.stream_buffer;
     cfg.kds.replica_sync = Duration::from_millis(args.replica_sync_ms);
     cfg.kds.presence_lease = Duration::from_millis(args.presence_lease_ms);
     cfg.kds.key_package_cap = args.max_key_packages_per_identity;
