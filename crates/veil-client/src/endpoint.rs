@@ -4,7 +4,6 @@
 //! since every call carries the access token, plaintext is refused to any host but loopback
 //! unless [`Security::insecure_plaintext`] says otherwise.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -59,14 +58,6 @@ fn has_certificate(pem: &[u8]) -> bool {
     String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----")
 }
 
-/// Whether `host` (a URI host: a name, an IPv4 address or a bracketed IPv6 address) is this
-/// machine's loopback.
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.eq_ignore_ascii_case("localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 /// The endpoint of the server at `url` (`http://` or `https://`), with TLS for `https://`.
 ///
 /// # Errors
@@ -100,7 +91,9 @@ pub fn endpoint(url: &str, security: &Security) -> Result<Endpoint, ClientError>
                 )
             })
         }
-        Some("http") if is_loopback(host) || security.insecure_plaintext => Ok(endpoint),
+        Some("http") if veil_auth::is_loopback_host(host) || security.insecure_plaintext => {
+            Ok(endpoint)
+        }
         Some("http") => Err(ClientError::config(format!(
             "refusing to send the access token in plaintext to {host}: use an https:// URL (with a CA file if the server's certificate comes from a private CA), or opt out with insecure_plaintext (`--insecure-plaintext`) on a network you trust"
         ))),

@@ -125,12 +125,9 @@ pub(super) fn endpoint(
                 .map_err(|e| format!("the TLS configuration for node legs: {e}"))
         }
         Some("http") => {
-            let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
-            let loopback = host == "localhost"
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
-            if loopback || config.insecure_plaintext {
+            if veil_auth::is_loopback_host(uri.host().unwrap_or_default())
+                || config.insecure_plaintext
+            {
                 Ok(e)
             } else {
                 Err(format!(
