@@ -18,7 +18,7 @@ use veil_client::room::{Room, VideoLayer};
 use veil_netem::{Impairment, RateCap};
 
 use crate::impaired::{behind_relay, free_udp_port};
-use crate::outage::secs;
+use crate::reliability::secs;
 
 /// One phase of the path: a name, its cap (bits per second, `None` for none) and its length.
 pub type PhasePlan = (&'static str, Option<u64>, Duration);

@@ -17,6 +17,7 @@ use veil_netem::Impairment;
 
 use crate::impaired::{behind_relay, free_udp_port};
 use crate::peer::{Peer, all_hear_after};
+use crate::reliability::{epoch, secs};
 
 /// What one outage showed.
 #[derive(Debug, Clone)]
@@ -111,16 +112,4 @@ impl Outage {
         );
         s
     }
-}
-
-/// An epoch for a table: its number, or `-` for none.
-#[must_use]
-pub fn epoch(e: Option<u64>) -> String {
-    e.map_or_else(|| "-".to_owned(), |e| e.to_string())
-}
-
-/// A duration in seconds with two decimals.
-#[must_use]
-pub fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
 }

@@ -1,7 +1,9 @@
 //! RELIABILITY.md, one section per scenario: each command rewrites its own section (between
-//! `<!-- NAME:begin -->` and `<!-- NAME:end -->`) and leaves the others as they are.
+//! `<!-- NAME:begin -->` and `<!-- NAME:end -->`) and leaves the others as they are; and how
+//! the sections' tables write a duration or an epoch.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// RELIABILITY.md at the repository root.
 #[must_use]
@@ -44,6 +46,18 @@ pub fn write_section(path: &Path, name: &str, body: &str) -> std::io::Result<()>
         Err(e) => return Err(e),
     };
     std::fs::write(path, replace_section(&text, name, body))
+}
+
+/// An epoch for a table: its number, or `-` for none.
+#[must_use]
+pub fn epoch(e: Option<u64>) -> String {
+    e.map_or_else(|| "-".to_owned(), |e| e.to_string())
+}
+
+/// A duration in seconds with two decimals.
+#[must_use]
+pub fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
 }
 
 #[cfg(test)]

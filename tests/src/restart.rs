@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use veil_client::room::{Room, RoomConfig};
 use veil_testkit::server::ChildServer;
 
-use crate::outage::{epoch, secs};
 use crate::peer::{Peer, all_hear_after};
+use crate::reliability::{epoch, secs};
 
 /// Set to `<port> <data dir>` in a child: [`serve_if_child`] runs the server there.
 pub const CHILD_ENV: &str = "VEIL_E2E_SERVE_CHILD";

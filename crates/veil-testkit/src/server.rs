@@ -48,6 +48,27 @@ impl InProcess {
         }
     }
 
+    /// The text of its `/metrics` (configure `metrics_listen` to have one).
+    ///
+    /// # Panics
+    /// If it has no metrics listener, or the endpoint does not answer 200.
+    pub async fn metrics_text(&self) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = self
+            .bound
+            .metrics
+            .expect("a metrics listener (metrics_listen)");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: veil\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
+    }
+
     /// A token for `identity` in `room` with every grant, valid for `ttl`.
     #[must_use]
     pub fn token(&self, room: &str, identity: &str, ttl: Duration) -> String {

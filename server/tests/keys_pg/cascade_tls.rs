@@ -60,17 +60,11 @@ async fn alice_and_bob(nodes: &[InProcess], key: &TokenKey, pki: &TestPki) -> (P
     (Peer::start(alice), Peer::start(bob))
 }
 
-/// The node's `veil_sfu_legs` gauge, from its metrics listener (plaintext, loopback).
+/// The node's `veil_sfu_legs` gauge.
 async fn legs(node: &InProcess) -> f64 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = node.bound.metrics.expect("a metrics listener");
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+    node.metrics_text()
         .await
-        .unwrap();
-    let mut text = String::new();
-    sock.read_to_string(&mut text).await.unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("veil_sfu_legs "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
