@@ -234,11 +234,23 @@ async function handleSignal(ev) {
   }
 }
 
+/**
+ * The SFU's name of the track an ontrack event starts: its msid stream is `<name>-stream`. The
+ * SFU sends a later track on the transceiver of one that ended (specs/sfu.md SFU-EDGE-16); the
+ * receiver keeps its track, and with it the first track's id, but the stream is the new one's.
+ */
+function trackName(e) {
+  const id = e.streams[0] && e.streams[0].id;
+  return id && id.endsWith('-stream') ? id.slice(0, -'-stream'.length) : e.track.id;
+}
+
 function onTrack(e) {
-  // Synchronously, before the first frame arrives (specs/browser.md §4).
-  e.receiver.transform = new RTCRtpScriptTransform(state.worker, { side: 'recv', kind: e.track.kind, track: e.track.id });
-  const t = state.tracks.get(e.track.id);
-  const who = t ? t.publisher : (e.streams[0] && e.streams[0].id) || 'unknown';
+  const name = trackName(e);
+  // Synchronously, before the first frame arrives (specs/browser.md §4); a reused receiver gets
+  // a fresh transform, counted under the new track.
+  e.receiver.transform = new RTCRtpScriptTransform(state.worker, { side: 'recv', kind: e.track.kind, track: name });
+  const t = state.tracks.get(name);
+  const who = t ? t.publisher : 'unknown';
   const tl = tile(who);
   tl.stream.addTrack(e.track);
   e.track.addEventListener('ended', () => tl.stream.removeTrack(e.track));
