@@ -59,18 +59,33 @@ fn number(identity: &str) -> Option<usize> {
     identity.rsplit_once('-')?.1.parse().ok()
 }
 
-/// Whether `frame` is what its publisher made: [`audio_frame`] or [`video_frame`] of its number
-/// and the frame's index on its clock.
-fn genuine(participant: &str, kind: MediaKind, timestamp: u32, frame: &[u8]) -> bool {
-    let Some(who) = number(participant) else {
+/// Whether `frame` is what its publisher made: one of its [`audio_frame`]s or
+/// [`video_frame`]s. The frame's index is read back from its bytes, not from its RTP timestamp:
+/// a track that reaches a subscriber on a transceiver an earlier track used is re-timed to go
+/// on from that transceiver's clock (specs/sfu.md SFU-FWD-07).
+fn genuine(participant: &str, kind: MediaKind, frame: &[u8]) -> bool {
+    let (Some(who), Some(&first)) = (number(participant), frame.first()) else {
         return false;
     };
+    let (w, len) = (who as u32, frame.len() as u32);
     match kind {
         MediaKind::Audio => {
-            timestamp.is_multiple_of(960) && frame == audio_frame(who, timestamp / 960)
+            // audio_frame(who, i): 60 + i mod 40 bytes counting up from 77·who + 3i, so i mod
+            // 1280 decides it (171 is 3's inverse mod 256).
+            let low = ((u32::from(first).wrapping_sub(w * 77) & 0xff) * 171) & 0xff;
+            (0..5)
+                .map(|k| low + 256 * k)
+                .filter(|i| 60 + i % 40 == len)
+                .any(|i| frame == audio_frame(who, i))
         }
         MediaKind::Video => {
-            timestamp.is_multiple_of(5_400) && frame == video_frame(who, timestamp / 5_400)
+            // video_frame(who, i): 300 + 211·i mod 3000 bytes of 13·who ^ i ^ j, so i mod 96000
+            // decides it.
+            let low = (u32::from(first) ^ (w * 13)) & 0xff;
+            (0..375)
+                .map(|k| low + 256 * k)
+                .filter(|i| 300 + (i * 211) % 3000 == len)
+                .any(|i| frame == video_frame(who, i))
         }
     }
 }
@@ -121,7 +136,7 @@ pub(super) async fn run(
             f = room.next_frame() => {
                 let Some(f) = f else { break };
                 log.frames += 1;
-                if !genuine(&f.participant, f.kind, f.timestamp, &f.frame) {
+                if !genuine(&f.participant, f.kind, &f.frame) {
                     log.corrupt += 1;
                 }
             }
@@ -154,4 +169,36 @@ pub(super) async fn run(
     log.last = (stats.group.epoch, stats.group.members.len());
     room.leave().await.expect("leave");
     log
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_genuine_only_from_its_own_publisher_whatever_its_index() {
+        for i in [0, 1, 39, 255, 1279, 1280, 15_001, 96_001] {
+            assert!(
+                genuine("stable-2", MediaKind::Audio, &audio_frame(2, i)),
+                "audio {i}"
+            );
+            assert!(
+                genuine("stable-2", MediaKind::Video, &video_frame(2, i)),
+                "video {i}"
+            );
+            assert!(
+                !genuine("stable-1", MediaKind::Audio, &audio_frame(2, i)),
+                "audio {i}"
+            );
+            assert!(
+                !genuine("stable-1", MediaKind::Video, &video_frame(2, i)),
+                "video {i}"
+            );
+        }
+        let mut f = audio_frame(2, 7);
+        f[5] ^= 1;
+        assert!(!genuine("stable-2", MediaKind::Audio, &f));
+        assert!(!genuine("stable-2", MediaKind::Audio, &[]));
+        assert!(!genuine("nobody", MediaKind::Audio, &audio_frame(2, 7)));
+    }
 }
