@@ -63,12 +63,16 @@ pub struct ForwarderStats {
     pub late_after_skip: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Last {
+/// Where an output stream stopped: its newest sequence number and timestamp, and when that
+/// packet went out. A forwarder started from it continues the numbering (SFU-FWD-07).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continuation {
     seq: u16,
     ts: u32,
     at: Duration,
 }
+
+type Last = Continuation;
 
 /// Forwards one of a track's simulcast layers to one subscriber as a single continuous stream.
 #[derive(Debug, Clone)]
@@ -105,6 +109,30 @@ impl LayerForwarder {
             skip_floor: None,
             stats: ForwarderStats::default(),
         }
+    }
+
+    /// A forwarder writing `out_ssrc` that continues the output another forwarder stopped at
+    /// (SFU-FWD-07): its first packet takes the next sequence number, and a timestamp moved on
+    /// by the time since, as at a layer switch (SFU-FWD-03).
+    #[must_use]
+    pub fn continuing(out_ssrc: u32, clock_rate: u32, from: Continuation) -> Self {
+        Self {
+            last: Some(from),
+            ..Self::new(out_ssrc, clock_rate)
+        }
+    }
+
+    /// The SSRC it writes.
+    #[must_use]
+    pub fn out_ssrc(&self) -> u32 {
+        self.out_ssrc
+    }
+
+    /// Where the output stands now, for a forwarder that takes over its SSRC; `None` before
+    /// the first packet.
+    #[must_use]
+    pub fn continuation(&self) -> Option<Continuation> {
+        self.last
     }
 
     /// Ask for `layer` (None: forward nothing new; the current layer continues until a switch).

@@ -69,7 +69,7 @@ mod svc;
 
 pub use dtx::{Dtx, MAX_PACKET_DURATION, SilenceGate};
 pub use extmap::ExtMap;
-pub use forwarder::{Decision, DropReason, ForwarderStats, LayerForwarder};
+pub use forwarder::{Continuation, Decision, DropReason, ForwarderStats, LayerForwarder};
 pub use keyframes::{KeyFrameRequests, KeyFrameStats};
 pub use layers::{LayerChoice, LayerPolicy, RATE_BUCKET, RateMeter};
 pub use probe::{ProbeController, ProbeInput, ProbePolicy, ProbeStats, Pulse};

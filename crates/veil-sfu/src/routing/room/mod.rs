@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use crate::error::SfuError;
 use crate::routing::{
-    ActiveSpeaker, Decision, DropReason, Dtx, ExtIds, ExtMap, KeyFrameRequests, KeyFrameStats,
-    LayerChoice, LayerForwarder, LayerPolicy, PacketMeta, RateLimit, RateMeter, Rung,
-    ScalableChoice, SilenceGate, SsrcOwners, StreamRegistry, SvcDecision, SvcDrop, SvcLayer,
+    ActiveSpeaker, Continuation, Decision, DropReason, Dtx, ExtIds, ExtMap, KeyFrameRequests,
+    KeyFrameStats, LayerChoice, LayerForwarder, LayerPolicy, PacketMeta, RateLimit, RateMeter,
+    Rung, ScalableChoice, SilenceGate, SsrcOwners, StreamRegistry, SvcDecision, SvcDrop, SvcLayer,
     SvcRates, SvcSelector, TokenBucket,
 };
 use veil_wire::dd::DependencyDescriptor;
@@ -255,6 +255,9 @@ pub struct Room {
     participants: HashMap<ParticipantId, Participant>,
     tracks: HashMap<TrackId, Track>,
     subs: HashMap<(ParticipantId, TrackId), Subscription>,
+    /// Where each ended subscription's output stopped, by subscriber and output SSRC: the next
+    /// subscription on that SSRC continues it (SFU-FWD-07).
+    ended: HashMap<(ParticipantId, u32), Continuation>,
     owners: SsrcOwners,
     key_frames: KeyFrameRequests,
     speaker: ActiveSpeaker,
@@ -275,6 +278,7 @@ impl Room {
             participants: HashMap::new(),
             tracks: HashMap::new(),
             subs: HashMap::new(),
+            ended: HashMap::new(),
             owners: SsrcOwners::default(),
             key_frames: KeyFrameRequests::new(key_frame_interval),
             speaker: ActiveSpeaker::new(
@@ -392,7 +396,7 @@ impl Room {
             p.tracks.retain(|x| *x != track);
         }
         for s in &t.subscribers {
-            self.subs.remove(&(*s, track));
+            self.end_subscription(*s, track);
             if let Some(p) = self.participants.get_mut(s) {
                 p.subscriptions.retain(|x| *x != track);
             }
@@ -412,6 +416,7 @@ impl Room {
         }
         let removed = tracks.into_iter().map(|t| (t, self.unpublish(t))).collect();
         self.participants.remove(&id);
+        self.ended.retain(|(p, _), _| *p != id);
         self.owners.release(id);
         self.speaker.remove(id);
         removed
@@ -436,7 +441,10 @@ impl Room {
             .tracks
             .get_mut(&track)
             .ok_or(SfuError::UnknownTrack(track.0))?;
-        let mut forwarder = LayerForwarder::new(s.out_ssrc, t.clock_rate);
+        let mut forwarder = match self.ended.remove(&(subscriber, s.out_ssrc)) {
+            Some(from) => LayerForwarder::continuing(s.out_ssrc, t.clock_rate, from),
+            None => LayerForwarder::new(s.out_ssrc, t.clock_rate),
+        };
         let layer = layer_of_rid(t, s.rid.as_deref());
         forwarder.set_target(Some(layer));
         self.subs.insert(
@@ -472,7 +480,19 @@ impl Room {
         if let Some(p) = self.participants.get_mut(&subscriber) {
             p.subscriptions.retain(|t| *t != track);
         }
-        self.subs.remove(&(subscriber, track)).is_some()
+        self.end_subscription(subscriber, track)
+    }
+
+    /// Forget a subscription, keeping where its output stopped (SFU-FWD-07). Returns whether it
+    /// was there.
+    fn end_subscription(&mut self, subscriber: ParticipantId, track: TrackId) -> bool {
+        let Some(sub) = self.subs.remove(&(subscriber, track)) else {
+            return false;
+        };
+        if let Some(c) = sub.forwarder.continuation() {
+            self.ended.insert((subscriber, sub.forwarder.out_ssrc()), c);
+        }
+        true
     }
 
     /// The subscriber wants the layer named `rid` (None: the first layer). The switch happens at

@@ -698,3 +698,50 @@ fn congestion_drops_temporal_layers_before_a_simulcast_layer() {
     assert_eq!(cap, SvcLayer::ALL);
     assert!(current.is_some_and(|c| c.temporal < 2), "{current:?}");
 }
+
+/// SFU-FWD-07: a subscriber's output SSRC that carried one track and then another (the edge
+/// reuses the m-section) continues its numbering, whichever way the first subscription ended;
+/// a new SSRC starts afresh, and nothing is kept of a subscriber that left.
+#[test]
+fn a_reused_output_ssrc_continues_its_numbering_after_the_track_it_carried_ends() {
+    let (mut r, t) = room_with_video();
+    let video = || Publish {
+        kind: MediaKind::Video,
+        clock_rate: 90_000,
+        rids: vec![],
+    };
+    r.subscribe(2, t, sub(0x22), Duration::ZERO).unwrap();
+    let mut last = None;
+    for seq in 100..110 {
+        let out = r
+            .on_rtp(1, t, &meta(0x11, seq), MS * u32::from(seq))
+            .unwrap();
+        last = Some((out.forwards[0].seq, out.forwards[0].timestamp));
+    }
+    let (seq, ts) = last.unwrap();
+    // The track ends (its publisher unpublishes); a track from participant 3 takes the SSRC.
+    r.unpublish(t);
+    let t3 = r.publish(3, video()).unwrap();
+    r.subscribe(2, t3, sub(0x22), 200 * MS).unwrap();
+    let out = r.on_rtp(3, t3, &meta(0x33, 5000), 300 * MS).unwrap();
+    let f = &out.forwards[0];
+    assert_eq!((f.ssrc, f.seq), (0x22, seq.wrapping_add(1)));
+    // 191 ms after the last packet (at 109 ms), at 90 kHz.
+    assert_eq!(f.timestamp, ts.wrapping_add(191 * 90));
+    // Unsubscribing keeps the place too.
+    r.unsubscribe(2, t3);
+    let t4 = r.publish(1, video()).unwrap();
+    r.subscribe(2, t4, sub(0x22), 400 * MS).unwrap();
+    let out = r.on_rtp(1, t4, &meta(0x44, 9), 400 * MS).unwrap();
+    assert_eq!(out.forwards[0].seq, seq.wrapping_add(2));
+    // Another SSRC starts from the publisher's own numbers.
+    let t5 = r.publish(3, video()).unwrap();
+    r.subscribe(2, t5, sub(0x23), 500 * MS).unwrap();
+    let out = r.on_rtp(3, t5, &meta(0x55, 77), 500 * MS).unwrap();
+    assert_eq!(out.forwards[0].seq, 77);
+    // The subscriber leaves: nothing of it stays.
+    r.unsubscribe(2, t5);
+    assert_eq!(r.ended.len(), 1);
+    r.remove_participant(2);
+    assert!(r.ended.is_empty());
+}
