@@ -8,6 +8,8 @@ mod browser;
 mod common;
 #[path = "cli/demo.rs"]
 mod demo;
+#[path = "cli/guests.rs"]
+mod guests;
 #[path = "cli/media.rs"]
 mod media;
 #[path = "cli/membership.rs"]

@@ -114,7 +114,7 @@ impl Native {
     }
 }
 
-async fn open(browser: &Chromium, web: std::net::SocketAddr, token: &str) -> Page {
+pub(crate) async fn open(browser: &Chromium, web: std::net::SocketAddr, token: &str) -> Page {
     open_link(browser, &veil_server::web::room_link(web, ROOM, token)).await
 }
 
@@ -199,7 +199,7 @@ fn decrypted(s: &Value) -> u64 {
         .sum()
 }
 
-fn transforms<'a>(s: &'a Value, side: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+pub(crate) fn transforms<'a>(s: &'a Value, side: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
     s["transforms"]
         .as_array()
         .into_iter()

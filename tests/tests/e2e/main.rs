@@ -4,6 +4,7 @@ mod bandwidth;
 mod blackout;
 mod call;
 mod events;
+mod guests;
 mod impaired;
 mod late_joiner;
 mod membership;

@@ -55,6 +55,7 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters,
+    RtpCodecKind,
 };
 use rtc::rtp_transceiver::{
     RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
@@ -91,6 +92,21 @@ fn local_sdp(pc: &RTCPeerConnection) -> Result<String, SfuError> {
     pc.local_description()
         .map(|d| d.sdp)
         .ok_or_else(|| SfuError::WebRtcState("no local description"))
+}
+
+/// The track the edge sends as `name` (the msid's track id; its stream is `{name}-stream`).
+fn outgoing_track(
+    name: &str,
+    kind: RtpCodecKind,
+    codings: Vec<RTCRtpEncodingParameters>,
+) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        format!("{name}-stream"),
+        name.to_owned(),
+        name.to_owned(),
+        kind,
+        codings,
+    )
 }
 
 fn rtc_error(what: &'static str) -> impl Fn(rtc::shared::error::Error) -> SfuError + Copy {
@@ -518,10 +534,8 @@ impl Edge {
         rtx_ssrc: Option<u32>,
         codec: RTCRtpCodec,
     ) -> Result<RTCRtpSenderId, SfuError> {
-        let track = MediaStreamTrack::new(
-            format!("{track}-stream"),
-            track.to_owned(),
-            track.to_owned(),
+        let track = outgoing_track(
+            track,
             peer::rtp_kind(kind),
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
@@ -546,15 +560,46 @@ impl Edge {
         Ok(RTCRtpSenderId::from(t))
     }
 
-    /// Stop sending `sender`'s track on connection `id`; the next [`Edge::offer`] tells the
-    /// participant.
+    /// Stop sending on `sender` of connection `id` and keep its transceiver for a later
+    /// [`Edge::reuse_track`] (SFU-EDGE-16): the next [`Edge::offer`] makes its m-section
+    /// `inactive`. rtc 0.21.1 never removes a transceiver (a stopped one keeps its m-section
+    /// for the connection's life), so a connection that removed a track for every departure
+    /// grew by one m-section, one RTX history and one stats record each time.
     ///
     /// # Errors
-    /// [`SfuError::Closed`]; [`SfuError::WebRtc`].
-    pub fn remove_track(&mut self, id: ConnId, sender: RTCRtpSenderId) -> Result<(), SfuError> {
+    /// [`SfuError::Closed`]; [`SfuError::WebRtc`] for a sender the connection does not have.
+    pub fn park_track(&mut self, id: ConnId, sender: RTCRtpSenderId) -> Result<(), SfuError> {
         self.conn(id)?
-            .remove_track(sender)
-            .map_err(rtc_error("remove track"))?;
+            .rtp_transceiver(sender.into())
+            .ok_or(SfuError::WebRtcState("no such sender"))?
+            .set_direction(RTCRtpTransceiverDirection::Inactive);
+        self.dirty.push(id);
+        Ok(())
+    }
+
+    /// Send `track` on `sender` of connection `id`, a transceiver [`Edge::park_track`] parked:
+    /// the same SSRCs and codec, a new msid. The next [`Edge::offer`] makes it `sendonly`
+    /// again (SFU-EDGE-16).
+    ///
+    /// # Errors
+    /// [`SfuError::Closed`]; [`SfuError::WebRtc`] for a sender the connection does not have.
+    pub fn reuse_track(
+        &mut self,
+        id: ConnId,
+        sender: RTCRtpSenderId,
+        track: &str,
+    ) -> Result<(), SfuError> {
+        let pc = self.conn(id)?;
+        // rtc hands out a sender only while its transceiver's direction sends.
+        pc.rtp_transceiver(sender.into())
+            .ok_or(SfuError::WebRtcState("no such sender"))?
+            .set_direction(RTCRtpTransceiverDirection::Sendonly);
+        let mut s = pc
+            .rtp_sender(sender)
+            .ok_or(SfuError::WebRtcState("no such sender"))?;
+        let (kind, codings) = (s.track().kind(), s.track().codings().to_vec());
+        s.replace_track(outgoing_track(track, kind, codings))
+            .map_err(rtc_error("reuse track"))?;
         self.dirty.push(id);
         Ok(())
     }

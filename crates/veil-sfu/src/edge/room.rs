@@ -163,6 +163,20 @@ struct Participant {
     again: bool,
     /// Its `subscriber_estimate` labels, built once (the estimate is set every 100 ms).
     estimate_label: Subscriber,
+    /// Transceivers whose subscription ended, parked `inactive` for the next subscription of
+    /// their kind (SFU-EDGE-16).
+    parked: Vec<Slot>,
+    /// Transceivers the edge added to its connection for subscriptions: the next one's SSRC.
+    slots: u32,
+}
+
+/// A transceiver that carried a subscription, with the SSRC it keeps for every track it
+/// carries.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    kind: MediaKind,
+    sender: RTCRtpSenderId,
+    ssrc: u32,
 }
 
 /// Every room of the SFU on one [`Edge`].
@@ -201,12 +215,12 @@ fn conn(p: ParticipantId) -> ConnId {
     p as ConnId
 }
 
-/// The SSRC `t` goes out on. SSRCs need to be unique only within one connection (each is its
-/// own RTP session), and a connection receives from one room, so the track alone decides it:
-/// bit 30 keeps it from 0, and the top bit is clear so that no primary SSRC is another's RTX
-/// SSRC ([`rtx_ssrc`] flips the top bit).
-fn out_ssrc(t: TrackId) -> u32 {
-    0x4000_0000 | (t.0 as u32 & 0x3FFF_FFFF)
+/// The SSRC of the `n`th transceiver the edge adds to a connection for subscriptions: it keeps
+/// it for every track it carries (SFU-EDGE-16). SSRCs need to be unique only within one
+/// connection (each is its own RTP session): bit 30 keeps it from 0, and the top bit is clear
+/// so that no primary SSRC is another's RTX SSRC ([`rtx_ssrc`] flips the top bit).
+fn slot_ssrc(n: u32) -> u32 {
+    0x4000_0000 | (n & 0x3FFF_FFFF)
 }
 
 /// The SFU's name of track `t`, in its room: the msid track id of the subscriber's m-section,
@@ -397,6 +411,8 @@ impl EdgeRooms {
                     room: room.to_owned(),
                     subscriber: identity.to_owned(),
                 },
+                parked: Vec::new(),
+                slots: 0,
             },
         );
         Ok((id, answer))
@@ -466,16 +482,29 @@ impl EdgeRooms {
             return Err(SfuError::Protocol("already subscribed to this track"));
         }
         let kind = p.kind;
-        let out_ssrc = out_ssrc(track);
-        let rtx = (kind == MediaKind::Video).then(|| rtx_ssrc(out_ssrc));
-        let sender = self.edge.add_track(
-            subscriber,
-            &track_name(track),
-            kind,
-            out_ssrc,
-            rtx,
-            peer::codec(kind),
-        )?;
+        let m = self.members.get_mut(&subscriber).ok_or(SfuError::Closed)?;
+        let (sender, out_ssrc) = match m.parked.iter().position(|s| s.kind == kind) {
+            Some(i) => {
+                let slot = m.parked.swap_remove(i);
+                self.edge
+                    .reuse_track(subscriber, slot.sender, &track_name(track))?;
+                (slot.sender, slot.ssrc)
+            }
+            None => {
+                let out_ssrc = slot_ssrc(m.slots);
+                m.slots += 1;
+                let rtx = (kind == MediaKind::Video).then(|| rtx_ssrc(out_ssrc));
+                let sender = self.edge.add_track(
+                    subscriber,
+                    &track_name(track),
+                    kind,
+                    out_ssrc,
+                    rtx,
+                    peer::codec(kind),
+                )?;
+                (sender, out_ssrc)
+            }
+        };
         self.room_of(subscriber)?.subscriptions.insert(
             (subscriber, track),
             Subscription {
@@ -641,6 +670,10 @@ impl EdgeRooms {
             .ok_or(SfuError::NotSubscribed(track.0))?;
         room.core.unsubscribe(pid(subscriber), track);
         let name = room.name.clone();
+        let kind = room
+            .published
+            .get(&track)
+            .map_or(MediaKind::Audio, |p| p.kind);
         if let Some(m) = self.members.get(&subscriber) {
             forget_subscription(
                 &mut self.counters,
@@ -651,7 +684,14 @@ impl EdgeRooms {
                 subscription.live,
             );
         }
-        self.edge.remove_track(subscriber, subscription.sender)?;
+        self.edge.park_track(subscriber, subscription.sender)?;
+        if let Some(m) = self.members.get_mut(&subscriber) {
+            m.parked.push(Slot {
+                kind,
+                sender: subscription.sender,
+                ssrc: subscription.out_ssrc,
+            });
+        }
         self.renegotiate(now, subscriber)
     }
 
@@ -1143,24 +1183,39 @@ impl EdgeRooms {
         };
         room.track_ids
             .retain(|(p, _), t| *p != publisher || !gone.contains(t));
+        let kinds: Vec<MediaKind> = gone
+            .iter()
+            .map(|t| room.published.get(t).map_or(MediaKind::Audio, |p| p.kind))
+            .collect();
         room.published.retain(|t, _| !gone.contains(t));
         let local = !room.remotes.contains_key(&publisher);
         let (counters, observations) = (&mut self.counters, &mut self.observations);
         counters.tracks -= gone.len() as i64;
         let mut renegotiate = Vec::new();
-        for t in gone {
-            let subs: Vec<(ConnId, RTCRtpSenderId, bool)> = room
+        for (t, &kind) in gone.iter().zip(&kinds) {
+            let subs: Vec<(ConnId, bool)> = room
                 .subscriptions
                 .iter()
                 .filter(|((_, lt), _)| lt == t)
-                .map(|((s, _), l)| (*s, l.sender, l.live))
+                .map(|((s, _), l)| (*s, l.live))
                 .collect();
-            for (s, sender, live) in subs {
-                room.subscriptions.remove(&(s, *t));
+            for (s, live) in subs {
+                let Some(l) = room.subscriptions.remove(&(s, *t)) else {
+                    continue;
+                };
                 let identity = self.members.get(&s).map_or("", |sub| sub.identity.as_str());
                 forget_subscription(counters, observations, &room.name, identity, *t, live);
-                if self.edge.remove_track(s, sender).is_ok() && !renegotiate.contains(&s) {
-                    renegotiate.push(s);
+                if self.edge.park_track(s, l.sender).is_ok() {
+                    if let Some(m) = self.members.get_mut(&s) {
+                        m.parked.push(Slot {
+                            kind,
+                            sender: l.sender,
+                            ssrc: l.out_ssrc,
+                        });
+                    }
+                    if !renegotiate.contains(&s) {
+                        renegotiate.push(s);
+                    }
                 }
             }
             if local && room.relayed {
@@ -1260,7 +1315,7 @@ mod tests {
 
     #[test]
     fn outgoing_ssrcs_are_distinct_nonzero_and_never_another_tracks_rtx() {
-        let primaries: Vec<u32> = (0..5000).map(|t| out_ssrc(TrackId(t))).collect();
+        let primaries: Vec<u32> = (0..5000).map(slot_ssrc).collect();
         let mut all: Vec<u32> = primaries.iter().flat_map(|&s| [s, rtx_ssrc(s)]).collect();
         assert!(all.iter().all(|&s| s != 0));
         all.sort_unstable();

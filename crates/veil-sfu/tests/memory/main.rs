@@ -6,6 +6,7 @@
 #![allow(unreachable_pub)] // test helpers: `pub` for the submodules of this one binary
 
 mod cascade;
+mod churn;
 mod common;
 mod departure;
 mod hostile;
