@@ -651,11 +651,12 @@ impl EdgeRooms {
         Ok(())
     }
 
-    /// Stop sending `track` to `subscriber`. The edge offers a session without it
+    /// Stop sending `track` to `subscriber`, parking its transceiver for the next subscription
+    /// of its kind (SFU-EDGE-16). The edge offers a session without it
     /// ([`EdgeRoomEvent::Offer`]).
     ///
     /// # Errors
-    /// [`SfuError::Closed`]; [`SfuError::NotSubscribed`]; what [`Edge::remove_track`] and
+    /// [`SfuError::Closed`]; [`SfuError::NotSubscribed`]; what [`Edge::park_track`] and
     /// [`Edge::offer`] return.
     pub fn unsubscribe(
         &mut self,
@@ -684,14 +685,13 @@ impl EdgeRooms {
                 subscription.live,
             );
         }
-        self.edge.park_track(subscriber, subscription.sender)?;
-        if let Some(m) = self.members.get_mut(&subscriber) {
-            m.parked.push(Slot {
-                kind,
-                sender: subscription.sender,
-                ssrc: subscription.out_ssrc,
-            });
-        }
+        park(
+            &mut self.edge,
+            &mut self.members,
+            subscriber,
+            kind,
+            &subscription,
+        )?;
         self.renegotiate(now, subscriber)
     }
 
@@ -1205,17 +1205,10 @@ impl EdgeRooms {
                 };
                 let identity = self.members.get(&s).map_or("", |sub| sub.identity.as_str());
                 forget_subscription(counters, observations, &room.name, identity, *t, live);
-                if self.edge.park_track(s, l.sender).is_ok() {
-                    if let Some(m) = self.members.get_mut(&s) {
-                        m.parked.push(Slot {
-                            kind,
-                            sender: l.sender,
-                            ssrc: l.out_ssrc,
-                        });
-                    }
-                    if !renegotiate.contains(&s) {
-                        renegotiate.push(s);
-                    }
+                if park(&mut self.edge, &mut self.members, s, kind, &l).is_ok()
+                    && !renegotiate.contains(&s)
+                {
+                    renegotiate.push(s);
                 }
             }
             if local && room.relayed {
@@ -1233,6 +1226,26 @@ impl EdgeRooms {
             let _ = self.renegotiate(now, s);
         }
     }
+}
+
+/// `subscriber`'s subscription `s` (to a track of `kind`) ended: park its transceiver for the
+/// next subscription of that kind (SFU-EDGE-16).
+fn park(
+    edge: &mut Edge,
+    members: &mut HashMap<ConnId, Participant>,
+    subscriber: ConnId,
+    kind: MediaKind,
+    s: &Subscription,
+) -> Result<(), SfuError> {
+    edge.park_track(subscriber, s.sender)?;
+    if let Some(m) = members.get_mut(&subscriber) {
+        m.parked.push(Slot {
+            kind,
+            sender: s.sender,
+            ssrc: s.out_ssrc,
+        });
+    }
+    Ok(())
 }
 
 /// A subscription is gone: count it if it was live, and drop its layer gauge.
