@@ -16,6 +16,13 @@
 //! traffic goes through the bundle and through the four as separate interceptors, and
 //! everything that comes out is compared.
 //!
+//! The bundle changes one thing on the way out: every receiver report leaves with one sender
+//! SSRC for the connection's life (SFU-RTCP-04). webrtc-rs's receiver reports draw a random
+//! sender SSRC for every stream they bind, and a connection's receive streams are bound again
+//! at every renegotiation; the other end's SRTCP context keeps a replay window for every sender
+//! SSRC it has seen, for good, so a participant who stayed while others came and went made the
+//! SFU's memory grow with every renegotiation, and the SFU the participant's.
+//!
 //! The transport-cc receiver used to be a fifth member. It records arrivals, and an arrival
 //! recorder must see every packet that arrived: the [`crate::RtxInterceptor`] wire-ward of the
 //! bundle drops padding probes and redundant retransmissions, so the sender read its own probes
@@ -25,10 +32,11 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use rtc::interceptor::{
-    Interceptor, NackGeneratorBuilder, NackGeneratorInterceptor, ReceiverReportBuilder,
+    Interceptor, NackGeneratorBuilder, NackGeneratorInterceptor, Packet, ReceiverReportBuilder,
     ReceiverReportInterceptor, SenderReportBuilder, SenderReportInterceptor, Slot, StreamInfo,
     TaggedPacket,
 };
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::sansio::Protocol;
 
 use crate::KeyFrameRequestTap;
@@ -45,6 +53,9 @@ pub struct Bundle {
     sender_report: SenderReportInterceptor,
     key_frame_tap: KeyFrameRequestTap,
     read: VecDeque<TaggedPacket>,
+    /// The sender SSRC of the connection's receiver reports: the first one's (webrtc-rs draws
+    /// it at random), kept for every later one (SFU-RTCP-04).
+    report_ssrc: Option<u32>,
 }
 
 impl Default for Bundle {
@@ -56,6 +67,7 @@ impl Default for Bundle {
             sender_report: SenderReportBuilder::new().build(),
             key_frame_tap: KeyFrameRequestTap::default(),
             read: VecDeque::new(),
+            report_ssrc: None,
         }
     }
 }
@@ -84,6 +96,22 @@ impl Bundle {
             }
         }
         self.read.extend(belt);
+    }
+
+    /// Give every receiver report in `p` the connection's one sender SSRC (SFU-RTCP-04).
+    fn one_report_ssrc(&mut self, mut p: TaggedPacket) -> TaggedPacket {
+        if let Packet::Rtcp(packets) = &mut p.message.packet {
+            for b in packets.iter_mut() {
+                let Some(rr) = b.as_any().downcast_ref::<ReceiverReport>() else {
+                    continue;
+                };
+                let ssrc = *self.report_ssrc.get_or_insert(rr.ssrc);
+                if rr.ssrc != ssrc {
+                    *b = Box::new(ReceiverReport { ssrc, ..rr.clone() });
+                }
+            }
+        }
+        p
     }
 }
 
@@ -114,14 +142,21 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for Bundle {
     }
 
     /// The sender reports' queue (the packets written, and the reports it generated), then the
-    /// RTCP each other member generated (NACKs, receiver reports). In the
-    /// chain the latter would also pass the members wire-ward of them, unchanged.
+    /// RTCP each other member generated (NACKs, receiver reports, these with the connection's
+    /// one sender SSRC). In the chain the latter would also pass the members wire-ward of them,
+    /// unchanged.
     fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.sender_report
+        if let Some(p) = self
+            .sender_report
             .poll_write()
             .or_else(|| self.key_frame_tap.poll_write())
-            .or_else(|| self.receiver_report.poll_write())
-            .or_else(|| self.nack_generator.poll_write())
+        {
+            return Some(p);
+        }
+        if let Some(p) = self.receiver_report.poll_write() {
+            return Some(self.one_report_ssrc(p));
+        }
+        self.nack_generator.poll_write()
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
@@ -338,5 +373,47 @@ mod tests {
             .filter(|(d, b)| *d == 'r' && b[1] & 0x7F == 96)
             .count();
         assert_eq!(rtp_read, 400 - 57);
+    }
+
+    /// SFU-RTCP-04: a connection whose receive streams are bound again and again (every
+    /// renegotiation does it) sends every receiver report under one sender SSRC; webrtc-rs's
+    /// receiver reports alone draw a new one at every bind.
+    #[test]
+    fn receiver_reports_keep_one_sender_ssrc_across_rebinds() {
+        let report_ssrcs = |chain: &mut dyn Interceptor| {
+            let t0 = Instant::now();
+            let mut ssrcs = std::collections::BTreeSet::new();
+            for round in 0..5u16 {
+                // A renegotiation: the receive streams are bound again.
+                chain.bind_remote_stream(&info(100));
+                chain.bind_remote_stream(&info(200));
+                for i in 0..200u16 {
+                    let now = t0 + Duration::from_millis(10) * u32::from(round * 200 + i);
+                    for ssrc in [100, 200] {
+                        chain
+                            .handle_read(tagged(now, rtp(ssrc, round * 200 + i, false)))
+                            .unwrap();
+                    }
+                    chain.handle_timeout(now).unwrap();
+                    while chain.poll_read().is_some() {}
+                    while let Some(p) = chain.poll_write() {
+                        if let Packet::Rtcp(ps) = p.message.packet {
+                            ssrcs.extend(
+                                ps.iter()
+                                    .filter_map(|p| p.as_any().downcast_ref::<ReceiverReport>())
+                                    .map(|rr| rr.ssrc),
+                            );
+                        }
+                    }
+                }
+            }
+            ssrcs
+        };
+        let mut plain = Registry::new()
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+            .build();
+        let mut bundled = Registry::new().with(BUNDLE_SLOT, Bundle::default()).build();
+        assert!(report_ssrcs(&mut plain).len() >= 5, "webrtc-rs alone");
+        assert_eq!(report_ssrcs(&mut bundled).len(), 1);
     }
 }
