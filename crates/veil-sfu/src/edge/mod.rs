@@ -567,7 +567,8 @@ impl Edge {
     /// grew by one m-section, one RTX history and one stats record each time.
     ///
     /// # Errors
-    /// [`SfuError::Closed`]; [`SfuError::WebRtc`] for a sender the connection does not have.
+    /// [`SfuError::Closed`]; [`SfuError::WebRtcState`] for a sender the connection does not
+    /// have.
     pub fn park_track(&mut self, id: ConnId, sender: RTCRtpSenderId) -> Result<(), SfuError> {
         self.conn(id)?
             .rtp_transceiver(sender.into())
@@ -582,7 +583,8 @@ impl Edge {
     /// again (SFU-EDGE-16).
     ///
     /// # Errors
-    /// [`SfuError::Closed`]; [`SfuError::WebRtc`] for a sender the connection does not have.
+    /// [`SfuError::Closed`]; [`SfuError::WebRtcState`] for a sender the connection does not
+    /// have; [`SfuError::WebRtc`] if rtc refuses the track.
     pub fn reuse_track(
         &mut self,
         id: ConnId,

@@ -124,6 +124,8 @@ enum Origin {
 struct Subscription {
     sender: RTCRtpSenderId,
     out_ssrc: u32,
+    /// The track's kind: its transceiver is parked for the next subscription of this kind.
+    kind: MediaKind,
     /// The edge has offered it: the next answer settles it. A subscription added while an offer
     /// waits is not in that offer.
     offered: bool,
@@ -510,6 +512,7 @@ impl EdgeRooms {
             Subscription {
                 sender,
                 out_ssrc,
+                kind,
                 offered: false,
                 live: false,
             },
@@ -671,10 +674,6 @@ impl EdgeRooms {
             .ok_or(SfuError::NotSubscribed(track.0))?;
         room.core.unsubscribe(pid(subscriber), track);
         let name = room.name.clone();
-        let kind = room
-            .published
-            .get(&track)
-            .map_or(MediaKind::Audio, |p| p.kind);
         if let Some(m) = self.members.get(&subscriber) {
             forget_subscription(
                 &mut self.counters,
@@ -685,13 +684,7 @@ impl EdgeRooms {
                 subscription.live,
             );
         }
-        park(
-            &mut self.edge,
-            &mut self.members,
-            subscriber,
-            kind,
-            &subscription,
-        )?;
+        park(&mut self.edge, &mut self.members, subscriber, &subscription)?;
         self.renegotiate(now, subscriber)
     }
 
@@ -1183,16 +1176,12 @@ impl EdgeRooms {
         };
         room.track_ids
             .retain(|(p, _), t| *p != publisher || !gone.contains(t));
-        let kinds: Vec<MediaKind> = gone
-            .iter()
-            .map(|t| room.published.get(t).map_or(MediaKind::Audio, |p| p.kind))
-            .collect();
         room.published.retain(|t, _| !gone.contains(t));
         let local = !room.remotes.contains_key(&publisher);
         let (counters, observations) = (&mut self.counters, &mut self.observations);
         counters.tracks -= gone.len() as i64;
         let mut renegotiate = Vec::new();
-        for (t, &kind) in gone.iter().zip(&kinds) {
+        for t in gone {
             let subs: Vec<(ConnId, bool)> = room
                 .subscriptions
                 .iter()
@@ -1205,7 +1194,7 @@ impl EdgeRooms {
                 };
                 let identity = self.members.get(&s).map_or("", |sub| sub.identity.as_str());
                 forget_subscription(counters, observations, &room.name, identity, *t, live);
-                if park(&mut self.edge, &mut self.members, s, kind, &l).is_ok()
+                if park(&mut self.edge, &mut self.members, s, &l).is_ok()
                     && !renegotiate.contains(&s)
                 {
                     renegotiate.push(s);
@@ -1228,19 +1217,18 @@ impl EdgeRooms {
     }
 }
 
-/// `subscriber`'s subscription `s` (to a track of `kind`) ended: park its transceiver for the
-/// next subscription of that kind (SFU-EDGE-16).
+/// `subscriber`'s subscription `s` ended: park its transceiver for the next subscription of
+/// its kind (SFU-EDGE-16).
 fn park(
     edge: &mut Edge,
     members: &mut HashMap<ConnId, Participant>,
     subscriber: ConnId,
-    kind: MediaKind,
     s: &Subscription,
 ) -> Result<(), SfuError> {
     edge.park_track(subscriber, s.sender)?;
     if let Some(m) = members.get_mut(&subscriber) {
         m.parked.push(Slot {
-            kind,
+            kind: s.kind,
             sender: s.sender,
             ssrc: s.out_ssrc,
         });

@@ -72,8 +72,6 @@ pub struct Continuation {
     at: Duration,
 }
 
-type Last = Continuation;
-
 /// Forwards one of a track's simulcast layers to one subscriber as a single continuous stream.
 #[derive(Debug, Clone)]
 pub struct LayerForwarder {
@@ -83,7 +81,7 @@ pub struct LayerForwarder {
     current: Option<u8>,
     seq_offset: u16,
     ts_offset: u32,
-    last: Option<Last>,
+    last: Option<Continuation>,
     last_frame_number: Option<u16>,
     /// Newest input sequence number handled on the current layer (forwarded or skipped).
     newest_in: Option<u16>,
@@ -174,7 +172,7 @@ impl LayerForwarder {
         if self.newest_in.is_none_or(|n| is_newer(seq, n)) {
             // SFU-FWD-06: the next switch continues from the newest number sent, never from a
             // late packet's.
-            self.last = Some(Last {
+            self.last = Some(Continuation {
                 seq: out_seq,
                 ts: out_ts,
                 at: now,
