@@ -1182,18 +1182,18 @@ impl EdgeRooms {
         counters.tracks -= gone.len() as i64;
         let mut renegotiate = Vec::new();
         for t in gone {
-            let subs: Vec<(ConnId, bool)> = room
+            let subs: Vec<ConnId> = room
                 .subscriptions
-                .iter()
-                .filter(|((_, lt), _)| lt == t)
-                .map(|((s, _), l)| (*s, l.live))
+                .keys()
+                .filter(|(_, lt)| lt == t)
+                .map(|(s, _)| *s)
                 .collect();
-            for (s, live) in subs {
+            for s in subs {
                 let Some(l) = room.subscriptions.remove(&(s, *t)) else {
                     continue;
                 };
                 let identity = self.members.get(&s).map_or("", |sub| sub.identity.as_str());
-                forget_subscription(counters, observations, &room.name, identity, *t, live);
+                forget_subscription(counters, observations, &room.name, identity, *t, l.live);
                 if park(&mut self.edge, &mut self.members, s, &l).is_ok()
                     && !renegotiate.contains(&s)
                 {
