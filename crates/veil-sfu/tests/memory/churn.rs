@@ -26,26 +26,14 @@ fn sections_offered(net: &Net, to: usize) -> usize {
 #[test]
 fn a_stayers_session_reuses_the_m_sections_of_those_who_left() {
     let mut net = Net::new(config());
-    let alice = net.add_peer(
-        "alice",
-        Publish {
-            audio: true,
-            video: false,
-        },
-    );
+    let alice = net.add_peer("alice", Publish::AUDIO);
     net.join(alice, "room");
     net.connect(&[alice]);
     // Per kind, per round: the SSRC alice heard it on, its first and last sequence numbers.
     let mut heard: Vec<[(u32, u16, u16); 2]> = Vec::new();
     let mut sections = Vec::new();
     for round in 0..6 {
-        let c = net.add_peer(
-            &format!("guest{round}"),
-            Publish {
-                audio: true,
-                video: true,
-            },
-        );
+        let c = net.add_peer(&format!("guest{round}"), Publish::BOTH);
         net.join(c, "room");
         net.connect(&[c]);
         net.start_media(c);

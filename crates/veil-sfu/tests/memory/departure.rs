@@ -10,16 +10,14 @@ use veil_sfu::routing::MediaKind;
 
 use crate::common::*;
 
-const BOTH: Publish = Publish {
-    audio: true,
-    video: true,
-};
-
 /// A room of `n` peers, each subscribed to everyone else's tracks, media flowing.
 fn call(n: usize) -> (Net, Vec<usize>) {
     let mut net = Net::new(config());
     let names = ["alice", "bob", "carol"];
-    let peers: Vec<usize> = names[..n].iter().map(|m| net.add_peer(m, BOTH)).collect();
+    let peers: Vec<usize> = names[..n]
+        .iter()
+        .map(|m| net.add_peer(m, Publish::BOTH))
+        .collect();
     for &i in &peers {
         net.join(i, "room");
     }

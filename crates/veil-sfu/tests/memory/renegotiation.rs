@@ -12,11 +12,6 @@ use veil_sfu::routing::{MediaKind, TrackId};
 
 use crate::common::*;
 
-const BOTH: Publish = Publish {
-    audio: true,
-    video: true,
-};
-
 /// Subscribe `sub` to every track of `publ`.
 fn subscribe_all(net: &mut Net, sub: usize, publ: usize) {
     for kind in [MediaKind::Audio, MediaKind::Video] {
@@ -28,8 +23,8 @@ fn subscribe_all(net: &mut Net, sub: usize, publ: usize) {
 #[test]
 fn a_late_joiner_is_offered_the_room_and_the_room_its_tracks_while_media_flows() {
     let mut net = Net::new(config());
-    let alice = net.add_peer("alice", BOTH);
-    let bob = net.add_peer("bob", BOTH);
+    let alice = net.add_peer("alice", Publish::BOTH);
+    let bob = net.add_peer("bob", Publish::BOTH);
     net.join(alice, "room");
     net.join(bob, "room");
     net.connect(&[alice, bob]);
@@ -44,7 +39,7 @@ fn a_late_joiner_is_offered_the_room_and_the_room_its_tracks_while_media_flows()
 
     // carol joins: the SFU tells a joiner what is published (as `edge/serve.rs` does), and she
     // subscribes to all of it.
-    let carol = net.add_peer("carol", BOTH);
+    let carol = net.add_peer("carol", Publish::BOTH);
     net.join(carol, "room");
     let told = net.sfu.published(net.peers[carol].conn.unwrap());
     assert_eq!(told.len(), 4, "{told:?}");
@@ -110,8 +105,8 @@ fn a_late_joiner_is_offered_the_room_and_the_room_its_tracks_while_media_flows()
 #[test]
 fn the_sfu_has_one_offer_out_and_merges_what_changes_meanwhile() {
     let mut net = Net::new(config());
-    let alice = net.add_peer("alice", BOTH);
-    let bob = net.add_peer("bob", BOTH);
+    let alice = net.add_peer("alice", Publish::BOTH);
+    let bob = net.add_peer("bob", Publish::BOTH);
     net.join(alice, "room");
     net.join(bob, "room");
     net.connect(&[alice, bob]);

@@ -62,6 +62,19 @@ pub struct Publish {
     pub video: bool,
 }
 
+impl Publish {
+    /// Audio only.
+    pub const AUDIO: Self = Self {
+        audio: true,
+        video: false,
+    };
+    /// Audio and simulcast video.
+    pub const BOTH: Self = Self {
+        audio: true,
+        video: true,
+    };
+}
+
 /// One packet a peer sent (its own view, before the SFU).
 #[derive(Debug, Clone)]
 pub struct Sent {
