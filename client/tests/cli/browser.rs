@@ -169,20 +169,17 @@ pub(crate) async fn decoding(
 
 /// The SFU's routing counters, for a failure's message.
 async fn sfu_metrics(addr: Option<std::net::SocketAddr>) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let Some(addr) = addr else {
         return "(no metrics listener)".into();
     };
-    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nhost: veil\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).await.unwrap();
-    out.lines()
-        .filter(|l| l.starts_with("veil_sfu_") && !l.ends_with(" 0"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    match veil_testkit::server::scrape_metrics(addr).await {
+        Ok(text) => text
+            .lines()
+            .filter(|l| l.starts_with("veil_sfu_") && !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => format!("(GET /metrics: {e})"),
+    }
 }
 
 fn inbound<'a>(s: &'a Value, publisher: &str, kind: &str) -> Option<&'a Value> {

@@ -53,20 +53,13 @@ impl InProcess {
     /// # Panics
     /// If it has no metrics listener, or the endpoint does not answer 200.
     pub async fn metrics_text(&self) -> String {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let addr = self
             .bound
             .metrics
             .expect("a metrics listener (metrics_listen)");
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: veil\r\n\r\n")
+        scrape_metrics(addr)
             .await
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_owned()
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
     }
 
     /// A token for `identity` in `room` with every grant, valid for `ttl`.
@@ -74,6 +67,30 @@ impl InProcess {
     pub fn token(&self, room: &str, identity: &str, ttl: Duration) -> String {
         crate::token::mint(&self.key, room, identity, ttl)
     }
+}
+
+/// `GET /metrics` from the metrics listener at `addr` (an [`InProcess`] server's, or a
+/// [`ChildServer`]'s `metrics=`): the body.
+///
+/// # Errors
+/// Why not, in words: no connection, no HTTP head, or an answer other than 200 (its head).
+pub async fn scrape_metrics(addr: SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: veil\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (head, body) = out.split_once("\r\n\r\n").ok_or("no HTTP head")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.to_owned());
+    }
+    Ok(body.to_owned())
 }
 
 pub use crate::pki::TestPki;

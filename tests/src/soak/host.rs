@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use veil_client::room::RoomConfig;
 use veil_testkit::server::{ChildServer, InProcess};
 
@@ -160,21 +159,7 @@ impl Host {
     /// # Errors
     /// The endpoint did not answer 200.
     pub async fn scrape(&self) -> Result<String, String> {
-        let mut s = tokio::net::TcpStream::connect(self.metrics)
-            .await
-            .map_err(|e| format!("connect {}: {e}", self.metrics))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: veil\r\n\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (head, body) = out.split_once("\r\n\r\n").ok_or("no HTTP head")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(head.to_owned());
-        }
-        Ok(body.to_owned())
+        veil_testkit::server::scrape_metrics(self.metrics).await
     }
 
     /// End the server's runtime and wait for its thread, or kill the child process.

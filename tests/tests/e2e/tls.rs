@@ -151,7 +151,7 @@ async fn a_client_that_does_not_trust_the_servers_ca_is_refused() {
         .expect("closed within the timeout");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 
-    let text = metrics_text(server.bound.metrics.unwrap()).await;
+    let text = server.metrics_text().await;
     let refused = |reason: &str| {
         metric(
             &text,
@@ -306,15 +306,4 @@ async fn the_page_is_served_over_https() {
         "{head}"
     );
     assert!(body.contains("<title>Veil call</title>"), "{body}");
-}
-
-/// `GET /metrics` on `addr`: the body.
-async fn metrics_text(addr: SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: veil\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
