@@ -123,6 +123,36 @@ pub fn video_frame(who: usize, i: u32) -> Vec<u8> {
         .collect()
 }
 
+/// Whether `frame` is one of `who`'s [`audio_frame`]s, whatever its number: 60 + i mod 40
+/// bytes counting up from 77·who + 3i, so i mod 1280 decides it (171 is 3's inverse mod 256),
+/// and the first byte and the length give it back.
+#[must_use]
+pub fn is_audio_frame_of(who: usize, frame: &[u8]) -> bool {
+    let (Some(&first), len) = (frame.first(), frame.len() as u32) else {
+        return false;
+    };
+    let low = ((u32::from(first).wrapping_sub(who as u32 * 77) & 0xff) * 171) & 0xff;
+    (0..5)
+        .map(|k| low + 256 * k)
+        .filter(|i| 60 + i % 40 == len)
+        .any(|i| frame == audio_frame(who, i))
+}
+
+/// Whether `frame` is one of `who`'s [`video_frame`]s, whatever its number: 300 + 211·i mod
+/// 3000 bytes of 13·who ^ i ^ j, so i mod 96000 decides it, and the first byte and the length
+/// give it back.
+#[must_use]
+pub fn is_video_frame_of(who: usize, frame: &[u8]) -> bool {
+    let (Some(&first), len) = (frame.first(), frame.len() as u32) else {
+        return false;
+    };
+    let low = (u32::from(first) ^ (who as u32 * 13)) & 0xff;
+    (0..375)
+        .map(|k| low + 256 * k)
+        .filter(|i| 300 + (i * 211) % 3000 == len)
+        .any(|i| frame == video_frame(who, i))
+}
+
 /// Frames received, by (publisher, kind), then RTP timestamp.
 pub type Got = BTreeMap<(String, MediaKind), BTreeMap<u32, Vec<u8>>>;
 

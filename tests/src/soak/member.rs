@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use veil_client::media::MediaKind;
 use veil_client::room::{Room, RoomStats};
 
-use crate::{audio_frame, video_frame};
+use crate::{audio_frame, is_audio_frame_of, is_video_frame_of, video_frame};
 
 const TICK: Duration = Duration::from_millis(20);
 const VIDEO_EVERY: u32 = 3;
@@ -64,30 +64,10 @@ fn number(identity: &str) -> Option<usize> {
 /// a track that reaches a subscriber on a transceiver an earlier track used is re-timed to go
 /// on from that transceiver's clock (specs/sfu.md SFU-FWD-07).
 fn genuine(participant: &str, kind: MediaKind, frame: &[u8]) -> bool {
-    let (Some(who), Some(&first)) = (number(participant), frame.first()) else {
-        return false;
-    };
-    let (w, len) = (who as u32, frame.len() as u32);
-    match kind {
-        MediaKind::Audio => {
-            // audio_frame(who, i): 60 + i mod 40 bytes counting up from 77·who + 3i, so i mod
-            // 1280 decides it (171 is 3's inverse mod 256).
-            let low = ((u32::from(first).wrapping_sub(w * 77) & 0xff) * 171) & 0xff;
-            (0..5)
-                .map(|k| low + 256 * k)
-                .filter(|i| 60 + i % 40 == len)
-                .any(|i| frame == audio_frame(who, i))
-        }
-        MediaKind::Video => {
-            // video_frame(who, i): 300 + 211·i mod 3000 bytes of 13·who ^ i ^ j, so i mod 96000
-            // decides it.
-            let low = (u32::from(first) ^ (w * 13)) & 0xff;
-            (0..375)
-                .map(|k| low + 256 * k)
-                .filter(|i| 300 + (i * 211) % 3000 == len)
-                .any(|i| frame == video_frame(who, i))
-        }
-    }
+    number(participant).is_some_and(|who| match kind {
+        MediaKind::Audio => is_audio_frame_of(who, frame),
+        MediaKind::Video => is_video_frame_of(who, frame),
+    })
 }
 
 /// Run `room` as [`identity`] `name` until `until`, with video if `video`; then leave. Times
